@@ -1,0 +1,3 @@
+from immunity.cli.app import main
+
+main()

@@ -1,0 +1,136 @@
+"""Frozen value types that cross layers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+def utcnow() -> dt.datetime:
+    """Aware UTC now; every `*_at` in immunity comes from here."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class HostRef:
+    """One server of the fleet, as configured.
+
+    `address`/`port` are where the app answers directly (used by verify and warm-up);
+    `lb_id` is the host's name in the balancer (HAProxy server name, EC2 instance id).
+    `meta` holds adapter-specific fields from the config (folder, ssh user, winrm host...).
+    """
+
+    name: str
+    address: str = "127.0.0.1"
+    port: int = 80
+    lb_id: str = ""
+    scheme: str = "http"
+    meta: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def balancer_id(self) -> str:
+        return self.lb_id or self.name
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.address}:{self.port}"
+
+
+class LbState(StrEnum):
+    """A host's state as the balancer reports it."""
+
+    SERVING = "serving"  # in the pool and healthy
+    DRAINING = "draining"  # leaving the pool, in-flight requests finishing
+    OUT = "out"  # not in the pool (maint / deregistered)
+    UNHEALTHY = "unhealthy"  # in the pool but failing health checks
+
+
+@dataclass(frozen=True)
+class Member:
+    """A balancer's view of one host."""
+
+    name: str
+    state: LbState
+    in_flight: int = 0
+    detail: str = ""
+
+
+class Cohort(StrEnum):
+    CANARY = "canary"
+    BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one cohort did over one window.
+
+    `latency_buckets` counts requests per bucket whose upper bounds (ms) are `latency_bounds_ms`,
+    with one more bucket at the end for the overflow. Empty when the source has no latency.
+    `requests == 0` with `available=False` means the source could not say (never a pass).
+    """
+
+    requests: int
+    errors: int
+    latency_bounds_ms: Sequence[float] = ()
+    latency_buckets: Sequence[int] = ()
+    available: bool = True
+    hosts: int = 0
+    detail: str = ""
+
+    @staticmethod
+    def missing(detail: str) -> Observation:
+        return Observation(requests=0, errors=0, available=False, detail=detail)
+
+
+class Outcome(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    CONTINUE = "continue"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's verdict with the numbers that decided it."""
+
+    name: str
+    outcome: Outcome
+    reason: str
+    numbers: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The overall verdict of one look; `reason` is one sentence carrying the numbers."""
+
+    outcome: Outcome
+    reason: str
+    checks: Sequence[CheckResult] = ()
+    decided_at: dt.datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": str(self.outcome),
+            "reason": self.reason,
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "checks": [
+                {"name": c.name, "outcome": str(c.outcome), "reason": c.reason, "numbers": dict(c.numbers)}
+                for c in self.checks
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something worth telling: logs, journal kinds and notifications share `kind` (`noun.verb_past`)."""
+
+    kind: str
+    app: str
+    deployment_id: str
+    release: str
+    message: str
+    at: dt.datetime = field(default_factory=utcnow)
+    data: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,136 @@
+"""immunity's whole error tree. Imports nothing of ours.
+
+Exceptions mean "could not act or measure"; a bad release is a *verdict*, not an exception.
+
+    ImmunityError                      message, context, hint, stable kebab-case `reference`
+    ├── ConfigError                    immunity.yaml rejected (exit 2), nothing touched
+    ├── PreflightError                 a host/balancer/source not ready before anything changed (exit 2)
+    ├── AdapterError                   a foreign error mapped at an adapter boundary (adapter, host)
+    │   ├── BalancerError              load balancer API failed / timed out
+    │   ├── HostError                  host driver could not act (stop/start/install/...)
+    │   ├── SignalError                a signal source could not be read
+    │   └── NotifyError                a notifier failed (journaled, never changes the outcome)
+    ├── StepFailed                     a host step failed (verify, warm-up, drain timeout)
+    ├── JournalError                   the journal could not be written/read: change nothing more
+    ├── LeaseHeld                      another deployment holds the app's lease (exit 5)
+    ├── LeaseLost                      our fencing token is stale: another process took over
+    └── RevertIncomplete               the immune response could not finish (exit 4)
+
+See docs/errors.md for each reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class ImmunityError(Exception):
+    """Base of every error immunity raises on purpose."""
+
+    reference = "immunity-error"
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.context: dict[str, Any] = dict(context or {})
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reference": self.reference, "message": self.message}
+        if self.hint:
+            out["hint"] = self.hint
+        if self.context:
+            out["context"] = {k: str(v) for k, v in self.context.items()}
+        return out
+
+
+class ConfigError(ImmunityError):
+    """The configuration was rejected. `problems` holds every `file:line:col field: ...` line."""
+
+    reference = "config-invalid"
+    exit_code = 2
+
+    def __init__(self, message: str, problems: list[str] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.problems = list(problems or [message])
+
+
+class PreflightError(ImmunityError):
+    reference = "preflight-failed"
+    exit_code = 2
+
+
+class AdapterError(ImmunityError):
+    """A foreign error mapped at an adapter boundary."""
+
+    reference = "adapter-error"
+
+    def __init__(
+        self, message: str, *, adapter: str, host: str | None = None, **kw: Any
+    ) -> None:
+        ctx = dict(kw.pop("context", None) or {})
+        ctx["adapter"] = adapter
+        if host is not None:
+            ctx["host"] = host
+        super().__init__(message, context=ctx, **kw)
+        self.adapter = adapter
+        self.host = host
+
+
+class BalancerError(AdapterError):
+    reference = "balancer-error"
+
+
+class HostError(AdapterError):
+    reference = "host-error"
+
+
+class SignalError(AdapterError):
+    reference = "signal-error"
+
+
+class NotifyError(AdapterError):
+    reference = "notify-error"
+
+
+class StepFailed(ImmunityError):
+    """A host step could not complete (drain timed out, verify failed, warm-up never fast)."""
+
+    reference = "step-failed"
+
+    def __init__(self, message: str, *, host: str, step: str, **kw: Any) -> None:
+        ctx = dict(kw.pop("context", None) or {})
+        ctx.update(host=host, step=step)
+        super().__init__(message, context=ctx, **kw)
+        self.host = host
+        self.step = step
+
+
+class JournalError(ImmunityError):
+    reference = "journal-error"
+
+
+class LeaseHeld(ImmunityError):
+    reference = "lease-held"
+    exit_code = 5
+
+
+class LeaseLost(ImmunityError):
+    reference = "lease-lost"
+    exit_code = 5
+
+
+class RevertIncomplete(ImmunityError):
+    reference = "revert-incomplete"
+    exit_code = 4

@@ -1,0 +1,85 @@
+"""The `Journal` role: the durable, append-only record of every step of every deployment.
+
+It is the source of truth for resume, status and history. Writes are synchronous and
+durable before they return (the step they describe may not start until its `started` row
+is on disk). A failed write raises `JournalError`; the engine then changes nothing more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    seq: int
+    deployment_id: str
+    at: dt.datetime
+    kind: str  # noun.verb_past, e.g. host.step_started, verdict.reached
+    host: str | None = None
+    step: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    id: str
+    app: str
+    release: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    outcome: str | None  # None while running / interrupted
+    reason: str | None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Lease:
+    app: str
+    holder: str
+    deployment_id: str
+    token: int  # fencing token: grows by one at every acquisition
+    acquired_at: dt.datetime
+    heartbeat_at: dt.datetime
+
+
+@runtime_checkable
+class Journal(Protocol):
+    def append(
+        self,
+        deployment_id: str,
+        kind: str,
+        *,
+        host: str | None = None,
+        step: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        token: int | None = None,
+    ) -> JournalEntry:
+        """Durably append one entry. With `token`, refuse (LeaseLost) when the lease moved on."""
+        ...
+
+    def entries(self, deployment_id: str) -> Sequence[JournalEntry]: ...
+
+    def begin(self, app: str, release: str, data: Mapping[str, Any]) -> DeploymentRecord: ...
+
+    def finish(self, deployment_id: str, outcome: str, reason: str, data: Mapping[str, Any]) -> None: ...
+
+    def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]: ...
+
+    def acquire_lease(self, app: str, holder: str, deployment_id: str, ttl_s: float, *, takeover: bool = False) -> Lease:
+        """Take the app's lease. Raises LeaseHeld when someone live holds it (or when a dead
+        holder's lease is asked for without `takeover`)."""
+        ...
+
+    def heartbeat(self, lease: Lease) -> None:
+        """Refresh the lease; raises LeaseLost when its token is stale."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None: ...
+
+    def current_lease(self, app: str) -> Lease | None: ...
+
+    def close(self) -> None: ...
