@@ -53,6 +53,8 @@ class WarmupConfig(Strict):
 class VerifyConfig(Strict):
     path: str = "/health"
     expect_status: int = 200
+    tls_verify: bool = True
+    """Check the host's certificate on direct https requests (verify and warm-up)."""
 
 
 class Timeouts(Strict):
@@ -72,6 +74,8 @@ class BakeConfig(Strict):
     interval: Duration = 1.0
     settle: Duration = 0.0
     """Seconds after the canaries are back in the pool before judging starts."""
+    lag: Duration = 0.5
+    """How far behind now each look's window ends, so late log lines are counted."""
 
     @model_validator(mode="after")
     def _order(self) -> BakeConfig:

@@ -1,0 +1,54 @@
+# immunity: two commands on a fresh Debian/Ubuntu machine.
+#   make demo   installs what is missing, then runs the demo (the main job, embedded defaults)
+#   make test   installs what is missing, then scripts/check and the whole test suite
+# `make setup` is what both go through: afterwards .venv/bin/immunity works.
+
+PY ?= python3
+VENV := .venv
+UV := $(VENV)/bin/uv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_RUNTIME := haproxy
+APT_TEST := haproxy openssh-server prometheus
+
+.PHONY: setup setup-test demo test test-quick check bench clean
+
+# The Python environment, from the committed lock file.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@command -v $(PY) >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3 python3-venv; }
+	@[ -x $(VENV)/bin/python ] || $(PY) -m venv $(VENV) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv && $(PY) -m venv $(VENV); }
+	$(VENV)/bin/python -m pip install -q --upgrade pip uv
+	$(UV) pip sync -q --python $(VENV)/bin/python requirements.lock
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps -e .
+	@touch $@
+
+# OS packages, installed only when their binaries are absent.
+apt-runtime:
+	@command -v haproxy >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_RUNTIME); }
+
+apt-test: apt-runtime
+	@{ command -v haproxy >/dev/null && [ -x /usr/sbin/sshd ] && command -v prometheus >/dev/null; } || \
+	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_TEST); }
+
+setup: apt-runtime $(VENV)/.installed
+
+setup-test: setup apt-test
+
+demo: setup
+	$(VENV)/bin/immunity demo
+
+check: setup
+	scripts/check
+
+test: setup-test
+	scripts/check
+	$(VENV)/bin/pytest -q
+
+test-quick: setup-test
+	$(VENV)/bin/pytest -q -m "not slow"
+
+bench: setup
+	$(VENV)/bin/immunity bench rollout
+	$(VENV)/bin/immunity bench judge
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

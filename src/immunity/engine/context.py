@@ -1,0 +1,112 @@
+"""What a deployment runs with: the config, its adapters, the journal, and the event sink.
+
+The engine knows adapters only through their Protocols; concrete classes come from the
+plugin registry by `kind`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from immunity import plugins
+from immunity.config import LoadedConfig, resolve_path
+from immunity.domain import Event, HostRef
+from immunity.hosts.base import HostDriver
+from immunity.journal.base import Journal
+from immunity.journal.sqlite import SqliteJournal
+from immunity.lb.base import LoadBalancer
+from immunity.notify.base import Notifier
+from immunity.signals.base import SignalSource
+
+log = logging.getLogger("immunity")
+
+EventSink = Callable[[Event], None]
+
+
+@dataclass
+class Fleet:
+    """The adapters of one app's fleet, built from its config."""
+
+    loaded: LoadedConfig
+    hosts: list[HostRef]
+    lb: LoadBalancer
+    driver: HostDriver
+    signals: dict[str, SignalSource]
+    notifiers: list[Notifier]
+    journal: Journal
+    sinks: list[EventSink] = field(default_factory=list)
+
+    @property
+    def config(self) -> Any:
+        return self.loaded.config
+
+    @property
+    def app(self) -> str:
+        return str(self.loaded.config.app)
+
+    def host(self, name: str) -> HostRef:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    async def aclose(self) -> None:
+        for closer in (self.lb, self.driver, *self.signals.values(), *self.notifiers):
+            try:
+                await closer.aclose()
+            except Exception:  # closing must not hide the outcome
+                log.debug("close failed", exc_info=True)
+
+
+def host_refs(loaded: LoadedConfig) -> list[HostRef]:
+    return [
+        HostRef(
+            name=h.name,
+            address=h.address,
+            port=h.port,
+            lb_id=h.lb_id,
+            scheme=h.scheme,
+            meta=dict(h.meta),
+        )
+        for h in loaded.config.hosts
+    ]
+
+
+def open_journal(loaded: LoadedConfig) -> Journal:
+    jc = loaded.config.journal
+    return SqliteJournal(resolve_path(loaded.base_dir, jc.path))
+
+
+def build_fleet(loaded: LoadedConfig, journal: Journal | None = None) -> Fleet:
+    """Instantiate every adapter named by the config (no I/O happens here)."""
+    base = loaded.base_dir
+    cfg = loaded.config
+    lb = plugins.adapter_class("lb", cfg.balancer.kind)(loaded.balancer, base_dir=base)
+    driver = plugins.adapter_class("hosts", cfg.driver.kind)(loaded.driver, base_dir=base)
+    signals = {
+        name: plugins.adapter_class("signals", kind)(settings, base_dir=base)
+        for name, (kind, settings) in loaded.signals.items()
+    }
+    notifiers = [
+        plugins.adapter_class("notify", kind)(settings, base_dir=base)
+        for kind, settings in loaded.notify
+    ]
+    return Fleet(
+        loaded=loaded,
+        hosts=host_refs(loaded),
+        lb=lb,
+        driver=driver,
+        signals=signals,
+        notifiers=notifiers,
+        journal=journal or open_journal(loaded),
+    )
+
+
+def holder_name() -> str:
+    """Who holds a lease: host name and PID, so a human can find the process."""
+    return f"{socket.gethostname()}:{os.getpid()}"

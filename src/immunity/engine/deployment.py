@@ -1,0 +1,548 @@
+"""A deployment: preflight → waves (switch + bake) → done, or the immune response.
+
+    preflight   config valid, every adapter answers, every host serves a release (its
+                fallback), the release exists; then the app's lease is taken.
+    waves       hosts of a wave switch in parallel within `max_unavailable`; the bake starts
+                when the wave's first canary is back in the pool and judges until a verdict.
+    outcome     deployed (0) | reverted (3) | revert_incomplete (4) | held (6) |
+                interrupted (130 SIGINT / 143 SIGTERM). Preflight and lease errors raise.
+
+Everything is journaled before and after; `resume` continues from the journal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+
+from immunity.domain import HostRef, LbState, Outcome, Verdict, utcnow
+from immunity.engine.bake import Cohorts, bake
+from immunity.engine.capacity import CapacityGuard
+from immunity.engine.context import Fleet, holder_name
+from immunity.engine.host import HostSwitcher
+from immunity.engine.immune import immune_response
+from immunity.engine.notifying import notify_all
+from immunity.engine.plan import plan_waves
+from immunity.engine.record import Recorder
+from immunity.errors import ImmunityError, JournalError, LeaseLost, PreflightError, StepFailed
+from immunity.journal.base import DeploymentRecord, Lease
+from immunity.journal.sqlite import new_deployment_id
+
+log = logging.getLogger("immunity.engine")
+
+EXIT = {
+    "deployed": 0,
+    "rolled_back": 0,
+    "reverted": 3,
+    "revert_incomplete": 4,
+    "held": 6,
+    "interrupted": 130,
+    "terminated": 143,
+    "failed": 1,
+}
+
+
+@dataclass
+class DeployResult:
+    outcome: str
+    release: str
+    deployment_id: str
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    verdict: Verdict | None = None
+    reason: str = ""
+    detected_after_s: float | None = None
+    reverted_after_s: float | None = None
+    needs_human: list[str] = field(default_factory=list)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+    waves: list[list[str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT.get(self.outcome, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "exit_code": self.exit_code,
+            "release": self.release,
+            "deployment_id": self.deployment_id,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "duration_s": round((self.finished_at - self.started_at).total_seconds(), 3),
+            "reason": self.reason,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
+            "detected_after_s": self.detected_after_s,
+            "reverted_after_s": self.reverted_after_s,
+            "needs_human": self.needs_human,
+            "fallbacks": self.fallbacks,
+            "waves": self.waves,
+            "hosts": self.hosts,
+        }
+
+
+class Stop(Exception):
+    """Raised inside the wave loop when a signal asked us to stop."""
+
+
+# -- preflight ---------------------------------------------------------------------------
+
+
+async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
+    """Check everything before touching anything; return each host's current release.
+
+    Raises PreflightError naming what to fix.
+    """
+    for adapter in (fleet.lb, fleet.driver, *fleet.signals.values(), *fleet.notifiers):
+        check = getattr(adapter, "preflight", None)
+        if check is not None:
+            await check(fleet.hosts)
+    await fleet.driver.check_release(release)
+    members = await fleet.lb.members(fleet.hosts)
+    actives: dict[str, str | None] = {}
+    problems = []
+    for h in fleet.hosts:
+        m = members.get(h.name)
+        if m is None:
+            problems.append(f"{h.name} is not in the balancer's pool")
+        actives[h.name] = await fleet.driver.active_release(h)
+        if actives[h.name] is None:
+            problems.append(f"{h.name} runs no release")
+    if problems:
+        raise PreflightError(
+            "preflight failed: " + "; ".join(problems),
+            hint="fix the hosts (or run `immunity resume` if a deployment was interrupted)",
+        )
+    return await fallbacks_for(fleet, release, {k: v for k, v in actives.items() if v})
+
+
+async def fallbacks_for(fleet: Fleet, release: str, actives: Mapping[str, str]) -> dict[str, str]:
+    """Each host's fallback: its active release, or, for hosts already on `release`, the
+    fleet's most common other release (else the host's previous installed release)."""
+    others = Counter(r for r in actives.values() if r != release)
+    common = others.most_common(1)[0][0] if others else None
+    out: dict[str, str] = {}
+    for h in fleet.hosts:
+        active = actives.get(h.name)
+        if active and active != release:
+            out[h.name] = active
+            continue
+        if common:
+            out[h.name] = common
+            continue
+        installed = [r for r in await fleet.driver.installed_releases(h) if r != release]
+        if installed:
+            out[h.name] = installed[-1]
+    return out
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+class Deployment:
+    """One run of the engine over a fleet; see the module docstring."""
+
+    def __init__(self, fleet: Fleet, release: str, *, handle_signals: bool = True) -> None:
+        self.fleet = fleet
+        self.release = release
+        self.handle_signals = handle_signals
+        self.stopping: str | None = None  # "interrupted" | "terminated"
+        self.serving_new: set[str] = set()
+        self.failed_hosts: set[str] = set()
+        self.first_canary_in: float | None = None
+        self._bake_scope: anyio.CancelScope | None = None
+
+    # the cohorts as they are now, from what the engine has put in the pool
+    def cohorts(self) -> Cohorts:
+        canary = [h for h in self.fleet.hosts if h.name in self.serving_new]
+        baseline = [
+            h
+            for h in self.fleet.hosts
+            if h.name not in self.serving_new
+            and h.name not in self.failed_hosts
+            and h.name not in self.capacity.out
+        ]
+        return Cohorts(canary, baseline)
+
+    async def run(
+        self, *, resume: DeploymentRecord | None = None, abort: bool = False
+    ) -> DeployResult:
+        fleet = self.fleet
+        cfg = fleet.config
+        journal = fleet.journal
+        self.capacity = CapacityGuard(cfg.max_unavailable)
+        if resume is None:
+            deployment_id = new_deployment_id()
+            lease = self._lease(deployment_id, takeover=False)
+            try:
+                fallbacks = await preflight(fleet, self.release)
+            except BaseException:
+                journal.release_lease(lease)
+                raise
+            record = journal.begin(
+                fleet.app, self.release, {"fallbacks": fallbacks}, deployment_id=deployment_id
+            )
+            token: int | None = lease.token
+        else:
+            record = resume
+            fallbacks = dict(resume.data.get("fallbacks", {}))
+            lease = self._lease(record.id, takeover=True)
+            token = lease.token
+        rec = Recorder(fleet, record.id, self.release, token)
+        started = time.monotonic()
+        if resume is None:
+            rec.record(
+                "deployment.started",
+                f"deploying {self.release} to {len(fleet.hosts)} host(s)",
+                release=self.release,
+                fallbacks=fallbacks,
+                holder=lease.holder,
+                hosts=[h.name for h in fleet.hosts],
+            )
+        else:
+            rec.record(
+                "deployment.resumed",
+                f"resuming {self.release}" + (" to abort it" if abort else ""),
+                holder=lease.holder,
+                token=lease.token,
+                abort=abort,
+            )
+        result = DeployResult(
+            outcome="failed",
+            release=self.release,
+            deployment_id=record.id,
+            started_at=record.started_at,
+            finished_at=utcnow(),
+            fallbacks=fallbacks,
+        )
+        try:
+            async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
+                switcher = HostSwitcher(fleet, rec, self.capacity, http)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._heartbeat, lease)
+                    if self.handle_signals:
+                        tg.start_soon(self._signals, rec)
+                    try:
+                        await self._body(rec, switcher, fallbacks, result, resume, abort, started)
+                    finally:
+                        tg.cancel_scope.cancel()
+        except LeaseLost as exc:
+            # Someone took over (resume with a newer token): change nothing more.
+            result.outcome = "failed"
+            result.reason = exc.message
+            result.finished_at = utcnow()
+            return result
+        except JournalError:
+            raise
+        result.finished_at = utcnow()
+        result.hosts = host_steps(fleet.journal.entries(record.id), fleet.hosts)
+        journal.finish(record.id, result.outcome, result.reason, {"result": result.to_dict()})
+        await notify_all(fleet, rec, result.outcome, result.reason, result.to_dict())
+        journal.release_lease(lease)
+        return result
+
+    def _lease(
+        self, deployment_id: str, *, takeover: bool, on_held_finish: str | None = None
+    ) -> Lease:
+        cfg = self.fleet.config
+        try:
+            return self.fleet.journal.acquire_lease(
+                self.fleet.app, holder_name(), deployment_id, cfg.lease_ttl, takeover=takeover
+            )
+        except ImmunityError as exc:
+            if on_held_finish:
+                self.fleet.journal.finish(on_held_finish, "rejected", exc.message, {})
+            raise
+
+    async def _heartbeat(self, lease: Lease) -> None:
+        every = max(0.5, self.fleet.config.lease_ttl / 3)
+        while True:
+            await anyio.sleep(every)
+            self.fleet.journal.heartbeat(lease)
+
+    async def _signals(self, rec: Recorder) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                kind = "interrupted" if signum == signal.SIGINT else "terminated"
+                if self.stopping:
+                    rec.record(
+                        "deployment.signal_repeated",
+                        f"{signal.Signals(signum).name} again: still finishing the hosts in flight",
+                    )
+                    continue
+                self.stopping = kind
+                rec.record(
+                    "deployment.stopping",
+                    f"{signal.Signals(signum).name}: starting no new work, finishing hosts in flight",
+                    signal=signal.Signals(signum).name,
+                )
+                if self._bake_scope is not None:
+                    self._bake_scope.cancel()
+
+    async def _body(
+        self,
+        rec: Recorder,
+        switcher: HostSwitcher,
+        fallbacks: dict[str, str],
+        result: DeployResult,
+        resume: DeploymentRecord | None,
+        abort: bool,
+        started: float,
+    ) -> None:
+        fleet = self.fleet
+        cfg = fleet.config
+        entries = fleet.journal.entries(result.deployment_id) if resume else []
+        kinds = {e.kind for e in entries}
+        if resume and (abort or "immune.started" in kinds or "verdict.failed" in kinds):
+            reason = "resume --abort" if abort else _last_reason(entries) or "interrupted revert"
+            await self._revert(rec, switcher, fallbacks, result, reason, time.monotonic(), None)
+            if result.outcome == "reverted" and abort:
+                result.outcome = "reverted"
+            return
+        passed_waves = {int(e.data.get("wave", -1)) for e in entries if e.kind == "wave.passed"}
+        # hosts already serving the new release count as canaries (resume, re-run)
+        members = await fleet.lb.members(fleet.hosts)
+        for h in fleet.hosts:
+            m = members.get(h.name)
+            active = await fleet.driver.active_release(h)
+            if active == self.release and m is not None and m.state is LbState.SERVING:
+                self.serving_new.add(h.name)
+            elif m is None or m.state is not LbState.SERVING:
+                self.capacity.mark_out(h.name)
+        waves = plan_waves(fleet.hosts, cfg.waves)
+        result.waves = [[h.name for h in w] for w in waves]
+        for i, wave in enumerate(waves, start=1):
+            todo = [h for h in wave if h.name not in self.serving_new]
+            if self.stopping:
+                break
+            if i in passed_waves and not todo:
+                continue
+            rec.record(
+                "wave.started",
+                f"wave {i}: {[h.name for h in todo]}",
+                wave=i,
+                hosts=[h.name for h in todo],
+            )
+            last = i == len(waves)
+            verdict, switch_error = await self._wave(rec, switcher, fallbacks, i, todo, last)
+            if (
+                self.stopping
+                and (verdict is None or verdict.outcome is not Outcome.FAIL)
+                and switch_error is None
+            ):
+                break
+            if switch_error is not None and len(self.failed_hosts) > cfg.max_failed_hosts:
+                reason = f"host step failed: {switch_error.message}"
+                await self._revert(rec, switcher, fallbacks, result, reason, time.monotonic(), None)
+                return
+            assert verdict is not None
+            rec.record(
+                "verdict.reached" if verdict.outcome is not Outcome.FAIL else "verdict.failed",
+                verdict.reason,
+                wave=i,
+                verdict=verdict.to_dict(),
+            )
+            if verdict.outcome is Outcome.FAIL:
+                detected = time.monotonic() - (self.first_canary_in or started)
+                result.verdict = verdict
+                result.detected_after_s = round(detected, 3)
+                await self._revert(
+                    rec, switcher, fallbacks, result, verdict.reason, time.monotonic(), verdict
+                )
+                return
+            if verdict.outcome is Outcome.INCONCLUSIVE:
+                result.verdict = verdict
+                if cfg.judge.on_inconclusive == "hold":
+                    result.outcome = "held"
+                    result.reason = f"held: {verdict.reason}"
+                    rec.record("deployment.held", result.reason, wave=i)
+                    return
+                await self._revert(
+                    rec,
+                    switcher,
+                    fallbacks,
+                    result,
+                    f"inconclusive: {verdict.reason}",
+                    time.monotonic(),
+                    verdict,
+                )
+                return
+            result.verdict = verdict
+            rec.record("wave.passed", f"wave {i} passed: {verdict.reason}", wave=i)
+        if self.stopping:
+            result.outcome = self.stopping
+            result.reason = (
+                f"{self.stopping} by signal; hosts in flight finished, fleet in the pool"
+            )
+            rec.record(
+                "deployment.interrupted", result.reason, serving_new=sorted(self.serving_new)
+            )
+            return
+        result.outcome = "deployed"
+        result.reason = result.verdict.reason if result.verdict else "every host serves the release"
+        rec.record("deployment.succeeded", f"every host serves {self.release}")
+
+    async def _wave(
+        self,
+        rec: Recorder,
+        switcher: HostSwitcher,
+        fallbacks: Mapping[str, str],
+        i: int,
+        hosts: Sequence[HostRef],
+        last: bool,
+    ) -> tuple[Verdict | None, StepFailed | None]:
+        """Switch `hosts` (within capacity) while the bake judges from the first canary in."""
+        first_in = anyio.Event()
+        switched = anyio.Event()
+        errors: list[StepFailed] = []
+        verdict: Verdict | None = None
+        halt = anyio.Event()
+
+        async def switch_one(h: HostRef) -> None:
+            if self.stopping or halt.is_set():
+                return
+            try:
+                await switcher.switch(h, self.release)
+            except StepFailed as exc:
+                errors.append(exc)
+                self.failed_hosts.add(h.name)
+                if len(self.failed_hosts) > self.fleet.config.max_failed_hosts:
+                    halt.set()
+                else:  # within the budget: put this host back on its fallback, go on
+                    try:
+                        await switcher.switch(h, fallbacks[h.name], purpose="revert")
+                        self.failed_hosts.discard(h.name)
+                    except StepFailed as exc2:
+                        errors.append(exc2)
+                        halt.set()
+                return
+            self.serving_new.add(h.name)
+            if self.first_canary_in is None:
+                self.first_canary_in = time.monotonic()
+            first_in.set()
+
+        async def switch_all() -> None:
+            async with anyio.create_task_group() as tg:
+                for h in hosts:
+                    tg.start_soon(switch_one, h)
+            switched.set()
+            first_in.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(switch_all)
+            await first_in.wait()
+            if not self.serving_new or halt.is_set() or self.stopping:
+                await switched.wait()
+                if errors and len(self.failed_hosts) > self.fleet.config.max_failed_hosts:
+                    return None, errors[0]
+                if self.stopping:
+                    return None, None
+            with anyio.CancelScope() as scope:
+                self._bake_scope = scope
+                relative = not last and bool(self.cohorts().baseline)
+                res = await bake(
+                    self.fleet,
+                    rec,
+                    self.cohorts,
+                    wave=i,
+                    relative=relative,
+                    may_pass=switched.is_set,
+                )
+                verdict = res.verdict
+            self._bake_scope = None
+            if verdict is None or verdict.outcome is Outcome.FAIL:
+                halt.set()  # start no more hosts of this wave
+            await switched.wait()
+        if errors and len(self.failed_hosts) > self.fleet.config.max_failed_hosts:
+            return verdict, errors[0]
+        return verdict, None
+
+    async def _revert(
+        self,
+        rec: Recorder,
+        switcher: HostSwitcher,
+        fallbacks: dict[str, str],
+        result: DeployResult,
+        reason: str,
+        t_verdict: float,
+        verdict: Verdict | None,
+    ) -> None:
+        failed = await immune_response(
+            fleet=self.fleet,
+            rec=rec,
+            switcher=switcher,
+            release=self.release,
+            fallbacks=fallbacks,
+            reason=reason,
+        )
+        result.reason = reason
+        if verdict is not None:
+            result.verdict = verdict
+        if failed:
+            result.outcome = "revert_incomplete"
+            result.needs_human = failed
+            rec.record(
+                "deployment.revert_incomplete",
+                f"could not revert {failed}: a human is needed",
+                hosts=failed,
+                reason=reason,
+            )
+            return
+        result.outcome = "reverted"
+        result.reverted_after_s = round(time.monotonic() - t_verdict, 3)
+        rec.record(
+            "deployment.reverted",
+            f"fleet back on its previous release: {reason}",
+            reason=reason,
+            detected_after_s=result.detected_after_s,
+            reverted_after_s=result.reverted_after_s,
+        )
+
+
+def _last_reason(entries: Sequence[Any]) -> str | None:
+    for e in reversed(entries):
+        if e.kind in ("immune.started", "verdict.failed"):
+            return str(e.data.get("reason") or (e.data.get("verdict") or {}).get("reason") or "")
+    return None
+
+
+def host_steps(entries: Sequence[Any], hosts: Sequence[HostRef]) -> list[dict[str, Any]]:
+    """Per host: its last release reached and every step with its times, from the journal."""
+    out: dict[str, dict[str, Any]] = {
+        h.name: {"name": h.name, "release": None, "steps": []} for h in hosts
+    }
+    open_steps: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in entries:
+        if e.host not in out:
+            continue
+        if e.kind == "host.step_started" and e.step:
+            row = {
+                "step": e.step,
+                "purpose": e.data.get("purpose"),
+                "release": e.data.get("release"),
+                "started_at": e.at.isoformat(),
+                "finished_at": None,
+                "ok": None,
+            }
+            out[e.host]["steps"].append(row)
+            open_steps[(e.host, e.step)] = row
+        elif e.kind in ("host.step_finished", "host.step_failed") and e.step:
+            row2 = open_steps.pop((e.host, e.step), None)
+            if row2 is not None:
+                row2["finished_at"] = e.at.isoformat()
+                row2["ok"] = e.kind == "host.step_finished"
+                if e.kind == "host.step_failed":
+                    row2["error"] = e.data.get("error")
+        elif e.kind == "host.switched":
+            out[e.host]["release"] = e.data.get("release")
+    return list(out.values())

@@ -1,0 +1,192 @@
+"""One host's switch: drain → stop → install → start → verify → warm up → enable.
+
+Each step is idempotent and journaled before and after (`host.step_started`,
+`host.step_finished` or `host.step_failed`); the caller owns no deadline here because each
+step has its own from `timeouts`. A switch, once started, is shielded from cancellation:
+Ctrl-C or a failing sibling never leaves a host half-way without the journal saying so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import httpx
+
+from immunity.domain import HostRef
+from immunity.engine.capacity import CapacityGuard
+from immunity.engine.context import Fleet
+from immunity.engine.record import Recorder
+from immunity.errors import ImmunityError, StepFailed
+
+STEPS = ("drain", "stop", "install", "start", "verify", "warmup", "enable")
+
+
+class HostSwitcher:
+    def __init__(
+        self,
+        fleet: Fleet,
+        rec: Recorder,
+        capacity: CapacityGuard,
+        http: httpx.AsyncClient,
+        *,
+        warmup: bool = True,
+        drain: bool = True,
+    ) -> None:
+        self.fleet = fleet
+        self.rec = rec
+        self.capacity = capacity
+        self.http = http
+        self.do_warmup = warmup
+        self.do_drain = drain
+
+    async def switch(
+        self, host: HostRef, release: str, *, purpose: str = "deploy", shield: bool = True
+    ) -> None:
+        """Move `host` to `release` and back into the pool. Raises StepFailed.
+
+        With `shield` (the default) nothing outside can cancel the walk once it started;
+        the immune response passes `shield=False` because it shields itself as a whole and
+        must be able to stop at its own deadline.
+        """
+        await self.capacity.take(host.name)
+        with anyio.CancelScope(shield=shield):
+            await self._walk(host, release, purpose)
+        await self.capacity.give_back(host.name)
+
+    async def _walk(self, host: HostRef, release: str, purpose: str) -> None:
+        cfg = self.fleet.config
+        t = cfg.timeouts
+        lb, drv = self.fleet.lb, self.fleet.driver
+
+        async def drain() -> None:
+            await lb.drain(host)
+            await lb.wait_drained(host)
+
+        async def enable() -> None:
+            await lb.enable(host)
+            await lb.wait_healthy(host)
+
+        steps: list[tuple[str, float, Callable[[], Awaitable[None]]]] = []
+        if self.do_drain:
+            steps.append(("drain", t.drain, drain))
+        steps += [
+            ("stop", t.stop, lambda: drv.stop(host)),
+            ("install", t.install, lambda: drv.install(host, release)),
+            ("start", t.start, lambda: drv.start(host, release)),
+            ("verify", t.verify, lambda: self.verify(host)),
+        ]
+        if self.do_warmup:
+            steps.append(("warmup", cfg.warmup.timeout, lambda: self.warm_up(host)))
+        if self.do_drain:
+            steps.append(("enable", t.enable, enable))
+        for name, timeout, action in steps:
+            await self._step(host, release, purpose, name, timeout, action)
+        self.rec.record(
+            "host.switched",
+            f"{host.name} serves {release}",
+            host=host.name,
+            release=release,
+            purpose=purpose,
+        )
+
+    async def _step(
+        self,
+        host: HostRef,
+        release: str,
+        purpose: str,
+        step: str,
+        timeout: float,
+        action: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.rec.record(
+            "host.step_started",
+            f"{host.name}: {step}",
+            host=host.name,
+            step=step,
+            release=release,
+            purpose=purpose,
+        )
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(timeout):
+                await action()
+        except TimeoutError as exc:
+            err = StepFailed(
+                f"{host.name}: {step} did not finish within {timeout:g}s",
+                host=host.name,
+                step=step,
+                hint=f"raise timeouts.{step if step != 'warmup' else 'warmup.timeout'} or look at the host",
+            )
+            self._failed(host, step, release, purpose, err)
+            raise err from exc
+        except ImmunityError as exc:
+            err = (
+                exc
+                if isinstance(exc, StepFailed)
+                else StepFailed(
+                    f"{host.name}: {step} failed: {exc.message}",
+                    host=host.name,
+                    step=step,
+                    hint=exc.hint,
+                )
+            )
+            self._failed(host, step, release, purpose, err)
+            raise err from exc
+        self.rec.record(
+            "host.step_finished",
+            f"{host.name}: {step} done",
+            host=host.name,
+            step=step,
+            release=release,
+            purpose=purpose,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def _failed(self, host: HostRef, step: str, release: str, purpose: str, err: Exception) -> None:
+        self.rec.record(
+            "host.step_failed",
+            str(err),
+            host=host.name,
+            step=step,
+            release=release,
+            purpose=purpose,
+            error=str(err),
+        )
+
+    async def verify(self, host: HostRef) -> None:
+        """The host serves its health URL directly (retried until the step's deadline)."""
+        v = self.fleet.config.verify
+        url = host.base_url + v.path
+        last = "no answer yet"
+        while True:
+            try:
+                r = await self.http.get(url, timeout=5.0)
+                if r.status_code == v.expect_status:
+                    return
+                last = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            await anyio.sleep(0.05)
+            self._last_verify = last
+
+    async def warm_up(self, host: HostRef) -> None:
+        """Requests straight to the host until K in a row answer under the latency bar."""
+        w = self.fleet.config.warmup
+        url = host.base_url + w.path
+        in_a_row = 0
+        sent = 0
+        while in_a_row < w.consecutive:
+            started = time.monotonic()
+            try:
+                r = await self.http.get(url, timeout=w.request_timeout)
+                ok = r.status_code < 500
+            except httpx.HTTPError:
+                ok = False
+            took = time.monotonic() - started
+            sent += 1
+            in_a_row = in_a_row + 1 if ok and took <= w.latency_bar else 0
+            if in_a_row < w.consecutive:
+                await anyio.sleep(w.pause)
+        self.warmup_requests = sent

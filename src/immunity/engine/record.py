@@ -1,0 +1,62 @@
+"""One place that records what happens: journal first (durable), then logs and sinks.
+
+Journal kinds, log events and notifications share names (`noun.verb_past`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from immunity.domain import Event
+from immunity.engine.context import Fleet
+
+log = logging.getLogger("immunity.engine")
+
+
+class Recorder:
+    def __init__(self, fleet: Fleet, deployment_id: str, release: str, token: int | None) -> None:
+        self.fleet = fleet
+        self.deployment_id = deployment_id
+        self.release = release
+        self.token = token
+
+    def record(
+        self,
+        kind: str,
+        message: str = "",
+        *,
+        host: str | None = None,
+        step: str | None = None,
+        **data: Any,
+    ) -> Event:
+        """Journal `kind` durably (raises JournalError/LeaseLost), then tell the sinks."""
+        self.fleet.journal.append(
+            self.deployment_id, kind, host=host, step=step, data=data, token=self.token
+        )
+        event = Event(
+            kind=kind,
+            app=self.fleet.app,
+            deployment_id=self.deployment_id,
+            release=self.release,
+            message=message,
+            data={**({"host": host} if host else {}), **({"step": step} if step else {}), **data},
+        )
+        log.info("%s %s", kind, message, extra={"event": kind, "host": host, "step": step})
+        for sink in self.fleet.sinks:
+            try:
+                sink(event)
+            except Exception:  # a display problem never changes a deployment
+                log.debug("event sink failed", exc_info=True)
+        return event
+
+    def event(self, kind: str, message: str, data: Mapping[str, Any]) -> Event:
+        return Event(
+            kind=kind,
+            app=self.fleet.app,
+            deployment_id=self.deployment_id,
+            release=self.release,
+            message=message,
+            data=dict(data),
+        )

@@ -1,0 +1,295 @@
+"""SQLite journal: the embedded default.
+
+WAL mode and `synchronous=FULL`, one short `BEGIN IMMEDIATE` transaction per write, so an
+entry is on disk before `append` returns and a SIGKILL never loses an acknowledged step.
+Leases live in the same file: one row per app, with a fencing token that grows at every
+acquisition; `append(..., token=t)` checks the token inside the write's transaction, so a
+process that lost its lease can change nothing more.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from immunity.domain import utcnow
+from immunity.errors import JournalError, LeaseHeld, LeaseLost
+from immunity.journal.base import DeploymentRecord, JournalEntry, Lease
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    release TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT,
+    reason TEXT,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS deployments_app ON deployments(app, started_at);
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id TEXT NOT NULL REFERENCES deployments(id),
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    host TEXT,
+    step TEXT,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS entries_deployment ON entries(deployment_id, seq);
+CREATE TABLE IF NOT EXISTS leases (
+    app TEXT PRIMARY KEY,
+    holder TEXT,
+    deployment_id TEXT,
+    token INTEGER NOT NULL,
+    ttl_s REAL NOT NULL,
+    acquired_at TEXT,
+    heartbeat_at TEXT,
+    released INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+def new_deployment_id() -> str:
+    return utcnow().strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+def _ts(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat()
+
+
+def _parse(s: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(s) if s else None
+
+
+class SqliteJournal:
+    """`Journal` over one SQLite file. Safe to share between threads of one process."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(
+                f"cannot open the journal {self.path}: {exc}",
+                hint="check journal.path in immunity.yaml and that its folder is writable",
+            ) from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal write failed ({self.path}): {exc}") from exc
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal read failed ({self.path}): {exc}") from exc
+
+    # -- deployments -------------------------------------------------------------------
+
+    def begin(
+        self, app: str, release: str, data: Mapping[str, Any], *, deployment_id: str | None = None
+    ) -> DeploymentRecord:
+        rec = DeploymentRecord(
+            id=deployment_id or new_deployment_id(),
+            app=app,
+            release=release,
+            started_at=utcnow(),
+            finished_at=None,
+            outcome=None,
+            reason=None,
+            data=dict(data),
+        )
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO deployments(id, app, release, started_at, data) VALUES (?,?,?,?,?)",
+                (rec.id, app, release, _ts(rec.started_at), json.dumps(rec.data, default=str)),
+            )
+        return rec
+
+    def finish(
+        self, deployment_id: str, outcome: str, reason: str, data: Mapping[str, Any]
+    ) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT data FROM deployments WHERE id=?", (deployment_id,)).fetchone()
+            merged = {**json.loads(row[0] if row else "{}"), **dict(data)}
+            db.execute(
+                "UPDATE deployments SET finished_at=?, outcome=?, reason=?, data=? WHERE id=?",
+                (_ts(utcnow()), outcome, reason, json.dumps(merged, default=str), deployment_id),
+            )
+
+    def deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        rows = self._read(
+            "SELECT id, app, release, started_at, finished_at, outcome, reason, data "
+            "FROM deployments WHERE id=?",
+            (deployment_id,),
+        )
+        return self._record(rows[0]) if rows else None
+
+    def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
+        sql = "SELECT id, app, release, started_at, finished_at, outcome, reason, data FROM deployments"
+        rows = self._read(
+            sql + (" WHERE app=?" if app else "") + " ORDER BY started_at", (app,) if app else ()
+        )
+        return [self._record(r) for r in rows]
+
+    @staticmethod
+    def _record(r: tuple[Any, ...]) -> DeploymentRecord:
+        started = _parse(r[3])
+        assert started is not None
+        return DeploymentRecord(
+            r[0], r[1], r[2], started, _parse(r[4]), r[5], r[6], json.loads(r[7])
+        )
+
+    # -- entries -----------------------------------------------------------------------
+
+    def append(
+        self,
+        deployment_id: str,
+        kind: str,
+        *,
+        host: str | None = None,
+        step: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        token: int | None = None,
+        app: str | None = None,
+    ) -> JournalEntry:
+        at = utcnow()
+        payload = json.dumps(dict(data or {}), default=str)
+        with self._tx() as db:
+            if token is not None:
+                row = db.execute(
+                    "SELECT token FROM leases WHERE deployment_id=? OR app=? ORDER BY token DESC LIMIT 1",
+                    (deployment_id, app or ""),
+                ).fetchone()
+                if row is None or int(row[0]) != token:
+                    raise LeaseLost(
+                        f"lease token {token} is stale (current {row[0] if row else 'none'}): "
+                        "another process took this deployment over; changing nothing more",
+                    )
+            cur = db.execute(
+                "INSERT INTO entries(deployment_id, at, kind, host, step, data) VALUES (?,?,?,?,?,?)",
+                (deployment_id, _ts(at), kind, host, step, payload),
+            )
+            seq = int(cur.lastrowid or 0)
+        return JournalEntry(seq, deployment_id, at, kind, host, step, json.loads(payload))
+
+    def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
+        rows = self._read(
+            "SELECT seq, deployment_id, at, kind, host, step, data FROM entries "
+            "WHERE deployment_id=? ORDER BY seq",
+            (deployment_id,),
+        )
+        out = []
+        for r in rows:
+            at = _parse(r[2])
+            assert at is not None
+            out.append(JournalEntry(r[0], r[1], at, r[3], r[4], r[5], json.loads(r[6])))
+        return out
+
+    # -- leases ------------------------------------------------------------------------
+
+    def acquire_lease(
+        self, app: str, holder: str, deployment_id: str, ttl_s: float, *, takeover: bool = False
+    ) -> Lease:
+        now = utcnow()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT holder, deployment_id, token, ttl_s, acquired_at, heartbeat_at, released "
+                "FROM leases WHERE app=?",
+                (app,),
+            ).fetchone()
+            token = 1
+            if row is not None:
+                token = int(row[2]) + 1
+                live = (
+                    not row[6]
+                    and (now - dt.datetime.fromisoformat(row[5])).total_seconds() < row[3]
+                )
+                if not row[6] and (live or not takeover):
+                    since = row[4]
+                    state = "is heart-beating" if live else f"stopped heart-beating at {row[5]}"
+                    raise LeaseHeld(
+                        f"another deployment of {app} holds the lease: {row[0]} "
+                        f"(deployment {row[1]}) since {since}, and {state}",
+                        hint=(
+                            "wait for it to finish"
+                            if live
+                            else "run `immunity resume -c FILE` to finish or undo it"
+                        ),
+                        context={"holder": row[0], "deployment": row[1], "since": since},
+                    )
+            db.execute(
+                "INSERT INTO leases(app, holder, deployment_id, token, ttl_s, acquired_at, heartbeat_at, released) "
+                "VALUES (?,?,?,?,?,?,?,0) ON CONFLICT(app) DO UPDATE SET holder=excluded.holder, "
+                "deployment_id=excluded.deployment_id, token=excluded.token, ttl_s=excluded.ttl_s, "
+                "acquired_at=excluded.acquired_at, heartbeat_at=excluded.heartbeat_at, released=0",
+                (app, holder, deployment_id, token, ttl_s, _ts(now), _ts(now)),
+            )
+        return Lease(app, holder, deployment_id, token, now, now)
+
+    def heartbeat(self, lease: Lease) -> None:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE leases SET heartbeat_at=? WHERE app=? AND token=? AND released=0",
+                (_ts(utcnow()), lease.app, lease.token),
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(
+                    f"the lease of {lease.app} was taken over (token {lease.token} is stale)"
+                )
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE leases SET released=1 WHERE app=? AND token=?", (lease.app, lease.token)
+            )
+
+    def current_lease(self, app: str) -> Lease | None:
+        rows = self._read(
+            "SELECT holder, deployment_id, token, acquired_at, heartbeat_at FROM leases "
+            "WHERE app=? AND released=0",
+            (app,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        acq, hb = _parse(r[3]), _parse(r[4])
+        assert acq is not None and hb is not None
+        return Lease(app, r[0], r[1], int(r[2]), acq, hb)
+
+    def lease_ttl(self, app: str) -> float | None:
+        rows = self._read("SELECT ttl_s FROM leases WHERE app=?", (app,))
+        return float(rows[0][0]) if rows else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
