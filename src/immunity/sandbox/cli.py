@@ -1,0 +1,118 @@
+"""`immunity sandbox ...`: create, load and remove the local fleet (mounted by the main CLI)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from immunity.errors import ImmunityError
+from immunity.sandbox import fleet
+
+app = typer.Typer(
+    name="sandbox",
+    help="A local fleet: HAProxy in front of N local hosts running the sample app.",
+    no_args_is_help=True,
+)
+
+DirOpt = Annotated[Path, typer.Option("--dir", "-d", help="Sandbox folder.")]
+
+
+def _fail(exc: ImmunityError) -> typer.Exit:
+    typer.echo(f"error: {exc.message}", err=True)
+    if exc.hint:
+        typer.echo(f"hint: {exc.hint}", err=True)
+    return typer.Exit(exc.exit_code if exc.exit_code != 1 else 1)
+
+
+@app.command()
+def up(
+    dir: DirOpt,
+    hosts: Annotated[int, typer.Option("--hosts", "-n", min=1, help="Number of hosts.")] = 3,
+    base_port: Annotated[
+        int | None,
+        typer.Option(
+            "--base-port", help="Balancer port; hosts take the next ones. Default: free ports."
+        ),
+    ] = None,
+    app_name: Annotated[str, typer.Option("--app", help="App name in immunity.yaml.")] = "sandbox",
+) -> None:
+    """Create DIR, install release v1 on N hosts, start them behind HAProxy, write immunity.yaml."""
+    try:
+        info = fleet.create_sandbox(dir, hosts, base_port, app=app_name)
+    except ImmunityError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"sandbox up in {info.dir}: {len(info.host_ports)} hosts on release v1")
+    for name, port in info.host_ports.items():
+        typer.echo(f"  {name}  http://127.0.0.1:{port}")
+    typer.echo(f"balancer: {info.url}")
+    typer.echo(f"config:   {info.config_path}")
+
+
+@app.command()
+def release(
+    dir: DirOpt,
+    name: Annotated[str, typer.Argument(help="Release name, e.g. v2.")],
+    error_rate: Annotated[
+        float, typer.Option("--error-rate", min=0.0, max=1.0, help="Fraction answered 500.")
+    ] = 0.0,
+    latency_ms: Annotated[
+        float, typer.Option("--latency-ms", min=0.0, help="Extra latency.")
+    ] = 0.0,
+    cold_start_s: Annotated[
+        float, typer.Option("--cold-start-s", min=0.0, help="First requests wait this long.")
+    ] = 0.0,
+) -> None:
+    """Write the release manifest DIR/releases/NAME.json."""
+    if not dir.is_dir():
+        typer.echo(f"error: {dir} does not exist", err=True)
+        typer.echo("hint: create the sandbox with `immunity sandbox up --dir DIR`", err=True)
+        raise typer.Exit(2)
+    try:
+        path = fleet.add_release(dir, name, error_rate, latency_ms, cold_start_s)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"release {name} written to {path}")
+
+
+@app.command()
+def load(
+    dir: DirOpt,
+    rps: Annotated[float, typer.Option("--rps", min=0.1, help="Requests per second.")] = 50.0,
+    duration: Annotated[float, typer.Option("--duration", min=0.1, help="Seconds.")] = 30.0,
+    out: Annotated[Path, typer.Option("--out", help="JSON lines, one per request.")] = Path(
+        "load.jsonl"
+    ),
+    path: Annotated[str, typer.Option("--path", help="Request path.")] = "/",
+) -> None:
+    """Play customers through the balancer at a constant rate; record every response."""
+    from immunity.sandbox.load import run_load
+
+    try:
+        info = fleet.read_info(dir)
+    except ImmunityError as exc:
+        raise _fail(exc) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        summary = await run_load(info.url + path, rps, duration, out, stop_event=stop)
+        typer.echo(summary.line())
+
+    asyncio.run(main())
+
+
+@app.command()
+def down(dir: DirOpt) -> None:
+    """Stop every process the sandbox started (HAProxy and every host's app); keep the files."""
+    if not dir.is_dir():
+        typer.echo(f"error: {dir} does not exist", err=True)
+        raise typer.Exit(2)
+    stopped = fleet.teardown(dir)
+    typer.echo(f"sandbox down: stopped {len(stopped)} process(es)")
