@@ -91,6 +91,8 @@ class CheckConfig(Strict):
     max: float | None = None
     """For guard rails: error_rate_max takes a fraction, latency_max a p99 bound in ms."""
     quantile: float = 0.99
+    thresholds_ms: list[float] | None = None
+    """For latency checks: fixed thresholds (ms) instead of the baseline's p50/p90/p99."""
 
     @field_validator("max", mode="before")
     @classmethod
@@ -108,6 +110,8 @@ class JudgeConfig(Strict):
     error_bad: float = Field(default=2.0, gt=1.0)
     latency_tolerance: float = Field(default=1.25, ge=1.0)
     latency_bad: float = Field(default=1.75, gt=1.0)
+    error_floor: Fraction = 0.001
+    """A canary 5xx rate certified below this is no regression, whatever the baseline's."""
     min_traffic_share: Fraction = 0.3
     """A canary getting less than this fraction of its fair share of traffic is inconclusive."""
     inconclusive_limit: Duration = 60.0
