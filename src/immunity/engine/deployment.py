@@ -161,6 +161,7 @@ class Deployment:
         self.failed_hosts: set[str] = set()
         self.first_canary_in: float | None = None
         self._bake_scope: anyio.CancelScope | None = None
+        self.holder_dead = False  # set by resume when the old holder's PID is gone
 
     # the cohorts as they are now, from what the engine has put in the pool
     def cohorts(self) -> Cohorts:

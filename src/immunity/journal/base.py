@@ -71,7 +71,16 @@ class Journal(Protocol):
 
     def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]: ...
 
-    def acquire_lease(self, app: str, holder: str, deployment_id: str, ttl_s: float, *, takeover: bool = False) -> Lease:
+    def acquire_lease(
+        self,
+        app: str,
+        holder: str,
+        deployment_id: str,
+        ttl_s: float,
+        *,
+        takeover: bool = False,
+        holder_dead: bool = False,
+    ) -> Lease:
         """Take the app's lease. Raises LeaseHeld when someone live holds it (or when a dead
         holder's lease is asked for without `takeover`)."""
         ...

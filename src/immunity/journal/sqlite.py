@@ -218,8 +218,20 @@ class SqliteJournal:
     # -- leases ------------------------------------------------------------------------
 
     def acquire_lease(
-        self, app: str, holder: str, deployment_id: str, ttl_s: float, *, takeover: bool = False
+        self,
+        app: str,
+        holder: str,
+        deployment_id: str,
+        ttl_s: float,
+        *,
+        takeover: bool = False,
+        holder_dead: bool = False,
     ) -> Lease:
+        """Take the app's lease (see `Journal.acquire_lease`).
+
+        `holder_dead` says the caller proved the holder's process is gone (same machine, PID
+        not alive), so `takeover` need not wait for `lease_ttl`.
+        """
         now = utcnow()
         with self._tx() as db:
             row = db.execute(

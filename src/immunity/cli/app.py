@@ -1,0 +1,240 @@
+"""The `immunity` command line: the only place that prints and maps errors to exit codes.
+
+Exit codes: 0 deployed; 2 config or preflight rejected, nothing touched; 3 release rejected,
+fleet reverted, team told; 4 revert incomplete, a human is needed; 5 another deployment holds
+the lease; 6 held (inconclusive, `hold` policy); 130/143 interrupted after the shielded
+cleanup; 1 a bug (traceback kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import typer
+
+from immunity import config as cfgmod
+from immunity.cli import output
+from immunity.cli.output import err, out, show_error, write_json
+from immunity.engine.context import Fleet, build_fleet
+from immunity.engine.deployment import Deployment, DeployResult
+from immunity.engine import ops
+from immunity.errors import ImmunityError
+
+app = typer.Typer(
+    name="immunity",
+    help="Canary deployments for server fleets with a cluster immune system.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Check immunity.yaml.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+T = TypeVar("T")
+
+ConfigOpt = Annotated[str, typer.Option("-c", "--config", help="Path of immunity.yaml.")]
+JsonOpt = Annotated[
+    str | None, typer.Option("--json", help="Write the JSON result to FILE ('-' for stdout).")
+]
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("IMMUNITY_LOG", "WARNING").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
+    """Load the config, build the fleet, run `fn`, close everything; map errors to exits."""
+    try:
+        loaded = cfgmod.load(path)
+        fleet = build_fleet(loaded)
+    except ImmunityError as exc:
+        raise typer.Exit(show_error(exc)) from None
+
+    async def main() -> T:
+        try:
+            return await fn(fleet)
+        finally:
+            await fleet.aclose()
+
+    try:
+        return anyio.run(main)
+    except ImmunityError as exc:
+        raise typer.Exit(show_error(exc)) from None
+    except KeyboardInterrupt:
+        err.print("interrupted before anything was changed")
+        raise typer.Exit(130) from None
+    finally:
+        fleet.journal.close()
+
+
+def _finish(result: DeployResult, json_dest: str | None) -> None:
+    data = result.to_dict()
+    write_json(data, json_dest)
+    style = {0: "green", 3: "yellow"}.get(result.exit_code, "red")
+    out.print(f"[bold {style}]{result.outcome}[/] {result.release} ({result.deployment_id})", highlight=False)
+    if result.reason:
+        out.print(f"  {result.reason}", markup=False, highlight=False)
+    if result.detected_after_s is not None:
+        out.print(f"  detected after {result.detected_after_s:.1f}s", highlight=False)
+    if result.reverted_after_s is not None:
+        out.print(f"  fleet reverted {result.reverted_after_s:.1f}s after the verdict", highlight=False)
+    if result.needs_human:
+        out.print(f"  [bold red]a human is needed for[/] {', '.join(result.needs_human)}", highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
+@config_app.command("validate")
+def config_validate(file: Annotated[str, typer.Argument(help="immunity.yaml to check.")]) -> None:
+    """Exit 0 when FILE is valid, else 2 with every problem as file:line:col field: message."""
+    try:
+        loaded = cfgmod.load(file)
+    except ImmunityError as exc:
+        raise typer.Exit(show_error(exc)) from None
+    c = loaded.config
+    out.print(
+        f"{file}: valid ({len(c.hosts)} hosts, balancer {c.balancer.kind}, driver {c.driver.kind}, "
+        f"{len(c.signals)} signal(s), {len(c.checks)} check(s))",
+        highlight=False,
+    )
+
+
+@app.command()
+def deploy(
+    config: ConfigOpt,
+    release: Annotated[str, typer.Option("--release", "-r", help="Release to roll out.")],
+    json_out: JsonOpt = None,
+    live: Annotated[bool, typer.Option(help="Show the live host table.")] = True,
+) -> None:
+    """Roll RELEASE over the fleet, wave by wave; revert the whole fleet when it is worse."""
+    _setup_logging()
+
+    async def run(fleet: Fleet) -> DeployResult:
+        table = output.HostTable([h.name for h in fleet.hosts], release, live and err.is_terminal)
+        fleet.sinks.append(table)
+        with table:
+            return await Deployment(fleet, release).run()
+
+    _finish(_with_fleet(config, run), json_out)
+
+
+@app.command()
+def resume(
+    config: ConfigOpt,
+    abort: Annotated[bool, typer.Option(help="Revert the fleet instead of continuing.")] = False,
+    json_out: JsonOpt = None,
+) -> None:
+    """Finish (or with --abort undo) a deployment whose orchestrator died."""
+    _setup_logging()
+
+    async def run(fleet: Fleet) -> DeployResult:
+        table = output.HostTable([h.name for h in fleet.hosts], "resume", err.is_terminal)
+        fleet.sinks.append(table)
+        with table:
+            return await ops.resume(fleet, abort=abort)
+
+    _finish(_with_fleet(config, run), json_out)
+
+
+@app.command()
+def rollback(config: ConfigOpt, json_out: JsonOpt = None) -> None:
+    """Walk every host back to its previous release, by the same drain/switch/warm-up."""
+    _setup_logging()
+
+    async def run(fleet: Fleet) -> DeployResult:
+        table = output.HostTable([h.name for h in fleet.hosts], "rollback", err.is_terminal)
+        fleet.sinks.append(table)
+        with table:
+            return await ops.rollback(fleet)
+
+    _finish(_with_fleet(config, run), json_out)
+
+
+@app.command()
+def status(
+    config: ConfigOpt,
+    json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask the hosts and the balancer (not only the journal) what each host serves."""
+    data: dict[str, Any] = _with_fleet(config, ops.status)
+    if json_flag:
+        write_json(data, "-")
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{data['app']}")
+    for col in ("host", "active", "installed", "balancer", "journal says"):
+        t.add_column(col)
+    for h in data["hosts"]:
+        state = h["lb_state"]
+        t.add_row(
+            h["name"],
+            h["active_release"] or "[red]none[/]",
+            ", ".join(h["installed_releases"]),
+            f"[green]{state}[/]" if state == "serving" else f"[red]{state}[/]",
+            h["journal_release"] or "",
+        )
+    out.print(t)
+    for d in data["disagreements"]:
+        out.print(f"[red]disagreement[/]: {d}", highlight=False)
+    if data["lease"]:
+        lease = data["lease"]
+        out.print(f"lease held by {lease['holder']} since {lease['since']}", highlight=False)
+    if data["last_deployment"]:
+        d = data["last_deployment"]
+        out.print(f"last deployment: {d['release']} {d['outcome']} ({d['id']})", highlight=False)
+
+
+@app.command()
+def history(
+    config: ConfigOpt,
+    json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every deployment with its outcome and reason, and the deploy figures over time."""
+
+    async def run(fleet: Fleet) -> dict[str, Any]:
+        return ops.history(fleet)
+
+    data = _with_fleet(config, run)
+    if json_flag:
+        write_json(data, "-")
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{data['app']}: deployments")
+    for col in ("started", "release", "outcome", "duration", "reason"):
+        t.add_column(col, overflow="fold")
+    for d in data["deployments"]:
+        dur = f"{d['duration_s']:.0f}s" if d["duration_s"] is not None else ""
+        t.add_row(d["started_at"][:19], d["release"], d["outcome"], dur, (d["reason"] or "")[:100])
+    out.print(t)
+    f = data["figures"]
+    out.print(
+        f"deployments/day {f['deployments_per_day']}  change-failure rate "
+        f"{f['change_failure_rate'] if f['change_failure_rate'] is not None else '-'}  "
+        f"median verdict→reverted {f['median_verdict_to_reverted_s'] if f['median_verdict_to_reverted_s'] is not None else '-'}s",
+        highlight=False,
+    )
+
+
+def _mount() -> None:
+    from immunity.sandbox.cli import app as sandbox_app
+
+    app.add_typer(sandbox_app, name="sandbox", help="The local fleet: HAProxy and local hosts.")
+    from immunity.cli.demo import demo
+
+    app.command()(demo)
+    from immunity.cli.bench import bench_app
+
+    app.add_typer(bench_app, name="bench", help="Benchmarks: our way against the naive way.")
+
+
+_mount()
+
+
+def main() -> None:
+    app()

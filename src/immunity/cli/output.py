@@ -1,0 +1,112 @@
+"""Everything the CLI prints: errors with their exit codes, the live host table, results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from immunity.domain import Event
+from immunity.errors import ConfigError, ImmunityError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def show_error(exc: ImmunityError) -> int:
+    """Print an ImmunityError for a human; return its exit code."""
+    if isinstance(exc, ConfigError):
+        for p in exc.problems:
+            err.print(p, markup=False, highlight=False)
+    else:
+        err.print(f"[bold red]error[/] [dim]({exc.reference})[/]: ", end="")
+        err.print(exc.message, markup=False, highlight=False)
+    if exc.hint:
+        err.print(f"[yellow]hint[/]: {exc.hint}", highlight=False)
+    return exc.exit_code
+
+
+def write_json(data: Any, dest: str | None) -> None:
+    """`--json FILE` (or `-` for stdout)."""
+    if dest is None:
+        return
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        Path(dest).write_text(text)
+
+
+PHASE_STYLE = {
+    "drain": "yellow",
+    "stop": "yellow",
+    "install": "cyan",
+    "start": "cyan",
+    "verify": "cyan",
+    "warmup": "magenta",
+    "enable": "yellow",
+    "serving": "green",
+    "failed": "bold red",
+    "waiting": "dim",
+}
+
+
+class HostTable:
+    """A live table of each host's phase, fed by engine events."""
+
+    def __init__(self, hosts: list[str], release: str, live: bool) -> None:
+        self.release = release
+        self.rows: dict[str, dict[str, str]] = {
+            h: {"phase": "waiting", "release": "", "note": ""} for h in hosts
+        }
+        self.verdict = ""
+        self._live = Live(self.render(), console=err, refresh_per_second=8, transient=False) if live else None
+
+    def __enter__(self) -> HostTable:
+        if self._live:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live:
+            self._live.update(self.render())
+            self._live.__exit__(*exc)
+
+    def render(self) -> Table:
+        t = Table(title=f"deploying {self.release}", caption=self.verdict or None, expand=False)
+        t.add_column("host")
+        t.add_column("phase")
+        t.add_column("release")
+        t.add_column("note", overflow="fold")
+        for name, row in self.rows.items():
+            style = PHASE_STYLE.get(row["phase"], "")
+            t.add_row(name, f"[{style}]{row['phase']}[/]" if style else row["phase"], row["release"], row["note"])
+        return t
+
+    def __call__(self, event: Event) -> None:
+        host = event.data.get("host")
+        if host in self.rows:
+            row = self.rows[str(host)]
+            purpose = event.data.get("purpose")
+            if event.kind == "host.step_started":
+                row["phase"] = str(event.data.get("step"))
+                row["note"] = "revert" if purpose == "revert" else ""
+            elif event.kind == "host.step_failed":
+                row["phase"] = "failed"
+                row["note"] = event.message[:80]
+            elif event.kind == "host.switched":
+                row["phase"] = "serving"
+                row["release"] = str(event.data.get("release"))
+                row["note"] = "reverted" if purpose == "revert" else ""
+        if event.kind in ("verdict.looked", "verdict.reached", "verdict.failed"):
+            self.verdict = event.message
+        if self._live:
+            self._live.update(self.render())
+        elif not event.kind.startswith("verdict.looked") and event.kind not in ("host.step_finished",):
+            err.print(f"[dim]{event.at:%H:%M:%S}[/] {event.kind:<24} {event.message}", highlight=False)

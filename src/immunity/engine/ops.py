@@ -1,0 +1,231 @@
+"""Operations beside `deploy`: status, resume, rollback, history.
+
+`status` asks the hosts and the balancer (ground truth) and sets the journal's view beside
+it; any disagreement is listed. `resume` takes an interrupted deployment over with a fresh
+fencing token and finishes or undoes it. `rollback` walks every host back to its previous
+release. `history` reads the journal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from immunity.domain import LbState, utcnow
+from immunity.engine.capacity import CapacityGuard
+from immunity.engine.context import Fleet, holder_name
+from immunity.engine.deployment import Deployment, DeployResult, host_steps
+from immunity.engine.host import HostSwitcher
+from immunity.engine.immune import immune_response
+from immunity.engine.notifying import notify_all
+from immunity.engine.record import Recorder
+from immunity.errors import ImmunityError
+from immunity.journal.base import DeploymentRecord, Lease
+from immunity.journal.sqlite import new_deployment_id
+
+
+class NothingToResume(ImmunityError):
+    reference = "nothing-to-resume"
+    exit_code = 2
+
+
+def expected_releases(fleet: Fleet, record: DeploymentRecord | None) -> dict[str, str | None]:
+    """The release the journal says each host should serve after `record`."""
+    if record is None:
+        return {h.name: None for h in fleet.hosts}
+    expected: dict[str, str | None] = dict(record.data.get("fallbacks", {}))
+    for e in fleet.journal.entries(record.id):
+        if e.kind == "host.switched" and e.host:
+            expected[e.host] = e.data.get("release")
+    return {h.name: expected.get(h.name) for h in fleet.hosts}
+
+
+def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
+    recs = [d for d in fleet.journal.deployments(fleet.app) if d.outcome != "rejected"]
+    return recs[-1] if recs else None
+
+
+def holder_is_dead(lease: Lease) -> bool:
+    """True when the lease's holder ran on this machine and its PID is gone."""
+    host, _, pid = lease.holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+async def status(fleet: Fleet) -> dict[str, Any]:
+    members = await fleet.lb.members(fleet.hosts)
+    record = last_deployment(fleet)
+    expected = expected_releases(fleet, record)
+    hosts = []
+    disagreements = []
+    for h in fleet.hosts:
+        try:
+            active = await fleet.driver.active_release(h)
+            installed = await fleet.driver.installed_releases(h)
+            error = None
+        except ImmunityError as exc:
+            active, installed, error = None, [], exc.message
+        m = members.get(h.name)
+        lb_state = str(m.state) if m else "out"
+        row: dict[str, Any] = {
+            "name": h.name,
+            "active_release": active,
+            "installed_releases": installed,
+            "lb_state": lb_state,
+            "journal_release": expected.get(h.name),
+        }
+        if error:
+            row["error"] = error
+        if expected.get(h.name) and active != expected[h.name]:
+            disagreements.append(
+                f"{h.name}: journal says {expected[h.name]}, host runs {active or 'nothing'}"
+            )
+        if lb_state != str(LbState.SERVING):
+            disagreements.append(f"{h.name}: balancer reports {lb_state}, expected serving")
+        hosts.append(row)
+    lease = fleet.journal.current_lease(fleet.app)
+    out: dict[str, Any] = {
+        "app": fleet.app,
+        "hosts": hosts,
+        "disagreements": disagreements,
+        "lease": None,
+        "last_deployment": None,
+    }
+    if lease:
+        out["lease"] = {
+            "holder": lease.holder,
+            "deployment_id": lease.deployment_id,
+            "since": lease.acquired_at.isoformat(),
+            "heartbeat_at": lease.heartbeat_at.isoformat(),
+            "holder_alive": not holder_is_dead(lease),
+        }
+    if record:
+        out["last_deployment"] = {
+            "id": record.id,
+            "release": record.release,
+            "outcome": record.outcome or "unfinished",
+            "started_at": record.started_at.isoformat(),
+            "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+            "reason": record.reason,
+        }
+    return out
+
+
+def resumable(fleet: Fleet) -> DeploymentRecord:
+    record = last_deployment(fleet)
+    if record is None or (record.finished_at is not None and record.outcome not in ("interrupted", "terminated")):
+        raise NothingToResume(
+            f"no interrupted deployment of {fleet.app} to resume",
+            hint="`immunity status` shows the fleet; `immunity deploy` starts a new deployment",
+        )
+    return record
+
+
+async def resume(fleet: Fleet, *, abort: bool = False) -> DeployResult:
+    record = resumable(fleet)
+    lease = fleet.journal.current_lease(fleet.app)
+    dead = lease is not None and holder_is_dead(lease)
+    dep = Deployment(fleet, record.release)
+    dep.holder_dead = dead
+    return await dep.run(resume=record, abort=abort)
+
+
+async def rollback(fleet: Fleet) -> DeployResult:
+    """Walk every host back to its previous release, by the same switch."""
+    cfg = fleet.config
+    record = last_deployment(fleet)
+    actives = {h.name: await fleet.driver.active_release(h) for h in fleet.hosts}
+    targets: dict[str, str] = {}
+    prev_fallbacks = dict(record.data.get("fallbacks", {})) if record else {}
+    for h in fleet.hosts:
+        fb = prev_fallbacks.get(h.name)
+        if not fb or fb == actives[h.name]:
+            installed = [r for r in await fleet.driver.installed_releases(h) if r != actives[h.name]]
+            fb = installed[-1] if installed else None
+        if fb:
+            targets[h.name] = fb
+    if not targets:
+        raise NothingToResume("no host has a previous release to roll back to")
+    current = next((r for r in actives.values() if r), "unknown")
+    deployment_id = new_deployment_id()
+    lease = fleet.journal.acquire_lease(fleet.app, holder_name(), deployment_id, cfg.lease_ttl)
+    rec_row = fleet.journal.begin(
+        fleet.app, f"rollback:{current}", {"fallbacks": targets, "rollback": True},
+        deployment_id=deployment_id,
+    )
+    rec = Recorder(fleet, rec_row.id, current, lease.token)
+    rec.record("rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets)
+    t0 = time.monotonic()
+    result = DeployResult("rolled_back", current, rec_row.id, rec_row.started_at, utcnow(), fallbacks=targets)
+    async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
+        switcher = HostSwitcher(fleet, rec, CapacityGuard(cfg.max_unavailable), http)
+        failed = await immune_response(
+            fleet, rec, switcher, current, targets, "rollback requested", all_hosts=True
+        )
+    result.reverted_after_s = round(time.monotonic() - t0, 3)
+    result.reason = "rollback requested"
+    if failed:
+        result.outcome = "revert_incomplete"
+        result.needs_human = failed
+    result.finished_at = utcnow()
+    result.hosts = host_steps(fleet.journal.entries(rec_row.id), fleet.hosts)
+    fleet.journal.finish(rec_row.id, result.outcome, result.reason, {"result": result.to_dict()})
+    await notify_all(fleet, rec, result.outcome, result.reason, result.to_dict())
+    fleet.journal.release_lease(lease)
+    return result
+
+
+def history(fleet: Fleet) -> dict[str, Any]:
+    recs: Sequence[DeploymentRecord] = fleet.journal.deployments(fleet.app)
+    rows = []
+    for d in recs:
+        res = d.data.get("result", {}) if isinstance(d.data, dict) else {}
+        verdict = res.get("verdict") or {}
+        rows.append(
+            {
+                "id": d.id,
+                "release": d.release,
+                "outcome": d.outcome or "unfinished",
+                "started_at": d.started_at.isoformat(),
+                "finished_at": d.finished_at.isoformat() if d.finished_at else None,
+                "duration_s": round((d.finished_at - d.started_at).total_seconds(), 3)
+                if d.finished_at
+                else None,
+                "reason": d.reason or verdict.get("reason"),
+                "detected_after_s": res.get("detected_after_s"),
+                "reverted_after_s": res.get("reverted_after_s"),
+            }
+        )
+    real = [r for r in rows if not r["release"].startswith("rollback:") and r["outcome"] != "rejected"]
+    finished = [r for r in real if r["finished_at"]]
+    failures = [r for r in finished if r["outcome"] in ("reverted", "revert_incomplete")]
+    revert_times = [r["reverted_after_s"] for r in failures if r["reverted_after_s"] is not None]
+    per_day = 0.0
+    if real:
+        first = dt.datetime.fromisoformat(real[0]["started_at"])
+        days = max(1.0, (utcnow() - first).total_seconds() / 86400.0)
+        per_day = round(len(real) / days, 2)
+    return {
+        "app": fleet.app,
+        "deployments": rows,
+        "figures": {
+            "deployments": len(real),
+            "deployments_per_day": per_day,
+            "change_failure_rate": round(len(failures) / len(finished), 4) if finished else None,
+            "median_verdict_to_reverted_s": statistics.median(revert_times) if revert_times else None,
+        },
+    }
