@@ -25,6 +25,8 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 Loc = tuple[int | str, ...]
 
+ROLE_OF = {"balancer": "lb", "driver": "hosts", "signals": "signals", "notify": "notify"}
+
 
 @dataclass(frozen=True)
 class LoadedConfig:
@@ -154,27 +156,34 @@ def parse(text: str, fname: str) -> LoadedConfig:
     if node is None or not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{fname}: empty", [f"{fname}:1:1 (top): expected a mapping of settings"])
     data = _construct(node, (), pos, problems, fname)
+    cfg: Config | None = None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         problems.extend(_format(fname, pos, (), exc))
-        raise ConfigError(f"{fname}: {len(problems)} problem(s)", problems) from None
-    balancer = _adapter("lb", cfg.balancer, ("balancer",), fname, pos, problems)
-    driver = _adapter("hosts", cfg.driver, ("driver",), fname, pos, problems)
+    # Adapter blocks are checked even when the rest failed, so every problem shows at once.
+    def block(raw: Any, loc: Loc) -> tuple[str, BaseModel | None] | None:
+        if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
+            return None
+        ab = AdapterBlock.model_validate(raw)
+        return ab.kind, _adapter(ROLE_OF[loc[0]], ab, loc, fname, pos, problems)
+
+    balancer = block(data.get("balancer"), ("balancer",))
+    driver = block(data.get("driver"), ("driver",))
     signals: dict[str, tuple[str, BaseModel]] = {}
-    for i, block in enumerate(cfg.signals):
-        s = _adapter("signals", block, ("signals", i), fname, pos, problems)
-        if s is not None:
-            signals[str(getattr(s, "name", None) or block.kind)] = (block.kind, s)
+    for i, raw in enumerate(data.get("signals") or [] if isinstance(data.get("signals"), list) else []):
+        got = block(raw, ("signals", i))
+        if got and got[1] is not None:
+            signals[str(getattr(got[1], "name", None) or got[0])] = (got[0], got[1])
     notify: list[tuple[str, BaseModel]] = []
-    for i, block in enumerate(cfg.notify):
-        n = _adapter("notify", block, ("notify", i), fname, pos, problems)
-        if n is not None:
-            notify.append((block.kind, n))
-    if problems:
+    for i, raw in enumerate(data.get("notify") or [] if isinstance(data.get("notify"), list) else []):
+        got = block(raw, ("notify", i))
+        if got and got[1] is not None:
+            notify.append((got[0], got[1]))
+    if problems or cfg is None:
         raise ConfigError(f"{fname}: {len(problems)} problem(s)", problems)
-    assert balancer is not None and driver is not None
-    return LoadedConfig(Path(fname), cfg, balancer, driver, signals, notify)
+    assert balancer and balancer[1] is not None and driver and driver[1] is not None
+    return LoadedConfig(Path(fname), cfg, balancer[1], driver[1], signals, notify)
 
 
 def load(path: str | os.PathLike[str]) -> LoadedConfig:

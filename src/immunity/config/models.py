@@ -8,9 +8,9 @@ so that a new adapter brings its own fields without touching this file.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
 from immunity.config.types import Duration, Fraction
 
@@ -30,6 +30,21 @@ class AdapterBlock(BaseModel):
 
 
 _WAVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def _wave(w: Any) -> int | str:
+    if isinstance(w, int) and not isinstance(w, bool):
+        if w < 1:
+            raise ValueError(f"expected a count >= 1, got {w}")
+        return w
+    if isinstance(w, str):
+        m = _WAVE.match(w)
+        if m and 0 < float(m.group(1)) <= 100:
+            return w
+    raise ValueError(f'expected a count (3) or a percentage ("25%"), got {w!r}')
+
+
+Wave = Annotated[int | str, PlainValidator(_wave)]
 
 
 class HostConfig(Strict):
@@ -131,7 +146,7 @@ class Config(Strict):
     hosts: list[HostConfig] = Field(min_length=1)
     balancer: AdapterBlock
     driver: AdapterBlock
-    waves: list[int | str] = Field(default_factory=lambda: [1, "25%", "100%"], min_length=1)
+    waves: list[Wave] = Field(default_factory=lambda: [1, "25%", "100%"], min_length=1)
     max_unavailable: int = Field(default=1, ge=1)
     max_failed_hosts: int = Field(default=0, ge=0)
     warmup: WarmupConfig = WarmupConfig()
@@ -144,21 +159,6 @@ class Config(Strict):
     notify: list[AdapterBlock] = Field(default_factory=list)
     journal: JournalConfig = JournalConfig()
     lease_ttl: Duration = 30.0
-
-    @field_validator("waves")
-    @classmethod
-    def _waves(cls, v: list[int | str]) -> list[int | str]:
-        for w in v:
-            if isinstance(w, bool):
-                raise ValueError(f'expected a count (3) or a percentage ("25%"), got {w!r}')
-            if isinstance(w, int):
-                if w < 1:
-                    raise ValueError(f"expected a count >= 1, got {w}")
-                continue
-            m = _WAVE.match(w)
-            if not m or not 0 < float(m.group(1)) <= 100:
-                raise ValueError(f'expected a count (3) or a percentage ("25%"), got {w!r}')
-        return v
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
