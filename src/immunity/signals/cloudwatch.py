@@ -1,0 +1,264 @@
+"""AWS CloudWatch metrics of one ALB target group as a signal (`kind: cloudwatch`).
+
+Speaks CloudWatch ``GetMetricData`` (and ``ListMetrics`` at preflight) through boto3 (see
+`immunity.clients.aws` for credentials, retries and error mapping). Reads, in namespace
+``AWS/ApplicationELB`` with dimensions ``LoadBalancer`` + ``TargetGroup``:
+
+* ``RequestCount`` (Sum) -> requests
+* ``HTTPCode_Target_5XX_Count`` (Sum) -> errors (5xx answered by the targets themselves;
+  the ALB's own 502/503/504 are ``HTTPCode_ELB_5XX_Count`` and not counted)
+* ``TargetResponseTime`` (``latency_statistic``, default ``p99``) -> latency histogram
+
+What it can and cannot say:
+
+* **No per-target split.** ALB metrics exist per load balancer, target group and AZ, never
+  per target, so this source cannot tell the canary from the baseline. It returns the
+  fleet-wide numbers as the *canary* observation and ``Observation.missing`` for the
+  baseline. Use it only with absolute guard rails (``error_rate_max``, ``latency_max``),
+  never with the ``errors``/``latency`` comparisons (those come out inconclusive).
+* **Latency is approximate.** CloudWatch returns one percentile per period, not a
+  distribution. Each period's requests are put in the histogram bucket holding that
+  period's ``latency_statistic`` value, so a quantile read back from the histogram is that
+  statistic rounded *up* to a bucket bound: conservative for ``latency_max``.
+* **Granularity and lag.** ALB metrics are published per 60 s, a minute or more late. The
+  window asked for is widened to whole periods; a bake shorter than a few periods sees little.
+* **No data is not zero.** When CloudWatch has no ``RequestCount`` datapoint in the window
+  (no traffic, wrong dimensions, or not yet published) the canary observation is missing too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from immunity.clients.aws import AwsAccess, AwsApi
+from immunity.config.types import Duration
+from immunity.domain import Cohort, HostRef, Observation
+from immunity.errors import PreflightError, SignalError
+
+ADAPTER = "cloudwatch"
+NAMESPACE = "AWS/ApplicationELB"
+log = logging.getLogger("immunity.signals.cloudwatch")
+
+_NO_SPLIT = "cloudwatch has no per-target split"
+_STAT = re.compile(r"^(p\d{1,2}(\.\d+)?|Average|Maximum|Minimum)$")
+
+_CODE_HINTS = {
+    "InvalidParameterValue": "check load_balancer, target_group, period and latency_statistic",
+    "InvalidParameterCombination": "check period: 1, 5, 10, 30 or a multiple of 60 seconds",
+}
+
+
+class CloudWatchSettings(AwsAccess):
+    """A `signals[]` block with `kind: cloudwatch`. Credentials come from the standard AWS chain."""
+
+    name: str = "cloudwatch"
+    load_balancer: str
+    """The ALB's ``LoadBalancer`` dimension: ``app/<name>/<id>`` (the end of its ARN)."""
+    target_group: str
+    """The ``TargetGroup`` dimension: ``targetgroup/<name>/<id>`` (the end of its ARN)."""
+    period: Duration = 60.0
+    latency_statistic: str = "p99"
+    """TargetResponseTime statistic: a percentile (p99, p95, p99.9), Average or Maximum."""
+    latency_bounds_ms: list[float] = Field(
+        default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]
+    )
+
+    @field_validator("load_balancer")
+    @classmethod
+    def _lb(cls, v: str) -> str:
+        v = v.split(":loadbalancer/", 1)[-1]  # accept a whole ARN
+        if not re.match(r"^app/[^/]+/\w+$", v):
+            raise ValueError("expected the LoadBalancer dimension app/<name>/<id>")
+        return v
+
+    @field_validator("target_group")
+    @classmethod
+    def _tg(cls, v: str) -> str:
+        v = v.rsplit(":", 1)[-1]  # accept a whole ARN
+        if not re.match(r"^targetgroup/[^/]+/\w+$", v):
+            raise ValueError("expected the TargetGroup dimension targetgroup/<name>/<id>")
+        return v
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, v: float) -> float:
+        if v not in (1.0, 5.0, 10.0, 30.0) and (v < 60 or v % 60):
+            raise ValueError("expected a CloudWatch period: 1s, 5s, 10s, 30s or a multiple of 60s")
+        return v
+
+    @field_validator("latency_statistic")
+    @classmethod
+    def _stat(cls, v: str) -> str:
+        if not _STAT.match(v):
+            raise ValueError("expected p99 (any pNN), Average, Maximum or Minimum")
+        return v
+
+    @field_validator("latency_bounds_ms")
+    @classmethod
+    def _bounds(cls, v: list[float]) -> list[float]:
+        if not v or any(b <= 0 for b in v):
+            raise ValueError("expected a non-empty list of positive bucket bounds in ms")
+        return sorted(set(v))
+
+
+def _floor(t: dt.datetime, period: float) -> dt.datetime:
+    ts = t.timestamp()
+    return dt.datetime.fromtimestamp(math.floor(ts / period) * period, dt.UTC)
+
+
+def _ceil(t: dt.datetime, period: float) -> dt.datetime:
+    ts = t.timestamp()
+    return dt.datetime.fromtimestamp(math.ceil(ts / period) * period, dt.UTC)
+
+
+class CloudWatchSource:
+    """Fleet-wide ALB target-group metrics; canary only, for absolute guard rails."""
+
+    Settings = CloudWatchSettings
+
+    def __init__(
+        self, settings: CloudWatchSettings, *, base_dir: Path | None = None, client: Any = None
+    ) -> None:
+        """`client` injects a cloudwatch client (tests)."""
+        self._s = settings
+        self.name = settings.name
+        self._api = AwsApi(
+            settings,
+            adapter=ADAPTER,
+            error_cls=SignalError,
+            code_hints=_CODE_HINTS,
+            clients={"cloudwatch": client} if client is not None else None,
+        )
+        self._dims = [
+            {"Name": "LoadBalancer", "Value": settings.load_balancer},
+            {"Name": "TargetGroup", "Value": settings.target_group},
+        ]
+
+    def _query(self, qid: str, metric: str, stat: str) -> dict[str, Any]:
+        return {
+            "Id": qid,
+            "MetricStat": {
+                "Metric": {"Namespace": NAMESPACE, "MetricName": metric, "Dimensions": self._dims},
+                "Period": int(self._s.period),
+                "Stat": stat,
+            },
+            "ReturnData": True,
+        }
+
+    async def _series(
+        self, start: dt.datetime, end: dt.datetime
+    ) -> dict[str, dict[dt.datetime, float]]:
+        """qid -> {period start: value}, all pages of one GetMetricData."""
+        queries = [
+            self._query("requests", "RequestCount", "Sum"),
+            self._query("errors", "HTTPCode_Target_5XX_Count", "Sum"),
+            self._query("latency", "TargetResponseTime", self._s.latency_statistic),
+        ]
+        out: dict[str, dict[dt.datetime, float]] = {q["Id"]: {} for q in queries}
+        params: dict[str, Any] = {
+            "MetricDataQueries": queries,
+            "StartTime": start,
+            "EndTime": end,
+            "ScanBy": "TimestampAscending",
+        }
+        resource = f"{self._s.load_balancer} {self._s.target_group}"
+        for _ in range(100):  # pages; CloudWatch returns few for three series
+            reply = await self._api.call("cloudwatch", "GetMetricData", resource=resource, **params)
+            for r in reply.get("MetricDataResults", []):
+                series = out.setdefault(r["Id"], {})
+                for t, v in zip(r.get("Timestamps", []), r.get("Values", []), strict=False):
+                    if v is not None and math.isfinite(v):
+                        series[t] = float(v)
+            token = reply.get("NextToken")
+            if not token:
+                break
+            params["NextToken"] = token
+        return out
+
+    async def observe(
+        self,
+        cohorts: Mapping[Cohort, Sequence[HostRef]],
+        start: dt.datetime,
+        end: dt.datetime,
+    ) -> dict[Cohort, Observation]:
+        """Fleet-wide numbers as the canary; the baseline is always missing (no split)."""
+        period = self._s.period
+        lo, hi = _floor(start, period), _ceil(end, period)
+        if hi <= lo:
+            hi = lo + dt.timedelta(seconds=period)
+        series = await self._series(lo, hi)
+        requests_by_period = series["requests"]
+        out: dict[Cohort, Observation] = {}
+        fleet = sum(len(h) for h in cohorts.values())
+        for cohort in cohorts:
+            if cohort is not Cohort.CANARY:
+                out[cohort] = Observation.missing(_NO_SPLIT)
+                continue
+            if not requests_by_period:
+                out[cohort] = Observation.missing(
+                    f"cloudwatch: no RequestCount datapoint for {self._s.target_group} "
+                    f"between {lo:%H:%M:%S} and {hi:%H:%M:%S} UTC"
+                )
+                continue
+            requests = round(sum(requests_by_period.values()))
+            # HTTPCode_Target_5XX_Count is only published for periods that had a 5xx
+            errors = min(requests, round(sum(series["errors"].values())))
+            bounds = tuple(self._s.latency_bounds_ms)
+            buckets = [0] * (len(bounds) + 1)
+            for t, n in requests_by_period.items():
+                seconds = series["latency"].get(t)
+                if seconds is None:
+                    continue
+                buckets[_bucket(bounds, seconds * 1000.0)] += round(n)
+            out[cohort] = Observation(
+                requests=requests,
+                errors=errors,
+                latency_bounds_ms=bounds if any(buckets) else (),
+                latency_buckets=tuple(buckets) if any(buckets) else (),
+                hosts=fleet,
+                detail=f"cloudwatch: whole target group {self._s.target_group}, "
+                f"{len(requests_by_period)} period(s) of {period:g}s; "
+                f"latency is the per-period {self._s.latency_statistic}",
+            )
+        return out
+
+    async def preflight(self, hosts: Sequence[HostRef]) -> None:
+        """Credentials resolve and CloudWatch knows RequestCount for these dimensions."""
+        await self._api.check_credentials()
+        reply = await self._api.call(
+            "cloudwatch",
+            "ListMetrics",
+            preflight=True,
+            resource=self._s.target_group,
+            Namespace=NAMESPACE,
+            MetricName="RequestCount",
+            Dimensions=self._dims,
+        )
+        if not reply.get("Metrics"):
+            raise PreflightError(
+                f"signal {self.name!r}: CloudWatch has no {NAMESPACE} RequestCount for "
+                f"LoadBalancer={self._s.load_balancer} TargetGroup={self._s.target_group} "
+                "(none in the last two weeks)",
+                hint="check load_balancer (app/<name>/<id>) and target_group "
+                "(targetgroup/<name>/<id>) and region; the ALB must have had traffic",
+                context={"adapter": ADAPTER},
+            )
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+
+def _bucket(bounds: Sequence[float], value_ms: float) -> int:
+    """Index of the first bucket whose upper bound holds `value_ms` (last = overflow)."""
+    for i, b in enumerate(bounds):
+        if value_ms <= b:
+            return i
+    return len(bounds)
