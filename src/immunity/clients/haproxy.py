@@ -115,7 +115,7 @@ class HAProxyClient:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.attempts),
-                wait=wait_exponential_jitter(initial=0.05, max=1.0, jitter=0.1),
+                wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.1),
                 retry=retry_if_exception_type(_Transient),
                 reraise=True,
             ):

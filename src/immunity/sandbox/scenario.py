@@ -46,8 +46,21 @@ class LoadProcess:
     def __init__(self, sandbox_dir: Path, rps: float, out: Path, duration: float = 3600) -> None:
         self.out = out
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "immunity", "sandbox", "load", "--dir", str(sandbox_dir),
-             "--rps", str(rps), "--duration", str(duration), "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "immunity",
+                "sandbox",
+                "load",
+                "--dir",
+                str(sandbox_dir),
+                "--rps",
+                str(rps),
+                "--duration",
+                str(duration),
+                "--out",
+                str(out),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -100,5 +113,3 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-

@@ -1,0 +1,129 @@
+"""HAProxyPool contract against a real HAProxy; assertions read HAProxy's own view."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import anyio
+import pytest
+from hx_fleet import Fleet
+
+from immunity.domain import HostRef, LbState
+from immunity.errors import BalancerError, PreflightError
+from immunity.hosts.local import LocalDriver
+from immunity.lb.haproxy import HAProxyPool
+
+pytestmark = pytest.mark.anyio
+
+DRAIN, MAINT = 0x08, 0x01
+
+
+def pool(hx: Fleet, socket: str = "haproxy/admin.sock") -> HAProxyPool:
+    return HAProxyPool(HAProxyPool.Settings(socket=socket, poll_interval=0.05), base_dir=hx.dir)
+
+
+async def test_drain_sets_the_server_to_drain(hx: Fleet) -> None:
+    """drain() leaves the server in HAProxy's drain admin state."""
+    await pool(hx).drain(hx.hosts[0])
+    assert hx.server_state("h1").admin_state & DRAIN
+    assert hx.status("h1") == "DRAIN"
+
+
+async def test_drain_twice_is_a_no_op(hx: Fleet) -> None:
+    """A second drain() succeeds and leaves the server draining."""
+    lb = pool(hx)
+    await lb.drain(hx.hosts[0])
+    await lb.drain(hx.hosts[0])
+    assert hx.server_state("h1").admin_state & DRAIN
+
+
+async def test_in_flight_request_finishes_before_wait_drained_returns(hx: Fleet) -> None:
+    """A slow request on the drained server answers 200, and wait_drained returns only after it."""
+    lb = pool(hx)
+    done: dict[str, float] = {}
+    hosts_seen: list[str] = []
+
+    async def slow(session: aiohttp.ClientSession) -> None:
+        async with session.get(hx.info.url + "/slow?ms=1500") as resp:
+            assert resp.status == 200
+            host = resp.headers["X-Immunity-Host"]
+            hosts_seen.append(host)
+            done[host] = time.monotonic()
+
+    async with aiohttp.ClientSession() as session, anyio.create_task_group() as tg:
+        for _ in range(2):  # round robin: one lands on each server
+            tg.start_soon(slow, session)
+        with anyio.fail_after(5):
+            while hx.scur("h1") < 1:  # noqa: ASYNC110 - polling HAProxy, no event to wait on
+                await anyio.sleep(0.02)
+        await lb.drain(hx.hosts[0])
+        with anyio.fail_after(10):
+            await lb.wait_drained(hx.hosts[0])
+        drained_at = time.monotonic()
+        assert hx.scur("h1") == 0
+        assert hx.server_state("h1").admin_state & MAINT
+    assert sorted(hosts_seen) == ["h1", "h2"]
+    assert done["h1"] <= drained_at
+
+
+async def test_enable_brings_the_server_back_and_wait_healthy_returns_when_up(hx: Fleet) -> None:
+    """After disable, enable + wait_healthy end with HAProxy calling the server UP and ready."""
+    lb = pool(hx)
+    await lb.disable(hx.hosts[0])
+    assert hx.status("h1") == "MAINT"
+    await lb.enable(hx.hosts[0])
+    with anyio.fail_after(5):
+        await lb.wait_healthy(hx.hosts[0])
+    assert hx.status("h1") == "UP"
+    assert hx.server_state("h1").admin_state == 0
+    members = await lb.members(hx.hosts)
+    assert members["h1"].state is LbState.SERVING
+
+
+async def test_wait_healthy_does_not_trust_up_before_a_check_of_a_dead_app(hx: Fleet) -> None:
+    """An app that died while out of the pool never satisfies wait_healthy after enable."""
+    lb = pool(hx)
+    driver = LocalDriver(LocalDriver.Settings(root="hosts", releases="releases"), base_dir=hx.dir)
+    host = hx.hosts[0]
+    await lb.disable(host)
+    await driver.stop(host)
+    try:
+        await lb.enable(host)
+        with anyio.move_on_after(2) as scope:
+            await lb.wait_healthy(host)
+        assert scope.cancelled_caught
+        assert hx.status("h1").startswith("DOWN")
+        assert (await lb.members(hx.hosts))["h1"].state is LbState.UNHEALTHY
+    finally:
+        await driver.start(host, "v1")
+
+
+async def test_members_maps_haproxy_states(hx: Fleet) -> None:
+    """members() reports draining, out and serving as HAProxy shows them."""
+    lb = pool(hx)
+    hx.raw("set server be_app/h1 state drain")
+    hx.raw("set server be_app/h2 state maint")
+    members = await lb.members(hx.hosts)
+    assert (members["h1"].state, members["h2"].state) == (LbState.DRAINING, LbState.OUT)
+
+
+async def test_unknown_server_is_an_error(hx: Fleet) -> None:
+    """A host that is not a server of the backend fails drain and preflight, naming it."""
+    lb = pool(hx)
+    ghost = HostRef("ghost", "127.0.0.1", 1)
+    with pytest.raises(BalancerError, match="ghost"):
+        await lb.drain(ghost)
+    with pytest.raises(PreflightError, match="ghost"):
+        await lb.preflight([*hx.hosts, ghost])
+    await lb.preflight(hx.hosts)
+
+
+async def test_dead_socket_is_a_balancer_error(hx: Fleet) -> None:
+    """A socket nobody listens on maps to BalancerError (and PreflightError in preflight)."""
+    lb = pool(hx, socket="haproxy/nobody.sock")
+    with pytest.raises(BalancerError) as info:
+        await lb.members(hx.hosts)
+    assert info.value.adapter == "haproxy"
+    with pytest.raises(PreflightError):
+        await lb.preflight(hx.hosts)

@@ -1,0 +1,114 @@
+"""HAProxySource against real traffic through HAProxy: one server on a 30 %-error release."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from hx_fleet import Fleet
+
+from immunity.domain import Cohort, utcnow
+from immunity.hosts.local import LocalDriver
+from immunity.sandbox import fleet
+from immunity.sandbox.load import read_records, run_load
+from immunity.signals.haproxy import HAProxySource, parse_line
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def canary_on_h2(hx: Fleet) -> AsyncIterator[Fleet]:
+    """h2 runs a release answering 30 % 500s; back on v1 afterwards."""
+    fleet.add_release(hx.dir, "bad30", error_rate=0.3)
+    driver = LocalDriver(LocalDriver.Settings(), base_dir=hx.dir)
+    h2 = hx.hosts[1]
+    await driver.install(h2, "bad30")
+    await driver.start(h2, "bad30")
+    try:
+        yield hx
+    finally:
+        await driver.start(h2, "v1")
+
+
+async def _traffic(
+    hx: Fleet, out: Path
+) -> tuple[dt.datetime, dt.datetime, Counter[tuple[str, bool]]]:
+    start = utcnow()
+    summary = await run_load(hx.info.url + "/", 200, 2.5, out)
+    await anyio.sleep(0.3)  # the last log lines are written as the answers leave
+    end = utcnow()
+    assert summary.requests == 500
+    seen: Counter[tuple[str, bool]] = Counter(
+        (r["host"], r["status"] >= 500) for r in read_records(out)
+    )
+    return start, end, seen
+
+
+async def test_access_log_splits_counts_per_cohort(canary_on_h2: Fleet, tmp_path: Path) -> None:
+    """Requests and 5xx per cohort equal what the customers saw from each server."""
+    hx = canary_on_h2
+    src = HAProxySource(
+        HAProxySource.Settings(name="lb", access_log="haproxy/access.log"), base_dir=hx.dir
+    )
+    await src.preflight(hx.hosts)
+    start, end, seen = await _traffic(hx, tmp_path / "load.jsonl")
+    obs = await src.observe(
+        {Cohort.CANARY: [hx.hosts[1]], Cohort.BASELINE: [hx.hosts[0]]}, start, end
+    )
+    canary, baseline = obs[Cohort.CANARY], obs[Cohort.BASELINE]
+    assert (seen[("h2", False)] + seen[("h2", True)], seen[("h2", True)]) == (
+        canary.requests,
+        canary.errors,
+    )
+    assert (seen[("h1", False)], 0) == (baseline.requests, baseline.errors)
+    assert 0.15 < canary.errors / canary.requests < 0.45
+    assert (canary.hosts, baseline.hosts) == (1, 1)
+    assert sum(canary.latency_buckets) == canary.requests
+    assert len(canary.latency_buckets) == len(canary.latency_bounds_ms) + 1
+    # a window before the traffic holds none of it
+    early = await src.observe(
+        {Cohort.CANARY: [hx.hosts[1]]}, start - dt.timedelta(seconds=5), start
+    )
+    assert early[Cohort.CANARY].requests == 0
+
+
+async def test_show_stat_counters_split_counts_per_cohort(
+    canary_on_h2: Fleet, tmp_path: Path
+) -> None:
+    """Without an access log, counter diffs per server give the same per-cohort counts."""
+    hx = canary_on_h2
+    src = HAProxySource(
+        HAProxySource.Settings(name="lb", socket="haproxy/admin.sock"), base_dir=hx.dir
+    )
+    await src.preflight(hx.hosts)  # first counter snapshot
+    start, end, seen = await _traffic(hx, tmp_path / "load.jsonl")
+    obs = await src.observe(
+        {Cohort.CANARY: [hx.hosts[1]], Cohort.BASELINE: [hx.hosts[0]]}, start, end
+    )
+    canary, baseline = obs[Cohort.CANARY], obs[Cohort.BASELINE]
+    assert (seen[("h2", False)] + seen[("h2", True)], seen[("h2", True)]) == (
+        canary.requests,
+        canary.errors,
+    )
+    assert seen[("h1", False)] == baseline.requests
+
+
+async def test_unreadable_access_log_is_missing_not_zero(hx: Fleet) -> None:
+    """A log that cannot be read yields unavailable observations."""
+    src = HAProxySource(HAProxySource.Settings(access_log="haproxy/nope.log"), base_dir=hx.dir)
+    now = utcnow()
+    obs = await src.observe({Cohort.CANARY: hx.hosts[:1]}, now - dt.timedelta(seconds=1), now)
+    assert not obs[Cohort.CANARY].available
+
+
+def test_log_lines_that_are_not_requests_are_skipped() -> None:
+    """HAProxy notices, syslog prefixes, <NOSRV> and aborted requests parse as expected."""
+    assert parse_line("Server be_app/h1 is DOWN, reason: Layer4 connection problem") is None
+    assert parse_line('{"ts":1.5,"srv":"<NOSRV>","st":503,"Ta":0,"Tt":0}') is None
+    rec = parse_line('<134>Nov 26 haproxy[1]: {"ts":100.250,"srv":"h1","st":502,"Ta":40,"Tt":50}')
+    assert rec is not None
+    assert (rec.server, rec.status, rec.latency_ms, rec.end) == ("h1", 502, 40.0, 100.3)
