@@ -1,1 +1,98 @@
+"""Judges: one per check, built from config, and the rule that combines their results.
 
+`build_judge` maps a check's `kind` to its judge: `errors` and `latency` compare the canary
+with the concurrent baseline (`sequential`), `error_rate_max` and `latency_max` are absolute
+guard rails on the canary alone (`thresholds`). `combine` turns one look's check results into
+the overall verdict; the engine owns how long an inconclusive verdict may last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from immunity.config.models import CheckConfig, JudgeConfig
+from immunity.domain import CheckResult, Outcome, Verdict
+from immunity.errors import ConfigError
+from immunity.judge.base import Judge
+from immunity.judge.sequential import ErrorsJudge, LatencyJudge
+from immunity.judge.thresholds import ErrorRateMax, LatencyMax
+
+__all__ = [
+    "ErrorRateMax",
+    "ErrorsJudge",
+    "Judge",
+    "LatencyJudge",
+    "LatencyMax",
+    "build_judge",
+    "combine",
+]
+
+
+def build_judge(check: CheckConfig, judge: JudgeConfig, min_bake_s: float) -> Judge:
+    """A fresh judge for one check of one bake (judges keep running statistics)."""
+    if check.kind == "errors":
+        return ErrorsJudge(check.name, judge, min_bake_s)
+    if check.kind == "latency":
+        return LatencyJudge(check.name, judge, min_bake_s, thresholds_ms=check.thresholds_ms)
+    if check.max is None:
+        unit = "a fraction such as 0.02 or 2%" if check.kind == "error_rate_max" else "ms"
+        raise ConfigError(
+            f"check {check.name!r} of kind {check.kind} needs `max` ({unit})",
+            hint="e.g. `max: 2%` for error_rate_max or `max: 500` for latency_max",
+        )
+    if check.kind == "error_rate_max":
+        if not 0.0 < check.max < 1.0:
+            raise ConfigError(
+                f"check {check.name!r}: error_rate_max `max` must lie between 0 and 1 "
+                f"(or 0% and 100%), got {check.max}"
+            )
+        return ErrorRateMax(check.name, check.max, judge, min_bake_s)
+    if not 0.0 < check.quantile < 1.0:
+        raise ConfigError(
+            f"check {check.name!r}: `quantile` must lie between 0 and 1, got {check.quantile}"
+        )
+    if check.max <= 0:
+        raise ConfigError(f"check {check.name!r}: latency_max `max` must be > 0 ms")
+    return LatencyMax(check.name, check.max, check.quantile, judge, min_bake_s)
+
+
+def combine(
+    results: Sequence[CheckResult], t_s: float, decided_at: dt.datetime | None = None
+) -> Verdict:
+    """One look's verdict: any fail -> fail (its reason leads); any inconclusive ->
+    inconclusive; all pass -> pass; otherwise continue.
+
+    The engine decides when an inconclusive verdict has lasted long enough to act on.
+    """
+    checks = tuple(results)
+    failed = [r for r in checks if r.outcome is Outcome.FAIL]
+    if failed:
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more failing check(s))" if len(failed) > 1 else ""
+        return Verdict(Outcome.FAIL, f"{first.name}: {first.reason}{more}", checks, decided_at)
+    stuck = [r for r in checks if r.outcome is Outcome.INCONCLUSIVE]
+    if stuck:
+        first = stuck[0]
+        return Verdict(Outcome.INCONCLUSIVE, f"{first.name}: {first.reason}", checks, decided_at)
+    if checks and all(r.outcome is Outcome.PASS for r in checks):
+        return Verdict(
+            Outcome.PASS,
+            f"all {len(checks)} check(s) passed after {t_s:.0f} s: "
+            + "; ".join(f"{r.name}: {r.reason}" for r in checks),
+            checks,
+            decided_at,
+        )
+    waiting = [r for r in checks if r.outcome is not Outcome.PASS]
+    if not waiting:
+        return Verdict(
+            Outcome.CONTINUE, f"no checks to judge after {t_s:.0f} s", checks, decided_at
+        )
+    first = waiting[0]
+    return Verdict(
+        Outcome.CONTINUE,
+        f"{len(waiting)} of {len(checks)} check(s) still undecided after {t_s:.0f} s; "
+        f"{first.name}: {first.reason}",
+        checks,
+        decided_at,
+    )

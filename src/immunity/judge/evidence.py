@@ -1,0 +1,219 @@
+"""Evidence arithmetic shared by the judges: likelihood ratios of counts and e-processes.
+
+Everything here works in natural-log space on small numpy arrays, one interval at a time.
+
+* `fnch_logz` is the log normaliser of Fisher's non-central hypergeometric law: given that
+  `E` requests of `n_c + n_b` were "bad" (an error, or slower than a threshold), the number
+  `x` of them on the canary has P(x) = C(n_c, x) C(n_b, E - x) psi^x / Z(psi), where psi is
+  the odds ratio canary vs baseline. The baseline's own rate, whatever it does from one
+  second to the next, does not appear: that is why time of day, load and shared incidents
+  cancel. The log-likelihood ratio of psi1 against psi0 is
+  `x (log psi1 - log psi0) - (log Z(psi1) - log Z(psi0))`.
+* `BinomialRatios` is the same for one cohort against an absolute rate (guard rails, the
+  catastrophe tier's "canary alone" detector).
+* `CappedMixture` is an average of products of per-interval likelihood ratios, each interval
+  capped at `log 3` per second and each 5-second block at `log 10`. Capping a likelihood ratio
+  from above keeps E[LR] <= 1 under the null, so the mixture stays a nonnegative
+  supermartingale and Ville's inequality bounds P(ever >= 1/a) by a however often one looks;
+  the caps make one bad second (a GC pause, a stall on one host) weak evidence, so a FAIL
+  needs persistence.
+* `Cusum` is max(0, W + l) per alternative, the CUSUM form of an e-detector: it forgets
+  healthy periods, so an outage late in the bake or one that comes and goes is seen at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import gammaln
+
+FloatArray = NDArray[np.float64]
+
+LOG_CAP_PER_SECOND = math.log(3.0)
+LOG_CAP_PER_BLOCK = math.log(10.0)
+BLOCK_S = 5.0
+
+_logfact: FloatArray = gammaln(np.arange(4097, dtype=np.float64) + 1.0)
+
+
+def _log_factorials(upto: int) -> FloatArray:
+    """log(k!) for k = 0..upto (a growing, shared table)."""
+    global _logfact
+    if upto >= len(_logfact):
+        size = max(upto + 1, 2 * len(_logfact))
+        _logfact = gammaln(np.arange(size, dtype=np.float64) + 1.0)
+    return _logfact
+
+
+def logmeanexp(a: FloatArray) -> FloatArray:
+    """log(mean(exp(a))) along the last axis; rows may hold -inf but not only -inf."""
+    m = a.max(axis=-1)
+    s = np.exp(a - m[..., None]).sum(axis=-1)
+    return np.asarray(m + np.log(s) - math.log(a.shape[-1]), dtype=np.float64)
+
+
+def fnch_logz(n_c: int, n_b: int, events: Sequence[int], log_psi: FloatArray) -> FloatArray:
+    """log Z(psi) of Fisher's non-central hypergeometric law, shape (len(events), len(log_psi)).
+
+    Up to a constant that does not depend on psi (it cancels in every likelihood ratio).
+    `events[k]` is the pooled bad count of metric k; it must be <= n_c + n_b. The support
+    of x is the contiguous range max(0, E - n_b) .. min(n_c, E), so every term is a slice
+    of one log-factorial table.
+    """
+    lf = _log_factorials(max(n_c, n_b))
+    out = np.empty((len(events), len(log_psi)))
+    for k, e in enumerate(events):
+        lo, hi = max(0, e - n_b), min(n_c, e)
+        if hi <= lo:
+            out[k] = lo * log_psi
+            continue
+        u = _arange(hi + 1)[lo:]
+        # log C(n_c, u) + log C(n_b, e - u) without the constant log n_c! + log n_b!
+        lc = -(
+            lf[lo : hi + 1]
+            + lf[n_c - hi : n_c - lo + 1][::-1]
+            + lf[e - hi : e - lo + 1][::-1]
+            + lf[n_b - e + lo : n_b - e + hi + 1]
+        )
+        terms = lc[None, :] + log_psi[:, None] * u[None, :]
+        m = terms.max(axis=1)
+        out[k] = m + np.log(np.exp(terms - m[:, None]).sum(axis=1))
+    return out
+
+
+_aranged: NDArray[np.float64] = np.arange(4097, dtype=np.float64)
+
+
+def _arange(n: int) -> FloatArray:
+    global _aranged
+    if n > len(_aranged):
+        _aranged = np.arange(max(n, 2 * len(_aranged)), dtype=np.float64)
+    return _aranged[:n]
+
+
+class OddsRatioGrid:
+    """Pairs (alternative, null) of odds ratios whose likelihood ratios are needed each interval.
+
+    `groups` is a list of (alternatives, null); `llr` returns, per group, an array (K, J) of
+    l(psi_alt : psi_null) for the observed canary counts and one for the count an identical
+    canary would show on average (the central hypergeometric mean E n_c / (n_c + n_b)),
+    which tells "not enough information" from "not certified".
+    """
+
+    def __init__(self, groups: Sequence[tuple[Sequence[float], float]]) -> None:
+        values = sorted({v for alts, null in groups for v in (*alts, null)})
+        self.log_psi = np.log(np.array(values, dtype=np.float64))
+        alt: list[int] = []
+        null: list[int] = []
+        self.slices: list[slice] = []
+        for alts, n in groups:
+            start = len(alt)
+            alt += [values.index(a) for a in alts]
+            null += [values.index(n)] * len(alts)
+            self.slices.append(slice(start, len(alt)))
+        self.alt = np.array(alt, dtype=np.intp)
+        self.null = np.array(null, dtype=np.intp)
+        self.step = (self.log_psi[self.alt] - self.log_psi[self.null])[None, :]
+
+    def llr(
+        self, n_c: int, n_b: int, x_c: Sequence[int], x_b: Sequence[int]
+    ) -> tuple[list[FloatArray], list[FloatArray]] | None:
+        """None when the interval carries no information (every ratio is 0)."""
+        events = [int(c) + int(b) for c, b in zip(x_c, x_b, strict=True)]
+        if n_c == 0 or n_b == 0 or not any(events):
+            return None
+        logz = fnch_logz(n_c, n_b, events, self.log_psi)
+        dz = logz[:, self.alt] - logz[:, self.null]
+        observed = np.array(x_c, dtype=np.float64)[:, None] * self.step - dz
+        mean = np.array(events, dtype=np.float64)[:, None] * (n_c / (n_c + n_b))
+        identical = mean * self.step - dz
+        return [observed[:, s] for s in self.slices], [identical[:, s] for s in self.slices]
+
+
+class BinomialRatios:
+    """log-likelihood ratios of `x` bad of `n` Bernoulli requests, rates p1[j] against p0.
+
+    p1 may be 0 (the ratio is then 0 unless x == 0); p0 must lie in (0, 1).
+    """
+
+    def __init__(self, p1: Sequence[float], p0: float) -> None:
+        alt = np.asarray(p1, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            self.bad = np.log(alt) - math.log(p0)
+        self.good = np.log1p(-alt) - math.log1p(-p0)
+
+    def __call__(self, n: int, x: float) -> FloatArray:
+        if x > 0:
+            return np.asarray(x * self.bad + (n - x) * self.good, dtype=np.float64)
+        return np.asarray(n * self.good, dtype=np.float64)
+
+
+class CappedMixture:
+    """Average over alternatives of capped products of likelihood ratios (shape (K, J)).
+
+    `add(t_s, dt, llr)` adds one interval ending at `t_s` that lasted `dt` seconds. Intervals
+    are grouped into blocks of `BLOCK_S` seconds of bake time; an interval's evidence is
+    capped at `LOG_CAP_PER_SECOND * dt`, a block's at `LOG_CAP_PER_BLOCK` (scaled up for an
+    interval longer than a block).
+    """
+
+    def __init__(self, k: int, j: int) -> None:
+        self.closed = np.zeros((k, j))
+        self.block = np.zeros((k, j))
+        self.zero = np.zeros((k, j))
+        self.block_span = 0.0
+        self.block_index = -1
+
+    def add(self, t_s: float, dt: float, llr: FloatArray) -> None:
+        index = math.floor((t_s - 1e-9) / BLOCK_S)
+        if index != self.block_index and self.block_span > 0:
+            self.closed += np.minimum(self.block, self._block_cap())
+            self.block = np.zeros_like(self.block)
+            self.block_span = 0.0
+        self.block_index = index
+        self.block += np.minimum(llr, LOG_CAP_PER_SECOND * dt)
+        self.block_span += dt
+
+    def _block_cap(self) -> float:
+        return LOG_CAP_PER_BLOCK * max(1.0, self.block_span / BLOCK_S)
+
+    def log_e(self) -> FloatArray:
+        """log of the mixture e-value per metric, shape (K,)."""
+        current = self.closed + np.minimum(self.block, self._block_cap())
+        return logmeanexp(current)
+
+
+class Mixture:
+    """Average over alternatives of uncapped products of likelihood ratios (shape (K, J))."""
+
+    def __init__(self, k: int, j: int) -> None:
+        self.total = np.zeros((k, j))
+
+    def add(self, llr: FloatArray) -> None:
+        self.total += llr
+
+    def log_e(self) -> FloatArray:
+        return logmeanexp(self.total)
+
+
+class Cusum:
+    """CUSUM e-detector over J alternatives: W = max(0, W + l); alarm at log(S J / alpha).
+
+    The union bound over S start times and J alternatives keeps the false-alarm probability
+    at or under `alpha` for bakes of up to S intervals.
+    """
+
+    def __init__(self, j: int, alpha: float, starts: int) -> None:
+        self.w = np.zeros(j)
+        self.threshold = math.log(starts * j / alpha)
+
+    def add(self, llr: FloatArray) -> bool:
+        self.w = np.maximum(0.0, self.w + llr)
+        return bool(self.w.max() >= self.threshold)
+
+    @property
+    def level(self) -> float:
+        return float(self.w.max())

@@ -1,0 +1,645 @@
+"""Anytime-valid sequential comparison of the canary with the concurrent baseline.
+
+Both judges here turn what they compare into *counts of bad requests* per interval and test
+the canary's odds ratio psi of a bad request against the baseline's, conditioning on the
+interval's pooled count (Fisher's non-central hypergeometric law, see `evidence`), so the
+baseline's own rate, however it moves with load, time of day or a shared incident, drops out.
+
+* `ErrorsJudge`: bad = 5xx.
+* `LatencyJudge`: bad = slower than a threshold; thresholds are the baseline's p50, p90 and
+  p99 snapped up to a histogram bucket bound, frozen from the baseline's own histogram as
+  soon as it has enough requests (and only intervals after the freeze are tested), or
+  configured bounds in ms.
+
+Three tests run on every look (research notes: /work/shared/research/statistics.md §5):
+
+* FAIL: H0 psi <= tolerance. A mixture over alternatives tolerance x {1.1 .. 30} of capped
+  likelihood-ratio products; FAIL when it reaches K/alpha (K = number of thresholds). By
+  Ville's inequality P(false FAIL) <= alpha at any number of looks, as long as requests
+  within an interval and cohort are conditionally independent with a common rate.
+* PASS: H_bad psi >= bad. A mixture over alternatives below `bad`; PASS once t >= min bake
+  and every metric reaches 1/beta, so P(PASS | a regression of at least `bad`) <= beta.
+  Errors also certify through an absolute route, "canary 5xx rate below `error_floor`",
+  averaged with the relative one so beta still holds; it is what lets an app with almost no
+  errors pass.
+* Catastrophe (errors only): two CUSUM e-detectors at alpha_catastrophe, canary-alone
+  "5xx rate > 20%" and relative "odds ratio > 5". FAIL when both alarm within 30 s: gross or
+  intermittent outages fail within seconds, while a shared dependency outage (baseline
+  failing too) or a small relative blip does not.
+
+Guards: an unavailable signal, no requests in a cohort for 30 s, or a canary getting less
+than `min_traffic_share` of its fair share (canary hosts / all hosts) of requests over a
+recent window with enough traffic make the look `inconclusive`; none of them is ever a pass.
+At max bake without a decision the check passes "not certified" when a canary identical to
+the baseline would have been certified with the data seen, and is inconclusive otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from immunity.config.models import JudgeConfig
+from immunity.domain import CheckResult, Observation, Outcome
+from immunity.judge.evidence import (
+    BinomialRatios,
+    CappedMixture,
+    Cusum,
+    FloatArray,
+    Mixture,
+    OddsRatioGrid,
+    logmeanexp,
+)
+from immunity.judge.wording import count, e_number, evalue, ms, pct
+
+FAIL_RATIOS = (1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+"""Alternatives of the FAIL mixture, as multiples of the tolerance."""
+PASS_RATIOS = (1.1, 1.25, 1.5, 2.0, 3.0)
+"""Alternatives of the PASS mixture, as divisors of `bad` (plus psi = 1)."""
+FLOOR_RATIOS = (0.0, 0.1, 0.3, 0.6)
+"""Alternatives of the absolute PASS route, as fractions of the error floor."""
+CATASTROPHE_RATE = 0.2
+CATASTROPHE_RATES = (0.3, 0.5, 0.8, 0.95)
+CATASTROPHE_ODDS = 5.0
+CATASTROPHE_ODDS_ALTS = (10.0, 25.0, 100.0, 500.0)
+CATASTROPHE_STARTS = 3600
+"""Start times covered by the catastrophe tier's union bound (an hour of 1-s looks)."""
+CATASTROPHE_WINDOW_S = 30.0
+NO_TRAFFIC_S = 30.0
+SHARE_MIN_SPAN_S = 10.0
+SHARE_MAX_SPAN_S = 120.0
+SHARE_MIN_EXPECTED = 30.0
+"""The share guard judges the shortest recent window (>= 10 s, <= 120 s) in which the canary
+should have received at least this many requests at its fair share."""
+DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
+FREEZE_MIN_REQUESTS = 200
+FREEZE_MIN_EXCEEDING = 20
+
+
+def _dt(t_s: float, last: float) -> float:
+    dt = t_s - last
+    return dt if dt > 0 else 1.0
+
+
+class TrafficGuard:
+    """Missing data, silent cohorts and a canary starved of its traffic share."""
+
+    def __init__(self, min_share: float, *, needs_baseline: bool = True) -> None:
+        self.min_share = min_share
+        self.needs_baseline = needs_baseline
+        self.recent: deque[tuple[float, float, int, int, int, int]] = deque()
+        self.canary_seen_at = 0.0
+        self.baseline_seen_at = 0.0
+
+    def check(
+        self, t_s: float, dt: float, canary: Observation, baseline: Observation
+    ) -> str | None:
+        """The reason this look cannot be judged, or None. Unavailable data is not recorded."""
+        if not canary.available:
+            return f"canary data unavailable ({canary.detail or 'no detail'}) at {t_s:.0f} s"
+        if self.needs_baseline and not baseline.available:
+            return f"baseline data unavailable ({baseline.detail or 'no detail'}) at {t_s:.0f} s"
+        if canary.requests > 0:
+            self.canary_seen_at = t_s
+        if baseline.requests > 0:
+            self.baseline_seen_at = t_s
+        if t_s - self.canary_seen_at >= NO_TRAFFIC_S:
+            return f"the canary served no requests for {t_s - self.canary_seen_at:.0f} s"
+        if self.needs_baseline and t_s - self.baseline_seen_at >= NO_TRAFFIC_S:
+            return f"the baseline served no requests for {t_s - self.baseline_seen_at:.0f} s"
+        if not self.needs_baseline:
+            return None
+        self.recent.append(
+            (t_s, dt, canary.requests, baseline.requests, canary.hosts, baseline.hosts)
+        )
+        while self.recent and self.recent[0][0] <= t_s - SHARE_MAX_SPAN_S:
+            self.recent.popleft()
+        return self._share(t_s)
+
+    def _share(self, t_s: float) -> str | None:
+        span = expected = 0.0
+        got = total = 0
+        for _, dt, n_c, n_b, h_c, h_b in reversed(self.recent):
+            if h_c <= 0 or h_b <= 0:
+                return None  # the source does not say how many hosts: no fair share to compare
+            span += dt
+            got += n_c
+            total += n_c + n_b
+            expected += (n_c + n_b) * h_c / (h_c + h_b)
+            if span >= SHARE_MIN_SPAN_S and expected >= SHARE_MIN_EXPECTED:
+                break
+        else:
+            return None
+        if got < self.min_share * expected:
+            return (
+                f"the canary got {pct(got / total)} of {count(total)} requests over the last "
+                f"{span:.0f} s against a fair share of {pct(expected / total)} "
+                f"(below {self.min_share:.0%} of it)"
+            )
+        return None
+
+
+class RelativeEvidence:
+    """FAIL, PASS and (optionally) catastrophe evidence on K count metrics at once."""
+
+    def __init__(
+        self,
+        k: int,
+        tolerance: float,
+        bad: float,
+        *,
+        catastrophe_alpha: float | None = None,
+    ) -> None:
+        self.k = k
+        fail_alts = [tolerance * r for r in FAIL_RATIOS]
+        pass_alts = sorted({bad / q for q in PASS_RATIOS} | ({1.0} if bad > 1.0 else set()))
+        groups: list[tuple[Sequence[float], float]] = [(fail_alts, tolerance), (pass_alts, bad)]
+        if catastrophe_alpha is not None:
+            groups.append((CATASTROPHE_ODDS_ALTS, CATASTROPHE_ODDS))
+        self.grid = OddsRatioGrid(groups)
+        self.fail = CappedMixture(k, len(fail_alts))
+        self.passing = Mixture(k, len(pass_alts))
+        self.identical = Mixture(k, len(pass_alts))
+        self.cusum = (
+            Cusum(len(CATASTROPHE_ODDS_ALTS), catastrophe_alpha, CATASTROPHE_STARTS)
+            if catastrophe_alpha is not None
+            else None
+        )
+        self.cusum_alarm_at: float | None = None
+        self.log_fail: FloatArray = np.zeros(k)
+        self.log_pass: FloatArray = np.zeros(k)
+
+    def add(
+        self,
+        t_s: float,
+        dt: float,
+        n_c: int,
+        x_c: Sequence[int],
+        n_b: int,
+        x_b: Sequence[int],
+    ) -> None:
+        got = self.grid.llr(n_c, n_b, x_c, x_b)
+        if got is None:
+            self.fail.add(t_s, dt, self.fail.zero)
+        else:
+            observed, identical = got
+            self.fail.add(t_s, dt, observed[0])
+            self.passing.add(observed[1])
+            self.identical.add(identical[1])
+            if self.cusum is not None and self.cusum.add(observed[2][0]):
+                self.cusum_alarm_at = t_s
+        self.log_fail = self.fail.log_e()
+        self.log_pass = self.passing.log_e()
+
+
+class ErrorsJudge:
+    """Canary 5xx vs baseline 5xx: sequential FAIL / PASS tests plus the catastrophe tier."""
+
+    def __init__(self, name: str, config: JudgeConfig, min_bake_s: float) -> None:
+        self.name = name
+        self.config = config
+        self.min_bake_s = min_bake_s
+        self.fail_log_threshold = math.log(1.0 / config.alpha)
+        self.pass_log_threshold = math.log(1.0 / config.beta)
+        self.floor = config.error_floor
+        self.relative = RelativeEvidence(
+            1, config.error_tolerance, config.error_bad, catastrophe_alpha=config.alpha_catastrophe
+        )
+        self.floor_ratios = BinomialRatios([self.floor * r for r in FLOOR_RATIOS], self.floor)
+        self.floor_pass = Mixture(1, len(FLOOR_RATIOS))
+        self.floor_identical = Mixture(1, len(FLOOR_RATIOS))
+        self.cat_ratios = BinomialRatios(CATASTROPHE_RATES, CATASTROPHE_RATE)
+        self.cat_abs = Cusum(len(CATASTROPHE_RATES), config.alpha_catastrophe, CATASTROPHE_STARTS)
+        self.log_fail = 0.0
+        self.log_pass = 0.0
+        self.cat_abs_alarm_at: float | None = None
+        self.guard = TrafficGuard(config.min_traffic_share)
+        self.recent: deque[tuple[float, int, int, int, int]] = deque()
+        self.n_c = self.x_c = self.n_b = self.x_b = 0
+        self.last_t = 0.0
+        self.blocked: str | None = None
+        self.failed: CheckResult | None = None
+        self.passed = False
+
+    # -- evidence ---------------------------------------------------------------------------
+
+    def _add(self, t_s: float, dt: float, canary: Observation, baseline: Observation) -> None:
+        n_c, n_b = max(canary.requests, 0), max(baseline.requests, 0)
+        x_c = min(max(canary.errors, 0), n_c)
+        x_b = min(max(baseline.errors, 0), n_b)
+        self.n_c += n_c
+        self.x_c += x_c
+        self.n_b += n_b
+        self.x_b += x_b
+        self.recent.append((t_s, n_c, x_c, n_b, x_b))
+        while self.recent and self.recent[0][0] <= t_s - CATASTROPHE_WINDOW_S:
+            self.recent.popleft()
+        self.relative.add(t_s, dt, n_c, (x_c,), n_b, (x_b,))
+        if n_c > 0:
+            self.floor_pass.add(self.floor_ratios(n_c, x_c)[None, :])
+            typical = n_c * x_b / n_b if n_b > 0 else 0.0
+            self.floor_identical.add(self.floor_ratios(n_c, typical)[None, :])
+            if self.cat_abs.add(self.cat_ratios(n_c, x_c)):
+                self.cat_abs_alarm_at = t_s
+        self.log_fail = float(self.relative.log_fail[0])
+        both = np.array([self.relative.log_pass[0], self.floor_pass.log_e()[0]])
+        self.log_pass = float(logmeanexp(both))
+
+    def _log_e_fail(self) -> float:
+        return self.log_fail
+
+    def _log_e_pass(self) -> float:
+        return self.log_pass
+
+    def _log_e_identical(self) -> float:
+        both = np.array([self.relative.identical.log_e()[0], self.floor_identical.log_e()[0]])
+        return float(logmeanexp(both))
+
+    def _catastrophe(self, t_s: float) -> bool:
+        a, b = self.cat_abs_alarm_at, self.relative.cusum_alarm_at
+        return (
+            a is not None
+            and b is not None
+            and t_s - a < CATASTROPHE_WINDOW_S
+            and t_s - b < CATASTROPHE_WINDOW_S
+        )
+
+    # -- words ------------------------------------------------------------------------------
+
+    def _numbers(self, t_s: float) -> dict[str, float]:
+        cusum = self.relative.cusum
+        return {
+            "t_s": float(t_s),
+            "canary_requests": float(self.n_c),
+            "canary_errors": float(self.x_c),
+            "baseline_requests": float(self.n_b),
+            "baseline_errors": float(self.x_b),
+            "canary_rate": self.x_c / self.n_c if self.n_c else 0.0,
+            "baseline_rate": self.x_b / self.n_b if self.n_b else 0.0,
+            "e_fail": e_number(self._log_e_fail()),
+            "e_fail_needed": 1.0 / self.config.alpha,
+            "e_pass": e_number(self._log_e_pass()),
+            "e_pass_needed": 1.0 / self.config.beta,
+            "catastrophe_abs_log_e": self.cat_abs.level,
+            "catastrophe_rel_log_e": cusum.level if cusum else 0.0,
+            "catastrophe_log_e_needed": self.cat_abs.threshold,
+        }
+
+    def _rates(self) -> str:
+        return (
+            f"canary 5xx {pct(self.x_c / self.n_c if self.n_c else 0.0)} vs baseline "
+            f"{pct(self.x_b / self.n_b if self.n_b else 0.0)} over {count(self.n_c)} vs "
+            f"{count(self.n_b)} requests"
+        )
+
+    def _result(self, outcome: Outcome, reason: str, t_s: float) -> CheckResult:
+        return CheckResult(self.name, outcome, reason, self._numbers(t_s))
+
+    # -- the Judge protocol -----------------------------------------------------------------
+
+    def look(self, t_s: float, canary: Observation, baseline: Observation) -> CheckResult:
+        dt = _dt(t_s, self.last_t)
+        self.last_t = t_s
+        if self.failed is not None:
+            return self.failed
+        self.blocked = self.guard.check(t_s, dt, canary, baseline)
+        if canary.available and baseline.available:
+            self._add(t_s, dt, canary, baseline)
+        if self._catastrophe(t_s):
+            n_c = sum(r[1] for r in self.recent)
+            x_c = sum(r[2] for r in self.recent)
+            n_b = sum(r[3] for r in self.recent)
+            x_b = sum(r[4] for r in self.recent)
+            self.failed = self._result(
+                Outcome.FAIL,
+                f"catastrophic failure: canary 5xx {pct(x_c / n_c if n_c else 0.0)} vs baseline "
+                f"{pct(x_b / n_b if n_b else 0.0)} over the last {count(n_c)} vs {count(n_b)} "
+                f"requests (CUSUM log e-values {self.cat_abs.level:.1f} absolute and "
+                f"{self.relative.cusum.level if self.relative.cusum else 0:.1f} relative "
+                f"≥ {self.cat_abs.threshold:.1f})",
+                t_s,
+            )
+            return self.failed
+        log_fail = self._log_e_fail()
+        if log_fail >= self.fail_log_threshold:
+            self.failed = self._result(
+                Outcome.FAIL,
+                f"{self._rates()} (e-value {evalue(log_fail)} ≥ {1 / self.config.alpha:g}, "
+                f"tolerance ×{self.config.error_tolerance:g} odds)",
+                t_s,
+            )
+            return self.failed
+        if self.blocked is not None:
+            return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
+        log_pass = self._log_e_pass()
+        if t_s >= self.min_bake_s and (self.passed or log_pass >= self.pass_log_threshold):
+            self.passed = True
+            return self._result(
+                Outcome.PASS,
+                f"{self._rates()}: no regression of ×{self.config.error_bad:g} odds or more "
+                f"(pass e-value {evalue(log_pass)} ≥ {1 / self.config.beta:g}) after "
+                f"{t_s:.0f} s",
+                t_s,
+            )
+        return self._result(
+            Outcome.CONTINUE,
+            f"{self._rates()} (fail e-value {evalue(log_fail)} of {1 / self.config.alpha:g}, "
+            f"pass e-value {evalue(log_pass)} of {1 / self.config.beta:g})",
+            t_s,
+        )
+
+    def final(self, t_s: float) -> CheckResult:
+        if self.failed is not None:
+            return self.failed
+        if self.blocked is not None:
+            return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
+        log_pass = self._log_e_pass()
+        if self.passed or log_pass >= self.pass_log_threshold:
+            return self._result(
+                Outcome.PASS,
+                f"{self._rates()}: no regression of ×{self.config.error_bad:g} odds or more "
+                f"(pass e-value {evalue(log_pass)} ≥ {1 / self.config.beta:g})",
+                t_s,
+            )
+        log_ideal = self._log_e_identical()
+        if log_ideal >= self.pass_log_threshold:
+            return self._result(
+                Outcome.PASS,
+                f"max bake reached, passed but not certified: {self._rates()} "
+                f"(pass e-value {evalue(log_pass)} < {1 / self.config.beta:g}, where a canary "
+                f"like the baseline would have reached {evalue(log_ideal)})",
+                t_s,
+            )
+        return self._result(
+            Outcome.INCONCLUSIVE,
+            f"insufficient information at max bake: {self._rates()}, and even a canary like "
+            f"the baseline would reach pass e-value {evalue(log_ideal)} < "
+            f"{1 / self.config.beta:g} (bake longer or use a bigger wave)",
+            t_s,
+        )
+
+
+def _snap_up(bounds: Sequence[float], value: float) -> float | None:
+    """The smallest bucket bound >= value, or None when value is above them all."""
+    for b in bounds:
+        if b >= value:
+            return float(b)
+    return None
+
+
+class LatencyJudge:
+    """Canary vs baseline share of requests slower than thresholds, as count tests."""
+
+    def __init__(
+        self,
+        name: str,
+        config: JudgeConfig,
+        min_bake_s: float,
+        *,
+        quantiles: Sequence[float] = DEFAULT_QUANTILES,
+        thresholds_ms: Sequence[float] | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.min_bake_s = min_bake_s
+        self.fixed = list(thresholds_ms) if thresholds_ms else None
+        self.quantiles = list(quantiles) if self.fixed is None else [math.nan] * len(self.fixed)
+        self.k = len(self.quantiles)
+        if self.k == 0:
+            raise ValueError("a latency check needs at least one quantile or threshold")
+        self.fail_log_threshold = math.log(self.k / config.alpha)
+        self.pass_log_threshold = math.log(1.0 / config.beta)
+        self.evidence = RelativeEvidence(self.k, config.latency_tolerance, config.latency_bad)
+        self.guard = TrafficGuard(config.min_traffic_share)
+        self.thresholds: list[float | None] = [None] * self.k
+        self.active = np.zeros(self.k, dtype=bool)
+        self.labels = [
+            f"p{q * 100:g}" if self.fixed is None else "configured" for q in self.quantiles
+        ]
+        self.base_hist: NDArray[np.int64] | None = None
+        self.bounds: tuple[float, ...] = ()
+        self.index: NDArray[np.intp] = np.zeros(self.k, dtype=np.intp)
+        self.n_c = np.zeros(self.k, dtype=np.int64)
+        self.x_c = np.zeros(self.k, dtype=np.int64)
+        self.n_b = np.zeros(self.k, dtype=np.int64)
+        self.x_b = np.zeros(self.k, dtype=np.int64)
+        self.last_t = 0.0
+        self.blocked: str | None = None
+        self.failed: CheckResult | None = None
+        self.passed = False
+
+    # -- thresholds -------------------------------------------------------------------------
+
+    def _set_bounds(self, bounds: tuple[float, ...]) -> str | None:
+        if bounds == self.bounds:
+            return None
+        if any(t is not None and t not in bounds for t in self.thresholds):
+            return "the latency histogram's bucket bounds changed during the bake"
+        self.bounds = bounds
+        self.base_hist = None
+        for i, t in enumerate(self.thresholds):
+            if t is not None:
+                self.index[i] = bounds.index(t)
+        if self.fixed is not None:
+            for i, want in enumerate(self.fixed):
+                snapped = _snap_up(bounds, want)
+                if snapped is None:
+                    return (
+                        f"latency threshold {ms(want)} is above the histogram's last bound "
+                        f"{ms(bounds[-1])}"
+                    )
+                self.thresholds[i] = snapped
+                self.index[i] = bounds.index(snapped)
+                self.active[i] = True
+        return None
+
+    def _freeze(self, hist: NDArray[np.int64]) -> None:
+        """Fix thresholds for quantiles that now have enough baseline requests behind them."""
+        self.base_hist = hist if self.base_hist is None else self.base_hist + hist
+        total = int(self.base_hist.sum())
+        if total == 0:
+            return
+        cdf = np.cumsum(self.base_hist[:-1]) / total
+        for i, q in enumerate(self.quantiles):
+            if self.thresholds[i] is not None:
+                continue
+            if total < max(FREEZE_MIN_REQUESTS, FREEZE_MIN_EXCEEDING / (1.0 - q)):
+                continue
+            j = int(np.searchsorted(cdf, q, side="left"))
+            j = min(j, len(self.bounds) - 1)
+            self.thresholds[i] = float(self.bounds[j])
+            self.index[i] = j
+            self.active[i] = True
+
+    # -- evidence ---------------------------------------------------------------------------
+
+    def _add(self, t_s: float, dt: float, canary: Observation, baseline: Observation) -> str | None:
+        if not canary.latency_buckets or not baseline.latency_buckets:
+            return "the signal has no latency histogram"
+        problem = self._set_bounds(tuple(float(b) for b in canary.latency_bounds_ms))
+        if problem:
+            return problem
+        if tuple(float(b) for b in baseline.latency_bounds_ms) != self.bounds:
+            return "canary and baseline latency histograms have different bucket bounds"
+        hc = np.asarray(canary.latency_buckets, dtype=np.int64)
+        hb = np.asarray(baseline.latency_buckets, dtype=np.int64)
+        if len(hc) != len(self.bounds) + 1 or len(hb) != len(self.bounds) + 1:
+            return "latency buckets do not match their bounds (one overflow bucket expected)"
+        active = self.active
+        if active.any():
+            tail_c = np.cumsum(hc[::-1])[::-1]
+            tail_b = np.cumsum(hb[::-1])[::-1]
+            x_c = np.where(active, tail_c[self.index + 1], 0)
+            x_b = np.where(active, tail_b[self.index + 1], 0)
+            n_c, n_b = int(tail_c[0]), int(tail_b[0])
+            self.evidence.add(t_s, dt, n_c, x_c.tolist(), n_b, x_b.tolist())
+            self.n_c += np.where(active, n_c, 0)
+            self.n_b += np.where(active, n_b, 0)
+            self.x_c += x_c
+            self.x_b += x_b
+        if not active.all():
+            self._freeze(hb)
+        return None
+
+    # -- words ------------------------------------------------------------------------------
+
+    def _describe(self, i: int) -> str:
+        t = self.thresholds[i]
+        n_c, n_b = int(self.n_c[i]), int(self.n_b[i])
+        return (
+            f"canary {pct(self.x_c[i] / n_c if n_c else 0.0)} vs baseline "
+            f"{pct(self.x_b[i] / n_b if n_b else 0.0)} of requests slower than "
+            f"{ms(t if t is not None else math.nan)} ({self.labels[i]}) over {count(n_c)} vs "
+            f"{count(n_b)} requests"
+        )
+
+    def _numbers(self, t_s: float) -> dict[str, float]:
+        log_fail = self.evidence.log_fail
+        log_pass = self.evidence.log_pass
+        out: dict[str, float] = {
+            "t_s": float(t_s),
+            "e_fail_needed": self.k / self.config.alpha,
+            "e_pass_needed": 1.0 / self.config.beta,
+        }
+        for i, label in enumerate(self.labels):
+            key = label if self.fixed is None else f"t{i}"
+            t = self.thresholds[i]
+            out[f"{key}_threshold_ms"] = float(t) if t is not None else math.nan
+            out[f"{key}_canary_requests"] = float(self.n_c[i])
+            out[f"{key}_canary_slow"] = float(self.x_c[i])
+            out[f"{key}_baseline_requests"] = float(self.n_b[i])
+            out[f"{key}_baseline_slow"] = float(self.x_b[i])
+            out[f"{key}_e_fail"] = e_number(float(log_fail[i]))
+            out[f"{key}_e_pass"] = e_number(float(log_pass[i]))
+        return out
+
+    def _result(self, outcome: Outcome, reason: str, t_s: float) -> CheckResult:
+        return CheckResult(self.name, outcome, reason, self._numbers(t_s))
+
+    def _pass_level(self) -> tuple[float, int]:
+        """The smallest pass log e-value over thresholds (-inf while one is not frozen)."""
+        log_pass = np.where(self.active, self.evidence.log_pass, -np.inf)
+        i = int(np.argmin(log_pass))
+        return float(log_pass[i]), i
+
+    # -- the Judge protocol -----------------------------------------------------------------
+
+    def look(self, t_s: float, canary: Observation, baseline: Observation) -> CheckResult:
+        dt = _dt(t_s, self.last_t)
+        self.last_t = t_s
+        if self.failed is not None:
+            return self.failed
+        self.blocked = self.guard.check(t_s, dt, canary, baseline)
+        if canary.available and baseline.available:
+            self.blocked = self._add(t_s, dt, canary, baseline) or self.blocked
+        log_fail = np.where(self.active, self.evidence.log_fail, -np.inf)
+        worst = int(np.argmax(log_fail))
+        if log_fail[worst] >= self.fail_log_threshold:
+            self.failed = self._result(
+                Outcome.FAIL,
+                f"{self._describe(worst)} (e-value {evalue(float(log_fail[worst]))} ≥ "
+                f"{self.k / self.config.alpha:g}, tolerance ×{self.config.latency_tolerance:g} "
+                "odds)",
+                t_s,
+            )
+            return self.failed
+        if self.blocked is not None:
+            return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
+        log_pass, weakest = self._pass_level()
+        if t_s >= self.min_bake_s and (self.passed or log_pass >= self.pass_log_threshold):
+            self.passed = True
+            return self._result(
+                Outcome.PASS,
+                f"no latency regression of ×{self.config.latency_bad:g} odds or more at "
+                f"{self._thresholds_text()}; closest: {self._describe(weakest)} (pass e-value "
+                f"{evalue(log_pass)} ≥ {1 / self.config.beta:g}) after {t_s:.0f} s",
+                t_s,
+            )
+        if not self.active.any():
+            return self._result(
+                Outcome.CONTINUE,
+                f"waiting for enough baseline requests to set latency thresholds "
+                f"({count(self._base_total())} so far)",
+                t_s,
+            )
+        return self._result(
+            Outcome.CONTINUE,
+            f"{self._describe(worst)} (fail e-value {evalue(float(log_fail[worst]))} of "
+            f"{self.k / self.config.alpha:g}; smallest pass e-value {evalue(log_pass)} of "
+            f"{1 / self.config.beta:g})",
+            t_s,
+        )
+
+    def _base_total(self) -> int:
+        return int(self.base_hist.sum()) if self.base_hist is not None else 0
+
+    def _thresholds_text(self) -> str:
+        return ", ".join(
+            f"{ms(t)} ({label})" for t, label in zip(self.thresholds, self.labels, strict=True) if t
+        )
+
+    def final(self, t_s: float) -> CheckResult:
+        if self.failed is not None:
+            return self.failed
+        if self.blocked is not None:
+            return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
+        active = self.active
+        if not active.all():
+            missing = [lb for lb, a in zip(self.labels, active, strict=True) if not a]
+            return self._result(
+                Outcome.INCONCLUSIVE,
+                f"insufficient information at max bake: {count(self._base_total())} baseline "
+                f"requests were too few to set the {'/'.join(missing)} latency threshold(s)",
+                t_s,
+            )
+        log_pass, weakest = self._pass_level()
+        if self.passed or log_pass >= self.pass_log_threshold:
+            return self._result(
+                Outcome.PASS,
+                f"no latency regression of ×{self.config.latency_bad:g} odds or more; closest: "
+                f"{self._describe(weakest)} (pass e-value {evalue(log_pass)} ≥ "
+                f"{1 / self.config.beta:g})",
+                t_s,
+            )
+        ideal: FloatArray = self.evidence.identical.log_e()
+        log_ideal = float(ideal[weakest])
+        if float(ideal.min()) >= self.pass_log_threshold:
+            return self._result(
+                Outcome.PASS,
+                f"max bake reached, passed but not certified: {self._describe(weakest)} (pass "
+                f"e-value {evalue(log_pass)} < {1 / self.config.beta:g}, where a canary like "
+                f"the baseline would have reached {evalue(log_ideal)})",
+                t_s,
+            )
+        i = int(np.argmin(ideal))
+        return self._result(
+            Outcome.INCONCLUSIVE,
+            f"insufficient information at max bake: {self._describe(i)}, and even a canary "
+            f"like the baseline would reach pass e-value {evalue(float(ideal[i]))} < "
+            f"{1 / self.config.beta:g} (bake longer or use a bigger wave)",
+            t_s,
+        )

@@ -1,0 +1,288 @@
+"""Absolute guard rails on the canary alone: "5xx rate under 2%", "p99 under 500 ms".
+
+Both are sequential tests of a rate against a bar, so a few early bad requests do not trip
+them but a sustained excess does within seconds:
+
+* `ErrorRateMax`: bad = 5xx, bar = `max` (a fraction).
+* `LatencyMax`: bad = slower than `max` ms, bar = 1 - quantile ("p99 under 500 ms" means
+  at most 1% of requests slower than 500 ms). `max` is snapped *up* to a histogram bound,
+  so slow requests are never over-counted.
+
+FAIL: H0 rate <= bar, a mixture of capped binomial likelihood ratios over alternatives
+bar x {1.25 .. 10}; FAIL at 1/alpha (Ville: P(false FAIL) <= alpha at any number of looks).
+The caps (see `evidence`) make a one-second stall weak evidence.
+PASS: H_bad rate >= bar, alternatives below the bar; PASS once t >= min bake at 1/beta.
+At max bake without a decision: pass "not certified" when a canary at half the bar would
+have been certified with the requests seen, otherwise inconclusive. The baseline is not used
+(guard rails also run when there is none); no canary data is never a pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from immunity.config.models import JudgeConfig
+from immunity.domain import CheckResult, Observation, Outcome
+from immunity.judge.evidence import BinomialRatios, CappedMixture, Mixture
+from immunity.judge.sequential import TrafficGuard
+from immunity.judge.wording import count, e_number, evalue, ms, pct
+
+OVER_RATIOS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+UNDER_RATIOS = (0.0, 0.1, 0.3, 0.6)
+
+
+def _dt(t_s: float, last: float) -> float:
+    dt = t_s - last
+    return dt if dt > 0 else 1.0
+
+
+class _RateBar:
+    """Sequential FAIL/PASS tests of "bad requests / requests <= bar" on the canary."""
+
+    def __init__(self, bar: float, config: JudgeConfig, min_bake_s: float) -> None:
+        if not 0.0 < bar < 1.0:
+            raise ValueError(f"a rate bar must lie strictly between 0 and 1, got {bar}")
+        self.bar = bar
+        self.config = config
+        self.min_bake_s = min_bake_s
+        over = sorted({min(bar * r, 0.999) for r in OVER_RATIOS} - {bar})
+        over = [p for p in over if p > bar] or [(bar + 1.0) / 2]
+        self.over = BinomialRatios(over, bar)
+        self.under = BinomialRatios([bar * r for r in UNDER_RATIOS], bar)
+        self.fail = CappedMixture(1, len(over))
+        self.passing = Mixture(1, len(UNDER_RATIOS))
+        self.half = Mixture(1, len(UNDER_RATIOS))
+        self.n = self.x = 0
+        self.fail_log_threshold = math.log(1.0 / config.alpha)
+        self.pass_log_threshold = math.log(1.0 / config.beta)
+
+    def add(self, t_s: float, dt: float, n: int, x: int) -> None:
+        n = max(n, 0)
+        x = min(max(x, 0), n)
+        self.n += n
+        self.x += x
+        if n == 0:
+            return
+        self.fail.add(t_s, dt, self.over(n, x)[None, :])
+        self.passing.add(self.under(n, x)[None, :])
+        self.half.add(self.under(n, n * self.bar / 2)[None, :])
+
+    def log_fail(self) -> float:
+        return float(self.fail.log_e()[0])
+
+    def log_pass(self) -> float:
+        return float(self.passing.log_e()[0])
+
+    def log_half(self) -> float:
+        return float(self.half.log_e()[0])
+
+    def numbers(self, t_s: float) -> dict[str, float]:
+        return {
+            "t_s": float(t_s),
+            "canary_requests": float(self.n),
+            "canary_bad": float(self.x),
+            "canary_rate": self.x / self.n if self.n else 0.0,
+            "bar": self.bar,
+            "e_fail": e_number(self.log_fail()),
+            "e_fail_needed": 1.0 / self.config.alpha,
+            "e_pass": e_number(self.log_pass()),
+            "e_pass_needed": 1.0 / self.config.beta,
+        }
+
+
+class _GuardRail:
+    """Shared look/final flow; subclasses say what a bad request is and how to word it."""
+
+    name: str
+
+    def __init__(self, name: str, bar: float, config: JudgeConfig, min_bake_s: float) -> None:
+        self.name = name
+        self.rate = _RateBar(bar, config, min_bake_s)
+        self.config = config
+        self.min_bake_s = min_bake_s
+        self.guard = TrafficGuard(config.min_traffic_share, needs_baseline=False)
+        self.last_t = 0.0
+        self.blocked: str | None = None
+        self.failed: CheckResult | None = None
+        self.passed = False
+
+    def _count(self, canary: Observation) -> tuple[int, int] | str:
+        raise NotImplementedError
+
+    def _state(self) -> str:
+        raise NotImplementedError
+
+    def _result(self, outcome: Outcome, reason: str, t_s: float) -> CheckResult:
+        return CheckResult(self.name, outcome, reason, self._numbers(t_s))
+
+    def _numbers(self, t_s: float) -> dict[str, float]:
+        return self.rate.numbers(t_s)
+
+    def look(self, t_s: float, canary: Observation, baseline: Observation) -> CheckResult:
+        dt = _dt(t_s, self.last_t)
+        self.last_t = t_s
+        if self.failed is not None:
+            return self.failed
+        self.blocked = self.guard.check(t_s, dt, canary, baseline)
+        if canary.available:
+            counted = self._count(canary)
+            if isinstance(counted, str):
+                self.blocked = counted
+            else:
+                self.rate.add(t_s, dt, *counted)
+        log_fail = self.rate.log_fail()
+        alpha, beta = self.config.alpha, self.config.beta
+        if log_fail >= self.rate.fail_log_threshold:
+            self.failed = self._result(
+                Outcome.FAIL, f"{self._state()} (e-value {evalue(log_fail)} ≥ {1 / alpha:g})", t_s
+            )
+            return self.failed
+        if self.blocked is not None:
+            return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
+        log_pass = self.rate.log_pass()
+        if t_s >= self.min_bake_s and (self.passed or log_pass >= self.rate.pass_log_threshold):
+            self.passed = True
+            return self._result(
+                Outcome.PASS,
+                f"{self._state()}: certified under the bar (pass e-value {evalue(log_pass)} ≥ "
+                f"{1 / beta:g}) after {t_s:.0f} s",
+                t_s,
+            )
+        return self._result(
+            Outcome.CONTINUE,
+            f"{self._state()} (fail e-value {evalue(log_fail)} of {1 / alpha:g}, pass e-value "
+            f"{evalue(log_pass)} of {1 / beta:g})",
+            t_s,
+        )
+
+    def final(self, t_s: float) -> CheckResult:
+        if self.failed is not None:
+            return self.failed
+        if self.blocked is not None:
+            return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
+        beta = self.config.beta
+        log_pass = self.rate.log_pass()
+        if self.passed or log_pass >= self.rate.pass_log_threshold:
+            return self._result(
+                Outcome.PASS,
+                f"{self._state()}: certified under the bar (pass e-value {evalue(log_pass)} ≥ "
+                f"{1 / beta:g})",
+                t_s,
+            )
+        log_half = self.rate.log_half()
+        if log_half >= self.rate.pass_log_threshold:
+            return self._result(
+                Outcome.PASS,
+                f"max bake reached, passed but not certified: {self._state()} (pass e-value "
+                f"{evalue(log_pass)} < {1 / beta:g})",
+                t_s,
+            )
+        return self._result(
+            Outcome.INCONCLUSIVE,
+            f"insufficient information at max bake: {self._state()}, too few requests to "
+            f"certify even a canary at half the bar (e-value {evalue(log_half)} < {1 / beta:g})",
+            t_s,
+        )
+
+
+class ErrorRateMax(_GuardRail):
+    """Fail when the canary's 5xx rate is, with confidence, above `max_rate`."""
+
+    def __init__(self, name: str, max_rate: float, config: JudgeConfig, min_bake_s: float) -> None:
+        super().__init__(name, max_rate, config, min_bake_s)
+
+    def _count(self, canary: Observation) -> tuple[int, int] | str:
+        return canary.requests, canary.errors
+
+    def _state(self) -> str:
+        r = self.rate
+        return (
+            f"canary 5xx {pct(r.x / r.n if r.n else 0.0)} of {count(r.n)} requests against a "
+            f"bar of {pct(r.bar)}"
+        )
+
+
+def histogram_quantile(bounds: Sequence[float], buckets: Sequence[int], q: float) -> float:
+    """The q-quantile (ms) of a histogram, linear within a bucket; inf in the overflow bucket."""
+    counts = np.asarray(buckets, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return math.nan
+    cum = np.cumsum(counts)
+    i = int(np.searchsorted(cum, q * total, side="left"))
+    if i >= len(bounds):
+        return math.inf
+    lo = float(bounds[i - 1]) if i > 0 else 0.0
+    hi = float(bounds[i])
+    below = cum[i - 1] if i > 0 else 0.0
+    inside = counts[i]
+    frac = (q * total - below) / inside if inside > 0 else 1.0
+    return lo + (hi - lo) * min(max(frac, 0.0), 1.0)
+
+
+class LatencyMax(_GuardRail):
+    """Fail when the canary's `quantile` latency is, with confidence, above `max_ms`."""
+
+    def __init__(
+        self,
+        name: str,
+        max_ms: float,
+        quantile: float,
+        config: JudgeConfig,
+        min_bake_s: float,
+    ) -> None:
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must lie strictly between 0 and 1, got {quantile}")
+        super().__init__(name, 1.0 - quantile, config, min_bake_s)
+        self.max_ms = max_ms
+        self.quantile = quantile
+        self.snapped: float | None = None
+        self.bounds: tuple[float, ...] = ()
+        self.index = 0
+        self.hist: NDArray[np.int64] | None = None
+
+    def _count(self, canary: Observation) -> tuple[int, int] | str:
+        if canary.requests > 0 and not canary.latency_buckets:
+            return "the signal has no latency histogram"
+        if not canary.latency_buckets:
+            return 0, 0
+        bounds = tuple(float(b) for b in canary.latency_bounds_ms)
+        if bounds != self.bounds:
+            snapped = next((b for b in bounds if b >= self.max_ms), None)
+            if snapped is None:
+                return (
+                    f"the latency bar {ms(self.max_ms)} is above the histogram's last bound "
+                    f"{ms(bounds[-1]) if bounds else 'n/a'}"
+                )
+            self.bounds, self.snapped, self.index = bounds, snapped, bounds.index(snapped)
+            self.hist = None
+        buckets = np.asarray(canary.latency_buckets, dtype=np.int64)
+        if len(buckets) != len(bounds) + 1:
+            return "latency buckets do not match their bounds (one overflow bucket expected)"
+        self.hist = buckets if self.hist is None else self.hist + buckets
+        return int(buckets.sum()), int(buckets[self.index + 1 :].sum())
+
+    def _estimate(self) -> float:
+        if self.hist is None:
+            return math.nan
+        return histogram_quantile(self.bounds, self.hist.tolist(), self.quantile)
+
+    def _state(self) -> str:
+        r = self.rate
+        label = f"p{self.quantile * 100:g}"
+        bar = self.snapped if self.snapped is not None else self.max_ms
+        return (
+            f"canary {label} ≈ {ms(self._estimate())} against a bar of {ms(self.max_ms)}: "
+            f"{pct(r.x / r.n if r.n else 0.0)} of {count(r.n)} requests slower than {ms(bar)} "
+            f"vs {pct(r.bar)} allowed"
+        )
+
+    def _numbers(self, t_s: float) -> dict[str, float]:
+        out = self.rate.numbers(t_s)
+        out["canary_quantile_ms"] = self._estimate()
+        out["max_ms"] = float(self.max_ms)
+        return out

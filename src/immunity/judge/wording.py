@@ -1,0 +1,52 @@
+"""Numbers as they appear in verdict sentences: "4.8%", "1,204", "e-value 312"."""
+
+from __future__ import annotations
+
+import math
+
+
+def pct(rate: float) -> str:
+    """A fraction as a percentage with sensible precision: 0.048 -> "4.8%", 0.00031 -> "0.031%"."""
+    if not math.isfinite(rate):
+        return "n/a"
+    p = 100.0 * rate
+    if p == 0:
+        return "0%"
+    if p >= 10:
+        return f"{p:.0f}%"
+    if p >= 1:
+        return f"{p:.1f}%"
+    return f"{p:.2g}%"
+
+
+def count(n: float) -> str:
+    return f"{round(n):,}"
+
+
+def evalue(log_e: float) -> str:
+    """An e-value from its log: 312, 4.1, 0.02, 1.2e+09."""
+    if log_e > 690:
+        return "> 1e+300"
+    e = math.exp(log_e)
+    if e >= 1e6:
+        return f"{e:.1e}"
+    if e >= 100:
+        return f"{e:,.0f}"
+    if e >= 0.01:
+        return f"{e:.3g}"
+    return f"{e:.1e}"
+
+
+def ms(value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:,.0f} ms" if value >= 10 else f"{value:.3g} ms"
+
+
+def seconds(value: float) -> str:
+    return f"{value:.0f} s"
+
+
+def e_number(log_e: float) -> float:
+    """The e-value as a float for `numbers` (capped so it stays finite)."""
+    return math.exp(min(log_e, 700.0))
