@@ -29,27 +29,24 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from immunity.config.types import Duration
 from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import PreflightError, SignalError
+from immunity.signals._gather import gather
 
 DEFAULT_REQUESTS = 'sum(increase(app_requests_total{{host_label}=~"{hosts}"}[{window}]))'
 DEFAULT_ERRORS = 'sum(increase(app_requests_total{{host_label}=~"{hosts}",code=~"5.."}[{window}]))'
 DEFAULT_LATENCY = (
     'sum by (le) (increase(app_request_duration_seconds_bucket{{host_label}=~"{hosts}"}[{window}]))'
 )
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 # RE2 metacharacters; everything else in a label value is literal.
 _RE2_SPECIAL = set("\\.+*?()|[]{}^$")
@@ -242,7 +239,7 @@ class PrometheusSource:
         if window_s <= 0:
             return Observation.missing(f"empty window {start.isoformat()}..{end.isoformat()}")
         queries = self._queries(hosts, window_s)
-        results = await _all({key: self.query(promql, end) for key, promql in queries.items()})
+        results = await gather({key: self.query(promql, end) for key, promql in queries.items()})
 
         requests = _single(results["requests"])
         if requests is None or math.isnan(requests):
@@ -283,7 +280,7 @@ class PrometheusSource:
         end: dt.datetime,
     ) -> dict[Cohort, Observation]:
         """Observations for each cohort over [start, end). Caller owns the deadline."""
-        return await _all(
+        return await gather(
             {cohort: self._observe_one(hosts, start, end) for cohort, hosts in cohorts.items()}
         )
 
@@ -329,29 +326,6 @@ class PrometheusSource:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-
-async def _all(jobs: Mapping[K, Awaitable[V]]) -> dict[K, V]:
-    """Await every job concurrently; the first SignalError is raised as itself, not in a group.
-
-    A job that fails lets its siblings finish (they are bounded by the HTTP timeout), so no
-    ExceptionGroup reaches the caller for the ordinary "could not measure" case.
-    """
-    results: dict[K, V] = {}
-    errors: list[SignalError] = []
-
-    async def run(key: K, job: Awaitable[V]) -> None:
-        try:
-            results[key] = await job
-        except SignalError as exc:
-            errors.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        for key, job in jobs.items():
-            tg.start_soon(run, key, job)
-    if errors:
-        raise errors[0]
-    return results
 
 
 def _single(samples: list[dict[str, Any]]) -> float | None:
