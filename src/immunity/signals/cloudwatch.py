@@ -20,10 +20,18 @@ What it can and cannot say:
   distribution. Each period's requests are put in the histogram bucket holding that
   period's ``latency_statistic`` value, so a quantile read back from the histogram is that
   statistic rounded *up* to a bucket bound: conservative for ``latency_max``.
-* **Granularity and lag.** ALB metrics are published per 60 s, a minute or more late. The
-  window asked for is widened to whole periods; a bake shorter than a few periods sees little.
-* **No data is not zero.** When CloudWatch has no ``RequestCount`` datapoint in the window
-  (no traffic, wrong dimensions, or not yet published) the canary observation is missing too.
+* **Granularity and lag: each period is spread over the looks that cover it.** ALB metrics
+  come per 60 s period, a minute or more late, while the bake asks every second for the
+  last second. So the source reads the window shifted back by ``delay`` (default 2 min)
+  and hands each look the share of each period's counts that its window covers (rounded
+  so that consecutive looks add up to the period's exact totals, never counting a period
+  twice). The judge sees a steady flow, ``delay`` late: make ``bake.min`` longer than
+  ``delay`` plus a few periods, or the guard rail judges the fleet from before the canary.
+* **No data is not zero.** When no period under the shifted window has a ``RequestCount``
+  datapoint (no traffic, wrong dimensions, or not yet published: raise ``delay``) the
+  canary observation is missing too.
+* Costs: one ``GetMetricData`` (three metrics) per look until a period's datapoint is
+  cached, so about one call per period once ``delay`` is long enough.
 """
 
 from __future__ import annotations
@@ -65,6 +73,8 @@ class CloudWatchSettings(AwsAccess):
     target_group: str
     """The ``TargetGroup`` dimension: ``targetgroup/<name>/<id>`` (the end of its ARN)."""
     period: Duration = 60.0
+    delay: Duration = 120.0
+    """How far back the window is shifted, so CloudWatch has published it."""
     latency_statistic: str = "p99"
     """TargetResponseTime statistic: a percentile (p99, p95, p99.9), Average or Maximum."""
     latency_bounds_ms: list[float] = Field(
@@ -109,6 +119,30 @@ class CloudWatchSettings(AwsAccess):
         return sorted(set(v))
 
 
+class _Period:
+    """One period's datapoints and how much of them the looks have taken so far."""
+
+    def __init__(self, requests: float, errors: float, latency_s: float | None) -> None:
+        self.requests = requests
+        self.errors = errors
+        self.latency_s = latency_s
+        self.taken = 0.0  # fraction of the period covered by past looks
+        self.requests_given = 0
+        self.errors_given = 0
+
+    def take(self, fraction: float) -> tuple[int, int]:
+        """Counts for `fraction` more of the period; the running totals are rounded, so the
+        looks that cover the whole period add up to its exact counts."""
+        self.taken = min(1.0, self.taken + max(0.0, fraction))
+        n = max(0, round(self.requests * self.taken) - self.requests_given)
+        x = max(
+            0, min(round(self.errors * self.taken), self.requests_given + n) - self.errors_given
+        )
+        self.requests_given += n
+        self.errors_given += x
+        return n, x
+
+
 def _floor(t: dt.datetime, period: float) -> dt.datetime:
     ts = t.timestamp()
     return dt.datetime.fromtimestamp(math.floor(ts / period) * period, dt.UTC)
@@ -137,6 +171,7 @@ class CloudWatchSource:
             code_hints=_CODE_HINTS,
             clients={"cloudwatch": client} if client is not None else None,
         )
+        self._periods: dict[dt.datetime, _Period] = {}
         self._dims = [
             {"Name": "LoadBalancer", "Value": settings.load_balancer},
             {"Name": "TargetGroup", "Value": settings.target_group},
@@ -153,35 +188,35 @@ class CloudWatchSource:
             "ReturnData": True,
         }
 
-    async def _series(
-        self, start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, float]]:
-        """qid -> {period start: value}, all pages of one GetMetricData."""
+    async def _fetch(self, lo: dt.datetime, hi: dt.datetime) -> None:
+        """Cache every period in [lo, hi) that has a RequestCount datapoint (all pages)."""
         queries = [
             self._query("requests", "RequestCount", "Sum"),
             self._query("errors", "HTTPCode_Target_5XX_Count", "Sum"),
             self._query("latency", "TargetResponseTime", self._s.latency_statistic),
         ]
-        out: dict[str, dict[dt.datetime, float]] = {q["Id"]: {} for q in queries}
+        series: dict[str, dict[dt.datetime, float]] = {q["Id"]: {} for q in queries}
         params: dict[str, Any] = {
             "MetricDataQueries": queries,
-            "StartTime": start,
-            "EndTime": end,
+            "StartTime": lo,
+            "EndTime": hi,
             "ScanBy": "TimestampAscending",
         }
         resource = f"{self._s.load_balancer} {self._s.target_group}"
-        for _ in range(100):  # pages; CloudWatch returns few for three series
+        for _ in range(100):  # pages; a handful of periods of three series fit in one
             reply = await self._api.call("cloudwatch", "GetMetricData", resource=resource, **params)
             for r in reply.get("MetricDataResults", []):
-                series = out.setdefault(r["Id"], {})
+                got = series.setdefault(r["Id"], {})
                 for t, v in zip(r.get("Timestamps", []), r.get("Values", []), strict=False):
                     if v is not None and math.isfinite(v):
-                        series[t] = float(v)
+                        got[t.astimezone(dt.UTC)] = float(v)
             token = reply.get("NextToken")
             if not token:
                 break
             params["NextToken"] = token
-        return out
+        for t, n in series["requests"].items():
+            # HTTPCode_Target_5XX_Count is only published for periods that had a 5xx
+            self._periods[t] = _Period(n, series["errors"].get(t, 0.0), series["latency"].get(t))
 
     async def observe(
         self,
@@ -189,46 +224,66 @@ class CloudWatchSource:
         start: dt.datetime,
         end: dt.datetime,
     ) -> dict[Cohort, Observation]:
-        """Fleet-wide numbers as the canary; the baseline is always missing (no split)."""
+        """Fleet-wide numbers as the canary; the baseline is always missing (no split).
+
+        Reads [start, end) shifted back by `delay`; each period's counts are handed out in
+        proportion to the part of it the window covers, once.
+        """
+        out: dict[Cohort, Observation] = {
+            c: Observation.missing(_NO_SPLIT) for c in cohorts if c is not Cohort.CANARY
+        }
+        if Cohort.CANARY not in cohorts:
+            return out
         period = self._s.period
-        lo, hi = _floor(start, period), _ceil(end, period)
+        shift = dt.timedelta(seconds=self._s.delay)
+        lo, hi = start - shift, end - shift
         if hi <= lo:
-            hi = lo + dt.timedelta(seconds=period)
-        series = await self._series(lo, hi)
-        requests_by_period = series["requests"]
-        out: dict[Cohort, Observation] = {}
-        fleet = sum(len(h) for h in cohorts.values())
-        for cohort in cohorts:
-            if cohort is not Cohort.CANARY:
-                out[cohort] = Observation.missing(_NO_SPLIT)
+            out[Cohort.CANARY] = Observation.missing("cloudwatch: empty window")
+            return out
+        first, last = _floor(lo, period), _ceil(hi, period)
+        step = dt.timedelta(seconds=period)
+        under = [first + i * step for i in range(round((last - first) / step))]
+        if any(p not in self._periods for p in under):
+            await self._fetch(first, last)
+        bounds = tuple(self._s.latency_bounds_ms)
+        buckets = [0] * (len(bounds) + 1)
+        requests = errors = 0
+        with_data = 0
+        for p in under:
+            got = self._periods.get(p)
+            if got is None:
                 continue
-            if not requests_by_period:
-                out[cohort] = Observation.missing(
-                    f"cloudwatch: no RequestCount datapoint for {self._s.target_group} "
-                    f"between {lo:%H:%M:%S} and {hi:%H:%M:%S} UTC"
-                )
-                continue
-            requests = round(sum(requests_by_period.values()))
-            # HTTPCode_Target_5XX_Count is only published for periods that had a 5xx
-            errors = min(requests, round(sum(series["errors"].values())))
-            bounds = tuple(self._s.latency_bounds_ms)
-            buckets = [0] * (len(bounds) + 1)
-            for t, n in requests_by_period.items():
-                seconds = series["latency"].get(t)
-                if seconds is None:
-                    continue
-                buckets[_bucket(bounds, seconds * 1000.0)] += round(n)
-            out[cohort] = Observation(
-                requests=requests,
-                errors=errors,
-                latency_bounds_ms=bounds if any(buckets) else (),
-                latency_buckets=tuple(buckets) if any(buckets) else (),
-                hosts=fleet,
-                detail=f"cloudwatch: whole target group {self._s.target_group}, "
-                f"{len(requests_by_period)} period(s) of {period:g}s; "
-                f"latency is the per-period {self._s.latency_statistic}",
+            with_data += 1
+            overlap = (min(hi, p + step) - max(lo, p)).total_seconds()
+            n, x = got.take(overlap / period)
+            requests += n
+            errors += x
+            if got.latency_s is not None:
+                buckets[_bucket(bounds, got.latency_s * 1000.0)] += n
+        self._forget(first)
+        if not with_data:
+            out[Cohort.CANARY] = Observation.missing(
+                f"cloudwatch: no RequestCount datapoint yet for {self._s.target_group} "
+                f"between {lo:%H:%M:%S} and {hi:%H:%M:%S} UTC (delay {self._s.delay:g}s)"
             )
+            return out
+        out[Cohort.CANARY] = Observation(
+            requests=requests,
+            errors=errors,
+            latency_bounds_ms=bounds if any(buckets) else (),
+            latency_buckets=tuple(buckets) if any(buckets) else (),
+            hosts=sum(len(h) for h in cohorts.values()),
+            detail=f"cloudwatch: whole target group {self._s.target_group}, "
+            f"{lo:%H:%M:%S}-{hi:%H:%M:%S} UTC ({self._s.delay:g}s late); "
+            f"latency is the per-period {self._s.latency_statistic}",
+        )
         return out
+
+    def _forget(self, before: dt.datetime) -> None:
+        """Drop periods well behind the window (windows only move forward)."""
+        horizon = before - dt.timedelta(seconds=10 * self._s.period)
+        for p in [p for p in self._periods if p < horizon]:
+            del self._periods[p]
 
     async def preflight(self, hosts: Sequence[HostRef]) -> None:
         """Credentials resolve and CloudWatch knows RequestCount for these dimensions."""

@@ -37,6 +37,7 @@ def _source(moto: str, **kw: Any) -> CloudWatchSource:
         "load_balancer": LB,
         "target_group": TG,
         "latency_statistic": "Maximum",
+        "delay": 0,
     }
     settings = CloudWatchSource.Settings(**{**fields, **kw})
     return CloudWatchSource(settings, base_dir=Path("."))
@@ -122,12 +123,27 @@ async def test_observe_puts_each_periods_requests_in_its_latency_bucket(
     await src.aclose()
 
 
-async def test_observe_widens_a_short_window_to_whole_periods(moto: str, published: Any) -> None:
-    """A 20-second window inside minute 1 reads that whole minute."""
+async def test_consecutive_short_looks_share_a_period_exactly_once(
+    moto: str, published: Any
+) -> None:
+    """Three 20-second looks over minute 1 get a third each and add up to that minute."""
     src = _source(moto)
-    start = T0 + dt.timedelta(minutes=1, seconds=20)
-    obs = await src.observe(COHORTS, start, start + dt.timedelta(seconds=20))
-    assert (obs[Cohort.CANARY].requests, obs[Cohort.CANARY].errors) == (300, 2)
+    looks = []
+    for i in range(3):
+        start = T0 + dt.timedelta(minutes=1, seconds=20 * i)
+        obs = await src.observe(COHORTS, start, start + dt.timedelta(seconds=20))
+        looks.append((obs[Cohort.CANARY].requests, obs[Cohort.CANARY].errors))
+    assert looks == [(100, 1), (100, 0), (100, 1)]
+    again = await src.observe(COHORTS, T0 + dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=2))
+    assert again[Cohort.CANARY].requests == 0
+    await src.aclose()
+
+
+async def test_delay_shifts_the_window_back(moto: str, published: Any) -> None:
+    """With delay 2m, a look over minute 2 reads what the ALB published for minute 0."""
+    src = _source(moto, delay="2m")
+    obs = await src.observe(COHORTS, T0 + dt.timedelta(minutes=2), T0 + dt.timedelta(minutes=3))
+    assert (obs[Cohort.CANARY].requests, obs[Cohort.CANARY].errors) == (300, 0)
     await src.aclose()
 
 

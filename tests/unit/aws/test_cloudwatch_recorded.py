@@ -38,7 +38,7 @@ def _source(client: RecordedCloudWatch, **kw: Any) -> CloudWatchSource:
         target_group="arn:aws:elasticloadbalancing:eu-west-1:123456789012:"
         "targetgroup/web/73e2d6bc24d8a067",
         region="eu-west-1",
-        **kw,
+        **{"delay": 0, **kw},
     )
     return CloudWatchSource(settings, base_dir=Path("."), client=client)
 
@@ -103,6 +103,26 @@ async def test_pages_are_followed_and_p99_fills_the_histogram() -> None:
     assert (canary.requests, canary.errors) == (1000, 7)
     assert tuple(canary.latency_buckets) == (0, 600, 0, 400)
     assert client.calls[1]["NextToken"] == "page-2"
+
+
+async def test_fleet_numbers_are_handed_out_once_however_the_looks_fall() -> None:
+    """Looks of 7 s over two minutes add up to exactly both minutes' totals."""
+    reply = {
+        "MetricDataResults": [
+            _result("requests", {T0: 1001.0, T0 + MIN: 999.0}),
+            _result("errors", {T0: 13.0, T0 + MIN: 1.0}),
+        ]
+    }
+    client = RecordedCloudWatch([reply] * 100)
+    src = _source(client)
+    requests = errors = 0
+    t = T0
+    while t < T0 + 2 * MIN:
+        end = min(t + dt.timedelta(seconds=7), T0 + 2 * MIN)
+        canary = (await src.observe({Cohort.CANARY: []}, t, end))[Cohort.CANARY]
+        requests, errors, t = requests + canary.requests, errors + canary.errors, end
+    assert (requests, errors) == (2000, 14)
+    assert len(client.calls) == 1  # both periods came in the first answer and were cached
 
 
 def test_settings_reject_a_period_cloudwatch_does_not_have() -> None:
