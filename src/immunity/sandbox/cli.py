@@ -96,6 +96,10 @@ def load(
         info = fleet.read_info(dir)
     except ImmunityError as exc:
         raise _fail(exc) from None
+    if not fleet.is_running(dir):
+        typer.echo(f"error: the sandbox in {dir} is not running", err=True)
+        typer.echo(f"hint: start it with `immunity sandbox up --dir {dir}`", err=True)
+        raise typer.Exit(2)
 
     async def main() -> None:
         stop = asyncio.Event()

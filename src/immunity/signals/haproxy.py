@@ -123,15 +123,15 @@ class LogTail:
         # merge only when it overlaps the tail.
         new.sort(key=lambda r: r.end)
         if self.records and new[0].end < self.records[-1].end:
-            merged = sorted(self.records + new, key=lambda r: r.end)
-            self.records = merged
+            self.records = sorted(self.records + new, key=lambda r: r.end)
+            self.ends = [r.end for r in self.records]
         else:
             self.records.extend(new)
-        horizon = self.records[-1].end - self.retention
-        if self.records[0].end < horizon:
-            cut = bisect.bisect_left([r.end for r in self.records], horizon)
-            self.records = self.records[cut:]
-        self.ends = [r.end for r in self.records]
+            self.ends.extend(r.end for r in new)
+        cut = bisect.bisect_left(self.ends, self.ends[-1] - self.retention)
+        if cut:
+            del self.records[:cut]
+            del self.ends[:cut]
 
     def window(self, start: float, end: float) -> list[LogRecord]:
         lo = bisect.bisect_left(self.ends, start)
