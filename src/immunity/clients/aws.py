@@ -324,7 +324,9 @@ class AwsApi:
             try:
                 await anyio.to_thread.run_sync(self._resolve_credentials, abandon_on_cancel=True)
             except (BotoCoreError, ClientError) as exc:
-                raise self._map(exc, "sts", "AssumeRole", None, None, True) from exc
+                role = self._settings.role_arn
+                operation = "AssumeRole" if role else "ResolveCredentials"
+                raise self._map(exc, "sts", operation, None, role, True) from exc
 
     async def call(
         self,
