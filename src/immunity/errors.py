@@ -118,7 +118,10 @@ class StepFailed(ImmunityError):
 
 
 class JournalError(ImmunityError):
+    """The journal cannot be written: immunity changes nothing more, a human must look."""
+
     reference = "journal-error"
+    exit_code = 4
 
 
 class LeaseHeld(ImmunityError):

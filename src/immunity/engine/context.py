@@ -17,8 +17,7 @@ from immunity import plugins
 from immunity.config import LoadedConfig, resolve_path
 from immunity.domain import Event, HostRef
 from immunity.hosts.base import HostDriver
-from immunity.journal.base import Journal
-from immunity.journal.sqlite import SqliteJournal
+from immunity.journal import Journal, open_journal as _open
 from immunity.lb.base import LoadBalancer
 from immunity.notify.base import Notifier
 from immunity.signals.base import SignalSource
@@ -79,7 +78,7 @@ def host_refs(loaded: LoadedConfig) -> list[HostRef]:
 
 def open_journal(loaded: LoadedConfig) -> Journal:
     jc = loaded.config.journal
-    return SqliteJournal(resolve_path(loaded.base_dir, jc.path))
+    return _open(resolve_path(loaded.base_dir, jc.path), jc.url)
 
 
 def build_fleet(loaded: LoadedConfig, journal: Journal | None = None) -> Fleet:

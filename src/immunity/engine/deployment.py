@@ -35,7 +35,7 @@ from immunity.engine.plan import plan_waves
 from immunity.engine.record import Recorder
 from immunity.errors import ImmunityError, JournalError, LeaseLost, PreflightError, StepFailed
 from immunity.journal.base import DeploymentRecord, Lease
-from immunity.journal.sqlite import new_deployment_id
+from immunity.journal import new_deployment_id
 
 log = logging.getLogger("immunity.engine")
 

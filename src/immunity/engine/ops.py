@@ -28,7 +28,7 @@ from immunity.engine.notifying import notify_all
 from immunity.engine.record import Recorder
 from immunity.errors import ImmunityError
 from immunity.journal.base import DeploymentRecord, Lease
-from immunity.journal.sqlite import new_deployment_id
+from immunity.journal import new_deployment_id
 
 
 class NothingToResume(ImmunityError):

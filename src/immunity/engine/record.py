@@ -6,6 +6,9 @@ Journal kinds, log events and notifications share names (`noun.verb_past`).
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +16,22 @@ from immunity.domain import Event
 from immunity.engine.context import Fleet
 
 log = logging.getLogger("immunity.engine")
+
+# Fault injection (tests only): IMMUNITY_FAULT_KILL_AT="host.step_started:5" makes the
+# process SIGKILL itself right after the 5th entry of that kind is durably journaled, so
+# the fault suite can kill the orchestrator at an exact step boundary, deterministically.
+_KILL_AT = os.environ.get("IMMUNITY_FAULT_KILL_AT", "")
+_seen: Counter[str] = Counter()
+
+
+def _fail_point(kind: str) -> None:
+    if not _KILL_AT:
+        return
+    want, _, nth = _KILL_AT.rpartition(":")
+    if kind == want:
+        _seen[kind] += 1
+        if _seen[kind] == int(nth):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Recorder:
@@ -35,6 +54,7 @@ class Recorder:
         self.fleet.journal.append(
             self.deployment_id, kind, host=host, step=step, data=data, token=self.token
         )
+        _fail_point(kind)
         event = Event(
             kind=kind,
             app=self.fleet.app,

@@ -2,7 +2,7 @@
 
 Request i is sent at ``t0 + i / rps`` whatever happened to the earlier ones (open loop: a
 slow server does not slow the customers down, so its slowness shows). Each request becomes
-one JSON line ``{"t": <unix send time>, "status": <int, 0 = no answer>, "latency_ms": <float>,
+one JSON line ``{"t": <seconds since the start>, "at": <unix send time>, "status": <int, 0 = no answer>, "latency_ms": <float>,
 "host": <X-Immunity-Host or null>}`` — the *release impact* record. Only talks to the URL given.
 """
 
@@ -120,7 +120,8 @@ async def run_load(
             status = 0
         record(
             {
-                "t": round(sent_wall, 6),
+                "t": round(sent_wall - t0_wall, 6),
+                "at": round(sent_wall, 6),
                 "status": status,
                 "latency_ms": round((time.monotonic() - began) * 1000.0, 3),
                 "host": host,
@@ -145,7 +146,13 @@ async def run_load(
                     sent_wall = t0_wall + (time.monotonic() - t0)
                     if len(in_flight) >= max_in_flight:
                         record(
-                            {"t": round(sent_wall, 6), "status": 0, "latency_ms": 0.0, "host": None}
+                            {
+                                "t": round(sent_wall - t0_wall, 6),
+                                "at": round(sent_wall, 6),
+                                "status": 0,
+                                "latency_ms": 0.0,
+                                "host": None,
+                            }
                         )
                         continue
                     task = asyncio.create_task(one(session, sent_wall))

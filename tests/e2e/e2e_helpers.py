@@ -1,0 +1,126 @@
+"""Whole deployments on a real sandbox fleet: HAProxy plus local hosts on 127.0.0.1.
+
+The immunity CLI runs as a child process, as a user would run it; assertions read the
+fleet's own view (`status --json`, HAProxy's `show servers state`, the customers' record).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from immunity.sandbox import fleet as sandbox
+
+IMMUNITY = [sys.executable, "-m", "immunity"]
+
+
+@dataclass
+class Sandbox:
+    dir: Path
+    url: str
+    config: Path
+
+    def write_config(self, name: str, **overrides: Any) -> Path:
+        """A copy of the sandbox's immunity.yaml with top-level keys replaced."""
+        data = yaml.safe_load(self.config.read_text())
+        for key, value in overrides.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        path = self.dir / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def run(self, *args: str, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*IMMUNITY, *args], capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, **(env or {})}, cwd=self.dir,
+        )
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*IMMUNITY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})}, cwd=self.dir,
+        )
+
+    def status(self, config: Path | None = None) -> dict[str, Any]:
+        r = self.run("status", "-c", str(config or self.config), "--json")
+        assert 0 == r.returncode, r.stderr
+        return dict(json.loads(r.stdout))
+
+    def servers_state(self) -> dict[str, int]:
+        """HAProxy's own view: server name -> srv_admin_state (0 ready, 1 maint, 8 drain)."""
+        text = sandbox.haproxy_command(self.dir, "show servers state be_app")
+        out: dict[str, int] = {}
+        for line in text.splitlines()[2:]:
+            cols = line.split()
+            if len(cols) > 6:
+                out[cols[3]] = int(cols[6])
+        return out
+
+
+FAST = {
+    "bake": {"min": "1s", "max": "20s", "interval": "500ms", "lag": "200ms"},
+    "warmup": {"path": "/", "consecutive": 2, "latency_bar": "100ms", "timeout": "30s"},
+    "lease_ttl": "5s",
+}
+
+
+@pytest.fixture(scope="module")
+def fleet3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    d = tmp_path_factory.mktemp("sbx")
+    info = sandbox.create_sandbox(d, 3)
+    sandbox.add_release(d, "v2", cold_start_s=1.0)
+    sandbox.add_release(d, "bad", error_rate=1.0)
+    sandbox.add_release(d, "v3", error_rate=0.05)
+    try:
+        yield Sandbox(d, info.url, info.config_path)
+    finally:
+        left = sandbox.teardown(d)
+        assert [] == [p for p in left if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (children of this process linger as zombies until reaped)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Load:
+    """Customers through the balancer, in a child process, stopped with SIGINT."""
+
+    def __init__(self, sbx: Sandbox, rps: float, name: str = "load.jsonl") -> None:
+        self.out = sbx.dir / name
+        self.proc = subprocess.Popen(
+            [*IMMUNITY, "sandbox", "load", "--dir", str(sbx.dir), "--rps", str(rps),
+             "--duration", "600", "--out", str(self.out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while not (self.out.exists() and self.out.stat().st_size > 0):
+            assert time.monotonic() < deadline, "load generator sent nothing"
+            time.sleep(0.05)
+
+    def stop(self) -> list[dict[str, Any]]:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+
+
+def failed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["status"] == 0 or r["status"] >= 500]

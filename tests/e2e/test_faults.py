@@ -1,0 +1,156 @@
+"""Fault injection: the orchestrator killed at every step boundary, outside systems failing.
+
+After every fault the fleet must serve one release with every host in the pool, `status`
+must agree with the journal, and no lease may be left held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e_helpers import FAST, Load, Sandbox
+
+pytestmark = pytest.mark.slow
+
+STEPS_PER_HOST = 7
+
+
+@pytest.fixture(scope="module")
+def loaded(fleet3: Sandbox) -> Iterator[Sandbox]:
+    """The fleet under steady customer load for the whole module (judges need traffic)."""
+    load = Load(fleet3, 40, "faults-load.jsonl")
+    try:
+        yield fleet3
+    finally:
+        load.stop()
+
+
+def plain(sbx: Sandbox) -> Path:
+    return sbx.write_config("faults-plain.yaml", checks=[], **FAST)
+
+
+def judged(sbx: Sandbox) -> Path:
+    return sbx.write_config("faults-judged.yaml", **FAST)
+
+
+def current(sbx: Sandbox, cfg: Path) -> str:
+    hosts = sbx.status(cfg)["hosts"]
+    releases = {h["active_release"] for h in hosts}
+    assert 1 == len(releases), hosts
+    return str(releases.pop())
+
+
+def assert_whole(sbx: Sandbox, cfg: Path, release: str) -> None:
+    """One release everywhere, every host serving, the journal agreeing, no lease held."""
+    st = sbx.status(cfg)
+    assert [release] * 3 == [h["active_release"] for h in st["hosts"]], st
+    assert ["serving"] * 3 == [h["lb_state"] for h in st["hosts"]], st
+    assert [] == st["disagreements"]
+    assert st["lease"] is None
+    assert {0} == set(sbx.servers_state().values())
+
+
+def test_sigkill_at_every_step_of_a_deployment_then_resume_finishes_it(loaded: Sandbox) -> None:
+    """Killed right after each of the 21 step starts of a 3-host deploy, `resume` completes it."""
+    cfg = plain(loaded)
+    covered = 0
+    for k in range(1, 3 * STEPS_PER_HOST + 1):
+        old = current(loaded, cfg)
+        new = "v2" if old != "v2" else "v1"
+        r = loaded.run("deploy", "-c", str(cfg), "--release", new,
+                       env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{k}"})
+        assert -9 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        r = loaded.run("resume", "-c", str(cfg))
+        assert 0 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        assert_whole(loaded, cfg, new)
+        covered += 1
+    print(f"deployment kill points covered: {covered}")
+    assert 3 * STEPS_PER_HOST == covered
+
+
+def test_sigkill_at_every_step_of_a_revert_then_resume_finishes_the_revert(loaded: Sandbox) -> None:
+    """Killed at each step of the immune response's revert walk, `resume` still reverts."""
+    cfg = judged(loaded)
+    covered = 0
+    for k in range(STEPS_PER_HOST + 1, 2 * STEPS_PER_HOST + 1):
+        old = current(loaded, cfg)
+        r = loaded.run("deploy", "-c", str(cfg), "--release", "bad",
+                       env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{k}"})
+        assert -9 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        r = loaded.run("resume", "-c", str(cfg))
+        assert 3 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        assert_whole(loaded, cfg, old)
+        covered += 1
+    print(f"revert kill points covered: {covered}")
+    assert STEPS_PER_HOST == covered
+
+
+def test_resume_abort_reverts_an_interrupted_deployment(loaded: Sandbox) -> None:
+    """`resume --abort` after a kill puts every host back on the old release."""
+    cfg = plain(loaded)
+    old = current(loaded, cfg)
+    new = "v2" if old != "v2" else "v1"
+    r = loaded.run("deploy", "-c", str(cfg), "--release", new,
+                   env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{STEPS_PER_HOST + 3}"})
+    assert -9 == r.returncode
+    r = loaded.run("resume", "-c", str(cfg), "--abort")
+    assert 3 == r.returncode, r.stdout + r.stderr[-1500:]
+    assert_whole(loaded, cfg, old)
+
+
+def test_a_signal_source_that_errors_is_inconclusive_and_the_fleet_is_reverted(loaded: Sandbox) -> None:
+    """A failing command signal never passes: after the inconclusive limit the fleet reverts."""
+    broken = {"signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
+              "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
+              "judge": {"inconclusive_limit": "2s"}}
+    cfg = loaded.write_config("faults-broken.yaml", **{**FAST, **broken})
+    old = current(loaded, cfg)
+    new = "v2" if old != "v2" else "v1"
+    r = loaded.run("deploy", "-c", str(cfg), "--release", new, "--json", "-")
+    assert 3 == r.returncode, r.stdout + r.stderr[-1500:]
+    result = json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])
+    assert "inconclusive" in result["reason"]
+    assert_whole(loaded, cfg, old)
+
+
+def test_the_hold_policy_pauses_with_the_fleet_serving(loaded: Sandbox) -> None:
+    """With on_inconclusive: hold the deployment stops with exit 6 and every host in the pool."""
+    broken = {"signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
+              "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
+              "judge": {"inconclusive_limit": "1s", "on_inconclusive": "hold"}}
+    cfg = loaded.write_config("faults-hold.yaml", **{**FAST, **broken})
+    old = current(loaded, cfg)
+    new = "v2" if old != "v2" else "v1"
+    r = loaded.run("deploy", "-c", str(cfg), "--release", new)
+    assert 6 == r.returncode, r.stdout + r.stderr[-1500:]
+    st = loaded.status(cfg)
+    assert ["serving"] * 3 == [h["lb_state"] for h in st["hosts"]]
+    assert st["lease"] is None
+    r = loaded.run("rollback", "-c", str(plain(loaded)))
+    assert 0 == r.returncode, r.stdout + r.stderr[-1500:]
+
+
+def test_the_runtime_socket_gone_for_seconds_mid_deploy_is_survived(loaded: Sandbox) -> None:
+    """HAProxy's runtime socket made unreachable for 2 s mid-deploy: the fleet ends whole."""
+    cfg = plain(loaded)
+    old = current(loaded, cfg)
+    new = "v2" if old != "v2" else "v1"
+    sock = loaded.dir / "haproxy" / "admin.sock"
+    hidden = sock.with_name("admin.sock.hidden")
+    p = loaded.start("deploy", "-c", str(cfg), "--release", new)
+    deadline = time.monotonic() + 30
+    while {0} == set(loaded.servers_state().values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.rename(sock, hidden)
+    time.sleep(2.0)
+    os.rename(hidden, sock)
+    out, err = p.communicate(timeout=240)
+    assert p.returncode in (0, 3), out + err[-1500:]
+    assert_whole(loaded, cfg, new if p.returncode == 0 else old)
