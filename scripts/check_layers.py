@@ -55,18 +55,29 @@ def main() -> int:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
             for name in names:
-                if not name.startswith("immunity.") :
+                if not name.startswith("immunity."):
                     continue
                 theirs = layer(name)
                 if theirs == mine or theirs == "__init__":
                     continue
-                if mine in ROLES and theirs in ROLES and not (mine != "judge" and theirs == "judge"):
+                if (
+                    mine in ROLES
+                    and theirs in ROLES
+                    and not (mine != "judge" and theirs == "judge")
+                ):
                     # roles do not import each other (judge is pure math anyone may use)
                     problems.append(f"{path}:{node.lineno}: role {mine} imports role {theirs}")
                     continue
                 if RANK.get(theirs, 99) > RANK.get(mine, 99):
-                    problems.append(f"{path}:{node.lineno}: {mine} (layer {RANK.get(mine)}) imports {name} (layer {RANK.get(theirs)})")
-                if mine == "engine" and theirs in ROLES and name.split(".")[-1] not in ("base", theirs) and theirs != "judge":
+                    problems.append(
+                        f"{path}:{node.lineno}: {mine} (layer {RANK.get(mine)}) imports {name} (layer {RANK.get(theirs)})"
+                    )
+                if (
+                    mine == "engine"
+                    and theirs in ROLES
+                    and name.split(".")[-1] not in ("base", theirs)
+                    and theirs != "judge"
+                ):
                     problems.append(f"{path}:{node.lineno}: engine names a concrete adapter {name}")
     for p in problems:
         print(p)

@@ -7,4 +7,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from e2e_helpers import fleet3  # noqa: E402,F401
+from e2e_helpers import fleet3  # noqa: F401

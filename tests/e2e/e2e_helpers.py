@@ -44,21 +44,31 @@ class Sandbox:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
-    def run(self, *args: str, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 240, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*IMMUNITY, *args], capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, **(env or {})}, cwd=self.dir,
+            [*IMMUNITY, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            cwd=self.dir,
         )
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [*IMMUNITY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})}, cwd=self.dir,
+            [*IMMUNITY, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=self.dir,
         )
 
     def status(self, config: Path | None = None) -> dict[str, Any]:
         r = self.run("status", "-c", str(config or self.config), "--json")
-        assert 0 == r.returncode, r.stderr
+        assert r.returncode == 0, r.stderr
         return dict(json.loads(r.stdout))
 
     def servers_state(self) -> dict[str, int]:
@@ -90,7 +100,7 @@ def fleet3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield Sandbox(d, info.url, info.config_path)
     finally:
         left = sandbox.teardown(d)
-        assert [] == [p for p in left if _alive(p)]
+        assert [p for p in left if _alive(p)] == []
 
 
 def _alive(pid: int) -> bool:
@@ -107,9 +117,21 @@ class Load:
     def __init__(self, sbx: Sandbox, rps: float, name: str = "load.jsonl") -> None:
         self.out = sbx.dir / name
         self.proc = subprocess.Popen(
-            [*IMMUNITY, "sandbox", "load", "--dir", str(sbx.dir), "--rps", str(rps),
-             "--duration", "600", "--out", str(self.out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                *IMMUNITY,
+                "sandbox",
+                "load",
+                "--dir",
+                str(sbx.dir),
+                "--rps",
+                str(rps),
+                "--duration",
+                "600",
+                "--out",
+                str(self.out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while not (self.out.exists() and self.out.stat().st_size > 0):

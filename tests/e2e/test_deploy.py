@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from e2e_helpers import FAST, Load, Sandbox, failed
 
 pytestmark = pytest.mark.slow
@@ -24,27 +23,29 @@ def ensure_on(sbx: Sandbox, release: str) -> None:
     if all(h["active_release"] == release and h["lb_state"] == "serving" for h in hosts):
         return
     r = sbx.run("deploy", "-c", str(plain(sbx)), "--release", release)
-    assert 0 == r.returncode, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_a_good_release_rolls_over_the_fleet_under_load_without_a_failed_request(fleet3: Sandbox) -> None:
+def test_a_good_release_rolls_over_the_fleet_under_load_without_a_failed_request(
+    fleet3: Sandbox,
+) -> None:
     """Every host ends on v2 and in the pool, and no customer request failed."""
     ensure_on(fleet3, "v1")
     cfg = fleet3.write_config("good.yaml", **FAST)
     load = Load(fleet3, 60)
     r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2", "--json", "good.json")
     rows = load.stop()
-    assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
     hosts = fleet3.status()["hosts"]
-    assert ["v2"] * 3 == [h["active_release"] for h in hosts]
-    assert ["serving"] * 3 == [h["lb_state"] for h in hosts]
-    assert {"h1": 0, "h2": 0, "h3": 0} == fleet3.servers_state()
-    assert [] == failed(rows)
+    assert [h["active_release"] for h in hosts] == ["v2"] * 3
+    assert [h["lb_state"] for h in hosts] == ["serving"] * 3
+    assert fleet3.servers_state() == {"h1": 0, "h2": 0, "h3": 0}
+    assert failed(rows) == []
     assert {"h1", "h2", "h3"} <= {r["host"] for r in rows}
     result = json.loads((fleet3.dir / "good.json").read_text())
-    assert "deployed" == result["outcome"]
+    assert result["outcome"] == "deployed"
     steps = [s["step"] for s in result["hosts"][0]["steps"]]
-    assert ["drain", "stop", "install", "start", "verify", "warmup", "enable"] == steps
+    assert steps == ["drain", "stop", "install", "start", "verify", "warmup", "enable"]
 
 
 def test_a_bad_release_is_reverted_on_every_host_with_exit_3(fleet3: Sandbox) -> None:
@@ -54,25 +55,27 @@ def test_a_bad_release_is_reverted_on_every_host_with_exit_3(fleet3: Sandbox) ->
     load = Load(fleet3, 60)
     r = fleet3.run("deploy", "-c", str(cfg), "--release", "bad", "--json", "bad.json")
     load.stop()
-    assert 3 == r.returncode, r.stdout + r.stderr[-2000:]
+    assert r.returncode == 3, r.stdout + r.stderr[-2000:]
     hosts = fleet3.status()["hosts"]
-    assert ["v1"] * 3 == [h["active_release"] for h in hosts]
-    assert ["serving"] * 3 == [h["lb_state"] for h in hosts]
+    assert [h["active_release"] for h in hosts] == ["v1"] * 3
+    assert [h["lb_state"] for h in hosts] == ["serving"] * 3
     result = json.loads((fleet3.dir / "bad.json").read_text())
-    assert "fail" == result["verdict"]["outcome"]
+    assert result["verdict"]["outcome"] == "fail"
     assert result["detected_after_s"] is not None and result["reverted_after_s"] is not None
     failing = [c for c in result["verdict"]["checks"] if c["outcome"] == "fail"]
     assert failing and failing[0]["numbers"]
     history = json.loads(fleet3.run("history", "-c", str(cfg), "--json").stdout)
-    assert "reverted" == history["deployments"][-1]["outcome"]
+    assert history["deployments"][-1]["outcome"] == "reverted"
 
 
-def test_an_unknown_release_is_rejected_with_exit_2_before_anything_is_touched(fleet3: Sandbox) -> None:
+def test_an_unknown_release_is_rejected_with_exit_2_before_anything_is_touched(
+    fleet3: Sandbox,
+) -> None:
     """Deploying a release that does not exist exits 2 and leaves HAProxy's view as it was."""
     ensure_on(fleet3, "v1")
     before = fleet3.servers_state()
     r = fleet3.run("deploy", "-c", str(plain(fleet3)), "--release", "v9")
-    assert 2 == r.returncode, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
     assert "v9" in r.stderr
     assert before == fleet3.servers_state()
 
@@ -82,10 +85,10 @@ def test_a_config_with_a_wrong_field_is_rejected_with_file_line_and_exit_2(fleet
     bad = fleet3.dir / "typo.yaml"
     bad.write_text(fleet3.config.read_text().replace("max_unavailable:", "max_unavailabel:"))
     r = fleet3.run("deploy", "-c", str(bad), "--release", "v2")
-    assert 2 == r.returncode
+    assert r.returncode == 2
     assert "typo.yaml:" in r.stderr and "max_unavailabel" in r.stderr
     r = fleet3.run("config", "validate", str(bad))
-    assert 2 == r.returncode
+    assert r.returncode == 2
 
 
 def test_a_host_that_does_not_answer_is_rejected_at_preflight(fleet3: Sandbox) -> None:
@@ -100,11 +103,13 @@ def test_a_host_that_does_not_answer_is_rejected_at_preflight(fleet3: Sandbox) -
     cfg = fleet3.dir / "deadhost.yaml"
     cfg.write_text(yaml.safe_dump(data))
     r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2")
-    assert 2 == r.returncode, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
     assert before == fleet3.servers_state()
 
 
-def test_two_deployments_started_together_run_one_and_refuse_the_other_with_exit_5(fleet3: Sandbox) -> None:
+def test_two_deployments_started_together_run_one_and_refuse_the_other_with_exit_5(
+    fleet3: Sandbox,
+) -> None:
     """Exactly one of two simultaneous deploys runs; the other exits 5 naming the holder."""
     ensure_on(fleet3, "v1")
     cfg = plain(fleet3)
@@ -112,7 +117,7 @@ def test_two_deployments_started_together_run_one_and_refuse_the_other_with_exit
     b = fleet3.start("deploy", "-c", str(cfg), "--release", "v2")
     outs = [p.communicate(timeout=240) for p in (a, b)]
     codes = sorted([a.returncode, b.returncode])
-    assert [0, 5] == codes, outs
+    assert codes == [0, 5], outs
     refused = outs[[a.returncode, b.returncode].index(5)][1]
     assert "holds the lease" in refused
 
@@ -129,15 +134,15 @@ def test_sigint_mid_deploy_finishes_the_host_in_flight_and_exits_130(fleet3: San
     p.send_signal(signal.SIGINT)
     p.send_signal(signal.SIGINT)  # a second Ctrl-C must not leave a host out either
     out, err = p.communicate(timeout=120)
-    assert 130 == p.returncode, out + err
+    assert p.returncode == 130, out + err
     hosts = fleet3.status(cfg)["hosts"]
-    assert ["serving"] * 3 == [h["lb_state"] for h in hosts]
+    assert [h["lb_state"] for h in hosts] == ["serving"] * 3
     assert {0} == set(fleet3.servers_state().values())
     history = json.loads(fleet3.run("history", "-c", str(cfg), "--json").stdout)
-    assert "interrupted" == history["deployments"][-1]["outcome"]
+    assert history["deployments"][-1]["outcome"] == "interrupted"
     r = fleet3.run("resume", "-c", str(cfg))
-    assert 0 == r.returncode, r.stdout + r.stderr
-    assert ["v2"] * 3 == [h["active_release"] for h in fleet3.status(cfg)["hosts"]]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [h["active_release"] for h in fleet3.status(cfg)["hosts"]] == ["v2"] * 3
 
 
 def test_rollback_walks_every_host_back_to_its_previous_release(fleet3: Sandbox) -> None:
@@ -145,7 +150,7 @@ def test_rollback_walks_every_host_back_to_its_previous_release(fleet3: Sandbox)
     ensure_on(fleet3, "v1")
     ensure_on(fleet3, "v2")
     r = fleet3.run("rollback", "-c", str(plain(fleet3)))
-    assert 0 == r.returncode, r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     hosts = fleet3.status()["hosts"]
-    assert ["v1"] * 3 == [h["active_release"] for h in hosts]
-    assert ["serving"] * 3 == [h["lb_state"] for h in hosts]
+    assert [h["active_release"] for h in hosts] == ["v1"] * 3
+    assert [h["lb_state"] for h in hosts] == ["serving"] * 3

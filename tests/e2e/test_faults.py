@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from e2e_helpers import FAST, Load, Sandbox
 
 pytestmark = pytest.mark.slow
@@ -42,7 +41,7 @@ def judged(sbx: Sandbox) -> Path:
 def current(sbx: Sandbox, cfg: Path) -> str:
     hosts = sbx.status(cfg)["hosts"]
     releases = {h["active_release"] for h in hosts}
-    assert 1 == len(releases), hosts
+    assert len(releases) == 1, hosts
     return str(releases.pop())
 
 
@@ -50,8 +49,8 @@ def assert_whole(sbx: Sandbox, cfg: Path, release: str) -> None:
     """One release everywhere, every host serving, the journal agreeing, no lease held."""
     st = sbx.status(cfg)
     assert [release] * 3 == [h["active_release"] for h in st["hosts"]], st
-    assert ["serving"] * 3 == [h["lb_state"] for h in st["hosts"]], st
-    assert [] == st["disagreements"]
+    assert [h["lb_state"] for h in st["hosts"]] == ["serving"] * 3, st
+    assert st["disagreements"] == []
     assert st["lease"] is None
     assert {0} == set(sbx.servers_state().values())
 
@@ -63,15 +62,21 @@ def test_sigkill_at_every_step_of_a_deployment_then_resume_finishes_it(loaded: S
     for k in range(1, 3 * STEPS_PER_HOST + 1):
         old = current(loaded, cfg)
         new = "v2" if old != "v2" else "v1"
-        r = loaded.run("deploy", "-c", str(cfg), "--release", new,
-                       env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{k}"})
-        assert -9 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        r = loaded.run(
+            "deploy",
+            "-c",
+            str(cfg),
+            "--release",
+            new,
+            env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{k}"},
+        )
+        assert r.returncode == -9, (k, r.stdout, r.stderr[-1500:])
         r = loaded.run("resume", "-c", str(cfg))
-        assert 0 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        assert r.returncode == 0, (k, r.stdout, r.stderr[-1500:])
         assert_whole(loaded, cfg, new)
         covered += 1
     print(f"deployment kill points covered: {covered}")
-    assert 3 * STEPS_PER_HOST == covered
+    assert covered == 3 * STEPS_PER_HOST
 
 
 def test_sigkill_at_every_step_of_a_revert_then_resume_finishes_the_revert(loaded: Sandbox) -> None:
@@ -80,15 +85,21 @@ def test_sigkill_at_every_step_of_a_revert_then_resume_finishes_the_revert(loade
     covered = 0
     for k in range(STEPS_PER_HOST + 1, 2 * STEPS_PER_HOST + 1):
         old = current(loaded, cfg)
-        r = loaded.run("deploy", "-c", str(cfg), "--release", "bad",
-                       env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{k}"})
-        assert -9 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        r = loaded.run(
+            "deploy",
+            "-c",
+            str(cfg),
+            "--release",
+            "bad",
+            env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{k}"},
+        )
+        assert r.returncode == -9, (k, r.stdout, r.stderr[-1500:])
         r = loaded.run("resume", "-c", str(cfg))
-        assert 3 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        assert r.returncode == 3, (k, r.stdout, r.stderr[-1500:])
         assert_whole(loaded, cfg, old)
         covered += 1
     print(f"revert kill points covered: {covered}")
-    assert STEPS_PER_HOST == covered
+    assert covered == STEPS_PER_HOST
 
 
 def test_resume_abort_reverts_an_interrupted_deployment(loaded: Sandbox) -> None:
@@ -96,44 +107,56 @@ def test_resume_abort_reverts_an_interrupted_deployment(loaded: Sandbox) -> None
     cfg = plain(loaded)
     old = current(loaded, cfg)
     new = "v2" if old != "v2" else "v1"
-    r = loaded.run("deploy", "-c", str(cfg), "--release", new,
-                   env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{STEPS_PER_HOST + 3}"})
-    assert -9 == r.returncode
+    r = loaded.run(
+        "deploy",
+        "-c",
+        str(cfg),
+        "--release",
+        new,
+        env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{STEPS_PER_HOST + 3}"},
+    )
+    assert r.returncode == -9
     r = loaded.run("resume", "-c", str(cfg), "--abort")
-    assert 3 == r.returncode, r.stdout + r.stderr[-1500:]
+    assert r.returncode == 3, r.stdout + r.stderr[-1500:]
     assert_whole(loaded, cfg, old)
 
 
-def test_a_signal_source_that_errors_is_inconclusive_and_the_fleet_is_reverted(loaded: Sandbox) -> None:
+def test_a_signal_source_that_errors_is_inconclusive_and_the_fleet_is_reverted(
+    loaded: Sandbox,
+) -> None:
     """A failing command signal never passes: after the inconclusive limit the fleet reverts."""
-    broken = {"signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
-              "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
-              "judge": {"inconclusive_limit": "2s"}}
+    broken = {
+        "signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
+        "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
+        "judge": {"inconclusive_limit": "2s"},
+    }
     cfg = loaded.write_config("faults-broken.yaml", **{**FAST, **broken})
     old = current(loaded, cfg)
     new = "v2" if old != "v2" else "v1"
     r = loaded.run("deploy", "-c", str(cfg), "--release", new, "--json", "-")
-    assert 3 == r.returncode, r.stdout + r.stderr[-1500:]
-    result = json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])
+    assert r.returncode == 3, r.stdout + r.stderr[-1500:]
+    result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
     assert "inconclusive" in result["reason"]
     assert_whole(loaded, cfg, old)
 
 
 def test_the_hold_policy_pauses_with_the_fleet_serving(loaded: Sandbox) -> None:
     """With on_inconclusive: hold the deployment stops with exit 6 and every host in the pool."""
-    broken = {"signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
-              "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
-              "judge": {"inconclusive_limit": "1s", "on_inconclusive": "hold"}}
+    broken = {
+        "signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
+        "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
+        "judge": {"inconclusive_limit": "1s", "on_inconclusive": "hold"},
+    }
     cfg = loaded.write_config("faults-hold.yaml", **{**FAST, **broken})
     old = current(loaded, cfg)
     new = "v2" if old != "v2" else "v1"
     r = loaded.run("deploy", "-c", str(cfg), "--release", new)
-    assert 6 == r.returncode, r.stdout + r.stderr[-1500:]
+    assert r.returncode == 6, r.stdout + r.stderr[-1500:]
     st = loaded.status(cfg)
-    assert ["serving"] * 3 == [h["lb_state"] for h in st["hosts"]]
+    assert [h["lb_state"] for h in st["hosts"]] == ["serving"] * 3
     assert st["lease"] is None
     r = loaded.run("rollback", "-c", str(plain(loaded)))
-    assert 0 == r.returncode, r.stdout + r.stderr[-1500:]
+    assert r.returncode == 0, r.stdout + r.stderr[-1500:]
 
 
 def test_the_runtime_socket_gone_for_seconds_mid_deploy_is_survived(loaded: Sandbox) -> None:

@@ -38,15 +38,15 @@ def _problems(text: str) -> list[str]:
 def test_a_valid_config_loads_with_durations_in_seconds() -> None:
     """A minimal valid file loads, and durations given as text become float seconds."""
     loaded = parse(GOOD + "warmup:\n  latency_bar: 250ms\n  timeout: 2m\n", "immunity.yaml")
-    assert 0.25 == loaded.config.warmup.latency_bar
-    assert 120.0 == loaded.config.warmup.timeout
-    assert ["h1", "h2"] == [h.name for h in loaded.config.hosts]
+    assert loaded.config.warmup.latency_bar == 0.25
+    assert loaded.config.warmup.timeout == 120.0
+    assert [h.name for h in loaded.config.hosts] == ["h1", "h2"]
 
 
 def test_a_bad_wave_is_reported_with_file_line_column_and_what_was_expected() -> None:
     """`waves[1]: quarter` names the file, line and column, the field, and the expectation."""
     problems = _problems(GOOD.replace('[1, "50%", "100%"]', '[1, "quarter", "100%"]'))
-    assert 1 == len(problems)
+    assert len(problems) == 1
     assert problems[0].startswith("immunity.yaml:15:")
     assert "waves[1]" in problems[0]
     assert "expected a count (3) or a percentage" in problems[0]
@@ -68,7 +68,9 @@ def test_an_unknown_adapter_kind_lists_the_known_ones() -> None:
     assert any("balancer.kind" in p and "haproxy" in p and "nginx" in p for p in problems)
 
 
-def test_env_interpolation_fills_values_and_never_echoes_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_interpolation_fills_values_and_never_echoes_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """${VAR} is filled from the environment; a bad interpolated value shows `${VAR}`, not its value."""
     monkeypatch.setenv("IMM_PORT", "not-a-port-s3cr3t")
     problems = _problems(GOOD.replace("port: 9001", "port: ${IMM_PORT}"))
@@ -76,7 +78,7 @@ def test_env_interpolation_fills_values_and_never_echoes_secrets(monkeypatch: py
     assert not any("s3cr3t" in p for p in problems)
     monkeypatch.setenv("IMM_PORT", "9005")
     loaded = parse(GOOD.replace("port: 9001", "port: ${IMM_PORT}"), "immunity.yaml")
-    assert 9005 == loaded.config.hosts[0].port
+    assert loaded.config.hosts[0].port == 9005
 
 
 def test_a_missing_env_var_is_a_problem_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:

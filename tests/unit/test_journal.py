@@ -20,8 +20,8 @@ def test_entries_survive_reopening_the_file(tmp_path: Path) -> None:
     j.close()
     j2 = SqliteJournal(tmp_path / "j.db")
     kinds = [e.kind for e in j2.entries(d.id)]
-    assert ["host.step_started", "host.step_finished"] == kinds
-    assert {"h1": "v1"} == j2.deployments("shop")[0].data["fallbacks"]
+    assert kinds == ["host.step_started", "host.step_finished"]
+    assert j2.deployments("shop")[0].data["fallbacks"] == {"h1": "v1"}
 
 
 def test_a_second_holder_is_refused_while_the_first_heartbeats(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_a_stale_token_can_change_nothing(tmp_path: Path) -> None:
         j.append(d.id, "host.step_started", host="h1", step="drain", token=old.token)
     with pytest.raises(LeaseLost):
         j.heartbeat(old)
-    assert [] == list(j.entries(d.id))
+    assert list(j.entries(d.id)) == []
 
 
 def test_a_released_lease_is_free(tmp_path: Path) -> None:

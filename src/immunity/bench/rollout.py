@@ -101,13 +101,30 @@ def render(result: dict[str, Any], console: Console) -> None:
         title=f"rollout of a release with a {result['cold_start_s']:g}s cold start over "
         f"{result['hosts']} hosts at {result['rps']:g} req/s"
     )
-    for col in ("way", "requests", "failed", "p50 ms", "p99 ms", "max ms", "steady p99 ms", "p99/steady", "duration s"):
+    for col in (
+        "way",
+        "requests",
+        "failed",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "steady p99 ms",
+        "p99/steady",
+        "duration s",
+    ):
         t.add_column(col, justify="left" if col == "way" else "right")
     for way, w in result["ways"].items():
         ratio = w["p99_ms"] / w["steady_p99_ms"] if w["steady_p99_ms"] else float("nan")
         t.add_row(
-            way, str(w["requests"]), str(w["failed"]), f"{w['p50_ms']:.1f}", f"{w['p99_ms']:.1f}",
-            f"{w['max_ms']:.0f}", f"{w['steady_p99_ms']:.1f}", f"{ratio:.2f}×", f"{w['duration_s']:.1f}",
+            way,
+            str(w["requests"]),
+            str(w["failed"]),
+            f"{w['p50_ms']:.1f}",
+            f"{w['p99_ms']:.1f}",
+            f"{w['max_ms']:.0f}",
+            f"{w['steady_p99_ms']:.1f}",
+            f"{ratio:.2f}×",
+            f"{w['duration_s']:.1f}",
         )
     console.print(t)
     console.print(f"orchestrator peak memory: {result['orchestrator_peak_rss_mb']:.0f} MB")

@@ -19,9 +19,9 @@ import typer
 from immunity import config as cfgmod
 from immunity.cli import output
 from immunity.cli.output import err, out, show_error, write_json
+from immunity.engine import ops
 from immunity.engine.context import Fleet, build_fleet
 from immunity.engine.deployment import Deployment, DeployResult
-from immunity.engine import ops
 from immunity.errors import ImmunityError
 
 app = typer.Typer(
@@ -76,15 +76,22 @@ def _finish(result: DeployResult, json_dest: str | None) -> None:
     data = result.to_dict()
     write_json(data, json_dest)
     style = {0: "green", 3: "yellow"}.get(result.exit_code, "red")
-    out.print(f"[bold {style}]{result.outcome}[/] {result.release} ({result.deployment_id})", highlight=False)
+    out.print(
+        f"[bold {style}]{result.outcome}[/] {result.release} ({result.deployment_id})",
+        highlight=False,
+    )
     if result.reason:
         out.print(f"  {result.reason}", markup=False, highlight=False)
     if result.detected_after_s is not None:
         out.print(f"  detected after {result.detected_after_s:.1f}s", highlight=False)
     if result.reverted_after_s is not None:
-        out.print(f"  fleet reverted {result.reverted_after_s:.1f}s after the verdict", highlight=False)
+        out.print(
+            f"  fleet reverted {result.reverted_after_s:.1f}s after the verdict", highlight=False
+        )
     if result.needs_human:
-        out.print(f"  [bold red]a human is needed for[/] {', '.join(result.needs_human)}", highlight=False)
+        out.print(
+            f"  [bold red]a human is needed for[/] {', '.join(result.needs_human)}", highlight=False
+        )
     raise typer.Exit(result.exit_code)
 
 

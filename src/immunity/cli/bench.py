@@ -33,4 +33,3 @@ try:
         bench_app.registered_commands.append(cmd)
 except ImportError:  # pragma: no cover - the judge bench lands separately
     pass
-

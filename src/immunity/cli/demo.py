@@ -54,7 +54,9 @@ def demo(
 ) -> None:
     """Deploy a good release and a bad one on a local fleet under load; show what customers saw."""
     d = Path(tempfile.mkdtemp(prefix="immunity-demo-"))
-    out.print(f"[bold]immunity demo[/]: {hosts} hosts behind HAProxy in {d}, {rps:g} customer req/s")
+    out.print(
+        f"[bold]immunity demo[/]: {hosts} hosts behind HAProxy in {d}, {rps:g} customer req/s"
+    )
     try:
         info = sandbox.create_sandbox(d, hosts)
     except ImmunityError as exc:
@@ -108,7 +110,14 @@ def demo(
         t.add_column(col, justify="right" if col != "phase" else "left")
     for name, a, b in marks:
         s = phase(name, rows, a, b)
-        t.add_row(name, str(s.requests), str(s.failed), f"{s.p50_ms:.1f}", f"{s.p99_ms:.1f}", f"{s.max_ms:.0f}")
+        t.add_row(
+            name,
+            str(s.requests),
+            str(s.failed),
+            f"{s.p50_ms:.1f}",
+            f"{s.p99_ms:.1f}",
+            f"{s.max_ms:.0f}",
+        )
     out.print(t)
     if keep:
         out.print(f"sandbox left running in {d}: `immunity sandbox down --dir {d}` stops it")

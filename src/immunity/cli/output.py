@@ -66,7 +66,11 @@ class HostTable:
             h: {"phase": "waiting", "release": "", "note": ""} for h in hosts
         }
         self.verdict = ""
-        self._live = Live(self.render(), console=err, refresh_per_second=8, transient=False) if live else None
+        self._live = (
+            Live(self.render(), console=err, refresh_per_second=8, transient=False)
+            if live
+            else None
+        )
 
     def __enter__(self) -> HostTable:
         if self._live:
@@ -86,7 +90,12 @@ class HostTable:
         t.add_column("note", overflow="fold")
         for name, row in self.rows.items():
             style = PHASE_STYLE.get(row["phase"], "")
-            t.add_row(name, f"[{style}]{row['phase']}[/]" if style else row["phase"], row["release"], row["note"])
+            t.add_row(
+                name,
+                f"[{style}]{row['phase']}[/]" if style else row["phase"],
+                row["release"],
+                row["note"],
+            )
         return t
 
     def __call__(self, event: Event) -> None:
@@ -108,5 +117,9 @@ class HostTable:
             self.verdict = event.message
         if self._live:
             self._live.update(self.render())
-        elif not event.kind.startswith("verdict.looked") and event.kind not in ("host.step_finished",):
-            err.print(f"[dim]{event.at:%H:%M:%S}[/] {event.kind:<24} {event.message}", highlight=False)
+        elif not event.kind.startswith("verdict.looked") and event.kind not in (
+            "host.step_finished",
+        ):
+            err.print(
+                f"[dim]{event.at:%H:%M:%S}[/] {event.kind:<24} {event.message}", highlight=False
+            )

@@ -105,7 +105,10 @@ def _where(pos: _Positions, loc: Loc) -> tuple[int, int]:
 def _format(fname: str, pos: _Positions, base: Loc, exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors():
-        loc: Loc = (*base, *[p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))])
+        loc: Loc = (
+            *base,
+            *[p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))],
+        )
         # pydantic adds the union member name ("int", "str") for unions; drop type tags
         loc = tuple(p for p in loc if p not in ("int", "str", "float", "bool"))
         line, col = _where(pos, loc)
@@ -131,7 +134,9 @@ def _adapter(
         cls = plugins.adapter_class(role, block.kind)
     except ConfigError as exc:
         line, col = _where(pos, (*loc, "kind"))
-        problems.append(f"{fname}:{line}:{col} {_dotted((*loc, 'kind'))}: {exc.message} ({exc.hint})")
+        problems.append(
+            f"{fname}:{line}:{col} {_dotted((*loc, 'kind'))}: {exc.message} ({exc.hint})"
+        )
         return None
     settings_model: type[BaseModel] = cls.Settings
     try:
@@ -161,22 +166,27 @@ def parse(text: str, fname: str) -> LoadedConfig:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         problems.extend(_format(fname, pos, (), exc))
+
     # Adapter blocks are checked even when the rest failed, so every problem shows at once.
     def block(raw: Any, loc: Loc) -> tuple[str, BaseModel | None] | None:
         if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
             return None
         ab = AdapterBlock.model_validate(raw)
-        return ab.kind, _adapter(ROLE_OF[loc[0]], ab, loc, fname, pos, problems)
+        return ab.kind, _adapter(ROLE_OF[str(loc[0])], ab, loc, fname, pos, problems)
 
     balancer = block(data.get("balancer"), ("balancer",))
     driver = block(data.get("driver"), ("driver",))
     signals: dict[str, tuple[str, BaseModel]] = {}
-    for i, raw in enumerate(data.get("signals") or [] if isinstance(data.get("signals"), list) else []):
+    for i, raw in enumerate(
+        data.get("signals") or [] if isinstance(data.get("signals"), list) else []
+    ):
         got = block(raw, ("signals", i))
         if got and got[1] is not None:
             signals[str(getattr(got[1], "name", None) or got[0])] = (got[0], got[1])
     notify: list[tuple[str, BaseModel]] = []
-    for i, raw in enumerate(data.get("notify") or [] if isinstance(data.get("notify"), list) else []):
+    for i, raw in enumerate(
+        data.get("notify") or [] if isinstance(data.get("notify"), list) else []
+    ):
         got = block(raw, ("notify", i))
         if got and got[1] is not None:
             notify.append((got[0], got[1]))
@@ -197,7 +207,9 @@ def load(path: str | os.PathLike[str]) -> LoadedConfig:
             hint="pass -c with the path of your immunity.yaml",
         ) from exc
     loaded = parse(text, str(p))
-    return LoadedConfig(p.resolve(), loaded.config, loaded.balancer, loaded.driver, loaded.signals, loaded.notify)
+    return LoadedConfig(
+        p.resolve(), loaded.config, loaded.balancer, loaded.driver, loaded.signals, loaded.notify
+    )
 
 
 def resolve_path(base: Path, value: str) -> Path:

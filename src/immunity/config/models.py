@@ -47,6 +47,10 @@ def _wave(w: Any) -> int | str:
 Wave = Annotated[int | str, PlainValidator(_wave)]
 
 
+def _default_waves() -> list[int | str]:
+    return [1, "25%", "100%"]
+
+
 class HostConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     address: str = "127.0.0.1"
@@ -146,7 +150,7 @@ class Config(Strict):
     hosts: list[HostConfig] = Field(min_length=1)
     balancer: AdapterBlock
     driver: AdapterBlock
-    waves: list[Wave] = Field(default_factory=lambda: [1, "25%", "100%"], min_length=1)
+    waves: list[Wave] = Field(default_factory=lambda: _default_waves(), min_length=1)
     max_unavailable: int = Field(default=1, ge=1)
     max_failed_hosts: int = Field(default=0, ge=0)
     warmup: WarmupConfig = WarmupConfig()

@@ -17,7 +17,8 @@ from immunity import plugins
 from immunity.config import LoadedConfig, resolve_path
 from immunity.domain import Event, HostRef
 from immunity.hosts.base import HostDriver
-from immunity.journal import Journal, open_journal as _open
+from immunity.journal import Journal
+from immunity.journal import open_journal as _open
 from immunity.lb.base import LoadBalancer
 from immunity.notify.base import Notifier
 from immunity.signals.base import SignalSource
@@ -55,7 +56,8 @@ class Fleet:
         raise KeyError(name)
 
     async def aclose(self) -> None:
-        for closer in (self.lb, self.driver, *self.signals.values(), *self.notifiers):
+        closers: list[Any] = [self.lb, self.driver, *self.signals.values(), *self.notifiers]
+        for closer in closers:
             try:
                 await closer.aclose()
             except Exception:  # closing must not hide the outcome

@@ -34,8 +34,8 @@ from immunity.engine.notifying import notify_all
 from immunity.engine.plan import plan_waves
 from immunity.engine.record import Recorder
 from immunity.errors import ImmunityError, JournalError, LeaseLost, PreflightError, StepFailed
-from immunity.journal.base import DeploymentRecord, Lease
 from immunity.journal import new_deployment_id
+from immunity.journal.base import DeploymentRecord, Lease
 
 log = logging.getLogger("immunity.engine")
 

@@ -26,8 +26,15 @@ async def notify_all(
     kind = f"deployment.{_past(outcome)}"
     data = {
         k: result.get(k)
-        for k in ("outcome", "release", "detected_after_s", "reverted_after_s", "needs_human",
-                  "duration_s", "fallbacks")
+        for k in (
+            "outcome",
+            "release",
+            "detected_after_s",
+            "reverted_after_s",
+            "needs_human",
+            "duration_s",
+            "fallbacks",
+        )
     }
     if result.get("verdict"):
         data["verdict"] = result["verdict"]
@@ -44,7 +51,9 @@ async def notify_all(
             msg = exc.message if isinstance(exc, ImmunityError) else type(exc).__name__
             log.warning("notifier %s failed: %s", n.name, msg)
             try:
-                rec.record("notify.failed", f"{n.name}: {msg}", notifier=n.name, event=kind, error=msg)
+                rec.record(
+                    "notify.failed", f"{n.name}: {msg}", notifier=n.name, event=kind, error=msg
+                )
             except ImmunityError:
                 pass
 

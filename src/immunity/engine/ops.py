@@ -27,8 +27,8 @@ from immunity.engine.immune import immune_response
 from immunity.engine.notifying import notify_all
 from immunity.engine.record import Recorder
 from immunity.errors import ImmunityError
-from immunity.journal.base import DeploymentRecord, Lease
 from immunity.journal import new_deployment_id
+from immunity.journal.base import DeploymentRecord, Lease
 
 
 class NothingToResume(ImmunityError):
@@ -127,7 +127,9 @@ async def status(fleet: Fleet) -> dict[str, Any]:
 
 def resumable(fleet: Fleet) -> DeploymentRecord:
     record = last_deployment(fleet)
-    if record is None or (record.finished_at is not None and record.outcome not in ("interrupted", "terminated")):
+    if record is None or (
+        record.finished_at is not None and record.outcome not in ("interrupted", "terminated")
+    ):
         raise NothingToResume(
             f"no interrupted deployment of {fleet.app} to resume",
             hint="`immunity status` shows the fleet; `immunity deploy` starts a new deployment",
@@ -154,7 +156,9 @@ async def rollback(fleet: Fleet) -> DeployResult:
     for h in fleet.hosts:
         fb = prev_fallbacks.get(h.name)
         if not fb or fb == actives[h.name]:
-            installed = [r for r in await fleet.driver.installed_releases(h) if r != actives[h.name]]
+            installed = [
+                r for r in await fleet.driver.installed_releases(h) if r != actives[h.name]
+            ]
             fb = installed[-1] if installed else None
         if fb:
             targets[h.name] = fb
@@ -164,13 +168,19 @@ async def rollback(fleet: Fleet) -> DeployResult:
     deployment_id = new_deployment_id()
     lease = fleet.journal.acquire_lease(fleet.app, holder_name(), deployment_id, cfg.lease_ttl)
     rec_row = fleet.journal.begin(
-        fleet.app, f"rollback:{current}", {"fallbacks": targets, "rollback": True},
+        fleet.app,
+        f"rollback:{current}",
+        {"fallbacks": targets, "rollback": True},
         deployment_id=deployment_id,
     )
     rec = Recorder(fleet, rec_row.id, current, lease.token)
-    rec.record("rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets)
+    rec.record(
+        "rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets
+    )
     t0 = time.monotonic()
-    result = DeployResult("rolled_back", current, rec_row.id, rec_row.started_at, utcnow(), fallbacks=targets)
+    result = DeployResult(
+        "rolled_back", current, rec_row.id, rec_row.started_at, utcnow(), fallbacks=targets
+    )
     async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
         switcher = HostSwitcher(fleet, rec, CapacityGuard(cfg.max_unavailable), http)
         failed = await immune_response(
@@ -191,7 +201,7 @@ async def rollback(fleet: Fleet) -> DeployResult:
 
 def history(fleet: Fleet) -> dict[str, Any]:
     recs: Sequence[DeploymentRecord] = fleet.journal.deployments(fleet.app)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for d in recs:
         res = d.data.get("result", {}) if isinstance(d.data, dict) else {}
         verdict = res.get("verdict") or {}
@@ -210,7 +220,9 @@ def history(fleet: Fleet) -> dict[str, Any]:
                 "reverted_after_s": res.get("reverted_after_s"),
             }
         )
-    real = [r for r in rows if not r["release"].startswith("rollback:") and r["outcome"] != "rejected"]
+    real = [
+        r for r in rows if not r["release"].startswith("rollback:") and r["outcome"] != "rejected"
+    ]
     finished = [r for r in real if r["finished_at"]]
     failures = [r for r in finished if r["outcome"] in ("reverted", "revert_incomplete")]
     revert_times = [r["reverted_after_s"] for r in failures if r["reverted_after_s"] is not None]
@@ -226,6 +238,8 @@ def history(fleet: Fleet) -> dict[str, Any]:
             "deployments": len(real),
             "deployments_per_day": per_day,
             "change_failure_rate": round(len(failures) / len(finished), 4) if finished else None,
-            "median_verdict_to_reverted_s": statistics.median(revert_times) if revert_times else None,
+            "median_verdict_to_reverted_s": statistics.median(revert_times)
+            if revert_times
+            else None,
         },
     }

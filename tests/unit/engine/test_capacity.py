@@ -24,7 +24,7 @@ async def test_no_more_than_max_unavailable_hosts_are_out_at_once() -> None:
     async with anyio.create_task_group() as tg:
         for i in range(4):
             tg.start_soon(one, f"h{i}")
-    assert 2 == peak
+    assert peak == 2
     assert frozenset() == guard.out
 
 

@@ -8,21 +8,21 @@ from immunity.engine.plan import plan_waves, wave_sizes
 
 def test_percentage_waves_are_cumulative_and_end_with_the_whole_fleet() -> None:
     """[1, 25%, 100%] on 8 hosts is 1, then up to 2, then all 8."""
-    assert [1, 2, 8] == wave_sizes([1, "25%", "100%"], 8)
+    assert wave_sizes([1, "25%", "100%"], 8) == [1, 2, 8]
 
 
 def test_a_plan_short_of_the_fleet_gets_a_last_wave_of_everything() -> None:
     """[1] on 5 hosts becomes [1, 5]."""
-    assert [1, 5] == wave_sizes([1], 5)
+    assert wave_sizes([1], 5) == [1, 5]
 
 
 def test_waves_that_add_no_host_are_dropped() -> None:
     """On 2 hosts, [1, 10%, 50%, 100%] is [1, 2]."""
-    assert [1, 2] == wave_sizes([1, "10%", "50%", "100%"], 2)
+    assert wave_sizes([1, "10%", "50%", "100%"], 2) == [1, 2]
 
 
 def test_plan_assigns_each_host_once_in_fleet_order() -> None:
     """Every host appears in exactly one wave."""
     hosts = [HostRef(name=f"h{i}") for i in range(5)]
     waves = plan_waves(hosts, [1, "50%", "100%"])
-    assert [["h0"], ["h1", "h2"], ["h3", "h4"]] == [[h.name for h in w] for w in waves]
+    assert [[h.name for h in w] for w in waves] == [["h0"], ["h1", "h2"], ["h3", "h4"]]
