@@ -1,28 +1,37 @@
 """Prometheus signal source: per-cohort request, error and latency counts from PromQL.
 
-Speaks the Prometheus HTTP API v1 (2.x): `GET /api/v1/query` (instant queries, evaluated at
-`time=end`), and for preflight `GET /-/ready` and `GET /api/v1/status/buildinfo`. An optional
+Speaks the Prometheus HTTP API v1 (2.x): `GET /api/v1/query` (instant queries at `time=start`
+and `time=end`, see the modes below), and for preflight `GET /-/ready` and `GET /api/v1/status/buildinfo`. An optional
 bearer token is sent as `Authorization: Bearer ...` and never logged or put in a message.
 
 Each of the three PromQL templates (`requests`, `errors`, `latency_buckets`) is filled per
-cohort and must return a single number (`requests`, `errors`) or one sample per `le` label
-(`latency_buckets`, cumulative like a Prometheus histogram). Placeholders:
+cohort. Placeholders:
 
 * `{hosts}` — a regex alternation of the cohort's host label values, escaped for a PromQL
   regex inside a double-quoted string (`127\\\\.0\\\\.0\\\\.1:9001|...`); matchers are anchored.
 * `{host_label}` — the label that names a host (`instance` by default).
-* `{window}` — the observation window `end - start` as a PromQL duration (`5000ms`), so
-  `increase(x[{window}])` counts what happened in [start, end).
+* `{window}` — `end - start` as a PromQL duration (`5000ms`), for `mode: increase`.
+
+Two modes, both counting what happened in [start, end):
+
+* `delta` (default): the templates select *cumulative* counters (no `[range]`); each is
+  evaluated at `start` and at `end` and the per-series differences are summed, with
+  Prometheus's counter-reset rule (a drop means a restart: count the new value) and a series
+  that is new at `end` counted from zero. Exact whole counts, no extrapolation, and it works
+  for windows shorter than the scrape interval (the engine looks every second): consecutive
+  windows add up to the whole bake. A window between two scrapes counts 0 requests.
+* `increase`: the templates use `increase(x[{window}])`, evaluated once at `end`, as you
+  would write them in Grafana. Prometheus extrapolates, so counts are rounded; the window
+  must span at least two scrapes, otherwise there is no result and the cohort is missing.
+
+`requests` must return at least one series (otherwise the cohort is `Observation.missing`);
+an empty `errors` result means no error series exists yet, i.e. zero errors;
+`latency_buckets` returns cumulative histogram buckets labelled `le`.
 
 The defaults fit an app instrumented with prometheus_client as
 `app_requests_total{code,release}` and `app_request_duration_seconds_bucket{release}`,
 scraped with `instance="ADDRESS:PORT"` (the `host_value` template, filled from the HostRef).
-
-Assumptions: `increase()` extrapolates, so counts are rounded to whole requests; the window
-must span at least two scrapes, otherwise Prometheus has nothing to say and the cohort is
-`Observation.missing`. An empty `errors` result while `requests` has data means no error
-series exists yet, i.e. zero errors. Freshly started Prometheus servers have no sample for
-about 5 s (service discovery throttle).
+A freshly started Prometheus has no sample for about 5 s (service discovery throttle).
 """
 
 from __future__ import annotations
@@ -35,18 +44,32 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from immunity.config.types import Duration
 from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import PreflightError, SignalError
 from immunity.signals._gather import gather
 
-DEFAULT_REQUESTS = 'sum(increase(app_requests_total{{host_label}=~"{hosts}"}[{window}]))'
-DEFAULT_ERRORS = 'sum(increase(app_requests_total{{host_label}=~"{hosts}",code=~"5.."}[{window}]))'
-DEFAULT_LATENCY = (
-    'sum by (le) (increase(app_request_duration_seconds_bucket{{host_label}=~"{hosts}"}[{window}]))'
-)
+Mode = Literal["delta", "increase"]
+
+DEFAULTS: dict[str, dict[str, str]] = {
+    "delta": {
+        "requests": 'app_requests_total{{host_label}=~"{hosts}"}',
+        "errors": 'app_requests_total{{host_label}=~"{hosts}",code=~"5.."}',
+        "latency_buckets": 'app_request_duration_seconds_bucket{{host_label}=~"{hosts}"}',
+    },
+    "increase": {
+        "requests": 'sum(increase(app_requests_total{{host_label}=~"{hosts}"}[{window}]))',
+        "errors": (
+            'sum(increase(app_requests_total{{host_label}=~"{hosts}",code=~"5.."}[{window}]))'
+        ),
+        "latency_buckets": (
+            "sum by (le) (increase("
+            'app_request_duration_seconds_bucket{{host_label}=~"{hosts}"}[{window}]))'
+        ),
+    },
+}
 
 # RE2 metacharacters; everything else in a label value is literal.
 _RE2_SPECIAL = set("\\.+*?()|[]{}^$")
@@ -66,10 +89,14 @@ class PrometheusSettings(BaseModel):
     host_label: str = Field(default="instance", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     host_value: str = "{address}:{port}"
     """Label value of one host; placeholders are HostRef fields: name, address, port, lb_id."""
-    requests: str = DEFAULT_REQUESTS
-    errors: str = DEFAULT_ERRORS
-    latency_buckets: str | None = DEFAULT_LATENCY
-    """Leave empty (null) when there is no latency histogram."""
+    mode: Mode = "delta"
+    """delta: counters at start and end, subtracted; increase: increase(x[{window}]) at end."""
+    requests: str | None = None
+    """PromQL template; the default depends on `mode` (see DEFAULTS)."""
+    errors: str | None = None
+    latency_buckets: str | None = None
+    latency: bool = True
+    """Set false when the app has no latency histogram."""
     latency_unit: Literal["s", "ms"] = "s"
     """Unit of the `le` label values."""
 
@@ -83,6 +110,25 @@ class PrometheusSettings(BaseModel):
                 f"expected a template using {{name}}, {{address}}, {{port}} or {{lb_id}}, got {v!r}"
             ) from exc
         return v
+
+    @model_validator(mode="after")
+    def _window_needs_increase(self) -> PrometheusSettings:
+        if self.mode == "delta":
+            for key in ("requests", "errors", "latency_buckets"):
+                template = getattr(self, key)
+                if template and "{window}" in template:
+                    raise ValueError(
+                        f"{key} uses {{window}}, which only `mode: increase` fills; "
+                        "set mode: increase, or select the raw counters for mode: delta"
+                    )
+        return self
+
+    def template(self, key: str) -> str | None:
+        """The `requests` / `errors` / `latency_buckets` template in effect."""
+        if key == "latency_buckets" and not self.latency:
+            return None
+        value: str | None = getattr(self, key)
+        return value or DEFAULTS[self.mode][key]
 
 
 def escape_regex(value: str) -> str:
@@ -131,6 +177,34 @@ def buckets_from_cumulative(
     if not bounds:
         return [], []
     return bounds, buckets
+
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def by_series(samples: Sequence[Mapping[str, Any]]) -> dict[Labels, float]:
+    """An instant vector as {labels: value}, NaN samples dropped."""
+    out: dict[Labels, float] = {}
+    for sample in samples:
+        value = float(sample["value"][1])
+        if not math.isnan(value):
+            out[tuple(sorted(sample.get("metric", {}).items()))] = value
+    return out
+
+
+def counter_deltas(
+    before: Mapping[Labels, float], after: Mapping[Labels, float]
+) -> dict[Labels, float]:
+    """What each counter series counted between two instants.
+
+    A series new at `after` counted from zero; a series that went down was reset (the
+    process restarted) and counted its new value since. Series gone at `after` count 0.
+    """
+    out: dict[Labels, float] = {}
+    for labels, value in after.items():
+        previous = before.get(labels)
+        out[labels] = value if previous is None or value < previous else value - previous
+    return out
 
 
 def _where(url: str) -> str:
@@ -222,12 +296,11 @@ class PrometheusSource:
             "host_label": self.settings.host_label,
             "window": promql_duration(window_s),
         }
-        out = {
-            "requests": fill(self.settings.requests, **kw),
-            "errors": fill(self.settings.errors, **kw),
-        }
-        if self.settings.latency_buckets:
-            out["latency"] = fill(self.settings.latency_buckets, **kw)
+        out = {}
+        for key in ("requests", "errors", "latency_buckets"):
+            template = self.settings.template(key)
+            if template:
+                out[key] = fill(template, **kw)
         return out
 
     async def _observe_one(
@@ -239,32 +312,25 @@ class PrometheusSource:
         if window_s <= 0:
             return Observation.missing(f"empty window {start.isoformat()}..{end.isoformat()}")
         queries = self._queries(hosts, window_s)
-        results = await gather({key: self.query(promql, end) for key, promql in queries.items()})
-
-        requests = _single(results["requests"])
-        if requests is None or math.isnan(requests):
+        series = await self._counts(queries, start, end)
+        if not series["requests"]:
             return Observation.missing(
                 f"{self.name}: no request data for {len(hosts)} host(s) over "
                 f"{window_s:g}s (query: {queries['requests']})"
             )
-        errors = _single(results["errors"])
-        if errors is None:
-            errors = 0.0  # no error series yet: nothing has failed
-        if math.isnan(errors):
-            return Observation.missing(f"{self.name}: error count is NaN over {window_s:g}s")
-        n_requests = max(0, round(requests))
-        n_errors = min(n_requests, max(0, round(errors)))
+        # no error series yet means nothing has failed
+        n_requests = max(0, round(sum(series["requests"].values())))
+        n_errors = min(n_requests, max(0, round(sum(series["errors"].values()))))
         bounds: list[float] = []
         buckets: list[int] = []
-        if "latency" in results:
-            pairs = []
-            for sample in results["latency"]:
-                le = sample.get("metric", {}).get("le")
-                if le is None:
-                    continue
-                pairs.append((float(le), float(sample["value"][1])))
+        if "latency_buckets" in series:
+            per_le: dict[float, float] = {}
+            for labels, count in series["latency_buckets"].items():
+                le = dict(labels).get("le")
+                if le is not None:
+                    per_le[float(le)] = per_le.get(float(le), 0.0) + count
             scale = 1000.0 if self.settings.latency_unit == "s" else 1.0
-            bounds, buckets = buckets_from_cumulative(pairs, scale=scale)
+            bounds, buckets = buckets_from_cumulative(sorted(per_le.items()), scale=scale)
         return Observation(
             requests=n_requests,
             errors=n_errors,
@@ -272,6 +338,22 @@ class PrometheusSource:
             latency_buckets=tuple(buckets),
             hosts=len(hosts),
         )
+
+    async def _counts(
+        self, queries: Mapping[str, str], start: dt.datetime, end: dt.datetime
+    ) -> dict[str, dict[Labels, float]]:
+        """Per query, per series: the count over [start, end), by the configured mode."""
+        if self.settings.mode == "increase":
+            at_end = await gather({k: self.query(q, end) for k, q in queries.items()})
+            return {k: by_series(v) for k, v in at_end.items()}
+        both = await gather(
+            {
+                (k, i): self.query(q, t)
+                for k, q in queries.items()
+                for i, t in ((0, start), (1, end))
+            }
+        )
+        return {k: counter_deltas(by_series(both[k, 0]), by_series(both[k, 1])) for k in queries}
 
     async def observe(
         self,
@@ -326,13 +408,3 @@ class PrometheusSource:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-
-def _single(samples: list[dict[str, Any]]) -> float | None:
-    """The one number of a query result (summed when several series came back); None when empty."""
-    if not samples:
-        return None
-    total = 0.0
-    for sample in samples:
-        total += float(sample["value"][1])
-    return total

@@ -14,6 +14,7 @@ from immunity.domain import Cohort, HostRef
 from immunity.signals.prometheus import (
     PrometheusSource,
     buckets_from_cumulative,
+    counter_deltas,
     escape_regex,
     fill,
     promql_duration,
@@ -87,7 +88,7 @@ def test_host_value_template_is_checked_in_config() -> None:
 
 @pytest.mark.anyio
 async def test_bearer_token_goes_in_the_authorization_header() -> None:
-    """The token is sent as a bearer header and queries are evaluated at `end`."""
+    """The token is sent as a bearer header; delta mode evaluates at `start` and `end`."""
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -97,21 +98,38 @@ async def test_bearer_token_goes_in_the_authorization_header() -> None:
         )
 
     src = PrometheusSource(
-        PrometheusSource.Settings(
-            url="http://prom:9090/", bearer_token="tok", latency_buckets=None
-        ),
+        PrometheusSource.Settings(url="http://prom:9090/", bearer_token="tok", latency=False),
         base_dir=None,
     )
     src._transport = httpx.MockTransport(handler)
     end = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    obs = await src.observe(
-        {Cohort.CANARY: [HostRef(name="h")]}, end - dt.timedelta(seconds=5), end
-    )
+    start = end - dt.timedelta(seconds=5)
+    obs = await src.observe({Cohort.CANARY: [HostRef(name="h")]}, start, end)
     await src.aclose()
     assert not obs[Cohort.CANARY].available
     assert {r.headers["authorization"] for r in seen} == {"Bearer tok"}
-    assert {r.url.params["time"] for r in seen} == {f"{end.timestamp():.3f}"}
-    assert len(seen) == 2
+    assert {r.url.params["time"] for r in seen} == {
+        f"{start.timestamp():.3f}",
+        f"{end.timestamp():.3f}",
+    }
+    assert len(seen) == 4
+
+
+def test_counter_deltas_follow_prometheus_reset_rules() -> None:
+    """Growth counts the difference, a drop is a restart, a new series counts from zero."""
+    a, b, c, gone = (("s", "a"),), (("s", "b"),), (("s", "c"),), (("s", "gone"),)
+    before = {a: 10.0, b: 50.0, gone: 7.0}
+    after = {a: 15.0, b: 3.0, c: 4.0}
+    assert counter_deltas(before, after) == {a: 5.0, b: 3.0, c: 4.0}
+
+
+def test_window_placeholder_needs_increase_mode() -> None:
+    """A `{window}` template in delta mode is a config error pointing at `mode: increase`."""
+    with pytest.raises(ValidationError, match="mode: increase"):
+        PrometheusSource.Settings(url="http://p:9090", requests="sum(increase(x[{window}]))")
+    PrometheusSource.Settings(
+        url="http://p:9090", mode="increase", requests="sum(increase(x[{window}]))"
+    )
 
 
 @pytest.fixture
