@@ -317,5 +317,8 @@ async def _reap(process: Process, *, kill: bool) -> None:
     with anyio.CancelScope(shield=True):
         if kill:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+                if hasattr(os, "killpg"):
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:  # Windows: no process groups to signal; the command itself
+                    process.kill()
         await process.aclose()
