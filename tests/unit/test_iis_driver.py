@@ -314,6 +314,30 @@ def test_unreachable_host_is_a_preflight_error_with_a_hint() -> None:
     assert info.value.hint is not None and "listener" in info.value.hint
 
 
+def test_preflight_checks_all_hosts_and_names_every_failing_one() -> None:
+    """Hosts are checked concurrently; one PreflightError names the first failure and lists the rest."""
+    hosts = [HostRef(name=f"web{i}", address=f"web{i}.example.internal") for i in range(1, 5)]
+
+    down = {"web2.example.internal", "web4.example.internal"}
+
+    class Flaky(Recorder):
+        def factory(self, server: str) -> Recorder.Session:
+            self.opened.append(server)
+            if server in down:
+                return Recorder.Session(
+                    Recorder({"list": [requests.exceptions.ConnectionError("refused")]}), server
+                )
+            return Recorder.Session(Recorder({"list": [ok(releases=[])]}), server)
+
+    rec = Flaky({})
+    drv = IisDriver(settings(), base_dir=Path("."), session_factory=rec.factory)
+    with pytest.raises(PreflightError) as info:
+        run(drv.preflight(hosts))
+    assert info.value.message.startswith("iis: cannot reach WinRM on web2.example.internal:5986")
+    assert info.value.message.endswith("(and 1 more host(s) failing: web4)")
+    assert sorted(rec.opened) == [h.address for h in hosts]
+
+
 def test_broken_session_is_dropped_and_reopened() -> None:
     """After a transport error the next call opens a fresh session."""
     rec = Recorder({"stop": [requests.exceptions.ConnectionError("reset"), ok(stopped=[])]})

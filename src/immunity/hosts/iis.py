@@ -53,6 +53,7 @@ from immunity.config import resolve_path
 from immunity.config.types import Duration
 from immunity.domain import HostRef
 from immunity.errors import HostError, PreflightError
+from immunity.hosts._preflight import check_hosts
 
 ADAPTER = "iis"
 log = logging.getLogger(__name__)
@@ -457,11 +458,11 @@ class IisDriver:
 
     async def preflight(self, hosts: Sequence[HostRef]) -> None:
         """Each host answers `list.ps1` over WinRM (reachable, credentials, IIS present)."""
-        for host in hosts:
-            try:
-                await self._releases(host)
-            except HostError as exc:
-                raise PreflightError(exc.message, hint=exc.hint, context=exc.context) from exc
+
+        async def check(host: HostRef) -> None:
+            await self._releases(host)
+
+        await check_hosts(hosts, check)
         if hosts:
             self._probe_host = hosts[0]
 

@@ -42,6 +42,7 @@ from immunity.config import resolve_path
 from immunity.config.types import Duration
 from immunity.domain import HostRef
 from immunity.errors import HostError, PreflightError
+from immunity.hosts._preflight import check_hosts
 
 ADAPTER = "ssh"
 log = logging.getLogger(__name__)
@@ -357,11 +358,9 @@ class SshDriver:
                     context={"adapter": ADAPTER},
                 )
         base = shlex.quote(self.settings.base)
-        for host in hosts:
-            try:
-                result = await self._exec(host, f"test -d {base} && test -w {base}", "preflight")
-            except HostError as exc:
-                raise PreflightError(exc.message, hint=exc.hint, context=exc.context) from exc
+
+        async def check(host: HostRef) -> None:
+            result = await self._exec(host, f"test -d {base} && test -w {base}", "preflight")
             if result.exit_status != 0:
                 raise PreflightError(
                     f"ssh: {self.settings.base} on {host.name} is missing or not writable by "
@@ -369,6 +368,8 @@ class SshDriver:
                     hint=f"create it on the host: install -d -o {self._target(host).user} {self.settings.base}",
                     context={"adapter": ADAPTER, "host": host.name},
                 )
+
+        await check_hosts(hosts, check)
 
     async def check_release(self, release: str) -> None:
         """The name is valid and, for SFTP installs, the local package exists."""
