@@ -26,7 +26,15 @@ function Assert-Name([string]$Value, [string]$What) {
 }
 
 function Get-ServerManager {
-    Add-Type -AssemblyName 'Microsoft.Web.Administration, Version=7.0.0.0, Culture=neutral, PublicKeyToken=31bf3856ad364e35'
+    try {
+        Add-Type -AssemblyName 'Microsoft.Web.Administration, Version=7.0.0.0, Culture=neutral, PublicKeyToken=31bf3856ad364e35'
+    }
+    catch {
+        # not in the GAC: IIS still ships it beside inetmgr
+        $dll = Join-Path $env:windir 'system32\inetsrv\Microsoft.Web.Administration.dll'
+        if (-not (Test-Path -LiteralPath $dll)) { throw "IIS is not installed (no Microsoft.Web.Administration)" }
+        Add-Type -Path $dll
+    }
     return New-Object Microsoft.Web.Administration.ServerManager
 }
 
@@ -39,6 +47,15 @@ function Get-SitePool($Manager, $Site) {
     $root = $Site.Applications['/']
     if ($null -eq $root) { return $null }
     return $Manager.ApplicationPools[$root.ApplicationPoolName]
+}
+
+function Get-SitePath($Site) {
+    # The physical path of the site's root, or $null (StrictMode forbids $null.Property).
+    $root = $Site.Applications['/']
+    if ($null -eq $root) { return $null }
+    $vdir = $root.VirtualDirectories['/']
+    if ($null -eq $vdir) { return $null }
+    return [Environment]::ExpandEnvironmentVariables($vdir.PhysicalPath)
 }
 
 function Get-RuntimeState($Object) {

@@ -1,5 +1,7 @@
 # Remove the named releases: site, app pool, folder and bookkeeping. Python decides which
 # (never the active or the previous one); this script still refuses to remove a started site.
+# Only <SitesRoot>\<App>-<release> is deleted: the folder of a site created elsewhere (by
+# Octopus, by hand) is left where it is.
 param(
     [Parameter(Mandatory = $true)][string]$App,
     [Parameter(Mandatory = $true)][string]$SitesRoot,
@@ -20,8 +22,6 @@ try {
             if ((Get-RuntimeState $site) -in @('Started', 'Starting')) {
                 throw "refusing to remove release '$release': site '$name' is started"
             }
-            $root = $site.Applications['/']
-            if ($null -ne $root) { $path = [Environment]::ExpandEnvironmentVariables($root.VirtualDirectories['/'].PhysicalPath) }
             $manager.Sites.Remove($site)
         }
         $pool = $manager.ApplicationPools[$name]

@@ -12,9 +12,7 @@ try {
     foreach ($site in (Get-AppSites $manager $App)) {
         $release = $site.Name.Substring($App.Length + 1)
         $pool = Get-SitePool $manager $site
-        $root = $site.Applications['/']
-        $path = $null
-        if ($null -ne $root) { $path = [Environment]::ExpandEnvironmentVariables($root.VirtualDirectories['/'].PhysicalPath) }
+        $path = Get-SitePath $site
         $state = Read-ReleaseState $SitesRoot $App $release
         if ($null -eq $state.installed_at -and $path -and (Test-Path -LiteralPath $path)) {
             # a site we did not install (e.g. by Octopus): its folder's creation time
