@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -58,7 +59,7 @@ from immunity.judge.wording import count, e_number, evalue, ms, pct
 
 FAIL_RATIOS = (1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 """Alternatives of the FAIL mixture, as multiples of the tolerance."""
-PASS_RATIOS = (1.1, 1.25, 1.5, 2.0, 3.0)
+PASS_RATIOS = (1.5, 2.0, 3.0)
 """Alternatives of the PASS mixture, as divisors of `bad` (plus psi = 1)."""
 FLOOR_RATIOS = (0.0, 0.1, 0.3, 0.6)
 """Alternatives of the absolute PASS route, as fractions of the error floor."""
@@ -76,8 +77,21 @@ SHARE_MIN_EXPECTED = 30.0
 """The share guard judges the shortest recent window (>= 10 s, <= 120 s) in which the canary
 should have received at least this many requests at its fair share."""
 DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
-FREEZE_MIN_REQUESTS = 200
-FREEZE_MIN_EXCEEDING = 20
+FREEZE_BLOCKS = 5
+FREEZE_BLOCK_S = 3.0
+FREEZE_BLOCK_MIN_REQUESTS = 100
+FREEZE_BLOCK_MIN_EXCEEDING = 5
+"""A quantile's threshold is frozen from the element-wise median of the baseline's CDF over
+5 blocks of >= 3 s and >= max(100, 5 / (1 - q)) requests each: a stall on one baseline host
+or a short shared slowdown in one block does not move it."""
+
+
+@dataclass
+class _Freezer:
+    size: int
+    hist: NDArray[np.int64] | None = None
+    span: float = 0.0
+    cdfs: list[FloatArray] = field(default_factory=list)
 
 
 def _dt(t_s: float, last: float) -> float:
@@ -223,7 +237,7 @@ class ErrorsJudge:
         self.last_t = 0.0
         self.blocked: str | None = None
         self.failed: CheckResult | None = None
-        self.passed = False
+        self.passed: CheckResult | None = None
 
     # -- evidence ---------------------------------------------------------------------------
 
@@ -324,6 +338,12 @@ class ErrorsJudge:
                 t_s,
             )
             return self.failed
+        if self.passed is not None:
+            # Certified: only the catastrophe tier still watches (a grey-zone host effect
+            # that keeps accumulating is not a regression of the release).
+            if self.blocked is not None:
+                return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
+            return self.passed
         log_fail = self._log_e_fail()
         if log_fail >= self.fail_log_threshold:
             self.failed = self._result(
@@ -336,15 +356,15 @@ class ErrorsJudge:
         if self.blocked is not None:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         log_pass = self._log_e_pass()
-        if t_s >= self.min_bake_s and (self.passed or log_pass >= self.pass_log_threshold):
-            self.passed = True
-            return self._result(
+        if t_s >= self.min_bake_s and log_pass >= self.pass_log_threshold:
+            self.passed = self._result(
                 Outcome.PASS,
                 f"{self._rates()}: no regression of ×{self.config.error_bad:g} odds or more "
                 f"(pass e-value {evalue(log_pass)} ≥ {1 / self.config.beta:g}) after "
                 f"{t_s:.0f} s",
                 t_s,
             )
+            return self.passed
         return self._result(
             Outcome.CONTINUE,
             f"{self._rates()} (fail e-value {evalue(log_fail)} of {1 / self.config.alpha:g}, "
@@ -358,7 +378,9 @@ class ErrorsJudge:
         if self.blocked is not None:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         log_pass = self._log_e_pass()
-        if self.passed or log_pass >= self.pass_log_threshold:
+        if self.passed is not None:
+            return self.passed
+        if log_pass >= self.pass_log_threshold:
             return self._result(
                 Outcome.PASS,
                 f"{self._rates()}: no regression of ×{self.config.error_bad:g} odds or more "
@@ -420,7 +442,8 @@ class LatencyJudge:
         self.labels = [
             f"p{q * 100:g}" if self.fixed is None else "configured" for q in self.quantiles
         ]
-        self.base_hist: NDArray[np.int64] | None = None
+        self.freezers = [self._freezer(q) for q in self.quantiles]
+        self.base_total = 0
         self.bounds: tuple[float, ...] = ()
         self.index: NDArray[np.intp] = np.zeros(self.k, dtype=np.intp)
         self.n_c = np.zeros(self.k, dtype=np.int64)
@@ -430,7 +453,7 @@ class LatencyJudge:
         self.last_t = 0.0
         self.blocked: str | None = None
         self.failed: CheckResult | None = None
-        self.passed = False
+        self.passed: CheckResult | None = None
 
     # -- thresholds -------------------------------------------------------------------------
 
@@ -440,7 +463,7 @@ class LatencyJudge:
         if any(t is not None and t not in bounds for t in self.thresholds):
             return "the latency histogram's bucket bounds changed during the bake"
         self.bounds = bounds
-        self.base_hist = None
+        self.freezers = [self._freezer(q) for q in self.quantiles]
         for i, t in enumerate(self.thresholds):
             if t is not None:
                 self.index[i] = bounds.index(t)
@@ -457,18 +480,28 @@ class LatencyJudge:
                 self.active[i] = True
         return None
 
-    def _freeze(self, hist: NDArray[np.int64]) -> None:
-        """Fix thresholds for quantiles that now have enough baseline requests behind them."""
-        self.base_hist = hist if self.base_hist is None else self.base_hist + hist
-        total = int(self.base_hist.sum())
-        if total == 0:
-            return
-        cdf = np.cumsum(self.base_hist[:-1]) / total
+    @staticmethod
+    def _freezer(q: float) -> _Freezer:
+        size = FREEZE_BLOCK_MIN_REQUESTS if math.isnan(q) else FREEZE_BLOCK_MIN_EXCEEDING / (1 - q)
+        return _Freezer(size=math.ceil(max(FREEZE_BLOCK_MIN_REQUESTS, size)))
+
+    def _freeze(self, hist: NDArray[np.int64], dt: float) -> None:
+        """Fix thresholds for quantiles that now have enough baseline blocks behind them."""
+        self.base_total += int(hist.sum())
         for i, q in enumerate(self.quantiles):
             if self.thresholds[i] is not None:
                 continue
-            if total < max(FREEZE_MIN_REQUESTS, FREEZE_MIN_EXCEEDING / (1.0 - q)):
+            f = self.freezers[i]
+            f.hist = hist.copy() if f.hist is None else f.hist + hist
+            f.span += dt
+            total = int(f.hist.sum())
+            if total < f.size or f.span < FREEZE_BLOCK_S:
                 continue
+            f.cdfs.append(np.cumsum(f.hist[:-1]) / total)
+            f.hist, f.span = None, 0.0
+            if len(f.cdfs) < FREEZE_BLOCKS:
+                continue
+            cdf = np.median(np.stack(f.cdfs), axis=0)
             j = int(np.searchsorted(cdf, q, side="left"))
             j = min(j, len(self.bounds) - 1)
             self.thresholds[i] = float(self.bounds[j])
@@ -502,7 +535,7 @@ class LatencyJudge:
             self.x_c += x_c
             self.x_b += x_b
         if not active.all():
-            self._freeze(hb)
+            self._freeze(hb, dt)
         return None
 
     # -- words ------------------------------------------------------------------------------
@@ -554,6 +587,11 @@ class LatencyJudge:
         if self.failed is not None:
             return self.failed
         self.blocked = self.guard.check(t_s, dt, canary, baseline)
+        if self.passed is not None:
+            # Certified; see ErrorsJudge.look.
+            if self.blocked is not None:
+                return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
+            return self.passed
         if canary.available and baseline.available:
             self.blocked = self._add(t_s, dt, canary, baseline) or self.blocked
         log_fail = np.where(self.active, self.evidence.log_fail, -np.inf)
@@ -570,15 +608,15 @@ class LatencyJudge:
         if self.blocked is not None:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         log_pass, weakest = self._pass_level()
-        if t_s >= self.min_bake_s and (self.passed or log_pass >= self.pass_log_threshold):
-            self.passed = True
-            return self._result(
+        if t_s >= self.min_bake_s and log_pass >= self.pass_log_threshold:
+            self.passed = self._result(
                 Outcome.PASS,
                 f"no latency regression of ×{self.config.latency_bad:g} odds or more at "
                 f"{self._thresholds_text()}; closest: {self._describe(weakest)} (pass e-value "
                 f"{evalue(log_pass)} ≥ {1 / self.config.beta:g}) after {t_s:.0f} s",
                 t_s,
             )
+            return self.passed
         if not self.active.any():
             return self._result(
                 Outcome.CONTINUE,
@@ -595,7 +633,7 @@ class LatencyJudge:
         )
 
     def _base_total(self) -> int:
-        return int(self.base_hist.sum()) if self.base_hist is not None else 0
+        return self.base_total
 
     def _thresholds_text(self) -> str:
         return ", ".join(
@@ -617,7 +655,9 @@ class LatencyJudge:
                 t_s,
             )
         log_pass, weakest = self._pass_level()
-        if self.passed or log_pass >= self.pass_log_threshold:
+        if self.passed is not None:
+            return self.passed
+        if log_pass >= self.pass_log_threshold:
             return self._result(
                 Outcome.PASS,
                 f"no latency regression of ×{self.config.latency_bad:g} odds or more; closest: "

@@ -1,0 +1,236 @@
+"""A labelled set of synthetic releases: one canary host beside nine baseline hosts, per second.
+
+Good releases carry the noise a real fleet has (research notes §6.1):
+
+* traffic: per-host rate 50, 5 or 0.5 requests/s, a diurnal ramp of ±30% over the run,
+  spikes of ×1.5 for 10-40 s (about one per 10 min), the balancer giving the canary
+  ×U(0.9, 1.1) of its share; requests are Poisson;
+* errors: a base 5xx rate LogUniform(0.1%, 1%) scaled by load, shared dependency bursts
+  (+1-10% for 5-20 s, about one per 15 min, every host), host-to-host spread (log-normal,
+  sd 0.1; 0.2 for `good_noisy`);
+* latency: log-normal, median 50 ms, sigma 0.5, with a 1% slow path at ×6 (healthy p50/p90/
+  p99 ≈ 50/97/206 ms), the median scaling with load; shared slowdowns ×1.2-2 for 5-30 s
+  (about one per 10 min); host spread sd 0.02 (0.04 for `good_noisy`);
+* host-local stalls: one per 30 min per host (one per 10 min for `good_noisy`), 1-3 s long,
+  +200-1000 ms, 5% of requests time out;
+* the new process's warm-up: canary latency ×(1 + e^(-t/8)) and +3% e^(-t/4) errors.
+
+Bad releases add one regression to the canary from t = 0: error rate ×1.5, ×2, ×5, +2
+percentage points, 3-s total outages every minute, 50% failures, latency +10% and +50%,
+a tail-only regression (slow path 1% -> 4% at ×10), or a slow leak (median ×2 at 10 min).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import ndtr
+
+from immunity.bench.scenarios import Header, Scenario, Series, parse_scenario
+
+BOUNDS_MS: tuple[float, ...] = (
+    10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 125, 150, 175, 200, 250, 300, 400, 500, 750,
+    1000, 1500, 2000, 3000, 5000, 10000,
+)  # fmt: skip
+HEADER = Header(interval_s=1.0, bounds_ms=BOUNDS_MS)
+WARMUP_S = 30
+BAKE_S = 600
+CANARY_HOSTS = 1
+BASELINE_HOSTS = 9
+RATES = (50.0, 5.0, 0.5)
+
+GOOD_KINDS = ("good", "good_noisy")
+BAD_KINDS = (
+    "err_x1.5",
+    "err_x2",
+    "err_x5",
+    "err_+2pp",
+    "intermittent",
+    "err_gross",
+    "lat_+10%",
+    "lat_+50%",
+    "lat_tail",
+    "lat_leak",
+)
+KINDS = GOOD_KINDS + BAD_KINDS
+
+
+def rate_label(rate: float) -> str:
+    return f"{rate:g}rps"
+
+
+def class_name(kind: str, rate: float) -> str:
+    return f"{kind}@{rate_label(rate)}"
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    kind: str
+    rate: float
+    count: int
+
+    @property
+    def name(self) -> str:
+        return class_name(self.kind, self.rate)
+
+    @property
+    def label(self) -> str:
+        return "good" if self.kind in GOOD_KINDS else "bad"
+
+
+def default_classes(quick: bool = False) -> list[ClassSpec]:
+    """The default labelled set: >= 400 good releases at 50 requests/s, bad ones at 3 levels."""
+    if quick:
+        return [
+            ClassSpec("good", 50.0, 6),
+            ClassSpec("good_noisy", 50.0, 4),
+            ClassSpec("err_gross", 50.0, 3),
+            ClassSpec("err_x5", 50.0, 3),
+            ClassSpec("lat_+50%", 50.0, 3),
+            ClassSpec("intermittent", 50.0, 2),
+        ]
+    out: list[ClassSpec] = []
+    for rate in RATES:
+        good = 250 if rate == RATES[0] else 100
+        out += [ClassSpec(kind, rate, good) for kind in GOOD_KINDS]
+        bad = 100 if rate == RATES[0] else 60
+        out += [ClassSpec(kind, rate, bad) for kind in BAD_KINDS]
+    return out
+
+
+def _events(
+    rng: np.random.Generator, t_len: int, per_s: float, dur: tuple[float, float]
+) -> list[tuple[int, int]]:
+    """Random (start, end) intervals: Poisson count at `per_s`, uniform start and length."""
+    out = []
+    for _ in range(rng.poisson(per_s * t_len)):
+        start = int(rng.integers(0, t_len))
+        out.append((start, min(t_len, start + round(rng.uniform(*dur)))))
+    return out
+
+
+def _latency_probs(
+    median: NDArray[np.float64],
+    slow_share: NDArray[np.float64],
+    slow_factor: float | NDArray[np.float64],
+    added_ms: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Bucket probabilities (..., buckets) of the latency mixture, before timeouts."""
+    bounds = np.asarray(BOUNDS_MS)
+    shifted = bounds - added_ms[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logb = np.where(shifted > 0, np.log(np.maximum(shifted, 1e-12)), -np.inf)
+    sigma = 0.5
+    fast = ndtr((logb - np.log(median)[..., None]) / sigma)
+    slow = ndtr((logb - np.log(median * slow_factor)[..., None]) / sigma)
+    share = slow_share[..., None]
+    cdf = (1 - share) * fast + share * slow
+    cdf = np.concatenate([cdf, np.ones((*cdf.shape[:-1], 1))], axis=-1)
+    probs = np.diff(cdf, axis=-1, prepend=0.0)
+    probs = np.clip(probs, 0.0, None)
+    return np.asarray(probs / probs.sum(axis=-1, keepdims=True), dtype=np.float64)
+
+
+def generate(spec: ClassSpec, index: int, seed: int) -> dict[str, Any]:
+    """One labelled scenario, as the JSON object a scenario file holds on one line.
+
+    The same (class, index, seed) always gives the same scenario.
+    """
+    key = zlib.crc32(spec.name.encode())
+    rng = np.random.default_rng(np.random.SeedSequence([seed, key, index]))
+    kind, rate = spec.kind, spec.rate
+    t_len = WARMUP_S + BAKE_S
+    t = np.arange(t_len, dtype=np.float64)
+    hosts = CANARY_HOSTS + BASELINE_HOSTS  # host 0 is the canary
+    noisy = kind == "good_noisy"
+
+    # Traffic, shared by every host.
+    drift = 1.0 + rng.uniform(-0.3, 0.3) * t / t_len
+    load = drift.copy()
+    for a, b in _events(rng, t_len, 1 / 600, (10, 40)):
+        load[a:b] *= 1.5
+    weight = np.ones(hosts)
+    weight[0] = rng.uniform(0.9, 1.1)
+    requests = rng.poisson(rate * weight[:, None] * load[None, :])
+
+    # Errors.
+    p0 = math.exp(rng.uniform(math.log(0.001), math.log(0.01)))
+    host_err = np.exp(rng.normal(0.0, 0.2 if noisy else 0.1, hosts))
+    p = p0 * host_err[:, None] * load[None, :]
+    for a, b in _events(rng, t_len, 1 / 900, (5, 20)):
+        p[:, a:b] += rng.uniform(0.01, 0.10)
+    p[0] += 0.03 * np.exp(-t / 4.0)
+
+    # Latency.
+    host_lat = np.exp(rng.normal(0.0, 0.04 if noisy else 0.02, hosts))
+    median = 50.0 * host_lat[:, None] * np.sqrt(load)[None, :]
+    for a, b in _events(rng, t_len, 1 / 600, (5, 30)):
+        median[:, a:b] *= rng.uniform(1.2, 2.0)
+    median[0] *= 1.0 + np.exp(-t / 8.0)
+    slow_share = np.full((hosts, t_len), 0.01)
+    slow_factor = np.full((hosts, t_len), 6.0)
+    added = np.zeros((hosts, t_len))
+    timeout = np.zeros((hosts, t_len))
+    stall_rate = 1 / 600 if noisy else 1 / 1800
+    for h in range(hosts):
+        for a, b in _events(rng, t_len, stall_rate, (1, 3)):
+            added[h, a:b] += rng.uniform(200.0, 1000.0)
+            timeout[h, a:b] = 0.05
+
+    # The regression, on the canary only.
+    meta: dict[str, Any] = {"p0": round(p0, 6)}
+    if kind.startswith("err_x"):
+        p[0] *= float(kind.removeprefix("err_x"))
+    elif kind == "err_+2pp":
+        p[0] += 0.02
+    elif kind == "err_gross":
+        p[0] = np.maximum(p[0], 0.5)
+    elif kind == "intermittent":
+        phase = int(rng.integers(0, 60))
+        starts = list(range(phase, t_len, 60))
+        for s in starts:
+            p[0, s : s + 3] = 1.0
+        meta["outage_starts_s"] = starts
+    elif kind == "lat_+10%":
+        median[0] *= 1.1
+    elif kind == "lat_+50%":
+        median[0] *= 1.5
+    elif kind == "lat_tail":
+        slow_share[0] = 0.04
+        slow_factor[0] = 10.0
+    elif kind == "lat_leak":
+        median[0] *= 1.0 + t / BAKE_S
+    p = np.clip(p, 0.0, 1.0)
+
+    timeouts = rng.binomial(requests, timeout)
+    served = requests - timeouts
+    errors = rng.binomial(served, p) + timeouts
+    probs = _latency_probs(median, slow_share, slow_factor, added)
+    latency = rng.multinomial(served, probs)
+    latency[..., -1] += timeouts  # a timed-out request is slower than every bound
+
+    canary = Series(requests[0], errors[0], latency[0])
+    baseline = Series(requests[1:].sum(axis=0), errors[1:].sum(axis=0), latency[1:].sum(axis=0))
+    scenario = Scenario(
+        id=f"{spec.name}#{index}",
+        label=spec.label,
+        cls=spec.name,
+        canary_hosts=CANARY_HOSTS,
+        baseline_hosts=BASELINE_HOSTS,
+        warmup_s=float(WARMUP_S),
+        canary=canary,
+        baseline=baseline,
+        meta=meta,
+    )
+    return scenario.to_obj()
+
+
+def build(spec: ClassSpec, index: int, seed: int) -> Scenario:
+    """Generate one scenario and read it back through the scenario-file parser."""
+    obj = generate(spec, index, seed)
+    return parse_scenario(obj, HEADER, f"generated {obj['id']}")
