@@ -192,7 +192,7 @@ def _pool(classes: Sequence[str], rate: str) -> list[str]:
     return [c for c in classes if c.endswith("@" + rate)]
 
 
-def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets for immunity on the generated set at 50 requests/s."""
     cls = summary["judges"]["immunity"]["classes"]
     out: list[dict[str, Any]] = []
@@ -239,13 +239,15 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": e.get("first_occurrence_rate", 0.0) >= 0.95,
             }
         )
-    pass_times = [cls[c]["median_s"] for c in good]
-    med_good = _median(t for c in good for t in [cls[c]["median_s"]] if t is not None)
-    if pass_times:
+    med_good = _median(
+        r["verdicts"]["immunity"][1] for r in rows if r["class"] in good and r["label"] == "good"
+    )
+    if good:
         out.append(
             {
                 "target": "good releases at 50 rps: median verdict <= 150 s",
                 "value": med_good,
+                "unit": "s",
                 "met": med_good is not None and med_good <= 150,
             }
         )
@@ -317,7 +319,7 @@ def run(
     result["min_bake_s"] = min_bake_s
     result["scenarios"] = len(rows)
     if scenarios is None:
-        result["targets"] = targets(result)
+        result["targets"] = targets(rows, result)
     result["false_alarm_reasons"] = [
         f"{r['id']}: {r['reason']}"
         for r in rows
@@ -363,7 +365,12 @@ def render(result: dict[str, Any], console: Console) -> None:
     for t in result.get("targets", []):
         mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
         value = t["value"]
-        shown = f"{value:.1%}" if isinstance(value, float) and value <= 1 else f"{value}"
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            shown = "n/a"
+        elif t.get("unit") == "s":
+            shown = f"{value:.0f} s"
+        else:
+            shown = f"{value:.1%}"
         extra = (
             f", median {t['median_after_warmup_s']:.0f} s after warm-up"
             if t.get("median_after_warmup_s") is not None

@@ -33,6 +33,11 @@ FORMAT = "immunity-judge-scenarios/1"
 IntArray = NDArray[np.int64]
 
 
+def _plain(x: float) -> float | int:
+    """30.0 -> 30 in the file, as people write it."""
+    return int(x) if float(x).is_integer() else x
+
+
 @dataclass(frozen=True)
 class Header:
     interval_s: float
@@ -41,8 +46,8 @@ class Header:
     def to_obj(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "interval_s": self.interval_s,
-            "latency_buckets_ms": list(self.bounds_ms),
+            "interval_s": _plain(self.interval_s),
+            "latency_buckets_ms": [_plain(b) for b in self.bounds_ms],
         }
 
 
@@ -85,7 +90,7 @@ class Scenario:
             "class": self.cls,
             "canary_hosts": self.canary_hosts,
             "baseline_hosts": self.baseline_hosts,
-            "warmup_s": self.warmup_s,
+            "warmup_s": _plain(self.warmup_s),
             "canary": self.canary.to_obj(),
             "baseline": self.baseline.to_obj(),
         }

@@ -1,0 +1,100 @@
+"""`immunity bench judge`: the scenario file format, the reference judges and the quick run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from immunity.bench.generate import HEADER, ClassSpec, build
+from immunity.bench.judge import judge_immunity, run
+from immunity.bench.references import fixed_threshold, mann_whitney
+from immunity.bench.scenarios import ScenarioError, read_scenarios, write_scenarios
+
+
+@pytest.fixture(scope="module")
+def quick() -> dict:
+    return run(None, None, quick=True)
+
+
+def test_quick_run_returns_the_documented_json_shape(quick: dict) -> None:
+    """judges -> name -> classes -> CLASS -> n, label, rate, median_s, for all three judges."""
+    assert set(quick["judges"]) == {"immunity", "fixed-threshold", "mann-whitney"}
+    for judge in quick["judges"].values():
+        assert "err_gross@50rps" in judge["classes"]
+        for entry in judge["classes"].values():
+            assert {"n", "label", "rate", "median_s"} <= set(entry)
+            assert entry["label"] in ("good", "bad") and 0.0 <= entry["rate"] <= 1.0
+    json.dumps(quick)
+
+
+def test_quick_run_catches_the_gross_failure_within_seconds(quick: dict) -> None:
+    """Half the requests failing is caught every time, a few seconds after warm-up."""
+    gross = quick["judges"]["immunity"]["classes"]["err_gross@50rps"]
+    assert gross["rate"] == 1.0
+    assert gross["median_fail_after_warmup_s"] <= 5
+
+
+def test_scenario_file_with_a_wrong_format_line_is_rejected(tmp_path: Path) -> None:
+    """A header with another format names the file, the line and the expected format."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"format": "kayenta/2", "interval_s": 1, "latency_buckets_ms": [10]}\n')
+    with pytest.raises(
+        ScenarioError,
+        match=r's\.jsonl:1: expected "format": "immunity-judge-scenarios/1", got \'kayenta/2\'',
+    ):
+        read_scenarios(path)
+
+
+def test_scenario_with_inconsistent_arrays_is_rejected(tmp_path: Path) -> None:
+    """A cohort whose latency rows do not match the bounds is rejected with file:line."""
+    path = tmp_path / "s.jsonl"
+    header = {
+        "format": "immunity-judge-scenarios/1",
+        "interval_s": 1,
+        "latency_buckets_ms": [10, 20],
+    }
+    cohort = {"requests": [1, 2], "errors": [0, 0], "latency": [[1, 0], [2, 0]]}
+    line = {"id": "x", "label": "good", "class": "c", "canary_hosts": 1, "baseline_hosts": 1,
+            "warmup_s": 0, "canary": cohort, "baseline": cohort}  # fmt: skip
+    path.write_text(json.dumps(header) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(
+        ScenarioError, match=r"s\.jsonl:2: canary\.latency: expected 2 intervals of 3"
+    ):
+        read_scenarios(path)
+
+
+def test_generated_scenarios_round_trip_through_the_file(tmp_path: Path) -> None:
+    """A written scenario reads back identical, so both paths judge the same numbers."""
+    original = build(ClassSpec("lat_tail", 5.0, 1), 0, seed=3)
+    path = tmp_path / "s.jsonl"
+    write_scenarios(path, HEADER, [original])
+    header, [back] = read_scenarios(path)
+    assert header == HEADER
+    assert (back.id, back.label, back.cls, back.warmup_s) == (
+        original.id,
+        "bad",
+        "lat_tail@5rps",
+        30.0,
+    )
+    assert np.array_equal(back.canary.latency, original.canary.latency)
+    assert judge_immunity(back, header) == judge_immunity(original, HEADER)
+
+
+def test_reference_judges_give_one_verdict_two_minutes_after_warm_up() -> None:
+    """Both references judge at warm-up + 120 s and fail a 50% failure."""
+    s = build(ClassSpec("err_gross", 50.0, 1), 0, seed=4)
+    assert fixed_threshold(s, HEADER.bounds_ms, 1.0) == ("fail", 150.0)
+    assert mann_whitney(s, HEADER.bounds_ms, 1.0) == ("fail", 150.0)
+
+
+def test_a_user_scenario_file_is_judged_by_its_own_classes(tmp_path: Path) -> None:
+    """--scenarios: the classes in the result are the file's, and no targets are claimed."""
+    path = tmp_path / "s.jsonl"
+    write_scenarios(path, HEADER, [build(ClassSpec("good", 50.0, 1), i, seed=5) for i in range(2)])
+    result = run(path, tmp_path / "out.json", workers=1)
+    assert list(result["judges"]["immunity"]["classes"]) == ["good@50rps"]
+    assert "targets" not in result
+    assert json.loads((tmp_path / "out.json").read_text())["scenarios"] == 2

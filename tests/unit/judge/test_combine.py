@@ -1,0 +1,71 @@
+"""build_judge maps check kinds to judges; combine turns check results into one verdict."""
+
+from __future__ import annotations
+
+import pytest
+
+from immunity.config.models import CheckConfig, JudgeConfig
+from immunity.domain import CheckResult, Outcome
+from immunity.errors import ConfigError
+from immunity.judge import (
+    ErrorRateMax,
+    ErrorsJudge,
+    Judge,
+    LatencyJudge,
+    LatencyMax,
+    build_judge,
+    combine,
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "cls"),
+    [
+        ("errors", {}, ErrorsJudge),
+        ("latency", {}, LatencyJudge),
+        ("error_rate_max", {"max": "2%"}, ErrorRateMax),
+        ("latency_max", {"max": 500}, LatencyMax),
+    ],
+)
+def test_build_judge_maps_each_kind_to_its_judge(kind: str, extra: dict, cls: type) -> None:
+    """Each check kind gets its judge, which satisfies the Judge protocol."""
+    check = CheckConfig(name="c", signal="s", kind=kind, **extra)  # type: ignore[arg-type]
+    judge = build_judge(check, JudgeConfig(), 30.0)
+    assert isinstance(judge, cls) and isinstance(judge, Judge)
+    assert judge.name == "c"
+
+
+def test_a_guard_rail_without_max_is_a_config_error() -> None:
+    """error_rate_max without `max` is rejected naming the check."""
+    with pytest.raises(ConfigError, match="'c' of kind error_rate_max needs `max`"):
+        build_judge(CheckConfig(name="c", signal="s", kind="error_rate_max"), JudgeConfig(), 30)
+
+
+def _r(name: str, outcome: Outcome) -> CheckResult:
+    return CheckResult(name, outcome, f"{name} says {outcome}")
+
+
+def test_any_fail_fails_with_the_failing_checks_reason() -> None:
+    """A fail among passes fails the look, and its reason leads."""
+    v = combine([_r("a", Outcome.PASS), _r("b", Outcome.FAIL)], 12.0)
+    assert (v.outcome, v.reason) == (Outcome.FAIL, "b: b says fail")
+
+
+def test_all_pass_passes() -> None:
+    """Every check passing passes the look."""
+    assert combine([_r("a", Outcome.PASS), _r("b", Outcome.PASS)], 12.0).outcome is Outcome.PASS
+
+
+def test_inconclusive_beats_continue_and_pass() -> None:
+    """An inconclusive check makes the look inconclusive (the engine applies its limit)."""
+    v = combine(
+        [_r("a", Outcome.PASS), _r("b", Outcome.INCONCLUSIVE), _r("c", Outcome.CONTINUE)], 5
+    )
+    assert (v.outcome, v.reason) == (Outcome.INCONCLUSIVE, "b: b says inconclusive")
+
+
+def test_undecided_checks_continue() -> None:
+    """A pass beside a continue is still continue."""
+    assert (
+        combine([_r("a", Outcome.PASS), _r("b", Outcome.CONTINUE)], 5).outcome is Outcome.CONTINUE
+    )

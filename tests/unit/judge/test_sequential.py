@@ -1,0 +1,251 @@
+"""ErrorsJudge and LatencyJudge: validity under the null, speed on gross failures, guards, words."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from judge_helpers import BOUNDS, Stream
+from scipy.special import ndtr
+from scipy.stats import nchypergeom_fisher
+
+from immunity.config.models import JudgeConfig
+from immunity.domain import Observation, Outcome
+from immunity.judge.evidence import fnch_logz
+from immunity.judge.sequential import ErrorsJudge, LatencyJudge
+
+
+def _run(judge: ErrorsJudge | LatencyJudge, intervals: object) -> tuple[Outcome, float, str]:
+    r = None
+    for t, canary, baseline in intervals:  # type: ignore[attr-defined]
+        r = judge.look(t, canary, baseline)
+        if r.outcome in (Outcome.FAIL, Outcome.PASS):
+            return r.outcome, t, r.reason
+    assert r is not None
+    return r.outcome, t, r.reason
+
+
+def test_conditional_likelihood_matches_scipy_fisher_noncentral_hypergeometric() -> None:
+    """log Z differences give exactly scipy's Fisher non-central hypergeometric log-pmf ratios."""
+    n_c, n_b, events = 30, 200, 25
+    log_psi = np.log(np.array([0.5, 1.0, 2.0, 7.0]))
+    logz = fnch_logz(n_c, n_b, [events], log_psi)[0]
+    for x in (0, 3, 10, 25):
+        for j, psi in enumerate(np.exp(log_psi)):
+            expected = nchypergeom_fisher.logpmf(
+                x, n_c + n_b, n_c, events, psi
+            ) - nchypergeom_fisher.logpmf(x, n_c + n_b, n_c, events, 1.0)
+            assert expected == pytest.approx(x * log_psi[j] - (logz[j] - logz[1]), abs=1e-9)
+
+
+def test_false_alarms_on_identical_cohorts_stay_under_alpha() -> None:
+    """300 A/A bakes at the null's edge (tolerance 1, alpha 5%) fail at most alpha plus slack."""
+    config = JudgeConfig(alpha=0.05, error_tolerance=1.0)
+    rng = np.random.default_rng(7)
+    runs, seconds = 300, 200
+    n_c = rng.poisson(50, (runs, seconds))
+    n_b = rng.poisson(450, (runs, seconds))
+    rate = rng.uniform(0.01, 0.05, (runs, 1)) * rng.uniform(0.5, 1.5, (runs, seconds))
+    x_c = rng.binomial(n_c, rate)
+    x_b = rng.binomial(n_b, rate)
+    fails = 0
+    for r in range(runs):
+        judge = ErrorsJudge("errors", config, min_bake_s=1e9)
+        for t in range(seconds):
+            out = judge.look(
+                t + 1.0,
+                Observation(int(n_c[r, t]), int(x_c[r, t]), hosts=1),
+                Observation(int(n_b[r, t]), int(x_b[r, t]), hosts=9),
+            )
+            if out.outcome is Outcome.FAIL:
+                fails += 1
+                break
+    assert fails / runs <= 0.05 + 0.02
+
+
+def test_latency_false_alarms_on_identical_cohorts_stay_under_alpha() -> None:
+    """100 A/A bakes of the latency judge (tolerance 1, alpha 5%) fail at most alpha plus slack."""
+    config = JudgeConfig(alpha=0.05, latency_tolerance=1.0)
+    rng = np.random.default_rng(11)
+    edges = np.log(np.asarray(BOUNDS) / 50.0) / 0.5
+    cdf = np.concatenate([ndtr(edges), [1.0]])
+    probs = np.diff(cdf, prepend=0.0)
+    runs, seconds, fails = 100, 120, 0
+    for _ in range(runs):
+        judge = LatencyJudge("latency", config, min_bake_s=1e9)
+        n_c = rng.poisson(50, seconds)
+        n_b = rng.poisson(450, seconds)
+        h_c = rng.multinomial(n_c, probs)
+        h_b = rng.multinomial(n_b, probs)
+        for t in range(seconds):
+            out = judge.look(
+                t + 1.0,
+                Observation(int(n_c[t]), 0, BOUNDS, h_c[t].tolist(), hosts=1),
+                Observation(int(n_b[t]), 0, BOUNDS, h_b[t].tolist(), hosts=9),
+            )
+            if out.outcome is Outcome.FAIL:
+                fails += 1
+                break
+    assert fails / runs <= 0.05 + 0.04
+
+
+def test_gross_failure_fails_within_a_few_intervals(stream: Stream) -> None:
+    """Half the canary's requests failing is a FAIL within 3 one-second intervals."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=120)
+    outcome, t, reason = _run(judge, stream(1, seconds=30, canary_error=0.5))
+    assert (outcome, t <= 3) == (Outcome.FAIL, True)
+    assert "catastrophic" in reason
+
+
+def test_intermittent_outage_fails_at_its_first_occurrence(stream: Stream) -> None:
+    """A 3-s total outage after a healthy minute fails during the outage (catastrophe tier)."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=120)
+    healthy = list(stream(2, seconds=90))
+    result = None
+    for t, canary, baseline in healthy:
+        if 60 < t <= 63:
+            canary = Observation(canary.requests, canary.requests, hosts=1)
+        result = judge.look(t, canary, baseline)
+        if result.outcome is Outcome.FAIL:
+            break
+    assert result is not None
+    assert (result.outcome, 60 < t <= 64) == (Outcome.FAIL, True)
+
+
+def test_five_fold_error_rate_fails_within_a_minute(stream: Stream) -> None:
+    """Canary 5xx at 2.5% against the baseline's 0.5% fails well inside a minute at 50 rps."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=120)
+    outcome, t, _ = _run(judge, stream(3, seconds=120, canary_error=0.025))
+    assert (outcome, t <= 60) == (Outcome.FAIL, True)
+
+
+def test_good_release_passes_once_min_bake_is_over(stream: Stream) -> None:
+    """A canary like the baseline passes at min bake, not before."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=90)
+    outcome, t, _ = _run(judge, stream(4, seconds=300, canary_error=0.01, baseline_error=0.01))
+    assert (outcome, t) == (Outcome.PASS, 90.0)
+
+
+def test_latency_good_release_passes_once_min_bake_is_over(stream: Stream) -> None:
+    """Same latency on both cohorts passes at min bake."""
+    judge = LatencyJudge("latency", JudgeConfig(), min_bake_s=90)
+    outcome, t, _ = _run(judge, stream(5, seconds=300))
+    assert (outcome, t) == (Outcome.PASS, 90.0)
+
+
+def test_latency_regression_fails_and_names_the_threshold(stream: Stream) -> None:
+    """A canary 50% slower fails within a minute; the reason names the threshold and shares."""
+    judge = LatencyJudge("latency", JudgeConfig(), min_bake_s=120)
+    outcome, t, reason = _run(judge, stream(6, seconds=120, canary_ms=75.0))
+    assert (outcome, t <= 60) == (Outcome.FAIL, True)
+    assert "slower than" in reason and "ms (p" in reason and "e-value" in reason
+
+
+def test_latency_thresholds_come_from_the_baseline_histogram(stream: Stream) -> None:
+    """The frozen p50/p90/p99 thresholds are bucket bounds near the baseline's quantiles."""
+    judge = LatencyJudge("latency", JudgeConfig(), min_bake_s=120)
+    for t, canary, baseline in stream(7, seconds=30):
+        judge.look(t, canary, baseline)
+    # log-normal median 50 ms, sigma 0.5: p50 50, p90 95, p99 160 ms, snapped up to bounds
+    assert judge.thresholds == [50.0, 100.0, 175.0]
+
+
+def test_configured_latency_thresholds_are_snapped_up_to_bounds(stream: Stream) -> None:
+    """Configured thresholds apply from the first look, snapped up to the next bucket bound."""
+    judge = LatencyJudge("latency", JudgeConfig(), min_bake_s=120, thresholds_ms=[95.0, 480.0])
+    t, canary, baseline = next(stream(8))
+    judge.look(t, canary, baseline)
+    assert judge.thresholds == [100.0, 500.0]
+
+
+def test_unavailable_data_is_inconclusive_never_pass(stream: Stream) -> None:
+    """After min bake, a look without canary data is inconclusive, and so is final()."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=10)
+    for t, canary, baseline in stream(9, seconds=5):
+        judge.look(t, canary, baseline)
+    missing = Observation.missing("prometheus timed out")
+    result = judge.look(20.0, missing, missing)
+    assert result.outcome is Outcome.INCONCLUSIVE
+    assert "prometheus timed out" in result.reason
+    assert judge.final(20.0).outcome is Outcome.INCONCLUSIVE
+
+
+def test_no_requests_for_thirty_seconds_is_inconclusive() -> None:
+    """Zero requests in both cohorts for 30 s is inconclusive, never a pass."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=10)
+    outcomes = [
+        judge.look(float(t), Observation(0, 0, hosts=1), Observation(0, 0, hosts=9)).outcome
+        for t in range(1, 41)
+    ]
+    assert Outcome.PASS not in outcomes
+    assert outcomes[-1] is Outcome.INCONCLUSIVE
+    assert judge.final(40.0).outcome is Outcome.INCONCLUSIVE
+
+
+def test_canary_far_below_its_traffic_share_is_inconclusive(stream: Stream) -> None:
+    """A canary getting a fifth of its fair share of requests is inconclusive with the numbers."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=10)
+    result = None
+    for t, canary, baseline in stream(10, seconds=40, canary_share=0.2):
+        result = judge.look(t, canary, baseline)
+    assert result is not None
+    assert result.outcome is Outcome.INCONCLUSIVE
+    assert "fair share of 10%" in result.reason
+
+
+def test_fail_reason_is_one_sentence_with_the_numbers(stream: Stream) -> None:
+    """The FAIL reason carries both rates, both request counts and the e-value against its bar."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=120)
+    result = None
+    for t, canary, baseline in stream(12, seconds=120, canary_error=0.03):
+        result = judge.look(t, canary, baseline)
+        if result.outcome is Outcome.FAIL:
+            break
+    assert result is not None and result.outcome is Outcome.FAIL
+    n = result.numbers
+    assert f"{n['canary_requests']:,.0f} vs {n['baseline_requests']:,.0f} requests" in result.reason
+    assert "canary 5xx " in result.reason and "vs baseline " in result.reason
+    assert "≥ 100" in result.reason
+    assert n["e_fail"] >= n["e_fail_needed"] == 100.0
+    assert result.reason.count(". ") == 0
+
+
+def test_final_with_too_little_traffic_is_inconclusive(stream: Stream) -> None:
+    """At 0.5 requests/s with rare errors, max bake ends inconclusive (insufficient information)."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=60)
+    for t, canary, baseline in stream(13, seconds=120, rate=0.5, canary_error=0.003):
+        judge.look(t, canary, baseline)
+    result = judge.final(120.0)
+    assert result.outcome is Outcome.INCONCLUSIVE
+    assert "insufficient information" in result.reason
+
+
+def test_final_in_the_grey_zone_passes_not_certified(stream: Stream) -> None:
+    """Enough data but the canary between tolerance and bad: pass, and the reason says not certified."""
+    config = JudgeConfig(error_tolerance=2.0, error_bad=2.1)
+    judge = ErrorsJudge("errors", config, min_bake_s=60)
+    for t, canary, baseline in stream(14, seconds=200, canary_error=0.04, baseline_error=0.02):
+        judge.look(t, canary, baseline)
+    result = judge.final(200.0)
+    assert result.outcome is Outcome.PASS
+    assert "not certified" in result.reason
+
+
+def test_a_failed_check_stays_failed(stream: Stream) -> None:
+    """Once failed, later healthy intervals do not change the verdict."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=10)
+    _run(judge, stream(15, seconds=10, canary_error=0.6))
+    for t, canary, baseline in stream(16, seconds=30):
+        assert judge.look(t + 10, canary, baseline).outcome is Outcome.FAIL
+    assert judge.final(40.0).outcome is Outcome.FAIL
+
+
+def test_evidence_numbers_are_finite_floats(stream: Stream) -> None:
+    """Every number a result carries is a float (JSON-safe), e-values finite even when huge."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=10)
+    result = None
+    for t, canary, baseline in stream(17, seconds=20, canary_error=0.9):
+        result = judge.look(t, canary, baseline)
+    assert result is not None
+    assert all(isinstance(v, float) and math.isfinite(v) for v in result.numbers.values())
