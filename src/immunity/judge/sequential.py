@@ -511,15 +511,20 @@ class LatencyJudge:
     # -- evidence ---------------------------------------------------------------------------
 
     def _add(self, t_s: float, dt: float, canary: Observation, baseline: Observation) -> str | None:
-        if not canary.latency_buckets or not baseline.latency_buckets:
+        # A cohort without requests may come without a histogram; one with requests may not.
+        cohorts = [o for o in (canary, baseline) if o.latency_buckets]
+        if any(o.requests > 0 and not o.latency_buckets for o in (canary, baseline)):
             return "the signal has no latency histogram"
-        problem = self._set_bounds(tuple(float(b) for b in canary.latency_bounds_ms))
+        if not cohorts:
+            return None
+        problem = self._set_bounds(tuple(float(b) for b in cohorts[0].latency_bounds_ms))
         if problem:
             return problem
-        if tuple(float(b) for b in baseline.latency_bounds_ms) != self.bounds:
+        if any(tuple(float(b) for b in o.latency_bounds_ms) != self.bounds for o in cohorts):
             return "canary and baseline latency histograms have different bucket bounds"
-        hc = np.asarray(canary.latency_buckets, dtype=np.int64)
-        hb = np.asarray(baseline.latency_buckets, dtype=np.int64)
+        empty = [0] * (len(self.bounds) + 1)
+        hc = np.asarray(canary.latency_buckets or empty, dtype=np.int64)
+        hb = np.asarray(baseline.latency_buckets or empty, dtype=np.int64)
         if len(hc) != len(self.bounds) + 1 or len(hb) != len(self.bounds) + 1:
             return "latency buckets do not match their bounds (one overflow bucket expected)"
         active = self.active
@@ -561,7 +566,8 @@ class LatencyJudge:
         for i, label in enumerate(self.labels):
             key = label if self.fixed is None else f"t{i}"
             t = self.thresholds[i]
-            out[f"{key}_threshold_ms"] = float(t) if t is not None else math.nan
+            if t is not None:
+                out[f"{key}_threshold_ms"] = float(t)
             out[f"{key}_canary_requests"] = float(self.n_c[i])
             out[f"{key}_canary_slow"] = float(self.x_c[i])
             out[f"{key}_baseline_requests"] = float(self.n_b[i])

@@ -283,6 +283,8 @@ class LatencyMax(_GuardRail):
 
     def _numbers(self, t_s: float) -> dict[str, float]:
         out = self.rate.numbers(t_s)
-        out["canary_quantile_ms"] = self._estimate()
+        estimate = self._estimate()
+        if math.isfinite(estimate):
+            out["canary_quantile_ms"] = estimate
         out["max_ms"] = float(self.max_ms)
         return out

@@ -249,3 +249,18 @@ def test_evidence_numbers_are_finite_floats(stream: Stream) -> None:
         result = judge.look(t, canary, baseline)
     assert result is not None
     assert all(isinstance(v, float) and math.isfinite(v) for v in result.numbers.values())
+
+
+def test_a_cohort_without_requests_may_come_without_a_histogram(stream: Stream) -> None:
+    """An empty canary interval with no buckets is just an empty interval, not missing data."""
+    judge = LatencyJudge("latency", JudgeConfig(), min_bake_s=60)
+    t, _, baseline = next(stream(18))
+    assert judge.look(t, Observation(0, 0, hosts=1), baseline).outcome is Outcome.CONTINUE
+
+
+def test_a_latency_check_on_a_signal_without_histograms_is_inconclusive() -> None:
+    """Requests without latency buckets cannot be judged for latency: inconclusive, with why."""
+    judge = LatencyJudge("latency", JudgeConfig(), min_bake_s=60)
+    result = judge.look(1.0, Observation(50, 0, hosts=1), Observation(450, 0, hosts=9))
+    assert result.outcome is Outcome.INCONCLUSIVE
+    assert "no latency histogram" in result.reason
