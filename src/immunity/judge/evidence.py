@@ -156,34 +156,31 @@ class CappedMixture:
 
     `add(t_s, dt, llr)` adds one interval ending at `t_s` that lasted `dt` seconds. Intervals
     are grouped into blocks of `BLOCK_S` seconds of bake time; an interval's evidence is
-    capped at `LOG_CAP_PER_SECOND * dt`, a block's at `LOG_CAP_PER_BLOCK` (scaled up for an
-    interval longer than a block).
+    capped at `LOG_CAP_PER_SECOND * dt`, a block's at `LOG_CAP_PER_BLOCK`, scaled up when the
+    interval opening the block is longer than a block. The block's cap is fixed when the block
+    opens (a cap that grew inside a block could lift the value without evidence).
     """
 
     def __init__(self, k: int, j: int) -> None:
         self.closed = np.zeros((k, j))
         self.block = np.zeros((k, j))
         self.zero = np.zeros((k, j))
-        self.block_span = 0.0
-        self.block_index = -1
+        self.block_cap = LOG_CAP_PER_BLOCK
+        self.block_index: int | None = None
 
     def add(self, t_s: float, dt: float, llr: FloatArray) -> None:
         index = math.floor((t_s - 1e-9) / BLOCK_S)
-        if index != self.block_index and self.block_span > 0:
-            self.closed += np.minimum(self.block, self._block_cap())
-            self.block = np.zeros_like(self.block)
-            self.block_span = 0.0
-        self.block_index = index
+        if index != self.block_index:
+            if self.block_index is not None:
+                self.closed += np.minimum(self.block, self.block_cap)
+                self.block = np.zeros_like(self.block)
+            self.block_index = index
+            self.block_cap = LOG_CAP_PER_BLOCK * max(1.0, dt / BLOCK_S)
         self.block += np.minimum(llr, LOG_CAP_PER_SECOND * dt)
-        self.block_span += dt
-
-    def _block_cap(self) -> float:
-        return LOG_CAP_PER_BLOCK * max(1.0, self.block_span / BLOCK_S)
 
     def log_e(self) -> FloatArray:
         """log of the mixture e-value per metric, shape (K,)."""
-        current = self.closed + np.minimum(self.block, self._block_cap())
-        return logmeanexp(current)
+        return logmeanexp(self.closed + np.minimum(self.block, self.block_cap))
 
 
 class Mixture:

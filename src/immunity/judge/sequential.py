@@ -7,11 +7,12 @@ baseline's own rate, however it moves with load, time of day or a shared inciden
 
 * `ErrorsJudge`: bad = 5xx.
 * `LatencyJudge`: bad = slower than a threshold; thresholds are the baseline's p50, p90 and
-  p99 snapped up to a histogram bucket bound, frozen from the baseline's own histogram as
-  soon as it has enough requests (and only intervals after the freeze are tested), or
-  configured bounds in ms.
+  p99 snapped up to a histogram bucket bound, frozen from the baseline's own histogram
+  early in the bake (the median CDF of 5 blocks of >= 3 s, so one stalled baseline host
+  does not move them; only intervals after the freeze are tested), or configured bounds.
 
-Three tests run on every look (research notes: /work/shared/research/statistics.md §5):
+Three tests run on every look (after Lindon & Malek's conditional count tests and Shin,
+Ramdas & Rinaldo's e-detectors; see the project's research notes on canary statistics, §5):
 
 * FAIL: H0 psi <= tolerance. A mixture over alternatives tolerance x {1.1 .. 30} of capped
   likelihood-ratio products; FAIL when it reaches K/alpha (K = number of thresholds). By
@@ -21,7 +22,9 @@ Three tests run on every look (research notes: /work/shared/research/statistics.
   and every metric reaches 1/beta, so P(PASS | a regression of at least `bad`) <= beta.
   Errors also certify through an absolute route, "canary 5xx rate below `error_floor`",
   averaged with the relative one so beta still holds; it is what lets an app with almost no
-  errors pass.
+  errors pass. A PASS is final: afterwards only the catastrophe tier still watches, so a
+  host effect in the grey zone between tolerance and `bad` does not turn into a FAIL just
+  because another check is still baking.
 * Catastrophe (errors only): two CUSUM e-detectors at alpha_catastrophe, canary-alone
   "5xx rate > 20%" and relative "odds ratio > 5". FAIL when both alarm within 30 s: gross or
   intermittent outages fail within seconds, while a shared dependency outage (baseline
@@ -223,7 +226,12 @@ class ErrorsJudge:
         self.relative = RelativeEvidence(
             1, config.error_tolerance, config.error_bad, catastrophe_alpha=config.alpha_catastrophe
         )
-        self.floor_ratios = BinomialRatios([self.floor * r for r in FLOOR_RATIOS], self.floor)
+        # error_floor 0 switches the absolute route off (then only the relative test certifies).
+        self.floor_ratios = (
+            BinomialRatios([self.floor * r for r in FLOOR_RATIOS], self.floor)
+            if 0.0 < self.floor < 1.0
+            else None
+        )
         self.floor_pass = Mixture(1, len(FLOOR_RATIOS))
         self.floor_identical = Mixture(1, len(FLOOR_RATIOS))
         self.cat_ratios = BinomialRatios(CATASTROPHE_RATES, CATASTROPHE_RATE)
@@ -254,14 +262,21 @@ class ErrorsJudge:
             self.recent.popleft()
         self.relative.add(t_s, dt, n_c, (x_c,), n_b, (x_b,))
         if n_c > 0:
-            self.floor_pass.add(self.floor_ratios(n_c, x_c)[None, :])
-            typical = n_c * x_b / n_b if n_b > 0 else 0.0
-            self.floor_identical.add(self.floor_ratios(n_c, typical)[None, :])
+            if self.floor_ratios is not None:
+                self.floor_pass.add(self.floor_ratios(n_c, x_c)[None, :])
+                typical = n_c * x_b / n_b if n_b > 0 else 0.0
+                self.floor_identical.add(self.floor_ratios(n_c, typical)[None, :])
             if self.cat_abs.add(self.cat_ratios(n_c, x_c)):
                 self.cat_abs_alarm_at = t_s
         self.log_fail = float(self.relative.log_fail[0])
-        both = np.array([self.relative.log_pass[0], self.floor_pass.log_e()[0]])
-        self.log_pass = float(logmeanexp(both))
+        self.log_pass = self._either(self.relative.log_pass[0], self.floor_pass.log_e()[0])
+
+    def _either(self, relative: float, floor: float) -> float:
+        """The mean of the relative and the absolute pass e-values (the relative one alone
+        when the floor is off): an e-process under "worse by `bad` and above the floor"."""
+        if self.floor_ratios is None:
+            return float(relative)
+        return float(logmeanexp(np.array([relative, floor])))
 
     def _log_e_fail(self) -> float:
         return self.log_fail
@@ -270,8 +285,7 @@ class ErrorsJudge:
         return self.log_pass
 
     def _log_e_identical(self) -> float:
-        both = np.array([self.relative.identical.log_e()[0], self.floor_identical.log_e()[0]])
-        return float(logmeanexp(both))
+        return self._either(self.relative.identical.log_e()[0], self.floor_identical.log_e()[0])
 
     def _catastrophe(self, t_s: float) -> bool:
         a, b = self.cat_abs_alarm_at, self.relative.cusum_alarm_at
