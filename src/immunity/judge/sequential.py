@@ -345,8 +345,8 @@ class ErrorsJudge:
             self.failed = self._result(
                 Outcome.FAIL,
                 f"catastrophic failure: canary 5xx {pct(x_c / n_c if n_c else 0.0)} vs baseline "
-                f"{pct(x_b / n_b if n_b else 0.0)} over the last {count(n_c)} vs {count(n_b)} "
-                f"requests (CUSUM log e-values {self.cat_abs.level:.1f} absolute and "
+                f"{pct(x_b / n_b if n_b else 0.0)} over the last {min(t_s, CATASTROPHE_WINDOW_S):.0f} s "
+                f"({count(n_c)} vs {count(n_b)} requests; CUSUM log e-values {self.cat_abs.level:.1f} absolute and "
                 f"{self.relative.cusum.level if self.relative.cusum else 0:.1f} relative "
                 f"≥ {self.cat_abs.threshold:.1f})",
                 t_s,
