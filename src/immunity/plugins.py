@@ -5,7 +5,7 @@ Roles are the entry-point groups `immunity.lb`, `immunity.hosts`, `immunity.sign
 package; nothing here names a concrete adapter.
 
 An adapter class has a `Settings` attribute (a frozen, strict pydantic model of its YAML
-block, without `kind`) and is built as `cls(settings)`.
+block, without `kind`) and is built as `cls(settings, base_dir=<config folder>)`.
 """
 
 from __future__ import annotations

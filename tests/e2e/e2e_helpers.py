@@ -94,7 +94,8 @@ def fleet3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     d = tmp_path_factory.mktemp("sbx")
     info = sandbox.create_sandbox(d, 3)
     sandbox.add_release(d, "v2", cold_start_s=1.0)
-    sandbox.add_release(d, "bad", error_rate=1.0)
+    sandbox.add_release(d, "bad", error_rate=0.5)
+    sandbox.add_release(d, "broken", error_rate=1.0)
     sandbox.add_release(d, "v3", error_rate=0.05)
     try:
         yield Sandbox(d, info.url, info.config_path)

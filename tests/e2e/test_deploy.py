@@ -68,6 +68,18 @@ def test_a_bad_release_is_reverted_on_every_host_with_exit_3(fleet3: Sandbox) ->
     assert history["deployments"][-1]["outcome"] == "reverted"
 
 
+def test_a_release_that_never_warms_up_is_reverted_with_the_failed_step_as_reason(fleet3: Sandbox) -> None:
+    """A release answering only 500s fails its warm-up; the host goes back to v1, exit 3."""
+    ensure_on(fleet3, "v1")
+    cfg = fleet3.write_config("broken.yaml", **{**FAST, "warmup": {**FAST["warmup"], "timeout": "3s"}})
+    r = fleet3.run("deploy", "-c", str(cfg), "--release", "broken", "--json", "-")
+    assert 3 == r.returncode, r.stdout + r.stderr[-2000:]
+    result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    assert "warmup" in result["verdict"]["reason"]
+    assert ["v1"] * 3 == [h["active_release"] for h in fleet3.status()["hosts"]]
+    assert {0} == set(fleet3.servers_state().values())
+
+
 def test_an_unknown_release_is_rejected_with_exit_2_before_anything_is_touched(
     fleet3: Sandbox,
 ) -> None:

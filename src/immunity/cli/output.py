@@ -16,6 +16,11 @@ from immunity.errors import ConfigError, ImmunityError
 
 out = Console()
 err = Console(stderr=True)
+# Tables stay readable when output goes to a file or a CI log (no terminal to size them).
+if not out.is_terminal:
+    out = Console(width=160)
+if not err.is_terminal:
+    err = Console(stderr=True, width=160)
 
 
 def show_error(exc: ImmunityError) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import httpx
 
-from immunity.domain import HostRef, LbState, Outcome, Verdict, utcnow
+from immunity.domain import CheckResult, HostRef, LbState, Outcome, Verdict, utcnow
 from immunity.engine.bake import Cohorts, bake
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet, holder_name
@@ -344,7 +344,19 @@ class Deployment:
                 break
             if switch_error is not None and len(self.failed_hosts) > cfg.max_failed_hosts:
                 reason = f"host step failed: {switch_error.message}"
-                await self._revert(rec, switcher, fallbacks, result, reason, time.monotonic(), None)
+                step_verdict = Verdict(
+                    Outcome.FAIL,
+                    reason,
+                    (CheckResult("host-steps", Outcome.FAIL, reason,
+                                 {"failed_hosts": float(len(self.failed_hosts)),
+                                  "max_failed_hosts": float(cfg.max_failed_hosts)}),),
+                    utcnow(),
+                )
+                rec.record("verdict.failed", reason, wave=i, verdict=step_verdict.to_dict())
+                result.detected_after_s = round(time.monotonic() - started, 3)
+                await self._revert(
+                    rec, switcher, fallbacks, result, reason, time.monotonic(), step_verdict
+                )
                 return
             assert verdict is not None
             rec.record(
