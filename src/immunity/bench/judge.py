@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -334,8 +335,10 @@ def run(
 def _cell(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "-"
+    rate = entry["rate"]
+    shown = f"{rate:.1%}" if 0 < rate < 0.1 else f"{rate:.0%}"
     med = entry["median_s"]
-    return f"{entry['rate']:.1%} / {med:.0f}s" if med is not None else f"{entry['rate']:.1%} / -"
+    return f"{shown} {med:.0f}s" if med is not None else f"{shown} -"
 
 
 def render(result: dict[str, Any], console: Console) -> None:
@@ -343,20 +346,21 @@ def render(result: dict[str, Any], console: Console) -> None:
     judges = result["judges"]
     classes = list(judges["immunity"]["classes"])
     table = Table(
-        title=f"judge benchmark ({result.get('scenarios', '?')} scenarios, {result.get('source')})",
-        caption="rate: detection (bad) or false alarms (good), share of FAIL verdicts; "
-        "median seconds from scenario start to the verdict",
+        title=f"judge benchmark: {result.get('scenarios', '?')} scenarios ({result.get('source')})",
+        caption="[green]good[/] classes: false alarms; [red]bad[/] classes: detection "
+        "(share of FAIL verdicts), then the median seconds from scenario start to the verdict",
+        box=box.SIMPLE_HEAD,
     )
-    table.add_column("class")
+    table.add_column("class", no_wrap=True)
     table.add_column("n", justify="right")
     for name in JUDGES:
-        table.add_column(name, justify="right")
-    table.add_column("immunity pass/inconcl.", justify="right")
+        table.add_column(name.replace("-", "-\n"), justify="right", no_wrap=True)
+    table.add_column("immunity\npass/inc.", justify="right", no_wrap=True)
     for cls in classes:
         imm = judges["immunity"]["classes"][cls]
-        label = "[green]good[/]" if imm["label"] == "good" else "[red]bad[/]"
+        colour = "green" if imm["label"] == "good" else "red"
         table.add_row(
-            f"{cls} ({label})",
+            f"[{colour}]{cls}[/]",
             str(imm["n"]),
             *[_cell(judges[n]["classes"].get(cls)) for n in JUDGES],
             f"{imm['pass']:.0%}/{imm['inconclusive']:.0%}",
