@@ -117,7 +117,12 @@ class Verdict:
             "reason": self.reason,
             "decided_at": self.decided_at.isoformat() if self.decided_at else None,
             "checks": [
-                {"name": c.name, "outcome": str(c.outcome), "reason": c.reason, "numbers": dict(c.numbers)}
+                {
+                    "name": c.name,
+                    "outcome": str(c.outcome),
+                    "reason": c.reason,
+                    "numbers": dict(c.numbers),
+                }
                 for c in self.checks
             ],
         }

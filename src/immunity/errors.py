@@ -76,9 +76,7 @@ class AdapterError(ImmunityError):
 
     reference = "adapter-error"
 
-    def __init__(
-        self, message: str, *, adapter: str, host: str | None = None, **kw: Any
-    ) -> None:
+    def __init__(self, message: str, *, adapter: str, host: str | None = None, **kw: Any) -> None:
         ctx = dict(kw.pop("context", None) or {})
         ctx["adapter"] = adapter
         if host is not None:

@@ -83,9 +83,17 @@ class Sandbox:
 
 
 FAST = {
-    "bake": {"min": "1s", "max": "20s", "interval": "500ms", "lag": "200ms"},
+    "bake": {"min": "2s", "max": "30s", "interval": "500ms", "lag": "200ms"},
+    "judge": {"error_floor": "2%"},
+    # 60 req/s over 3 hosts is too little to set a p99 threshold inside a short bake
+    "checks": [
+        {"name": "errors", "signal": "lb", "kind": "errors"},
+        {"name": "latency", "signal": "lb", "kind": "latency", "quantiles": [0.5, 0.9]},
+        {"name": "error-rate-guard", "signal": "lb", "kind": "error_rate_max", "max": "2%"},
+    ],
     "warmup": {"path": "/", "consecutive": 2, "latency_bar": "100ms", "timeout": "30s"},
     "lease_ttl": "5s",
+    "waves": [1, "100%"],
 }
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def plain(sbx: Sandbox) -> Path:
     """A config without checks: used to put the fleet back on a known release quickly."""
-    return sbx.write_config("plain.yaml", checks=[], **FAST)
+    return sbx.write_config("plain.yaml", **{**FAST, "checks": []})
 
 
 def ensure_on(sbx: Sandbox, release: str) -> None:
@@ -137,7 +137,7 @@ def test_two_deployments_started_together_run_one_and_refuse_the_other_with_exit
 def test_sigint_mid_deploy_finishes_the_host_in_flight_and_exits_130(fleet3: Sandbox) -> None:
     """Ctrl-C during a switch leaves every host in the pool and says so in the journal."""
     ensure_on(fleet3, "v1")
-    cfg = fleet3.write_config("slowwarm.yaml", checks=[], **FAST)
+    cfg = fleet3.write_config("slowwarm.yaml", **{**FAST, "checks": []})
     p = fleet3.start("deploy", "-c", str(cfg), "--release", "v2")
     deadline = time.monotonic() + 30
     while 8 not in fleet3.servers_state().values() and 1 not in fleet3.servers_state().values():

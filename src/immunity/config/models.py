@@ -111,6 +111,9 @@ class CheckConfig(Strict):
     """For guard rails: error_rate_max takes a fraction, latency_max a p99 bound in ms."""
     quantile: float = 0.99
     thresholds_ms: list[float] | None = None
+    quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.9, 0.99], min_length=1)
+    """For `latency`: the baseline quantiles whose thresholds the canary is compared at.
+    Low-traffic apps drop 0.99: it needs about 2,500 baseline requests to be set."""
     """For latency checks: fixed thresholds (ms) instead of the baseline's p50/p90/p99."""
 
     @field_validator("max", mode="before")

@@ -50,14 +50,32 @@ async def bake(
     wave: int,
     relative: bool,
     may_pass: Callable[[], bool] = lambda: True,
+    thresholds: dict[str, list[float]] | None = None,
 ) -> BakeResult:
-    """Judge until a verdict. `relative=False` keeps only the absolute guard rails (no baseline)."""
+    """Judge until a verdict. `relative=False` keeps only the absolute guard rails (no baseline).
+
+    `thresholds` carries latency thresholds between the waves of one deployment: the old
+    release's latency does not change from wave to wave, so the thresholds frozen from the
+    baseline in the first bake are reused, and later waves (with a smaller baseline) need not
+    freeze them again. Filled in place when a bake freezes them.
+    """
     cfg = fleet.config
     b = cfg.bake
+    carry = thresholds if thresholds is not None else {}
     checks = [c for c in cfg.checks if relative or c.kind in GUARD_KINDS]
+    for i, c in enumerate(checks):
+        if c.kind == "latency" and c.thresholds_ms is None and c.name in carry:
+            checks[i] = c.model_copy(update={"thresholds_ms": carry[c.name]})
     judges: list[tuple[str, str, Judge]] = [
         (c.name, c.signal, build_judge(c, cfg.judge, b.min)) for c in checks
     ]
+
+    def keep_thresholds() -> None:
+        for name, _, judge in judges:
+            frozen = getattr(judge, "thresholds", None)
+            if frozen and all(t is not None for t in frozen) and name not in carry:
+                carry[name] = [float(t) for t in frozen]
+
     started_at = utcnow()
     t0 = time.monotonic()
     rec.record(
@@ -97,6 +115,7 @@ async def bake(
                 canary=[h.name for h in now_cohorts.canary],
                 baseline=[h.name for h in now_cohorts.baseline],
             )
+        keep_thresholds()
         if verdict.outcome is Outcome.FAIL:
             return BakeResult(verdict, started_at, t_s)
         if verdict.outcome is Outcome.PASS and t_s >= b.min and may_pass():

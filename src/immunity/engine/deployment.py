@@ -162,6 +162,7 @@ class Deployment:
         self.first_canary_in: float | None = None
         self._bake_scope: anyio.CancelScope | None = None
         self.holder_dead = False  # set by resume when the old holder's PID is gone
+        self.thresholds: dict[str, list[float]] = {}  # latency thresholds, carried across waves
 
     # the cohorts as they are now, from what the engine has put in the pool
     def cohorts(self) -> Cohorts:
@@ -347,9 +348,17 @@ class Deployment:
                 step_verdict = Verdict(
                     Outcome.FAIL,
                     reason,
-                    (CheckResult("host-steps", Outcome.FAIL, reason,
-                                 {"failed_hosts": float(len(self.failed_hosts)),
-                                  "max_failed_hosts": float(cfg.max_failed_hosts)}),),
+                    (
+                        CheckResult(
+                            "host-steps",
+                            Outcome.FAIL,
+                            reason,
+                            {
+                                "failed_hosts": float(len(self.failed_hosts)),
+                                "max_failed_hosts": float(cfg.max_failed_hosts),
+                            },
+                        ),
+                    ),
                     utcnow(),
                 )
                 rec.record("verdict.failed", reason, wave=i, verdict=step_verdict.to_dict())
@@ -470,6 +479,7 @@ class Deployment:
                     wave=i,
                     relative=relative,
                     may_pass=switched.is_set,
+                    thresholds=self.thresholds,
                 )
                 verdict = res.verdict
             self._bake_scope = None

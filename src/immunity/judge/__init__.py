@@ -34,7 +34,13 @@ def build_judge(check: CheckConfig, judge: JudgeConfig, min_bake_s: float) -> Ju
     if check.kind == "errors":
         return ErrorsJudge(check.name, judge, min_bake_s)
     if check.kind == "latency":
-        return LatencyJudge(check.name, judge, min_bake_s, thresholds_ms=check.thresholds_ms)
+        return LatencyJudge(
+            check.name,
+            judge,
+            min_bake_s,
+            quantiles=tuple(check.quantiles),
+            thresholds_ms=check.thresholds_ms,
+        )
     if check.max is None:
         unit = "a fraction such as 0.02 or 2%" if check.kind == "error_rate_max" else "ms"
         raise ConfigError(

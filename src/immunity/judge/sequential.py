@@ -516,8 +516,16 @@ class LatencyJudge:
             if len(f.cdfs) < FREEZE_BLOCKS:
                 continue
             cdf = np.median(np.stack(f.cdfs), axis=0)
-            j = int(np.searchsorted(cdf, q, side="left"))
-            j = min(j, len(self.bounds) - 1)
+            # The bound whose share of slower requests is closest (in log terms) to 1 - q.
+            # Taking the first bound at or above q instead collapses p50 and p90 onto one
+            # coarse bucket bound that almost nothing exceeds, which leaves the test blind.
+            exceed = 1.0 - cdf
+            usable = np.flatnonzero(exceed > 0)
+            if usable.size == 0:
+                j = len(self.bounds) - 1
+            else:
+                err = np.abs(np.log(exceed[usable]) - math.log(1.0 - q))
+                j = int(usable[int(np.argmin(err))])
             self.thresholds[i] = float(self.bounds[j])
             self.index[i] = j
             self.active[i] = True

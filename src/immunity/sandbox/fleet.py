@@ -168,7 +168,7 @@ def immunity_yaml(app: str, servers: dict[str, int]) -> str:
     )
     return f"""\
 # Written by `immunity sandbox up`: deploy to this local fleet with
-#   immunity deploy -c immunity.yaml <release>
+#   immunity deploy -c immunity.yaml --release <name>
 app: {app}
 hosts:
 {hosts}
@@ -196,7 +196,7 @@ checks:
   - name: error-rate-guard
     signal: lb
     kind: error_rate_max
-    max: 5%
+    max: 2%
 waves: [1, "50%", "100%"]
 max_unavailable: 1
 warmup:
@@ -204,8 +204,11 @@ warmup:
   consecutive: 5
   latency_bar: 100ms
 bake:
-  min: 10s
-  max: 60s
+  min: 20s
+  max: 90s
+judge:
+  # A canary proven under 0.5% 5xx passes even when the baseline has no errors at all.
+  error_floor: 0.5%
 journal:
   path: journal.db
 """

@@ -151,17 +151,29 @@ class HAProxySource:
         access_log: str | None = None
         """JSON access log written by HAProxy (see the module docstring for the format)."""
         latency_bounds_ms: list[float] = Field(
+            # Fine at the low end: a fast app's p50 and p90 must fall in different buckets
+            # or a latency threshold snapped to a bound says nothing.
             default_factory=lambda: [
+                1.0,
+                2.0,
+                3.0,
+                4.0,
                 5.0,
+                7.0,
                 10.0,
-                25.0,
+                15.0,
+                20.0,
+                30.0,
                 50.0,
+                75.0,
                 100.0,
+                150.0,
                 250.0,
                 500.0,
                 1000.0,
                 2500.0,
                 5000.0,
+                10000.0,
             ]
         )
         retention: Duration = 900.0
