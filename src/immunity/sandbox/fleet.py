@@ -193,6 +193,14 @@ checks:
   - name: latency
     signal: lb
     kind: latency
+    # p99 needs ~2,500 baseline requests to freeze and many more to certify: at sandbox
+    # traffic it is watched by the absolute guard below instead
+    quantiles: [0.5, 0.9]
+  - name: p99-guard
+    signal: lb
+    kind: latency_max
+    quantile: 0.99
+    max: 250
   - name: error-rate-guard
     signal: lb
     kind: error_rate_max
