@@ -47,6 +47,7 @@ EXIT = {
     "held": 6,
     "interrupted": 130,
     "terminated": 143,
+    "superseded": 5,
     "failed": 1,
 }
 
@@ -228,19 +229,25 @@ class Deployment:
             fallbacks=fallbacks,
         )
         try:
-            async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
-                switcher = HostSwitcher(fleet, rec, self.capacity, http)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._heartbeat, lease)
-                    if self.handle_signals:
-                        tg.start_soon(self._signals, rec)
-                    try:
-                        await self._body(rec, switcher, fallbacks, result, resume, abort, started)
-                    finally:
-                        tg.cancel_scope.cancel()
+            try:
+                async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
+                    switcher = HostSwitcher(fleet, rec, self.capacity, http)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._heartbeat, lease)
+                        if self.handle_signals:
+                            tg.start_soon(self._signals, rec)
+                        try:
+                            await self._body(
+                                rec, switcher, fallbacks, result, resume, abort, started
+                            )
+                        finally:
+                            tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # A task group wraps what its tasks raised; surface our own error as itself.
+                raise _first_immunity_error(group) from group
         except LeaseLost as exc:
             # Someone took over (resume with a newer token): change nothing more.
-            result.outcome = "failed"
+            result.outcome = "superseded"
             result.reason = exc.message
             result.finished_at = utcnow()
             return result
@@ -253,18 +260,16 @@ class Deployment:
         journal.release_lease(lease)
         return result
 
-    def _lease(
-        self, deployment_id: str, *, takeover: bool, on_held_finish: str | None = None
-    ) -> Lease:
+    def _lease(self, deployment_id: str, *, takeover: bool) -> Lease:
         cfg = self.fleet.config
-        try:
-            return self.fleet.journal.acquire_lease(
-                self.fleet.app, holder_name(), deployment_id, cfg.lease_ttl, takeover=takeover
-            )
-        except ImmunityError as exc:
-            if on_held_finish:
-                self.fleet.journal.finish(on_held_finish, "rejected", exc.message, {})
-            raise
+        return self.fleet.journal.acquire_lease(
+            self.fleet.app,
+            holder_name(),
+            deployment_id,
+            cfg.lease_ttl,
+            takeover=takeover,
+            holder_dead=self.holder_dead,
+        )
 
     async def _heartbeat(self, lease: Lease) -> None:
         every = max(0.5, self.fleet.config.lease_ttl / 3)
@@ -530,6 +535,17 @@ class Deployment:
             detected_after_s=result.detected_after_s,
             reverted_after_s=result.reverted_after_s,
         )
+
+
+def _first_immunity_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_immunity_error(exc)
+            if isinstance(found, ImmunityError):
+                return found
+        elif isinstance(exc, ImmunityError):
+            return exc
+    return group
 
 
 def _last_reason(entries: Sequence[Any]) -> str | None:

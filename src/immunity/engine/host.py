@@ -68,15 +68,23 @@ class HostSwitcher:
             await lb.enable(host)
             await lb.wait_healthy(host)
 
+        # A host already running `release` (a revert of a host whose switch failed before
+        # it was stopped, a resume after the start step) only needs to be proven healthy and
+        # put back: draining it again could wait on the very request that made it fail.
+        try:
+            running = await drv.active_release(host)
+        except ImmunityError:
+            running = None
         steps: list[tuple[str, float, Callable[[], Awaitable[None]]]] = []
-        if self.do_drain:
-            steps.append(("drain", t.drain, drain))
-        steps += [
-            ("stop", t.stop, lambda: drv.stop(host)),
-            ("install", t.install, lambda: drv.install(host, release)),
-            ("start", t.start, lambda: drv.start(host, release)),
-            ("verify", t.verify, lambda: self.verify(host)),
-        ]
+        if running != release:
+            if self.do_drain:
+                steps.append(("drain", t.drain, drain))
+            steps += [
+                ("stop", t.stop, lambda: drv.stop(host)),
+                ("install", t.install, lambda: drv.install(host, release)),
+                ("start", t.start, lambda: drv.start(host, release)),
+            ]
+        steps.append(("verify", t.verify, lambda: self.verify(host)))
         if self.do_warmup:
             steps.append(("warmup", cfg.warmup.timeout, lambda: self.warm_up(host)))
         if self.do_drain:

@@ -244,6 +244,7 @@ class SqliteJournal:
                 token = int(row[2]) + 1
                 live = (
                     not row[6]
+                    and not holder_dead
                     and (now - dt.datetime.fromisoformat(row[5])).total_seconds() < row[3]
                 )
                 if not row[6] and (live or not takeover):
