@@ -1,8 +1,7 @@
 """Access logs in Elasticsearch as a signal (`kind: elasticsearch`).
 
 Speaks the Elasticsearch REST API through the official async client (`AsyncElasticsearch`,
-elasticsearch-py; its major version must match the cluster's: client 9 for Elasticsearch 9,
-pin ``elasticsearch<9`` for an 8.x cluster). Calls used: ``GET /`` and ``HEAD /<index>`` and
+elasticsearch-py 8.x, which speaks to Elasticsearch 8 and, by REST compatibility, 9). Calls used: ``GET /`` and ``HEAD /<index>`` and
 ``GET /<index>/_mapping`` at preflight, then one ``POST /<index>/_search`` per look.
 
 Assumes one document per request (IIS, HAProxy, nginx access logs shipped by Filebeat,
