@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 import yaml
@@ -70,6 +72,24 @@ class Sandbox:
         r = self.run("status", "-c", str(config or self.config), "--json")
         assert r.returncode == 0, r.stderr
         return dict(json.loads(r.stdout))
+
+    def releases_served(self) -> dict[str, str | None]:
+        """What each host's own process says it runs (header of a direct /health request)."""
+        info = sandbox.read_info(self.dir)
+        out: dict[str, str | None] = {}
+        for name, port in info.host_ports.items():
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2.0)
+                out[name] = r.headers.get("X-Immunity-Release")
+            except httpx.HTTPError:
+                out[name] = None
+        return out
+
+    def lease_held(self, journal: str = "journal.db") -> bool:
+        """Whether the journal holds an unreleased lease (read straight from the file)."""
+        with sqlite3.connect(self.dir / journal) as db:
+            rows = db.execute("SELECT released FROM leases").fetchall()
+        return any(not r[0] for r in rows)
 
     def servers_state(self) -> dict[str, int]:
         """HAProxy's own view: server name -> srv_admin_state (0 ready, 1 maint, 8 drain)."""

@@ -68,10 +68,14 @@ def test_a_bad_release_is_reverted_on_every_host_with_exit_3(fleet3: Sandbox) ->
     assert history["deployments"][-1]["outcome"] == "reverted"
 
 
-def test_a_release_that_never_warms_up_is_reverted_with_the_failed_step_as_reason(fleet3: Sandbox) -> None:
+def test_a_release_that_never_warms_up_is_reverted_with_the_failed_step_as_reason(
+    fleet3: Sandbox,
+) -> None:
     """A release answering only 500s fails its warm-up; the host goes back to v1, exit 3."""
     ensure_on(fleet3, "v1")
-    cfg = fleet3.write_config("broken.yaml", **{**FAST, "warmup": {**FAST["warmup"], "timeout": "3s"}})
+    cfg = fleet3.write_config(
+        "broken.yaml", **{**FAST, "warmup": {**FAST["warmup"], "timeout": "3s"}}
+    )
     r = fleet3.run("deploy", "-c", str(cfg), "--release", "broken", "--json", "-")
     assert 3 == r.returncode, r.stdout + r.stderr[-2000:]
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])

@@ -32,6 +32,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from immunity.bench import DEFAULT_SEED
 from immunity.bench.generate import HEADER, ClassSpec, build, default_classes
 from immunity.bench.references import fixed_threshold, mann_whitney
 from immunity.bench.scenarios import Header, Scenario, read_scenarios, write_scenarios
@@ -41,7 +42,6 @@ from immunity.judge import build_judge, combine
 
 JUDGES = ("immunity", "fixed-threshold", "mann-whitney")
 MIN_BAKE_S = 120.0
-DEFAULT_SEED = 20261126
 CHUNK = 10
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from immunity.bench.judge import DEFAULT_SEED, render, run
+from immunity.bench import DEFAULT_SEED
 from immunity.errors import ImmunityError
 
 app = typer.Typer(no_args_is_help=True)
@@ -45,6 +45,8 @@ def judge(
     ] = None,
 ) -> None:
     """Replay labelled releases through immunity's judge and two reference judges."""
+    from immunity.bench.judge import render, run  # numpy and scipy load only when asked
+
     console = Console()
     if scenarios is not None and write_scenarios is not None:
         console.print("[red]error[/]: --write-scenarios writes the generated set; drop --scenarios")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import typer
@@ -19,10 +19,14 @@ import typer
 from immunity import config as cfgmod
 from immunity.cli import output
 from immunity.cli.output import err, out, show_error, write_json
-from immunity.engine import ops
-from immunity.engine.context import Fleet, build_fleet
-from immunity.engine.deployment import Deployment, DeployResult
 from immunity.errors import ImmunityError
+
+if TYPE_CHECKING:
+    from immunity.engine.context import Fleet
+    from immunity.engine.deployment import DeployResult
+
+# The engine (numpy, scipy, httpx) is imported inside the commands that need it, so that
+# `--help` and `config validate` start fast.
 
 app = typer.Typer(
     name="immunity",
@@ -49,6 +53,9 @@ def _setup_logging() -> None:
 
 def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
     """Load the config, build the fleet, run `fn`, close everything; map errors to exits."""
+
+    from immunity.engine.context import build_fleet
+
     try:
         loaded = cfgmod.load(path)
         fleet = build_fleet(loaded)
@@ -120,6 +127,8 @@ def deploy(
     """Roll RELEASE over the fleet, wave by wave; revert the whole fleet when it is worse."""
     _setup_logging()
 
+    from immunity.engine.deployment import Deployment
+
     async def run(fleet: Fleet) -> DeployResult:
         table = output.HostTable([h.name for h in fleet.hosts], release, live and err.is_terminal)
         fleet.sinks.append(table)
@@ -137,6 +146,7 @@ def resume(
 ) -> None:
     """Finish (or with --abort undo) a deployment whose orchestrator died."""
     _setup_logging()
+    from immunity.engine import ops
 
     async def run(fleet: Fleet) -> DeployResult:
         table = output.HostTable([h.name for h in fleet.hosts], "resume", err.is_terminal)
@@ -151,6 +161,7 @@ def resume(
 def rollback(config: ConfigOpt, json_out: JsonOpt = None) -> None:
     """Walk every host back to its previous release, by the same drain/switch/warm-up."""
     _setup_logging()
+    from immunity.engine import ops
 
     async def run(fleet: Fleet) -> DeployResult:
         table = output.HostTable([h.name for h in fleet.hosts], "rollback", err.is_terminal)
@@ -167,6 +178,8 @@ def status(
     json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Ask the hosts and the balancer (not only the journal) what each host serves."""
+    from immunity.engine import ops
+
     data: dict[str, Any] = _with_fleet(config, ops.status)
     if json_flag:
         write_json(data, "-")
@@ -202,6 +215,7 @@ def history(
     json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every deployment with its outcome and reason, and the deploy figures over time."""
+    from immunity.engine import ops
 
     async def run(fleet: Fleet) -> dict[str, Any]:
         return ops.history(fleet)

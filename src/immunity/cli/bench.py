@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from immunity.bench.judge_cli import app as judge_app
 from immunity.cli.output import out, write_json
 
 bench_app = typer.Typer(no_args_is_help=True)
@@ -26,10 +27,4 @@ def rollout(
     write_json(result, json_out)
 
 
-try:
-    from immunity.bench.judge_cli import app as judge_app
-
-    for cmd in judge_app.registered_commands:
-        bench_app.registered_commands.append(cmd)
-except ImportError:  # pragma: no cover - the judge bench lands separately
-    pass
+bench_app.registered_commands.extend(judge_app.registered_commands)

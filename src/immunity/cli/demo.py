@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
@@ -19,14 +19,16 @@ from rich.table import Table
 
 from immunity import config as cfgmod
 from immunity.cli.output import HostTable, err, out, show_error
-from immunity.engine.context import build_fleet
-from immunity.engine.deployment import Deployment, DeployResult
 from immunity.errors import ImmunityError
-from immunity.sandbox import fleet as sandbox
-from immunity.sandbox.scenario import LoadProcess, phase
+
+if TYPE_CHECKING:
+    from immunity.engine.deployment import DeployResult
 
 
 def _deploy(config: Path, release: str) -> DeployResult:
+    from immunity.engine.context import build_fleet
+    from immunity.engine.deployment import Deployment
+
     loaded = cfgmod.load(config)
     fl = build_fleet(loaded)
 
@@ -53,6 +55,9 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Leave the sandbox running afterwards.")] = False,
 ) -> None:
     """Deploy a good release and a bad one on a local fleet under load; show what customers saw."""
+    from immunity.sandbox import fleet as sandbox
+    from immunity.sandbox.scenario import LoadProcess, phase
+
     d = Path(tempfile.mkdtemp(prefix="immunity-demo-"))
     out.print(
         f"[bold]immunity demo[/]: {hosts} hosts behind HAProxy in {d}, {rps:g} customer req/s"

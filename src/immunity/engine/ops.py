@@ -147,21 +147,26 @@ async def resume(fleet: Fleet, *, abort: bool = False) -> DeployResult:
 
 
 async def rollback(fleet: Fleet) -> DeployResult:
-    """Walk every host back to its previous release, by the same switch."""
+    """Walk every host back to its previous release, by the same switch.
+
+    A host's previous release is the one it ran before the last deployment (its fallback
+    there; after a rollback, the release it ran before that rollback). Hosts already on it
+    stay as they are. Without a journal record, the host's previously installed release.
+    """
     cfg = fleet.config
     record = last_deployment(fleet)
     actives = {h.name: await fleet.driver.active_release(h) for h in fleet.hosts}
     targets: dict[str, str] = {}
-    prev_fallbacks = dict(record.data.get("fallbacks", {})) if record else {}
-    for h in fleet.hosts:
-        fb = prev_fallbacks.get(h.name)
-        if not fb or fb == actives[h.name]:
+    if record is not None:
+        key = "previous" if record.data.get("rollback") else "fallbacks"
+        targets = {k: str(v) for k, v in dict(record.data.get(key, {})).items() if v}
+    else:
+        for h in fleet.hosts:
             installed = [
                 r for r in await fleet.driver.installed_releases(h) if r != actives[h.name]
             ]
-            fb = installed[-1] if installed else None
-        if fb:
-            targets[h.name] = fb
+            if installed:
+                targets[h.name] = installed[-1]
     if not targets:
         raise NothingToResume("no host has a previous release to roll back to")
     current = next((r for r in actives.values() if r), "unknown")
@@ -170,7 +175,7 @@ async def rollback(fleet: Fleet) -> DeployResult:
     rec_row = fleet.journal.begin(
         fleet.app,
         f"rollback:{current}",
-        {"fallbacks": targets, "rollback": True},
+        {"fallbacks": targets, "rollback": True, "previous": actives},
         deployment_id=deployment_id,
     )
     rec = Recorder(fleet, rec_row.id, current, lease.token)
