@@ -129,7 +129,10 @@ def fleet3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield Sandbox(d, info.url, info.config_path)
     finally:
         left = sandbox.teardown(d)
-        assert [p for p in left if _alive(p)] == []
+        deadline = time.monotonic() + 10
+        while [p for p in left if _alive(p)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [] == [p for p in left if _alive(p)]
 
 
 def _alive(pid: int) -> bool:

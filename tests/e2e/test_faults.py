@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from e2e_helpers import FAST, Load, Sandbox
 
@@ -185,3 +188,55 @@ def test_the_runtime_socket_gone_for_seconds_mid_deploy_is_survived(loaded: Sand
     out, err = p.communicate(timeout=240)
     assert p.returncode in (0, 3), out + err[-1500:]
     assert_whole(loaded, cfg, new if p.returncode == 0 else old)
+
+
+def test_a_drain_that_never_finishes_puts_the_host_back_and_reverts(loaded: Sandbox) -> None:
+    """Slow requests keep h1 busy past timeouts.drain: h1 goes back in the pool, exit 3, none killed."""
+    cfg = loaded.write_config(
+        "faults-drain.yaml", **{**FAST, "checks": [], "timeouts": {"drain": "1s"}}
+    )
+    old = current(loaded, cfg)
+    new = "v2" if old != "v2" else "v1"
+    codes: list[int] = []
+
+    def slow() -> None:
+        r = httpx.get(f"{loaded.url}/slow?ms=8000", timeout=30)
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=slow) for _ in range(9)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # every server now has slow requests in flight
+    r = loaded.run("deploy", "-c", str(cfg), "--release", new, "--json", "-")
+    for t in threads:
+        t.join(30)
+    assert 3 == r.returncode, r.stdout + r.stderr[-1500:]
+    result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    assert "drain did not finish" in result["reason"]
+    assert [200] * 9 == codes  # draining never cut a customer's request
+    assert_whole(loaded, cfg, old)
+
+
+def test_a_journal_that_cannot_be_written_stops_the_deployment_with_exit_4(loaded: Sandbox) -> None:
+    """The journal's table vanishes mid-bake: immunity changes nothing more and exits 4."""
+    cfg = loaded.write_config(
+        "faults-journal.yaml",
+        **{**FAST, "checks": [], "bake": {"min": "6s"}, "journal": {"path": "journal-broken.db"}},
+    )
+    old = current(loaded, cfg)
+    new = "v2" if old != "v2" else "v1"
+    p = loaded.start("deploy", "-c", str(cfg), "--release", new)
+    deadline = time.monotonic() + 60
+    while loaded.releases_served()["h1"] != new or loaded.servers_state()["h1"] != 0:
+        assert time.monotonic() < deadline, "h1 never served the new release"
+        time.sleep(0.05)
+    with sqlite3.connect(loaded.dir / "journal-broken.db") as db:
+        db.execute("DROP TABLE entries")
+    out, err = p.communicate(timeout=120)
+    assert 4 == p.returncode, out + err[-1500:]
+    assert "journal" in err
+    # nothing more was changed: h1 on the new release, the others untouched, all serving
+    assert {"h1": new, "h2": old, "h3": old} == loaded.releases_served()
+    assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state()
+    r = loaded.run("deploy", "-c", str(plain(loaded)), "--release", old)
+    assert 0 == r.returncode, r.stdout + r.stderr[-1500:]

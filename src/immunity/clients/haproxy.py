@@ -26,6 +26,7 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential_jitter,
 )
 
@@ -105,16 +106,25 @@ class HAProxyClient:
         *,
         timeout: float = 5.0,
         attempts: int = 3,
+        retry_for: float = 0.0,
     ) -> None:
+        """`attempts` bounds the retries of one command; with `retry_for` > 0 they go on
+        instead until that many seconds have passed (a balancer restarting, a socket briefly
+        gone), so one blip does not fail a deployment step."""
         self.socket_path = str(socket_path)
         self.timeout = timeout
         self.attempts = attempts
+        self.retry_for = retry_for
 
     async def command(self, line: str, *, host: str | None = None) -> str:
         """Send one command and return its whole answer. Retries transient socket errors."""
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.attempts),
+                stop=(
+                    stop_after_delay(self.retry_for)
+                    if self.retry_for > 0
+                    else stop_after_attempt(self.attempts)
+                ),
                 wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.1),
                 retry=retry_if_exception_type(_Transient),
                 reraise=True,
@@ -128,7 +138,12 @@ class HAProxyClient:
                 what = cause.strerror
             raise BalancerError(
                 f"HAProxy runtime API at {self.socket_path} did not answer {line.split()[0]!r}"
-                f" after {self.attempts} attempts: {what}",
+                + (
+                    f" for {self.retry_for:g}s"
+                    if self.retry_for > 0
+                    else f" after {self.attempts} attempts"
+                )
+                + f": {what}",
                 adapter=ADAPTER,
                 host=host,
                 hint="is HAProxy running with `stats socket ... level admin` at that path?",

@@ -65,25 +65,26 @@ async def immune_response(
     failed: list[str] = []
     deadline = fleet.config.timeouts.revert
     with anyio.CancelScope(shield=True):
-        targets = await hosts_to_revert(fleet, release, fallbacks, all_hosts=all_hosts)
-        rec.record(
-            "immune.started",
-            f"reverting {len(targets)} host(s): {reason}",
-            hosts=[h.name for h in targets],
-            reason=reason,
-        )
-        pending = {h.name for h in targets}
-
-        async def revert_one(h: HostRef) -> None:
-            try:
-                await switcher.switch(h, fallbacks[h.name], purpose="revert", shield=False)
-                pending.discard(h.name)
-            except ImmunityError as exc:
-                log.error("revert of %s failed: %s", h.name, exc)
-                failed.append(h.name)
-                pending.discard(h.name)
-
+        pending = set(fallbacks)  # unknown until the hosts and the balancer have answered
         with anyio.move_on_after(deadline) as scope:
+            targets = await _targets(fleet, rec, release, fallbacks, all_hosts=all_hosts)
+            pending = {h.name for h in targets}
+            rec.record(
+                "immune.started",
+                f"reverting {len(targets)} host(s): {reason}",
+                hosts=[h.name for h in targets],
+                reason=reason,
+            )
+
+            async def revert_one(h: HostRef) -> None:
+                try:
+                    await switcher.switch(h, fallbacks[h.name], purpose="revert", shield=False)
+                    pending.discard(h.name)
+                except ImmunityError as exc:
+                    log.error("revert of %s failed: %s", h.name, exc)
+                    failed.append(h.name)
+                    pending.discard(h.name)
+
             async with anyio.create_task_group() as tg:
                 for h in targets:
                     tg.start_soon(revert_one, h)
@@ -95,3 +96,21 @@ async def immune_response(
                 hosts=sorted(pending),
             )
     return failed
+
+
+async def _targets(
+    fleet: Fleet, rec: Recorder, release: str, fallbacks: Mapping[str, str], *, all_hosts: bool
+) -> list[HostRef]:
+    """`hosts_to_revert`, asked again with backoff while the hosts or the balancer do not
+    answer: the revert must not give up on a blip (the caller's deadline bounds it)."""
+    delay = 0.2
+    told = False
+    while True:
+        try:
+            return await hosts_to_revert(fleet, release, fallbacks, all_hosts=all_hosts)
+        except ImmunityError as exc:
+            if not told:
+                rec.record("immune.waiting", f"cannot read the fleet yet: {exc.message}")
+                told = True
+            await anyio.sleep(delay)
+            delay = min(2.0, delay * 2)

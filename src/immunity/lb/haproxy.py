@@ -66,12 +66,17 @@ class HAProxyPool:
         poll_interval: Duration = 0.1
         timeout: Duration = 5.0
         """Per-command socket timeout."""
+        retry_for: Duration = 10.0
+        """How long one command is retried while the socket does not answer (a reload, a
+        blip); the step's own deadline still bounds it."""
 
     def __init__(self, settings: HAProxyPool.Settings, *, base_dir: Path) -> None:
         self.settings = settings
         self.backend = settings.backend
         self.client = HAProxyClient(
-            resolve_path(base_dir, settings.socket), timeout=settings.timeout
+            resolve_path(base_dir, settings.socket),
+            timeout=settings.timeout,
+            retry_for=settings.retry_for,
         )
 
     async def _stat(self, host: HostRef) -> ServerStat:

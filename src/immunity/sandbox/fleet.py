@@ -156,7 +156,7 @@ def haproxy_config(socket_path: Path, port: int, servers: dict[str, int]) -> str
         "    balance roundrobin",
         "    option httpchk GET /health",
         "    http-check expect status 200",
-        "    default-server check inter 500ms fall 2 rise 1 weight 100",
+        "    default-server check inter 250ms fall 2 rise 1 weight 100",
     ]
     lines += [f"    server {name} 127.0.0.1:{p}" for name, p in servers.items()]
     return "\n".join(lines) + "\n"

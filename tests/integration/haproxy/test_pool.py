@@ -19,8 +19,9 @@ pytestmark = pytest.mark.anyio
 DRAIN, MAINT = 0x08, 0x01
 
 
-def pool(hx: Fleet, socket: str = "haproxy/admin.sock") -> HAProxyPool:
-    return HAProxyPool(HAProxyPool.Settings(socket=socket, poll_interval=0.05), base_dir=hx.dir)
+def pool(hx: Fleet, socket: str = "haproxy/admin.sock", retry_for: float = 10.0) -> HAProxyPool:
+    settings = HAProxyPool.Settings(socket=socket, poll_interval=0.05, retry_for=retry_for)
+    return HAProxyPool(settings, base_dir=hx.dir)
 
 
 async def test_drain_sets_the_server_to_drain(hx: Fleet) -> None:
@@ -119,9 +120,25 @@ async def test_unknown_server_is_an_error(hx: Fleet) -> None:
     await lb.preflight(hx.hosts)
 
 
+async def test_a_socket_gone_for_a_moment_is_retried_until_it_is_back(hx: Fleet) -> None:
+    """The runtime socket renamed away for 1 s: a command issued meanwhile still succeeds."""
+    sock = hx.dir / "haproxy" / "admin.sock"
+    hidden = sock.with_name("admin.sock.away")
+    sock.rename(hidden)
+
+    async def put_back() -> None:
+        await anyio.sleep(1.0)
+        hidden.rename(sock)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(put_back)
+        members = await pool(hx).members(hx.hosts)
+    assert {h.name for h in hx.hosts} == set(members)
+
+
 async def test_dead_socket_is_a_balancer_error(hx: Fleet) -> None:
     """A socket nobody listens on maps to BalancerError (and PreflightError in preflight)."""
-    lb = pool(hx, socket="haproxy/nobody.sock")
+    lb = pool(hx, socket="haproxy/nobody.sock", retry_for=0.3)
     with pytest.raises(BalancerError) as info:
         await lb.members(hx.hosts)
     assert info.value.adapter == "haproxy"
