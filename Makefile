@@ -41,7 +41,7 @@ check: setup
 
 test: setup-test
 	scripts/check
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 test-quick: setup-test
 	$(VENV)/bin/pytest -q -m "not slow"

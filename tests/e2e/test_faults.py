@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -59,7 +59,9 @@ def assert_whole(sbx: Sandbox, cfg: Path, release: str) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_sigkill_at_every_step_of_a_deployment_then_resume_finishes_it(loaded: Sandbox) -> None:
+def test_sigkill_at_every_step_of_a_deployment_then_resume_finishes_it(
+    loaded: Sandbox, record_property: Callable[[str, object], None]
+) -> None:
     """Killed right after each of the 21 step starts of a 3-host deploy, `resume` completes it."""
     cfg = loaded.write_config(
         "faults-sweep.yaml", **{**FAST, "checks": [], "bake": {"min": "0s", "interval": "200ms"}}
@@ -86,16 +88,18 @@ def test_sigkill_at_every_step_of_a_deployment_then_resume_finishes_it(loaded: S
         release = new
         covered += 1
     assert_whole(loaded, cfg, release)  # and `status` agrees with the journal
-    print(f"deployment kill points covered: {covered}")
+    record_property("kill points covered (deployment)", covered)
     assert covered == 3 * STEPS_PER_HOST
 
 
-def test_sigkill_at_every_step_of_a_revert_then_resume_finishes_the_revert(loaded: Sandbox) -> None:
+def test_sigkill_at_every_step_of_a_revert_then_resume_finishes_the_revert(
+    loaded: Sandbox, record_property: Callable[[str, object], None]
+) -> None:
     """Killed at each step of the immune response's revert walk, `resume` still reverts."""
     cfg = judged(loaded)
     covered = 0
+    old = current(loaded, cfg)
     for k in range(STEPS_PER_HOST + 1, 2 * STEPS_PER_HOST + 1):
-        old = current(loaded, cfg)
         r = loaded.run(
             "deploy",
             "-c",
@@ -107,9 +111,12 @@ def test_sigkill_at_every_step_of_a_revert_then_resume_finishes_the_revert(loade
         assert r.returncode == -9, (k, r.stdout, r.stderr[-1500:])
         r = loaded.run("resume", "-c", str(cfg))
         assert r.returncode == 3, (k, r.stdout, r.stderr[-1500:])
-        assert_whole(loaded, cfg, old)
+        assert {"h1": old, "h2": old, "h3": old} == loaded.releases_served(), k
+        assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state(), k
+        assert not loaded.lease_held(), k
         covered += 1
-    print(f"revert kill points covered: {covered}")
+    assert_whole(loaded, cfg, old)  # and `status` agrees with the journal
+    record_property("kill points covered (revert)", covered)
     assert covered == STEPS_PER_HOST
 
 
