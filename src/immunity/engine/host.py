@@ -105,7 +105,7 @@ class HostSwitcher:
         release: str,
         purpose: str,
         step: str,
-        timeout: float,
+        limit_s: float,
         action: Callable[[], Awaitable[None]],
     ) -> None:
         self.rec.record(
@@ -118,11 +118,11 @@ class HostSwitcher:
         )
         started = time.monotonic()
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(limit_s):
                 await action()
         except TimeoutError as exc:
             err = StepFailed(
-                f"{host.name}: {step} did not finish within {timeout:g}s",
+                f"{host.name}: {step} did not finish within {limit_s:g}s",
                 host=host.name,
                 step=step,
                 hint=f"raise timeouts.{step if step != 'warmup' else 'warmup.timeout'} or look at the host",

@@ -5,6 +5,7 @@ A notifier that fails is journaled (`notify.failed`) and never changes the outco
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -50,12 +51,10 @@ async def notify_all(
         except (ImmunityError, TimeoutError, OSError) as exc:
             msg = exc.message if isinstance(exc, ImmunityError) else type(exc).__name__
             log.warning("notifier %s failed: %s", n.name, msg)
-            try:
+            with contextlib.suppress(ImmunityError):  # the journal is failing too: keep going
                 rec.record(
                     "notify.failed", f"{n.name}: {msg}", notifier=n.name, event=kind, error=msg
                 )
-            except ImmunityError:
-                pass
 
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:
