@@ -77,12 +77,25 @@ def terminate_sync(pid: int, marker: str | Sequence[str], grace: float = 3.0) ->
     """SIGTERM `pid` if it is ours (per `marker`), SIGKILL after `grace` s, wait until gone."""
     if not process_matches(pid, marker):
         return
-    send_signal(pid, signal.SIGTERM)
+    try:
+        # Held from here on: psutil checks the process's start time before signalling, so a
+        # reused pid is never hit; and a process that is exiting (its command line already
+        # gone) is still waited for until it has really ended.
+        proc = psutil.Process(pid)
+        proc.terminate()
+    except psutil.NoSuchProcess:
+        return
     deadline = time.monotonic() + grace
-    while process_matches(pid, marker):
-        if time.monotonic() > deadline:
-            send_signal(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                _reap(pid)
+                return
+            if time.monotonic() > deadline:
+                proc.kill()
+                deadline = time.monotonic() + 30.0
+        except psutil.NoSuchProcess:
+            return
         time.sleep(0.02)
 
 
