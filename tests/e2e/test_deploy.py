@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -170,3 +172,46 @@ def test_rollback_walks_every_host_back_to_its_previous_release(fleet3: Sandbox)
     hosts = fleet3.status()["hosts"]
     assert [h["active_release"] for h in hosts] == ["v1"] * 3
     assert [h["lb_state"] for h in hosts] == ["serving"] * 3
+
+
+def test_secrets_reach_the_webhook_but_never_the_journal_the_result_or_the_output(
+    fleet3: Sandbox,
+) -> None:
+    """A webhook URL token and signing secret from ${ENV} are used, and written nowhere."""
+    received: list[tuple[str, str]] = []  # (path, event kind)
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, json.loads(body)["kind"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token, key = "tok-8f3a1c9e77", "key-5d2b60aa41"
+    try:
+        ensure_on(fleet3, "v1")
+        notify = [{"kind": "webhook", "url": "${IMM_HOOK_URL}", "secret": "${IMM_HOOK_KEY}"}]
+        cfg = fleet3.write_config("hook.yaml", **{**FAST, "checks": [], "notify": notify})
+        env = {
+            "IMM_HOOK_URL": f"http://127.0.0.1:{server.server_port}/hook?token={token}",
+            "IMM_HOOK_KEY": key,
+            "IMMUNITY_LOG": "DEBUG",
+        }
+        r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2", "--json", "hook.json", env=env)
+    finally:
+        server.shutdown()
+    assert 0 == r.returncode, r.stdout + r.stderr[-1500:]
+    assert [(f"/hook?token={token}", "deployment.succeeded")] == received
+    written = [
+        r.stdout,
+        r.stderr,
+        (fleet3.dir / "hook.json").read_text(),
+        *(p.read_bytes().decode("latin-1") for p in fleet3.dir.glob("journal.db*")),
+    ]
+    for text in written:
+        assert token not in text and key not in text

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,9 +215,3 @@ def resolve_path(base: Path, value: str) -> Path:
     """A path from the config, relative to the config file's folder."""
     p = Path(os.path.expanduser(value))
     return p if p.is_absolute() else (base / p)
-
-
-def redact(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy of a settings mapping with secret-looking fields hidden, for reports."""
-    secret = re.compile(r"(password|secret|token|key|url|webhook)", re.I)
-    return {k: ("***" if secret.search(k) and v else v) for k, v in mapping.items()}

@@ -282,23 +282,40 @@ def create_sandbox(
         )
 
     names = [f"h{i}" for i in range(1, hosts + 1)]
-    ports = (
-        free_ports(hosts + 1)
-        if base_port is None
-        else list(range(base_port, base_port + hosts + 1))
-    )
+    for key in ("releases", "hosts", "haproxy", "pids"):
+        p[key].mkdir(parents=True, exist_ok=True)
+    v1 = p["releases"] / "v1.json"
+    if not v1.is_file():
+        add_release(d, "v1")
+    # Free ports are picked by binding port 0 and letting go: another process may take one
+    # before our servers bind it. With picked ports a failed start is retried on new ones.
+    tries = 3 if base_port is None else 1
+    for attempt in range(1, tries + 1):
+        try:
+            return _start(d, p, names, app, base_port, v1, ready_timeout)
+        except (BalancerError, HostError):
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start(
+    d: Path,
+    p: dict[str, Path],
+    names: list[str],
+    app: str,
+    base_port: int | None,
+    v1: Path,
+    ready_timeout: float,
+) -> SandboxInfo:
+    n = len(names)
+    ports = free_ports(n + 1) if base_port is None else list(range(base_port, base_port + n + 1))
     lb_port, servers = ports[0], dict(zip(names, ports[1:], strict=True))
     busy = [str(q) for q in ports if port_open("127.0.0.1", q)]
     if busy:
         raise PreflightError(
             f"ports already in use: {', '.join(busy)}", hint="pick another --base-port"
         )
-
-    for key in ("releases", "hosts", "haproxy", "pids"):
-        p[key].mkdir(parents=True, exist_ok=True)
-    v1 = p["releases"] / "v1.json"
-    if not v1.is_file():
-        add_release(d, "v1")
     try:
         for name, port in servers.items():
             _start_host(d, name, port, v1)
