@@ -49,6 +49,10 @@ JsonOpt = Annotated[
 def _setup_logging() -> None:
     level = os.environ.get("IMMUNITY_LOG", "WARNING").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # HTTP client libraries log every request's full URL at INFO/DEBUG, and a webhook URL
+    # (Slack, Teams) or an Elasticsearch URL with credentials is a secret: keep them quiet.
+    for name in ("httpx", "httpcore", "urllib3", "elastic_transport", "requests_credssp"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
