@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -68,6 +69,15 @@ def test_a_bad_release_is_reverted_on_every_host_with_exit_3(fleet3: Sandbox) ->
     assert failing and failing[0]["numbers"]
     history = json.loads(fleet3.run("history", "-c", str(cfg), "--json").stdout)
     assert history["deployments"][-1]["outcome"] == "reverted"
+    # the journal itself holds the verdict with the numbers that decided it
+    with sqlite3.connect(fleet3.dir / "journal.db") as db:
+        row = db.execute(
+            "SELECT data FROM entries WHERE kind = 'verdict.failed' AND deployment_id = ?",
+            (result["deployment_id"],),
+        ).fetchone()
+    journaled = json.loads(row[0])["verdict"]
+    assert result["verdict"]["reason"] == journaled["reason"]
+    assert next(c for c in journaled["checks"] if c["outcome"] == "fail")["numbers"]
 
 
 def test_a_release_that_never_warms_up_is_reverted_with_the_failed_step_as_reason(
