@@ -225,3 +225,18 @@ def test_secrets_reach_the_webhook_but_never_the_journal_the_result_or_the_outpu
     ]
     for text in written:
         assert token not in text and key not in text
+
+
+def test_a_guard_rail_without_its_bar_is_rejected_before_anything_is_touched(
+    fleet3: Sandbox,
+) -> None:
+    """`error_rate_max` without `max` exits 2 at preflight, HAProxy's view unchanged."""
+    ensure_on(fleet3, "v1")
+    before = fleet3.servers_state()
+    checks = [{"name": "guard", "signal": "lb", "kind": "error_rate_max"}]
+    cfg = fleet3.write_config("nobar.yaml", **{**FAST, "checks": checks})
+    r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2")
+    assert 2 == r.returncode, r.stdout + r.stderr[-1500:]
+    assert "needs `max`" in r.stderr
+    assert before == fleet3.servers_state()
+    assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()

@@ -176,6 +176,10 @@ async def _observe_all(
             log.warning("signal %s failed: %s", name, exc)
             miss = Observation.missing(f"signal {name} failed: {exc.message}")
             out[name] = (miss, miss)
+        except Exception as exc:  # a third-party source's bug: no data, never a pass
+            log.exception("signal %s raised an unexpected error", name)
+            miss = Observation.missing(f"signal {name} failed: {type(exc).__name__}: {exc}")
+            out[name] = (miss, miss)
 
     async with anyio.create_task_group() as tg:
         for name in names:

@@ -36,6 +36,7 @@ from immunity.engine.record import Recorder
 from immunity.errors import ImmunityError, JournalError, LeaseLost, PreflightError, StepFailed
 from immunity.journal import new_deployment_id
 from immunity.journal.base import DeploymentRecord, Lease
+from immunity.judge import build_judge
 
 log = logging.getLogger("immunity.engine")
 
@@ -104,6 +105,9 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
 
     Raises PreflightError naming what to fix.
     """
+    cfg = fleet.config
+    for check in cfg.checks:  # a check the judge cannot build is a config error, found now
+        build_judge(check, cfg.judge, cfg.bake.min)
     for adapter in (fleet.lb, fleet.driver, *fleet.signals.values(), *fleet.notifiers):
         check = getattr(adapter, "preflight", None)
         if check is not None:
@@ -240,6 +244,13 @@ class Deployment:
                             await self._body(
                                 rec, switcher, fallbacks, result, resume, abort, started
                             )
+                        except (JournalError, LeaseLost):
+                            raise  # change nothing more
+                        except Exception as exc:
+                            # Could not go on (a bug, an adapter failing outside a step):
+                            # still leave the fleet on one release, then report the error.
+                            await self._safety_revert(rec, switcher, fallbacks, result, exc)
+                            raise
                         finally:
                             tg.cancel_scope.cancel()
             except BaseExceptionGroup as group:
@@ -313,8 +324,6 @@ class Deployment:
         if resume and (abort or "immune.started" in kinds or "verdict.failed" in kinds):
             reason = "resume --abort" if abort else _last_reason(entries) or "interrupted revert"
             await self._revert(rec, switcher, fallbacks, result, reason, time.monotonic(), None)
-            if result.outcome == "reverted" and abort:
-                result.outcome = "reverted"
             return
         passed_waves = {int(e.data.get("wave", -1)) for e in entries if e.kind == "wave.passed"}
         # hosts already serving the new release count as canaries (resume, re-run)
@@ -494,6 +503,28 @@ class Deployment:
         if errors and len(self.failed_hosts) > self.fleet.config.max_failed_hosts:
             return verdict, errors[0]
         return verdict, None
+
+    async def _safety_revert(
+        self,
+        rec: Recorder,
+        switcher: HostSwitcher,
+        fallbacks: dict[str, str],
+        result: DeployResult,
+        exc: Exception,
+    ) -> None:
+        log.error("deployment stopped by an error; reverting the fleet", exc_info=exc)
+        try:
+            await self._revert(
+                rec,
+                switcher,
+                fallbacks,
+                result,
+                f"stopped by an error: {exc}",
+                time.monotonic(),
+                None,
+            )
+        except Exception:
+            log.exception("the safety revert failed too")
 
     async def _revert(
         self,
