@@ -24,7 +24,6 @@ RANK = {
     "judge": 4,
     "notify": 4,
     "journal": 4,
-    "testing": 5,
     "engine": 6,
     "sandbox": 7,
     "bench": 8,
