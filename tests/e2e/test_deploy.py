@@ -240,3 +240,26 @@ def test_a_guard_rail_without_its_bar_is_rejected_before_anything_is_touched(
     assert "needs `max`" in r.stderr
     assert before == fleet3.servers_state()
     assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
+
+
+def test_a_revert_past_its_deadline_exits_4_naming_the_hosts_that_need_a_human(
+    fleet3: Sandbox,
+) -> None:
+    """With timeouts.revert too short to act, exit 4 names h1; `rollback` then mends the fleet."""
+    ensure_on(fleet3, "v1")
+    cfg = fleet3.write_config(
+        "norevert.yaml", **{**FAST, "timeouts": {"revert": "300ms"}, "waves": [1, "100%"]}
+    )
+    load = Load(fleet3, 60, "norevert-load.jsonl")
+    r = fleet3.run("deploy", "-c", str(cfg), "--release", "bad", "--json", "-")
+    load.stop()
+    assert 4 == r.returncode, r.stdout + r.stderr[-1500:]
+    result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    assert "revert_incomplete" == result["outcome"]
+    assert ["h1"] == result["needs_human"]
+    assert "a human is needed for h1" in r.stdout
+    assert "bad" == fleet3.releases_served()["h1"]
+    r = fleet3.run("rollback", "-c", str(plain(fleet3)))
+    assert 0 == r.returncode, r.stdout + r.stderr[-1500:]
+    assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
+    assert {0} == set(fleet3.servers_state().values())
