@@ -258,7 +258,7 @@ def test_a_revert_past_its_deadline_exits_4_naming_the_hosts_that_need_a_human(
     assert "revert_incomplete" == result["outcome"]
     assert ["h1"] == result["needs_human"]
     assert "a human is needed for h1" in r.stdout
-    assert "bad" == fleet3.releases_served()["h1"]
+    assert 0 != fleet3.servers_state()["h1"]  # left out of the pool mid-revert, as reported
     r = fleet3.run("rollback", "-c", str(plain(fleet3)))
     assert 0 == r.returncode, r.stdout + r.stderr[-1500:]
     assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
