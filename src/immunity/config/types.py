@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -40,5 +40,13 @@ def parse_fraction(v: Any) -> float:
     raise ValueError(f'expected a fraction in [0, 1] (0.05) or a percentage ("5%"), got {v!r}')
 
 
+def check_bounds(v: list[float]) -> list[float]:
+    """Latency histogram bucket bounds in ms: positive, sorted, without repeats."""
+    if not v or any(b <= 0 for b in v):
+        raise ValueError("expected a non-empty list of positive bucket bounds in ms")
+    return sorted(set(v))
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+LatencyBounds = Annotated[list[float], AfterValidator(check_bounds)]
 Fraction = Annotated[float, BeforeValidator(parse_fraction)]

@@ -47,7 +47,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from immunity.clients.aws import AwsAccess, AwsApi
-from immunity.config.types import Duration
+from immunity.config.types import Duration, LatencyBounds
 from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import PreflightError, SignalError
 
@@ -77,7 +77,7 @@ class CloudWatchSettings(AwsAccess):
     """How far back the window is shifted, so CloudWatch has published it."""
     latency_statistic: str = "p99"
     """TargetResponseTime statistic: a percentile (p99, p95, p99.9), Average or Maximum."""
-    latency_bounds_ms: list[float] = Field(
+    latency_bounds_ms: LatencyBounds = Field(
         default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]
     )
 
@@ -110,13 +110,6 @@ class CloudWatchSettings(AwsAccess):
         if not _STAT.match(v):
             raise ValueError("expected p99 (any pNN), Average, Maximum or Minimum")
         return v
-
-    @field_validator("latency_bounds_ms")
-    @classmethod
-    def _bounds(cls, v: list[float]) -> list[float]:
-        if not v or any(b <= 0 for b in v):
-            raise ValueError("expected a non-empty list of positive bucket bounds in ms")
-        return sorted(set(v))
 
 
 class _Period:

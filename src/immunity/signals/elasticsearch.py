@@ -51,7 +51,7 @@ from elasticsearch import (
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from immunity.config import resolve_path
-from immunity.config.types import Duration
+from immunity.config.types import Duration, LatencyBounds
 from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import ImmunityError, PreflightError, SignalError
 
@@ -104,7 +104,7 @@ class ElasticsearchSettings(BaseModel):
     """Exact-match filters, field -> value or list of values (e.g. application_name: shop)."""
     host_names: dict[str, str] = Field(default_factory=dict)
     """Host name in the config -> its value in host_field, when they differ."""
-    latency_bounds_ms: list[float] = Field(
+    latency_bounds_ms: LatencyBounds = Field(
         default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]
     )
     request_timeout: Duration = 10.0
@@ -117,13 +117,6 @@ class ElasticsearchSettings(BaseModel):
             if u.scheme not in ("http", "https") or not u.hostname:
                 raise ValueError("expected an http(s) URL such as https://es.example:9200")
         return v
-
-    @field_validator("latency_bounds_ms")
-    @classmethod
-    def _bounds(cls, v: list[float]) -> list[float]:
-        if not v or any(b <= 0 for b in v):
-            raise ValueError("expected a non-empty list of positive bucket bounds in ms")
-        return sorted(set(v))
 
     @model_validator(mode="after")
     def _auth(self) -> ElasticsearchSettings:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from immunity.clients.haproxy import HAProxyClient
 from immunity.config import resolve_path
-from immunity.config.types import Duration
+from immunity.config.types import Duration, LatencyBounds
 from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import BalancerError, PreflightError, SignalError
 
@@ -150,7 +150,7 @@ class HAProxySource:
         backend: str = "be_app"
         access_log: str | None = None
         """JSON access log written by HAProxy (see the module docstring for the format)."""
-        latency_bounds_ms: list[float] = Field(
+        latency_bounds_ms: LatencyBounds = Field(
             # Fine at the low end: a fast app's p50 and p90 must fall in different buckets
             # or a latency threshold snapped to a bound says nothing.
             default_factory=lambda: [
@@ -182,7 +182,7 @@ class HAProxySource:
     def __init__(self, settings: HAProxySource.Settings, *, base_dir: Path) -> None:
         self.settings = settings
         self.name = settings.name
-        self.bounds = sorted(settings.latency_bounds_ms)
+        self.bounds = list(settings.latency_bounds_ms)  # sorted by LatencyBounds
         self.tail = (
             LogTail(resolve_path(base_dir, settings.access_log), settings.retention)
             if settings.access_log
