@@ -8,7 +8,7 @@ VENV := .venv
 UV := $(VENV)/bin/uv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUNTIME := haproxy
-APT_TEST := haproxy openssh-server prometheus
+APT_TEST := haproxy openssh-server prometheus postgresql chromium tmux
 
 .PHONY: setup setup-test demo test test-quick check bench clean
 
@@ -26,7 +26,8 @@ apt-runtime:
 	@command -v haproxy >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_RUNTIME); }
 
 apt-test: apt-runtime
-	@{ command -v haproxy >/dev/null && [ -x /usr/sbin/sshd ] && command -v prometheus >/dev/null; } || \
+	@{ command -v haproxy >/dev/null && [ -x /usr/sbin/sshd ] && command -v prometheus >/dev/null && \
+	   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v chromium >/dev/null && command -v tmux >/dev/null; } || \
 	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_TEST); }
 
 setup: apt-runtime $(VENV)/.installed
