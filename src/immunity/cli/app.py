@@ -127,9 +127,25 @@ def deploy(
     release: Annotated[str, typer.Option("--release", "-r", help="Release to roll out.")],
     json_out: JsonOpt = None,
     live: Annotated[bool, typer.Option(help="Show the live host table.")] = True,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Preflight and print the whole plan; touch nothing (exit 0 or 2)."
+        ),
+    ] = False,
 ) -> None:
     """Roll RELEASE over the fleet, wave by wave; revert the whole fleet when it is worse."""
     _setup_logging()
+    if dry_run:
+        from immunity.engine.dryrun import dry_run as _dry_run
+
+        async def plan(fleet: Fleet) -> dict[str, Any]:
+            return await _dry_run(fleet, release)
+
+        data = _with_fleet(config, plan)
+        write_json(data, json_out)
+        output.print_plan(data)
+        return
 
     from immunity.engine.deployment import Deployment
 

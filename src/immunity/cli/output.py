@@ -128,3 +128,55 @@ class HostTable:
             err.print(
                 f"[dim]{event.at:%H:%M:%S}[/] {event.kind:<24} {event.message}", highlight=False
             )
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    """`deploy --dry-run`: the preflight's findings and the plan, wave by wave."""
+    out.print(
+        f"[bold]dry run[/]: {plan['app']} → {plan['release']} on {plan['hosts']} host(s); "
+        f"preflight passed, nothing was changed",
+        highlight=False,
+    )
+    fb = ", ".join(f"{h}={plan['active'].get(h)}→{r}" for h, r in plan["fallbacks"].items())
+    out.print(f"  now (host=active→fallback on revert): {fb}", highlight=False)
+    if plan["already_on_release"]:
+        out.print(
+            f"  already on {plan['release']} (skipped): {', '.join(plan['already_on_release'])}",
+            highlight=False,
+        )
+    out.print(
+        f"  capacity: at most {plan['max_unavailable']} host(s) out of the pool at once; "
+        f"never fewer than {plan['min_in_pool']} of {plan['hosts']} serving",
+        highlight=False,
+    )
+    t = Table(title="plan")
+    for col in ("wave", "hosts", "moments (out → in pool: canary/baseline)", "judged by"):
+        t.add_column(col, overflow="fold")
+    for w in plan["waves"]:
+        moments = "; ".join(
+            f"{','.join(m['out'])} out → {m['in_pool']}: {m['canary']}/{m['baseline']}"
+            for m in w["moments"]
+        )
+        judged = ", ".join(w["checks"]) or "nothing (no checks)"
+        if not w["relative"]:
+            judged += " (no baseline left: guard rails only)"
+        t.add_row(
+            f"wave {w['wave']}", ", ".join(w["hosts"]), moments or "nothing to switch", judged
+        )
+    out.print(t)
+    b = plan["bake"]
+    out.print(
+        f"  bake after each wave: min {b['min_s']:g}s, max {b['max_s']:g}s, a look every "
+        f"{b['interval_s']:g}s (window lags {b['lag_s']:g}s); inconclusive → "
+        f"{plan['on_inconclusive']}",
+        highlight=False,
+    )
+    for c in plan["checks"]:
+        limit = f" max {c['max']:g}" if c["max"] is not None else ""
+        out.print(
+            f"  check {c['name']} ({c['kind']}{limit}) on signal {c['signal']}: needs {c['needs']}",
+            markup=False,
+            highlight=False,
+        )
+    if not plan["checks"]:
+        out.print("  no checks: every wave passes after bake.min", highlight=False)

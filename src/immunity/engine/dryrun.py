@@ -1,0 +1,125 @@
+"""`deploy --dry-run`: preflight and the whole plan, touching nothing.
+
+The plan is what `Deployment.run` would do with the same config: the waves of
+`plan_waves`, each wave's hosts switched at most `max_unavailable` at a time, the bake
+(relative checks only while a baseline is left, guard rails alone on the last wave), and
+what each check needs from its signal. Nothing is journaled and no lease is taken; the
+preflight only reads (balancer members, each host's active release, the release's presence,
+every adapter's own read-only `preflight`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from immunity.engine.bake import GUARD_KINDS
+from immunity.engine.context import Fleet
+from immunity.engine.deployment import preflight
+from immunity.engine.plan import plan_waves
+
+NEEDS = {
+    "errors": "request and 5xx counts per cohort; a baseline (not judged on the last wave)",
+    "latency": "a latency histogram per cohort; a baseline (not judged on the last wave)",
+    "error_rate_max": "request and 5xx counts of the canary (guard rail, every wave)",
+    "latency_max": "a latency histogram of the canary (guard rail, every wave)",
+}
+
+
+def _baseline_requests_for(quantile: float) -> int:
+    """Baseline requests before a quantile's threshold can be set: about 25 above it.
+
+    A p99 needs ~2,500 requests (25 / (1 - 0.99)); a p50 needs 50.
+    """
+    return math.ceil(round(25 / (1.0 - quantile), 6))
+
+
+def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any]:
+    """The whole plan as data: `waves` (each with `hosts` and `moments`), `checks`, `bake`.
+
+    Each moment is one batch of at most `max_unavailable` hosts out of the pool at once:
+    `{"out": [...], "in_pool": int, "canary": int, "baseline": int}` (counts of hosts).
+    """
+    cfg = fleet.config
+    n = len(fleet.hosts)
+    waves = plan_waves(fleet.hosts, cfg.waves)
+    done = [h.name for h in fleet.hosts if fallbacks.get(h.name) is None]
+    out_waves: list[dict[str, Any]] = []
+    new = len(done)
+    for i, wave in enumerate(waves, start=1):
+        names = [h.name for h in wave]
+        todo = [h for h in names if h not in done]
+        moments = []
+        for k in range(0, len(todo), cfg.max_unavailable):
+            batch = todo[k : k + cfg.max_unavailable]
+            moments.append(
+                {
+                    "out": batch,
+                    "in_pool": n - len(batch),
+                    "canary": new,
+                    "baseline": n - len(batch) - new,
+                }
+            )
+            new += len(batch)
+        last = i == len(waves)
+        relative = not last and n - new > 0
+        judged = [c.name for c in cfg.checks if relative or c.kind in GUARD_KINDS]
+        out_waves.append(
+            {
+                "wave": i,
+                "hosts": names,
+                "moments": moments,
+                "after": {"canary": new, "baseline": n - new},
+                "relative": relative,
+                "checks": judged,
+            }
+        )
+    checks = []
+    for c in cfg.checks:
+        needs = NEEDS[c.kind]
+        if c.kind == "latency" and c.thresholds_ms is None:
+            q = max(c.quantiles)
+            needs += (
+                f"; thresholds from the baseline's quantiles {c.quantiles}: "
+                f"~{_baseline_requests_for(q)} baseline requests to set p{q * 100:g}"
+            )
+        checks.append(
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "signal": c.signal,
+                "max": c.max,
+                "needs": needs,
+            }
+        )
+    return {
+        "app": fleet.app,
+        "release": release,
+        "hosts": n,
+        "max_unavailable": cfg.max_unavailable,
+        "min_in_pool": n - min(cfg.max_unavailable, max(len(w) for w in waves)),
+        "fallbacks": fallbacks,
+        "already_on_release": done,
+        "waves": out_waves,
+        "bake": {
+            "min_s": cfg.bake.min,
+            "max_s": cfg.bake.max,
+            "interval_s": cfg.bake.interval,
+            "settle_s": cfg.bake.settle,
+            "lag_s": cfg.bake.lag,
+        },
+        "checks": checks,
+        "timeouts_s": cfg.timeouts.model_dump(),
+        "on_inconclusive": cfg.judge.on_inconclusive,
+    }
+
+
+async def dry_run(fleet: Fleet, release: str) -> dict[str, Any]:
+    """Preflight (raises PreflightError/ConfigError, exit 2) then the plan; changes nothing."""
+    fallbacks = await preflight(fleet, release)
+    actives = {h.name: await fleet.driver.active_release(h) for h in fleet.hosts}
+    # a host already on the release keeps its fallback for a revert but has nothing to switch
+    data = plan(fleet, release, {k: v for k, v in fallbacks.items() if actives.get(k) != release})
+    data["fallbacks"] = fallbacks
+    data["active"] = actives
+    return data

@@ -1,0 +1,38 @@
+"""`deploy --dry-run` on a 3-host sandbox: the plan is printed, nothing is touched."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from e2e_helpers import FAST, Sandbox
+
+
+def test_dry_run_prints_every_wave_and_leaves_the_balancer_and_journal_as_they_were(
+    fleet3: Sandbox,
+) -> None:
+    """Exit 0 with waves, capacity and checks; HAProxy's view, the hosts and the journal unchanged."""
+    cfg = fleet3.write_config("dry.yaml", **{**FAST, "waves": [1, 2, "100%"]})
+    before = (fleet3.servers_state(), fleet3.releases_served())
+    r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2", "--dry-run", "--json", "plan.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert before == (fleet3.servers_state(), fleet3.releases_served())
+    with sqlite3.connect(fleet3.dir / "journal.db") as db:
+        assert db.execute("SELECT count(*) FROM deployments").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+    plan = json.loads((fleet3.dir / "plan.json").read_text())
+    assert [w["hosts"] for w in plan["waves"]] == [["h1"], ["h2"], ["h3"]]
+    # one host out at a time: two hosts keep serving at every moment
+    assert [m["in_pool"] for w in plan["waves"] for m in w["moments"]] == [2, 2, 2]
+    assert [m["canary"] for w in plan["waves"] for m in w["moments"]] == [0, 1, 2]
+    assert [w["relative"] for w in plan["waves"]] == [True, True, False]
+    assert plan["waves"][2]["checks"] == ["error-rate-guard"]
+    for word in ("wave 1", "wave 3", "error-rate-guard", "never fewer than 2 of 3 serving"):
+        assert word in r.stdout
+
+
+def test_dry_run_of_an_unknown_release_exits_2(fleet3: Sandbox) -> None:
+    """The preflight of a dry run rejects what the deployment would reject, with exit 2."""
+    r = fleet3.run("deploy", "-c", str(fleet3.config), "--release", "v9", "--dry-run")
+    assert r.returncode == 2
+    assert "v9" in r.stderr
