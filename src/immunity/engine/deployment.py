@@ -266,7 +266,9 @@ class Deployment:
             raise
         result.finished_at = utcnow()
         result.hosts = host_steps(fleet.journal.entries(record.id), fleet.hosts)
-        journal.finish(record.id, result.outcome, result.reason, {"result": result.to_dict()})
+        journal.finish(
+            record.id, result.outcome, result.reason, {"result": result.to_dict()}, token=token
+        )
         await notify_all(fleet, rec, result.outcome, result.reason, result.to_dict())
         journal.release_lease(lease)
         return result

@@ -198,7 +198,9 @@ async def rollback(fleet: Fleet) -> DeployResult:
         result.needs_human = failed
     result.finished_at = utcnow()
     result.hosts = host_steps(fleet.journal.entries(rec_row.id), fleet.hosts)
-    fleet.journal.finish(rec_row.id, result.outcome, result.reason, {"result": result.to_dict()})
+    fleet.journal.finish(
+        rec_row.id, result.outcome, result.reason, {"result": result.to_dict()}, token=lease.token
+    )
     await notify_all(fleet, rec, result.outcome, result.reason, result.to_dict())
     fleet.journal.release_lease(lease)
     return result

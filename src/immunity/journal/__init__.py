@@ -20,10 +20,21 @@ __all__ = [
 
 
 def open_journal(path: Path, url: str | None = None) -> Journal:
-    """The journal a config names: a SQLite file, or (later) a shared PostgreSQL URL."""
+    """The journal a config names: a shared PostgreSQL database (`url`) or a SQLite file.
+
+    Raises ConfigError for a URL of another scheme, JournalError when it cannot be opened.
+    """
     if url:
+        scheme = url.split(":", 1)[0].lower()
+        if scheme in ("postgresql", "postgres"):
+            from immunity.journal.postgres import PostgresJournal
+
+            return PostgresJournal(url)
+        if scheme == "sqlite":
+            return SqliteJournal(url.split(":", 1)[1])
         raise ConfigError(
-            f"journal.url {url.split('@')[-1]!r}: a shared PostgreSQL journal is not available yet",
-            hint="remove journal.url to use the SQLite journal at journal.path",
+            f"journal.url: expected postgresql://USER@HOST:PORT/DB or sqlite:PATH, "
+            f"got a {scheme!r} URL",
+            hint="the password comes from ${ENV} in the URL, PGPASSWORD or ~/.pgpass",
         )
     return SqliteJournal(path)

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from immunity.errors import LeaseHeld
+
 
 @dataclass(frozen=True)
 class JournalEntry:
@@ -68,8 +70,17 @@ class Journal(Protocol):
     ) -> DeploymentRecord: ...
 
     def finish(
-        self, deployment_id: str, outcome: str, reason: str, data: Mapping[str, Any]
-    ) -> None: ...
+        self,
+        deployment_id: str,
+        outcome: str,
+        reason: str,
+        data: Mapping[str, Any],
+        *,
+        token: int | None = None,
+    ) -> None:
+        """Set the outcome (data merged into the record's). With `token`, refuse (LeaseLost)
+        when the lease moved on, so a stale process cannot rewrite how a deployment ended."""
+        ...
 
     def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]: ...
 
@@ -96,3 +107,39 @@ class Journal(Protocol):
     def current_lease(self, app: str) -> Lease | None: ...
 
     def close(self) -> None: ...
+
+
+def lease_held(
+    app: str,
+    holder: str | None,
+    deployment_id: str | None,
+    since: dt.datetime | None,
+    heartbeat_at: dt.datetime | None,
+    *,
+    live: bool,
+) -> LeaseHeld:
+    """The refusal every journal raises: who holds `app`'s lease, on which machine, since when.
+
+    `holder` is `machine:pid` (see `engine.context.holder_name`).
+    """
+    machine, _, pid = (holder or "?").rpartition(":")
+    who = f"pid {pid} on machine {machine}" if machine else f"holder {holder}"
+
+    def when(t: dt.datetime | None) -> str:
+        return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "?"
+
+    state = "and is heart-beating" if live else f"and stopped heart-beating at {when(heartbeat_at)}"
+    return LeaseHeld(
+        f"{app} is being deployed by another orchestrator: {who} holds the lease since "
+        f"{when(since)} (deployment {deployment_id}), {state}",
+        hint="wait for it to finish"
+        if live
+        else "run `immunity resume -c FILE` to finish or undo it",
+        context={
+            "holder": holder,
+            "machine": machine,
+            "pid": pid,
+            "deployment": deployment_id,
+            "since": since.isoformat() if since else None,
+        },
+    )

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from immunity.domain import utcnow
-from immunity.errors import JournalError, LeaseHeld, LeaseLost
-from immunity.journal.base import DeploymentRecord, JournalEntry, Lease
+from immunity.errors import JournalError, LeaseLost
+from immunity.journal.base import DeploymentRecord, JournalEntry, Lease, lease_held
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
@@ -136,9 +136,17 @@ class SqliteJournal:
         return rec
 
     def finish(
-        self, deployment_id: str, outcome: str, reason: str, data: Mapping[str, Any]
+        self,
+        deployment_id: str,
+        outcome: str,
+        reason: str,
+        data: Mapping[str, Any],
+        *,
+        token: int | None = None,
     ) -> None:
         with self._tx() as db:
+            if token is not None:
+                self._check_token(db, deployment_id, token, None)
             row = db.execute("SELECT data FROM deployments WHERE id=?", (deployment_id,)).fetchone()
             merged = {**json.loads(row[0] if row else "{}"), **dict(data)}
             db.execute(
@@ -186,21 +194,28 @@ class SqliteJournal:
         payload = json.dumps(dict(data or {}), default=str)
         with self._tx() as db:
             if token is not None:
-                row = db.execute(
-                    "SELECT token FROM leases WHERE deployment_id=? OR app=? ORDER BY token DESC LIMIT 1",
-                    (deployment_id, app or ""),
-                ).fetchone()
-                if row is None or int(row[0]) != token:
-                    raise LeaseLost(
-                        f"lease token {token} is stale (current {row[0] if row else 'none'}): "
-                        "another process took this deployment over; changing nothing more",
-                    )
+                self._check_token(db, deployment_id, token, app)
             cur = db.execute(
                 "INSERT INTO entries(deployment_id, at, kind, host, step, data) VALUES (?,?,?,?,?,?)",
                 (deployment_id, _ts(at), kind, host, step, payload),
             )
             seq = int(cur.lastrowid or 0)
         return JournalEntry(seq, deployment_id, at, kind, host, step, json.loads(payload))
+
+    @staticmethod
+    def _check_token(
+        db: sqlite3.Connection, deployment_id: str, token: int, app: str | None
+    ) -> None:
+        row = db.execute(
+            "SELECT token FROM leases WHERE deployment_id=? OR app=? "
+            "OR app=(SELECT app FROM deployments WHERE id=?) ORDER BY token DESC LIMIT 1",
+            (deployment_id, app or "", deployment_id),
+        ).fetchone()
+        if row is None or int(row[0]) != token:
+            raise LeaseLost(
+                f"lease token {token} is stale (current {row[0] if row else 'none'}): "
+                "another process took this deployment over; changing nothing more",
+            )
 
     def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
         rows = self._read(
@@ -248,18 +263,7 @@ class SqliteJournal:
                     and (now - dt.datetime.fromisoformat(row[5])).total_seconds() < row[3]
                 )
                 if not row[6] and (live or not takeover):
-                    since = row[4]
-                    state = "is heart-beating" if live else f"stopped heart-beating at {row[5]}"
-                    raise LeaseHeld(
-                        f"another deployment of {app} holds the lease: {row[0]} "
-                        f"(deployment {row[1]}) since {since}, and {state}",
-                        hint=(
-                            "wait for it to finish"
-                            if live
-                            else "run `immunity resume -c FILE` to finish or undo it"
-                        ),
-                        context={"holder": row[0], "deployment": row[1], "since": since},
-                    )
+                    raise lease_held(app, row[0], row[1], _parse(row[4]), _parse(row[5]), live=live)
             db.execute(
                 "INSERT INTO leases(app, holder, deployment_id, token, ttl_s, acquired_at, heartbeat_at, released) "
                 "VALUES (?,?,?,?,?,?,?,0) ON CONFLICT(app) DO UPDATE SET holder=excluded.holder, "
@@ -302,6 +306,51 @@ class SqliteJournal:
     def lease_ttl(self, app: str) -> float | None:
         rows = self._read("SELECT ttl_s FROM leases WHERE app=?", (app,))
         return float(rows[0][0]) if rows else None
+
+    def import_deployment(self, record: DeploymentRecord, entries: Sequence[JournalEntry]) -> int:
+        """Store `record` and those of its `entries` not stored yet; return how many were new.
+
+        Idempotent: the deployment row is upserted by id; entries (append-only, in order)
+        are copied from the first one this journal does not have yet.
+        """
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO deployments(id, app, release, started_at, finished_at, outcome, "
+                "reason, data) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "finished_at=excluded.finished_at, outcome=excluded.outcome, "
+                "reason=excluded.reason, data=excluded.data",
+                (
+                    record.id,
+                    record.app,
+                    record.release,
+                    _ts(record.started_at),
+                    _ts(record.finished_at) if record.finished_at else None,
+                    record.outcome,
+                    record.reason,
+                    json.dumps(dict(record.data), default=str),
+                ),
+            )
+            have = int(
+                db.execute(
+                    "SELECT count(*) FROM entries WHERE deployment_id=?", (record.id,)
+                ).fetchone()[0]
+            )
+            new = list(entries)[have:]
+            db.executemany(
+                "INSERT INTO entries(deployment_id, at, kind, host, step, data) VALUES (?,?,?,?,?,?)",
+                [
+                    (
+                        record.id,
+                        _ts(e.at),
+                        e.kind,
+                        e.host,
+                        e.step,
+                        json.dumps(dict(e.data), default=str),
+                    )
+                    for e in new
+                ],
+            )
+        return len(new)
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,561 @@
+"""PostgreSQL journal: one shared journal for many apps, teams and orchestrator machines.
+
+`AsyncPostgresJournal` speaks to the server through psycopg 3's `AsyncConnection`; every
+write is one short transaction, committed (`synchronous_commit=on`, the server default)
+before the call returns. `PostgresJournal` is the synchronous `Journal` the engine uses
+today: it runs the async journal on an event loop of its own thread, so the database is
+never waited for on the engine's loop's behalf beyond the call itself, and it moves over
+unchanged when the `Journal` protocol becomes async.
+
+Leases are rows of `leases`, one per app, with a fencing token that grows by one at every
+grant and a heartbeat stamped by the *server's* clock (`clock_timestamp()`), so orchestrators
+on machines whose clocks disagree still agree on who is live. Every write made with a token
+(`append`, `finish`, `heartbeat`) locks the app's lease row `FOR SHARE` and checks the token
+inside its own transaction: a grant to another process either commits before the write (the
+write is refused with `LeaseLost`) or waits until the write has committed.
+
+The schema is versioned (`immunity_schema`) and upgraded in place on open, under a
+transaction-level advisory lock so that orchestrators starting at once upgrade it once; see
+docs/journal.md.
+
+Errors: every psycopg error becomes `JournalError` naming the server (never the password);
+`LeaseHeld` / `LeaseLost` as in `Journal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+
+from immunity.errors import JournalError, LeaseLost
+from immunity.journal.base import DeploymentRecord, JournalEntry, Lease, lease_held
+from immunity.journal.sqlite import new_deployment_id
+
+T = TypeVar("T")
+
+# Each migration takes the schema from version i to i+1; never edit one that has shipped,
+# add the next. The newest version is len(MIGRATIONS).
+MIGRATIONS: list[str] = [
+    # 1: deployments, entries, leases
+    """
+    CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        app TEXT NOT NULL,
+        release TEXT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        finished_at TIMESTAMPTZ,
+        outcome TEXT,
+        reason TEXT,
+        data JSONB NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX deployments_app ON deployments(app, started_at);
+    CREATE TABLE entries (
+        seq BIGSERIAL PRIMARY KEY,
+        deployment_id TEXT NOT NULL REFERENCES deployments(id),
+        at TIMESTAMPTZ NOT NULL,
+        kind TEXT NOT NULL,
+        host TEXT,
+        step TEXT,
+        data JSONB NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX entries_deployment ON entries(deployment_id, seq);
+    CREATE TABLE leases (
+        app TEXT PRIMARY KEY,
+        holder TEXT,
+        deployment_id TEXT,
+        token BIGINT NOT NULL,
+        ttl_s DOUBLE PRECISION NOT NULL DEFAULT 0,
+        acquired_at TIMESTAMPTZ,
+        heartbeat_at TIMESTAMPTZ,
+        released BOOLEAN NOT NULL DEFAULT TRUE
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+_SCHEMA_LOCK = 0x1A3E_7A11  # advisory lock key of schema upgrades
+
+_DEPLOYMENT_COLS = "id, app, release, started_at, finished_at, outcome, reason, data"
+
+
+def redact(url: str) -> str:
+    """`host:port/dbname` of a libpq URL or conninfo: what an error may show (no password)."""
+    try:
+        p = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "the PostgreSQL journal"
+    host = p.get("host") or "localhost"
+    port = p.get("port") or "5432"
+    return f"{host}:{port}/{p.get('dbname') or p.get('user') or ''}"
+
+
+def _record(r: Sequence[Any]) -> DeploymentRecord:
+    return DeploymentRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], dict(r[7] or {}))
+
+
+class AsyncPostgresJournal:
+    """The journal over one PostgreSQL database; methods as in `Journal`, but awaitable.
+
+    Connects on first use (so it may be built outside any event loop) and again after the
+    connection broke; all calls share one connection, one transaction at a time.
+    `timeout_s` bounds connecting and every statement (lock waits included).
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 15.0) -> None:
+        self.url = url
+        self.where = redact(url)
+        self.timeout_s = timeout_s
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._lock: asyncio.Lock | None = None
+
+    # -- connection --------------------------------------------------------------------
+
+    def _error(self, what: str, exc: BaseException) -> JournalError:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return JournalError(
+            f"journal {what} failed ({self.where}): {detail}",
+            hint="check journal.url (the server must be reachable; the password comes from "
+            "${ENV} in the URL, PGPASSWORD or ~/.pgpass)",
+        )
+
+    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        ms = int(self.timeout_s * 1000)
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, int(self.timeout_s)),
+                application_name="immunity",
+                options=f"-c statement_timeout={ms} -c lock_timeout={ms}",
+            )
+        except (psycopg.Error, OSError) as exc:
+            raise self._error("connection", exc) from exc
+        try:
+            await self._upgrade(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    async def _upgrade(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        """Bring the schema to SCHEMA_VERSION, one migration per transaction."""
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS immunity_schema ("
+                    "version INT NOT NULL, upgraded_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
+                cur = await conn.execute("SELECT max(version) FROM immunity_schema")
+                row = await cur.fetchone()
+                have = int(row[0]) if row and row[0] is not None else 0
+                if have > SCHEMA_VERSION:
+                    raise JournalError(
+                        f"the journal at {self.where} has schema version {have}, newer than "
+                        f"this immunity knows ({SCHEMA_VERSION})",
+                        hint="upgrade immunity on this machine to the version the others run",
+                    )
+                for version in range(have + 1, SCHEMA_VERSION + 1):
+                    await conn.execute(MIGRATIONS[version - 1])
+                    await conn.execute(
+                        "INSERT INTO immunity_schema(version) VALUES (%s)", (version,)
+                    )
+        except psycopg.Error as exc:
+            raise self._error("schema upgrade", exc) from exc
+
+    @asynccontextmanager
+    async def _tx(self, what: str = "write") -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            conn = await self._connect()
+            try:
+                async with conn.transaction():
+                    yield conn
+            except psycopg.Error as exc:
+                raise self._error(what, exc) from exc
+
+    async def schema_version(self) -> int:
+        async with self._tx("read") as c:
+            row = await (await c.execute("SELECT max(version) FROM immunity_schema")).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    # -- deployments -------------------------------------------------------------------
+
+    async def begin(
+        self, app: str, release: str, data: Mapping[str, Any], *, deployment_id: str | None = None
+    ) -> DeploymentRecord:
+        did = deployment_id or new_deployment_id()
+        payload = json.loads(json.dumps(dict(data), default=str))
+        async with self._tx() as c:
+            cur = await c.execute(
+                "INSERT INTO deployments(id, app, release, started_at, data) "
+                "VALUES (%s, %s, %s, clock_timestamp(), %s) RETURNING started_at",
+                (did, app, release, Jsonb(payload)),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return DeploymentRecord(did, app, release, row[0], None, None, None, payload)
+
+    async def finish(
+        self,
+        deployment_id: str,
+        outcome: str,
+        reason: str,
+        data: Mapping[str, Any],
+        *,
+        token: int | None = None,
+    ) -> None:
+        payload = json.loads(json.dumps(dict(data), default=str))
+        async with self._tx() as c:
+            if token is not None:
+                await self._check_token(c, deployment_id, token)
+            await c.execute(
+                "UPDATE deployments SET finished_at=clock_timestamp(), outcome=%s, reason=%s, "
+                "data = data || %s WHERE id=%s",
+                (outcome, reason, Jsonb(payload), deployment_id),
+            )
+
+    async def deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        async with self._tx("read") as c:
+            cur = await c.execute(
+                f"SELECT {_DEPLOYMENT_COLS} FROM deployments WHERE id=%s", (deployment_id,)
+            )
+            row = await cur.fetchone()
+        return _record(row) if row else None
+
+    async def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
+        sql = f"SELECT {_DEPLOYMENT_COLS} FROM deployments"
+        async with self._tx("read") as c:
+            if app:
+                cur = await c.execute(sql + " WHERE app=%s ORDER BY started_at, id", (app,))
+            else:
+                cur = await c.execute(sql + " ORDER BY started_at, id")
+            rows = await cur.fetchall()
+        return [_record(r) for r in rows]
+
+    # -- entries -----------------------------------------------------------------------
+
+    @staticmethod
+    async def _check_token(
+        c: psycopg.AsyncConnection[TupleRow], deployment_id: str, token: int
+    ) -> None:
+        """Refuse (LeaseLost) unless `token` is the current one of the deployment's app.
+
+        `FOR SHARE` keeps the lease row from being granted anew until this transaction ends.
+        """
+        cur = await c.execute(
+            "SELECT l.token FROM leases l WHERE l.app = "
+            "(SELECT app FROM deployments WHERE id=%s) OR l.deployment_id=%s "
+            "ORDER BY l.token DESC LIMIT 1 FOR SHARE",
+            (deployment_id, deployment_id),
+        )
+        row = await cur.fetchone()
+        if row is None or int(row[0]) != token:
+            raise LeaseLost(
+                f"lease token {token} is stale (current {row[0] if row else 'none'}): "
+                "another process took this deployment over; changing nothing more",
+            )
+
+    async def append(
+        self,
+        deployment_id: str,
+        kind: str,
+        *,
+        host: str | None = None,
+        step: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        token: int | None = None,
+    ) -> JournalEntry:
+        payload = json.loads(json.dumps(dict(data or {}), default=str))
+        async with self._tx() as c:
+            if token is not None:
+                await self._check_token(c, deployment_id, token)
+            cur = await c.execute(
+                "INSERT INTO entries(deployment_id, at, kind, host, step, data) "
+                "VALUES (%s, clock_timestamp(), %s, %s, %s, %s) RETURNING seq, at",
+                (deployment_id, kind, host, step, Jsonb(payload)),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return JournalEntry(int(row[0]), deployment_id, row[1], kind, host, step, payload)
+
+    async def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
+        async with self._tx("read") as c:
+            cur = await c.execute(
+                "SELECT seq, deployment_id, at, kind, host, step, data FROM entries "
+                "WHERE deployment_id=%s ORDER BY seq",
+                (deployment_id,),
+            )
+            rows = await cur.fetchall()
+        return [JournalEntry(int(r[0]), r[1], r[2], r[3], r[4], r[5], dict(r[6])) for r in rows]
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self,
+        app: str,
+        holder: str,
+        deployment_id: str,
+        ttl_s: float,
+        *,
+        takeover: bool = False,
+        holder_dead: bool = False,
+    ) -> Lease:
+        """Take the app's lease (see `Journal.acquire_lease`); liveness by the server's clock."""
+        async with self._tx() as c:
+            await c.execute(
+                "INSERT INTO leases(app, token, released) VALUES (%s, 0, TRUE) "
+                "ON CONFLICT (app) DO NOTHING",
+                (app,),
+            )
+            cur = await c.execute(
+                "SELECT holder, deployment_id, token, acquired_at, heartbeat_at, released, "
+                "clock_timestamp() - heartbeat_at < make_interval(secs => ttl_s) "
+                "FROM leases WHERE app=%s FOR UPDATE",
+                (app,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            if not row[5]:
+                live = bool(row[6]) and not holder_dead
+                if live or not takeover:
+                    raise lease_held(app, row[0], row[1], row[3], row[4], live=live)
+            cur = await c.execute(
+                "UPDATE leases SET holder=%s, deployment_id=%s, token=token+1, ttl_s=%s, "
+                "acquired_at=clock_timestamp(), heartbeat_at=clock_timestamp(), released=FALSE "
+                "WHERE app=%s RETURNING token, acquired_at",
+                (holder, deployment_id, float(ttl_s), app),
+            )
+            got = await cur.fetchone()
+        assert got is not None
+        return Lease(app, holder, deployment_id, int(got[0]), got[1], got[1])
+
+    async def heartbeat(self, lease: Lease) -> None:
+        async with self._tx() as c:
+            cur = await c.execute(
+                "UPDATE leases SET heartbeat_at=clock_timestamp() "
+                "WHERE app=%s AND token=%s AND NOT released",
+                (lease.app, lease.token),
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(
+                    f"the lease of {lease.app} was taken over (token {lease.token} is stale)"
+                )
+
+    async def release_lease(self, lease: Lease) -> None:
+        async with self._tx() as c:
+            await c.execute(
+                "UPDATE leases SET released=TRUE WHERE app=%s AND token=%s",
+                (lease.app, lease.token),
+            )
+
+    async def current_lease(self, app: str) -> Lease | None:
+        async with self._tx("read") as c:
+            cur = await c.execute(
+                "SELECT holder, deployment_id, token, acquired_at, heartbeat_at FROM leases "
+                "WHERE app=%s AND NOT released",
+                (app,),
+            )
+            r = await cur.fetchone()
+        return Lease(app, r[0], r[1], int(r[2]), r[3], r[4]) if r else None
+
+    async def lease_ttl(self, app: str) -> float | None:
+        async with self._tx("read") as c:
+            r = await (await c.execute("SELECT ttl_s FROM leases WHERE app=%s", (app,))).fetchone()
+        return float(r[0]) if r else None
+
+    # -- copy (immunity journal copy) ------------------------------------------------------
+
+    async def import_deployment(
+        self, record: DeploymentRecord, entries: Sequence[JournalEntry]
+    ) -> int:
+        """Store `record` and those of its `entries` not stored yet; return how many were new.
+
+        Idempotent: the deployment row is upserted by id, and entries (append-only, in
+        order) are copied from the first one the target does not have yet.
+        """
+        data = json.loads(json.dumps(dict(record.data), default=str))
+        async with self._tx() as c:
+            await c.execute(
+                f"INSERT INTO deployments({_DEPLOYMENT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (id) DO UPDATE SET finished_at=excluded.finished_at, "
+                "outcome=excluded.outcome, reason=excluded.reason, data=excluded.data",
+                (
+                    record.id,
+                    record.app,
+                    record.release,
+                    record.started_at,
+                    record.finished_at,
+                    record.outcome,
+                    record.reason,
+                    Jsonb(data),
+                ),
+            )
+            cur = await c.execute(
+                "SELECT count(*) FROM entries WHERE deployment_id=%s", (record.id,)
+            )
+            row = await cur.fetchone()
+            have = int(row[0]) if row else 0
+            new = list(entries)[have:]
+            if new:
+                async with c.cursor() as cur2:
+                    await cur2.executemany(
+                        "INSERT INTO entries(deployment_id, at, kind, host, step, data) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)",
+                        [
+                            (
+                                record.id,
+                                e.at,
+                                e.kind,
+                                e.host,
+                                e.step,
+                                Jsonb(json.loads(json.dumps(dict(e.data), default=str))),
+                            )
+                            for e in new
+                        ],
+                    )
+        return len(new)
+
+
+class PostgresJournal:
+    """The synchronous `Journal` over `AsyncPostgresJournal`, run on a loop of its own thread.
+
+    Each call waits at most `timeout_s` * 2 (the statement timeout plus connecting) and
+    raises `JournalError` past it. Safe to call from any thread, including from inside
+    another event loop (the engine's).
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 15.0) -> None:
+        self.aio = AsyncPostgresJournal(url, timeout_s=timeout_s)
+        self.url = url
+        self.where = self.aio.where
+        self._deadline = timeout_s * 2 + 5
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="immunity-journal", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.schema_version()  # connect (and upgrade) now: a bad URL is an error at once
+        except BaseException:
+            self.close()
+            raise
+
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        async def run() -> T:
+            return await fn(*args, **kw)
+
+        fut = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        try:
+            return fut.result(timeout=self._deadline)
+        except TimeoutError as exc:
+            fut.cancel()
+            raise JournalError(
+                f"the journal at {self.where} did not answer within {self._deadline:.0f}s"
+            ) from exc
+
+    def schema_version(self) -> int:
+        return self._call(self.aio.schema_version)
+
+    def begin(
+        self, app: str, release: str, data: Mapping[str, Any], *, deployment_id: str | None = None
+    ) -> DeploymentRecord:
+        return self._call(self.aio.begin, app, release, data, deployment_id=deployment_id)
+
+    def finish(
+        self,
+        deployment_id: str,
+        outcome: str,
+        reason: str,
+        data: Mapping[str, Any],
+        *,
+        token: int | None = None,
+    ) -> None:
+        self._call(self.aio.finish, deployment_id, outcome, reason, data, token=token)
+
+    def deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        return self._call(self.aio.deployment, deployment_id)
+
+    def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
+        return self._call(self.aio.deployments, app)
+
+    def append(
+        self,
+        deployment_id: str,
+        kind: str,
+        *,
+        host: str | None = None,
+        step: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        token: int | None = None,
+    ) -> JournalEntry:
+        return self._call(
+            self.aio.append, deployment_id, kind, host=host, step=step, data=data, token=token
+        )
+
+    def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
+        return self._call(self.aio.entries, deployment_id)
+
+    def acquire_lease(
+        self,
+        app: str,
+        holder: str,
+        deployment_id: str,
+        ttl_s: float,
+        *,
+        takeover: bool = False,
+        holder_dead: bool = False,
+    ) -> Lease:
+        return self._call(
+            self.aio.acquire_lease,
+            app,
+            holder,
+            deployment_id,
+            ttl_s,
+            takeover=takeover,
+            holder_dead=holder_dead,
+        )
+
+    def heartbeat(self, lease: Lease) -> None:
+        self._call(self.aio.heartbeat, lease)
+
+    def release_lease(self, lease: Lease) -> None:
+        self._call(self.aio.release_lease, lease)
+
+    def current_lease(self, app: str) -> Lease | None:
+        return self._call(self.aio.current_lease, app)
+
+    def lease_ttl(self, app: str) -> float | None:
+        return self._call(self.aio.lease_ttl, app)
+
+    def import_deployment(self, record: DeploymentRecord, entries: Sequence[JournalEntry]) -> int:
+        return self._call(self.aio.import_deployment, record, entries)
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):  # closing must not hide the outcome
+                self._call(self.aio.aclose)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
