@@ -1,7 +1,9 @@
 """Import layering check: arrows point down only.
 
-cli -> engine -> roles (lb, hosts, signals, judge, notify, journal) -> clients -> config -> domain -> errors.
-Adapters never import the engine; the engine names no concrete adapter (it goes through plugins).
+cli -> engine -> analysis -> roles (lb, hosts, signals, judge, notify, journal) -> clients -> config
+-> domain -> errors. Adapters never import the engine or the analysis; neither of those names a
+concrete adapter (they go through plugins and the roles' `base` Protocols). The analysis sits
+between the engine (which asks it for a verdict) and the roles it uses (signals, judge).
 sandbox and bench sit beside cli (they drive the engine like a user would).
 """
 
@@ -24,6 +26,7 @@ RANK = {
     "judge": 4,
     "notify": 4,
     "journal": 4,
+    "analysis": 5,
     "engine": 6,
     "sandbox": 7,
     "bench": 8,
@@ -72,7 +75,7 @@ def main() -> int:
                         f"{path}:{node.lineno}: {mine} (layer {RANK.get(mine)}) imports {name} (layer {RANK.get(theirs)})"
                     )
                 if (
-                    mine == "engine"
+                    mine in ("engine", "analysis")
                     and theirs in ROLES
                     and name.split(".")[-1] not in ("base", theirs)
                     and theirs != "judge"

@@ -90,6 +90,9 @@ class Outcome(StrEnum):
     FAIL = "fail"
     CONTINUE = "continue"
     INCONCLUSIVE = "inconclusive"
+    ERROR = "error"
+    """A signal could not be read (raised, timed out): no evidence, kept apart from too little
+    traffic (`inconclusive`). A bake ends `error` after `judge.consecutive_error_limit` looks."""
 
 
 @dataclass(frozen=True)

@@ -118,11 +118,12 @@ class HostTable:
                 row["phase"] = "serving"
                 row["release"] = str(event.data.get("release"))
                 row["note"] = "reverted" if purpose == "revert" else ""
-        if event.kind in ("verdict.looked", "verdict.reached", "verdict.failed"):
+        if event.kind in ("bake.looked", "verdict.reached", "verdict.failed"):
             self.verdict = event.message
         if self._live:
             self._live.update(self.render())
-        elif not event.kind.startswith("verdict.looked") and event.kind not in (
+        elif event.kind not in (
+            "bake.looked",
             "host.step_finished",
         ):
             err.print(

@@ -137,6 +137,10 @@ class JudgeConfig(Strict):
     min_traffic_share: Fraction = 0.3
     """A canary getting less than this fraction of its fair share of traffic is inconclusive."""
     inconclusive_limit: Duration = 60.0
+    """Seconds of inconclusive looks (too little traffic, missing data) that end a bake."""
+    consecutive_error_limit: int = Field(default=10, ge=1)
+    """Looks in a row on which a signal failed (raised, timed out) that end a bake with
+    `error`; fewer are waited out (like Argo Rollouts' `consecutiveErrorLimit`)."""
     on_inconclusive: Literal["revert", "hold"] = "revert"
 
 

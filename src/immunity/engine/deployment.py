@@ -24,8 +24,8 @@ from typing import Any
 import anyio
 import httpx
 
+from immunity.analysis import Cohorts, bake, resume_point
 from immunity.domain import CheckResult, HostRef, LbState, Outcome, Verdict, utcnow
-from immunity.engine.bake import Cohorts, bake
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet, holder_name
 from immunity.engine.host import HostSwitcher
@@ -167,7 +167,6 @@ class Deployment:
         self.first_canary_in: float | None = None
         self._bake_scope: anyio.CancelScope | None = None
         self.holder_dead = False  # set by resume when the old holder's PID is gone
-        self.thresholds: dict[str, list[float]] = {}  # latency thresholds, carried across waves
 
     # the cohorts as they are now, from what the engine has put in the pool
     def cohorts(self) -> Cohorts:
@@ -398,7 +397,7 @@ class Deployment:
                     rec, switcher, fallbacks, result, verdict.reason, time.monotonic(), verdict
                 )
                 return
-            if verdict.outcome is Outcome.INCONCLUSIVE:
+            if verdict.outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
                 result.verdict = verdict
                 if cfg.judge.on_inconclusive == "hold":
                     result.outcome = "held"
@@ -488,14 +487,19 @@ class Deployment:
             with anyio.CancelScope() as scope:
                 self._bake_scope = scope
                 relative = not last and bool(self.cohorts().baseline)
+                # the journal says which bake this is, and, after a resume, its evidence so far
+                point = resume_point(self.fleet.journal.entries(rec.deployment_id), i)
                 res = await bake(
-                    self.fleet,
+                    self.fleet.signals,
+                    self.fleet.config,
                     rec,
                     self.cohorts,
                     wave=i,
+                    bake_no=point.bake_no,
                     relative=relative,
                     may_pass=switched.is_set,
-                    thresholds=self.thresholds,
+                    thresholds=dict(point.carry),
+                    evidence=point.looks,
                 )
                 verdict = res.verdict
             self._bake_scope = None

@@ -1,0 +1,244 @@
+"""The bake loop: every interval, ask each signal about the two cohorts, judge, journal the look.
+
+The bake starts when the first canary of a wave is back in the pool. Each look asks every
+signal what the two cohorts did over the last interval (ending `bake.lag` before now so late
+log lines count), feeds `BakeAnalysis`, and journals the look's whole evidence
+(`bake.looked`, see `evidence`) before acting on it. Cohorts are recomputed at every look by
+the caller's `cohorts()`: *canary* = in-pool hosts on the new release, *baseline* = in-pool
+hosts on the old one.
+
+A resumed bake (`evidence=` the journaled looks of the bake that was interrupted) replays them
+into fresh judges and continues: its bake time goes on from the last recorded look (the time
+the orchestrator was down is not bake time), its evidence is whatever the judges had.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from immunity.analysis.evidence import (
+    BAKE_LOOKED,
+    BAKE_STARTED,
+    FORMAT,
+    Look,
+    LookWriter,
+    check_started_data,
+)
+from immunity.analysis.wave import BakeAnalysis, Step
+from immunity.config.models import Config
+from immunity.domain import Cohort, HostRef, Observation, Verdict, utcnow
+from immunity.errors import ImmunityError
+from immunity.signals.base import SignalSource
+
+log = logging.getLogger("immunity.analysis")
+
+BAKE_RESUMED = "bake.resumed"
+BAKE_FINISHED = "bake.finished"
+
+
+class Record(Protocol):
+    """Where the bake journals (the engine's `Recorder`): durable before it returns."""
+
+    def record(
+        self,
+        kind: str,
+        message: str = "",
+        *,
+        host: str | None = None,
+        step: str | None = None,
+        **data: Any,
+    ) -> object: ...
+
+
+@dataclass(frozen=True)
+class Cohorts:
+    canary: Sequence[HostRef]
+    baseline: Sequence[HostRef]
+
+
+@dataclass
+class BakeResult:
+    verdict: Verdict
+    started_at: dt.datetime
+    seconds: float
+    looks: int = 0
+    frozen: dict[str, list[float]] = field(default_factory=dict)
+
+
+async def bake(
+    signals: Mapping[str, SignalSource],
+    config: Config,
+    rec: Record,
+    cohorts: Callable[[], Cohorts],
+    *,
+    wave: int,
+    bake_no: int,
+    relative: bool,
+    may_pass: Callable[[], bool] = lambda: True,
+    thresholds: dict[str, list[float]] | None = None,
+    evidence: Sequence[Look] = (),
+    purpose: str = "wave",
+) -> BakeResult:
+    """Judge until a verdict. `relative=False` keeps only the absolute guard rails (no baseline).
+
+    `thresholds` carries latency thresholds between the bakes of one deployment (see
+    `BakeAnalysis`); filled in place when this bake freezes them. `evidence` is the journaled
+    looks of this bake when it is resumed. Raises only what the journal raises
+    (`JournalError`, `LeaseLost`); a failing signal is evidence (`error`), not an exception.
+    """
+    b = config.bake
+    carry = thresholds if thresholds is not None else {}
+    analysis = BakeAnalysis(config, relative=relative, carry=carry)
+    writer = LookWriter(wave=wave, bake=bake_no)
+    started_at = utcnow()
+    last_t = 0.0
+    step: Step | None = None
+    if evidence:
+        step = analysis.replay(
+            (lk.t_s, lk.observations, lk.errored) for lk in evidence if lk.bake == bake_no
+        )
+        for lk in evidence:
+            writer.looks = max(writer.looks, lk.look)
+            writer.canary = set(lk.canary)
+            writer.baseline = set(lk.baseline)
+            last_t = max(last_t, lk.t_s)
+        # the next look's deltas start from what was journaled last
+        writer.outcomes = {n: c.outcome for lk in evidence for n, c in lk.checks.items()}
+        writer.last_outcome = evidence[-1].outcome
+        rec.record(
+            BAKE_RESUMED,
+            f"wave {wave}: continuing the bake from {len(evidence)} recorded look(s) at "
+            f"{last_t:.0f} s",
+            wave=wave,
+            bake=bake_no,
+            looks=len(evidence),
+            t_s=last_t,
+        )
+        writer.bounds = {}  # bounds are repeated once after a resume: a reader may start here
+    else:
+        bars = check_started_data([j.final(0.0) for _, _, j in analysis.judges])  # no state
+        rec.record(
+            BAKE_STARTED,
+            f"wave {wave}: judging {len(analysis.judges)} check(s)",
+            wave=wave,
+            bake=bake_no,
+            purpose=purpose,
+            evidence=FORMAT,
+            checks=analysis.names,
+            kinds={c.name: c.kind for c in analysis.checks},
+            signals={c.name: c.signal for c in analysis.checks},
+            needed=bars,
+            relative=relative,
+            carried={k: v for k, v in carry.items()},
+            interval_s=b.interval,
+            min_s=b.min,
+            max_s=b.max,
+        )
+    if step is not None and step.decision is not None:
+        return _finish(rec, wave, bake_no, step.decision, started_at, last_t, writer.looks, carry)
+    t0 = time.monotonic() - last_t
+    if b.settle and not evidence:
+        await anyio.sleep(b.settle)
+    window_start = utcnow() - dt.timedelta(seconds=b.lag)
+    while True:
+        await anyio.sleep(max(0.0, b.interval - ((time.monotonic() - t0) % b.interval)))
+        # bake time is kept to the millisecond, as journaled, so a replay is exact
+        t_s = round(time.monotonic() - t0, 3)
+        end = utcnow() - dt.timedelta(seconds=b.lag)
+        now = cohorts()
+        observations, errored = await _observe_all(
+            signals, analysis.signals, now, window_start, end, b.interval
+        )
+        step = analysis.look(t_s, observations, errored=errored, may_pass=may_pass())
+        rec.record(
+            BAKE_LOOKED,
+            step.verdict.reason,
+            **writer.encode(
+                t_s=t_s,
+                window=(window_start.timestamp(), end.timestamp()),
+                canary=[h.name for h in now.canary],
+                baseline=[h.name for h in now.baseline],
+                observations=observations,
+                verdict=step.verdict,
+                frozen=step.frozen,
+                errored=errored,
+            ),
+        )
+        window_start = end
+        last_t = t_s
+        if step.decision is not None:
+            return _finish(rec, wave, bake_no, step.decision, started_at, t_s, writer.looks, carry)
+
+
+def _finish(
+    rec: Record,
+    wave: int,
+    bake_no: int,
+    verdict: Verdict,
+    started_at: dt.datetime,
+    t_s: float,
+    looks: int,
+    carry: dict[str, list[float]],
+) -> BakeResult:
+    decided = Verdict(verdict.outcome, verdict.reason, verdict.checks, utcnow())
+    rec.record(
+        BAKE_FINISHED,
+        decided.reason,
+        wave=wave,
+        bake=bake_no,
+        outcome=str(decided.outcome),
+        t_s=t_s,
+        looks=looks,
+    )
+    return BakeResult(decided, started_at, t_s, looks, dict(carry))
+
+
+async def _observe_all(
+    signals: Mapping[str, SignalSource],
+    names: set[str],
+    cohorts: Cohorts,
+    start: dt.datetime,
+    end: dt.datetime,
+    interval: float,
+) -> tuple[dict[str, dict[Cohort | str, Observation]], dict[str, str]]:
+    """Each signal's observation per cohort, and the signals that errored (with why)."""
+    out: dict[str, dict[Cohort | str, Observation]] = {}
+    errored: dict[str, str] = {}
+    timeout = max(2.0, interval * 3)
+
+    async def one(name: str) -> None:
+        src = signals[name]
+        try:
+            with anyio.fail_after(timeout):
+                obs = await src.observe(
+                    {Cohort.CANARY: cohorts.canary, Cohort.BASELINE: cohorts.baseline}, start, end
+                )
+        except TimeoutError:
+            errored[name] = f"did not answer within {timeout:g}s"
+            return
+        except ImmunityError as exc:
+            log.warning("signal %s failed: %s", name, exc)
+            errored[name] = exc.message
+            return
+        except Exception as exc:  # a third-party source's bug: no evidence, never a pass
+            log.exception("signal %s raised an unexpected error", name)
+            errored[name] = f"{type(exc).__name__}: {exc}"
+            return
+        out[name] = {
+            Cohort.CANARY: obs.get(Cohort.CANARY, Observation.missing("no canary observation")),
+            Cohort.BASELINE: obs.get(
+                Cohort.BASELINE, Observation.missing("no baseline observation")
+            ),
+        }
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(one, name)
+    return out, errored

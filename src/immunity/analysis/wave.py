@@ -1,0 +1,218 @@
+"""One bake's analysis, as pure synchronous state: judges, carry-over, combination, limits.
+
+`BakeAnalysis` is what the engine asks for a verdict (through the async loop in `bake`),
+what `resume` replays the journaled evidence into, and what a reader (report, replay) can
+re-judge a recorded bake with. It never does I/O and never reads a clock: every look brings
+its own `t_s` (seconds of bake time) and observations.
+
+Rules, in the order they apply at each look:
+
+* Checks: every configured check when there is a baseline to compare with; only the
+  absolute guard rails (`error_rate_max`, `latency_max`) when there is none (`relative=False`).
+* Threshold carry-over: latency thresholds frozen from the baseline in an earlier bake of the
+  same deployment are reused (the old release's latency does not change from wave to wave),
+  so a later bake with a smaller baseline need not freeze them again.
+* A signal that *errored* (raised, timed out) is not the same as one that saw too little
+  traffic: its checks are not fed and say `error` for that look, and only
+  `judge.consecutive_error_limit` errored looks in a row end the bake (`error`). A look with
+  too little traffic is the judges' `inconclusive`, ended by `judge.inconclusive_limit`
+  seconds of it.
+* Combination: any fail -> fail; any inconclusive -> inconclusive; all pass -> pass;
+  otherwise continue (an errored check keeps the look at continue).
+* Stopping: fail at once; pass once t >= `bake.min` and the engine allows it (every host of
+  the wave is in); at `bake.max` the judges' final word (still undecided is inconclusive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from immunity.config.models import CheckConfig, Config
+from immunity.domain import CheckResult, Cohort, Observation, Outcome, Verdict
+from immunity.judge import build_judge, combine
+from immunity.judge.base import Judge
+
+GUARD_KINDS = ("error_rate_max", "latency_max")
+"""Check kinds that judge the canary alone (they also run when no baseline is left)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one look gave: this look's combined verdict, and the bake's verdict if it ended."""
+
+    t_s: float
+    verdict: Verdict
+    decision: Verdict | None = None
+    frozen: Mapping[str, list[float]] = field(default_factory=dict)
+    """Latency thresholds frozen at this look (check name -> ms), to carry to later bakes."""
+
+
+def checks_for(
+    config: Config, relative: bool, carry: Mapping[str, Sequence[float]]
+) -> list[CheckConfig]:
+    """The checks of a bake, with carried latency thresholds filled in."""
+    out: list[CheckConfig] = []
+    for c in config.checks:
+        if not relative and c.kind not in GUARD_KINDS:
+            continue
+        if c.kind == "latency" and c.thresholds_ms is None and c.name in carry:
+            c = c.model_copy(update={"thresholds_ms": list(carry[c.name])})
+        out.append(c)
+    return out
+
+
+class BakeAnalysis:
+    """One bake's judges and the rules that turn their looks into the bake's verdict."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        relative: bool,
+        carry: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
+        self.config = config
+        self.relative = relative
+        self.carry: dict[str, list[float]] = {k: list(v) for k, v in (carry or {}).items()}
+        self.checks = checks_for(config, relative, self.carry)
+        self.judges: list[tuple[str, str, Judge]] = [
+            (c.name, c.signal, build_judge(c, config.judge, config.bake.min)) for c in self.checks
+        ]
+        self.inconclusive_since: float | None = None
+        self.errors: dict[str, int] = {}
+        self.last: Step | None = None
+
+    @property
+    def signals(self) -> set[str]:
+        return {s for _, s, _ in self.judges}
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _, _ in self.judges]
+
+    def _frozen(self) -> dict[str, list[float]]:
+        """Thresholds frozen since the last call (remembered in `carry`)."""
+        out: dict[str, list[float]] = {}
+        for name, _, judge in self.judges:
+            frozen = getattr(judge, "thresholds", None)
+            if frozen and all(t is not None for t in frozen) and name not in self.carry:
+                self.carry[name] = out[name] = [float(t) for t in frozen]
+        return out
+
+    def look(
+        self,
+        t_s: float,
+        observations: Mapping[str, Mapping[Cohort | str, Observation]],
+        *,
+        errored: Mapping[str, str] | None = None,
+        may_pass: bool = True,
+    ) -> Step:
+        """Feed one look (per signal: canary and baseline observations) and judge.
+
+        `errored` names the signals that raised or timed out at this look, with why; their
+        checks are not fed. `may_pass` is False while hosts of the wave are still switching.
+        """
+        cfg = self.config
+        errored = dict(errored or {})
+        for signal in self.signals:
+            self.errors[signal] = self.errors.get(signal, 0) + 1 if signal in errored else 0
+        results: list[CheckResult] = []
+        for name, signal, judge in self.judges:
+            if signal in errored:
+                results.append(
+                    CheckResult(
+                        name,
+                        Outcome.ERROR,
+                        f"signal {signal} failed ({self.errors[signal]} look(s) in a row): "
+                        f"{errored[signal]}",
+                    )
+                )
+                continue
+            per = observations.get(signal, {})
+            canary = _get(per, Cohort.CANARY) or Observation.missing("no canary observation")
+            baseline = _get(per, Cohort.BASELINE) or Observation.missing("no baseline observation")
+            r = judge.look(t_s, canary, baseline)
+            results.append(
+                r if r.name == name else CheckResult(name, r.outcome, r.reason, r.numbers)
+            )
+        verdict = combine(results, t_s) if results else _no_checks(t_s, cfg.bake.min)
+        step = Step(t_s, verdict, self._decide(t_s, verdict, may_pass), self._frozen())
+        self.last = step
+        return step
+
+    def _decide(self, t_s: float, verdict: Verdict, may_pass: bool) -> Verdict | None:
+        cfg = self.config
+        if verdict.outcome is Outcome.FAIL:
+            return verdict
+        worst = max(self.errors.items(), key=lambda kv: kv[1], default=("", 0))
+        if worst[1] >= cfg.judge.consecutive_error_limit:
+            failing = [r for r in verdict.checks if r.outcome is Outcome.ERROR]
+            why = failing[0].reason if failing else f"signal {worst[0]} failed"
+            return Verdict(
+                Outcome.ERROR,
+                f"no evidence: {why} (limit {cfg.judge.consecutive_error_limit} looks)",
+                verdict.checks,
+            )
+        if verdict.outcome is Outcome.PASS and t_s >= cfg.bake.min and may_pass:
+            return verdict
+        if verdict.outcome is Outcome.INCONCLUSIVE:
+            if self.inconclusive_since is None:
+                self.inconclusive_since = t_s
+            if t_s - self.inconclusive_since >= cfg.judge.inconclusive_limit:
+                return verdict
+        elif verdict.outcome is not Outcome.CONTINUE or not _only_errors(verdict):
+            self.inconclusive_since = None
+        if t_s >= cfg.bake.max and may_pass:
+            return self.final(t_s)
+        return None
+
+    def final(self, t_s: float) -> Verdict:
+        """The judges' final word when the bake's time is up (undecided is inconclusive)."""
+        b = self.config.bake
+        finals = [
+            r if r.name == name else CheckResult(name, r.outcome, r.reason, r.numbers)
+            for name, _, judge in self.judges
+            for r in (judge.final(t_s),)
+        ]
+        final = combine(finals, t_s) if finals else _no_checks(t_s, b.min)
+        if final.outcome is Outcome.CONTINUE:
+            final = Verdict(
+                Outcome.INCONCLUSIVE, f"max bake {b.max:g}s reached: {final.reason}", final.checks
+            )
+        return final
+
+    def replay(
+        self,
+        looks: Iterable[
+            tuple[float, Mapping[str, Mapping[Cohort | str, Observation]], Mapping[str, str]]
+        ],
+    ) -> Step | None:
+        """Feed recorded looks (t_s, observations, errored) in order; the last step, if any.
+
+        The judges are deterministic, so replaying a bake's journaled looks rebuilds exactly
+        the evidence they had: a resumed bake continues from it instead of from zero.
+        """
+        step = None
+        for t_s, observations, errored in looks:
+            step = self.look(t_s, observations, errored=errored, may_pass=False)
+        return step
+
+
+def _get(per: Mapping[Cohort | str, Observation], cohort: Cohort) -> Observation | None:
+    got = per.get(cohort)
+    if got is None:
+        got = per.get(str(cohort))
+    return got
+
+
+def _only_errors(verdict: Verdict) -> bool:
+    """A look held at continue only by errored checks neither starts nor resets the
+    inconclusive clock."""
+    waiting = [r for r in verdict.checks if r.outcome is not Outcome.PASS]
+    return bool(waiting) and all(r.outcome is Outcome.ERROR for r in waiting)
+
+
+def _no_checks(t_s: float, min_bake: float) -> Verdict:
+    outcome = Outcome.PASS if t_s >= min_bake else Outcome.CONTINUE
+    return Verdict(outcome, f"no checks configured; baked {t_s:.0f}s", ())

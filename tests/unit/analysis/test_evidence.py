@@ -1,0 +1,239 @@
+"""Every look's evidence in the journal: compact, exact, and enough to continue a bake."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from immunity.analysis import BakeAnalysis, read_looks, resume_point
+from immunity.analysis.evidence import LookWriter, decode_observation, encode_observation
+from immunity.config.models import Config
+from immunity.domain import Cohort, Observation, Outcome
+from immunity.journal.sqlite import SqliteJournal
+
+BOUNDS = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0)
+
+
+def config(**judge: Any) -> Config:
+    return Config.model_validate(
+        {
+            "app": "shop",
+            "hosts": [{"name": f"h{i}"} for i in range(3)],
+            "balancer": {"kind": "haproxy"},
+            "driver": {"kind": "local"},
+            "signals": [{"kind": "haproxy", "name": "lb"}],
+            "checks": [
+                {"name": "errors", "signal": "lb", "kind": "errors"},
+                {"name": "latency", "signal": "lb", "kind": "latency"},
+                {"name": "5xx-bar", "signal": "lb", "kind": "error_rate_max", "max": "5%"},
+            ],
+            "bake": {"min": 30, "max": 600, "interval": 1},
+            "judge": judge,
+        }
+    )
+
+
+def traffic(
+    rng: np.random.Generator, n: int, rate: float, hosts: int, slow: float = 1.0
+) -> Observation:
+    requests = int(rng.poisson(n))
+    errors = int(rng.binomial(requests, rate))
+    latencies = rng.lognormal(np.log(30 * slow), 0.6, requests)
+    buckets = np.bincount(np.searchsorted(BOUNDS, latencies), minlength=len(BOUNDS) + 1)
+    return Observation(requests, errors, BOUNDS, [int(b) for b in buckets], True, hosts)
+
+
+def looks(
+    seed: int, seconds: int, canary_rate: float
+) -> list[dict[str, dict[Cohort | str, Observation]]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "lb": {
+                Cohort.CANARY: traffic(rng, 40, canary_rate, 1),
+                Cohort.BASELINE: traffic(rng, 80, 0.01, 2),
+            }
+        }
+        for _ in range(seconds)
+    ]
+
+
+def test_an_observation_survives_the_journal_exactly() -> None:
+    """Trimmed buckets, per-signal bounds, missing data and host counts decode to the same value."""
+    cases = [
+        Observation(120, 3, BOUNDS, [0, 40, 70, 10, 0, 0, 0, 0, 0, 0, 0], True, 2),
+        Observation(0, 0, BOUNDS, [0] * 11, True, 1),
+        Observation.missing("prometheus answered 503"),
+        Observation(7, 0),
+    ]
+    for obs in cases:
+        data = json.loads(json.dumps(encode_observation(obs)))
+        expected = dataclasses.replace(
+            obs,
+            latency_bounds_ms=tuple(obs.latency_bounds_ms),
+            latency_buckets=tuple(obs.latency_buckets),
+        )
+        assert decode_observation(data, BOUNDS if obs.latency_buckets else ()) == expected
+
+
+def test_a_resumed_bake_continues_from_the_journaled_evidence(tmp_path: Path) -> None:
+    """Replaying the journaled looks rebuilds the judges exactly: the resumed bake fails at the
+    same second as an uninterrupted one, while a bake started from zero has not failed by then."""
+    cfg = config()
+    stream = looks(1, 400, canary_rate=0.03)  # 3x the baseline's errors
+    whole = BakeAnalysis(cfg, relative=True)
+    fail_at = next(
+        i for i, obs in enumerate(stream) if whole.look(i + 1.0, obs).decision is not None
+    )
+    assert whole.last is not None and whole.last.decision is not None
+    assert whole.last.decision.outcome is Outcome.FAIL
+    cut = fail_at - 5  # the orchestrator dies 5 looks before the verdict
+
+    journal = SqliteJournal(tmp_path / "j.db")
+    d = journal.begin("shop", "v2", {})
+    journal.append(d.id, "bake.started", data={"wave": 1, "bake": 1, "carried": {}})
+    first = BakeAnalysis(cfg, relative=True)
+    writer = LookWriter(wave=1, bake=1)
+    for i, obs in enumerate(stream[:cut]):
+        step = first.look(i + 1.0, obs)
+        data = writer.encode(
+            t_s=i + 1.0,
+            window=(i, i + 1.0),
+            canary=["h0"],
+            baseline=["h1", "h2"],
+            observations=obs,
+            verdict=step.verdict,
+            frozen=step.frozen,
+        )
+        journal.append(d.id, "bake.looked", data=data)
+
+    point = resume_point(journal.entries(d.id), wave=1)
+    assert point.bake_no == 1 and len(point.looks) == cut
+    resumed = BakeAnalysis(cfg, relative=True, carry=point.carry)
+    resumed.replay((lk.t_s, lk.observations, lk.errored) for lk in point.looks)
+    fresh = BakeAnalysis(cfg, relative=True)
+    decided = None
+    for i in range(cut, fail_at + 1):
+        step = resumed.look(i + 1.0, stream[i])
+        assert fresh.look(i - cut + 1.0, stream[i]).decision is None
+        if step.decision is not None:
+            decided = (i, step.decision)
+            break
+    assert decided is not None
+    assert decided[0] == fail_at
+    assert decided[1].outcome is Outcome.FAIL
+    assert decided[1].checks == whole.last.decision.checks
+
+
+def test_a_finished_bake_is_not_resumed_and_latency_thresholds_carry_over(tmp_path: Path) -> None:
+    """After a finished bake the next bake gets a new number and the thresholds it froze."""
+    cfg = config()
+    journal = SqliteJournal(tmp_path / "j.db")
+    d = journal.begin("shop", "v2", {})
+    journal.append(d.id, "bake.started", data={"wave": 1, "bake": 1, "carried": {}})
+    analysis = BakeAnalysis(cfg, relative=True)
+    writer = LookWriter(wave=1, bake=1)
+    frozen: dict[str, list[float]] = {}
+    for i, obs in enumerate(looks(2, 60, 0.01)):
+        step = analysis.look(i + 1.0, obs)
+        frozen.update(step.frozen)
+        data = writer.encode(
+            t_s=i + 1.0,
+            window=(i, i + 1.0),
+            canary=["h0"],
+            baseline=["h1", "h2"],
+            observations=obs,
+            verdict=step.verdict,
+            frozen=step.frozen,
+        )
+        journal.append(d.id, "bake.looked", data=data)
+    journal.append(d.id, "bake.finished", data={"wave": 1, "bake": 1, "outcome": "pass"})
+    assert "latency" in frozen
+    point = resume_point(journal.entries(d.id), wave=2)
+    assert (point.bake_no, list(point.looks), dict(point.carry)) == (2, [], frozen)
+
+
+def test_a_failing_signal_is_kept_apart_from_thin_traffic() -> None:
+    """A signal that errors ends the bake with `error` only after the consecutive-error limit;
+    a signal that sees no traffic is `inconclusive`, ended by the inconclusive limit."""
+    cfg = config(consecutive_error_limit=4, inconclusive_limit=20)
+    stream = looks(3, 100, 0.01)
+    errors = BakeAnalysis(cfg, relative=True)
+    for i in range(3):  # three failures, then a good answer: waited out
+        step = errors.look(i + 1.0, {}, errored={"lb": "connection refused"})
+        assert step.decision is None
+        assert step.verdict.outcome is Outcome.CONTINUE
+        assert {r.outcome for r in step.verdict.checks} == {Outcome.ERROR}
+    assert errors.look(4.0, stream[3]).decision is None
+    decision = None
+    for i in range(4, 8):
+        decision = errors.look(i + 1.0, {}, errored={"lb": "connection refused"}).decision
+    assert decision is not None and decision.outcome is Outcome.ERROR
+    assert "signal lb failed (4 look(s) in a row): connection refused" in decision.reason
+
+    quiet = BakeAnalysis(cfg, relative=True)
+    empty = {
+        "lb": {
+            Cohort.CANARY: Observation(0, 0, hosts=1),
+            Cohort.BASELINE: Observation(0, 0, hosts=2),
+        }
+    }
+    outcome = None
+    for t in range(1, 100):
+        step = quiet.look(float(t), empty)
+        if step.decision is not None:
+            outcome = (t, step.decision)
+            break
+    assert outcome is not None
+    assert outcome[1].outcome is Outcome.INCONCLUSIVE
+    assert outcome[0] == 30 + 20  # no traffic for 30 s is inconclusive, 20 s more ends it
+    assert "served no requests" in outcome[1].reason
+
+
+def test_ten_minutes_of_looks_on_a_thousand_hosts_stay_small(
+    tmp_path: Path, record_property: Any
+) -> None:
+    """A 600-look bake on 1,000 hosts (250 canaries entering one by one, three checks, two
+    cohorts with latency histograms) journals well under 1 KB per look."""
+    cfg = config()
+    rng = np.random.default_rng(4)
+    hosts = [f"web-{i:04d}.prod.example.com" for i in range(1000)]
+    journal = SqliteJournal(tmp_path / "j.db")
+    d = journal.begin("shop", "v2", {})
+    before = (tmp_path / "j.db").stat().st_size + (tmp_path / "j.db-wal").stat().st_size
+    analysis = BakeAnalysis(cfg, relative=True)
+    writer = LookWriter(wave=2, bake=2)
+    payload = 0
+    for t in range(1, 601):
+        canary = hosts[: min(250, t)]  # one host enters per look for the first 250 s
+        obs = {
+            "lb": {
+                Cohort.CANARY: traffic(rng, 10 * len(canary), 0.01, len(canary)),
+                Cohort.BASELINE: traffic(rng, 10 * (1000 - len(canary)), 0.01, 1000 - len(canary)),
+            }
+        }
+        step = analysis.look(float(t), obs, may_pass=False)
+        data = writer.encode(
+            t_s=float(t),
+            window=(1764466800.0 + t - 1, 1764466800.0 + t),
+            canary=canary,
+            baseline=hosts[len(canary) :],
+            observations=obs,
+            verdict=step.verdict,
+            frozen=step.frozen,
+        )
+        payload += len(json.dumps(data))
+        journal.append(d.id, "bake.looked", data=data)
+    journal.close()
+    on_disk = sum(p.stat().st_size for p in tmp_path.glob("j.db*")) - before
+    record_property("journal payload bytes per look (1,000 hosts)", round(payload / 600))
+    record_property("journal bytes on disk per look (1,000 hosts)", round(on_disk / 600))
+    back = read_looks(SqliteJournal(tmp_path / "j.db").entries(d.id))
+    assert len(back) == 600
+    assert back[-1].canary == tuple(sorted(hosts[:250]))
+    assert len(back[-1].baseline) == 750
+    assert payload / 600 < 1024
