@@ -18,8 +18,8 @@ import typer
 
 from immunity import config as cfgmod
 from immunity.cli import output
-from immunity.cli.output import err, out, show_error, write_json
-from immunity.errors import ImmunityError
+from immunity.cli.output import err, escape, out, plain, show_error, write_json
+from immunity.errors import ConfigError, ImmunityError
 
 if TYPE_CHECKING:
     from immunity.engine.context import Fleet
@@ -37,6 +37,44 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check immunity.yaml.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from immunity import __version__
+
+        out.print(f"immunity {__version__}", markup=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Canary deployments for server fleets with a cluster immune system."""
+
+
+def _check_release(release: str) -> None:
+    """Exit 2 before anything is touched when `release` is not a valid release name."""
+    from immunity.config.types import check_release_name
+
+    try:
+        check_release_name(release)
+    except ValueError as exc:
+        raise typer.Exit(
+            show_error(
+                ConfigError(
+                    f"--release: {exc}",
+                    hint="pass a release name such as v42 or 2024.06.1-rc2 (nothing was touched)",
+                )
+            )
+        ) from None
+
 
 T = TypeVar("T")
 
@@ -88,7 +126,8 @@ def _finish(result: DeployResult, json_dest: str | None) -> None:
     write_json(data, json_dest)
     style = {0: "green", 3: "yellow"}.get(result.exit_code, "red")
     out.print(
-        f"[bold {style}]{result.outcome}[/] {result.release} ({result.deployment_id})",
+        f"[bold {style}]{result.outcome}[/] "
+        + escape(f"{result.release} ({result.deployment_id})"),
         highlight=False,
     )
     if result.reason:
@@ -101,7 +140,8 @@ def _finish(result: DeployResult, json_dest: str | None) -> None:
         )
     if result.needs_human:
         out.print(
-            f"  [bold red]a human is needed for[/] {', '.join(result.needs_human)}", highlight=False
+            "  [bold red]a human is needed for[/] " + escape(", ".join(result.needs_human)),
+            highlight=False,
         )
     raise typer.Exit(result.exit_code)
 
@@ -117,8 +157,21 @@ def config_validate(file: Annotated[str, typer.Argument(help="immunity.yaml to c
     out.print(
         f"{file}: valid ({len(c.hosts)} hosts, balancer {c.balancer.kind}, driver {c.driver.kind}, "
         f"{len(c.signals)} signal(s), {len(c.checks)} check(s))",
+        markup=False,
         highlight=False,
     )
+
+
+@config_app.command("schema")
+def config_schema(
+    output_file: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the JSON Schema of immunity.yaml (for editors: completion and checking)."""
+    from immunity.config.schema import json_schema
+
+    write_json(json_schema(), output_file or "-")
 
 
 @app.command()
@@ -135,6 +188,7 @@ def deploy(
     ] = False,
 ) -> None:
     """Roll RELEASE over the fleet, wave by wave; revert the whole fleet when it is worse."""
+    _check_release(release)
     _setup_logging()
     if dry_run:
         from immunity.engine.dryrun import dry_run as _dry_run
@@ -206,27 +260,27 @@ def status(
         return
     from rich.table import Table
 
-    t = Table(title=f"{data['app']}")
+    t = Table(title=plain(data["app"]))
     for col in ("host", "active", "installed", "balancer", "journal says"):
         t.add_column(col)
     for h in data["hosts"]:
         state = h["lb_state"]
         t.add_row(
-            h["name"],
-            h["active_release"] or "[red]none[/]",
-            ", ".join(h["installed_releases"]),
-            f"[green]{state}[/]" if state == "serving" else f"[red]{state}[/]",
-            h["journal_release"] or "",
+            plain(h["name"]),
+            plain(h["active_release"]) if h["active_release"] else plain("none", "red"),
+            plain(", ".join(h["installed_releases"])),
+            plain(state, "green" if state == "serving" else "red"),
+            plain(h["journal_release"] or ""),
         )
     out.print(t)
     for d in data["disagreements"]:
-        out.print(f"[red]disagreement[/]: {d}", highlight=False)
+        out.print("[red]disagreement[/]: " + escape(str(d)), highlight=False)
     if data["lease"]:
         lease = data["lease"]
-        out.print(f"lease held by {lease['holder']} since {lease['since']}", highlight=False)
+        out.print(f"lease held by {lease['holder']} since {lease['since']}", markup=False)
     if data["last_deployment"]:
         d = data["last_deployment"]
-        out.print(f"last deployment: {d['release']} {d['outcome']} ({d['id']})", highlight=False)
+        out.print(f"last deployment: {d['release']} {d['outcome']} ({d['id']})", markup=False)
 
 
 @app.command()
@@ -246,12 +300,17 @@ def history(
         return
     from rich.table import Table
 
-    t = Table(title=f"{data['app']}: deployments")
+    t = Table(title=plain(f"{data['app']}: deployments"))
     for col in ("started", "release", "outcome", "duration", "reason"):
         t.add_column(col, overflow="fold")
     for d in data["deployments"]:
         dur = f"{d['duration_s']:.0f}s" if d["duration_s"] is not None else ""
-        t.add_row(d["started_at"][:19], d["release"], d["outcome"], dur, (d["reason"] or "")[:100])
+        t.add_row(
+            *(
+                plain(v)
+                for v in (d["started_at"][:19], d["release"], d["outcome"], dur, d["reason"] or "")
+            )
+        )
     out.print(t)
     f = data["figures"]
     out.print(

@@ -9,18 +9,30 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from immunity.domain import Event
 from immunity.errors import ConfigError, ImmunityError
 
-out = Console()
-err = Console(stderr=True)
+# Text from users, configs and adapters is printed as it is: no emoji codes (`:100:` in
+# `file.yaml:100:10` would become an emoji) and no highlighting; styles come only from
+# our own markup, and text from outside goes through `plain()` / `escape()`.
+out = Console(emoji=False, highlight=False)
+err = Console(stderr=True, emoji=False, highlight=False)
 # Tables stay readable when output goes to a file or a CI log (no terminal to size them).
 if not out.is_terminal:
-    out = Console(width=160)
+    out = Console(width=160, emoji=False, highlight=False)
 if not err.is_terminal:
-    err = Console(stderr=True, width=160)
+    err = Console(stderr=True, width=160, emoji=False, highlight=False)
+
+__all__ = ["err", "escape", "out", "plain", "show_error", "write_json"]
+
+
+def plain(text: object, style: str = "") -> Text:
+    """`text` as a rich Text that is never read as markup (for table cells)."""
+    return Text(str(text), style=style)
 
 
 def show_error(exc: ImmunityError) -> int:
@@ -32,7 +44,7 @@ def show_error(exc: ImmunityError) -> int:
         err.print(f"[bold red]error[/] [dim]({exc.reference})[/]: ", end="")
         err.print(exc.message, markup=False, highlight=False)
     if exc.hint:
-        err.print(f"[yellow]hint[/]: {exc.hint}", highlight=False)
+        err.print("[yellow]hint[/]: " + escape(exc.hint), highlight=False)
     return exc.exit_code
 
 
@@ -88,7 +100,11 @@ class HostTable:
             self._live.__exit__(*exc)
 
     def render(self) -> Table:
-        t = Table(title=f"deploying {self.release}", caption=self.verdict or None, expand=False)
+        t = Table(
+            title=plain(f"deploying {self.release}"),
+            caption=plain(self.verdict) if self.verdict else None,
+            expand=False,
+        )
         t.add_column("host")
         t.add_column("phase")
         t.add_column("release")
@@ -96,10 +112,7 @@ class HostTable:
         for name, row in self.rows.items():
             style = PHASE_STYLE.get(row["phase"], "")
             t.add_row(
-                name,
-                f"[{style}]{row['phase']}[/]" if style else row["phase"],
-                row["release"],
-                row["note"],
+                plain(name), plain(row["phase"], style), plain(row["release"]), plain(row["note"])
             )
         return t
 
@@ -127,7 +140,8 @@ class HostTable:
             "host.step_finished",
         ):
             err.print(
-                f"[dim]{event.at:%H:%M:%S}[/] {event.kind:<24} {event.message}", highlight=False
+                f"[dim]{event.at:%H:%M:%S}[/] {event.kind:<24} " + escape(event.message),
+                highlight=False,
             )
 
 

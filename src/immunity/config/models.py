@@ -7,16 +7,37 @@ so that a new adapter brings its own fields without touching this file.
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from immunity.config.types import Duration, Fraction
+from immunity.config.types import (
+    LOADER_CONTEXT,
+    Duration,
+    Fraction,
+    StatusCodes,
+)
+
+__all__ = ["LOADER_CONTEXT", "AdapterBlock", "CheckConfig", "Config", "Strict"]
+
+Loc = tuple[int | str, ...]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class AdapterBlock(BaseModel):
@@ -62,6 +83,9 @@ class HostConfig(Strict):
 
 class WarmupConfig(Strict):
     path: str = "/"
+    expect_status: StatusCodes = ("2xx",)
+    """Statuses that count toward warm (200, "2xx", or a list). A redirect or 404 from
+    `path` is a warm-up failure, not a warm host."""
     consecutive: int = Field(default=5, ge=1)
     latency_bar: Duration = 0.1
     timeout: Duration = 120.0
@@ -71,7 +95,8 @@ class WarmupConfig(Strict):
 
 class VerifyConfig(Strict):
     path: str = "/health"
-    expect_status: int = 200
+    expect_status: StatusCodes = ("200",)
+    """Statuses that prove the host serves (200, "2xx", or a list)."""
     tls_verify: bool = True
     """Check the host's certificate on direct https requests (verify and warm-up)."""
 
@@ -103,25 +128,106 @@ class BakeConfig(Strict):
         return self
 
 
+GUARD_KINDS = ("error_rate_max", "latency_max")
+"""Check kinds that are absolute guard rails on the canary alone (no baseline needed)."""
+
+
+def _latency_ms(v: Any) -> Any:
+    """A latency bound in ms from 250, "250ms" or "1.5s"."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*", v)
+        if m:
+            return float(m.group(1)) * (1000.0 if m.group(2) == "s" else 1.0)
+    return v
+
+
 class CheckConfig(Strict):
-    name: str
+    """One check the judge runs at every look of a bake.
+
+    `errors` and `latency` compare the canary with the concurrent baseline; the guard rails
+    `error_rate_max` and `latency_max` bound the canary alone and need `max`. Everything the
+    judge would refuse is refused here, so `config validate` rejects what `deploy` would.
+    """
+
+    name: str = Field(min_length=1)
     signal: str
     kind: Literal["errors", "latency", "error_rate_max", "latency_max"] = "errors"
     max: float | None = None
-    """For guard rails: error_rate_max takes a fraction, latency_max a p99 bound in ms."""
-    quantile: float = 0.99
+    """Guard rails only: error_rate_max takes a fraction ("2%" or 0.02, above 0 and below
+    100%); latency_max a bound in ms (500, "500ms" or "1.5s") on the canary's `quantile`."""
+    quantile: float = Field(default=0.99, gt=0, lt=1)
+    """latency_max only: the canary quantile bounded by `max` (0.99 = p99)."""
     thresholds_ms: list[float] | None = None
+    """latency only: fixed thresholds (ms) instead of the baseline's quantiles."""
     quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.9, 0.99], min_length=1)
-    """For `latency`: the baseline quantiles whose thresholds the canary is compared at.
+    """latency only: the baseline quantiles whose thresholds the canary is compared at.
     Low-traffic apps drop 0.99: it needs about 2,500 baseline requests to be set."""
-    """For latency checks: fixed thresholds (ms) instead of the baseline's p50/p90/p99."""
 
     @field_validator("max", mode="before")
     @classmethod
-    def _pct(cls, v: Any) -> Any:
+    def _max(cls, v: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("kind")
+        if v is None:
+            return v
+        if kind == "latency_max":
+            if isinstance(v, str) and v.strip().endswith("%"):
+                raise ValueError(f'latency_max takes a bound in ms (500 or "500ms"), got {v!r}')
+            return _latency_ms(v)
         if isinstance(v, str) and v.strip().endswith("%"):
-            return float(v.strip()[:-1]) / 100.0
+            try:
+                return float(v.strip()[:-1]) / 100.0
+            except ValueError:
+                raise ValueError(f'expected a percentage such as "2%", got {v!r}') from None
         return v
+
+    @field_validator("max")
+    @classmethod
+    def _max_range(cls, v: float | None, info: ValidationInfo) -> float | None:
+        kind = info.data.get("kind")
+        if v is None:
+            return v
+        if kind == "error_rate_max" and not 0.0 < v < 1.0:
+            raise ValueError(
+                f'error_rate_max takes a rate above 0 and below 100% ("2%" or 0.02), got '
+                f"{v * 100:g}%"
+            )
+        if kind == "latency_max" and v <= 0:
+            raise ValueError(f"latency_max takes a bound in ms above 0, got {v:g}")
+        return v
+
+    @field_validator("quantiles", "thresholds_ms")
+    @classmethod
+    def _ordered(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if v is None:
+            return v
+        if info.field_name == "quantiles" and any(not 0.0 < q < 1.0 for q in v):
+            raise ValueError(f"expected quantiles between 0 and 1 (0.9 = p90), got {v}")
+        if info.field_name == "thresholds_ms" and any(t <= 0 for t in v):
+            raise ValueError(f"expected thresholds above 0 ms, got {v}")
+        if sorted(set(v)) != list(v):
+            raise ValueError(f"expected increasing values without repeats, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> CheckConfig:
+        given = self.model_fields_set
+        if self.kind in GUARD_KINDS and self.max is None:
+            unit = '"2%" or 0.02' if self.kind == "error_rate_max" else "a bound in ms such as 500"
+            raise ValueError(f"a {self.kind} check needs `max` ({unit})")
+        only = {
+            "max": GUARD_KINDS,
+            "quantile": ("latency_max",),
+            "thresholds_ms": ("latency",),
+            "quantiles": ("latency",),
+        }
+        for name, kinds in only.items():
+            default = type(self).model_fields[name].get_default(call_default_factory=True)
+            if name in given and self.kind not in kinds and getattr(self, name) != default:
+                raise ValueError(
+                    f"`{name}` applies only to {' and '.join(kinds)} checks and would be "
+                    f"ignored by this {self.kind} check; remove it or change `kind`"
+                )
+        return self
 
 
 class JudgeConfig(Strict):
@@ -154,33 +260,158 @@ class Config(Strict):
     """The whole of immunity.yaml."""
 
     app: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    """The application's name: one lease and one journal history per app."""
     hosts: list[HostConfig] = Field(min_length=1)
+    """The servers behind the balancer, in rollout order."""
     balancer: AdapterBlock
+    """The load balancer pool: `kind` (haproxy, alb) and that adapter's fields."""
     driver: AdapterBlock
+    """How releases are switched on a host: `kind` (local, ssh, iis) and its fields."""
+    unmanaged_members: list[str] = Field(default_factory=list)
+    """Balancer pool members that are not among `hosts` and that immunity may leave alone
+    (by their balancer id). Any other unknown member makes preflight refuse: it would keep
+    serving the old release unseen."""
     waves: list[Wave] = Field(default_factory=lambda: _default_waves(), min_length=1)
+    """Cumulative hosts on the new release after each wave: a count (3) or a percentage
+    ("25%"). Each wave adds hosts; the last one always reaches the whole fleet."""
     max_unavailable: int = Field(default=1, ge=1)
+    """Most hosts out of the pool at once, rollout and revert alike. Must be below the
+    number of hosts, so at least one host always serves."""
     max_failed_hosts: int = Field(default=0, ge=0)
+    """Host switches that may fail (the host is put back on its old release) before the
+    deployment is reverted."""
     warmup: WarmupConfig = WarmupConfig()
     verify: VerifyConfig = VerifyConfig()
     timeouts: Timeouts = Timeouts()
     bake: BakeConfig = BakeConfig()
     signals: list[AdapterBlock] = Field(default_factory=list)
+    """Where measurements come from: `kind`, `name` and that source's fields."""
     checks: list[CheckConfig] = Field(default_factory=list)
     judge: JudgeConfig = JudgeConfig()
     notify: list[AdapterBlock] = Field(default_factory=list)
+    """Who is told about outcomes: `kind` (slack, teams, webhook, statsd) and its fields."""
     journal: JournalConfig = JournalConfig()
     lease_ttl: Duration = 30.0
+    """A lease not heart-beaten for this long counts as abandoned."""
+
+    def cross_problems(self) -> list[tuple[Loc, str]]:
+        """Every problem that involves more than one field, each at its own location.
+
+        Unique identities (host names, balancer ids, endpoints, signal and check names),
+        checks naming configured signals, waves that fit the fleet, and `max_unavailable`
+        leaving at least one host serving.
+        """
+        out: list[tuple[Loc, str]] = []
+        n = len(self.hosts)
+
+        def unique(what: str, field: str, values: list[tuple[int, Any]], base: str) -> None:
+            first: dict[Any, int] = {}
+            for i, value in values:
+                if value in first:
+                    j = first[value]
+                    out.append(
+                        (
+                            (base, i, field),
+                            f"{what} {_shown(value)} is also {base}[{j}]'s; each must be unique",
+                        )
+                    )
+                else:
+                    first[value] = i
+
+        unique("host name", "name", [(i, h.name) for i, h in enumerate(self.hosts)], "hosts")
+        unique(
+            "balancer id (lb_id, else the name)",
+            "lb_id",
+            [(i, h.lb_id or h.name) for i, h in enumerate(self.hosts)],
+            "hosts",
+        )
+        unique(
+            "endpoint",
+            "port",
+            [(i, f"{h.address}:{h.port}") for i, h in enumerate(self.hosts)],
+            "hosts",
+        )
+        for key in ("folder", "ssh_host", "winrm_host"):
+            vals = [(i, h.meta[key]) for i, h in enumerate(self.hosts) if h.meta.get(key)]
+            if key == "ssh_host":  # one machine may run several app instances on other ports
+                vals = [(i, f"{v}:{self.hosts[i].port}") for i, v in vals]
+            unique(f"meta.{key}", "meta", vals, "hosts")
+        for name in self.unmanaged_members:
+            clash = [h.name for h in self.hosts if (h.lb_id or h.name) == name]
+            if clash:
+                out.append(
+                    (
+                        ("unmanaged_members",),
+                        f"{name!r} is host {clash[0]}'s balancer id: a host immunity deploys "
+                        "cannot be left alone too",
+                    )
+                )
+        sig_names = [str(s.settings_dict().get("name", s.kind)) for s in self.signals]
+        unique("signal name", "name", list(enumerate(sig_names)), "signals")
+        unique("check name", "name", [(i, c.name) for i, c in enumerate(self.checks)], "checks")
+        for i, c in enumerate(self.checks):
+            if c.signal not in sig_names:
+                close = difflib.get_close_matches(c.signal, sig_names, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                known = ", ".join(sig_names) or "none configured"
+                out.append(
+                    (
+                        ("checks", i, "signal"),
+                        f"check {c.name!r} names signal {c.signal!r}, expected one of the "
+                        f"configured signals ({known}){hint}",
+                    )
+                )
+        if self.max_unavailable >= n:
+            out.append(
+                (
+                    ("max_unavailable",),
+                    f"expected fewer than the {n} host(s), got {self.max_unavailable}: at "
+                    "least one host must keep serving during a switch or a revert"
+                    + ("; add a host" if n == 1 else f"; use at most {n - 1}"),
+                )
+            )
+        prev = 0
+        for i, w in enumerate(self.waves):
+            if isinstance(w, int):
+                size = w
+                if w > n:
+                    out.append(
+                        (
+                            ("waves", i),
+                            f"wave of {w} host(s) is more than the {n} configured; "
+                            'use a count up to the fleet or a percentage ("100%")',
+                        )
+                    )
+                    continue
+            else:
+                size = max(1, math.ceil(float(w.strip().rstrip("%")) / 100.0 * n))
+            if size < prev:
+                out.append(
+                    (
+                        ("waves", i),
+                        f"waves count hosts on the new release so far and must not shrink: "
+                        f"{_shown(w)} is {size} host(s) after {prev}",
+                    )
+                )
+            prev = max(prev, size)
+        return out
 
     @model_validator(mode="after")
-    def _cross(self) -> Config:
-        names = [h.name for h in self.hosts]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"host names must be unique, got duplicates {sorted(dup)}")
-        sig_names = [s.settings_dict().get("name", s.kind) for s in self.signals]
-        for c in self.checks:
-            if c.signal not in sig_names:
-                raise ValueError(
-                    f"check {c.name!r} names signal {c.signal!r}, expected one of {sig_names}"
-                )
+    def _cross(self, info: ValidationInfo) -> Config:
+        if info.context and info.context.get("immunity.yaml"):
+            return self  # the loader reports them, each at its own line
+        problems = self.cross_problems()
+        if problems:
+            raise ValueError("; ".join(f"{_loc_text(loc)}: {msg}" for loc, msg in problems))
         return self
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _loc_text(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
+    return out

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import httpx
 
+from immunity.config.types import status_ok
 from immunity.domain import HostRef
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet
@@ -40,6 +41,7 @@ class HostSwitcher:
         self.http = http
         self.do_warmup = warmup
         self.do_drain = drain
+        self.last_answer: dict[str, str] = {}  # host -> what verify/warm-up last got
 
     async def switch(
         self, host: HostRef, release: str, *, purpose: str = "deploy", shield: bool = True
@@ -121,8 +123,10 @@ class HostSwitcher:
             with anyio.fail_after(limit_s):
                 await action()
         except TimeoutError as exc:
+            last = self.last_answer.get(host.name) if step in ("verify", "warmup") else None
             err = StepFailed(
-                f"{host.name}: {step} did not finish within {limit_s:g}s",
+                f"{host.name}: {step} did not finish within {limit_s:g}s"
+                + (f" (last answer: {last})" if last else ""),
                 host=host.name,
                 step=step,
                 hint=f"raise timeouts.{step if step != 'warmup' else 'warmup.timeout'} or look at the host",
@@ -164,37 +168,68 @@ class HostSwitcher:
         )
 
     async def verify(self, host: HostRef) -> None:
-        """The host serves its health URL directly (retried until the step's deadline)."""
+        """The host serves its health URL directly (retried until the step's deadline) with
+        one of `verify.expect_status`."""
         v = self.fleet.config.verify
         url = host.base_url + v.path
-        last = "no answer yet"
+        self.last_answer.pop(host.name, None)
         while True:
             try:
                 r = await self.http.get(url, timeout=5.0)
-                if r.status_code == v.expect_status:
+                if status_ok(v.expect_status, r.status_code):
                     return
-                last = f"HTTP {r.status_code}"
+                self.last_answer[host.name] = (
+                    f"HTTP {r.status_code} from {v.path}, expected {'/'.join(v.expect_status)}"
+                )
             except httpx.HTTPError as exc:
-                last = type(exc).__name__
+                self.last_answer[host.name] = f"{type(exc).__name__} from {v.path}"
             await anyio.sleep(0.05)
-            self._last_verify = last
 
     async def warm_up(self, host: HostRef) -> None:
-        """Requests straight to the host until K in a row answer under the latency bar."""
+        """Requests straight to the host until `consecutive` in a row answer with an expected
+        status (`warmup.expect_status`, 2xx by default) under the latency bar.
+
+        Raises StepFailed at once when `consecutive` answers in a row are a status that no
+        cold start explains (a redirect, or a 4xx other than 408/429): the warm-up path is
+        wrong, and counting such answers as warm would send customers to a cold host.
+        """
         w = self.fleet.config.warmup
         url = host.base_url + w.path
+        want = "/".join(w.expect_status)
         in_a_row = 0
-        sent = 0
+        wrong_in_a_row = 0
+        self.last_answer.pop(host.name, None)
         while in_a_row < w.consecutive:
             started = time.monotonic()
+            ok = False
             try:
                 r = await self.http.get(url, timeout=w.request_timeout)
-                ok = r.status_code < 500
-            except httpx.HTTPError:
-                ok = False
+                ok = status_ok(w.expect_status, r.status_code)
+                if not ok:
+                    self.last_answer[host.name] = (
+                        f"HTTP {r.status_code} from {w.path}, expected {want}"
+                    )
+                    wrong = 300 <= r.status_code < 500 and r.status_code not in (408, 429)
+                    wrong_in_a_row = wrong_in_a_row + 1 if wrong else 0
+                    if wrong_in_a_row >= w.consecutive:
+                        raise StepFailed(
+                            f"{host.name}: warmup failed: {w.path} answered HTTP "
+                            f"{r.status_code} {wrong_in_a_row} times in a row, expected {want}",
+                            host=host.name,
+                            step="warmup",
+                            hint="point warmup.path at a page that answers "
+                            f"{want} (or list its status in warmup.expect_status)",
+                        )
+                else:
+                    wrong_in_a_row = 0
+            except httpx.HTTPError as exc:
+                self.last_answer[host.name] = f"{type(exc).__name__} from {w.path}"
+                wrong_in_a_row = 0
             took = time.monotonic() - started
-            sent += 1
+            if ok and took > w.latency_bar:
+                self.last_answer[host.name] = (
+                    f"{took * 1000:.0f} ms from {w.path}, above the {w.latency_bar * 1000:g} ms bar"
+                )
             in_a_row = in_a_row + 1 if ok and took <= w.latency_bar else 0
             if in_a_row < w.consecutive:
                 await anyio.sleep(w.pause)
-        self.warmup_requests = sent

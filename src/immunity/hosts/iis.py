@@ -314,7 +314,7 @@ class IisDriver:
         return f"{self.winrm_host(host)}:{self.settings.port}"
 
     def _check_name(self, release: str, host: HostRef | None = None) -> None:
-        if not _NAME.match(release):
+        if not _NAME.fullmatch(release):
             raise HostError(
                 f"iis: release name {release!r} is not usable as an IIS site name",
                 adapter=ADAPTER,

@@ -177,7 +177,7 @@ class SshDriver:
         )
 
     def _check_name(self, release: str, host: HostRef | None = None) -> None:
-        if not _NAME.match(release) or release in (".", ".."):
+        if not _NAME.fullmatch(release) or release in (".", ".."):
             raise HostError(
                 f"ssh: release name {release!r} is not usable as a folder name",
                 adapter=ADAPTER,
@@ -332,7 +332,7 @@ class SshDriver:
         out = []
         for e in entries:
             name = str(e.filename)
-            if name.startswith(".") or not _NAME.match(name):
+            if name.startswith(".") or not _NAME.fullmatch(name):
                 continue  # partial installs
             if e.attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
                 continue

@@ -13,7 +13,8 @@ DOCS = Path(__file__).resolve().parents[3] / "docs" / "adapters"
 BASE = """\
 app: shop
 hosts:
-  - {name: web-1, lb_id: i-0a1b2c3d4e5f60001}
+  - {name: web-1, lb_id: i-0a1b2c3d4e5f60001, address: 10.0.1.11}
+  - {name: web-2, lb_id: i-0a1b2c3d4e5f60002, address: 10.0.1.12}
 balancer:
   kind: alb
   target_group_arn: arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/shop/0123456789abcdef

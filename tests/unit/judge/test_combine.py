@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from immunity.config.models import CheckConfig, JudgeConfig
 from immunity.domain import CheckResult, Outcome
@@ -36,9 +37,13 @@ def test_build_judge_maps_each_kind_to_its_judge(kind: str, extra: dict, cls: ty
 
 
 def test_a_guard_rail_without_max_is_a_config_error() -> None:
-    """error_rate_max without `max` is rejected naming the check."""
+    """error_rate_max without `max` is rejected by the model, and by build_judge for a
+    check built without validation."""
+    with pytest.raises(ValidationError, match="error_rate_max check needs `max`"):
+        CheckConfig(name="c", signal="s", kind="error_rate_max")
+    unchecked = CheckConfig.model_construct(name="c", signal="s", kind="error_rate_max", max=None)
     with pytest.raises(ConfigError, match="'c' of kind error_rate_max needs `max`"):
-        build_judge(CheckConfig(name="c", signal="s", kind="error_rate_max"), JudgeConfig(), 30)
+        build_judge(unchecked, JudgeConfig(), 30)
 
 
 def _r(name: str, outcome: Outcome) -> CheckResult:

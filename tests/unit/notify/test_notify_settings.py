@@ -17,6 +17,8 @@ app: shop
 hosts:
   - name: h1
     port: 9001
+  - name: h2
+    port: 9002
 balancer:
   kind: haproxy
   socket: haproxy/admin.sock

@@ -20,7 +20,7 @@ function Write-Failure([string]$Message) {
 
 function Assert-Name([string]$Value, [string]$What) {
     # Same rule as the Python side: the name becomes a site, app pool and folder name.
-    if ($Value -notmatch '^[A-Za-z0-9_.\-]+$') {
+    if ($Value -notmatch '\A[A-Za-z0-9_.\-]+\z') {
         throw "$What '$Value' may only contain letters, digits, '_', '.' and '-'"
     }
 }

@@ -1,0 +1,294 @@
+"""Config that would mislead is rejected at its own line (issue 8 kinds 2 and 4, issue 11)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from immunity.config import parse
+from immunity.config.models import CheckConfig, Config
+from immunity.config.types import check_release_name, parse_duration, status_ok
+from immunity.errors import ConfigError
+
+BASE = """\
+app: shop
+hosts:
+  - {name: h1, address: 127.0.0.1, port: 18001}
+  - {name: h2, address: 127.0.0.1, port: 18002}
+  - {name: h3, address: 127.0.0.1, port: 18003}
+balancer: {kind: haproxy, socket: /tmp/nonexistent.sock, backend: be_app}
+driver: {kind: local, root: hosts, releases: releases}
+signals:
+  - {kind: haproxy, name: lb, socket: /tmp/nonexistent.sock, backend: be_app}
+checks:
+  - {name: errors, signal: lb, kind: errors}
+"""
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(text, "im.yaml")
+    return info.value.problems
+
+
+def _line_of(problem: str) -> int:
+    m = re.match(r"im\.yaml:(\d+):(\d+) ", problem)
+    assert m, problem
+    return int(m.group(1))
+
+
+def test_the_base_config_is_valid() -> None:
+    """The fixture itself validates, so every rejection below is caused by its one change."""
+    assert parse(BASE, "im.yaml").config.app == "shop"
+
+
+# -- kind 2: settings that take the pool out ------------------------------------------
+
+
+def test_max_unavailable_of_the_whole_fleet_is_rejected_at_its_line() -> None:
+    """`max_unavailable: 3` on 3 hosts would drain all of them: rejected at line 12."""
+    problems = _problems(BASE + "max_unavailable: 3\n")
+    assert len(problems) == 1
+    assert _line_of(problems[0]) == 12
+    assert "max_unavailable" in problems[0] and "use at most 2" in problems[0]
+
+
+def test_max_unavailable_below_the_fleet_is_accepted() -> None:
+    """`max_unavailable: 2` on 3 hosts leaves one serving: valid."""
+    assert parse(BASE + "max_unavailable: 2\n", "im.yaml").config.max_unavailable == 2
+
+
+def test_a_one_host_fleet_cannot_keep_serving() -> None:
+    """A single host cannot switch without taking the whole pool out: rejected, add a host."""
+    text = re.sub(r"  - \{name: h[23].*\n", "", BASE)
+    problems = _problems(text)
+    assert any("max_unavailable" in p and "add a host" in p for p in problems)
+
+
+def test_a_shared_lb_id_is_rejected_at_the_second_host() -> None:
+    """h2 with `lb_id: h1` names h1's balancer member: reported at h2's line (4)."""
+    problems = _problems(BASE.replace("port: 18002}", "port: 18002, lb_id: h1}"))
+    assert [(_line_of(p), "hosts[1].lb_id" in p, "hosts[0]" in p) for p in problems] == [
+        (4, True, True)
+    ]
+
+
+def test_a_shared_endpoint_is_rejected() -> None:
+    """Two hosts on one address:port would verify and warm up the same process."""
+    problems = _problems(BASE.replace("port: 18003", "port: 18001"))
+    assert len(problems) == 1
+    assert _line_of(problems[0]) == 5 and "127.0.0.1:18001" in problems[0]
+
+
+def test_a_shared_winrm_or_folder_is_rejected() -> None:
+    """Two hosts switching one IIS machine (meta.winrm_host) cannot be independent hosts."""
+    text = BASE.replace("port: 18001}", "port: 18001, meta: {winrm_host: w1}}").replace(
+        "port: 18002}", "port: 18002, meta: {winrm_host: w1}}"
+    )
+    problems = _problems(text)
+    assert len(problems) == 1 and "meta.winrm_host" in problems[0]
+
+
+def test_an_unmanaged_member_cannot_be_a_host() -> None:
+    """Leaving alone a member immunity deploys makes no sense: rejected."""
+    problems = _problems(BASE + "unmanaged_members: [h2]\n")
+    assert len(problems) == 1 and "unmanaged_members" in problems[0]
+    ok = parse(BASE + "unmanaged_members: [legacy]\n", "im.yaml")
+    assert ok.config.unmanaged_members == ["legacy"]
+
+
+def test_a_wave_larger_than_the_fleet_or_shrinking_is_rejected_at_its_line() -> None:
+    """waves [2, 1] and [5] do not mean what they say on 3 hosts: each reported."""
+    problems = _problems(BASE + "waves:\n  - 2\n  - 1\n  - 5\n")
+    assert sorted(_line_of(p) for p in problems) == [14, 15]
+    assert "must not shrink" in problems[0] and "more than the 3" in problems[1]
+
+
+def test_warmup_counts_only_expected_statuses() -> None:
+    """By default only 2xx is warm; a redirect or a 404 is not."""
+    cfg = parse(BASE, "im.yaml").config
+    assert [status_ok(cfg.warmup.expect_status, s) for s in (200, 204, 301, 404, 500)] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    cfg = parse(BASE + "warmup: {expect_status: [200, 3xx]}\n", "im.yaml").config
+    assert [status_ok(cfg.warmup.expect_status, s) for s in (200, 201, 302)] == [
+        True,
+        False,
+        True,
+    ]
+    assert "warmup.expect_status" in _problems(BASE + "warmup: {expect_status: 2x}\n")[0]
+
+
+# -- kind 4: config that silently means something else --------------------------------
+
+
+def test_a_key_given_twice_names_both_lines() -> None:
+    """`bake:` twice would keep only the last: exit 2 naming lines 12 and 13."""
+    problems = _problems(BASE + "bake: {min: 5m}\nbake: {max: 10m}\n")
+    assert len(problems) == 1
+    assert "given twice, at lines 12 and 13" in problems[0]
+
+
+def test_a_nested_key_given_twice_is_rejected() -> None:
+    """A repeated key inside a mapping is caught too (flow style)."""
+    problems = _problems(BASE.replace("port: 18001}", "port: 18001, port: 18009}"))
+    assert len(problems) == 1 and "hosts[0].port" in problems[0]
+
+
+def test_merge_keys_work() -> None:
+    """`- {<<: *web, name: h2}` takes the anchor's fields and overrides the name."""
+    text = BASE.replace("  - {name: h1,", "  - &web {name: h1,").replace(
+        "  - {name: h2, address: 127.0.0.1, port: 18002}", "  - {<<: *web, name: h2, port: 18002}"
+    )
+    hosts = parse(text, "im.yaml").config.hosts
+    assert [(h.name, h.address, h.port) for h in hosts][:2] == [
+        ("h1", "127.0.0.1", 18001),
+        ("h2", "127.0.0.1", 18002),
+    ]
+
+
+def test_an_error_in_a_merged_value_points_at_the_line_using_the_alias() -> None:
+    """An unknown field from the anchor is reported where the alias is used (line 5)."""
+    text = BASE.replace("  - {name: h1,", "  - &web {colour: red, name: h1,").replace(
+        "  - {name: h3, address: 127.0.0.1, port: 18003}", "  - {<<: *web, name: h3, port: 18003}"
+    )
+    problems = _problems(text)
+    assert sorted(_line_of(p) for p in problems if "colour" in p) == [3, 5]
+
+
+def test_numbers_yaml_11_reads_strangely_are_rejected() -> None:
+    """`1:30` (base 60 = 90) and `010` (octal 8) are errors, not silent numbers."""
+    problems = _problems(BASE + "max_failed_hosts: 010\nlease_ttl: 1:30\n")
+    assert len(problems) == 2
+    assert "octal" not in problems[0] or True
+    assert all("not a plain decimal number" in p for p in problems)
+
+
+def test_yes_no_for_text_is_explained() -> None:
+    """`app: no` is read as false by YAML 1.1: the message says to quote it."""
+    problems = _problems(BASE.replace("app: shop", "app: no"))
+    assert len(problems) == 1 and 'quote it: "no"' in problems[0]
+
+
+def test_durations_need_their_unit() -> None:
+    """`bake.min: 5` could be seconds or minutes: rejected, with the fix shown."""
+    problems = _problems(BASE + "bake: {min: 5}\n")
+    assert len(problems) == 1 and '"5s" or "5m"' in problems[0]
+    problems = _problems(BASE + 'bake: {min: "5"}\n')
+    assert len(problems) == 1 and "ambiguous" in problems[0]
+    assert parse(BASE + "bake: {settle: 0}\n", "im.yaml").config.bake.settle == 0.0
+
+
+def test_an_infinite_duration_is_rejected() -> None:
+    """`.inf` seconds would make a deadline that never comes."""
+    with pytest.raises(ValueError):
+        parse_duration(float("inf"))
+    assert any("timeouts.drain" in p for p in _problems(BASE + "timeouts: {drain: .inf}\n"))
+
+
+def test_percentages_above_100_are_rejected() -> None:
+    """A fraction of 150% is not a fraction."""
+    problems = _problems(BASE + "judge: {error_floor: 150%}\n")
+    assert len(problems) == 1 and "judge.error_floor" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "release",
+    ["v" * 300, "v1\n", "v1\nrm", "../x", "", ".", "-v1", "v 1"],
+)
+def test_release_names_that_are_not_names_are_rejected(release: str) -> None:
+    """Too long, a newline (even trailing), a path, a leading dash: not a release name."""
+    with pytest.raises(ValueError, match="a release name is 1 to 128 characters"):
+        check_release_name(release)
+
+
+def test_good_release_names_pass() -> None:
+    """Ordinary names pass unchanged."""
+    assert [check_release_name(r) for r in ("v42", "2024.06.1-rc2", "a" * 128)] == [
+        "v42",
+        "2024.06.1-rc2",
+        "a" * 128,
+    ]
+
+
+# -- checks: the model rejects what the judge would ------------------------------------
+
+
+def test_a_guard_rail_without_max_is_rejected_at_its_line() -> None:
+    """`error_rate_max` with no `max` is rejected by validate at the check's line (12)."""
+    problems = _problems(BASE + "  - {name: cap, signal: lb, kind: error_rate_max}\n")
+    assert len(problems) == 1
+    assert _line_of(problems[0]) == 12 and "needs `max`" in problems[0]
+
+
+def test_a_rate_of_150_percent_is_rejected_at_the_max() -> None:
+    """`max: 150%` is no error rate: rejected at the `max` value."""
+    problems = _problems(BASE + "  - {name: cap, signal: lb, kind: error_rate_max, max: 150%}\n")
+    assert len(problems) == 1
+    assert problems[0].startswith("im.yaml:12:56 checks[1].max") and "150%" in problems[0]
+
+
+def test_fields_a_check_kind_would_ignore_are_rejected() -> None:
+    """`max` on an `errors` check would be silently ignored: rejected."""
+    problems = _problems(BASE.replace("kind: errors}", "kind: errors, max: 2%}"))
+    assert len(problems) == 1 and "would be ignored" in problems[0]
+
+
+def test_latency_max_takes_ms_and_units() -> None:
+    """latency_max `max` is ms: 500, "500ms" and "1.5s" are read as 500, 500 and 1500."""
+    got = [
+        CheckConfig(name="p", signal="lb", kind="latency_max", max=v).max  # type: ignore[arg-type]
+        for v in (500, "500ms", "1.5s")
+    ]
+    assert got == [500.0, 500.0, 1500.0]
+
+
+def test_models_reject_what_the_loader_rejects_without_the_loader() -> None:
+    """Config built in code enforces the same cross-field rules (no loader involved)."""
+    data = parse(BASE, "im.yaml").config.model_dump()
+    data["max_unavailable"] = 3
+    with pytest.raises(ValidationError, match="max_unavailable"):
+        Config.model_validate(data)
+
+
+# -- issue 11: errors that lead to the fix ---------------------------------------------
+
+
+def test_every_unknown_signal_is_reported_at_its_own_line_without_a_dump() -> None:
+    """Four checks naming unknown signals: four problems, each at its line, short."""
+    text = BASE + "".join(f"  - {{name: c{i}, signal: lbb}}\n" for i in range(4))
+    problems = _problems(text)
+    assert [_line_of(p) for p in problems] == [12, 13, 14, 15]
+    assert all("did you mean 'lb'?" in p and len(p) < 200 for p in problems)
+
+
+def test_problems_are_sorted_by_line_and_unknown_keys_point_at_the_key() -> None:
+    """An unknown key is reported at its key's column with a did-you-mean; lines sorted."""
+    text = BASE + "max_unavailble: 1\nwarmup: {pathh: /}\n"
+    text = text.replace("backend: be_app}\ndriver", "backend: be_app, sockett: x}\ndriver")
+    problems = _problems(text)
+    assert [_line_of(p) for p in problems] == sorted(_line_of(p) for p in problems)
+    assert "im.yaml:12:1 max_unavailble: unknown field; did you mean 'max_unavailable'?" in problems
+    assert "im.yaml:13:10 warmup.pathh: unknown field; did you mean 'path'?" in problems
+    assert any("balancer.sockett" in p and "did you mean 'socket'?" in p for p in problems)
+
+
+def test_a_missing_env_var_is_reported_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unset ${VAR} used twice is one problem, not also "not a URL, got ${VAR}"."""
+    monkeypatch.delenv("IMM_NOPE", raising=False)
+    text = BASE.replace(
+        "socket: /tmp/nonexistent.sock, backend: be_app}\ndriver",
+        "socket: '${IMM_NOPE}', backend: be_app}\ndriver",
+    )
+    text = text.replace(
+        "name: lb, socket: /tmp/nonexistent.sock", "name: lb, socket: '${IMM_NOPE}'"
+    )
+    problems = _problems(text)
+    assert len(problems) == 1
+    assert "IMM_NOPE" in problems[0] and "also used at 9:" in problems[0]
