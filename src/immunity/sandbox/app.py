@@ -1,11 +1,14 @@
 """The sandbox's sample web app: one process per local host, behaviour read from a release manifest.
 
 Run as ``python -m immunity.sandbox.app --host-name h1 --port 9001 --manifest PATH``.
-The manifest is JSON: ``{"name": "v2", "error_rate": 0.3, "latency_ms": 50, "cold_start_s": 25}``.
+The manifest is JSON: ``{"name": "v2", "error_rate": 0.3, "latency_ms": 50, "cold_start_s": 25,
+"errors_after_s": 0}``.
 
 Routes:
   ``/``            the app: answers 500 with probability `error_rate`, after ~2-5 ms of base
-                   latency plus `latency_ms` (±20 %).
+                   latency plus `latency_ms` (±20 %). With `errors_after_s` the errors begin
+                   only that many seconds after the process started (a late-onset fault: a
+                   leak, a cache that fills, a cron-like job).
   ``/slow?ms=N``   like ``/`` but takes N ms (drain tests).
   ``/health``      always 200 at once, even during the cold start: like an IIS site whose
                    health page is static while the app pool warms on the first real request.
@@ -43,6 +46,8 @@ class SampleApp:
         self.error_rate = float(manifest.get("error_rate", 0.0))
         self.latency_ms = float(manifest.get("latency_ms", 0.0))
         self.cold_start_s = float(manifest.get("cold_start_s", 0.0))
+        self.errors_after_s = float(manifest.get("errors_after_s", 0.0))
+        self.started = time.monotonic()
         self.warm_at: float | None = None if self.cold_start_s > 0 else 0.0
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -73,7 +78,8 @@ class SampleApp:
         began = time.monotonic()
         await self._cold_start()
         await asyncio.sleep(random.uniform(0.002, 0.005) + extra_s)
-        if self.error_rate > 0 and random.random() < self.error_rate:
+        failing = self.error_rate > 0 and time.monotonic() - self.started >= self.errors_after_s
+        if failing and random.random() < self.error_rate:
             status, text = 500, f"{self.host_name} {self.release} error\n"
         else:
             status, text = 200, f"{self.host_name} {self.release} ok\n"

@@ -65,6 +65,14 @@ def release(
     cold_start_s: Annotated[
         float, typer.Option("--cold-start-s", min=0.0, help="First requests wait this long.")
     ] = 0.0,
+    errors_after_s: Annotated[
+        float,
+        typer.Option(
+            "--errors-after-s",
+            min=0.0,
+            help="Errors begin this many seconds after the host's process started (late onset).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Write the release manifest DIR/releases/NAME.json."""
     if not dir.is_dir():
@@ -72,7 +80,7 @@ def release(
         typer.echo("hint: create the sandbox with `immunity sandbox up --dir DIR`", err=True)
         raise typer.Exit(2)
     try:
-        path = fleet.add_release(dir, name, error_rate, latency_ms, cold_start_s)
+        path = fleet.add_release(dir, name, error_rate, latency_ms, cold_start_s, errors_after_s)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -3,7 +3,8 @@
 Layout of a sandbox folder::
 
     DIR/immunity.yaml                 config for `immunity deploy` against this fleet
-    DIR/releases/<name>.json          release manifests (error_rate, latency_ms, cold_start_s)
+    DIR/releases/<name>.json          release manifests (error_rate, latency_ms, cold_start_s,
+                                      errors_after_s)
     DIR/hosts/<host>/...              one folder per host (see immunity.hosts.local)
     DIR/haproxy/haproxy.cfg           balancer config; runtime API at DIR/haproxy/admin.sock
     DIR/haproxy/access.log            HAProxy's stdout: one JSON line per request (+ state lines)
@@ -104,14 +105,19 @@ def add_release(
     error_rate: float = 0.0,
     latency_ms: float = 0.0,
     cold_start_s: float = 0.0,
+    errors_after_s: float = 0.0,
 ) -> Path:
-    """Write `DIR/releases/<name>.json` and return its path."""
+    """Write `DIR/releases/<name>.json` and return its path.
+
+    `errors_after_s`: the release's errors begin that many seconds after its process started
+    on a host (a late-onset fault); 0 means from the first request.
+    """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"expected a release name such as v2, got {name!r}")
     if not 0.0 <= error_rate <= 1.0:
         raise ValueError(f"expected error_rate in [0, 1], got {error_rate}")
-    if latency_ms < 0 or cold_start_s < 0:
-        raise ValueError("expected latency_ms and cold_start_s >= 0")
+    if latency_ms < 0 or cold_start_s < 0 or errors_after_s < 0:
+        raise ValueError("expected latency_ms, cold_start_s and errors_after_s >= 0")
     folder = Path(dir) / "releases"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
@@ -120,6 +126,7 @@ def add_release(
         "error_rate": error_rate,
         "latency_ms": latency_ms,
         "cold_start_s": cold_start_s,
+        "errors_after_s": errors_after_s,
     }
     write_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return path

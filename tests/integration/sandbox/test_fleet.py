@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,5 +138,34 @@ async def test_cold_start_blocks_the_first_requests_but_not_health(
             async with s.get(host.base_url + "/") as resp:
                 assert resp.status == 200
             assert time.monotonic() - t < 0.5
+    finally:
+        await driver.start(host, "v1")
+
+
+async def test_a_late_onset_release_answers_500_only_after_its_delay(
+    sandbox: fleet.SandboxInfo,
+) -> None:
+    """With errors_after_s, a release serves 200 at first and 500 once the delay has passed."""
+    import time
+
+    fleet.add_release(sandbox.dir, "late", error_rate=1.0, errors_after_s=1.5)
+    driver = LocalDriver(LocalDriver.Settings(), base_dir=sandbox.dir)
+    host = HostRef("h1", "127.0.0.1", sandbox.host_ports["h1"])
+    await driver.install(host, "late")
+    await driver.start(host, "late")
+    began = time.monotonic()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(host.base_url + "/") as resp:
+                assert resp.status == 200
+            assert time.monotonic() - began < 1.0  # the first answer came before the delay
+            statuses = []
+            deadline = time.monotonic() + 10
+            while not statuses or statuses[-1] != 500:
+                assert time.monotonic() < deadline, statuses
+                async with s.get(host.base_url + "/") as resp:
+                    statuses.append(resp.status)
+                await asyncio.sleep(0.1)
+            assert time.monotonic() - began >= 1.4
     finally:
         await driver.start(host, "v1")
