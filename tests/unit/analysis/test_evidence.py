@@ -22,7 +22,7 @@ def config(**judge: Any) -> Config:
     return Config.model_validate(
         {
             "app": "shop",
-            "hosts": [{"name": f"h{i}"} for i in range(3)],
+            "hosts": [{"name": f"h{i}", "port": 8000 + i} for i in range(3)],
             "balancer": {"kind": "haproxy"},
             "driver": {"kind": "local"},
             "signals": [{"kind": "haproxy", "name": "lb"}],
@@ -31,7 +31,7 @@ def config(**judge: Any) -> Config:
                 {"name": "latency", "signal": "lb", "kind": "latency"},
                 {"name": "5xx-bar", "signal": "lb", "kind": "error_rate_max", "max": "5%"},
             ],
-            "bake": {"min": 30, "max": 600, "interval": 1},
+            "bake": {"min": "30s", "max": "600s", "interval": "1s"},
             "judge": judge,
         }
     )
@@ -160,7 +160,7 @@ def test_a_finished_bake_is_not_resumed_and_latency_thresholds_carry_over(tmp_pa
 def test_a_failing_signal_is_kept_apart_from_thin_traffic() -> None:
     """A signal that errors ends the bake with `error` only after the consecutive-error limit;
     a signal that sees no traffic is `inconclusive`, ended by the inconclusive limit."""
-    cfg = config(consecutive_error_limit=4, inconclusive_limit=20)
+    cfg = config(consecutive_error_limit=4, inconclusive_limit="20s")
     stream = looks(3, 100, 0.01)
     errors = BakeAnalysis(cfg, relative=True)
     for i in range(3):  # three failures, then a good answer: waited out
