@@ -63,13 +63,32 @@ class Cohort(StrEnum):
     BASELINE = "baseline"
 
 
+class ObservationStatus(StrEnum):
+    """Whether an observation is evidence, and if not, why not (each worded differently).
+
+    * ``ok``: counts the judge may use.
+    * ``no_data``: the source answered and has nothing for this window (no series yet, no
+      datapoint published, an empty cohort).
+    * ``failed``: the source could not be read (error, timeout, unreadable file).
+    * ``rejected``: the source answered, but the answer is partial, stale, duplicated or
+      implausible for the window (shards failed, a counter older than the window, more
+      requests than a host can serve): never evidence.
+    """
+
+    OK = "ok"
+    NO_DATA = "no_data"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
 @dataclass(frozen=True)
 class Observation:
     """What one cohort did over one window.
 
     `latency_buckets` counts requests per bucket whose upper bounds (ms) are `latency_bounds_ms`,
     with one more bucket at the end for the overflow. Empty when the source has no latency.
-    `requests == 0` with `available=False` means the source could not say (never a pass).
+    `requests == 0` with `available=False` means the source could not say (never a pass);
+    `status` says why (`available` is False exactly when `status` is not ``ok``).
     """
 
     requests: int
@@ -79,10 +98,28 @@ class Observation:
     available: bool = True
     hosts: int = 0
     detail: str = ""
+    status: ObservationStatus = ObservationStatus.OK
+
+    def __post_init__(self) -> None:
+        if not self.available and self.status is ObservationStatus.OK:
+            object.__setattr__(self, "status", ObservationStatus.NO_DATA)
+        elif self.status is not ObservationStatus.OK and self.available:
+            object.__setattr__(self, "available", False)
 
     @staticmethod
-    def missing(detail: str) -> Observation:
-        return Observation(requests=0, errors=0, available=False, detail=detail)
+    def missing(detail: str, status: ObservationStatus = ObservationStatus.NO_DATA) -> Observation:
+        """No evidence for this window; `detail` says why in words, `status` in kind."""
+        return Observation(requests=0, errors=0, available=False, detail=detail, status=status)
+
+    @staticmethod
+    def failed(detail: str) -> Observation:
+        """The source could not be read."""
+        return Observation.missing(detail, ObservationStatus.FAILED)
+
+    @staticmethod
+    def rejected(detail: str) -> Observation:
+        """The source answered something partial, stale or implausible: not evidence."""
+        return Observation.missing(detail, ObservationStatus.REJECTED)
 
 
 class Outcome(StrEnum):

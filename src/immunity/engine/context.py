@@ -40,6 +40,8 @@ class Fleet:
     notifiers: list[Notifier]
     journal: Journal
     sinks: list[EventSink] = field(default_factory=list)
+    signal_views: dict[str, str] = field(default_factory=dict)
+    """What each signal source said it sees of the fleet's traffic at preflight."""
 
     @property
     def config(self) -> Any:

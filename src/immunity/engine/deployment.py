@@ -111,7 +111,10 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
     for adapter in (fleet.lb, fleet.driver, *fleet.signals.values(), *fleet.notifiers):
         check = getattr(adapter, "preflight", None)
         if check is not None:
-            await check(fleet.hosts)
+            seen = await check(fleet.hosts)
+            if isinstance(seen, str) and adapter in fleet.signals.values():
+                # a signal says what it sees of the traffic now (or plainly that it sees none)
+                fleet.signal_views[str(getattr(adapter, "name", "signal"))] = seen
     await fleet.driver.check_release(release)
     members = await fleet.lb.members(fleet.hosts)
     actives: dict[str, str | None] = {}
@@ -215,6 +218,8 @@ class Deployment:
                 holder=lease.holder,
                 hosts=[h.name for h in fleet.hosts],
             )
+            for name, seen in fleet.signal_views.items():
+                rec.record("signal.checked", seen, signal=name)
         else:
             rec.record(
                 "deployment.resumed",

@@ -48,7 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from immunity.config.models import JudgeConfig
-from immunity.domain import CheckResult, Observation, Outcome
+from immunity.domain import CheckResult, Observation, ObservationStatus, Outcome
 from immunity.judge.evidence import (
     BinomialRatios,
     CappedMixture,
@@ -111,23 +111,56 @@ class TrafficGuard:
         self.recent: deque[tuple[float, float, int, int, int, int]] = deque()
         self.canary_seen_at = 0.0
         self.baseline_seen_at = 0.0
+        self.baseline_while_canary_silent = 0
 
     def check(
         self, t_s: float, dt: float, canary: Observation, baseline: Observation
     ) -> str | None:
-        """The reason this look cannot be judged, or None. Unavailable data is not recorded."""
-        if not canary.available:
-            return f"canary data unavailable ({canary.detail or 'no detail'}) at {t_s:.0f} s"
-        if self.needs_baseline and not baseline.available:
-            return f"baseline data unavailable ({baseline.detail or 'no detail'}) at {t_s:.0f} s"
+        """The reason this look cannot be judged, or None. Unavailable data is not recorded.
+
+        Three different reasons, never confused: the signal could not give evidence (failed,
+        no data, or an answer rejected as partial/stale/implausible), the signal sees no
+        traffic on either cohort, and the canary gets too little of the traffic.
+        """
+        for who, obs in (("canary", canary), ("baseline", baseline)):
+            if obs.available or (who == "baseline" and not self.needs_baseline):
+                continue
+            detail = obs.detail or "no detail"
+            if obs.status is ObservationStatus.FAILED:
+                return f"the signal failed for the {who} at {t_s:.0f} s: {detail}"
+            if obs.status is ObservationStatus.REJECTED:
+                return f"the signal's answer for the {who} is not evidence at {t_s:.0f} s: {detail}"
+            return f"the signal has no data for the {who} at {t_s:.0f} s: {detail}"
         if canary.requests > 0:
             self.canary_seen_at = t_s
         if baseline.requests > 0:
             self.baseline_seen_at = t_s
-        if t_s - self.canary_seen_at >= NO_TRAFFIC_S:
-            return f"the canary served no requests for {t_s - self.canary_seen_at:.0f} s"
-        if self.needs_baseline and t_s - self.baseline_seen_at >= NO_TRAFFIC_S:
-            return f"the baseline served no requests for {t_s - self.baseline_seen_at:.0f} s"
+        if canary.requests == 0:
+            self.baseline_while_canary_silent += baseline.requests
+        else:
+            self.baseline_while_canary_silent = 0
+        canary_silent = t_s - self.canary_seen_at
+        baseline_silent = t_s - self.baseline_seen_at
+        if canary_silent >= NO_TRAFFIC_S and (
+            not self.needs_baseline or baseline_silent >= NO_TRAFFIC_S
+        ):
+            quiet = min(canary_silent, baseline_silent) if self.needs_baseline else canary_silent
+            either = " on either cohort" if self.needs_baseline else " on the canary"
+            return (
+                f"the signal sees no traffic{either} for {quiet:.0f} s (no customer traffic, "
+                "or the signal cannot see it)"
+            )
+        if canary_silent >= NO_TRAFFIC_S:
+            return (
+                f"the canary gets too little of the traffic: none of the "
+                f"{count(self.baseline_while_canary_silent)} requests of the last "
+                f"{canary_silent:.0f} s (the baseline served them all)"
+            )
+        if self.needs_baseline and baseline_silent >= NO_TRAFFIC_S:
+            return (
+                f"the baseline gets none of the traffic for {baseline_silent:.0f} s while the "
+                "canary serves: nothing to compare the canary with"
+            )
         if not self.needs_baseline:
             return None
         self.recent.append(
@@ -153,7 +186,8 @@ class TrafficGuard:
             return None
         if got < self.min_share * expected:
             return (
-                f"the canary got {pct(got / total)} of {count(total)} requests over the last "
+                f"the canary gets too little of the traffic: {pct(got / total)} of "
+                f"{count(total)} requests over the last "
                 f"{span:.0f} s against a fair share of {pct(expected / total)} "
                 f"(below {self.min_share:.0%} of it)"
             )

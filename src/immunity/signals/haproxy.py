@@ -1,36 +1,75 @@
-"""Per-cohort request, 5xx and latency counts from HAProxy (2.4+).
+"""Per-cohort request, 5xx and latency counts from HAProxy (2.4+): its access log or its counters.
 
-Best source: HAProxy's JSON access log, one line per request with at least the server name,
-status, accept time and timers, in the sandbox's format::
+**Access log** (best: exact per-request counts and latency). Read from a file that HAProxy
+(``log stdout format raw`` with ``-db``) or a syslog daemon (rsyslog, syslog-ng, socat)
+writes, one line per request. Three line formats (``log_format``, ``auto`` by default tells
+them apart line by line):
 
-    {"ts":%Ts.%ms,"srv":"%s","st":%ST,"Ta":%Ta,"Tt":%Tt,...}
+* ``httplog``: HAProxy's standard ``option httplog`` line (configuration manual §8.2.3),
+  with or without a syslog prefix (RFC 3164 ``<134>Nov 26 09:49:23 haproxy[6579]:``, a
+  file written by rsyslog, or RFC 5424)::
 
-Lines that are not JSON objects (HAProxy's own "Server ... is DOWN" notices) are skipped;
-syslog prefixes before the ``{`` are tolerated. The file is tailed incrementally (a byte
-offset, reset when the file shrinks), and records are kept in memory for `retention` seconds.
-A request counts in the window holding its *completion* time (``ts + Tt``): that is when
-its answer is known. Latency is ``Ta`` (active time: receive, queue, connect, response).
-Every status >= 500 on a server counts as an error, including the 502/503/504 that HAProxy
-itself answers for that server. Requests with no server (``<NOSRV>``) or no status
-(client aborts, ``st`` -1) are not counted.
+    10.0.1.2:33317 [06/Feb/2009:12:14:14.655] http-in static/srv1 10/0/30/69/109 200 2750 ...
 
-Without an access log the source diffs ``show stat`` counters (``req_tot``, ``hrsp_5xx`` +
-``eresp``) per server between snapshots, one taken at preflight and one per look; then
-windows are "since the snapshot nearest before `start`" and there is no latency.
+  i.e. ``%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B ...``. The date is HAProxy's
+  local time without an offset: ``timezone`` says which (the machine's by default). A request
+  completes at ``%tr + %Ta``; its latency is ``%Ta``. HAProxy 1.x lines (``[%t]`` and
+  ``%Tq/%Tw/%Tc/%Tr/%Tt``) have the same shape and read the same way.
+* ``json``: one JSON object per line (anything before the first ``{``, such as a syslog
+  prefix, is skipped). The keys are named by ``fields``; the defaults are the sandbox's
+  ``log-format``::
+
+    {"ts":%Ts.%ms,"be":"%b","srv":"%s","st":%ST,"Ta":%Ta,"Tt":%Tt,...}
+
+  ``fields.timestamp`` may hold epoch seconds (a number or a numeric string; values above
+  1e11 are read as milliseconds), HAProxy's date (``%t``/``%tr``:
+  ``06/Feb/2009:12:14:14.655``, optionally followed by `` +0100`` as ``%trl`` writes it)
+  or ISO 8601. A request completes at timestamp + ``fields.duration`` (ms; default the
+  latency field), and its latency is ``fields.latency`` (ms).
+
+A request counts in the window holding its *completion* time: windows that follow each
+other count each request once. Every status >= 500 on a server counts as an error,
+including the 502/503/504 that HAProxy answers for that server. Requests with no server
+(``<NOSRV>``), no status (``-1``: the client left) or another backend (when the line names
+its backend and ``backend`` is set) are not counted. HAProxy's own notices (``Server
+be_app/h1 is DOWN``, ``[NOTICE]``...) are skipped; any other line that does not parse is
+reported: at preflight when recent lines do not parse (exit 2 naming the file, the line
+and the fields expected), during the bake as a look with a partial answer (missing).
+
+The file is tailed incrementally in a worker thread (a byte offset, reset when the file is
+replaced or shrinks). Requests are aggregated per server into 0.1 s bins kept for
+`retention` seconds, so memory does not grow with traffic; windows are partitioned by bin.
+
+**Counters** (no access log): ``show stat`` per server, counted as the access log counts:
+requests ``req_tot`` + (``eresp`` - ``srv_abrt``) and errors ``hrsp_5xx`` + (``eresp`` -
+``srv_abrt``). A 502 or 504 HAProxy answers for a server (broken connection, server
+timeout) is an ``eresp`` with neither a ``req_tot`` nor an ``hrsp_5xx``; a transfer the
+server aborted after sending its status is in ``srv_abrt`` (part of ``eresp``) and already
+in ``req_tot``. Each look diffs a snapshot against the
+previous one; a previous snapshot that does not reach back to the window's start (the first
+look after preflight, a skipped look) is stale, and that look is missing. No latency.
 """
 
 from __future__ import annotations
 
 import bisect
+import calendar
 import datetime as dt
 import json
+import logging
+import math
 import os
+import re
 import time
+import zoneinfo
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import anyio
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from immunity.clients.haproxy import HAProxyClient
 from immunity.config import resolve_path
@@ -39,9 +78,79 @@ from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import BalancerError, PreflightError, SignalError
 
 ADAPTER = "haproxy"
+log = logging.getLogger("immunity.signals.haproxy")
+
 # On first open of a large log, read only its tail: older lines are past any window we keep.
 _MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 _CHUNK = 4 * 1024 * 1024
+_BIN_S = 0.1
+_RECENT_BYTES = 256 * 1024
+_RECENT_LINES = 200
+RECENT_TRAFFIC_S = 60.0
+"""Preflight calls traffic older than this "no current traffic"."""
+MAX_UNPARSED_SHARE = 0.01
+"""A look whose new lines hold more unparsed request lines than this share is partial."""
+
+LogFormat = Literal["auto", "httplog", "json"]
+
+_MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
+_HTTPLOG = re.compile(
+    r"(?P<client>\S+):\d+ \[(?P<date>\d{1,2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?:\.\d+)?)\] "
+    r"\S+ (?P<be>[^\s/]+)/(?P<srv>\S+) "
+    r"-?\d+/-?\d+/-?\d+/-?\d+/\+?(?P<ta>-?\d+) (?P<st>-?\d+) "
+)
+_HAPROXY_DATE = re.compile(
+    r"^(\d{1,2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?: ([+-])(\d{2}):?(\d{2}))?$"
+)
+# HAProxy's own lines on stdout/syslog: state changes and startup messages, not requests.
+_NOTICE = re.compile(
+    r"\[(NOTICE|WARNING|ALERT)\]|\b(Server|Proxy|backend|Health check for server) \S+ "
+    r"(is |has |started|stopped|paused|resumed|succeeded|failed)|\bProxy \S+ started|"
+    r"Connect from |haproxy\[\d+\]: *$"
+)
+HTTPLOG_EXPECTED = (
+    "HAProxy's `option httplog` line: CLIENT:PORT [DATE] FRONTEND BACKEND/SERVER "
+    "TR/Tw/Tc/Tr/Ta STATUS BYTES ... (log-format %ci:%cp [%tr] %ft %b/%s "
+    "%TR/%Tw/%Tc/%Tr/%Ta %ST %B ...)"
+)
+
+
+class LogFields(BaseModel):
+    """JSON access-log keys (`log_format: json`); defaults are the sandbox's log-format."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    server: str = "srv"
+    """HAProxy server name (%s); "backend/server" (%b/%s) also works."""
+    status: str = "st"
+    """HTTP status (%ST)."""
+    timestamp: str = "ts"
+    """When the request started: epoch seconds (%Ts.%ms), HAProxy's date (%tr, %t) or ISO 8601."""
+    latency: str = "Ta"
+    """Latency in ms (%Ta, or %Tt / %Tr as you prefer)."""
+    duration: str | None = "Tt"
+    """ms from `timestamp` to the request's completion; the latency field when absent."""
+    backend: str | None = "be"
+    """Backend name (%b), used to keep only `backend`'s requests when present in a line."""
+
+    def expected(self) -> str:
+        return (
+            f"a JSON object with server {self.server!r}, status {self.status!r}, timestamp "
+            f"{self.timestamp!r} (epoch seconds, HAProxy's dd/Mon/yyyy:HH:MM:SS.mmm or ISO "
+            f"8601) and latency {self.latency!r} (ms)"
+        )
+
+
+def _tz(name: str) -> dt.tzinfo | None:
+    """None means the machine's local time (what HAProxy writes unless told otherwise)."""
+    if name == "local":
+        return None
+    m = re.fullmatch(r"(?:UTC)?([+-])(\d{1,2}):?(\d{2})", name)
+    if m:
+        sign = 1 if m.group(1) == "+" else -1
+        return dt.timezone(sign * dt.timedelta(hours=int(m.group(2)), minutes=int(m.group(3))))
+    if name.upper() in ("UTC", "Z", "GMT"):
+        return dt.UTC
+    return zoneinfo.ZoneInfo(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,45 +159,210 @@ class LogRecord:
     server: str
     status: int
     latency_ms: float
+    backend: str | None = None
+
+
+class Unparsed(str):
+    """Why a line did not parse (a str, so `parse` can return it without raising)."""
+
+    __slots__ = ()
+
+
+class LogParser:
+    """One access-log line -> LogRecord (counted), None (not a request) or Unparsed."""
+
+    def __init__(
+        self, fmt: LogFormat = "auto", fields: LogFields | None = None, timezone: str = "local"
+    ) -> None:
+        self.fmt = fmt
+        self.fields = fields or LogFields()
+        self.tz = _tz(timezone)
+        self._minutes: dict[str, float] = {}
+
+    def expected(self) -> str:
+        if self.fmt == "httplog":
+            return HTTPLOG_EXPECTED
+        if self.fmt == "json":
+            return self.fields.expected()
+        return f"{HTTPLOG_EXPECTED}, or {self.fields.expected()}"
+
+    # -- dates --
+
+    def haproxy_date(self, text: str) -> float | None:
+        """`06/Feb/2009:12:14:14.655` (+ optional ` +0100`) -> unix seconds, or None."""
+        m = _HAPROXY_DATE.match(text)
+        if m is None:
+            return None
+        day, mon, year, hh, mm, ss, frac, sign, oh, om = m.groups()
+        month = _MONTHS.get(mon)
+        if month is None:
+            return None
+        fraction = float("0." + frac) if frac else 0.0
+        if sign is not None:
+            offset = (int(oh) * 60 + int(om)) * 60 * (1 if sign == "+" else -1)
+            base = calendar.timegm((int(year), month, int(day), int(hh), int(mm), 0)) - offset
+            return base + int(ss) + fraction
+        key = text[:17]
+        base_m = self._minutes.get(key)
+        if base_m is None:
+            naive = dt.datetime(int(year), month, int(day), int(hh), int(mm))
+            base_m = (
+                naive.timestamp() if self.tz is None else naive.replace(tzinfo=self.tz).timestamp()
+            )
+            if len(self._minutes) > 4096:
+                self._minutes.clear()
+            self._minutes[key] = base_m
+        return base_m + int(ss) + fraction
+
+    def timestamp(self, value: object) -> float | None:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int | float):
+            t = float(value)
+        elif isinstance(value, str):
+            try:
+                t = float(value)
+            except ValueError:
+                got = self.haproxy_date(value)
+                if got is not None:
+                    return got
+                try:
+                    d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                except ValueError:
+                    return None
+                if d.tzinfo is None:
+                    d = d.replace(tzinfo=self.tz) if self.tz is not None else d.astimezone()
+                return d.timestamp()
+        else:
+            return None
+        if not math.isfinite(t) or t <= 0:
+            return None
+        return t / 1000.0 if t > 1e11 else t  # epoch milliseconds
+
+    # -- lines --
+
+    def parse(self, line: str | bytes) -> LogRecord | Unparsed | None:
+        if isinstance(line, bytes):
+            line = line.decode(errors="replace")
+        line = line.strip()
+        if not line:
+            return None
+        brace = line.find("{") if self.fmt != "httplog" else -1
+        if brace >= 0:
+            return self._json(line[brace:])
+        if self.fmt != "json":
+            m = _HTTPLOG.search(line)
+            if m is not None:
+                return self._httplog(m)
+        if _NOTICE.search(line):
+            return None
+        return Unparsed("no JSON object in the line" if self.fmt == "json" else "unknown line")
+
+    def _httplog(self, m: re.Match[str]) -> LogRecord | Unparsed | None:
+        server, status = m.group("srv"), int(m.group("st"))
+        if status < 100 or server.startswith("<"):
+            return None
+        start = self.haproxy_date(m.group("date"))
+        if start is None:
+            return Unparsed(f"bad date {m.group('date')!r}")
+        ta = max(int(m.group("ta")), 0)
+        return LogRecord(start + ta / 1000.0, server, status, float(ta), m.group("be"))
+
+    def _json(self, text: str) -> LogRecord | Unparsed | None:
+        f = self.fields
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            return Unparsed(f"not JSON ({exc})")
+        if not isinstance(obj, dict):
+            return Unparsed("not a JSON object")
+        missing = [k for k in (f.server, f.status, f.timestamp, f.latency) if k not in obj]
+        if missing:
+            return Unparsed(f"no {', '.join(repr(k) for k in missing)} key")
+        server = str(obj[f.server] or "")
+        backend = obj.get(f.backend) if f.backend else None
+        if "/" in server:
+            backend, server = server.split("/", 1)
+        try:
+            status = int(obj[f.status])
+        except (TypeError, ValueError):
+            return Unparsed(f"status {obj[f.status]!r} is not a number")
+        if status < 100 or not server or server.startswith("<") or server == "-":
+            return None
+        start = self.timestamp(obj[f.timestamp])
+        if start is None:
+            return Unparsed(f"timestamp {obj[f.timestamp]!r} is not a date")
+        try:
+            latency = float(obj[f.latency])
+            duration = float(obj.get(f.duration, latency) if f.duration else latency)
+        except (TypeError, ValueError):
+            return Unparsed(f"latency {obj[f.latency]!r} is not a number of ms")
+        if not (math.isfinite(latency) and math.isfinite(duration)):
+            return Unparsed(f"latency {obj[f.latency]!r} is not a number of ms")
+        return LogRecord(
+            start + max(duration, 0.0) / 1000.0,
+            server,
+            status,
+            max(latency, 0.0),
+            str(backend) if backend is not None else None,
+        )
 
 
 def parse_line(line: str | bytes) -> LogRecord | None:
-    """One access-log line -> LogRecord, or None when it is not a request we count."""
-    if isinstance(line, bytes):
-        line = line.decode(errors="replace")
-    brace = line.find("{")
-    if brace < 0:
-        return None
-    try:
-        obj = json.loads(line[brace:])
-        server = str(obj["srv"])
-        status = int(obj["st"])
-        ts = float(obj["ts"])
-        total = float(obj.get("Tt", obj.get("Ta", 0)) or 0)
-        active = float(obj.get("Ta", total) or 0)
-    except (ValueError, KeyError, TypeError):
-        return None
-    if status < 100 or not server or server.startswith("<"):
-        return None
-    return LogRecord(
-        end=ts + max(total, 0.0) / 1000.0, server=server, status=status, latency_ms=max(active, 0.0)
-    )
+    """One line in any of the default formats -> LogRecord, or None when it is not counted."""
+    got = LogParser().parse(line)
+    return got if isinstance(got, LogRecord) else None
+
+
+@dataclass
+class Counts:
+    """One server's counts: requests, 5xx, and the latency histogram (bounds + overflow)."""
+
+    requests: int = 0
+    errors: int = 0
+    buckets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PollStats:
+    lines: int = 0
+    requests: int = 0
+    skipped: int = 0
+    unparsed: int = 0
+    first_unparsed: tuple[int, str, str] | None = None  # (byte offset, line, why)
 
 
 class LogTail:
-    """Incremental reader of a growing log file, keeping recent records sorted by end time."""
+    """Incremental reader of a growing log file, aggregating per server into 0.1 s bins.
 
-    def __init__(self, path: Path, retention: float) -> None:
+    Synchronous (file reads): call `poll` from a worker thread.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        retention: float,
+        *,
+        parser: LogParser | None = None,
+        bounds: Sequence[float] = (),
+        backend: str | None = None,
+    ) -> None:
         self.path = path
         self.retention = retention
+        self.parser = parser or LogParser()
+        self.bounds = list(bounds)
+        self.backend = backend
         self.offset: int | None = None
         self.inode: int | None = None
         self.partial = b""
-        self.ends: list[float] = []
-        self.records: list[LogRecord] = []
+        self.keys: list[int] = []  # sorted bin indexes
+        self.bins: dict[int, dict[str, Counts]] = {}
+        self.newest_end: float | None = None
+        self.other_backends: set[str] = set()
 
-    def poll(self) -> None:
+    def poll(self) -> PollStats:
         """Read what was appended since the last poll. Raises OSError when unreadable."""
+        stats = PollStats()
         st = os.stat(self.path)
         if self.offset is None or st.st_ino != self.inode or st.st_size < self.offset:
             self.inode = st.st_ino
@@ -98,45 +372,127 @@ class LogTail:
         else:
             skip_first = False
         if st.st_size == self.offset:
-            return
+            return stats
         with open(self.path, "rb") as f:
             f.seek(self.offset)
-            new: list[LogRecord] = []
             while chunk := f.read(_CHUNK):
+                base = self.offset - len(self.partial)
                 self.offset += len(chunk)
                 data = self.partial + chunk
                 lines = data.split(b"\n")
                 self.partial = lines.pop()
                 if skip_first and lines:
+                    base += len(lines[0]) + 1
                     lines = lines[1:]  # we started mid-line
                     skip_first = False
                 for raw in lines:
-                    rec = parse_line(raw)
-                    if rec is not None:
-                        new.append(rec)
-        self._add(new)
+                    self._line(raw, base, stats)
+                    base += len(raw) + 1
+        return stats
 
-    def _add(self, new: list[LogRecord]) -> None:
-        if not new:
-            return
-        # Lines are written at completion, so they arrive almost sorted: sort the batch and
-        # merge only when it overlaps the tail.
-        new.sort(key=lambda r: r.end)
-        if self.records and new[0].end < self.records[-1].end:
-            self.records = sorted(self.records + new, key=lambda r: r.end)
-            self.ends = [r.end for r in self.records]
+    def _line(self, raw: bytes, at: int, stats: PollStats) -> None:
+        stats.lines += 1
+        got = self.parser.parse(raw)
+        if isinstance(got, LogRecord):
+            if self.backend is not None and got.backend is not None and got.backend != self.backend:
+                self.other_backends.add(got.backend)
+                stats.skipped += 1
+                return
+            stats.requests += 1
+            self.add(got)
+        elif got is None:
+            stats.skipped += 1
         else:
-            self.records.extend(new)
-            self.ends.extend(r.end for r in new)
-        cut = bisect.bisect_left(self.ends, self.ends[-1] - self.retention)
-        if cut:
-            del self.records[:cut]
-            del self.ends[:cut]
+            stats.unparsed += 1
+            if stats.first_unparsed is None:
+                stats.first_unparsed = (at, raw.decode(errors="replace").strip(), str(got))
 
-    def window(self, start: float, end: float) -> list[LogRecord]:
-        lo = bisect.bisect_left(self.ends, start)
-        hi = bisect.bisect_left(self.ends, end)
-        return self.records[lo:hi]
+    def add(self, r: LogRecord) -> None:
+        key = math.floor(r.end / _BIN_S)
+        per = self.bins.get(key)
+        if per is None:
+            per = self.bins[key] = {}
+            if not self.keys or key > self.keys[-1]:
+                self.keys.append(key)
+            else:
+                bisect.insort(self.keys, key)
+            self._prune()
+        c = per.get(r.server)
+        if c is None:
+            c = per[r.server] = Counts(buckets=[0] * (len(self.bounds) + 1))
+        c.requests += 1
+        if r.status >= 500:
+            c.errors += 1
+        c.buckets[bisect.bisect_left(self.bounds, r.latency_ms)] += 1
+        if self.newest_end is None or r.end > self.newest_end:
+            self.newest_end = r.end
+
+    def _prune(self) -> None:
+        horizon = self.keys[-1] - math.ceil(self.retention / _BIN_S)
+        cut = bisect.bisect_left(self.keys, horizon)
+        if cut:
+            for k in self.keys[:cut]:
+                del self.bins[k]
+            del self.keys[:cut]
+
+    def window(self, start: float, end: float) -> dict[str, Counts]:
+        """Per server, requests completed in the bins starting in [start, end)."""
+        lo = bisect.bisect_left(self.keys, math.ceil(start / _BIN_S - 1e-9))
+        hi = bisect.bisect_left(self.keys, math.ceil(end / _BIN_S - 1e-9))
+        out: dict[str, Counts] = {}
+        for k in self.keys[lo:hi]:
+            for server, c in self.bins[k].items():
+                acc = out.get(server)
+                if acc is None:
+                    acc = out[server] = Counts(buckets=[0] * len(c.buckets))
+                acc.requests += c.requests
+                acc.errors += c.errors
+                acc.buckets = [a + b for a, b in zip(acc.buckets, c.buckets, strict=True)]
+        return out
+
+
+@dataclass
+class RecentSample:
+    """The last lines of a log, classified (preflight)."""
+
+    records: list[LogRecord] = field(default_factory=list)
+    unparsed: list[tuple[int, str, str]] = field(default_factory=list)  # (line no, text, why)
+    lines: int = 0
+
+
+def sample_recent(path: Path, parser: LogParser, lines: int = _RECENT_LINES) -> RecentSample:
+    """Parse the last `lines` lines of `path` (sync). Line numbers count from 1."""
+    size = os.path.getsize(path)
+    start = max(0, size - _RECENT_BYTES)
+    with open(path, "rb") as f:
+        before = 0
+        if start:
+            remaining = start
+            while remaining:
+                block = f.read(min(_CHUNK, remaining))
+                if not block:
+                    break
+                before += block.count(b"\n")
+                remaining -= len(block)
+        f.seek(start)
+        data = f.read()
+    raw = data.split(b"\n")
+    if start:
+        raw = raw[1:]  # a partial first line
+        before += 1
+    if raw and raw[-1] == b"":
+        raw.pop()
+    first_no = before + 1
+    keep = raw[-lines:]
+    first_no += len(raw) - len(keep)
+    out = RecentSample(lines=len(keep))
+    for i, line in enumerate(keep):
+        got = parser.parse(line)
+        if isinstance(got, LogRecord):
+            out.records.append(got)
+        elif got is not None:
+            out.unparsed.append((first_no + i, line.decode(errors="replace").strip(), str(got)))
+    return out
 
 
 class HAProxySource:
@@ -149,7 +505,13 @@ class HAProxySource:
         """Runtime API socket; needed when `access_log` is not set (counter mode)."""
         backend: str = "be_app"
         access_log: str | None = None
-        """JSON access log written by HAProxy (see the module docstring for the format)."""
+        """Access log file written by HAProxy or syslog (see the module docstring)."""
+        log_format: LogFormat = "auto"
+        """httplog (`option httplog` lines), json, or auto (either, line by line)."""
+        fields: LogFields = Field(default_factory=LogFields)
+        """JSON keys for server, status, timestamp, latency (and duration, backend)."""
+        timezone: str = "local"
+        """Zone of HAProxy dates without an offset (%tr, %t): local, UTC, +05:30, Europe/Paris."""
         latency_bounds_ms: LatencyBounds = Field(
             # Fine at the low end: a fast app's p50 and p90 must fall in different buckets
             # or a latency threshold snapped to a bound says nothing.
@@ -177,40 +539,149 @@ class HAProxySource:
             ]
         )
         retention: Duration = 900.0
-        """How long log records are kept in memory (the longest window asked for)."""
+        """How long log counts are kept in memory (the longest window asked for)."""
+
+        @field_validator("timezone")
+        @classmethod
+        def _timezone(cls, v: str) -> str:
+            try:
+                _tz(v)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(
+                    f'expected local, UTC, an offset such as "+05:30" or a zone name such as '
+                    f'"Europe/Paris", got {v!r}'
+                ) from exc
+            return v
 
     def __init__(self, settings: HAProxySource.Settings, *, base_dir: Path) -> None:
         self.settings = settings
         self.name = settings.name
         self.bounds = list(settings.latency_bounds_ms)  # sorted by LatencyBounds
+        self.parser = LogParser(settings.log_format, settings.fields, settings.timezone)
+        # The backend filter applies only when it was set: a log's backend names are the
+        # user's, and the default `be_app` is the sandbox's.
+        backend = settings.backend if "backend" in settings.model_fields_set else None
         self.tail = (
-            LogTail(resolve_path(base_dir, settings.access_log), settings.retention)
+            LogTail(
+                resolve_path(base_dir, settings.access_log),
+                settings.retention,
+                parser=self.parser,
+                bounds=self.bounds,
+                backend=backend,
+            )
             if settings.access_log
             else None
         )
         self.client = (
             HAProxyClient(resolve_path(base_dir, settings.socket)) if settings.socket else None
         )
+        self.delay = 0.0
+        """Seconds after which a window's data is complete: a log line is written as the
+        answer leaves, and counters count at once."""
+        self._lock = anyio.Lock()
         # counter mode: (unix time, {server: (requests, errors)})
         self.snapshots: list[tuple[float, dict[str, tuple[int, int]]]] = []
         if self.tail is None and self.client is None:
             raise SignalError(f"signal {self.name!r}: set access_log or socket", adapter=ADAPTER)
 
-    async def preflight(self, hosts: Sequence[HostRef]) -> None:
-        if self.tail is not None:
+    # -- preflight --
+
+    async def preflight(self, hosts: Sequence[HostRef]) -> str:
+        """The log reads and its recent lines parse (or the counters answer); returns what
+        the source sees of the hosts' current traffic, in one sentence.
+
+        Raises PreflightError naming the file, the first line that did not parse and the
+        fields expected, or the servers the log names when none is a configured host.
+        """
+        if self.tail is None:
             try:
-                self.tail.poll()
+                snap = await self._snapshot()
+            except SignalError as exc:
+                raise PreflightError(f"signal {self.name!r}: {exc.message}", hint=exc.hint) from exc
+            names = [h.balancer_id for h in hosts]
+            absent = [n for n in names if n not in snap]
+            if absent:
+                raise PreflightError(
+                    f"signal {self.name!r}: backend {self.settings.backend} has no server "
+                    f"{', '.join(absent)} (it has {', '.join(sorted(snap)) or 'none'})",
+                    hint="set backend, or each host's lb_id to its HAProxy server name",
+                )
+            total = sum(snap[n][0] for n in names)
+            return (
+                f"{self.name}: show stat counters of {len(names)} server(s) answer "
+                f"({total} requests so far); no latency without an access log"
+            )
+        tail = self.tail
+        async with self._lock:
+            try:
+                sample = await anyio.to_thread.run_sync(sample_recent, tail.path, self.parser)
+                await anyio.to_thread.run_sync(tail.poll)
             except OSError as exc:
                 raise PreflightError(
-                    f"signal {self.name!r}: cannot read HAProxy access log {self.tail.path}: "
+                    f"signal {self.name!r}: cannot read HAProxy access log {tail.path}: "
                     f"{exc.strerror or exc}",
                     hint="check signals[].access_log and that HAProxy logs there",
                 ) from exc
-            return
-        try:
-            await self._snapshot()
-        except SignalError as exc:
-            raise PreflightError(f"signal {self.name!r}: {exc.message}", hint=exc.hint) from exc
+        return self._judge_sample(sample, hosts)
+
+    def _judge_sample(self, sample: RecentSample, hosts: Sequence[HostRef]) -> str:
+        assert self.tail is not None
+        path = self.tail.path
+        considered = len(sample.records) + len(sample.unparsed)
+        if sample.unparsed and (
+            not sample.records or len(sample.unparsed) > MAX_UNPARSED_SHARE * considered
+        ):
+            no, text, why = sample.unparsed[0]
+            raise PreflightError(
+                f"signal {self.name!r}: {path}:{no}: the access log's line does not parse "
+                f"({why}): {text[:200]!r}; {len(sample.unparsed)} of the last "
+                f"{sample.lines} lines do not parse",
+                hint=f"expected {self.parser.expected()}; set log_format, fields and "
+                "timezone to match HAProxy's log-format",
+                context={"adapter": ADAPTER, "file": str(path), "line": no},
+            )
+        names = {h.balancer_id for h in hosts}
+        backend = self.tail.backend
+        ours = [
+            r
+            for r in sample.records
+            if r.server in names and (backend is None or r.backend in (None, backend))
+        ]
+        if sample.records and not ours:
+            servers = sorted({r.server for r in sample.records})
+            backends = sorted({r.backend for r in sample.records if r.backend})
+            raise PreflightError(
+                f"signal {self.name!r}: {path}: the last {len(sample.records)} requests "
+                f"were answered by server(s) {', '.join(servers[:10])}"
+                + (f" of backend(s) {', '.join(backends[:5])}" if backends else "")
+                + f", none of them a configured host ({', '.join(sorted(names))}"
+                + (f" in backend {backend}" if backend else "")
+                + ")",
+                hint="set each host's lb_id to its HAProxy server name"
+                + (", and the signal's backend" if backend else ""),
+                context={"adapter": ADAPTER, "file": str(path)},
+            )
+        now = time.time()
+        recent = [r for r in ours if r.end >= now - RECENT_TRAFFIC_S]
+        if recent:
+            seen = sorted({r.server for r in recent})
+            return (
+                f"{self.name}: {path.name} shows {len(recent)} request(s) in the last "
+                f"{RECENT_TRAFFIC_S:g} s on {', '.join(seen)}"
+            )
+        if ours:
+            age = now - max(r.end for r in ours)
+            return (
+                f"{self.name}: {path.name} reads, but no configured host served a request in "
+                f"the last {RECENT_TRAFFIC_S:g} s (the newest is {age:.0f} s old): there is no "
+                "current traffic to judge"
+            )
+        return (
+            f"{self.name}: {path.name} reads, but holds no request yet: there is no current "
+            "traffic to judge"
+        )
+
+    # -- looks --
 
     async def observe(
         self,
@@ -219,40 +690,50 @@ class HAProxySource:
         end: dt.datetime,
     ) -> dict[Cohort, Observation]:
         if self.tail is not None:
-            return self._observe_log(cohorts, start.timestamp(), end.timestamp())
-        return await self._observe_counters(cohorts, start.timestamp())
+            return await self._observe_log(cohorts, start.timestamp(), end.timestamp())
+        return await self._observe_counters(cohorts, start.timestamp(), end.timestamp())
 
-    # -- access log --
-
-    def _observe_log(
+    async def _observe_log(
         self, cohorts: Mapping[Cohort, Sequence[HostRef]], start: float, end: float
     ) -> dict[Cohort, Observation]:
-        assert self.tail is not None
-        try:
-            self.tail.poll()
-        except OSError as exc:
-            detail = f"access log {self.tail.path} unreadable: {exc.strerror or exc}"
-            return {c: Observation.missing(detail) for c in cohorts}
-        records = self.tail.window(start, end)
+        tail = self.tail
+        assert tail is not None
+        async with self._lock:
+            try:
+                stats = await anyio.to_thread.run_sync(tail.poll)
+            except OSError as exc:
+                detail = f"access log {tail.path} unreadable: {exc.strerror or exc}"
+                return {c: Observation.failed(detail) for c in cohorts}
+            if stats.unparsed and stats.unparsed > MAX_UNPARSED_SHARE * (
+                stats.requests + stats.unparsed
+            ):
+                assert stats.first_unparsed is not None
+                _, text, why = stats.first_unparsed
+                detail = (
+                    f"partial answer: {stats.unparsed} of {stats.lines} new line(s) of "
+                    f"{tail.path} do not parse ({why}: {text[:120]!r})"
+                )
+                return {c: Observation.rejected(detail) for c in cohorts}
+            counts = tail.window(start, end)
         out: dict[Cohort, Observation] = {}
+        total = sum(c.requests for c in counts.values())
         for cohort, hosts in cohorts.items():
-            names = {h.balancer_id for h in hosts}
             buckets = [0] * (len(self.bounds) + 1)
             requests = errors = 0
-            for r in records:
-                if r.server not in names:
+            for h in hosts:
+                c = counts.get(h.balancer_id)
+                if c is None:
                     continue
-                requests += 1
-                if r.status >= 500:
-                    errors += 1
-                buckets[bisect.bisect_left(self.bounds, r.latency_ms)] += 1
+                requests += c.requests
+                errors += c.errors
+                buckets = [a + b for a, b in zip(buckets, c.buckets, strict=True)]
             out[cohort] = Observation(
                 requests=requests,
                 errors=errors,
                 latency_bounds_ms=tuple(self.bounds),
                 latency_buckets=tuple(buckets),
                 hosts=len(hosts),
-                detail=f"access log, {len(records)} requests in window",
+                detail=f"access log, {total} requests in window",
             )
         return out
 
@@ -266,7 +747,18 @@ class HAProxySource:
             raise SignalError(
                 f"signal {self.name!r}: {exc.message}", adapter=ADAPTER, hint=exc.hint
             ) from exc
-        snap = {name: (s.req_tot, s.hrsp_5xx + s.eresp) for name, s in stats.items()}
+        snap: dict[str, tuple[int, int]] = {}
+        for name, s in stats.items():
+            # The access log's view: a request HAProxy answered itself for this server (502
+            # on a broken connection, 504 on a server timeout) is an `eresp` without a
+            # `req_tot`; a transfer the server aborted after its status (`srv_abrt`, part of
+            # `eresp`) is already in `req_tot` and `hrsp_*` and is not an error in the log.
+            try:
+                aborted = int(s.raw.get("srv_abrt") or 0)
+            except ValueError:
+                aborted = 0
+            haproxy_answered = max(0, s.eresp - aborted)
+            snap[name] = (s.req_tot + haproxy_answered, s.hrsp_5xx + haproxy_answered)
         now = time.time()
         self.snapshots.append((now, snap))
         horizon = now - self.settings.retention
@@ -274,17 +766,25 @@ class HAProxySource:
         return snap
 
     async def _observe_counters(
-        self, cohorts: Mapping[Cohort, Sequence[HostRef]], start: float
+        self, cohorts: Mapping[Cohort, Sequence[HostRef]], start: float, end: float
     ) -> dict[Cohort, Observation]:
-        before = [s for s in self.snapshots if s[0] <= start + 0.5]
-        base = before[-1] if before else None
+        # The window [start, end) is read as (previous snapshot, this snapshot]: windows
+        # follow each other, so do the snapshots, and each request counts once. A previous
+        # snapshot from well before `start` would count requests of earlier windows again
+        # (or, after preflight, of the old release on today's canary): stale.
+        tolerance = max(1.0, 0.5 * (end - start))
+        base = self.snapshots[-1] if self.snapshots else None
         try:
             now = await self._snapshot()
         except SignalError as exc:
-            return {c: Observation.missing(exc.message) for c in cohorts}
-        if base is None:
-            detail = "no show-stat snapshot before the window start yet (counters start now)"
-            return {c: Observation.missing(detail) for c in cohorts}
+            return {c: Observation.failed(exc.message) for c in cohorts}
+        if base is None or base[0] < start - tolerance:
+            age = f"{start - base[0]:.1f} s before the window" if base else "none"
+            detail = (
+                f"stale counters: the previous show-stat snapshot ({age}) does not start this "
+                "window; counting starts now"
+            )
+            return {c: Observation.rejected(detail) for c in cohorts}
         out: dict[Cohort, Observation] = {}
         for cohort, hosts in cohorts.items():
             requests = errors = 0

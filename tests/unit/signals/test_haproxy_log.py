@@ -1,15 +1,24 @@
-"""The HAProxy access-log tail: incremental reads, partial lines, rotation, retention."""
+"""The HAProxy access-log tail: incremental reads, partial lines, rotation, retention, parsing.
+
+Real HAProxy output in every format is parsed in tests/integration/haproxy/test_log_formats.py;
+these lines exercise the tail's bookkeeping only.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
-from immunity.signals.haproxy import LogTail
+from immunity.signals.haproxy import LogParser, LogTail, Unparsed
 
 
 def _line(ts: float, srv: str = "h1", st: int = 200, tt: int = 10) -> str:
     return json.dumps({"ts": ts, "srv": srv, "st": st, "Ta": tt, "Tt": tt}) + "\n"
+
+
+def _requests(tail: LogTail, start: float, end: float) -> int:
+    return sum(c.requests for c in tail.window(start, end).values())
 
 
 def test_tail_reads_only_what_was_appended(tmp_path: Path) -> None:
@@ -17,14 +26,25 @@ def test_tail_reads_only_what_was_appended(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     log.write_text(_line(100.0) + _line(101.0) + '{"ts":102.0,"srv"')
     tail = LogTail(log, retention=900)
-    tail.poll()
-    assert [r.end for r in tail.records] == [100.01, 101.01]
+    assert tail.poll().requests == 2
     with log.open("a") as f:
         f.write(':"h2","st":500,"Ta":5,"Tt":5}\n')
+    stats = tail.poll()
+    assert (stats.requests, stats.unparsed) == (1, 0)
+    assert tail.window(102.0, 102.1)["h2"].errors == 1
+    assert _requests(tail, 100.0, 102.1) == 3
+    assert _requests(tail, 101.0, 102.0) == 1
+
+
+def test_consecutive_windows_count_each_request_once(tmp_path: Path) -> None:
+    """Windows that follow each other, at any edges, partition the requests."""
+    log = tmp_path / "access.log"
+    log.write_text("".join(_line(100.0 + i * 0.0137, tt=3) for i in range(1000)))
+    tail = LogTail(log, retention=900)
     tail.poll()
-    assert [(r.server, r.status) for r in tail.records][-1] == ("h2", 500)
-    assert len(tail.window(100.0, 102.1)) == 3
-    assert len(tail.window(101.0, 102.0)) == 1
+    edges = [99.0, 100.333, 101.07, 104.4449, 105.0, 120.0]
+    counts = [_requests(tail, a, b) for a, b in itertools.pairwise(edges)]
+    assert sum(counts) == 1000
 
 
 def test_tail_starts_over_when_the_file_is_replaced(tmp_path: Path) -> None:
@@ -35,14 +55,48 @@ def test_tail_starts_over_when_the_file_is_replaced(tmp_path: Path) -> None:
     tail.poll()
     log.write_text(_line(200.0))
     tail.poll()
-    assert tail.records[-1].end == 200.01
+    assert tail.newest_end == 200.01
 
 
-def test_tail_forgets_records_older_than_retention(tmp_path: Path) -> None:
-    """Records more than `retention` seconds older than the newest are dropped."""
+def test_tail_forgets_counts_older_than_retention(tmp_path: Path) -> None:
+    """Bins more than `retention` seconds older than the newest are dropped."""
     log = tmp_path / "access.log"
     log.write_text("".join(_line(float(t), tt=0) for t in range(100, 200)))
     tail = LogTail(log, retention=10)
     tail.poll()
-    assert tail.records[0].end == 189.0
-    assert len(tail.ends) == len(tail.records) == 11
+    assert _requests(tail, 0, 1000) == 11
+
+
+def test_unparsed_lines_are_counted_with_the_first_one_kept(tmp_path: Path) -> None:
+    """A line that is neither a request nor an HAProxy notice is reported, not skipped."""
+    log = tmp_path / "access.log"
+    log.write_text(
+        "[NOTICE]   (1) : haproxy version is 2.6.12\n"
+        "Server be_app/h1 is DOWN, reason: Layer4 connection problem\n"
+        + _line(100.0)
+        + "GET / 200 12ms\n"
+        + '{"time": 1, "server": "h1"}\n'
+    )
+    tail = LogTail(log, retention=900)
+    stats = tail.poll()
+    assert (stats.requests, stats.skipped, stats.unparsed) == (1, 2, 2)
+    assert stats.first_unparsed is not None
+    assert stats.first_unparsed[1] == "GET / 200 12ms"
+
+
+def test_json_fields_and_dates() -> None:
+    """User-named keys, epoch milliseconds, HAProxy dates with an offset, backend/server."""
+    from immunity.signals.haproxy import LogFields, LogRecord
+
+    p = LogParser(
+        "json",
+        LogFields(server="s", status="code", timestamp="t", latency="lat", duration=None),
+        "UTC",
+    )
+    rec = p.parse('{"t": 1700000000123, "s": "be/h1", "code": "503", "lat": 20}')
+    assert isinstance(rec, LogRecord)
+    assert (rec.server, rec.backend, rec.status, rec.end) == ("h1", "be", 503, 1700000000.143)
+    rec = p.parse('{"t": "14/Nov/2023:22:13:20.500 +0100", "s": "h1", "code": 200, "lat": 0}')
+    assert isinstance(rec, LogRecord) and rec.end == 1700000000.5 - 3600
+    assert isinstance(p.parse('{"t": "yesterday", "s": "h1", "code": 200, "lat": 0}'), Unparsed)
+    assert p.parse('{"t": 1, "s": "<NOSRV>", "code": 503, "lat": 0}') is None
