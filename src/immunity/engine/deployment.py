@@ -25,7 +25,7 @@ import anyio
 import httpx
 
 from immunity.analysis import Cohorts, bake, resume_point
-from immunity.domain import CheckResult, HostRef, LbState, Outcome, Verdict, utcnow
+from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict, utcnow
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet, holder_name
 from immunity.engine.host import HostSwitcher
@@ -118,7 +118,7 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
     await fleet.driver.check_release(release)
     members = await fleet.lb.members(fleet.hosts)
     actives: dict[str, str | None] = {}
-    problems = []
+    problems = pool_problems(fleet, members, await fleet.lb.pool_members())
     for h in fleet.hosts:
         m = members.get(h.name)
         if m is None:
@@ -128,10 +128,46 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
             problems.append(f"{h.name} runs no release")
     if problems:
         raise PreflightError(
-            "preflight failed: " + "; ".join(problems),
-            hint="fix the hosts (or run `immunity resume` if a deployment was interrupted)",
+            "preflight failed, nothing was touched: " + "; ".join(problems),
+            hint=f"fix what is named, then run `immunity deploy -c {fleet.loaded.path} "
+            f"--release {release}` again; if a deployment was interrupted, "
+            f"`immunity resume -c {fleet.loaded.path}` finishes it first",
         )
     return await fallbacks_for(fleet, release, {k: v for k, v in actives.items() if v})
+
+
+def unknown_members(fleet: Fleet, pool: Mapping[str, Member]) -> list[str]:
+    """Balancer ids of pool members that are neither hosts nor `unmanaged_members`."""
+    known = {h.balancer_id for h in fleet.hosts} | set(fleet.config.unmanaged_members)
+    return sorted(set(pool) - known)
+
+
+def pool_problems(
+    fleet: Fleet, members: Mapping[str, Member], pool: Mapping[str, Member]
+) -> list[str]:
+    """What in the balancer's pool makes a deployment unsafe or dishonest, one line each.
+
+    * a member the config does not know: it would keep serving the old release while
+      immunity reports every host on the new one;
+    * a host the balancer reports unhealthy (DOWN): it serves nobody, so draining another
+      host could take the last serving one, and its drain has no DRAIN state to wait for.
+    """
+    out = []
+    for name in unknown_members(fleet, pool):
+        member = pool[name]
+        out.append(
+            f"pool member {name} ({member.detail or member.state}) is not in the config's hosts: it "
+            "would keep serving its release unseen; add it to hosts, or to "
+            "unmanaged_members to leave it alone"
+        )
+    for h in fleet.hosts:
+        mine = members.get(h.name)
+        if mine is not None and mine.state is LbState.UNHEALTHY:
+            out.append(
+                f"{h.name} is unhealthy in the balancer ({mine.detail or mine.state}): bring it "
+                "back up (or take it out of hosts) before deploying"
+            )
+    return out
 
 
 async def fallbacks_for(fleet: Fleet, release: str, actives: Mapping[str, str]) -> dict[str, str]:

@@ -21,7 +21,7 @@ import httpx
 from immunity.domain import LbState, utcnow
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet, holder_name
-from immunity.engine.deployment import Deployment, DeployResult, host_steps
+from immunity.engine.deployment import Deployment, DeployResult, host_steps, unknown_members
 from immunity.engine.host import HostSwitcher
 from immunity.engine.immune import immune_response
 from immunity.engine.notifying import notify_all
@@ -97,6 +97,15 @@ async def status(fleet: Fleet) -> dict[str, Any]:
         if lb_state != str(LbState.SERVING):
             disagreements.append(f"{h.name}: balancer reports {lb_state}, expected serving")
         hosts.append(row)
+    try:
+        pool = await fleet.lb.pool_members()
+        for name in unknown_members(fleet, pool):
+            disagreements.append(
+                f"pool member {name} ({pool[name].detail or pool[name].state}) is not in the "
+                "config's hosts: it serves unseen by immunity"
+            )
+    except ImmunityError as exc:
+        disagreements.append(f"balancer pool unreadable: {exc.message}")
     lease = fleet.journal.current_lease(fleet.app)
     out: dict[str, Any] = {
         "app": fleet.app,

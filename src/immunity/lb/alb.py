@@ -179,6 +179,21 @@ class AlbTargetGroup:
         regs = await self._registrations()
         return {h.name: self._member(regs, h) for h in hosts}
 
+    async def pool_members(self) -> dict[str, Member]:
+        """Every registered target of the group, keyed by instance id or IP."""
+        regs = await self._registrations()
+        out: dict[str, Member] = {}
+        for r in regs:
+            if r.reason == "Target.NotRegistered" or r.state in _GONE:
+                continue
+            if self._s.port is not None and r.port is not None and r.port != self._s.port:
+                continue
+            state = _STATES.get(r.state, LbState.UNHEALTHY)
+            prev = out.get(r.id)
+            if prev is None or _RANK[state] < _RANK[prev.state]:
+                out[r.id] = Member(name=r.id, state=state, detail=r.detail)
+        return out
+
     # -- acting -------------------------------------------------------------------------
 
     def _targets(self, host: HostRef, ports: Sequence[int | None]) -> list[dict[str, Any]]:

@@ -18,6 +18,15 @@ class LoadBalancer(Protocol):
         """The balancer's view of each host, keyed by host name. Read-only."""
         ...
 
+    async def pool_members(self) -> dict[str, Member]:
+        """Every member the balancer has in the pool, configured or not, keyed by its
+        balancer id (HAProxy server name, EC2 instance id or IP). Read-only.
+
+        Preflight compares it with the config: a member immunity does not know would keep
+        serving the old release unseen.
+        """
+        ...
+
     async def drain(self, host: HostRef) -> None:
         """Stop sending new requests to `host`; in-flight ones go on. Idempotent."""
         ...

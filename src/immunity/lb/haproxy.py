@@ -5,7 +5,8 @@ Commands used: ``set server B/S state drain|maint|ready``, ``show stat B 4 -1``,
 
 * drain: admin state ``drain`` (no new requests; in-flight ones and health checks go on).
 * drained: ``scur`` 0 and ``qcur`` 0, after which the server is put in ``maint`` — so "drained"
-  means out of the pool *and* nothing in flight.
+  means out of the pool *and* nothing in flight. A ``DOWN`` server never shows ``DRAIN``; with
+  nothing in flight it counts as drained at once.
 * disable: ``maint``. enable: ``ready``.
 * healthy: status exactly ``UP`` with a passing layer 4/6/7 check result, after a check that
   ran since enable (HAProxy shows ``UP`` right after leaving maint without checking; see
@@ -103,6 +104,18 @@ class HAProxyPool:
             out[h.name] = Member(h.name, lb_state(st.status), st.scur + st.qcur, detail)
         return out
 
+    async def pool_members(self) -> dict[str, Member]:
+        stats = await self.client.show_stat(self.backend)
+        return {
+            name: Member(
+                name,
+                lb_state(st.status),
+                st.scur + st.qcur,
+                st.status + (f" check={st.check_status}" if st.check_status else ""),
+            )
+            for name, st in stats.items()
+        }
+
     async def drain(self, host: HostRef) -> None:
         stat = await self._stat(host)
         if lb_state(stat.status) in (LbState.DRAINING, LbState.OUT):
@@ -113,6 +126,11 @@ class HAProxyPool:
         while True:
             stat = await self._stat(host)
             state = lb_state(stat.status)
+            if state is LbState.UNHEALTHY and stat.scur == 0 and stat.qcur == 0:
+                # A DOWN server gets no traffic and never shows DRAIN: with nothing in
+                # flight it is drained at once; maint keeps it out when it comes back UP.
+                await self.client.set_state(self.backend, host.balancer_id, "maint", host=host.name)
+                return
             if state is LbState.SERVING or state is LbState.UNHEALTHY:
                 # Someone put it back (or it never left): ask again, drained must mean out.
                 await self.client.set_state(self.backend, host.balancer_id, "drain", host=host.name)
