@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from immunity.engine.bake import GUARD_KINDS
+from immunity.config.models import GUARD_KINDS
 from immunity.engine.context import Fleet
 from immunity.engine.deployment import preflight
 from immunity.engine.plan import plan_waves

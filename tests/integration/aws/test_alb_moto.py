@@ -222,3 +222,22 @@ async def test_secret_key_never_appears_in_logs_or_errors(
     assert any("botocore" in r.name for r in caplog.records)  # DEBUG logging really was on
     assert SECRET not in caplog.text
     assert all(SECRET not in t for t in texts)
+
+
+async def test_pool_members_lists_every_registered_target_by_id(moto: str, alb: Any) -> None:
+    """pool_members names every registered target, configured or not; a deregistered one
+    is gone (the ALB's own DescribeTargetHealth is the source)."""
+    alb.elbv2.deregister_targets(
+        TargetGroupArn=alb.target_group_arn, Targets=[{"Id": alb.instance_ids[0], "Port": 80}]
+    )
+    lb = _balancer(moto, alb.target_group_arn)
+    pool = await lb.pool_members()
+    health = alb.elbv2.describe_target_health(TargetGroupArn=alb.target_group_arn)
+    listed = {
+        d["Target"]["Id"]
+        for d in health["TargetHealthDescriptions"]
+        if d["TargetHealth"]["State"] not in ("unused", "draining")
+    }
+    assert sorted(listed) == sorted(pool) == sorted(alb.instance_ids[1:])
+    assert {m.state for m in pool.values()} == {LbState.SERVING}
+    await lb.aclose()

@@ -144,3 +144,33 @@ async def test_dead_socket_is_a_balancer_error(hx: Fleet) -> None:
     assert info.value.adapter == "haproxy"
     with pytest.raises(PreflightError):
         await lb.preflight(hx.hosts)
+
+
+async def test_pool_members_lists_every_server_of_the_backend(hx: Fleet) -> None:
+    """pool_members names each server of be_app by its HAProxy name, with its state."""
+    await pool(hx).drain(hx.hosts[1])
+    members = await pool(hx).pool_members()
+    assert {n: m.state for n, m in members.items()} == {
+        "h1": LbState.SERVING,
+        "h2": LbState.DRAINING,
+    }
+
+
+async def test_a_down_server_with_nothing_in_flight_is_drained_at_once(hx: Fleet) -> None:
+    """A server HAProxy reports DOWN never shows DRAIN: wait_drained puts it in maint and
+    returns instead of waiting forever."""
+    hx.raw("disable health be_app/h2")
+    hx.raw("set server be_app/h2 health down")
+    try:
+        deadline = time.monotonic() + 10
+        while not hx.status("h2").startswith("DOWN"):
+            assert time.monotonic() < deadline, hx.status("h2")
+            await anyio.sleep(0.05)
+        lb = pool(hx)
+        with anyio.fail_after(5):
+            await lb.drain(hx.hosts[1])
+            await lb.wait_drained(hx.hosts[1])
+        assert hx.server_state("h2").admin_state & MAINT
+    finally:
+        hx.raw("enable health be_app/h2")
+        hx.raw("set server be_app/h2 health up")
