@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 
@@ -84,18 +84,21 @@ async def bake(
     may_pass: Callable[[], bool] = lambda: True,
     thresholds: dict[str, list[float]] | None = None,
     evidence: Sequence[Look] = (),
-    purpose: str = "wave",
+    purpose: Literal["wave", "guard"] = "wave",
+    bakes: int = 1,
 ) -> BakeResult:
     """Judge until a verdict. `relative=False` keeps only the absolute guard rails (no baseline).
 
     `thresholds` carries latency thresholds between the bakes of one deployment (see
     `BakeAnalysis`); filled in place when this bake freezes them. `evidence` is the journaled
-    looks of this bake when it is resumed. Raises only what the journal raises
+    looks of this bake when it is resumed. `bakes` is how many bakes watch the deployment
+    (they share the false-alarm bound, see `spending`); `purpose="guard"` is the watch after
+    the last wave (ends on a fail, or passes after `guard.duration`). Raises only what the journal raises
     (`JournalError`, `LeaseLost`); a failing signal is evidence (`error`), not an exception.
     """
     b = config.bake
     carry = thresholds if thresholds is not None else {}
-    analysis = BakeAnalysis(config, relative=relative, carry=carry)
+    analysis = BakeAnalysis(config, relative=relative, carry=carry, bakes=bakes, purpose=purpose)
     writer = LookWriter(wave=wave, bake=bake_no)
     started_at = utcnow()
     last_t = 0.0
@@ -126,7 +129,8 @@ async def bake(
         bars = check_started_data([j.final(0.0) for _, _, j in analysis.judges])  # no state
         rec.record(
             BAKE_STARTED,
-            f"wave {wave}: judging {len(analysis.judges)} check(s)",
+            f"{'guard' if purpose == 'guard' else f'wave {wave}'}: judging "
+            f"{len(analysis.judges)} check(s)",
             wave=wave,
             bake=bake_no,
             purpose=purpose,
@@ -136,10 +140,13 @@ async def bake(
             signals={c.name: c.signal for c in analysis.checks},
             needed=bars,
             relative=relative,
+            bakes=bakes,
+            alpha=analysis.judge_config.alpha,
+            alpha_catastrophe=analysis.judge_config.alpha_catastrophe,
             carried={k: v for k, v in carry.items()},
             interval_s=b.interval,
             min_s=b.min,
-            max_s=b.max,
+            max_s=config.guard.duration if purpose == "guard" else b.max,
         )
     if step is not None and step.decision is not None:
         return _finish(rec, wave, bake_no, step.decision, started_at, last_t, writer.looks, carry)

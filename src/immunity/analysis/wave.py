@@ -21,13 +21,21 @@ Rules, in the order they apply at each look:
   otherwise continue (an errored check keeps the look at continue).
 * Stopping: fail at once; pass once t >= `bake.min` and the engine allows it (every host of
   the wave is in); at `bake.max` the judges' final word (still undecided is inconclusive).
+* The guard (`purpose="guard"`, after the last wave): the judges never certify (they keep
+  testing for a fail the whole time); a fail ends it at once, and after `guard.duration` it
+  passes as "watched". Looks without evidence (errors, thin traffic) do not end it: the
+  release was certified by its waves, the guard only looks for what starts late.
+* Alpha spending: each bake runs at `judge.alpha / bakes` (see `spending`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
+from immunity.analysis.spending import spent
 from immunity.config.models import CheckConfig, Config
 from immunity.domain import CheckResult, Cohort, Observation, Outcome, Verdict
 from immunity.judge import build_judge, combine
@@ -71,14 +79,21 @@ class BakeAnalysis:
         *,
         relative: bool,
         carry: Mapping[str, Sequence[float]] | None = None,
+        bakes: int = 1,
+        purpose: Literal["wave", "guard"] = "wave",
     ) -> None:
         self.config = config
         self.relative = relative
+        self.purpose = purpose
+        self.judge_config = spent(config.judge, bakes)
         self.carry: dict[str, list[float]] = {k: list(v) for k, v in (carry or {}).items()}
         self.checks = checks_for(config, relative, self.carry)
+        # the guard never certifies: its judges keep testing for a fail until it ends
+        min_s = math.inf if purpose == "guard" else config.bake.min
         self.judges: list[tuple[str, str, Judge]] = [
-            (c.name, c.signal, build_judge(c, config.judge, config.bake.min)) for c in self.checks
+            (c.name, c.signal, build_judge(c, self.judge_config, min_s)) for c in self.checks
         ]
+        self.empty_looks = 0
         self.inconclusive_since: float | None = None
         self.errors: dict[str, int] = {}
         self.last: Step | None = None
@@ -145,6 +160,8 @@ class BakeAnalysis:
         cfg = self.config
         if verdict.outcome is Outcome.FAIL:
             return verdict
+        if self.purpose == "guard":
+            return self._guard(t_s, verdict)
         worst = max(self.errors.items(), key=lambda kv: kv[1], default=("", 0))
         if worst[1] >= cfg.judge.consecutive_error_limit:
             failing = [r for r in verdict.checks if r.outcome is Outcome.ERROR]
@@ -166,6 +183,25 @@ class BakeAnalysis:
         if t_s >= cfg.bake.max and may_pass:
             return self.final(t_s)
         return None
+
+    def _guard(self, t_s: float, verdict: Verdict) -> Verdict | None:
+        if any(r.outcome in (Outcome.ERROR, Outcome.INCONCLUSIVE) for r in verdict.checks):
+            self.empty_looks += 1
+        duration = self.config.guard.duration
+        if t_s < duration:
+            return None
+        blind = (
+            f"; {self.empty_looks} look(s) had no evidence (a signal failed or traffic was thin)"
+            if self.empty_looks
+            else ""
+        )
+        return Verdict(
+            Outcome.PASS,
+            f"guard: watched {t_s:.0f} s after the last wave, no regression found "
+            f"({len(verdict.checks)} check(s){', with a holdback' if self.relative else ', guard rails only'})"
+            f"{blind}",
+            verdict.checks,
+        )
 
     def final(self, t_s: float) -> Verdict:
         """The judges' final word when the bake's time is up (undecided is inconclusive)."""

@@ -232,8 +232,12 @@ class CheckConfig(Strict):
 
 class JudgeConfig(Strict):
     alpha: float = Field(default=0.01, gt=0, lt=1)
+    """Each check's false-alarm bound over the *whole* deployment (every wave's bake and the
+    guard): it is spent evenly over the bakes, so a release that is no worse fails a check
+    with probability at most `alpha` however many waves watch it."""
     beta: float = Field(default=0.05, gt=0, lt=1)
     alpha_catastrophe: float = Field(default=0.001, gt=0, lt=1)
+    """Like `alpha`, for the seconds-level catastrophe tier (also spent over the bakes)."""
     error_tolerance: float = Field(default=1.25, ge=1.0)
     error_bad: float = Field(default=2.0, gt=1.0)
     latency_tolerance: float = Field(default=1.25, ge=1.0)
@@ -248,6 +252,24 @@ class JudgeConfig(Strict):
     """Looks in a row on which a signal failed (raised, timed out) that end a bake with
     `error`; fewer are waited out (like Argo Rollouts' `consecutiveErrorLimit`)."""
     on_inconclusive: Literal["revert", "hold"] = "revert"
+    """What a deployment ended for lack of evidence does: `revert` puts the fleet back on
+    the old release (safe; a good release may be turned away when traffic is thin), `hold`
+    stops with the fleet as it is, mixed releases in the pool, until a human resumes,
+    rolls back or aborts (no good release lost; the fleet runs two releases meanwhile)."""
+
+
+class GuardConfig(Strict):
+    """The watch after the last wave: the release keeps being judged before the run ends."""
+
+    duration: Duration = 0.0
+    """How long to keep watching after the last wave passed (0: no guard period). The
+    absolute guard rails judge all along; with a holdback the comparisons too. A fail
+    reverts the whole fleet. Costs this long on every deployment; catches faults that start
+    late (a leak, a cache that fills, a cron-like job)."""
+    holdback: bool = True
+    """Keep one host (the last of the last wave) on the old release until the guard ends, as
+    the baseline the comparisons need, and switch it last. Only where the fleet allows it:
+    two hosts or more."""
 
 
 class JournalConfig(Strict):
@@ -284,6 +306,7 @@ class Config(Strict):
     verify: VerifyConfig = VerifyConfig()
     timeouts: Timeouts = Timeouts()
     bake: BakeConfig = BakeConfig()
+    guard: GuardConfig = GuardConfig()
     signals: list[AdapterBlock] = Field(default_factory=list)
     """Where measurements come from: `kind`, `name` and that source's fields."""
     checks: list[CheckConfig] = Field(default_factory=list)
