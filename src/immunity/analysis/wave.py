@@ -37,7 +37,7 @@ from typing import Literal
 
 from immunity.analysis.spending import spent
 from immunity.config.models import CheckConfig, Config
-from immunity.domain import CheckResult, Cohort, Observation, Outcome, Verdict
+from immunity.domain import CheckResult, Cohort, Observation, ObservationStatus, Outcome, Verdict
 from immunity.judge import build_judge, combine
 from immunity.judge.base import Judge
 
@@ -125,11 +125,15 @@ class BakeAnalysis:
     ) -> Step:
         """Feed one look (per signal: canary and baseline observations) and judge.
 
-        `errored` names the signals that raised or timed out at this look, with why; their
-        checks are not fed. `may_pass` is False while hosts of the wave are still switching.
+        `errored` names the signals that raised or timed out at this look, with why; a signal
+        whose observation says `failed` has errored too. Their checks are not fed. `may_pass` is False while hosts of the wave are still switching.
         """
         cfg = self.config
         errored = dict(errored or {})
+        for signal, per in observations.items():
+            for o in per.values():
+                if o.status is ObservationStatus.FAILED and signal not in errored:
+                    errored[signal] = o.detail or "the signal could not be read"
         for signal in self.signals:
             self.errors[signal] = self.errors.get(signal, 0) + 1 if signal in errored else 0
         results: list[CheckResult] = []

@@ -175,6 +175,14 @@ def test_a_failing_signal_is_kept_apart_from_thin_traffic() -> None:
     assert decision is not None and decision.outcome is Outcome.ERROR
     assert "signal lb failed (4 look(s) in a row): connection refused" in decision.reason
 
+    # a source that answers `failed` (it could not read its data) has errored too
+    unread = BakeAnalysis(cfg, relative=True)
+    gone = Observation.failed("access log unreadable")
+    for i in range(4):
+        step = unread.look(i + 1.0, {"lb": {Cohort.CANARY: gone, Cohort.BASELINE: gone}})
+    assert step.decision is not None and step.decision.outcome is Outcome.ERROR
+    assert "access log unreadable" in step.decision.reason
+
     quiet = BakeAnalysis(cfg, relative=True)
     empty = {
         "lb": {
