@@ -115,13 +115,16 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc)) from None
     except KeyboardInterrupt:
-        err.print("interrupted before anything was changed")
+        err.print(
+            "interrupted before anything was changed; run the same command again when ready",
+            markup=False,
+        )
         raise typer.Exit(130) from None
     finally:
         fleet.journal.close()
 
 
-def _finish(result: DeployResult, json_dest: str | None) -> None:
+def _finish(result: DeployResult, json_dest: str | None, config: str | None = None) -> None:
     data = result.to_dict()
     write_json(data, json_dest)
     style = {0: "green", 3: "yellow"}.get(result.exit_code, "red")
@@ -143,6 +146,9 @@ def _finish(result: DeployResult, json_dest: str | None) -> None:
             "  [bold red]a human is needed for[/] " + escape(", ".join(result.needs_human)),
             highlight=False,
         )
+    step = output.next_step(result.outcome, config or "immunity.yaml", result.needs_human)
+    if step:
+        out.print("[yellow]next[/]: " + escape(step), highlight=False)
     raise typer.Exit(result.exit_code)
 
 
@@ -209,7 +215,7 @@ def deploy(
         with table:
             return await Deployment(fleet, release).run()
 
-    _finish(_with_fleet(config, run), json_out)
+    _finish(_with_fleet(config, run), json_out, config)
 
 
 @app.command()
@@ -228,7 +234,7 @@ def resume(
         with table:
             return await ops.resume(fleet, abort=abort)
 
-    _finish(_with_fleet(config, run), json_out)
+    _finish(_with_fleet(config, run), json_out, config)
 
 
 @app.command()
@@ -243,7 +249,7 @@ def rollback(config: ConfigOpt, json_out: JsonOpt = None) -> None:
         with table:
             return await ops.rollback(fleet)
 
-    _finish(_with_fleet(config, run), json_out)
+    _finish(_with_fleet(config, run), json_out, config)
 
 
 @app.command()

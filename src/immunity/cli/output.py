@@ -48,6 +48,26 @@ def show_error(exc: ImmunityError) -> int:
     return exc.exit_code
 
 
+def next_step(outcome: str, config: str, needs_human: list[str] | None = None) -> str:
+    """What the operator does after an outcome, with the exact command ("" when nothing)."""
+    c = f"-c {config}"
+    hosts = ", ".join(needs_human or []) or "the hosts named above"
+    steps = {
+        "reverted": f"the fleet serves its previous release; see why with `immunity history {c}`, "
+        "fix the release and deploy a new one",
+        "revert_incomplete": f"look at {hosts} (the journal says what failed: "
+        f"`immunity status {c}`), then put the fleet back with `immunity rollback {c}`",
+        "held": f"continue with `immunity resume {c}`, or revert with `immunity resume {c} --abort`",
+        "interrupted": f"finish the deployment with `immunity resume {c}`, or revert it with "
+        f"`immunity resume {c} --abort`",
+        "terminated": f"finish the deployment with `immunity resume {c}`, or revert it with "
+        f"`immunity resume {c} --abort`",
+        "failed": f"see `immunity status {c}`; then `immunity resume {c}` to finish or "
+        f"`immunity resume {c} --abort` to revert",
+    }
+    return steps.get(outcome, "")
+
+
 def write_json(data: Any, dest: str | None) -> None:
     """`--json FILE` (or `-` for stdout)."""
     if dest is None:

@@ -1,0 +1,84 @@
+"""What the CLI prints for config problems and abnormal ends (issue 11 items 3-5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+from typer.testing import CliRunner
+
+from immunity import __version__
+from immunity.cli.app import app
+from immunity.cli.output import next_step
+
+CONFIG = """\
+app: shop
+hosts:
+  - {name: h1, address: 127.0.0.1, port: 18001}
+  - {name: h2, address: 127.0.0.1, port: 18002}
+balancer: {kind: haproxy, socket: /tmp/x.sock, backend: be_app}
+driver: {kind: local, root: hosts, releases: releases}
+signals:
+  - {kind: haproxy, name: lb, socket: /tmp/x.sock, backend: be_app}
+checks:
+  - {name: errors, signal: lb, kind: errors}
+"""
+
+
+def test_version_prints_the_package_version() -> None:
+    """`immunity --version` prints the version and exits 0."""
+    r = CliRunner().invoke(app, ["--version"])
+    assert (r.exit_code, r.output.strip()) == (0, f"immunity {__version__}")
+
+
+def test_a_location_is_printed_verbatim_not_as_an_emoji(tmp_path: Path) -> None:
+    """`file.yaml:100:1` stays as written (rich would turn `:100:` into an emoji)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG + "#\n" * 89 + "bogus_key: [x]\n")
+    r = CliRunner().invoke(app, ["config", "validate", str(path)])
+    assert r.exit_code == 2
+    assert f"{path}:100:1 bogus_key: unknown field" in r.output
+    assert f"immunity config validate {path}" in r.output
+
+
+def test_markup_in_user_text_is_printed_as_text(tmp_path: Path) -> None:
+    """A value that looks like rich markup (`[red]`) is printed as it is."""
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.replace("kind: errors}", "kind: '[bold]errors[/]'}"))
+    r = CliRunner().invoke(app, ["config", "validate", str(path)])
+    assert r.exit_code == 2 and "'[bold]errors[/]'" in r.output
+
+
+def test_config_schema_is_a_json_schema_the_sandbox_config_satisfies(tmp_path: Path) -> None:
+    """`immunity config schema` prints a valid JSON Schema that accepts a valid config (as
+    an editor would read it) and rejects an unknown field."""
+    r = CliRunner().invoke(app, ["config", "schema"])
+    assert r.exit_code == 0
+    schema = json.loads(r.output)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    good = yaml.safe_load(CONFIG + 'bake: {min: "30s"}\nmax_unavailable: 1\n')
+    jsonschema.validate(good, schema)
+    assert schema["properties"]["balancer"]["oneOf"]
+    bad = {**good, "max_unavailble": 1}
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(bad))
+    assert any("max_unavailble" in e.message for e in errors)
+
+
+def test_every_abnormal_end_names_the_next_command() -> None:
+    """Interrupted, held, reverted and revert-incomplete each say what to run next."""
+    assert "`immunity resume -c c.yaml`" in next_step("interrupted", "c.yaml")
+    assert "`immunity resume -c c.yaml --abort`" in next_step("terminated", "c.yaml")
+    assert "`immunity resume -c c.yaml --abort`" in next_step("held", "c.yaml")
+    assert "`immunity rollback -c c.yaml`" in next_step("revert_incomplete", "c.yaml", ["h1"])
+    assert "look at h1" in next_step("revert_incomplete", "c.yaml", ["h1"])
+    assert "`immunity history -c c.yaml`" in next_step("reverted", "c.yaml")
+    assert next_step("deployed", "c.yaml") == ""
+
+
+def test_a_bad_release_name_exits_2_saying_what_a_name_may_be(tmp_path: Path) -> None:
+    """`deploy --release` with a newline exits 2 before the config is even read."""
+    r = CliRunner().invoke(app, ["deploy", "-c", str(tmp_path / "nope.yaml"), "--release", "v2\n"])
+    assert r.exit_code == 2
+    assert "a release name is 1 to 128 characters" in r.output
