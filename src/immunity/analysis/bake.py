@@ -46,7 +46,7 @@ BAKE_FINISHED = "bake.finished"
 class Record(Protocol):
     """Where the bake journals (the engine's `Recorder`): durable before it returns."""
 
-    def record(
+    async def record(
         self,
         kind: str,
         message: str = "",
@@ -115,7 +115,7 @@ async def bake(
         # the next look's deltas start from what was journaled last
         writer.outcomes = {n: c.outcome for lk in evidence for n, c in lk.checks.items()}
         writer.last_outcome = evidence[-1].outcome
-        rec.record(
+        await rec.record(
             BAKE_RESUMED,
             f"wave {wave}: continuing the bake from {len(evidence)} recorded look(s) at "
             f"{last_t:.0f} s",
@@ -127,7 +127,7 @@ async def bake(
         writer.bounds = {}  # bounds are repeated once after a resume: a reader may start here
     else:
         bars = check_started_data([j.final(0.0) for _, _, j in analysis.judges])  # no state
-        rec.record(
+        await rec.record(
             BAKE_STARTED,
             f"{'guard' if purpose == 'guard' else f'wave {wave}'}: judging "
             f"{len(analysis.judges)} check(s)",
@@ -149,7 +149,9 @@ async def bake(
             max_s=config.guard.duration if purpose == "guard" else b.max,
         )
     if step is not None and step.decision is not None:
-        return _finish(rec, wave, bake_no, step.decision, started_at, last_t, writer.looks, carry)
+        return await _finish(
+            rec, wave, bake_no, step.decision, started_at, last_t, writer.looks, carry
+        )
     t0 = time.monotonic() - last_t
     if b.settle and not evidence:
         await anyio.sleep(b.settle)
@@ -164,7 +166,7 @@ async def bake(
             signals, analysis.signals, now, window_start, end, b.interval
         )
         step = analysis.look(t_s, observations, errored=errored, may_pass=may_pass())
-        rec.record(
+        await rec.record(
             BAKE_LOOKED,
             step.verdict.reason,
             **writer.encode(
@@ -181,10 +183,12 @@ async def bake(
         window_start = end
         last_t = t_s
         if step.decision is not None:
-            return _finish(rec, wave, bake_no, step.decision, started_at, t_s, writer.looks, carry)
+            return await _finish(
+                rec, wave, bake_no, step.decision, started_at, t_s, writer.looks, carry
+            )
 
 
-def _finish(
+async def _finish(
     rec: Record,
     wave: int,
     bake_no: int,
@@ -195,7 +199,7 @@ def _finish(
     carry: dict[str, list[float]],
 ) -> BakeResult:
     decided = Verdict(verdict.outcome, verdict.reason, verdict.checks, utcnow())
-    rec.record(
+    await rec.record(
         BAKE_FINISHED,
         decided.reason,
         wave=wave,

@@ -54,13 +54,16 @@ def _one_way(way: str, hosts: int, rps: float, cold_start_s: float) -> dict[str,
             t0 = time.time()
 
             async def roll() -> None:
-                deployment = fl.journal.begin(fl.app, "v2", {"bench": way})
-                rec = Recorder(fl, deployment.id, "v2", None)
-                async with httpx.AsyncClient() as http:
-                    sw = HostSwitcher(fl, rec, CapacityGuard(1), http, **WAYS[way])
-                    for h in fl.hosts:
-                        await sw.switch(h, "v2")
-                await fl.aclose()
+                try:
+                    deployment = await fl.journal.begin(fl.app, "v2", {"bench": way})
+                    rec = Recorder(fl, deployment.id, "v2", None)
+                    async with httpx.AsyncClient() as http:
+                        sw = HostSwitcher(fl, rec, CapacityGuard(1), http, **WAYS[way])
+                        for h in fl.hosts:
+                            await sw.switch(h, "v2")
+                finally:
+                    await fl.aclose()
+                    await fl.journal.close()
 
             anyio.run(roll)
             t1 = time.time()
@@ -68,7 +71,6 @@ def _one_way(way: str, hosts: int, rps: float, cold_start_s: float) -> dict[str,
             t2 = time.time()
         finally:
             load.stop()
-            fl.journal.close()
         rows = load.records()
     finally:
         sandbox.teardown(d)

@@ -109,6 +109,7 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
             return await fn(fleet)
         finally:
             await fleet.aclose()
+            await fleet.journal.close()
 
     try:
         return anyio.run(main)
@@ -120,8 +121,6 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
             markup=False,
         )
         raise typer.Exit(130) from None
-    finally:
-        fleet.journal.close()
 
 
 def _finish(result: DeployResult, json_dest: str | None, config: str | None = None) -> None:
@@ -298,7 +297,7 @@ def history(
     from immunity.engine import ops
 
     async def run(fleet: Fleet) -> dict[str, Any]:
-        return ops.history(fleet)
+        return await ops.history(fleet)
 
     data = _with_fleet(config, run)
     if json_flag:

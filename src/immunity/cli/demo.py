@@ -40,11 +40,9 @@ def _deploy(config: Path, release: str) -> DeployResult:
                 return await Deployment(fl, release).run()
         finally:
             await fl.aclose()
+            await fl.journal.close()
 
-    try:
-        return anyio.run(main)
-    finally:
-        fl.journal.close()
+    return anyio.run(main)
 
 
 def demo(

@@ -228,25 +228,25 @@ class Deployment:
         self.capacity = CapacityGuard(cfg.max_unavailable)
         if resume is None:
             deployment_id = new_deployment_id()
-            lease = self._lease(deployment_id, takeover=False)
+            lease = await self._lease(deployment_id, takeover=False)
             try:
                 fallbacks = await preflight(fleet, self.release)
             except BaseException:
-                journal.release_lease(lease)
+                await journal.release_lease(lease)
                 raise
-            record = journal.begin(
+            record = await journal.begin(
                 fleet.app, self.release, {"fallbacks": fallbacks}, deployment_id=deployment_id
             )
             token: int | None = lease.token
         else:
             record = resume
             fallbacks = dict(resume.data.get("fallbacks", {}))
-            lease = self._lease(record.id, takeover=True)
+            lease = await self._lease(record.id, takeover=True)
             token = lease.token
         rec = Recorder(fleet, record.id, self.release, token)
         started = time.monotonic()
         if resume is None:
-            rec.record(
+            await rec.record(
                 "deployment.started",
                 f"deploying {self.release} to {len(fleet.hosts)} host(s)",
                 release=self.release,
@@ -255,9 +255,9 @@ class Deployment:
                 hosts=[h.name for h in fleet.hosts],
             )
             for name, seen in fleet.signal_views.items():
-                rec.record("signal.checked", seen, signal=name)
+                await rec.record("signal.checked", seen, signal=name)
         else:
-            rec.record(
+            await rec.record(
                 "deployment.resumed",
                 f"resuming {self.release}" + (" to abort it" if abort else ""),
                 holder=lease.holder,
@@ -305,17 +305,17 @@ class Deployment:
         except JournalError:
             raise
         result.finished_at = utcnow()
-        result.hosts = host_steps(fleet.journal.entries(record.id), fleet.hosts)
-        journal.finish(
+        result.hosts = host_steps(await fleet.journal.entries(record.id), fleet.hosts)
+        await journal.finish(
             record.id, result.outcome, result.reason, {"result": result.to_dict()}, token=token
         )
         await notify_all(fleet, rec, result.outcome, result.reason, result.to_dict())
-        journal.release_lease(lease)
+        await journal.release_lease(lease)
         return result
 
-    def _lease(self, deployment_id: str, *, takeover: bool) -> Lease:
+    async def _lease(self, deployment_id: str, *, takeover: bool) -> Lease:
         cfg = self.fleet.config
-        return self.fleet.journal.acquire_lease(
+        return await self.fleet.journal.acquire_lease(
             self.fleet.app,
             holder_name(),
             deployment_id,
@@ -328,20 +328,20 @@ class Deployment:
         every = max(0.5, self.fleet.config.lease_ttl / 3)
         while True:
             await anyio.sleep(every)
-            self.fleet.journal.heartbeat(lease)
+            await self.fleet.journal.heartbeat(lease)
 
     async def _signals(self, rec: Recorder) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 kind = "interrupted" if signum == signal.SIGINT else "terminated"
                 if self.stopping:
-                    rec.record(
+                    await rec.record(
                         "deployment.signal_repeated",
                         f"{signal.Signals(signum).name} again: still finishing the hosts in flight",
                     )
                     continue
                 self.stopping = kind
-                rec.record(
+                await rec.record(
                     "deployment.stopping",
                     f"{signal.Signals(signum).name}: starting no new work, finishing hosts in flight",
                     signal=signal.Signals(signum).name,
@@ -361,7 +361,7 @@ class Deployment:
     ) -> None:
         fleet = self.fleet
         cfg = fleet.config
-        entries = fleet.journal.entries(result.deployment_id) if resume else []
+        entries = await fleet.journal.entries(result.deployment_id) if resume else []
         kinds = {e.kind for e in entries}
         if resume and (abort or "immune.started" in kinds or "verdict.failed" in kinds):
             reason = "resume --abort" if abort else _last_reason(entries) or "interrupted revert"
@@ -385,7 +385,7 @@ class Deployment:
                 break
             if i in passed_waves and not todo:
                 continue
-            rec.record(
+            await rec.record(
                 "wave.started",
                 f"wave {i}: {[h.name for h in todo]}",
                 wave=i,
@@ -417,14 +417,14 @@ class Deployment:
                     ),
                     utcnow(),
                 )
-                rec.record("verdict.failed", reason, wave=i, verdict=step_verdict.to_dict())
+                await rec.record("verdict.failed", reason, wave=i, verdict=step_verdict.to_dict())
                 result.detected_after_s = round(time.monotonic() - started, 3)
                 await self._revert(
                     rec, switcher, fallbacks, result, reason, time.monotonic(), step_verdict
                 )
                 return
             assert verdict is not None
-            rec.record(
+            await rec.record(
                 "verdict.reached" if verdict.outcome is not Outcome.FAIL else "verdict.failed",
                 verdict.reason,
                 wave=i,
@@ -443,7 +443,7 @@ class Deployment:
                 if cfg.judge.on_inconclusive == "hold":
                     result.outcome = "held"
                     result.reason = f"held: {verdict.reason}"
-                    rec.record("deployment.held", result.reason, wave=i)
+                    await rec.record("deployment.held", result.reason, wave=i)
                     return
                 await self._revert(
                     rec,
@@ -456,19 +456,19 @@ class Deployment:
                 )
                 return
             result.verdict = verdict
-            rec.record("wave.passed", f"wave {i} passed: {verdict.reason}", wave=i)
+            await rec.record("wave.passed", f"wave {i} passed: {verdict.reason}", wave=i)
         if self.stopping:
             result.outcome = self.stopping
             result.reason = (
                 f"{self.stopping} by signal; hosts in flight finished, fleet in the pool"
             )
-            rec.record(
+            await rec.record(
                 "deployment.interrupted", result.reason, serving_new=sorted(self.serving_new)
             )
             return
         result.outcome = "deployed"
         result.reason = result.verdict.reason if result.verdict else "every host serves the release"
-        rec.record("deployment.succeeded", f"every host serves {self.release}")
+        await rec.record("deployment.succeeded", f"every host serves {self.release}")
 
     async def _wave(
         self,
@@ -529,7 +529,7 @@ class Deployment:
                 self._bake_scope = scope
                 relative = not last and bool(self.cohorts().baseline)
                 # the journal says which bake this is, and, after a resume, its evidence so far
-                point = resume_point(self.fleet.journal.entries(rec.deployment_id), i)
+                point = resume_point(await self.fleet.journal.entries(rec.deployment_id), i)
                 res = await bake(
                     self.fleet.signals,
                     self.fleet.config,
@@ -597,7 +597,7 @@ class Deployment:
         if failed:
             result.outcome = "revert_incomplete"
             result.needs_human = failed
-            rec.record(
+            await rec.record(
                 "deployment.revert_incomplete",
                 f"could not revert {failed}: a human is needed",
                 hosts=failed,
@@ -606,7 +606,7 @@ class Deployment:
             return
         result.outcome = "reverted"
         result.reverted_after_s = round(time.monotonic() - t_verdict, 3)
-        rec.record(
+        await rec.record(
             "deployment.reverted",
             f"fleet back on its previous release: {reason}",
             reason=reason,

@@ -93,7 +93,7 @@ class HostSwitcher:
             steps.append(("enable", t.enable, enable))
         for name, timeout, action in steps:
             await self._step(host, release, purpose, name, timeout, action)
-        self.rec.record(
+        await self.rec.record(
             "host.switched",
             f"{host.name} serves {release}",
             host=host.name,
@@ -110,7 +110,7 @@ class HostSwitcher:
         limit_s: float,
         action: Callable[[], Awaitable[None]],
     ) -> None:
-        self.rec.record(
+        await self.rec.record(
             "host.step_started",
             f"{host.name}: {step}",
             host=host.name,
@@ -131,7 +131,7 @@ class HostSwitcher:
                 step=step,
                 hint=f"raise timeouts.{step if step != 'warmup' else 'warmup.timeout'} or look at the host",
             )
-            self._failed(host, step, release, purpose, err)
+            await self._failed(host, step, release, purpose, err)
             raise err from exc
         except ImmunityError as exc:
             err = (
@@ -144,9 +144,9 @@ class HostSwitcher:
                     hint=exc.hint,
                 )
             )
-            self._failed(host, step, release, purpose, err)
+            await self._failed(host, step, release, purpose, err)
             raise err from exc
-        self.rec.record(
+        await self.rec.record(
             "host.step_finished",
             f"{host.name}: {step} done",
             host=host.name,
@@ -156,8 +156,10 @@ class HostSwitcher:
             seconds=round(time.monotonic() - started, 3),
         )
 
-    def _failed(self, host: HostRef, step: str, release: str, purpose: str, err: Exception) -> None:
-        self.rec.record(
+    async def _failed(
+        self, host: HostRef, step: str, release: str, purpose: str, err: Exception
+    ) -> None:
+        await self.rec.record(
             "host.step_failed",
             str(err),
             host=host.name,

@@ -69,7 +69,7 @@ async def immune_response(
         with anyio.move_on_after(deadline) as scope:
             targets = await _targets(fleet, rec, release, fallbacks, all_hosts=all_hosts)
             pending = {h.name for h in targets}
-            rec.record(
+            await rec.record(
                 "immune.started",
                 f"reverting {len(targets)} host(s): {reason}",
                 hosts=[h.name for h in targets],
@@ -90,7 +90,7 @@ async def immune_response(
                     tg.start_soon(revert_one, h)
         if scope.cancelled_caught:
             failed.extend(sorted(pending))
-            rec.record(
+            await rec.record(
                 "immune.timed_out",
                 f"revert deadline {deadline:g}s passed with {sorted(pending)} unfinished",
                 hosts=sorted(pending),
@@ -110,7 +110,7 @@ async def _targets(
             return await hosts_to_revert(fleet, release, fallbacks, all_hosts=all_hosts)
         except ImmunityError as exc:
             if not told:
-                rec.record("immune.waiting", f"cannot read the fleet yet: {exc.message}")
+                await rec.record("immune.waiting", f"cannot read the fleet yet: {exc.message}")
                 told = True
             await anyio.sleep(delay)
             delay = min(2.0, delay * 2)

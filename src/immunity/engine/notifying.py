@@ -47,12 +47,12 @@ async def notify_all(
                 return
             with anyio.fail_after(NOTIFY_TIMEOUT_S):
                 await n.notify(event)
-            rec.record("notify.sent", f"{n.name}: {kind}", notifier=n.name, event=kind)
+            await rec.record("notify.sent", f"{n.name}: {kind}", notifier=n.name, event=kind)
         except (ImmunityError, TimeoutError, OSError) as exc:
             msg = exc.message if isinstance(exc, ImmunityError) else type(exc).__name__
             log.warning("notifier %s failed: %s", n.name, msg)
             with contextlib.suppress(ImmunityError):  # the journal is failing too: keep going
-                rec.record(
+                await rec.record(
                     "notify.failed", f"{n.name}: {msg}", notifier=n.name, event=kind, error=msg
                 )
 

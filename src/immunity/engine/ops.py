@@ -36,19 +36,19 @@ class NothingToResume(ImmunityError):
     exit_code = 2
 
 
-def expected_releases(fleet: Fleet, record: DeploymentRecord | None) -> dict[str, str | None]:
+async def expected_releases(fleet: Fleet, record: DeploymentRecord | None) -> dict[str, str | None]:
     """The release the journal says each host should serve after `record`."""
     if record is None:
         return {h.name: None for h in fleet.hosts}
     expected: dict[str, str | None] = dict(record.data.get("fallbacks", {}))
-    for e in fleet.journal.entries(record.id):
+    for e in await fleet.journal.entries(record.id):
         if e.kind == "host.switched" and e.host:
             expected[e.host] = e.data.get("release")
     return {h.name: expected.get(h.name) for h in fleet.hosts}
 
 
-def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
-    recs = [d for d in fleet.journal.deployments(fleet.app) if d.outcome != "rejected"]
+async def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
+    recs = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome != "rejected"]
     return recs[-1] if recs else None
 
 
@@ -68,8 +68,8 @@ def holder_is_dead(lease: Lease) -> bool:
 
 async def status(fleet: Fleet) -> dict[str, Any]:
     members = await fleet.lb.members(fleet.hosts)
-    record = last_deployment(fleet)
-    expected = expected_releases(fleet, record)
+    record = await last_deployment(fleet)
+    expected = await expected_releases(fleet, record)
     hosts = []
     disagreements = []
     for h in fleet.hosts:
@@ -106,7 +106,7 @@ async def status(fleet: Fleet) -> dict[str, Any]:
             )
     except ImmunityError as exc:
         disagreements.append(f"balancer pool unreadable: {exc.message}")
-    lease = fleet.journal.current_lease(fleet.app)
+    lease = await fleet.journal.current_lease(fleet.app)
     out: dict[str, Any] = {
         "app": fleet.app,
         "hosts": hosts,
@@ -134,8 +134,8 @@ async def status(fleet: Fleet) -> dict[str, Any]:
     return out
 
 
-def resumable(fleet: Fleet) -> DeploymentRecord:
-    record = last_deployment(fleet)
+async def resumable(fleet: Fleet) -> DeploymentRecord:
+    record = await last_deployment(fleet)
     if record is None or (
         record.finished_at is not None and record.outcome not in ("interrupted", "terminated")
     ):
@@ -147,8 +147,8 @@ def resumable(fleet: Fleet) -> DeploymentRecord:
 
 
 async def resume(fleet: Fleet, *, abort: bool = False) -> DeployResult:
-    record = resumable(fleet)
-    lease = fleet.journal.current_lease(fleet.app)
+    record = await resumable(fleet)
+    lease = await fleet.journal.current_lease(fleet.app)
     dead = lease is not None and holder_is_dead(lease)
     dep = Deployment(fleet, record.release)
     dep.holder_dead = dead
@@ -163,7 +163,7 @@ async def rollback(fleet: Fleet) -> DeployResult:
     stay as they are. Without a journal record, the host's previously installed release.
     """
     cfg = fleet.config
-    record = last_deployment(fleet)
+    record = await last_deployment(fleet)
     actives = {h.name: await fleet.driver.active_release(h) for h in fleet.hosts}
     targets: dict[str, str] = {}
     if record is not None:
@@ -180,15 +180,17 @@ async def rollback(fleet: Fleet) -> DeployResult:
         raise NothingToResume("no host has a previous release to roll back to")
     current = next((r for r in actives.values() if r), "unknown")
     deployment_id = new_deployment_id()
-    lease = fleet.journal.acquire_lease(fleet.app, holder_name(), deployment_id, cfg.lease_ttl)
-    rec_row = fleet.journal.begin(
+    lease = await fleet.journal.acquire_lease(
+        fleet.app, holder_name(), deployment_id, cfg.lease_ttl
+    )
+    rec_row = await fleet.journal.begin(
         fleet.app,
         f"rollback:{current}",
         {"fallbacks": targets, "rollback": True, "previous": actives},
         deployment_id=deployment_id,
     )
     rec = Recorder(fleet, rec_row.id, current, lease.token)
-    rec.record(
+    await rec.record(
         "rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets
     )
     t0 = time.monotonic()
@@ -206,17 +208,17 @@ async def rollback(fleet: Fleet) -> DeployResult:
         result.outcome = "revert_incomplete"
         result.needs_human = failed
     result.finished_at = utcnow()
-    result.hosts = host_steps(fleet.journal.entries(rec_row.id), fleet.hosts)
-    fleet.journal.finish(
+    result.hosts = host_steps(await fleet.journal.entries(rec_row.id), fleet.hosts)
+    await fleet.journal.finish(
         rec_row.id, result.outcome, result.reason, {"result": result.to_dict()}, token=lease.token
     )
     await notify_all(fleet, rec, result.outcome, result.reason, result.to_dict())
-    fleet.journal.release_lease(lease)
+    await fleet.journal.release_lease(lease)
     return result
 
 
-def history(fleet: Fleet) -> dict[str, Any]:
-    recs: Sequence[DeploymentRecord] = fleet.journal.deployments(fleet.app)
+async def history(fleet: Fleet) -> dict[str, Any]:
+    recs: Sequence[DeploymentRecord] = await fleet.journal.deployments(fleet.app)
     rows: list[dict[str, Any]] = []
     for d in recs:
         res = d.data.get("result", {}) if isinstance(d.data, dict) else {}

@@ -41,7 +41,7 @@ class Recorder:
         self.release = release
         self.token = token
 
-    def record(
+    async def record(
         self,
         kind: str,
         message: str = "",
@@ -51,7 +51,7 @@ class Recorder:
         **data: Any,
     ) -> Event:
         """Journal `kind` durably (raises JournalError/LeaseLost), then tell the sinks."""
-        self.fleet.journal.append(
+        await self.fleet.journal.append(
             self.deployment_id, kind, host=host, step=step, data=data, token=self.token
         )
         _fail_point(kind)

@@ -1,8 +1,11 @@
 """The `Journal` role: the durable, append-only record of every step of every deployment.
 
-It is the source of truth for resume, status and history. Writes are synchronous and
-durable before they return (the step they describe may not start until its `started` row
-is on disk). A failed write raises `JournalError`; the engine then changes nothing more.
+It is the source of truth for resume, status and history. Every method is a coroutine and
+never blocks the event loop (an adapter does its I/O in a worker thread or with an async
+driver). Writes are durable before they return (the step they describe may not start until
+its `started` row is on disk), and a call, once awaited, is shielded from cancellation: it
+either happens whole or raises. A failed write raises `JournalError`; the engine then
+changes nothing more.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Lease:
 
 @runtime_checkable
 class Journal(Protocol):
-    def append(
+    async def append(
         self,
         deployment_id: str,
         kind: str,
@@ -63,13 +66,13 @@ class Journal(Protocol):
         """Durably append one entry. With `token`, refuse (LeaseLost) when the lease moved on."""
         ...
 
-    def entries(self, deployment_id: str) -> Sequence[JournalEntry]: ...
+    async def entries(self, deployment_id: str) -> Sequence[JournalEntry]: ...
 
-    def begin(
+    async def begin(
         self, app: str, release: str, data: Mapping[str, Any], *, deployment_id: str | None = None
     ) -> DeploymentRecord: ...
 
-    def finish(
+    async def finish(
         self,
         deployment_id: str,
         outcome: str,
@@ -82,9 +85,9 @@ class Journal(Protocol):
         when the lease moved on, so a stale process cannot rewrite how a deployment ended."""
         ...
 
-    def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]: ...
+    async def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]: ...
 
-    def acquire_lease(
+    async def acquire_lease(
         self,
         app: str,
         holder: str,
@@ -98,15 +101,15 @@ class Journal(Protocol):
         holder's lease is asked for without `takeover`)."""
         ...
 
-    def heartbeat(self, lease: Lease) -> None:
+    async def heartbeat(self, lease: Lease) -> None:
         """Refresh the lease; raises LeaseLost when its token is stale."""
         ...
 
-    def release_lease(self, lease: Lease) -> None: ...
+    async def release_lease(self, lease: Lease) -> None: ...
 
-    def current_lease(self, app: str) -> Lease | None: ...
+    async def current_lease(self, app: str) -> Lease | None: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 def lease_held(

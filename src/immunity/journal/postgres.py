@@ -2,10 +2,9 @@
 
 `AsyncPostgresJournal` speaks to the server through psycopg 3's `AsyncConnection`; every
 write is one short transaction, committed (`synchronous_commit=on`, the server default)
-before the call returns. `PostgresJournal` is the synchronous `Journal` the engine uses
-today: it runs the async journal on an event loop of its own thread, so the database is
-never waited for on the engine's loop's behalf beyond the call itself, and it moves over
-unchanged when the `Journal` protocol becomes async.
+before the call returns. `PostgresJournal` is the `Journal` the engine uses: it runs the
+async journal on an event loop of its own thread (so one connection serves every event loop
+of the process), and the engine awaits each call in a worker thread.
 
 Leases are rows of `leases`, one per app, with a fencing token that grows by one at every
 grant and a heartbeat stamped by the *server's* clock (`clock_timestamp()`), so orchestrators
@@ -26,12 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
@@ -436,11 +438,11 @@ class AsyncPostgresJournal:
 
 
 class PostgresJournal:
-    """The synchronous `Journal` over `AsyncPostgresJournal`, run on a loop of its own thread.
+    """The `Journal` over `AsyncPostgresJournal`, run on a loop of its own thread.
 
     Each call waits at most `timeout_s` * 2 (the statement timeout plus connecting) and
-    raises `JournalError` past it. Safe to call from any thread, including from inside
-    another event loop (the engine's).
+    raises `JournalError` past it. The engine's loop awaits the call in a worker thread
+    (shielded, like every `Journal` call), so the database is never waited for on it.
     """
 
     def __init__(self, url: str, *, timeout_s: float = 15.0) -> None:
@@ -454,10 +456,18 @@ class PostgresJournal:
         )
         self._thread.start()
         try:
-            self.schema_version()  # connect (and upgrade) now: a bad URL is an error at once
+            self._call(
+                self.aio.schema_version
+            )  # connect (and upgrade) now: a bad URL is an error at once
         except BaseException:
-            self.close()
+            self.close_now()
             raise
+
+    async def _acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        """`_call` from the engine's loop: waited for in a worker thread, shielded."""
+        with anyio.CancelScope(shield=True):
+            out = await anyio.to_thread.run_sync(functools.partial(self._call, fn, *args, **kw))
+        return out
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
         async def run() -> T:
@@ -472,15 +482,15 @@ class PostgresJournal:
                 f"the journal at {self.where} did not answer within {self._deadline:.0f}s"
             ) from exc
 
-    def schema_version(self) -> int:
-        return self._call(self.aio.schema_version)
+    async def schema_version(self) -> int:
+        return await self._acall(self.aio.schema_version)
 
-    def begin(
+    async def begin(
         self, app: str, release: str, data: Mapping[str, Any], *, deployment_id: str | None = None
     ) -> DeploymentRecord:
-        return self._call(self.aio.begin, app, release, data, deployment_id=deployment_id)
+        return await self._acall(self.aio.begin, app, release, data, deployment_id=deployment_id)
 
-    def finish(
+    async def finish(
         self,
         deployment_id: str,
         outcome: str,
@@ -489,15 +499,15 @@ class PostgresJournal:
         *,
         token: int | None = None,
     ) -> None:
-        self._call(self.aio.finish, deployment_id, outcome, reason, data, token=token)
+        await self._acall(self.aio.finish, deployment_id, outcome, reason, data, token=token)
 
-    def deployment(self, deployment_id: str) -> DeploymentRecord | None:
-        return self._call(self.aio.deployment, deployment_id)
+    async def deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        return await self._acall(self.aio.deployment, deployment_id)
 
-    def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
-        return self._call(self.aio.deployments, app)
+    async def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
+        return await self._acall(self.aio.deployments, app)
 
-    def append(
+    async def append(
         self,
         deployment_id: str,
         kind: str,
@@ -507,14 +517,14 @@ class PostgresJournal:
         data: Mapping[str, Any] | None = None,
         token: int | None = None,
     ) -> JournalEntry:
-        return self._call(
+        return await self._acall(
             self.aio.append, deployment_id, kind, host=host, step=step, data=data, token=token
         )
 
-    def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
-        return self._call(self.aio.entries, deployment_id)
+    async def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
+        return await self._acall(self.aio.entries, deployment_id)
 
-    def acquire_lease(
+    async def acquire_lease(
         self,
         app: str,
         holder: str,
@@ -524,7 +534,7 @@ class PostgresJournal:
         takeover: bool = False,
         holder_dead: bool = False,
     ) -> Lease:
-        return self._call(
+        return await self._acall(
             self.aio.acquire_lease,
             app,
             holder,
@@ -534,22 +544,29 @@ class PostgresJournal:
             holder_dead=holder_dead,
         )
 
-    def heartbeat(self, lease: Lease) -> None:
-        self._call(self.aio.heartbeat, lease)
+    async def heartbeat(self, lease: Lease) -> None:
+        await self._acall(self.aio.heartbeat, lease)
 
-    def release_lease(self, lease: Lease) -> None:
-        self._call(self.aio.release_lease, lease)
+    async def release_lease(self, lease: Lease) -> None:
+        await self._acall(self.aio.release_lease, lease)
 
-    def current_lease(self, app: str) -> Lease | None:
-        return self._call(self.aio.current_lease, app)
+    async def current_lease(self, app: str) -> Lease | None:
+        return await self._acall(self.aio.current_lease, app)
 
-    def lease_ttl(self, app: str) -> float | None:
-        return self._call(self.aio.lease_ttl, app)
+    async def lease_ttl(self, app: str) -> float | None:
+        return await self._acall(self.aio.lease_ttl, app)
 
-    def import_deployment(self, record: DeploymentRecord, entries: Sequence[JournalEntry]) -> int:
-        return self._call(self.aio.import_deployment, record, entries)
+    async def import_deployment(
+        self, record: DeploymentRecord, entries: Sequence[JournalEntry]
+    ) -> int:
+        return await self._acall(self.aio.import_deployment, record, entries)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.close_now)
+
+    def close_now(self) -> None:
+        """Close the connection and stop the journal's thread (callable outside any loop)."""
         if self._loop.is_closed():
             return
         if self._thread.is_alive():

@@ -2,6 +2,9 @@
 
 WAL mode and `synchronous=FULL`, one short `BEGIN IMMEDIATE` transaction per write, so an
 entry is on disk before `append` returns and a SIGKILL never loses an acknowledged step.
+The sqlite work runs in a worker thread (`anyio.to_thread.run_sync`, one at a time through
+a `CapacityLimiter(1)`), so a write's fsync never stalls the event loop; each call is
+shielded from cancellation once asked for (a write either happens whole or raises).
 Leases live in the same file: one row per app, with a fencing token that grows at every
 acquisition; `append(..., token=t)` checks the token inside the write's transaction, so a
 process that lost its lease can change nothing more.
@@ -10,15 +13,20 @@ process that lost its lease can change nothing more.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
 
 from immunity.domain import utcnow
 from immunity.errors import JournalError, LeaseLost
@@ -59,6 +67,9 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 
+T = TypeVar("T")
+
+
 def new_deployment_id() -> str:
     return utcnow().strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
@@ -72,7 +83,12 @@ def _parse(s: str | None) -> dt.datetime | None:
 
 
 class SqliteJournal:
-    """`Journal` over one SQLite file. Safe to share between threads of one process."""
+    """`Journal` over one SQLite file. Safe to share between tasks and threads of one process.
+
+    The connection is opened here (errors are `JournalError` at once) with
+    `check_same_thread=False`: every statement then runs in anyio's worker thread, never on
+    the event loop. A `threading.Lock` still guards it (the limiter is per event loop).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -91,6 +107,17 @@ class SqliteJournal:
                 f"cannot open the journal {self.path}: {exc}",
                 hint="check journal.path in immunity.yaml and that its folder is writable",
             ) from exc
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._limiter_loop: object = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` in a worker thread, one journal call at a time, shielded."""
+        loop = anyio.lowlevel.current_token().native_token
+        if self._limiter is None or self._limiter_loop is not loop:
+            self._limiter, self._limiter_loop = anyio.CapacityLimiter(1), loop
+        with anyio.CancelScope(shield=True):
+            out = await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        return out
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -115,7 +142,7 @@ class SqliteJournal:
 
     # -- deployments -------------------------------------------------------------------
 
-    def begin(
+    def _begin_sync(
         self, app: str, release: str, data: Mapping[str, Any], *, deployment_id: str | None = None
     ) -> DeploymentRecord:
         rec = DeploymentRecord(
@@ -135,7 +162,7 @@ class SqliteJournal:
             )
         return rec
 
-    def finish(
+    def _finish_sync(
         self,
         deployment_id: str,
         outcome: str,
@@ -154,7 +181,7 @@ class SqliteJournal:
                 (_ts(utcnow()), outcome, reason, json.dumps(merged, default=str), deployment_id),
             )
 
-    def deployment(self, deployment_id: str) -> DeploymentRecord | None:
+    def _deployment_sync(self, deployment_id: str) -> DeploymentRecord | None:
         rows = self._read(
             "SELECT id, app, release, started_at, finished_at, outcome, reason, data "
             "FROM deployments WHERE id=?",
@@ -162,7 +189,7 @@ class SqliteJournal:
         )
         return self._record(rows[0]) if rows else None
 
-    def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
+    def _deployments_sync(self, app: str | None = None) -> Sequence[DeploymentRecord]:
         sql = "SELECT id, app, release, started_at, finished_at, outcome, reason, data FROM deployments"
         rows = self._read(
             sql + (" WHERE app=?" if app else "") + " ORDER BY started_at", (app,) if app else ()
@@ -179,7 +206,7 @@ class SqliteJournal:
 
     # -- entries -----------------------------------------------------------------------
 
-    def append(
+    def _append_sync(
         self,
         deployment_id: str,
         kind: str,
@@ -217,7 +244,7 @@ class SqliteJournal:
                 "another process took this deployment over; changing nothing more",
             )
 
-    def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
+    def _entries_sync(self, deployment_id: str) -> Sequence[JournalEntry]:
         rows = self._read(
             "SELECT seq, deployment_id, at, kind, host, step, data FROM entries "
             "WHERE deployment_id=? ORDER BY seq",
@@ -232,7 +259,7 @@ class SqliteJournal:
 
     # -- leases ------------------------------------------------------------------------
 
-    def acquire_lease(
+    def _acquire_lease_sync(
         self,
         app: str,
         holder: str,
@@ -242,11 +269,6 @@ class SqliteJournal:
         takeover: bool = False,
         holder_dead: bool = False,
     ) -> Lease:
-        """Take the app's lease (see `Journal.acquire_lease`).
-
-        `holder_dead` says the caller proved the holder's process is gone (same machine, PID
-        not alive), so `takeover` need not wait for `lease_ttl`.
-        """
         now = utcnow()
         with self._tx() as db:
             row = db.execute(
@@ -273,7 +295,7 @@ class SqliteJournal:
             )
         return Lease(app, holder, deployment_id, token, now, now)
 
-    def heartbeat(self, lease: Lease) -> None:
+    def _heartbeat_sync(self, lease: Lease) -> None:
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE leases SET heartbeat_at=? WHERE app=? AND token=? AND released=0",
@@ -284,13 +306,13 @@ class SqliteJournal:
                     f"the lease of {lease.app} was taken over (token {lease.token} is stale)"
                 )
 
-    def release_lease(self, lease: Lease) -> None:
+    def _release_lease_sync(self, lease: Lease) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE leases SET released=1 WHERE app=? AND token=?", (lease.app, lease.token)
             )
 
-    def current_lease(self, app: str) -> Lease | None:
+    def _current_lease_sync(self, app: str) -> Lease | None:
         rows = self._read(
             "SELECT holder, deployment_id, token, acquired_at, heartbeat_at FROM leases "
             "WHERE app=? AND released=0",
@@ -303,16 +325,13 @@ class SqliteJournal:
         assert acq is not None and hb is not None
         return Lease(app, r[0], r[1], int(r[2]), acq, hb)
 
-    def lease_ttl(self, app: str) -> float | None:
+    def _lease_ttl_sync(self, app: str) -> float | None:
         rows = self._read("SELECT ttl_s FROM leases WHERE app=?", (app,))
         return float(rows[0][0]) if rows else None
 
-    def import_deployment(self, record: DeploymentRecord, entries: Sequence[JournalEntry]) -> int:
-        """Store `record` and those of its `entries` not stored yet; return how many were new.
-
-        Idempotent: the deployment row is upserted by id; entries (append-only, in order)
-        are copied from the first one this journal does not have yet.
-        """
+    def _import_deployment_sync(
+        self, record: DeploymentRecord, entries: Sequence[JournalEntry]
+    ) -> int:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO deployments(id, app, release, started_at, finished_at, outcome, "
@@ -352,6 +371,113 @@ class SqliteJournal:
             )
         return len(new)
 
-    def close(self) -> None:
+    def _close_sync(self) -> None:
         with self._lock:
             self._db.close()
+
+    # -- the async `Journal` role: each call runs the method above in the worker thread --
+
+    async def begin(
+        self, app: str, release: str, data: Mapping[str, Any], *, deployment_id: str | None = None
+    ) -> DeploymentRecord:
+        return await self._run(
+            functools.partial(self._begin_sync, app, release, data, deployment_id=deployment_id)
+        )
+
+    async def finish(
+        self,
+        deployment_id: str,
+        outcome: str,
+        reason: str,
+        data: Mapping[str, Any],
+        *,
+        token: int | None = None,
+    ) -> None:
+        await self._run(
+            functools.partial(self._finish_sync, deployment_id, outcome, reason, data, token=token)
+        )
+
+    async def deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        return await self._run(self._deployment_sync, deployment_id)
+
+    async def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
+        return await self._run(self._deployments_sync, app)
+
+    async def append(
+        self,
+        deployment_id: str,
+        kind: str,
+        *,
+        host: str | None = None,
+        step: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        token: int | None = None,
+        app: str | None = None,
+    ) -> JournalEntry:
+        return await self._run(
+            functools.partial(
+                self._append_sync,
+                deployment_id,
+                kind,
+                host=host,
+                step=step,
+                data=data,
+                token=token,
+                app=app,
+            )
+        )
+
+    async def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
+        return await self._run(self._entries_sync, deployment_id)
+
+    async def acquire_lease(
+        self,
+        app: str,
+        holder: str,
+        deployment_id: str,
+        ttl_s: float,
+        *,
+        takeover: bool = False,
+        holder_dead: bool = False,
+    ) -> Lease:
+        """Take the app's lease (see `Journal.acquire_lease`).
+
+        `holder_dead` says the caller proved the holder's process is gone (same machine, PID
+        not alive), so `takeover` need not wait for `lease_ttl`.
+        """
+        return await self._run(
+            functools.partial(
+                self._acquire_lease_sync,
+                app,
+                holder,
+                deployment_id,
+                ttl_s,
+                takeover=takeover,
+                holder_dead=holder_dead,
+            )
+        )
+
+    async def heartbeat(self, lease: Lease) -> None:
+        await self._run(self._heartbeat_sync, lease)
+
+    async def release_lease(self, lease: Lease) -> None:
+        await self._run(self._release_lease_sync, lease)
+
+    async def current_lease(self, app: str) -> Lease | None:
+        return await self._run(self._current_lease_sync, app)
+
+    async def lease_ttl(self, app: str) -> float | None:
+        return await self._run(self._lease_ttl_sync, app)
+
+    async def import_deployment(
+        self, record: DeploymentRecord, entries: Sequence[JournalEntry]
+    ) -> int:
+        """Store `record` and those of its `entries` not stored yet; return how many were new.
+
+        Idempotent: the deployment row is upserted by id; entries (append-only, in order)
+        are copied from the first one this journal does not have yet.
+        """
+        return await self._run(self._import_deployment_sync, record, entries)
+
+    async def close(self) -> None:
+        await self._run(self._close_sync)

@@ -5,10 +5,10 @@ throwaway server). Two journal objects on one store stand for two orchestrator p
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import anyio
 import pytest
 
 from immunity.errors import LeaseHeld, LeaseLost
@@ -19,7 +19,7 @@ Opener = Callable[[], Journal]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """Opens a new journal object on one shared store (each call: another 'process')."""
     if request.param == "sqlite":
         url = f"sqlite:{tmp_path / 'journal.db'}"
@@ -34,16 +34,19 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
 
     yield open_one
     for j in opened:
-        j.close()
+        await j.close()
 
 
-def test_entries_come_back_in_order_from_another_connection(opener: Opener) -> None:
+@pytest.mark.anyio
+async def test_entries_come_back_in_order_from_another_connection(opener: Opener) -> None:
     """What one journal object appended, a second one reads back, in order, data intact."""
     a, b = opener(), opener()
-    d = a.begin("shop", "v2", {"fallbacks": {"h1": "v1"}})
-    a.append(d.id, "host.step_started", host="h1", step="drain", data={"n": 1, "é": [1.5, None]})
-    a.append(d.id, "host.step_finished", host="h1", step="drain")
-    got = list(b.entries(d.id))
+    d = await a.begin("shop", "v2", {"fallbacks": {"h1": "v1"}})
+    await a.append(
+        d.id, "host.step_started", host="h1", step="drain", data={"n": 1, "é": [1.5, None]}
+    )
+    await a.append(d.id, "host.step_finished", host="h1", step="drain")
+    got = list(await b.entries(d.id))
     assert [(e.kind, e.host, e.step) for e in got] == [
         ("host.step_started", "h1", "drain"),
         ("host.step_finished", "h1", "drain"),
@@ -51,19 +54,22 @@ def test_entries_come_back_in_order_from_another_connection(opener: Opener) -> N
     assert got[0].seq < got[1].seq
     assert got[0].data == {"n": 1, "é": [1.5, None]}
     assert got[0].at.tzinfo is not None
-    assert b.deployments("shop")[0].data["fallbacks"] == {"h1": "v1"}
+    assert (await b.deployments("shop"))[0].data["fallbacks"] == {"h1": "v1"}
 
 
-def test_deployments_are_per_app_in_start_order_and_finish_merges_data(opener: Opener) -> None:
+@pytest.mark.anyio
+async def test_deployments_are_per_app_in_start_order_and_finish_merges_data(
+    opener: Opener,
+) -> None:
     """deployments(app) filters and orders; finish sets outcome/reason and merges data."""
     j = opener()
-    d1 = j.begin("shop", "v2", {"fallbacks": {"h1": "v1"}})
-    j.begin("blog", "v9", {})
-    d3 = j.begin("shop", "v3", {})
-    j.finish(d1.id, "deployed", "all waves passed", {"result": {"exit": 0}})
-    shop = list(j.deployments("shop"))
+    d1 = await j.begin("shop", "v2", {"fallbacks": {"h1": "v1"}})
+    await j.begin("blog", "v9", {})
+    d3 = await j.begin("shop", "v3", {})
+    await j.finish(d1.id, "deployed", "all waves passed", {"result": {"exit": 0}})
+    shop = list(await j.deployments("shop"))
     assert [d.id for d in shop] == [d1.id, d3.id]
-    assert {d.app for d in j.deployments()} == {"shop", "blog"}
+    assert {d.app for d in await j.deployments()} == {"shop", "blog"}
     done = shop[0]
     assert (done.outcome, done.reason) == ("deployed", "all waves passed")
     assert done.data == {"fallbacks": {"h1": "v1"}, "result": {"exit": 0}}
@@ -71,127 +77,140 @@ def test_deployments_are_per_app_in_start_order_and_finish_merges_data(opener: O
     assert shop[1].outcome is None and shop[1].finished_at is None
 
 
-def test_a_second_holder_is_refused_naming_holder_machine_and_since(opener: Opener) -> None:
+@pytest.mark.anyio
+async def test_a_second_holder_is_refused_naming_holder_machine_and_since(opener: Opener) -> None:
     """While the holder heart-beats, another process's acquire raises LeaseHeld (exit 5)."""
     a, b = opener(), opener()
-    lease = a.acquire_lease("shop", "runner-1:4242", "d1", 30)
+    lease = await a.acquire_lease("shop", "runner-1:4242", "d1", 30)
     with pytest.raises(LeaseHeld) as info:
-        b.acquire_lease("shop", "runner-2:77", "d2", 30)
+        await b.acquire_lease("shop", "runner-2:77", "d2", 30)
     msg = info.value.message
     assert "pid 4242" in msg and "machine runner-1" in msg and "d1" in msg
     assert lease.acquired_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") in msg
     assert info.value.exit_code == 5
-    current = b.current_lease("shop")
+    current = await b.current_lease("shop")
     assert current is not None and current.holder == "runner-1:4242"
     assert current.token == lease.token
 
 
-def test_an_expired_lease_needs_takeover_and_gets_a_newer_token(opener: Opener) -> None:
+@pytest.mark.anyio
+async def test_an_expired_lease_needs_takeover_and_gets_a_newer_token(opener: Opener) -> None:
     """A holder that stopped heart-beating: refused without takeover, granted with it."""
     a, b = opener(), opener()
-    first = a.acquire_lease("shop", "a:1", "d1", 0.0)
+    first = await a.acquire_lease("shop", "a:1", "d1", 0.0)
     with pytest.raises(LeaseHeld) as info:
-        b.acquire_lease("shop", "b:2", "d2", 30)
+        await b.acquire_lease("shop", "b:2", "d2", 30)
     assert "resume" in (info.value.hint or "")
-    second = b.acquire_lease("shop", "b:2", "d1", 30, takeover=True)
+    second = await b.acquire_lease("shop", "b:2", "d1", 30, takeover=True)
     assert second.token == first.token + 1
 
 
-def test_takeover_of_a_live_holder_is_refused_unless_it_is_proven_dead(opener: Opener) -> None:
+@pytest.mark.anyio
+async def test_takeover_of_a_live_holder_is_refused_unless_it_is_proven_dead(
+    opener: Opener,
+) -> None:
     """takeover waits for lease_ttl, unless the caller proved the holder's PID is gone."""
     a, b = opener(), opener()
-    first = a.acquire_lease("shop", "a:1", "d1", 30)
+    first = await a.acquire_lease("shop", "a:1", "d1", 30)
     with pytest.raises(LeaseHeld):
-        b.acquire_lease("shop", "b:2", "d1", 30, takeover=True)
-    assert b.acquire_lease("shop", "b:2", "d1", 30, takeover=True, holder_dead=True).token == (
-        first.token + 1
-    )
+        await b.acquire_lease("shop", "b:2", "d1", 30, takeover=True)
+    assert (
+        await b.acquire_lease("shop", "b:2", "d1", 30, takeover=True, holder_dead=True)
+    ).token == (first.token + 1)
 
 
-def test_a_stale_token_can_change_nothing(opener: Opener) -> None:
+@pytest.mark.anyio
+async def test_a_stale_token_can_change_nothing(opener: Opener) -> None:
     """After a takeover, the old holder's append, heartbeat and finish raise LeaseLost and
     leave the journal as it was."""
     old_proc, new_proc = opener(), opener()
-    d = old_proc.begin("shop", "v2", {})
-    old = old_proc.acquire_lease("shop", "a:1", d.id, 0.0)
-    old_proc.append(d.id, "deployment.started", token=old.token)
-    new = new_proc.acquire_lease("shop", "b:2", d.id, 30, takeover=True)
+    d = await old_proc.begin("shop", "v2", {})
+    old = await old_proc.acquire_lease("shop", "a:1", d.id, 0.0)
+    await old_proc.append(d.id, "deployment.started", token=old.token)
+    new = await new_proc.acquire_lease("shop", "b:2", d.id, 30, takeover=True)
     with pytest.raises(LeaseLost):
-        old_proc.append(d.id, "host.step_started", host="h1", step="drain", token=old.token)
+        await old_proc.append(d.id, "host.step_started", host="h1", step="drain", token=old.token)
     with pytest.raises(LeaseLost):
-        old_proc.heartbeat(old)
+        await old_proc.heartbeat(old)
     with pytest.raises(LeaseLost):
-        old_proc.finish(d.id, "deployed", "stale", {}, token=old.token)
-    old_proc.release_lease(old)  # a stale release frees nothing
-    assert [e.kind for e in new_proc.entries(d.id)] == ["deployment.started"]
-    rec = new_proc.deployments("shop")[0]
+        await old_proc.finish(d.id, "deployed", "stale", {}, token=old.token)
+    await old_proc.release_lease(old)  # a stale release frees nothing
+    assert [e.kind for e in await new_proc.entries(d.id)] == ["deployment.started"]
+    rec = (await new_proc.deployments("shop"))[0]
     assert rec.outcome is None
-    cur = new_proc.current_lease("shop")
+    cur = await new_proc.current_lease("shop")
     assert cur is not None and cur.token == new.token
-    new_proc.append(d.id, "deployment.resumed", token=new.token)
-    new_proc.heartbeat(new)
-    new_proc.finish(d.id, "deployed", "resumed", {}, token=new.token)
-    assert new_proc.deployments("shop")[0].outcome == "deployed"
+    await new_proc.append(d.id, "deployment.resumed", token=new.token)
+    await new_proc.heartbeat(new)
+    await new_proc.finish(d.id, "deployed", "resumed", {}, token=new.token)
+    assert (await new_proc.deployments("shop"))[0].outcome == "deployed"
 
 
-def test_a_released_lease_is_free(opener: Opener) -> None:
+@pytest.mark.anyio
+async def test_a_released_lease_is_free(opener: Opener) -> None:
     """After release_lease a new deployment takes the lease at once, with a newer token."""
     a, b = opener(), opener()
-    lease = a.acquire_lease("shop", "a:1", "d1", 30)
-    a.release_lease(lease)
-    assert b.current_lease("shop") is None
-    assert b.acquire_lease("shop", "b:2", "d2", 30).token == lease.token + 1
+    lease = await a.acquire_lease("shop", "a:1", "d1", 30)
+    await a.release_lease(lease)
+    assert await b.current_lease("shop") is None
+    assert (await b.acquire_lease("shop", "b:2", "d2", 30)).token == lease.token + 1
 
 
-def test_leases_of_different_apps_are_independent(opener: Opener) -> None:
+@pytest.mark.anyio
+async def test_leases_of_different_apps_are_independent(opener: Opener) -> None:
     """Two apps are leased at once by two processes."""
     a, b = opener(), opener()
-    a.acquire_lease("shop", "a:1", "d1", 30)
-    b.acquire_lease("blog", "b:2", "d2", 30)
-    assert {a.current_lease(x).holder for x in ("shop", "blog")} == {"a:1", "b:2"}  # type: ignore[union-attr]
+    await a.acquire_lease("shop", "a:1", "d1", 30)
+    await b.acquire_lease("blog", "b:2", "d2", 30)
+    assert {(await a.current_lease(x)).holder for x in ("shop", "blog")} == {"a:1", "b:2"}  # type: ignore[union-attr]
 
 
-def test_racing_acquirers_get_exactly_one_grant(opener: Opener) -> None:
+@pytest.mark.anyio
+async def test_racing_acquirers_get_exactly_one_grant(opener: Opener) -> None:
     """Eight processes racing for one free lease: exactly one is granted, seven refused."""
     journals = [opener() for _ in range(8)]
-    go = threading.Barrier(len(journals))
     granted: list[int] = []
     refused: list[str] = []
 
-    def race(i: int) -> None:
-        go.wait()
+    async def race(i: int) -> None:
         try:
-            granted.append(journals[i].acquire_lease("shop", f"m{i}:{i}", f"d{i}", 30).token)
+            lease = await journals[i].acquire_lease("shop", f"m{i}:{i}", f"d{i}", 30)
+            granted.append(lease.token)
         except LeaseHeld as exc:
             refused.append(exc.message)
 
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(journals))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    with anyio.fail_after(60):  # each journal's call runs in its own worker thread: a real race
+        async with anyio.create_task_group() as tg:
+            for i in range(len(journals)):
+                tg.start_soon(race, i)
     assert len(granted) == 1 and len(refused) == 7
-    cur = journals[0].current_lease("shop")
+    cur = await journals[0].current_lease("shop")
     assert cur is not None and cur.token == granted[0]
 
 
-def test_import_deployment_is_idempotent_and_incremental(opener: Opener, tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_import_deployment_is_idempotent_and_incremental(
+    opener: Opener, tmp_path: Path
+) -> None:
     """Copying a deployment twice stores it once; entries appended since are added."""
     src = open_journal(tmp_path / "src.db")
     dst = opener()
     try:
-        d = src.begin("shop", "v2", {"fallbacks": {"h1": "v1"}})
-        src.append(d.id, "deployment.started")
-        rec = src.deployments("shop")[0]
-        assert dst.import_deployment(rec, src.entries(d.id)) == 1  # type: ignore[attr-defined]
-        src.append(d.id, "host.step_started", host="h1", step="drain")
-        src.finish(d.id, "deployed", "ok", {"result": {"exit": 0}})
-        rec = src.deployments("shop")[0]
-        assert dst.import_deployment(rec, src.entries(d.id)) == 1  # type: ignore[attr-defined]
-        assert dst.import_deployment(rec, src.entries(d.id)) == 0  # type: ignore[attr-defined]
-        got: DeploymentRecord = dst.deployments("shop")[0]
+        d = await src.begin("shop", "v2", {"fallbacks": {"h1": "v1"}})
+        await src.append(d.id, "deployment.started")
+        rec = (await src.deployments("shop"))[0]
+        assert await dst.import_deployment(rec, await src.entries(d.id)) == 1  # type: ignore[attr-defined]
+        await src.append(d.id, "host.step_started", host="h1", step="drain")
+        await src.finish(d.id, "deployed", "ok", {"result": {"exit": 0}})
+        rec = (await src.deployments("shop"))[0]
+        assert await dst.import_deployment(rec, await src.entries(d.id)) == 1  # type: ignore[attr-defined]
+        assert await dst.import_deployment(rec, await src.entries(d.id)) == 0  # type: ignore[attr-defined]
+        got: DeploymentRecord = (await dst.deployments("shop"))[0]
         assert (got.id, got.outcome, got.started_at) == (d.id, "deployed", rec.started_at)
-        assert [e.kind for e in dst.entries(d.id)] == ["deployment.started", "host.step_started"]
-        assert [e.at for e in dst.entries(d.id)] == [e.at for e in src.entries(d.id)]
+        assert [e.kind for e in await dst.entries(d.id)] == [
+            "deployment.started",
+            "host.step_started",
+        ]
+        assert [e.at for e in await dst.entries(d.id)] == [e.at for e in await src.entries(d.id)]
     finally:
-        src.close()
+        await src.close()

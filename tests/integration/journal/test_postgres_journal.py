@@ -15,7 +15,8 @@ from immunity.journal.postgres import SCHEMA_VERSION, PostgresJournal
 from servers.postgres import PgCluster
 
 
-def test_a_fresh_database_gets_the_schema_once_even_when_opened_at_once(pg_url: str) -> None:
+@pytest.mark.anyio
+async def test_a_fresh_database_gets_the_schema_once_even_when_opened_at_once(pg_url: str) -> None:
     """Six orchestrators starting together on an empty database: one upgrade, one row."""
     errors: list[BaseException] = []
     opened: list[PostgresJournal] = []
@@ -32,36 +33,38 @@ def test_a_fresh_database_gets_the_schema_once_even_when_opened_at_once(pg_url: 
     for t in threads:
         t.join(timeout=60)
     for j in opened:
-        j.close()
+        await j.close()
     assert errors == []
     with psycopg.connect(pg_url) as c:
         rows = c.execute("SELECT version FROM immunity_schema ORDER BY version").fetchall()
     assert [r[0] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
 
 
-def test_an_older_schema_is_upgraded_in_place_keeping_its_rows(pg_url: str) -> None:
+@pytest.mark.anyio
+async def test_an_older_schema_is_upgraded_in_place_keeping_its_rows(pg_url: str) -> None:
     """A database left at version 0 (tables from an older immunity, no version table yet)
     is brought up to date; reopening an up-to-date one changes nothing."""
     j = PostgresJournal(pg_url)
-    d = j.begin("shop", "v2", {})
-    j.append(d.id, "deployment.started")
-    j.close()
+    d = await j.begin("shop", "v2", {})
+    await j.append(d.id, "deployment.started")
+    await j.close()
     with psycopg.connect(pg_url) as c:
         c.execute("DELETE FROM immunity_schema WHERE version = %s", (SCHEMA_VERSION,))
         if SCHEMA_VERSION == 1:  # nothing older to replay: the first migration is re-run
             c.execute("DROP TABLE entries, deployments, leases")
     j = PostgresJournal(pg_url)
     try:
-        assert j.schema_version() == SCHEMA_VERSION
-        j.begin("shop", "v3", {})
-        assert [d.release for d in j.deployments("shop")][-1] == "v3"
+        assert await j.schema_version() == SCHEMA_VERSION
+        await j.begin("shop", "v3", {})
+        assert [d.release for d in await j.deployments("shop")][-1] == "v3"
     finally:
-        j.close()
+        await j.close()
 
 
-def test_a_newer_schema_is_refused_with_a_hint(pg_url: str) -> None:
+@pytest.mark.anyio
+async def test_a_newer_schema_is_refused_with_a_hint(pg_url: str) -> None:
     """An immunity older than the journal's schema changes nothing and says to upgrade."""
-    PostgresJournal(pg_url).close()
+    await PostgresJournal(pg_url).close()
     with psycopg.connect(pg_url) as c:
         c.execute("INSERT INTO immunity_schema(version) VALUES (%s)", (SCHEMA_VERSION + 1,))
     with pytest.raises(JournalError) as info:
@@ -69,7 +72,8 @@ def test_a_newer_schema_is_refused_with_a_hint(pg_url: str) -> None:
     assert "newer" in info.value.message and "upgrade immunity" in (info.value.hint or "")
 
 
-def test_an_unreachable_server_is_a_journal_error_without_the_password(
+@pytest.mark.anyio
+async def test_an_unreachable_server_is_a_journal_error_without_the_password(
     pg_cluster: PgCluster,
 ) -> None:
     """Wrong port: JournalError naming host:port/db, never the password in the URL."""
@@ -81,26 +85,28 @@ def test_an_unreachable_server_is_a_journal_error_without_the_password(
     assert "s3cret-pw" not in text and "s3cret-pw" not in repr(info.value.context)
 
 
-def test_a_url_of_another_scheme_is_a_config_error(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_a_url_of_another_scheme_is_a_config_error(tmp_path: Path) -> None:
     """journal.url: mysql://... is rejected as config, not tried."""
     with pytest.raises(ConfigError) as info:
         open_journal(tmp_path / "j.db", "mysql://u:pw@db/x")
     assert "postgresql://" in info.value.message and "pw" not in info.value.message
 
 
-def test_the_journal_reconnects_after_its_connection_is_killed(pg_url: str) -> None:
+@pytest.mark.anyio
+async def test_the_journal_reconnects_after_its_connection_is_killed(pg_url: str) -> None:
     """A connection the server ended fails one call with JournalError; the next reconnects."""
     j = PostgresJournal(pg_url)
     try:
-        d = j.begin("shop", "v2", {})
+        d = await j.begin("shop", "v2", {})
         with psycopg.connect(pg_url, autocommit=True) as c:
             c.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name='immunity'"
             )
         with pytest.raises(JournalError):
-            j.append(d.id, "lost.maybe")
-        j.append(d.id, "written.after")
-        assert [e.kind for e in j.entries(d.id)] == ["written.after"]
+            await j.append(d.id, "lost.maybe")
+        await j.append(d.id, "written.after")
+        assert [e.kind for e in await j.entries(d.id)] == ["written.after"]
     finally:
-        j.close()
+        await j.close()
