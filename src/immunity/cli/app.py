@@ -326,6 +326,66 @@ def history(
     )
 
 
+@app.command()
+def serve(
+    config: Annotated[
+        list[str], typer.Option("-c", "--config", help="immunity.yaml of an app (repeatable).")
+    ],
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback needs a token.")
+    ] = "127.0.0.1",
+    token_env: Annotated[
+        str, typer.Option(help="Environment variable holding the bearer token.")
+    ] = "IMMUNITY_SERVE_TOKEN",
+) -> None:
+    """Serve a read-only page and JSON API: every app's hosts, releases, phases and deployments."""
+    _setup_logging()
+    import uvicorn
+
+    from immunity.engine.context import build_fleet
+    from immunity.serve import create_app, is_loopback
+
+    token = os.environ.get(token_env) or None
+    if not is_loopback(host) and not token:
+        err.print(
+            f"error: binding {host} (not loopback) needs a bearer token: set {token_env}",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    fleets: list[Fleet] = []
+    try:
+        for path in config:
+            fleets.append(build_fleet(cfgmod.load(path)))
+    except ImmunityError as exc:
+        for f in fleets:
+            f.journal.close()
+        raise typer.Exit(show_error(exc)) from None
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(fleets, token=token), host=host, port=port, log_level="warning")
+    )
+
+    async def main() -> None:
+        try:
+            await server.serve()
+        finally:
+            for f in fleets:
+                await f.aclose()
+
+    err.print(
+        f"serving {', '.join(f.app for f in fleets)} on http://{host}:{port}/ (read-only"
+        f"{', bearer token required' if token else ''}); Ctrl-C to stop",
+        highlight=False,
+    )
+    try:
+        anyio.run(main)
+    finally:
+        for f in fleets:
+            f.journal.close()
+    if not server.started:
+        raise typer.Exit(2)
+
+
 def _mount() -> None:
     from immunity.sandbox.cli import app as sandbox_app
 
