@@ -167,6 +167,24 @@ def config_validate(file: Annotated[str, typer.Argument(help="immunity.yaml to c
     )
 
 
+@config_app.command("docs")
+def config_docs(
+    output_file: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the immunity.yaml reference (docs/config.md), generated from the config models."""
+    from immunity.config.reference import markdown
+
+    text = markdown()
+    if output_file:
+        from pathlib import Path
+
+        Path(output_file).write_text(text)
+    else:
+        out.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+
+
 @config_app.command("schema")
 def config_schema(
     output_file: Annotated[

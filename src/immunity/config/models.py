@@ -73,28 +73,49 @@ def _default_waves() -> list[int | str]:
 
 
 class HostConfig(Strict):
+    """One server of the fleet."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    """The host's name in immunity's output and journal; unique."""
     address: str = "127.0.0.1"
+    """Where the app answers directly (verify and warm-up requests bypass the balancer)."""
     port: int = Field(default=80, ge=1, le=65535)
+    """The app's port at `address`; `address:port` is unique across hosts."""
     scheme: Literal["http", "https"] = "http"
+    """`http` or `https` for the direct requests."""
     lb_id: str = ""
+    """The host's name in the balancer (HAProxy server name, EC2 instance id or IP);
+    default: `name`. Unique across hosts."""
     meta: dict[str, Any] = Field(default_factory=dict)
+    """Driver-specific fields: `folder` (local), `ssh_host`, `ssh_port`, `ssh_user` (ssh),
+    `winrm_host` (iis)."""
 
 
 class WarmupConfig(Strict):
+    """Requests straight to a switched host until it answers fast, before it rejoins the pool."""
+
     path: str = "/"
+    """The page requested; pick one that exercises the app's cold paths."""
     expect_status: StatusCodes = ("2xx",)
     """Statuses that count toward warm (200, "2xx", or a list). A redirect or 404 from
     `path` is a warm-up failure, not a warm host."""
     consecutive: int = Field(default=5, ge=1)
+    """Answers in a row, each expected and under `latency_bar`, that make a host warm."""
     latency_bar: Duration = 0.1
+    """How fast a warm answer is."""
     timeout: Duration = 120.0
+    """Deadline of the whole warm-up of one host; past it the switch fails."""
     request_timeout: Duration = 30.0
+    """Deadline of one warm-up request."""
     pause: Duration = 0.05
+    """Wait between two warm-up requests."""
 
 
 class VerifyConfig(Strict):
+    """The direct health request that proves a started host serves its release."""
+
     path: str = "/health"
+    """The health page requested on the host (retried until `timeouts.verify`)."""
     expect_status: StatusCodes = ("200",)
     """Statuses that prove the host serves (200, "2xx", or a list)."""
     tls_verify: bool = True
@@ -102,20 +123,34 @@ class VerifyConfig(Strict):
 
 
 class Timeouts(Strict):
+    """Deadline of each step of a host's switch; a step past its deadline fails the switch."""
+
     drain: Duration = 60.0
+    """Until the balancer has the host out of the pool with nothing in flight (set it above
+    an ALB's deregistration delay)."""
     stop: Duration = 60.0
+    """Until the old release has stopped."""
     install: Duration = 300.0
+    """Until the release is installed on the host."""
     start: Duration = 60.0
+    """Until the release's process has started."""
     verify: Duration = 60.0
+    """Until the host answers `verify.path` with an expected status."""
     enable: Duration = 60.0
+    """Until the balancer calls the host healthy and sends it traffic again."""
     revert: Duration = 600.0
     """Deadline of the whole immune response."""
 
 
 class BakeConfig(Strict):
+    """How long each wave's canaries are judged against the baseline."""
+
     min: Duration = 30.0
+    """No pass before this much judging (a fail may come sooner)."""
     max: Duration = 300.0
+    """Judging stops here; what is still undecided is inconclusive."""
     interval: Duration = 1.0
+    """Time between two looks at the signals."""
     settle: Duration = 0.0
     """Seconds after the canaries are back in the pool before judging starts."""
     lag: Duration = 0.5
@@ -150,8 +185,12 @@ class CheckConfig(Strict):
     """
 
     name: str = Field(min_length=1)
+    """The check's name in reasons and the journal; unique."""
     signal: str
+    """The `name` of the signal it reads (one of `signals`)."""
     kind: Literal["errors", "latency", "error_rate_max", "latency_max"] = "errors"
+    """`errors` / `latency` compare canary and baseline; `error_rate_max` / `latency_max`
+    are guard rails on the canary alone."""
     max: float | None = None
     """Guard rails only: error_rate_max takes a fraction ("2%" or 0.02, above 0 and below
     100%); latency_max a bound in ms (500, "500ms" or "1.5s") on the canary's `quantile`."""
@@ -231,17 +270,26 @@ class CheckConfig(Strict):
 
 
 class JudgeConfig(Strict):
+    """The judge's error bounds and what counts as a regression (docs/judging.md)."""
+
     alpha: float = Field(default=0.01, gt=0, lt=1)
     """Each check's false-alarm bound over the *whole* deployment (every wave's bake and the
     guard): it is spent evenly over the bakes, so a release that is no worse fails a check
     with probability at most `alpha` however many waves watch it."""
     beta: float = Field(default=0.05, gt=0, lt=1)
+    """Chance of missing a release that is `error_bad`/`latency_bad` worse: sets the
+    evidence needed to pass (1/beta)."""
     alpha_catastrophe: float = Field(default=0.001, gt=0, lt=1)
     """Like `alpha`, for the seconds-level catastrophe tier (also spent over the bakes)."""
     error_tolerance: float = Field(default=1.25, ge=1.0)
+    """A canary error rate up to this many times the baseline's is no regression."""
     error_bad: float = Field(default=2.0, gt=1.0)
+    """An error rate this many times the baseline's is a regression to catch (sets power)."""
     latency_tolerance: float = Field(default=1.25, ge=1.0)
+    """Odds of a canary request being slower than a baseline quantile, up to this many times
+    the baseline's, are no regression."""
     latency_bad: float = Field(default=1.75, gt=1.0)
+    """Odds this many times the baseline's are a latency regression to catch."""
     error_floor: Fraction = 0.001
     """A canary 5xx rate certified below this is no regression, whatever the baseline's."""
     min_traffic_share: Fraction = 0.3
@@ -273,7 +321,10 @@ class GuardConfig(Strict):
 
 
 class JournalConfig(Strict):
+    """Where every step, look and verdict is recorded."""
+
     path: str = "immunity-journal.db"
+    """SQLite file, relative to the config's folder."""
     url: str | None = None
     """postgresql://... for a shared journal (optional)."""
 
@@ -303,17 +354,25 @@ class Config(Strict):
     """Host switches that may fail (the host is put back on its old release) before the
     deployment is reverted."""
     warmup: WarmupConfig = WarmupConfig()
+    """Warm-up of each switched host before it rejoins the pool."""
     verify: VerifyConfig = VerifyConfig()
+    """The health request that proves a started host serves."""
     timeouts: Timeouts = Timeouts()
+    """Deadline of each step of a host's switch, and of the whole revert."""
     bake: BakeConfig = BakeConfig()
+    """How long each wave is judged."""
     guard: GuardConfig = GuardConfig()
+    """The watch after the last wave."""
     signals: list[AdapterBlock] = Field(default_factory=list)
     """Where measurements come from: `kind`, `name` and that source's fields."""
     checks: list[CheckConfig] = Field(default_factory=list)
+    """What the judge checks at every look; see docs/judging.md."""
     judge: JudgeConfig = JudgeConfig()
+    """How strict the judge is; see docs/judging.md."""
     notify: list[AdapterBlock] = Field(default_factory=list)
     """Who is told about outcomes: `kind` (slack, teams, webhook, statsd) and its fields."""
     journal: JournalConfig = JournalConfig()
+    """Where the journal is kept."""
     lease_ttl: Duration = 30.0
     """A lease not heart-beaten for this long counts as abandoned."""
 
