@@ -376,8 +376,12 @@ def serve(
         for path in config:
             fleets.append(build_fleet(cfgmod.load(path)))
     except ImmunityError as exc:
-        for f in fleets:
-            f.journal.close()
+
+        async def close_all() -> None:
+            for f in fleets:
+                await f.journal.close()
+
+        anyio.run(close_all)
         raise typer.Exit(show_error(exc)) from None
     server = uvicorn.Server(
         uvicorn.Config(create_app(fleets, token=token), host=host, port=port, log_level="warning")
@@ -389,17 +393,14 @@ def serve(
         finally:
             for f in fleets:
                 await f.aclose()
+                await f.journal.close()
 
     err.print(
         f"serving {', '.join(f.app for f in fleets)} on http://{host}:{port}/ (read-only"
         f"{', bearer token required' if token else ''}); Ctrl-C to stop",
         highlight=False,
     )
-    try:
-        anyio.run(main)
-    finally:
-        for f in fleets:
-            f.journal.close()
+    anyio.run(main)
     if not server.started:
         raise typer.Exit(2)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import importlib
 import importlib.util
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -94,7 +95,7 @@ class _Headers(BaseHTTPMiddleware):
         return resp
 
 
-def _report_html(fleet: Fleet, deployment_id: str) -> str | None:
+async def _report_html(fleet: Fleet, deployment_id: str) -> str | None:
     """The deployment's `immunity report` page, when the report package is installed."""
     if importlib.util.find_spec("immunity.report") is None:
         return None
@@ -103,7 +104,10 @@ def _report_html(fleet: Fleet, deployment_id: str) -> str | None:
     load: Any = getattr(report, "load", None)
     if render is None or load is None:
         return None
-    return str(render(load(fleet.journal, deployment_id)))
+    data = load(fleet.journal, deployment_id)
+    if inspect.isawaitable(data):
+        data = await data
+    return str(await anyio.to_thread.run_sync(render, data))
 
 
 def create_app(
@@ -155,7 +159,7 @@ def create_app(
         found = await _find(request.path_params["id"])
         if found is None:
             return html("missing.html", status=404, what=request.path_params["id"])
-        page = await anyio.to_thread.run_sync(_report_html, found[0], request.path_params["id"])
+        page = await _report_html(found[0], request.path_params["id"])
         if page is None:
             return html("missing.html", status=404, what="the report (immunity report)")
         return HTMLResponse(page)

@@ -13,8 +13,6 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
-
 from immunity.domain import utcnow
 from immunity.engine import ops
 from immunity.engine.context import Fleet
@@ -80,7 +78,7 @@ async def app_view(fleet: Fleet) -> dict[str, Any]:
     phases: dict[str, str] = {}
     lease = st.get("lease")
     if lease:
-        entries = await anyio.to_thread.run_sync(fleet.journal.entries, lease["deployment_id"])
+        entries = await fleet.journal.entries(lease["deployment_id"])
         phases = host_phases(entries, fleet)
         rec = next(
             (d for d in reversed(await _deployments(fleet)) if d.id == lease["deployment_id"]),
@@ -126,7 +124,7 @@ async def app_view(fleet: Fleet) -> dict[str, Any]:
 
 
 async def _deployments(fleet: Fleet) -> Sequence[DeploymentRecord]:
-    return await anyio.to_thread.run_sync(fleet.journal.deployments, fleet.app)
+    return await fleet.journal.deployments(fleet.app)
 
 
 def deployment_row(d: DeploymentRecord) -> dict[str, Any]:
@@ -173,7 +171,7 @@ async def deployment_view(fleet: Fleet, deployment_id: str) -> dict[str, Any] | 
     rec = next((d for d in await _deployments(fleet) if d.id == deployment_id), None)
     if rec is None:
         return None
-    entries = await anyio.to_thread.run_sync(fleet.journal.entries, deployment_id)
+    entries = await fleet.journal.entries(deployment_id)
     res = rec.data.get("result") or {}
     verdicts = [
         {"at": _iso(e.at), "kind": e.kind, "outcome": e.data.get("outcome"), "text": _summary(e)}
