@@ -344,6 +344,49 @@ def history(
     )
 
 
+journal_app = typer.Typer(
+    help="The journal itself: copy history between journals.", no_args_is_help=True
+)
+app.add_typer(journal_app, name="journal")
+
+
+@journal_app.command("copy")
+def journal_copy(
+    source: Annotated[
+        str, typer.Option("--from", help="sqlite:PATH (or PATH) or postgresql://...")
+    ],
+    target: Annotated[str, typer.Option("--to", help="postgresql://... (or sqlite:PATH)")],
+    only_app: Annotated[str | None, typer.Option("--app", help="Copy only this app.")] = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Copy every deployment and its entries into another journal; running it again adds
+    only what is new. Give the password by PGPASSWORD or ~/.pgpass, not in the URL."""
+    from immunity.journal.copy import copy_journal, open_location
+
+    async def main() -> dict[str, int]:
+        src = open_location(source, must_exist=True)
+        try:
+            dst = open_location(target)
+            try:
+                return (await copy_journal(src, dst, app=only_app)).to_dict()
+            finally:
+                await dst.close()
+        finally:
+            await src.close()
+
+    try:
+        data = anyio.run(main)
+    except ImmunityError as exc:
+        raise typer.Exit(show_error(exc)) from None
+    write_json(data, json_out)
+    out.print(
+        f"copied {data['new_deployments']} new deployment(s) of {data['deployments']} and "
+        f"{data['new_entries']} new entries of {data['entries']} "
+        f"({data['entries'] - data['new_entries']} were already there)",
+        highlight=False,
+    )
+
+
 @app.command()
 def serve(
     config: Annotated[
