@@ -1,9 +1,10 @@
 """Import layering check: arrows point down only.
 
-cli -> engine -> analysis -> roles (lb, hosts, signals, judge, notify, journal) -> clients -> config
--> domain -> errors. Adapters never import the engine or the analysis; neither of those names a
+cli -> engine -> report, analysis -> roles (lb, hosts, signals, judge, notify, journal) -> clients
+-> config -> domain -> errors. Adapters never import the engine or the analysis; neither of those names a
 concrete adapter (they go through plugins and the roles' `base` Protocols). The analysis sits
-between the engine (which asks it for a verdict) and the roles it uses (signals, judge).
+between the engine (which asks it for a verdict) and the roles it uses (signals, judge). The report
+reads the journal (and re-judges with the analysis); the engine and the CLI write it.
 sandbox and bench sit beside cli (they drive the engine like a user would).
 """
 
@@ -27,6 +28,7 @@ RANK = {
     "notify": 4,
     "journal": 4,
     "analysis": 5,
+    "report": 5,
     "engine": 6,
     "sandbox": 7,
     "bench": 8,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import typer
 
 from immunity import config as cfgmod
-from immunity.cli import output
+from immunity.cli import ci, output
 from immunity.cli.output import err, escape, out, plain, show_error, write_json
 from immunity.errors import ConfigError, ImmunityError
 
@@ -82,6 +83,22 @@ ConfigOpt = Annotated[str, typer.Option("-c", "--config", help="Path of immunity
 JsonOpt = Annotated[
     str | None, typer.Option("--json", help="Write the JSON result to FILE ('-' for stdout).")
 ]
+CiOpt = Annotated[
+    str,
+    typer.Option(
+        "--ci",
+        help="CD tool to report to: octopus, github, none, or auto (detected from its "
+        "environment variables).",
+    ),
+]
+OutputOpt = Annotated[
+    str,
+    typer.Option(
+        "--output",
+        help="text (human, default) or jsonl (one JSON event per line on stdout, human "
+        "output on stderr).",
+    ),
+]
 
 
 def _setup_logging() -> None:
@@ -123,32 +140,111 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
         raise typer.Exit(130) from None
 
 
-def _finish(result: DeployResult, json_dest: str | None, config: str | None = None) -> None:
+def _finish(
+    result: DeployResult,
+    json_dest: str | None,
+    reporter: ci.Reporter | None = None,
+    config: str | None = None,
+    to_stderr: bool = False,
+) -> None:
     data = result.to_dict()
-    write_json(data, json_dest)
+    report_path = _write_report(config, result.deployment_id) if config else None
+    data["report_path"] = report_path
+    json_file = json_dest
+    if json_dest is None and report_path:  # the CD tool gets the JSON result as an artifact
+        json_file = report_path.removesuffix(".html") + ".result.json"
+    write_json(data, json_file)
+    if reporter is not None:
+        reporter.finish(data, report_path, json_file if json_file != "-" else None)
+    con = err if to_stderr else out
     style = {0: "green", 3: "yellow"}.get(result.exit_code, "red")
-    out.print(
+    con.print(
         f"[bold {style}]{result.outcome}[/] "
         + escape(f"{result.release} ({result.deployment_id})"),
         highlight=False,
     )
     if result.reason:
-        out.print(f"  {result.reason}", markup=False, highlight=False)
+        con.print(f"  {result.reason}", markup=False, highlight=False)
     if result.detected_after_s is not None:
-        out.print(f"  detected after {result.detected_after_s:.1f}s", highlight=False)
+        con.print(f"  detected after {result.detected_after_s:.1f}s", highlight=False)
     if result.reverted_after_s is not None:
-        out.print(
+        con.print(
             f"  fleet reverted {result.reverted_after_s:.1f}s after the verdict", highlight=False
         )
     if result.needs_human:
-        out.print(
+        con.print(
             "  [bold red]a human is needed for[/] " + escape(", ".join(result.needs_human)),
             highlight=False,
         )
+    if report_path:
+        con.print("  report: " + escape(report_path), highlight=False)
     step = output.next_step(result.outcome, config or "immunity.yaml", result.needs_human)
     if step:
-        out.print("[yellow]next[/]: " + escape(step), highlight=False)
+        con.print("[yellow]next[/]: " + escape(step), highlight=False)
     raise typer.Exit(result.exit_code)
+
+
+def _write_report(config: str, deployment_id: str) -> str | None:
+    """Write the HTML and JSON report next to the journal; a report problem is only logged."""
+    try:
+        from immunity.report import write_default
+
+        loaded = cfgmod.load(config)
+        return str(anyio.run(write_default, loaded, deployment_id))
+    except Exception as exc:  # a report never changes a deployment's outcome
+        logging.getLogger("immunity").warning("the report could not be written: %s", exc)
+        return None
+
+
+def _reporting(ci_kind: str, output_fmt: str, config: str) -> ci.Reporter | None:
+    """The CD reporter for --ci/--output, told the secrets to mask before anything runs."""
+    if output_fmt not in ("text", "jsonl"):
+        err.print(f"--output: expected text or jsonl, got {output_fmt!r}", highlight=False)
+        raise typer.Exit(2)
+    if ci_kind not in ("auto", "octopus", "github", "none"):
+        err.print(f"--ci: expected octopus, github, none or auto, got {ci_kind!r}", highlight=False)
+        raise typer.Exit(2)
+    rep = ci.reporter("jsonl" if output_fmt == "jsonl" else ci_kind)
+    if rep is not None:
+        try:
+            text = Path(config).read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        rep.begin(ci.secret_values(text, os.environ))
+    return rep
+
+
+def _run_reported(
+    config: str,
+    title: str,
+    json_out: str | None,
+    ci_kind: str,
+    output_fmt: str,
+    live: bool,
+    go: Callable[[Fleet], Awaitable[DeployResult]],
+) -> None:
+    """Run a deployment-like command with the live table, the CD reporter and the report."""
+    rep = _reporting(ci_kind, output_fmt, config)
+    # with a CD tool the log is the output: no live table; with jsonl stdout is the events'
+    show_table = rep is None or isinstance(rep, ci.GithubReporter)
+
+    async def run(fleet: Fleet) -> DeployResult:
+        names = [h.name for h in fleet.hosts]
+        table = output.HostTable(names, title, live and rep is None and err.is_terminal)
+        if show_table:
+            fleet.sinks.append(table)
+        if rep is not None:
+            fleet.sinks.append(rep)
+        with table:
+            return await go(fleet)
+
+    _finish(
+        _with_fleet(config, run),
+        json_out,
+        rep,
+        config,
+        to_stderr=isinstance(rep, ci.JsonLinesReporter),
+    )
 
 
 @config_app.command("validate")
@@ -203,6 +299,16 @@ def deploy(
     release: Annotated[str, typer.Option("--release", "-r", help="Release to roll out.")],
     json_out: JsonOpt = None,
     live: Annotated[bool, typer.Option(help="Show the live host table.")] = True,
+    ci_kind: CiOpt = "auto",
+    output_fmt: OutputOpt = "text",
+    resume_unfinished: Annotated[
+        bool,
+        typer.Option(
+            "--resume-unfinished",
+            help="When the app's last deployment of this release never finished (its "
+            "orchestrator died, a CD tool retries the step), resume it instead.",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -226,13 +332,20 @@ def deploy(
 
     from immunity.engine.deployment import Deployment
 
-    async def run(fleet: Fleet) -> DeployResult:
-        table = output.HostTable([h.name for h in fleet.hosts], release, live and err.is_terminal)
-        fleet.sinks.append(table)
-        with table:
-            return await Deployment(fleet, release).run()
+    async def go(fleet: Fleet) -> DeployResult:
+        if resume_unfinished:
+            from immunity.engine import ops
 
-    _finish(_with_fleet(config, run), json_out, config)
+            record = await ops.last_deployment(fleet)
+            if (
+                record is not None
+                and record.release == release
+                and (record.finished_at is None or record.outcome in ("interrupted", "terminated"))
+            ):
+                return await ops.resume(fleet)
+        return await Deployment(fleet, release).run()
+
+    _run_reported(config, release, json_out, ci_kind, output_fmt, live, go)
 
 
 @app.command()
@@ -240,33 +353,34 @@ def resume(
     config: ConfigOpt,
     abort: Annotated[bool, typer.Option(help="Revert the fleet instead of continuing.")] = False,
     json_out: JsonOpt = None,
+    ci_kind: CiOpt = "auto",
+    output_fmt: OutputOpt = "text",
 ) -> None:
     """Finish (or with --abort undo) a deployment whose orchestrator died."""
     _setup_logging()
     from immunity.engine import ops
 
-    async def run(fleet: Fleet) -> DeployResult:
-        table = output.HostTable([h.name for h in fleet.hosts], "resume", err.is_terminal)
-        fleet.sinks.append(table)
-        with table:
-            return await ops.resume(fleet, abort=abort)
+    async def go(fleet: Fleet) -> DeployResult:
+        return await ops.resume(fleet, abort=abort)
 
-    _finish(_with_fleet(config, run), json_out, config)
+    _run_reported(config, "resume", json_out, ci_kind, output_fmt, True, go)
 
 
 @app.command()
-def rollback(config: ConfigOpt, json_out: JsonOpt = None) -> None:
+def rollback(
+    config: ConfigOpt,
+    json_out: JsonOpt = None,
+    ci_kind: CiOpt = "auto",
+    output_fmt: OutputOpt = "text",
+) -> None:
     """Walk every host back to its previous release, by the same drain/switch/warm-up."""
     _setup_logging()
     from immunity.engine import ops
 
-    async def run(fleet: Fleet) -> DeployResult:
-        table = output.HostTable([h.name for h in fleet.hosts], "rollback", err.is_terminal)
-        fleet.sinks.append(table)
-        with table:
-            return await ops.rollback(fleet)
+    async def go(fleet: Fleet) -> DeployResult:
+        return await ops.rollback(fleet)
 
-    _finish(_with_fleet(config, run), json_out, config)
+    _run_reported(config, "rollback", json_out, ci_kind, output_fmt, True, go)
 
 
 @app.command()
@@ -446,6 +560,49 @@ def serve(
     anyio.run(main)
     if not server.started:
         raise typer.Exit(2)
+
+
+@app.command()
+def report(
+    deployment: Annotated[str, typer.Argument(help="Deployment id (a unique prefix will do).")],
+    config: ConfigOpt,
+    html: Annotated[
+        str | None, typer.Option("--html", help="Write the HTML report to FILE.")
+    ] = None,
+    json_file: Annotated[
+        str | None, typer.Option("--json", help="Write the report's data as JSON to FILE.")
+    ] = None,
+) -> None:
+    """Write DEPLOYMENT's report: one self-contained HTML file (and its data as JSON).
+
+    Without --html/--json both go next to the journal, in reports/<id>.html and .json.
+    """
+    from immunity import report as rpt
+
+    try:
+        loaded = cfgmod.load(config)
+        from immunity.engine.context import open_journal
+
+        async def read() -> dict[str, Any]:
+            journal = open_journal(loaded)
+            try:
+                return await rpt.load(journal, deployment)
+            finally:
+                await journal.close()
+
+        data = anyio.run(read)
+        if html is None and json_file is None:
+            h = rpt.default_path(loaded, data["deployment_id"])
+            rpt.write(data, h, h.with_suffix(".json"))
+            out.print(f"report: {h} (and {h.with_suffix('.json').name})", highlight=False)
+            return
+        rpt.write(data, Path(html) if html else None, Path(json_file) if json_file else None)
+    except ImmunityError as exc:
+        raise typer.Exit(show_error(exc)) from None
+    for f in (html, json_file):
+        if f:
+            out.print(f"wrote {f} ({Path(f).stat().st_size} bytes)", highlight=False)
+    out.print(data["sentence"], markup=False, highlight=False)
 
 
 def _mount() -> None:

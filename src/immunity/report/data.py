@@ -1,0 +1,277 @@
+"""A deployment's report as data, read from the journal alone (JSON-ready, no I/O here).
+
+Inputs: the deployment's record (its stored result) and its journal entries. The per-look
+evidence comes from `bake.looked` entries (format in `immunity.analysis.evidence` and
+docs/journal.md: `window` [start, end] unix seconds, `obs` {signal: {canary|baseline:
+{n, x, lat}}, `bounds` {signal: [ms...]}} with bounds written only when they change and
+trailing zero buckets cut, `checks` {name: {o, s}}, `outcome`). Without such entries (journals
+written before every look was recorded) the series are empty and the report says so.
+
+Series are smoothed over `SMOOTH_LOOKS` looks (sums of requests, errors and histogram counts),
+so a rate is errors/requests over the last few seconds rather than a single second's noise.
+Latency quantiles come from the histograms by linear interpolation inside the bucket
+(the Prometheus `histogram_quantile` rule); the overflow bucket reads as its lower bound.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from immunity.journal.base import DeploymentRecord, JournalEntry
+
+SMOOTH_LOOKS = 5
+QUANTILES = (0.5, 0.99)
+STEP_ORDER = ("drain", "stop", "install", "start", "verify", "warmup", "enable")
+
+
+def histogram_quantile(q: float, bounds: Sequence[float], buckets: Sequence[int]) -> float | None:
+    """The q-quantile (ms) of a histogram; None when it holds no request.
+
+    `buckets[i]` counts requests with latency <= `bounds[i]` (and above the previous bound);
+    `buckets[len(bounds)]`, when present, the overflow. Linear inside a bucket, from 0 for
+    the first; the overflow bucket reads as the last bound.
+    """
+    total = sum(buckets)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for i, count in enumerate(buckets):
+        if count and seen + count >= rank:
+            if i >= len(bounds):
+                return float(bounds[-1]) if bounds else None
+            lo = float(bounds[i - 1]) if i > 0 else 0.0
+            hi = float(bounds[i])
+            return lo + (hi - lo) * (rank - seen) / count
+        seen += count
+    return float(bounds[-1]) if bounds else None
+
+
+def _iso(at: dt.datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+def _secs(at: dt.datetime, t0: dt.datetime) -> float:
+    return round((at - t0).total_seconds(), 3)
+
+
+def _cohort(obs: Mapping[str, Any]) -> tuple[int, int, list[int]]:
+    return (
+        int(obs.get("n", obs.get("requests", 0)) or 0),
+        int(obs.get("x", obs.get("errors", 0)) or 0),
+        [int(v) for v in obs.get("lat", obs.get("latency_buckets", [])) or []],
+    )
+
+
+def _add(a: list[int], b: Sequence[int]) -> list[int]:
+    if len(b) > len(a):
+        a = a + [0] * (len(b) - len(a))
+    return [x + (b[i] if i < len(b) else 0) for i, x in enumerate(a)]
+
+
+def looks(entries: Sequence[JournalEntry], t0: dt.datetime) -> list[dict[str, Any]]:
+    """Every `bake.looked` entry flattened: `t` (s since start), wave, outcome, per signal
+    and cohort `n`, `x`, `lat` (with the bounds in force), per check outcome and statistics."""
+    bounds: dict[str, list[float]] = {}
+    out = []
+    for e in entries:
+        if e.kind != "bake.looked":
+            continue
+        d = e.data
+        window = d.get("window") or []
+        end = dt.datetime.fromtimestamp(float(window[1]), dt.UTC) if len(window) == 2 else e.at
+        obs = dict(d.get("obs") or {})
+        for sig, b in dict(obs.pop("bounds", None) or d.get("bounds") or {}).items():
+            bounds[sig] = [float(v) for v in b]
+        signals = {}
+        for sig, cohorts in obs.items():
+            if not isinstance(cohorts, Mapping):
+                continue
+            signals[sig] = {
+                c: dict(zip(("n", "x", "lat"), _cohort(cohorts.get(c) or {}), strict=True))
+                for c in ("canary", "baseline")
+            }
+        out.append(
+            {
+                "t": _secs(end, t0),
+                "wave": d.get("wave"),
+                "bake": d.get("bake"),
+                "outcome": d.get("outcome"),
+                "signals": signals,
+                "bounds": {s: bounds.get(s, []) for s in signals},
+                "checks": dict(d.get("checks") or {}),
+            }
+        )
+    return out
+
+
+def series(look_rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per signal, per cohort: time, smoothed error rate and latency quantiles (ms).
+
+    Smoothing restarts at each bake (a new wave's cohorts are different hosts).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    by_signal: dict[str, list[Mapping[str, Any]]] = {}
+    for row in look_rows:
+        for sig in row["signals"]:
+            by_signal.setdefault(sig, []).append(row)
+    for sig, rows in by_signal.items():
+        s: dict[str, Any] = {"t": [], "wave": [], "bounds": []}
+        for c in ("canary", "baseline"):
+            s[c] = {"rate": [], "n": [], **{f"p{int(q * 100)}": [] for q in QUANTILES}}
+        for i, row in enumerate(rows):
+            s["t"].append(row["t"])
+            s["wave"].append(row["wave"])
+            bake = row.get("bake", row["wave"])
+            window = [
+                r
+                for r in rows[max(0, i - SMOOTH_LOOKS + 1) : i + 1]
+                if r.get("bake", r["wave"]) == bake
+            ]
+            bounds = row["bounds"].get(sig, [])
+            for c in ("canary", "baseline"):
+                n = sum(r["signals"][sig][c]["n"] for r in window)
+                x = sum(r["signals"][sig][c]["x"] for r in window)
+                lat: list[int] = []
+                for r in window:
+                    lat = _add(lat, r["signals"][sig][c]["lat"])
+                s[c]["n"].append(row["signals"][sig][c]["n"])
+                s[c]["rate"].append(round(x / n, 5) if n else None)
+                for q in QUANTILES:
+                    v = histogram_quantile(q, bounds, lat) if bounds else None
+                    s[c][f"p{int(q * 100)}"].append(round(v, 2) if v is not None else None)
+        out[sig] = s
+    return out
+
+
+def timeline(entries: Sequence[JournalEntry], t0: dt.datetime) -> dict[str, Any]:
+    """Each host's steps (start/end seconds, ok, purpose), the waves and the bakes."""
+    hosts: dict[str, list[dict[str, Any]]] = {}
+    open_: dict[tuple[str, str], dict[str, Any]] = {}
+    waves: list[dict[str, Any]] = []
+    bakes: list[dict[str, Any]] = []
+    for e in entries:
+        t = _secs(e.at, t0)
+        if e.kind == "host.step_started" and e.host and e.step:
+            row = {
+                "step": e.step,
+                "purpose": e.data.get("purpose") or "deploy",
+                "release": e.data.get("release"),
+                "start": t,
+                "end": None,
+                "ok": None,
+            }
+            hosts.setdefault(e.host, []).append(row)
+            open_[(e.host, e.step)] = row
+        elif e.kind in ("host.step_finished", "host.step_failed") and e.host and e.step:
+            r = open_.pop((e.host, e.step), None)
+            if r is not None:
+                r["end"] = t
+                r["ok"] = e.kind == "host.step_finished"
+        elif e.kind == "wave.started":
+            waves.append({"wave": e.data.get("wave"), "start": t, "end": None, "hosts": []})
+            waves[-1]["hosts"] = list(e.data.get("hosts") or [])
+        elif e.kind in ("wave.passed", "verdict.failed") and waves:
+            waves[-1]["end"] = t
+        elif e.kind == "bake.started":
+            bakes.append({"wave": e.data.get("wave"), "start": t, "end": None})
+        elif e.kind in ("verdict.reached", "verdict.failed", "bake.finished") and bakes:
+            bakes[-1]["end"] = bakes[-1]["end"] or t
+    return {"hosts": hosts, "waves": waves, "bakes": bakes}
+
+
+def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str:
+    """One sentence: what happened to the release, why (with the numbers), how fast."""
+    outcome = record.outcome or "unfinished"
+    reason = str(result.get("reason") or record.reason or "").strip().rstrip(".")
+    words = {
+        "deployed": f"{record.release} was deployed to every host",
+        "reverted": f"{record.release} was rejected and the whole fleet reverted",
+        "revert_incomplete": f"{record.release} was rejected but the revert did not finish",
+        "held": f"{record.release} was held: the verdict stayed inconclusive",
+        "rolled_back": "the fleet was rolled back",
+    }
+    head = words.get(outcome, f"{record.release}: {outcome}")
+    tail = []
+    if result.get("detected_after_s") is not None:
+        tail.append(f"detected {float(result['detected_after_s']):.1f} s after the first canary")
+    if result.get("reverted_after_s") is not None:
+        tail.append(f"fleet back {float(result['reverted_after_s']):.1f} s after the verdict")
+    text = head + (f": {reason}" if reason else "")
+    if tail:
+        text += " (" + "; ".join(tail) + ")"
+    return text + "."
+
+
+def build(record: DeploymentRecord, entries: Sequence[JournalEntry]) -> dict[str, Any]:
+    """The whole report as JSON-ready data (see the module docstring)."""
+    t0 = record.started_at
+    result: dict[str, Any] = dict((record.data or {}).get("result") or {})
+    rows = looks(entries, t0)
+    verdicts = [
+        {
+            "t": _secs(e.at, t0),
+            "kind": e.kind,
+            "wave": e.data.get("wave"),
+            "outcome": (e.data.get("verdict") or {}).get("outcome"),
+            "reason": (e.data.get("verdict") or {}).get("reason") or "",
+        }
+        for e in entries
+        if e.kind in ("verdict.reached", "verdict.failed")
+    ]
+    revert: dict[str, Any] | None = None
+    for e in entries:
+        if e.kind == "immune.started":
+            revert = {"start": _secs(e.at, t0), "end": None, "hosts": [], "reason": ""}
+            revert["reason"] = str(e.data.get("reason") or "")
+        elif revert is not None and e.kind == "host.switched" and e.data.get("purpose") == "revert":
+            revert["hosts"].append(
+                {"host": e.host, "release": e.data.get("release"), "t": _secs(e.at, t0)}
+            )
+        elif revert is not None and e.kind in (
+            "deployment.reverted",
+            "deployment.revert_incomplete",
+        ):
+            revert["end"] = _secs(e.at, t0)
+            revert["incomplete"] = e.kind == "deployment.revert_incomplete"
+    if revert is not None:
+        revert["reverted_after_s"] = result.get("reverted_after_s")
+        revert["needs_human"] = result.get("needs_human") or []
+    end = record.finished_at or (entries[-1].at if entries else t0)
+    return {
+        "format": 1,
+        "deployment_id": record.id,
+        "app": record.app,
+        "release": record.release,
+        "outcome": record.outcome or "unfinished",
+        "reason": result.get("reason") or record.reason or "",
+        "sentence": verdict_sentence(record, result),
+        "started_at": _iso(record.started_at),
+        "finished_at": _iso(record.finished_at),
+        "duration_s": _secs(end, t0),
+        "detected_after_s": result.get("detected_after_s"),
+        "reverted_after_s": result.get("reverted_after_s"),
+        "verdict": result.get("verdict"),
+        "verdicts": verdicts,
+        "timeline": timeline(entries, t0),
+        "looks": len(rows),
+        "series": series(rows),
+        "checks": _check_series(rows),
+        "revert": revert,
+        "impact": result.get("impact"),
+        "fallbacks": result.get("fallbacks") or dict((record.data or {}).get("fallbacks") or {}),
+    }
+
+
+def _check_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[Any]]]:
+    """Per check: time, outcome and each statistic, look by look."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for row in rows:
+        for name, c in row["checks"].items():
+            s = out.setdefault(name, {"t": [], "outcome": [], "stats": []})
+            s["t"].append(row["t"])
+            s["outcome"].append(c.get("o") if isinstance(c, Mapping) else c)
+            s["stats"].append(dict(c.get("s") or {}) if isinstance(c, Mapping) else {})
+    return out
