@@ -25,6 +25,7 @@ import anyio
 import httpx
 
 from immunity.analysis import Cohorts, bake, resume_point
+from immunity.config.types import status_ok
 from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict, utcnow
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet, holder_name
@@ -126,6 +127,8 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
         actives[h.name] = await fleet.driver.active_release(h)
         if actives[h.name] is None:
             problems.append(f"{h.name} runs no release")
+    if not problems:
+        problems += await probe_paths(fleet)
     if problems:
         raise PreflightError(
             "preflight failed, nothing was touched: " + "; ".join(problems),
@@ -134,6 +137,35 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
             f"`immunity resume -c {fleet.loaded.path}` finishes it first",
         )
     return await fallbacks_for(fleet, release, {k: v for k, v in actives.items() if v})
+
+
+async def probe_paths(fleet: Fleet) -> list[str]:
+    """One request to each host's `verify.path` and `warmup.path` on the release it runs now.
+
+    A path that answers an unexpected status there (a 404, a redirect) would fail every
+    switch, and the revert's warm-up too: it is a config problem, found before anything is
+    touched. Hosts that do not answer at all are left to the steps' own deadlines.
+    """
+    cfg = fleet.config
+    out = []
+    async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
+        for h in fleet.hosts:
+            for field, path, expect in (
+                ("verify.path", cfg.verify.path, cfg.verify.expect_status),
+                ("warmup.path", cfg.warmup.path, cfg.warmup.expect_status),
+            ):
+                try:
+                    r = await http.get(h.base_url + path, timeout=5.0)
+                except httpx.HTTPError:
+                    continue
+                if not status_ok(expect, r.status_code):
+                    field_status = field.replace("path", "expect_status")
+                    out.append(
+                        f"{field} {path} answers HTTP {r.status_code} on {h.name}, expected "
+                        f"{'/'.join(expect)}: set {field} to a page that answers "
+                        f"{'/'.join(expect)} (or list {r.status_code} in {field_status})"
+                    )
+    return out
 
 
 def unknown_members(fleet: Fleet, pool: Mapping[str, Member]) -> list[str]:
@@ -150,7 +182,10 @@ def pool_problems(
     * a member the config does not know: it would keep serving the old release while
       immunity reports every host on the new one;
     * a host the balancer reports unhealthy (DOWN): it serves nobody, so draining another
-      host could take the last serving one, and its drain has no DRAIN state to wait for.
+      host could take the last serving one, and its drain has no DRAIN state to wait for;
+    * a host already out of the pool or draining: it already uses capacity that
+      `max_unavailable` would hand out again (and a wave waiting for that capacity would
+      wait for a host of a later wave). An interrupted deployment is finished by `resume`.
     """
     out = []
     for name in unknown_members(fleet, pool):
@@ -166,6 +201,13 @@ def pool_problems(
             out.append(
                 f"{h.name} is unhealthy in the balancer ({mine.detail or mine.state}): bring it "
                 "back up (or take it out of hosts) before deploying"
+            )
+        elif mine is not None and mine.state in (LbState.OUT, LbState.DRAINING):
+            cfg = fleet.loaded.path
+            out.append(
+                f"{h.name} is out of the pool ({mine.detail or mine.state}): finish an "
+                f"interrupted deployment with `immunity resume -c {cfg}`, put the fleet back "
+                f"with `immunity rollback -c {cfg}`, or return the host to the pool"
             )
     return out
 

@@ -15,7 +15,7 @@ import anyio
 import httpx
 
 from immunity.config.types import status_ok
-from immunity.domain import HostRef
+from immunity.domain import HostRef, LbState
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet
 from immunity.engine.record import Recorder
@@ -42,6 +42,10 @@ class HostSwitcher:
         self.do_warmup = warmup
         self.do_drain = drain
         self.last_answer: dict[str, str] = {}  # host -> what verify/warm-up last got
+        # Hosts this switcher has asked the balancer to drain and not yet seen healthy
+        # again: the balancer may still call them serving for a moment.
+        self._leaving: set[str] = set()
+        self._drain_lock = anyio.Lock()
 
     async def switch(
         self, host: HostRef, release: str, *, purpose: str = "deploy", shield: bool = True
@@ -63,12 +67,13 @@ class HostSwitcher:
         lb, drv = self.fleet.lb, self.fleet.driver
 
         async def drain() -> None:
-            await lb.drain(host)
+            await self._drain_keeping_one_serving(host)
             await lb.wait_drained(host)
 
         async def enable() -> None:
             await lb.enable(host)
             await lb.wait_healthy(host)
+            self._leaving.discard(host.name)
 
         # A host already running `release` (a revert of a host whose switch failed before
         # it was stopped, a resume after the start step) only needs to be proven healthy and
@@ -101,6 +106,40 @@ class HostSwitcher:
             purpose=purpose,
         )
 
+    async def _drain_keeping_one_serving(self, host: HostRef) -> None:
+        """Drain `host` once another pool member serves; wait (within the drain step's
+        deadline) while it would be the last one.
+
+        `max_unavailable` below the fleet size keeps a host serving as long as the others are
+        healthy; this also covers members that went DOWN on their own meanwhile. The check
+        and the drain request are made under one lock so that two parallel drains cannot
+        each count the other as the one left serving.
+        """
+        lb = self.fleet.lb
+        while True:
+            async with self._drain_lock:
+                pool = await lb.pool_members()
+                mine = pool.get(host.balancer_id)
+                others = [
+                    name
+                    for name, m in pool.items()
+                    if name != host.balancer_id
+                    and m.state is LbState.SERVING
+                    and name not in self._leaving_ids()
+                ]
+                if mine is None or mine.state is not LbState.SERVING or others:
+                    self._leaving.add(host.name)
+                    await lb.drain(host)
+                    self.last_answer.pop(host.name, None)
+                    return
+            self.last_answer[host.name] = (
+                "no other pool member serving: draining it would leave customers none"
+            )
+            await anyio.sleep(0.2)
+
+    def _leaving_ids(self) -> set[str]:
+        return {h.balancer_id for h in self.fleet.hosts if h.name in self._leaving}
+
     async def _step(
         self,
         host: HostRef,
@@ -123,7 +162,9 @@ class HostSwitcher:
             with anyio.fail_after(limit_s):
                 await action()
         except TimeoutError as exc:
-            last = self.last_answer.get(host.name) if step in ("verify", "warmup") else None
+            last = (
+                self.last_answer.get(host.name) if step in ("drain", "verify", "warmup") else None
+            )
             err = StepFailed(
                 f"{host.name}: {step} did not finish within {limit_s:g}s"
                 + (f" (last answer: {last})" if last else ""),
