@@ -33,9 +33,9 @@ from immunity.analysis.evidence import (
 )
 from immunity.analysis.wave import BakeAnalysis, Step
 from immunity.config.models import Config
-from immunity.domain import Cohort, HostRef, Observation, Verdict, utcnow
+from immunity.domain import Cohort, HostRef, Observation, ObservationStatus, Verdict, utcnow
 from immunity.errors import ImmunityError
-from immunity.signals.base import SignalSource
+from immunity.signals.base import SignalSource, delay_of, vet
 
 log = logging.getLogger("immunity.analysis")
 
@@ -155,16 +155,29 @@ async def bake(
     t0 = time.monotonic() - last_t
     if b.settle and not evidence:
         await anyio.sleep(b.settle)
-    window_start = utcnow() - dt.timedelta(seconds=b.lag)
+    # Each signal's windows end its own delay before now (at least `bake.lag`): an access
+    # log is complete at once, a metrics store only after its scrape or ingest lag. A fresh
+    # bake's first window starts when the bake does (earlier data is not the canary's); a
+    # signal looks as soon as its delay allows, and is asked nothing until then.
+    delays = {n: max(b.lag, delay_of(signals[n])) for n in analysis.signals}
+    began = utcnow()
+    starts = {
+        n: began if not evidence else began - dt.timedelta(seconds=d) for n, d in delays.items()
+    }
+    window_start = began if not evidence else began - dt.timedelta(seconds=b.lag)
     while True:
         await anyio.sleep(max(0.0, b.interval - ((time.monotonic() - t0) % b.interval)))
         # bake time is kept to the millisecond, as journaled, so a replay is exact
         t_s = round(time.monotonic() - t0, 3)
-        end = utcnow() - dt.timedelta(seconds=b.lag)
+        wall = utcnow()
+        end = wall - dt.timedelta(seconds=b.lag)
+        windows = {n: (starts[n], wall - dt.timedelta(seconds=d)) for n, d in delays.items()}
         now = cohorts()
         observations, errored = await _observe_all(
-            signals, analysis.signals, now, window_start, end, b.interval
+            signals, analysis.signals, now, windows, b.interval
         )
+        for n, (lo, hi) in windows.items():
+            starts[n] = max(lo, hi)
         step = analysis.look(t_s, observations, errored=errored, may_pass=may_pass())
         await rec.record(
             BAKE_LOOKED,
@@ -215,22 +228,33 @@ async def _observe_all(
     signals: Mapping[str, SignalSource],
     names: set[str],
     cohorts: Cohorts,
-    start: dt.datetime,
-    end: dt.datetime,
+    windows: Mapping[str, tuple[dt.datetime, dt.datetime]],
     interval: float,
 ) -> tuple[dict[str, dict[Cohort | str, Observation]], dict[str, str]]:
-    """Each signal's observation per cohort, and the signals that errored (with why)."""
+    """Each signal's observation per cohort over its window, and the signals that errored
+    (raised, timed out, or could not be read for either cohort) with why.
+
+    Every answer is vetted (`signals.base.vet`): a partial, stale or implausible one is a
+    rejected observation naming why, never evidence. A signal whose window has not opened
+    yet (its delay) is not asked: it saw an empty window.
+    """
     out: dict[str, dict[Cohort | str, Observation]] = {}
     errored: dict[str, str] = {}
     timeout = max(2.0, interval * 3)
+    members = {Cohort.CANARY: cohorts.canary, Cohort.BASELINE: cohorts.baseline}
 
     async def one(name: str) -> None:
         src = signals[name]
+        start, end = windows[name]
+        if end <= start:
+            waiting = f"waiting {delay_of(src):g} s for the source's data (its delay)"
+            out[name] = {
+                c: Observation(0, 0, hosts=len(h), detail=waiting) for c, h in members.items()
+            }
+            return
         try:
             with anyio.fail_after(timeout):
-                obs = await src.observe(
-                    {Cohort.CANARY: cohorts.canary, Cohort.BASELINE: cohorts.baseline}, start, end
-                )
+                obs = await src.observe(members, start, end)
         except TimeoutError:
             errored[name] = f"did not answer within {timeout:g}s"
             return
@@ -242,12 +266,18 @@ async def _observe_all(
             log.exception("signal %s raised an unexpected error", name)
             errored[name] = f"{type(exc).__name__}: {exc}"
             return
-        out[name] = {
-            Cohort.CANARY: obs.get(Cohort.CANARY, Observation.missing("no canary observation")),
-            Cohort.BASELINE: obs.get(
-                Cohort.BASELINE, Observation.missing("no baseline observation")
-            ),
+        window_s = (end - start).total_seconds()
+        got: dict[Cohort | str, Observation] = {
+            c: vet(
+                obs.get(c, Observation.missing(f"no {c} observation")), window_s, len(members[c])
+            )
+            for c in (Cohort.CANARY, Cohort.BASELINE)
         }
+        failed = [o for o in got.values() if o.status is ObservationStatus.FAILED]
+        if len(failed) == len(got):
+            errored[name] = failed[0].detail or "the source could not be read"
+            return
+        out[name] = got
 
     async with anyio.create_task_group() as tg:
         for name in names:

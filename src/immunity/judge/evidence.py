@@ -214,3 +214,27 @@ class Cusum:
     @property
     def level(self) -> float:
         return float(self.w.max())
+
+
+MAX_EXACT_REQUESTS = 100_000
+"""Per cohort and interval, the most requests the conditional tests use exactly; beyond it a
+random subset is tested (see `thin`). Bounds the judges' memory and time whatever the counts
+(the log-factorial table and the support of the hypergeometric law grow with them)."""
+
+
+def thin(
+    counts: Sequence[int], rng: np.random.Generator, cap: int = MAX_EXACT_REQUESTS
+) -> list[int]:
+    """Per-category counts of a random subset of about `cap` of the `sum(counts)` requests.
+
+    Each request is kept independently with probability cap / total (binomial thinning).
+    Requests that are conditionally independent with a common bad rate within a cohort and
+    interval stay so after independent thinning, so the likelihood ratios of the thinned
+    counts are those of the model, and every e-process stays valid; only the evidence per
+    interval is that of `cap` requests. Counts at or under `cap` come back unchanged.
+    """
+    total = sum(int(c) for c in counts)
+    if total <= cap:
+        return [int(c) for c in counts]
+    p = cap / total
+    return [int(rng.binomial(int(c), p)) for c in counts]

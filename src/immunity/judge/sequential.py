@@ -57,6 +57,7 @@ from immunity.judge.evidence import (
     Mixture,
     OddsRatioGrid,
     logmeanexp,
+    thin,
 )
 from immunity.judge.wording import count, e_number, evalue, ms, pct
 
@@ -80,6 +81,9 @@ SHARE_MIN_EXPECTED = 30.0
 """The share guard judges the shortest recent window (>= 10 s, <= 120 s) in which the canary
 should have received at least this many requests at its fair share."""
 DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
+THIN_SEED = 20261130
+"""Seed of the judges' thinning draws (see `evidence.thin`), fixed so that replaying the same
+looks gives the same verdicts."""
 FREEZE_BLOCKS = 5
 FREEZE_BLOCK_S = 3.0
 FREEZE_BLOCK_MIN_REQUESTS = 100
@@ -274,6 +278,7 @@ class ErrorsJudge:
         self.log_pass = 0.0
         self.cat_abs_alarm_at: float | None = None
         self.guard = TrafficGuard(config.min_traffic_share)
+        self.rng = np.random.default_rng(THIN_SEED)  # fixed: a replay of the looks is exact
         self.recent: deque[tuple[float, int, int, int, int]] = deque()
         self.n_c = self.x_c = self.n_b = self.x_b = 0
         self.last_t = 0.0
@@ -294,7 +299,10 @@ class ErrorsJudge:
         self.recent.append((t_s, n_c, x_c, n_b, x_b))
         while self.recent and self.recent[0][0] <= t_s - CATASTROPHE_WINDOW_S:
             self.recent.popleft()
-        self.relative.add(t_s, dt, n_c, (x_c,), n_b, (x_b,))
+        # memory and time bounded whatever the counts: a random subset beyond MAX_EXACT
+        ok_c, bad_c = thin((n_c - x_c, x_c), self.rng)
+        ok_b, bad_b = thin((n_b - x_b, x_b), self.rng)
+        self.relative.add(t_s, dt, ok_c + bad_c, (bad_c,), ok_b + bad_b, (bad_b,))
         if n_c > 0:
             if self.floor_ratios is not None:
                 self.floor_pass.add(self.floor_ratios(n_c, x_c)[None, :])
@@ -485,6 +493,7 @@ class LatencyJudge:
         self.pass_log_threshold = math.log(1.0 / config.beta)
         self.evidence = RelativeEvidence(self.k, config.latency_tolerance, config.latency_bad)
         self.guard = TrafficGuard(config.min_traffic_share)
+        self.rng = np.random.default_rng(THIN_SEED)
         self.thresholds: list[float | None] = [None] * self.k
         self.active = np.zeros(self.k, dtype=bool)
         self.labels = [
@@ -590,7 +599,17 @@ class LatencyJudge:
             x_c = np.where(active, tail_c[self.index + 1], 0)
             x_b = np.where(active, tail_b[self.index + 1], 0)
             n_c, n_b = int(tail_c[0]), int(tail_b[0])
-            self.evidence.add(t_s, dt, n_c, x_c.tolist(), n_b, x_b.tolist())
+            # the test sees a random subset when the counts are huge (bounded memory)
+            sc = np.cumsum(np.asarray(thin(hc.tolist(), self.rng), dtype=np.int64)[::-1])[::-1]
+            sb = np.cumsum(np.asarray(thin(hb.tolist(), self.rng), dtype=np.int64)[::-1])[::-1]
+            self.evidence.add(
+                t_s,
+                dt,
+                int(sc[0]),
+                np.where(active, sc[self.index + 1], 0).tolist(),
+                int(sb[0]),
+                np.where(active, sb[self.index + 1], 0).tolist(),
+            )
             self.n_c += np.where(active, n_c, 0)
             self.n_b += np.where(active, n_b, 0)
             self.x_c += x_c

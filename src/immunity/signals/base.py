@@ -3,11 +3,15 @@
 A source is asked, once per bake interval, what each cohort's hosts did between `start`
 and `end` (aware UTC). It returns one `Observation` per cohort; when it cannot tell it
 returns `Observation.missing(...)` or raises `SignalError` — never zeros that look like a pass.
+An answer that is partial, stale or implausible for the window is `Observation.rejected(...)`
+naming what is wrong: never evidence. `vet` applies the checks every answer must pass, and
+`delay_of` reads a source's declared delay.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -28,3 +32,74 @@ class SignalSource(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+MAX_REQUESTS_PER_HOST_S = 500_000.0
+"""More requests than this per host and second of window is not a count over the window
+(a cumulative counter printed as a count, a unit mistake): the answer is implausible."""
+HISTOGRAM_SLACK = 0.1
+"""A latency histogram whose total differs from the request count by more than this share
+(and more than 5 requests) describes other requests: the answer is partial."""
+
+
+def delay_of(source: object) -> float:
+    """Seconds after which a source's answer for a window is complete (`delay`, default 0).
+
+    A source declares it as a `delay` attribute: an access log has none, a metrics store its
+    scrape or ingest lag, CloudWatch its publication lag (it shifts windows itself and so
+    declares 0). The bake ends each window that long before now, and looks as soon as that
+    allows.
+    """
+    value = getattr(source, "delay", 0.0)
+    try:
+        delay = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return delay if math.isfinite(delay) and delay > 0 else 0.0
+
+
+def vet(obs: Observation, window_s: float, hosts: int) -> Observation:
+    """`obs` when it is plausible for a window of `window_s` seconds over `hosts` hosts, else
+    `Observation.rejected` naming what is wrong. Applied by the bake to every source's answer.
+
+    Rejected: negative or non-integer counts (a counter that went backwards), more errors
+    than requests, more than `MAX_REQUESTS_PER_HOST_S` requests per host-second, a latency
+    histogram with negative counts, the wrong number of buckets, or a total that disagrees
+    with the request count.
+    """
+    if not obs.available:
+        return obs
+    n, x = obs.requests, obs.errors
+    if not isinstance(n, int) or not isinstance(x, int) or isinstance(n, bool):
+        return Observation.rejected(f"implausible answer: counts {n!r}/{x!r} are not integers")
+    if n < 0 or x < 0:
+        return Observation.rejected(
+            f"implausible answer: negative count ({n} requests, {x} errors): a counter went "
+            "backwards"
+        )
+    if x > n:
+        return Observation.rejected(f"implausible answer: {x} errors > {n} requests")
+    per = max(1, hosts or obs.hosts)
+    seconds = max(window_s, 1.0)
+    if n > MAX_REQUESTS_PER_HOST_S * per * seconds:
+        return Observation.rejected(
+            f"implausible answer: {n} requests in a {window_s:.3g} s window from {per} host(s) "
+            f"(over {MAX_REQUESTS_PER_HOST_S:,.0f} per host and second): a cumulative counter "
+            "instead of a count over the window?"
+        )
+    buckets = obs.latency_buckets
+    if buckets:
+        if len(buckets) != len(obs.latency_bounds_ms) + 1:
+            return Observation.rejected(
+                f"partial answer: {len(buckets)} latency buckets for "
+                f"{len(obs.latency_bounds_ms)} bounds (one overflow bucket expected)"
+            )
+        if any(b < 0 for b in buckets):
+            return Observation.rejected("implausible answer: a negative latency bucket count")
+        total = sum(buckets)
+        if abs(total - n) > max(5, HISTOGRAM_SLACK * n):
+            return Observation.rejected(
+                f"partial answer: the latency histogram counts {total} requests, the request "
+                f"count is {n}"
+            )
+    return obs

@@ -13,8 +13,15 @@ and in the environment (inherited environment plus `env`):
     IMMUNITY_SIGNAL, IMMUNITY_COHORT        signal name, canary | baseline
     IMMUNITY_HOSTS                          host names, comma-separated
     IMMUNITY_ADDRESSES                      address:port of each host, comma-separated
-    IMMUNITY_START, IMMUNITY_END            ISO 8601 UTC with a Z, millisecond precision
-    IMMUNITY_START_EPOCH, IMMUNITY_END_EPOCH  unix seconds (integers, rounded down / up)
+    IMMUNITY_START, IMMUNITY_END            ISO 8601 UTC with a Z (always .000)
+    IMMUNITY_START_EPOCH, IMMUNITY_END_EPOCH  unix seconds (integers)
+
+Windows are whole seconds: the engine's window [start, end) is run as [floor(start),
+floor(end)), so every form of the window above (ISO, epoch integers, the stdin floats) names
+the same half-open interval, and consecutive looks partition time exactly: a script that
+counts `start <= t < end` counts each request once, whatever precision it reads. A look
+whose window holds no whole second yet is an empty window (zero requests, the command is
+not run); the next look covers it.
 
 It must print ONE JSON object on stdout and exit 0:
 
@@ -67,6 +74,14 @@ class CommandSettings(BaseModel):
     """Per run; past it the process group is killed and the look raises SignalError."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for the command (secrets via `${ENV}` interpolation)."""
+    delay: Duration = 0.0
+    """How long after a window its data is complete where the command reads it (a metrics
+    store's scrape or ingest lag); the bake asks for each window that much later."""
+
+
+def whole_seconds(t: dt.datetime) -> dt.datetime:
+    """`t` rounded down to its whole second (UTC): every window edge the command sees."""
+    return dt.datetime.fromtimestamp(math.floor(t.timestamp()), dt.UTC)
 
 
 def iso_z(t: dt.datetime) -> str:
@@ -104,8 +119,8 @@ def cohort_input(
         "IMMUNITY_ADDRESSES": ",".join(f"{h.address}:{h.port}" for h in hosts),
         "IMMUNITY_START": iso_z(start),
         "IMMUNITY_END": iso_z(end),
-        "IMMUNITY_START_EPOCH": str(math.floor(start.timestamp())),
-        "IMMUNITY_END_EPOCH": str(math.ceil(end.timestamp())),
+        "IMMUNITY_START_EPOCH": str(round(start.timestamp())),
+        "IMMUNITY_END_EPOCH": str(round(end.timestamp())),
     }
     return json.dumps(payload, default=str).encode(), env
 
@@ -190,6 +205,7 @@ class CommandSource:
     def __init__(self, settings: CommandSettings, *, base_dir: Path | None = None) -> None:
         self.settings = settings
         self.name = settings.name
+        self.delay = settings.delay
         self.base_dir = base_dir or Path.cwd()
         argv = list(settings.command)
         if "/" in argv[0] and not os.path.isabs(argv[0]):
@@ -253,6 +269,9 @@ class CommandSource:
     ) -> Observation:
         if not hosts:
             return Observation.missing("no hosts in this cohort")
+        start, end = whole_seconds(start), whole_seconds(end)
+        if end <= start:
+            return Observation(0, 0, hosts=len(hosts), detail="no whole second in this window yet")
         stdin, env = cohort_input(self.name, cohort, hosts, start, end)
         code, out, err = await self._run(stdin, env)
         if code != 0:

@@ -4,6 +4,7 @@ failures (exit status, timeout, garbage) surface."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import sys
@@ -283,3 +284,101 @@ async def test_python_example_reports_latency_buckets(tmp_path: Path) -> None:
     assert canary.latency_buckets == (0, 0, 0, 0, 50, 0, 0)
     assert baseline.latency_buckets == (0, 50, 0, 0, 0, 0, 0)
     assert os.access(EXAMPLES / "checkout_latency.py", os.X_OK)
+
+
+@pytest.mark.parametrize("fractional_log", [True, False])
+async def test_docs_examples_count_each_request_once_over_consecutive_looks(
+    tmp_path: Path, fractional_log: bool
+) -> None:
+    """Looks of about a second with fractional edges, as the bake asks them, partition time:
+    the docs' bash and Python examples, run over a real log, count every request exactly once
+    (whatever the log's or the variables' precision)."""
+    t0 = START.timestamp()
+    rows = [
+        (t0 + i * 0.137, "web1" if i % 3 else "web2", 500 if i % 7 == 0 else 200)
+        for i in range(400)
+    ]
+    plain = tmp_path / "access.log"
+    plain.write_text(
+        "".join(
+            f"{(f'{t:.3f}' if fractional_log else int(t))} {h} /checkout {s} 12.0\n"
+            for t, h, s in rows
+        )
+    )
+    jsonl = tmp_path / "access.jsonl"
+    jsonl.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "ts": dt.datetime.fromtimestamp(t if fractional_log else int(t), dt.UTC)
+                    .isoformat(timespec="milliseconds")
+                    .replace("+00:00", "Z"),
+                    "host": h,
+                    "path": "/checkout",
+                    "status": s,
+                    "latency_ms": 12.0,
+                }
+            )
+            + "\n"
+            for t, h, s in rows
+        )
+    )
+    bash = CommandSource(
+        CommandSource.Settings(
+            command=["examples/checkout-errors.sh"], env={"CHECKOUT_LOG": str(plain)}
+        ),
+        base_dir=EXAMPLES.parent,
+    )
+    python = CommandSource(
+        CommandSource.Settings(
+            command=[sys.executable, str(EXAMPLES / "checkout_latency.py")],
+            env={"CHECKOUT_LOG": str(jsonl)},
+        ),
+        base_dir=tmp_path,
+    )
+    # 1 s looks shifted by 0.37 s, with the jitter of a real loop (0.9 .. 1.1 s)
+    edges = [START - dt.timedelta(seconds=0.63)]
+    while edges[-1] < START + dt.timedelta(seconds=60):
+        edges.append(edges[-1] + dt.timedelta(seconds=0.9 + 0.2 * ((len(edges) * 7) % 10) / 10))
+    cohorts = {Cohort.CANARY: [WEB1], Cohort.BASELINE: [WEB2]}
+    for src in (bash, python):
+        totals = {Cohort.CANARY: [0, 0], Cohort.BASELINE: [0, 0]}
+        for a, b in itertools.pairwise(edges):
+            obs = await src.observe(cohorts, a, b)
+            for c, o in obs.items():
+                totals[c][0] += o.requests
+                totals[c][1] += o.errors
+        want_canary = [
+            sum(1 for _, h, _ in rows if h == "web1"),
+            sum(1 for _, h, s in rows if h == "web1" and s >= 500),
+        ]
+        want_baseline = [
+            sum(1 for _, h, _ in rows if h == "web2"),
+            sum(1 for _, h, s in rows if h == "web2" and s >= 500),
+        ]
+        assert (want_canary, want_baseline) == (totals[Cohort.CANARY], totals[Cohort.BASELINE])
+
+
+async def test_the_window_the_command_sees_is_whole_seconds_in_every_form(tmp_path: Path) -> None:
+    """ISO, epoch variables and stdin floats all name [floor(start), floor(end))."""
+    script(
+        tmp_path,
+        """\
+        import json, os, sys
+        doc = json.load(sys.stdin)
+        print(json.dumps({"requests": 0, "errors": 0,
+                          "detail": " ".join([doc["start"], doc["end"], str(doc["start_epoch"]),
+                                              str(doc["end_epoch"]),
+                                              os.environ["IMMUNITY_START_EPOCH"],
+                                              os.environ["IMMUNITY_END_EPOCH"]])}))
+        """,
+    )
+    src = source(tmp_path, ["./metric.py"])
+    a = START + dt.timedelta(seconds=0.37)
+    obs = await src.observe({Cohort.CANARY: [WEB1]}, a, a + dt.timedelta(seconds=1.2))
+    s, e = int(START.timestamp()), int(START.timestamp()) + 1
+    assert obs[Cohort.CANARY].detail == (
+        f"2026-05-04T12:30:00.000Z 2026-05-04T12:30:01.000Z {float(s)} {float(e)} {s} {e}"
+    )
+    empty = await src.observe({Cohort.CANARY: [WEB1]}, a, a + dt.timedelta(seconds=0.5))
+    assert (empty[Cohort.CANARY].requests, empty[Cohort.CANARY].available) == (0, True)

@@ -1,0 +1,142 @@
+"""The bake and what signals answer: vetted answers, declared delays, failures as errors.
+
+The sources here are in-memory `SignalSource`s (the bake's side of the seam is under test);
+real sources' answers are tested against their real servers in tests/integration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from immunity.analysis.bake import Cohorts, bake
+from immunity.config.models import Config
+from immunity.domain import Cohort, HostRef, Observation, Outcome
+from immunity.signals.base import vet
+
+pytestmark = pytest.mark.anyio
+HOSTS = [HostRef(f"h{i}", port=8000 + i) for i in range(3)]
+
+
+def config(**bake_cfg: Any) -> Config:
+    return Config.model_validate(
+        {
+            "app": "shop",
+            "hosts": [{"name": h.name, "port": h.port} for h in HOSTS],
+            "balancer": {"kind": "haproxy"},
+            "driver": {"kind": "local"},
+            "signals": [{"kind": "haproxy", "name": "lb"}],
+            "checks": [{"name": "errors", "signal": "lb", "kind": "errors"}],
+            "bake": {"min": "1s", "max": "2s", "interval": "200ms", **bake_cfg},
+            "judge": {"inconclusive_limit": "60s", "consecutive_error_limit": 3},
+        }
+    )
+
+
+class Journal:
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, dict[str, Any]]] = []
+
+    def record(self, kind: str, message: str = "", **data: Any) -> object:
+        self.entries.append((kind, message, data))
+        return None
+
+
+class Source:
+    """Answers `answer(start, end)` for every cohort; remembers the windows it was asked."""
+
+    def __init__(self, answer: Any, delay: float = 0.0) -> None:
+        self.name = "lb"
+        self.delay = delay
+        self.answer = answer
+        self.windows: list[tuple[dt.datetime, dt.datetime, dt.datetime]] = []
+
+    async def observe(
+        self, cohorts: Mapping[Cohort, Sequence[HostRef]], start: dt.datetime, end: dt.datetime
+    ) -> dict[Cohort, Observation]:
+        self.windows.append((start, end, dt.datetime.now(dt.UTC)))
+        return {c: self.answer(c, start, end) for c in cohorts}
+
+    async def aclose(self) -> None:
+        return None
+
+
+def cohorts() -> Cohorts:
+    return Cohorts(HOSTS[:1], HOSTS[1:])
+
+
+async def test_cumulative_counts_are_a_rejected_look_never_evidence_nor_a_crash() -> None:
+    """A source printing 2e8 requests for a 0.2 s window: every look says why it is not
+    evidence, the bake ends inconclusive at max, and the judge never allocates for it."""
+
+    def answer(c: Cohort, start: dt.datetime, end: dt.datetime) -> Observation:
+        return Observation(200_000_000, 1_000, hosts=1 if c is Cohort.CANARY else 2)
+
+    journal = Journal()
+    result = await bake(
+        {"lb": Source(answer)}, config(), journal, cohorts, wave=1, bake_no=1, relative=True
+    )
+    assert result.verdict.outcome is Outcome.INCONCLUSIVE
+    assert "implausible answer: 200000000 requests" in result.verdict.reason
+    looked = [m for k, m, _ in journal.entries if k == "bake.looked"]
+    # the first looks come before `bake.lag` allows a window; every later one is rejected
+    asked = [m for m in looked if "over 0 vs 0 requests" not in m]
+    assert asked and all("not evidence" in m for m in asked)
+
+
+async def test_a_source_is_first_asked_when_its_delay_allows_and_windows_follow_each_other() -> (
+    None
+):
+    """A source declaring a 1 s delay gets its first window [bake start, now - 1 s) no sooner
+    than 1 s in, and every next window starts where the last ended."""
+
+    def answer(c: Cohort, start: dt.datetime, end: dt.datetime) -> Observation:
+        return Observation(10, 0, hosts=1 if c is Cohort.CANARY else 2)
+
+    src = Source(answer, delay=1.0)
+    began = dt.datetime.now(dt.UTC)
+    await bake({"lb": src}, config(), Journal(), cohorts, wave=1, bake_no=1, relative=True)
+    first_start, first_end, asked_at = src.windows[0]
+    assert first_start >= began
+    assert (asked_at - began).total_seconds() >= 1.0
+    assert (asked_at - first_end).total_seconds() >= 1.0
+    assert all(a[1] == b[0] for a, b in zip(src.windows, src.windows[1:], strict=False))
+
+
+async def test_a_source_that_cannot_be_read_is_an_error_not_thin_traffic() -> None:
+    """Observation.failed for both cohorts counts toward the consecutive-error limit."""
+
+    def answer(c: Cohort, start: dt.datetime, end: dt.datetime) -> Observation:
+        return Observation.failed("access log unreadable: Permission denied")
+
+    result = await bake(
+        {"lb": Source(answer)}, config(), Journal(), cohorts, wave=1, bake_no=1, relative=True
+    )
+    assert result.verdict.outcome is Outcome.ERROR
+    assert "access log unreadable" in result.verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("obs", "why"),
+    [
+        (Observation(-5, 0), "negative count"),
+        (Observation(10, 11), "11 errors > 10 requests"),
+        (Observation(10, 0, (5.0,), (3, 2, 1)), "3 latency buckets for 1 bounds"),
+        (Observation(100, 0, (5.0,), (30, 20)), "histogram counts 50 requests"),
+        (Observation(10, 0, (5.0,), (11, -1)), "negative latency bucket"),
+    ],
+)
+def test_vet_rejects_what_cannot_be_a_count_over_the_window(obs: Observation, why: str) -> None:
+    """Negative deltas, more errors than requests, histograms that disagree: rejected, named."""
+    got = vet(obs, 1.0, 1)
+    assert not got.available
+    assert why in got.detail
+
+
+def test_vet_keeps_a_plausible_answer() -> None:
+    """A busy but possible window passes unchanged."""
+    obs = Observation(40_000, 12, (5.0,), (39_990, 10), hosts=1)
+    assert vet(obs, 1.0, 1) is obs
