@@ -33,7 +33,7 @@ from immunity.analysis.evidence import (
 )
 from immunity.analysis.wave import BakeAnalysis, Step
 from immunity.config.models import Config
-from immunity.domain import Cohort, HostRef, Observation, ObservationStatus, Verdict, utcnow
+from immunity.domain import Cohort, HostRef, Observation, Verdict, utcnow
 from immunity.errors import ImmunityError
 from immunity.signals.base import SignalSource, delay_of, vet
 
@@ -232,7 +232,7 @@ async def _observe_all(
     interval: float,
 ) -> tuple[dict[str, dict[Cohort | str, Observation]], dict[str, str]]:
     """Each signal's observation per cohort over its window, and the signals that errored
-    (raised, timed out, or could not be read for either cohort) with why.
+    (raised, timed out) with why.
 
     Every answer is vetted (`signals.base.vet`): a partial, stale or implausible one is a
     rejected observation naming why, never evidence. A signal whose window has not opened
@@ -273,11 +273,7 @@ async def _observe_all(
             )
             for c in (Cohort.CANARY, Cohort.BASELINE)
         }
-        failed = [o for o in got.values() if o.status is ObservationStatus.FAILED]
-        if len(failed) == len(got):
-            errored[name] = failed[0].detail or "the source could not be read"
-            return
-        out[name] = got
+        out[name] = got  # a `failed` observation counts as an error (BakeAnalysis.look)
 
     async with anyio.create_task_group() as tg:
         for name in names:

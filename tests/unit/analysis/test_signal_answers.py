@@ -40,7 +40,7 @@ class Journal:
     def __init__(self) -> None:
         self.entries: list[tuple[str, str, dict[str, Any]]] = []
 
-    def record(self, kind: str, message: str = "", **data: Any) -> object:
+    async def record(self, kind: str, message: str = "", **data: Any) -> object:
         self.entries.append((kind, message, data))
         return None
 
