@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +36,69 @@ def entries(sbx: Sandbox, deployment: str | None = None) -> list[tuple[str, dict
             "SELECT kind, data FROM entries WHERE deployment_id = ? ORDER BY seq", (deployment,)
         ).fetchall()
     return [(k, json.loads(d)) for k, d in rows]
+
+
+def test_a_release_judged_on_no_traffic_is_inconclusive_not_rejected(fleet3: Sandbox) -> None:
+    """With no customer traffic at all, the deployment ends for lack of evidence: exit 7 and
+    outcome `inconclusive` in the JSON, a `deployment.inconclusive` webhook worded as "not
+    judged", and `history` files it apart from releases found worse (no change failure).
+    Runs first in this module: the load of the other tests has not started yet."""
+    received: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append({"event": self.headers["X-Immunity-Event"], **json.loads(body)})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    assert not (fleet3.dir / "analysis-load.jsonl").exists(), "needs a fleet without load"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    checks = [c for c in FAST["checks"] if c["kind"] != "latency"]  # type: ignore[union-attr]
+    try:
+        cfg = fleet3.write_config(
+            "analysis-quiet.yaml",
+            **{
+                **FAST,
+                "checks": checks,
+                "bake": {**FAST["bake"], "max": "6s"},  # type: ignore[dict-item]
+                "notify": [{"kind": "webhook", "url": f"http://127.0.0.1:{server.server_port}/"}],
+                "probe": None,  # no probe traffic either: nothing to judge
+            },
+        )
+        before = fleet3.status(cfg)["hosts"]
+        old = before[0]["active_release"]
+        new = "v2" if old != "v2" else "v1"
+        r = fleet3.run("deploy", "-c", str(cfg), "--release", new, "--json", "quiet.json")
+    finally:
+        server.shutdown()
+    assert r.returncode == 7, r.stdout + r.stderr[-1500:]
+    result = json.loads((fleet3.dir / "quiet.json").read_text())
+    assert result["outcome"] == "inconclusive"
+    assert result["exit_code"] == 7
+    assert result["verdict"]["outcome"] == "inconclusive"
+    assert result["reason"].startswith(f"inconclusive: not enough evidence to judge {new}")
+    assert [h["active_release"] for h in fleet3.status(cfg)["hosts"]] == [old] * 3
+    # the notification, as the receiver got it
+    assert [m["event"] for m in received] == ["deployment.inconclusive"]
+    assert received[0]["kind"] == "deployment.inconclusive"
+    assert received[0]["data"]["outcome"] == "inconclusive"
+    assert "not enough evidence" in received[0]["message"]
+    # history: its own category, not a change failure
+    history = json.loads(fleet3.run("history", "-c", str(cfg), "--json").stdout)
+    last = history["deployments"][-1]
+    assert (last["outcome"], last["category"]) == ("inconclusive", "inconclusive")
+    figures = history["figures"]
+    worse = [d for d in history["deployments"] if d["category"] == "worse"]
+    assert figures["found_worse"] == len(worse) == 0
+    assert figures["not_judged"] >= 1
+    assert figures["change_failure_rate"] == 0
+    shown = fleet3.run("history", "-c", str(cfg))
+    assert "not judged for lack of evidence 1" in shown.stdout
 
 
 def test_a_bake_killed_mid_way_is_resumed_from_its_journaled_evidence(loaded: Sandbox) -> None:

@@ -142,7 +142,8 @@ def test_resume_abort_reverts_an_interrupted_deployment(loaded: Sandbox) -> None
 def test_a_signal_source_that_errors_is_inconclusive_and_the_fleet_is_reverted(
     loaded: Sandbox,
 ) -> None:
-    """A failing command signal never passes: after the inconclusive limit the fleet reverts."""
+    """A failing command signal never passes: after the consecutive-error limit the fleet is
+    reverted for lack of evidence (exit 7, not a release found worse)."""
     broken = {
         "signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
         "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
@@ -152,9 +153,12 @@ def test_a_signal_source_that_errors_is_inconclusive_and_the_fleet_is_reverted(
     old = current(loaded, cfg)
     new = "v2" if old != "v2" else "v1"
     r = loaded.run("deploy", "-c", str(cfg), "--release", new, "--json", "-")
-    assert r.returncode == 3, r.stdout + r.stderr[-1500:]
+    assert r.returncode == 7, r.stdout + r.stderr[-1500:]
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
     assert "inconclusive" in result["reason"]
+    assert result["outcome"] == "inconclusive"
+    assert result["verdict"]["outcome"] == "error"  # a signal that failed, not thin traffic
+    assert "signal broken failed" in result["reason"]
     assert_whole(loaded, cfg, old)
 
 

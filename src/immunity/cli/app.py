@@ -2,8 +2,8 @@
 
 Exit codes: 0 deployed; 2 config or preflight rejected, nothing touched; 3 release rejected,
 fleet reverted, team told; 4 revert incomplete, a human is needed; 5 another deployment holds
-the lease; 6 held (inconclusive, `hold` policy); 130/143 interrupted after the shielded
-cleanup; 1 a bug (traceback kept).
+the lease; 6 held (inconclusive, `hold` policy); 7 inconclusive, fleet reverted (`revert`
+policy); 130/143 interrupted after the shielded cleanup; 1 a bug (traceback kept).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def _finish(
     if reporter is not None:
         reporter.finish(data, report_path, json_file if json_file != "-" else None)
     con = err if to_stderr else out
-    style = {0: "green", 3: "yellow"}.get(result.exit_code, "red")
+    style = {0: "green", 3: "yellow", 6: "yellow", 7: "yellow"}.get(result.exit_code, "red")
     con.print(
         f"[bold {style}]{result.outcome}[/] "
         + escape(f"{result.release} ({result.deployment_id})"),
@@ -438,21 +438,29 @@ def history(
     from rich.table import Table
 
     t = Table(title=plain(f"{data['app']}: deployments"))
-    for col in ("started", "release", "outcome", "duration", "reason"):
+    for col in ("started", "release", "outcome", "release was", "duration", "reason"):
         t.add_column(col, overflow="fold")
     for d in data["deployments"]:
         dur = f"{d['duration_s']:.0f}s" if d["duration_s"] is not None else ""
         t.add_row(
             *(
                 plain(v)
-                for v in (d["started_at"][:19], d["release"], d["outcome"], dur, d["reason"] or "")
+                for v in (
+                    d["started_at"][:19],
+                    d["release"],
+                    d["outcome"],
+                    d.get("category", ""),
+                    dur,
+                    d["reason"] or "",
+                )
             )
         )
     out.print(t)
     f = data["figures"]
     out.print(
         f"deployments/day {f['deployments_per_day']}  change-failure rate "
-        f"{f['change_failure_rate'] if f['change_failure_rate'] is not None else '-'}  "
+        f"{f['change_failure_rate'] if f['change_failure_rate'] is not None else '-'} "
+        f"(found worse {f['found_worse']}; not judged for lack of evidence {f['not_judged']})  "
         f"median verdict→reverted {f['median_verdict_to_reverted_s'] if f['median_verdict_to_reverted_s'] is not None else '-'}s",
         highlight=False,
     )

@@ -4,7 +4,7 @@
                 fallback), the release exists; then the app's lease is taken.
     waves       hosts of a wave switch in parallel within `max_unavailable`; the bake starts
                 when the wave's first canary is back in the pool and judges until a verdict.
-    outcome     deployed (0) | reverted (3) | revert_incomplete (4) | held (6) |
+    outcome     deployed (0) | reverted (3) | inconclusive (7) | revert_incomplete (4) | held (6) |
                 interrupted (130 SIGINT / 143 SIGTERM). Preflight and lease errors raise.
 
 Everything is journaled before and after; `resume` continues from the journal.
@@ -45,6 +45,7 @@ EXIT = {
     "deployed": 0,
     "rolled_back": 0,
     "reverted": 3,
+    "inconclusive": 7,
     "revert_incomplete": 4,
     "held": 6,
     "interrupted": 130,
@@ -407,7 +408,10 @@ class Deployment:
         kinds = {e.kind for e in entries}
         if resume and (abort or "immune.started" in kinds or "verdict.failed" in kinds):
             reason = "resume --abort" if abort else _last_reason(entries) or "interrupted revert"
-            await self._revert(rec, switcher, fallbacks, result, reason, time.monotonic(), None)
+            outcome = "reverted" if abort else _revert_outcome(entries)
+            await self._revert(
+                rec, switcher, fallbacks, result, reason, time.monotonic(), None, outcome=outcome
+            )
             return
         passed_waves = {int(e.data.get("wave", -1)) for e in entries if e.kind == "wave.passed"}
         # hosts already serving the new release count as canaries (resume, re-run)
@@ -487,14 +491,16 @@ class Deployment:
                     result.reason = f"held: {verdict.reason}"
                     await rec.record("deployment.held", result.reason, wave=i)
                     return
+                # not a release found worse: its own outcome, wording and history category
                 await self._revert(
                     rec,
                     switcher,
                     fallbacks,
                     result,
-                    f"inconclusive: {verdict.reason}",
+                    f"inconclusive: not enough evidence to judge {self.release}: {verdict.reason}",
                     time.monotonic(),
                     verdict,
+                    outcome="inconclusive",
                 )
                 return
             result.verdict = verdict
@@ -624,7 +630,11 @@ class Deployment:
         reason: str,
         t_verdict: float,
         verdict: Verdict | None,
+        *,
+        outcome: str = "reverted",
     ) -> None:
+        """The immune response; `outcome` is `reverted` (found worse, or asked to) or
+        `inconclusive` (reverted for lack of evidence, `judge.on_inconclusive: revert`)."""
         failed = await immune_response(
             fleet=self.fleet,
             rec=rec,
@@ -646,10 +656,10 @@ class Deployment:
                 reason=reason,
             )
             return
-        result.outcome = "reverted"
+        result.outcome = outcome
         result.reverted_after_s = round(time.monotonic() - t_verdict, 3)
         await rec.record(
-            "deployment.reverted",
+            f"deployment.{outcome}",
             f"fleet back on its previous release: {reason}",
             reason=reason,
             detected_after_s=result.detected_after_s,
@@ -666,6 +676,15 @@ def _first_immunity_error(group: BaseExceptionGroup[BaseException]) -> BaseExcep
         elif isinstance(exc, ImmunityError):
             return exc
     return group
+
+
+def _revert_outcome(entries: Sequence[Any]) -> str:
+    """`inconclusive` when the interrupted revert followed a verdict of too little evidence."""
+    for e in reversed(entries):
+        if e.kind in ("verdict.reached", "verdict.failed"):
+            outcome = (e.data.get("verdict") or {}).get("outcome")
+            return "inconclusive" if outcome in ("inconclusive", "error") else "reverted"
+    return "reverted"
 
 
 def _last_reason(entries: Sequence[Any]) -> str | None:

@@ -66,6 +66,7 @@ def _past(outcome: str) -> str:
     return {
         "deployed": "succeeded",
         "reverted": "reverted",
+        "inconclusive": "inconclusive",
         "revert_incomplete": "revert_incomplete",
         "held": "held",
         "interrupted": "interrupted",

@@ -217,6 +217,26 @@ async def rollback(fleet: Fleet) -> DeployResult:
     return result
 
 
+def category(outcome: str | None, verdict: str | None) -> str:
+    """What a deployment says about its release, for `history`: `deployed`, `worse` (found
+    worse: a failing check or host step; a change failure), `inconclusive` (ended for lack
+    of evidence: reverted or held, the release was not found worse), `interrupted`,
+    `rollback`, `unfinished`, or `other`."""
+    if outcome is None:
+        return "unfinished"
+    if outcome == "deployed":
+        return "deployed"
+    if outcome == "rolled_back":
+        return "rollback"
+    if outcome in ("interrupted", "terminated", "superseded"):
+        return "interrupted"
+    if outcome in ("inconclusive", "held") or verdict in ("inconclusive", "error"):
+        return "inconclusive"
+    if outcome in ("reverted", "revert_incomplete") and verdict == "fail":
+        return "worse"
+    return "other"  # e.g. reverted by `resume --abort` or after an error: not a verdict
+
+
 async def history(fleet: Fleet) -> dict[str, Any]:
     recs: Sequence[DeploymentRecord] = await fleet.journal.deployments(fleet.app)
     rows: list[dict[str, Any]] = []
@@ -228,6 +248,7 @@ async def history(fleet: Fleet) -> dict[str, Any]:
                 "id": d.id,
                 "release": d.release,
                 "outcome": d.outcome or "unfinished",
+                "category": category(d.outcome, verdict.get("outcome")),
                 "started_at": d.started_at.isoformat(),
                 "finished_at": d.finished_at.isoformat() if d.finished_at else None,
                 "duration_s": round((d.finished_at - d.started_at).total_seconds(), 3)
@@ -242,7 +263,8 @@ async def history(fleet: Fleet) -> dict[str, Any]:
         r for r in rows if not r["release"].startswith("rollback:") and r["outcome"] != "rejected"
     ]
     finished = [r for r in real if r["finished_at"]]
-    failures = [r for r in finished if r["outcome"] in ("reverted", "revert_incomplete")]
+    # a change failure is a release found worse, not one that could not be judged
+    failures = [r for r in finished if r["category"] == "worse"]
     revert_times = [r["reverted_after_s"] for r in failures if r["reverted_after_s"] is not None]
     per_day = 0.0
     if real:
@@ -256,6 +278,8 @@ async def history(fleet: Fleet) -> dict[str, Any]:
             "deployments": len(real),
             "deployments_per_day": per_day,
             "change_failure_rate": round(len(failures) / len(finished), 4) if finished else None,
+            "found_worse": len(failures),
+            "not_judged": len([r for r in finished if r["category"] == "inconclusive"]),
             "median_verdict_to_reverted_s": statistics.median(revert_times)
             if revert_times
             else None,

@@ -2,7 +2,9 @@
 with bounded retries whose errors never carry the URL (webhook URLs are secrets).
 
 Events that reach notifiers are the deployment's final outcome, `deployment.<outcome>`:
-`succeeded`, `reverted`, `revert_incomplete`, `held`, `interrupted`, `rolled_back`, `failed`.
+`succeeded`, `reverted` (the release was found worse), `inconclusive` (not enough evidence to
+judge it: the fleet was reverted, but the release was not found worse), `revert_incomplete`,
+`held`, `interrupted`, `rolled_back`, `failed`.
 Their `data` may hold `verdict` (`{"outcome", "reason", "checks": [...]}`), `fallbacks`
 (host -> previous release), `needs_human` (hosts), `hosts`, and timings ending in `_s`
 (`detected_after_s`, `reverted_after_s`, `duration_s`). Every key is optional.
@@ -134,6 +136,7 @@ _SEVERITY = {
     "deployment.succeeded": Severity.GOOD,
     "deployment.rolled_back": Severity.GOOD,
     "deployment.reverted": Severity.WARNING,
+    "deployment.inconclusive": Severity.WARNING,
     "deployment.held": Severity.WARNING,
     "deployment.interrupted": Severity.WARNING,
     "deployment.revert_incomplete": Severity.DANGER,
@@ -145,8 +148,9 @@ _TITLE = {
     "deployment.succeeded": "{release} deployed to {app}",
     "deployment.rolled_back": "{app} rolled back to {release}",
     "deployment.reverted": "{release} rejected: {app} reverted",
+    "deployment.inconclusive": "{release} not judged (too little evidence): {app} reverted",
     "deployment.revert_incomplete": "{release} rejected: {app} revert INCOMPLETE, a human is needed",
-    "deployment.held": "{release} held on {app}: not enough evidence",
+    "deployment.held": "{release} held on {app}: not judged (too little evidence)",
     "deployment.interrupted": "{release} deployment to {app} interrupted",
     "deployment.failed": "{release} deployment to {app} failed",
 }
