@@ -234,10 +234,12 @@ class GithubReporter(Reporter):
         if self.summary_file:
             with open(self.summary_file, "a", encoding="utf-8") as f:
                 f.write(summary_markdown(result, report_path))
-        if result.get("outcome") in ("reverted", "revert_incomplete", "held"):
+        if result.get("outcome") in ("reverted", "revert_incomplete", "held", "inconclusive"):
             title = f"immunity: {result.get('release')} {result.get('outcome')}"
+            # not judged for lack of evidence is a warning, not a release found worse
+            level = "warning" if result.get("outcome") == "inconclusive" else "error"
             self._print(
-                f"::error title={gh_escape_property(title)}::"
+                f"::{level} title={gh_escape_property(title)}::"
                 f"{gh_escape_data(str(result.get('reason') or result.get('outcome')))}"
             )
 
@@ -248,7 +250,13 @@ def _md(text: Any) -> str:
 
 def summary_markdown(result: Mapping[str, Any], report_path: str | None) -> str:
     """A markdown verdict table per check and the customers' view per phase."""
-    icon = {"deployed": "✅", "reverted": "🛑", "revert_incomplete": "🚨", "held": "⏸️"}
+    icon = {
+        "deployed": "✅",
+        "reverted": "🛑",
+        "inconclusive": "❔",
+        "revert_incomplete": "🚨",
+        "held": "⏸️",
+    }
     outcome = str(result.get("outcome"))
     lines = [
         f"## {icon.get(outcome, 'ℹ️')} immunity: {_md(result.get('release'))} {outcome}",
