@@ -292,3 +292,24 @@ def test_a_missing_env_var_is_reported_once(monkeypatch: pytest.MonkeyPatch) -> 
     problems = _problems(text)
     assert len(problems) == 1
     assert "IMM_NOPE" in problems[0] and "also used at 9:" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "extra,field",
+    [
+        ("timeouts: {drain: 0}\n", "timeouts.drain"),
+        ("bake: {interval: 0}\n", "bake.interval"),
+        ("warmup: {timeout: 0ms}\n", "warmup.timeout"),
+        ("bake: {interval: 6m}\n", "bake"),
+        ("max_failed_hosts: 3\n", "max_failed_hosts"),
+        ("lease_ttl: 1s\n", "lease_ttl"),
+    ],
+)
+def test_deadlines_and_budgets_that_mean_something_else_are_rejected(
+    extra: str, field: str
+) -> None:
+    """A zero deadline (every step fails at once), a look interval past bake.max (no look),
+    a failure budget as large as the fleet, a lease that lapses while held: rejected."""
+    problems = _problems(BASE + extra)
+    assert len(problems) == 1
+    assert _line_of(problems[0]) == 12 and f" {field}" in problems[0]

@@ -230,6 +230,11 @@ def _dotted(loc: Loc) -> str:
     return out or "(top)"
 
 
+def _reported(pos: _Positions, loc: Loc) -> bool:
+    """Whether the value at `loc` (or one containing it) was already reported."""
+    return any(loc[: i + 1] in pos.unset for i in range(len(loc)))
+
+
 def _where(pos: _Positions, loc: Loc) -> Mark:
     while loc and loc not in pos.marks:
         loc = loc[:-1]
@@ -289,8 +294,8 @@ def _format(
         )
         # pydantic adds the union member name ("int", "str") for unions; drop type tags
         loc = tuple(p for p in loc if p not in ("int", "str", "float", "bool"))
-        if any(loc[: i + 1] in pos.unset for i in range(len(loc))):
-            continue  # already reported once as an unset ${VAR}
+        if _reported(pos, loc):
+            continue  # already reported once (an unset ${VAR}, a bad number)
         mark = _where(pos, loc)
         msg = err["msg"]
         if msg.startswith("Value error, "):
@@ -376,11 +381,12 @@ def parse(text: str, fname: str) -> LoadedConfig:
                 partial = None
             if partial is not None:
                 for loc, msg in partial.cross_problems():
-                    if loc[0] not in broken:
+                    if loc[0] not in broken and not _reported(pos, loc):
                         problems.add(_where(pos, loc), _dotted(loc), msg)
     if cfg is not None:
         for loc, msg in cfg.cross_problems():
-            problems.add(_where(pos, loc), _dotted(loc), msg)
+            if not _reported(pos, loc):
+                problems.add(_where(pos, loc), _dotted(loc), msg)
 
     # Adapter blocks are checked even when the rest failed, so every problem shows at once.
     def block(raw: Any, loc: Loc) -> tuple[str, BaseModel | None] | None:

@@ -25,6 +25,7 @@ from pydantic import (
 from immunity.config.types import (
     LOADER_CONTEXT,
     Duration,
+    PositiveDuration,
     Fraction,
     StatusCodes,
 )
@@ -101,11 +102,11 @@ class WarmupConfig(Strict):
     `path` is a warm-up failure, not a warm host."""
     consecutive: int = Field(default=5, ge=1)
     """Answers in a row, each expected and under `latency_bar`, that make a host warm."""
-    latency_bar: Duration = 0.1
+    latency_bar: PositiveDuration = 0.1
     """How fast a warm answer is."""
-    timeout: Duration = 120.0
+    timeout: PositiveDuration = 120.0
     """Deadline of the whole warm-up of one host; past it the switch fails."""
-    request_timeout: Duration = 30.0
+    request_timeout: PositiveDuration = 30.0
     """Deadline of one warm-up request."""
     pause: Duration = 0.05
     """Wait between two warm-up requests."""
@@ -125,20 +126,20 @@ class VerifyConfig(Strict):
 class Timeouts(Strict):
     """Deadline of each step of a host's switch; a step past its deadline fails the switch."""
 
-    drain: Duration = 60.0
+    drain: PositiveDuration = 60.0
     """Until the balancer has the host out of the pool with nothing in flight (set it above
     an ALB's deregistration delay)."""
-    stop: Duration = 60.0
+    stop: PositiveDuration = 60.0
     """Until the old release has stopped."""
-    install: Duration = 300.0
+    install: PositiveDuration = 300.0
     """Until the release is installed on the host."""
-    start: Duration = 60.0
+    start: PositiveDuration = 60.0
     """Until the release's process has started."""
-    verify: Duration = 60.0
+    verify: PositiveDuration = 60.0
     """Until the host answers `verify.path` with an expected status."""
-    enable: Duration = 60.0
+    enable: PositiveDuration = 60.0
     """Until the balancer calls the host healthy and sends it traffic again."""
-    revert: Duration = 600.0
+    revert: PositiveDuration = 600.0
     """Deadline of the whole immune response."""
 
 
@@ -147,9 +148,9 @@ class BakeConfig(Strict):
 
     min: Duration = 30.0
     """No pass before this much judging (a fail may come sooner)."""
-    max: Duration = 300.0
+    max: PositiveDuration = 300.0
     """Judging stops here; what is still undecided is inconclusive."""
-    interval: Duration = 1.0
+    interval: PositiveDuration = 1.0
     """Time between two looks at the signals."""
     settle: Duration = 0.0
     """Seconds after the canaries are back in the pool before judging starts."""
@@ -159,7 +160,12 @@ class BakeConfig(Strict):
     @model_validator(mode="after")
     def _order(self) -> BakeConfig:
         if self.max < self.min:
-            raise ValueError(f"bake.max ({self.max}s) must be >= bake.min ({self.min}s)")
+            raise ValueError(f"bake.max ({self.max:g}s) must be >= bake.min ({self.min:g}s)")
+        if self.interval > self.max:
+            raise ValueError(
+                f"bake.interval ({self.interval:g}s) is longer than bake.max ({self.max:g}s): "
+                "the bake would end before its first look"
+            )
         return self
 
 
@@ -373,7 +379,7 @@ class Config(Strict):
     """Who is told about outcomes: `kind` (slack, teams, webhook, statsd) and its fields."""
     journal: JournalConfig = JournalConfig()
     """Where the journal is kept."""
-    lease_ttl: Duration = 30.0
+    lease_ttl: PositiveDuration = 30.0
     """A lease not heart-beaten for this long counts as abandoned."""
 
     def cross_problems(self) -> list[tuple[Loc, str]]:
@@ -450,6 +456,24 @@ class Config(Strict):
                     f"expected fewer than the {n} host(s), got {self.max_unavailable}: at "
                     "least one host must keep serving during a switch or a revert"
                     + ("; add a host" if n == 1 else f"; use at most {n - 1}"),
+                )
+            )
+        if self.max_failed_hosts >= n:
+            out.append(
+                (
+                    ("max_failed_hosts",),
+                    f"expected fewer than the {n} host(s), got {self.max_failed_hosts}: a "
+                    "deployment whose every switch may fail could end without any host on "
+                    "the release",
+                )
+            )
+        if self.lease_ttl < 2.0:
+            out.append(
+                (
+                    ("lease_ttl",),
+                    f"expected at least 2s, got {self.lease_ttl:g}s: the lease is heart-beaten "
+                    "every third of it and at most every 0.5s, so a shorter one lapses while "
+                    "its holder runs",
                 )
             )
         prev = 0

@@ -148,6 +148,16 @@ _STATUS_SCHEMA = {
 Duration = Annotated[
     float, BeforeValidator(_duration_field), WithJsonSchema(_DURATION_SCHEMA, mode="validation")
 ]
+
+
+def _positive(v: float) -> float:
+    if v <= 0:
+        raise ValueError(f'expected a duration above 0 such as "30s", got {v:g}s')
+    return v
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+"""A duration that must be above 0 (a deadline, an interval)."""
 LatencyBounds = Annotated[list[float], AfterValidator(check_bounds)]
 Fraction = Annotated[
     float, BeforeValidator(parse_fraction), WithJsonSchema(_FRACTION_SCHEMA, mode="validation")
