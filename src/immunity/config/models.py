@@ -25,8 +25,8 @@ from pydantic import (
 from immunity.config.types import (
     LOADER_CONTEXT,
     Duration,
-    PositiveDuration,
     Fraction,
+    PositiveDuration,
     StatusCodes,
 )
 
