@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from e2e_helpers import FAST, Load, Sandbox
 
+from immunity.sandbox import fleet as sandbox
+
 pytestmark = pytest.mark.slow
 
 
@@ -135,3 +137,49 @@ def test_a_bake_killed_mid_way_is_resumed_from_its_journaled_evidence(loaded: Sa
     errors = next(c for c in verdict["checks"] if c["name"] == "errors")
     assert errors["numbers"]["canary_requests"] == counted
     assert [k for k, _ in journal].count("bake.started") == 2  # wave 1 once, wave 2
+
+
+def test_a_fault_that_starts_during_the_guard_reverts_the_whole_fleet(loaded: Sandbox) -> None:
+    """A release whose errors start 50 s after its process started passes both waves, then
+    fails in the guard period against the holdback (h3, still on the old release): exit 3,
+    every host back on the old release and in the pool, and the holdback never switched."""
+    sandbox.add_release(loaded.dir, "late", error_rate=0.5, errors_after_s=50)
+    checks = [c for c in FAST["checks"] if c["kind"] != "latency"]  # type: ignore[union-attr]
+    cfg = loaded.write_config(
+        "analysis-guard.yaml",
+        **{**FAST, "checks": checks, "guard": {"duration": "60s", "holdback": True}},
+    )
+    old = loaded.status(cfg)["hosts"][0]["active_release"]
+    r = loaded.run("deploy", "-c", str(cfg), "--release", "late", "--json", "late.json")
+    assert r.returncode == 3, r.stdout + r.stderr[-2000:]
+    result = json.loads((loaded.dir / "late.json").read_text())
+    assert result["outcome"] == "reverted"
+    assert result["reason"].startswith("guard: ")
+    assert result["waves"] == [["h1"], ["h2"], ["h3"]]  # h3 is the holdback, switched last
+    journal = entries(loaded, result["deployment_id"])
+    kinds = [k for k, _ in journal]
+    # both waves passed before the fault began; the guard caught it against the holdback
+    assert [d["wave"] for k, d in journal if k == "wave.passed"] == [1, 2]
+    guard = next(d for k, d in journal if k == "guard.started")
+    assert (guard["wave"], guard["holdback"]) == (3, "h3")
+    started = [d for k, d in journal if k == "bake.started"]
+    assert [(d["purpose"], d["relative"]) for d in started] == [
+        ("wave", True),
+        ("wave", True),  # the last wave compares with the holdback
+        ("guard", True),
+    ]
+    assert {d["bakes"] for d in started} == {3}  # alpha spent over 2 waves and the guard
+    failed = next(d for k, d in journal if k == "verdict.failed")
+    assert failed["guard"] is True and failed["verdict"]["outcome"] == "fail"
+    assert (
+        kinds.index("guard.started") < kinds.index("verdict.failed") < kinds.index("immune.started")
+    )
+    with sqlite3.connect(loaded.dir / "journal.db") as db:
+        touched = db.execute(
+            "SELECT count(*) FROM entries WHERE deployment_id = ? AND host = 'h3'",
+            (result["deployment_id"],),
+        ).fetchone()[0]
+    assert touched == 0  # the holdback was never drained nor switched
+    # the fleet's own view
+    assert {"h1": old, "h2": old, "h3": old} == loaded.releases_served()
+    assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state()

@@ -25,6 +25,7 @@ import anyio
 import httpx
 
 from immunity.analysis import Cohorts, bake, resume_point
+from immunity.analysis.spending import bakes_of
 from immunity.config.types import status_ok
 from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict, utcnow
 from immunity.engine.capacity import CapacityGuard
@@ -32,7 +33,7 @@ from immunity.engine.context import Fleet, holder_name
 from immunity.engine.host import HostSwitcher
 from immunity.engine.immune import immune_response
 from immunity.engine.notifying import notify_all
-from immunity.engine.plan import plan_waves
+from immunity.engine.plan import plan_waves, with_holdback
 from immunity.engine.record import Recorder
 from immunity.errors import ImmunityError, JournalError, LeaseLost, PreflightError, StepFailed
 from immunity.journal import new_deployment_id
@@ -249,6 +250,8 @@ class Deployment:
         self.first_canary_in: float | None = None
         self._bake_scope: anyio.CancelScope | None = None
         self.holder_dead = False  # set by resume when the old holder's PID is gone
+        self.holdback: HostRef | None = None  # kept on the old release through the guard
+        self.bakes = 1  # bakes watching this deployment (they share the false-alarm bound)
 
     # the cohorts as they are now, from what the engine has put in the pool
     def cohorts(self) -> Cohorts:
@@ -423,8 +426,15 @@ class Deployment:
                 self.serving_new.add(h.name)
             elif m is None or m.state is not LbState.SERVING:
                 self.capacity.mark_out(h.name)
-        waves = plan_waves(fleet.hosts, cfg.waves)
+        waves, self.holdback = with_holdback(
+            plan_waves(fleet.hosts, cfg.waves),
+            guard_s=cfg.guard.duration,
+            holdback=cfg.guard.holdback,
+        )
+        self.bakes = bakes_of(cfg, len(waves))
         result.waves = [[h.name for h in w] for w in waves]
+        if self.holdback is not None:
+            result.waves.append([self.holdback.name])
         for i, wave in enumerate(waves, start=1):
             todo = [h for h in wave if h.name not in self.serving_new]
             if self.stopping:
@@ -505,6 +515,10 @@ class Deployment:
                 return
             result.verdict = verdict
             await rec.record("wave.passed", f"wave {i} passed: {verdict.reason}", wave=i)
+        if not self.stopping and not await self._watch(
+            rec, switcher, fallbacks, result, len(waves) + 1, passed_waves, started
+        ):
+            return
         if self.stopping:
             result.outcome = self.stopping
             result.reason = (
@@ -575,7 +589,8 @@ class Deployment:
                     return None, None
             with anyio.CancelScope() as scope:
                 self._bake_scope = scope
-                relative = not last and bool(self.cohorts().baseline)
+                # the last wave has a baseline only when a holdback stays on the old release
+                relative = (not last or self.holdback is not None) and bool(self.cohorts().baseline)
                 # the journal says which bake this is, and, after a resume, its evidence so far
                 point = resume_point(await self.fleet.journal.entries(rec.deployment_id), i)
                 res = await bake(
@@ -589,6 +604,7 @@ class Deployment:
                     may_pass=switched.is_set,
                     thresholds=dict(point.carry),
                     evidence=point.looks,
+                    bakes=self.bakes,
                 )
                 verdict = res.verdict
             self._bake_scope = None
@@ -598,6 +614,109 @@ class Deployment:
         if errors and len(self.failed_hosts) > self.fleet.config.max_failed_hosts:
             return verdict, errors[0]
         return verdict, None
+
+    async def _watch(
+        self,
+        rec: Recorder,
+        switcher: HostSwitcher,
+        fallbacks: dict[str, str],
+        result: DeployResult,
+        i: int,
+        passed: set[int],
+        started: float,
+    ) -> bool:
+        """The guard period after the last wave, then the holdback's switch. False when the
+        run ended here (reverted, held, a host failed); True to conclude as deployed (or
+        interrupted: `self.stopping` says so)."""
+        cfg = self.fleet.config
+        if cfg.guard.duration > 0 and i not in passed:
+            held_name = self.holdback.name if self.holdback else None
+            baseline = held_name is not None and bool(self.cohorts().baseline)
+            await rec.record(
+                "guard.started",
+                f"guard: watching every host on {self.release} for {cfg.guard.duration:g}s"
+                + (f", {held_name} held back on the old release" if baseline else "")
+                + ("" if baseline else " (absolute guard rails only)"),
+                wave=i,
+                holdback=held_name,
+                duration_s=cfg.guard.duration,
+            )
+            verdict: Verdict | None = None
+            with anyio.CancelScope() as scope:
+                self._bake_scope = scope
+                point = resume_point(await self.fleet.journal.entries(rec.deployment_id), i)
+                res = await bake(
+                    self.fleet.signals,
+                    cfg,
+                    rec,
+                    self.cohorts,
+                    wave=i,
+                    bake_no=point.bake_no,
+                    relative=baseline,
+                    thresholds=dict(point.carry),
+                    evidence=point.looks,
+                    purpose="guard",
+                    bakes=self.bakes,
+                )
+                verdict = res.verdict
+            self._bake_scope = None
+            if verdict is None:  # stopped by a signal: the hosts stay as they are
+                return True
+            await rec.record(
+                "verdict.reached" if verdict.outcome is not Outcome.FAIL else "verdict.failed",
+                verdict.reason,
+                wave=i,
+                guard=True,
+                verdict=verdict.to_dict(),
+            )
+            if verdict.outcome is Outcome.FAIL:  # a late fault: the whole fleet goes back
+                detected = time.monotonic() - (self.first_canary_in or started)
+                result.verdict = verdict
+                result.detected_after_s = round(detected, 3)
+                await self._revert(
+                    rec,
+                    switcher,
+                    fallbacks,
+                    result,
+                    f"guard: {verdict.reason}",
+                    time.monotonic(),
+                    verdict,
+                )
+                return False
+            result.verdict = verdict
+            await rec.record("wave.passed", f"guard passed: {verdict.reason}", wave=i, guard=True)
+        held = self.holdback
+        if held is None or self.stopping or held.name in self.serving_new:
+            return True
+        await rec.record("wave.started", f"holdback: {[held.name]}", wave=i + 1, hosts=[held.name])
+        error: StepFailed | None = None
+        try:
+            await switcher.switch(held, self.release)
+        except StepFailed as exc:
+            error = exc
+            self.failed_hosts.add(held.name)
+        if error is not None and len(self.failed_hosts) <= cfg.max_failed_hosts:
+            try:  # within the budget: back on its fallback, the rest stays
+                await switcher.switch(held, fallbacks[held.name], purpose="revert")
+                self.failed_hosts.discard(held.name)
+                return True
+            except StepFailed as exc2:
+                error = exc2
+        if error is not None:
+            reason = f"host step failed: {error.message}"
+            step_verdict = Verdict(
+                Outcome.FAIL,
+                reason,
+                (CheckResult("host-steps", Outcome.FAIL, reason, {}),),
+                utcnow(),
+            )
+            await rec.record("verdict.failed", reason, wave=i + 1, verdict=step_verdict.to_dict())
+            await self._revert(
+                rec, switcher, fallbacks, result, reason, time.monotonic(), step_verdict
+            )
+            return False
+        self.serving_new.add(held.name)
+        return True
 
     async def _safety_revert(
         self,

@@ -37,3 +37,19 @@ def plan_waves(hosts: Sequence[HostRef], waves: Sequence[int | str]) -> list[lis
         out.append(list(hosts[prev:size]))
         prev = size
     return out
+
+
+def with_holdback(
+    waves: Sequence[Sequence[HostRef]], *, guard_s: float, holdback: bool
+) -> tuple[list[list[HostRef]], HostRef | None]:
+    """The waves without the *holdback*: the last host of the last wave stays on the old
+    release through the guard period, as the baseline its comparisons need, and is switched
+    last. Only with a guard period, `holdback` on, and two hosts or more; a last wave left
+    empty is dropped."""
+    plan = [list(w) for w in waves]
+    if guard_s <= 0 or not holdback or sum(len(w) for w in plan) < 2:
+        return plan, None
+    held = plan[-1].pop()
+    if not plan[-1]:
+        plan.pop()
+    return plan, held
