@@ -1,4 +1,7 @@
-"""Numbers as they appear in verdict sentences: "4.8%", "1,204", "e-value 312"."""
+"""Numbers as they appear in verdict sentences: "4.8%", "1,204", "e-value 312".
+
+Large and small numbers are written out in plain notation, never as "3.7e+25".
+"""
 
 from __future__ import annotations
 
@@ -23,18 +26,23 @@ def count(n: float) -> str:
     return f"{round(n):,}"
 
 
+_LARGE = ((1e12, "trillion"), (1e9, "billion"), (1e6, "million"))
+
+
 def evalue(log_e: float) -> str:
-    """An e-value from its log: 312, 4.1, 0.02, 1.2e+09."""
-    if log_e > 690:
-        return "> 1e+300"
+    """An e-value from its log, in plain notation: "312", "4.1", "1.2 million",
+    "3.4 billion", "over a quadrillion", "below 0.01" (never "1.2e+09")."""
+    if log_e >= math.log(1e15):
+        return "over a quadrillion"
     e = math.exp(log_e)
-    if e >= 1e6:
-        return f"{e:.1e}"
+    for size, word in _LARGE:
+        if e >= size:
+            return f"{e / size:.3g} {word}"
     if e >= 100:
         return f"{e:,.0f}"
     if e >= 0.01:
         return f"{e:.3g}"
-    return f"{e:.1e}"
+    return "below 0.01"
 
 
 def ms(value: float) -> str:
