@@ -229,8 +229,17 @@ def _run_reported(
     show_table = rep is None or isinstance(rep, ci.GithubReporter)
 
     async def run(fleet: Fleet) -> DeployResult:
-        names = [h.name for h in fleet.hosts]
-        table = output.HostTable(names, title, live and rep is None and err.is_terminal)
+        from immunity.engine.plan import plan_waves
+
+        rolling_back = title == "rolling back"
+        table = output.live_view(
+            [h.name for h in fleet.hosts],
+            title,
+            waves=0 if rolling_back else len(plan_waves(fleet.hosts, fleet.config.waves)),
+            releases=None if title.startswith("deploying") else await _actives(fleet),
+            quantiles=_quantiles(fleet),
+            live=live and rep is None,
+        )
         if show_table:
             fleet.sinks.append(table)
         if rep is not None:
@@ -245,6 +254,26 @@ def _run_reported(
         config,
         to_stderr=isinstance(rep, ci.JsonLinesReporter),
     )
+
+
+def _quantiles(fleet: Fleet) -> dict[str, list[float]]:
+    """Per latency check, the quantiles the live view shows for each cohort."""
+    return {
+        c.name: list(c.quantiles) if c.kind == "latency" else [c.quantile]
+        for c in fleet.config.checks
+        if c.kind in ("latency", "latency_max")
+    }
+
+
+async def _actives(fleet: Fleet) -> dict[str, str | None]:
+    """Each host's active release as its driver reports it (None when it cannot say)."""
+    out: dict[str, str | None] = {}
+    for h in fleet.hosts:
+        try:
+            out[h.name] = await fleet.driver.active_release(h)
+        except ImmunityError:
+            out[h.name] = None
+    return out
 
 
 @config_app.command("validate")
@@ -345,7 +374,7 @@ def deploy(
                 return await ops.resume(fleet)
         return await Deployment(fleet, release).run()
 
-    _run_reported(config, release, json_out, ci_kind, output_fmt, live, go)
+    _run_reported(config, f"deploying {release}", json_out, ci_kind, output_fmt, live, go)
 
 
 @app.command()
@@ -363,7 +392,8 @@ def resume(
     async def go(fleet: Fleet) -> DeployResult:
         return await ops.resume(fleet, abort=abort)
 
-    _run_reported(config, "resume", json_out, ci_kind, output_fmt, True, go)
+    title = "reverting" if abort else "resuming"
+    _run_reported(config, title, json_out, ci_kind, output_fmt, True, go)
 
 
 @app.command()
@@ -380,7 +410,7 @@ def rollback(
     async def go(fleet: Fleet) -> DeployResult:
         return await ops.rollback(fleet)
 
-    _run_reported(config, "rollback", json_out, ci_kind, output_fmt, True, go)
+    _run_reported(config, "rolling back", json_out, ci_kind, output_fmt, True, go)
 
 
 @app.command()

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from immunity import config as cfgmod
-from immunity.cli.output import HostTable, err, out, show_error
+from immunity.cli.output import live_view, out, show_error
 from immunity.errors import ImmunityError
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def _deploy(config: Path, release: str) -> DeployResult:
     fl = build_fleet(loaded)
 
     async def main() -> DeployResult:
-        table = HostTable([h.name for h in fl.hosts], release, err.is_terminal)
+        table = live_view([h.name for h in fl.hosts], f"deploying {release}")
         fl.sinks.append(table)
         try:
             with table:

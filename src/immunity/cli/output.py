@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from immunity.domain import Event
+from immunity.cli.live import LiveView
 from immunity.errors import ConfigError, ImmunityError
 
 # Text from users, configs and adapters is printed as it is: no emoji codes (`:100:` in
@@ -80,89 +79,25 @@ def write_json(data: Any, dest: str | None) -> None:
         Path(dest).write_text(text)
 
 
-PHASE_STYLE = {
-    "drain": "yellow",
-    "stop": "yellow",
-    "install": "cyan",
-    "start": "cyan",
-    "verify": "cyan",
-    "warmup": "magenta",
-    "enable": "yellow",
-    "serving": "green",
-    "failed": "bold red",
-    "waiting": "dim",
-}
-
-
-class HostTable:
-    """A live table of each host's phase, fed by engine events."""
-
-    def __init__(self, hosts: list[str], release: str, live: bool) -> None:
-        self.release = release
-        self.rows: dict[str, dict[str, str]] = {
-            h: {"phase": "waiting", "release": "", "note": ""} for h in hosts
-        }
-        self.verdict = ""
-        self._live = (
-            Live(self.render(), console=err, refresh_per_second=8, transient=False)
-            if live
-            else None
-        )
-
-    def __enter__(self) -> HostTable:
-        if self._live:
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._live:
-            self._live.update(self.render())
-            self._live.__exit__(*exc)
-
-    def render(self) -> Table:
-        t = Table(
-            title=plain(f"deploying {self.release}"),
-            caption=plain(self.verdict) if self.verdict else None,
-            expand=False,
-        )
-        t.add_column("host")
-        t.add_column("phase")
-        t.add_column("release")
-        t.add_column("note", overflow="fold")
-        for name, row in self.rows.items():
-            style = PHASE_STYLE.get(row["phase"], "")
-            t.add_row(
-                plain(name), plain(row["phase"], style), plain(row["release"]), plain(row["note"])
-            )
-        return t
-
-    def __call__(self, event: Event) -> None:
-        host = event.data.get("host")
-        if host in self.rows:
-            row = self.rows[str(host)]
-            purpose = event.data.get("purpose")
-            if event.kind == "host.step_started":
-                row["phase"] = str(event.data.get("step"))
-                row["note"] = "revert" if purpose == "revert" else ""
-            elif event.kind == "host.step_failed":
-                row["phase"] = "failed"
-                row["note"] = event.message[:80]
-            elif event.kind == "host.switched":
-                row["phase"] = "serving"
-                row["release"] = str(event.data.get("release"))
-                row["note"] = "reverted" if purpose == "revert" else ""
-        if event.kind in ("bake.looked", "verdict.reached", "verdict.failed"):
-            self.verdict = event.message
-        if self._live:
-            self._live.update(self.render())
-        elif event.kind not in (
-            "bake.looked",
-            "host.step_finished",
-        ):
-            err.print(
-                f"[dim]{event.at:%H:%M:%S}[/] {event.kind:<24} " + escape(event.message),
-                highlight=False,
-            )
+def live_view(
+    hosts: list[str],
+    title: str,
+    *,
+    waves: int = 0,
+    releases: dict[str, str | None] | None = None,
+    quantiles: dict[str, list[float]] | None = None,
+    live: bool = True,
+) -> LiveView:
+    """The live view on stderr: redrawn in place on a terminal, plain lines elsewhere."""
+    return LiveView(
+        title=title,
+        hosts=hosts,
+        waves=waves,
+        releases=releases,
+        quantiles=quantiles,
+        live=live and err.is_terminal,
+        console=err,
+    )
 
 
 def print_plan(plan: dict[str, Any]) -> None:

@@ -1,0 +1,454 @@
+"""The live view of a run: a header, one row per host, one row per check, the verdict.
+
+Fed by the engine's events (the same kinds as the journal, see docs/journal.md): host steps
+move the host rows, `wave.started`/`bake.started` set the header's wave counter and bake
+clock, every `bake.looked` updates the check rows with the canary's and the baseline's values
+so far in this bake and the evidence toward fail and toward pass (e-value against the bar it
+must reach, drawn on a log scale: 1 is no evidence, the bar is a full bar).
+
+On a terminal it redraws in place (rich `Live`) and uses the terminal's width and height: at
+80×24 the header, the hosts in flight, the checks and the first lines of the verdict fit; on a
+taller terminal every host gets a row. Elsewhere (a CI log, a pipe) it prints plain
+timestamped lines, one per step and per change of verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from immunity.domain import Event
+
+PHASE_STYLE = {
+    "drain": "yellow",
+    "stop": "yellow",
+    "install": "cyan",
+    "start": "cyan",
+    "verify": "cyan",
+    "warmup": "magenta",
+    "enable": "yellow",
+    "serving": "green",
+    "failed": "bold red",
+    "waiting": "dim",
+}
+STATE_STYLE = {
+    "pass": "green",
+    "fail": "bold red",
+    "continue": "",
+    "inconclusive": "yellow",
+    "error": "red",
+}
+IN_FLIGHT = {"drain", "stop", "install", "start", "verify", "warmup", "enable", "failed"}
+
+
+def clock(seconds: float) -> str:
+    """`m:ss` (or `h:mm:ss`) for a duration in seconds."""
+    s = max(0, int(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def quantile(bounds: Sequence[float], buckets: Sequence[float], q: float) -> float | None:
+    """The `q` quantile (0..1) of a latency histogram, in ms, by linear interpolation inside
+    the bucket that holds it (buckets' upper bounds `bounds`, one overflow bucket after them).
+
+    None when the histogram is empty; `inf` when the quantile falls in the overflow bucket.
+    """
+    total = float(sum(buckets))
+    if total <= 0:
+        return None
+    want = q * total
+    seen = 0.0
+    for i, n in enumerate(buckets):
+        if n and seen + n >= want:
+            if i >= len(bounds):
+                return math.inf
+            lo = bounds[i - 1] if i else 0.0
+            return lo + (bounds[i] - lo) * (want - seen) / n
+        seen += n
+    return math.inf
+
+
+def ms_text(v: float | None) -> str:
+    if v is None:
+        return "–"
+    if math.isinf(v):
+        return "over range"
+    return f"{v:,.0f} ms" if v >= 10 else f"{v:.1f} ms"
+
+
+def bar(e: float | None, needed: float | None, width: int) -> str:
+    """Evidence `e` against the bar `needed`, on a log scale: `▮▮▯▯ 3.2/100`."""
+    if e is None or not needed or needed <= 1:
+        return ""
+    frac = 0.0 if e <= 1 else min(1.0, math.log(e) / math.log(needed))
+    full = round(frac * width)
+    glyphs = "▮" * full + "▯" * (width - full) + " " if width else ""
+    return f"{glyphs}{_short(e)}/{_short(needed)}"
+
+
+def _short(x: float) -> str:
+    if x >= 1e6:
+        return "≥1M"
+    if x >= 1000:
+        return f"{x / 1000:.0f}k"
+    if x >= 10:
+        return f"{x:.0f}"
+    return f"{x:.1f}"
+
+
+@dataclass
+class _Host:
+    release: str = ""
+    phase: str = "waiting"
+    since: float = field(default_factory=time.monotonic)
+    note: str = ""
+
+
+@dataclass
+class _Check:
+    name: str
+    kind: str = ""
+    signal: str = ""
+    needed: Mapping[str, float] = field(default_factory=dict)
+    state: str = "continue"
+    stats: Mapping[str, float] = field(default_factory=dict)
+    n: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
+    x: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
+    lat: dict[str, list[float]] = field(default_factory=lambda: {"canary": [], "baseline": []})
+
+
+class LiveView:
+    """What a person watches during `deploy`, `resume` and `rollback`; an event sink."""
+
+    def __init__(
+        self,
+        *,
+        title: str,
+        hosts: Sequence[str],
+        waves: int = 0,
+        releases: Mapping[str, str | None] | None = None,
+        quantiles: Mapping[str, Sequence[float]] | None = None,
+        live: bool,
+        console: Console,
+    ) -> None:
+        self.title = title
+        self.quantiles = dict(quantiles or {})
+        self.console = console
+        self.waves = waves
+        self.wave = 0
+        self.phase = "preflight"
+        self.hosts = {h: _Host(release=(releases or {}).get(h) or "") for h in hosts}
+        self.checks: dict[str, _Check] = {}
+        self.bounds: dict[str, list[float]] = {}
+        self.bake_at: float | None = None
+        self.bake_t = 0.0
+        self.bake_min = 0.0
+        self.bake_max = 0.0
+        self.bake_purpose = "wave"
+        self.verdict = ""
+        self._last_printed_outcome: str | None = None
+        self._live = (
+            Live(self, console=console, refresh_per_second=4, transient=False) if live else None
+        )
+
+    # -- the sink ---------------------------------------------------------------------------
+
+    def __enter__(self) -> LiveView:
+        if self._live:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live:
+            self._live.refresh()
+            self._live.__exit__(*exc)
+
+    def __call__(self, event: Event) -> None:
+        self.apply(event)
+        if self._live:
+            self._live.refresh()
+        else:
+            self._print(event)
+
+    def apply(self, event: Event) -> None:
+        """Update the view's state from one event."""
+        d = event.data
+        kind = event.kind
+        host = d.get("host")
+        if isinstance(host, str) and host in self.hosts:
+            self._host(self.hosts[host], kind, d, event.message)
+        if kind in ("deployment.started", "deployment.resumed", "rollback.started"):
+            fallbacks = d.get("fallbacks") or d.get("targets") or {}
+            for name, rel in dict(fallbacks).items():
+                row = self.hosts.get(name)
+                if row is not None and not row.release and kind != "rollback.started":
+                    row.release = str(rel)
+            self.phase = "rolling back" if kind == "rollback.started" else "switching"
+            if kind == "deployment.resumed":
+                self.title = f"{self.title} {event.release}"
+                for row in self.hosts.values():  # already on the release: nothing to wait for
+                    if row.release == event.release and row.phase == "waiting":
+                        row.phase = "serving"
+        elif kind == "wave.started":
+            self.wave = int(d.get("wave", self.wave))
+            self.phase = "switching"
+        elif kind == "bake.started":
+            self.bake_at = time.monotonic()
+            self.bake_t = 0.0
+            self.bake_min = float(d.get("min_s", 0.0))
+            self.bake_max = float(d.get("max_s", 0.0))
+            self.bake_purpose = str(d.get("purpose", "wave"))
+            self.phase = "guard" if self.bake_purpose == "guard" else "baking"
+            kinds, signals, needed = d.get("kinds", {}), d.get("signals", {}), d.get("needed", {})
+            self.checks = {
+                n: _Check(n, kinds.get(n, ""), signals.get(n, ""), needed.get(n, {}))
+                for n in d.get("checks", [])
+            }
+        elif kind == "bake.resumed":
+            self.bake_t = float(d.get("t_s", 0.0))
+            self.bake_at = time.monotonic() - self.bake_t
+            self.phase = "baking"
+        elif kind == "bake.looked":
+            self._look(d)
+            self.verdict = event.message or self.verdict
+        elif kind in ("bake.finished", "verdict.reached", "verdict.failed"):
+            self.verdict = event.message or self.verdict
+            self.bake_at = None
+            self.phase = "decided"
+        elif kind == "immune.started":
+            self.phase = "reverting"
+            self.verdict = event.message or self.verdict
+        elif kind.startswith("deployment.") and kind not in ("deployment.started",):
+            if kind in ("deployment.stopping", "deployment.signal_repeated"):
+                self.phase = "stopping"
+            elif kind != "deployment.resumed":
+                self.phase = kind.split(".", 1)[1].replace("_", " ")
+
+    def _host(self, row: _Host, kind: str, d: Mapping[str, Any], message: str) -> None:
+        purpose = d.get("purpose")
+        if kind == "host.step_started":
+            row.phase, row.since = str(d.get("step")), time.monotonic()
+            row.note = "revert" if purpose == "revert" else ""
+        elif kind == "host.step_failed":
+            row.phase, row.since = "failed", time.monotonic()
+            row.note = message
+        elif kind == "host.switched":
+            row.phase, row.since = "serving", time.monotonic()
+            row.release = str(d.get("release"))
+            row.note = "reverted" if purpose == "revert" else ""
+
+    def _look(self, d: Mapping[str, Any]) -> None:
+        self.bake_t = float(d.get("t_s", self.bake_t))
+        self.bake_at = time.monotonic() - self.bake_t
+        obs = d.get("obs") or {}
+        for sig, b in (obs.get("bounds") or {}).items():
+            self.bounds[sig] = [float(v) for v in b]
+        for name, c in (d.get("checks") or {}).items():
+            chk = self.checks.setdefault(name, _Check(name))
+            chk.state = str(c.get("o", chk.state))
+            chk.stats = c.get("s") or chk.stats
+            per = obs.get(chk.signal) or {}
+            for cohort in ("canary", "baseline"):
+                o = per.get(cohort) or {}
+                chk.n[cohort] += float(o.get("n", 0))
+                chk.x[cohort] += float(o.get("x", 0))
+                lat = o.get("lat") or []
+                acc = chk.lat[cohort]
+                if len(acc) < len(lat):
+                    acc.extend([0.0] * (len(lat) - len(acc)))
+                for i, v in enumerate(lat):
+                    acc[i] += float(v)
+
+    def _print(self, event: Event) -> None:
+        """Plain output: a timestamped line per step and per change of the bake's verdict."""
+        kind = event.kind
+        if kind in ("host.step_finished", "signal.checked"):
+            return
+        message = event.message
+        if kind == "bake.looked":
+            outcome = str(event.data.get("outcome", ""))
+            look = int(event.data.get("look", 0))
+            if outcome == self._last_printed_outcome and look % 30:
+                return  # a line every 30 looks while nothing changes
+            self._last_printed_outcome = outcome
+            summary = "; ".join(
+                f"{c.name} {c.state} (canary {v[0]}, baseline {v[1]})"
+                for c in self.checks.values()
+                for v in [self._values(c, wide=True)]
+            )
+            message = f"t={float(event.data.get('t_s', 0.0)):.0f}s {outcome}: {summary}"
+        line = Text()
+        line.append(f"{event.at:%H:%M:%S} ", style="dim")
+        line.append(f"{kind:<24} ")
+        line.append(message)
+        self.console.print(line, highlight=False, soft_wrap=True)
+
+    # -- drawing ----------------------------------------------------------------------------
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.render(options.max_width, options.height or console.size.height)
+
+    def render(self, width: int, height: int) -> Group:
+        """The whole view for a terminal of `width` × `height`."""
+        parts: list[Any] = [self._header(width)]
+        checks = self._checks_table(width) if self.checks else None
+        verdict_lines = 2 if height <= 30 else 6
+        used = 1 + (len(self.checks) + 2 if checks else 0) + verdict_lines + 3
+        rows = max(3, height - used - 2)
+        parts.append(self._hosts_table(width, rows))
+        if checks:
+            if len(self.hosts) < rows:
+                parts.append(Text(""))
+            parts.append(checks)
+        if self.verdict:
+            text = Text(self.verdict, overflow="fold")
+            lines = list(text.wrap(self.console, width))
+            if len(lines) > verdict_lines:
+                lines = lines[:verdict_lines]
+                lines[-1].truncate(width - 1, overflow="ellipsis")
+                lines[-1].append("…")
+            parts.append(Text("\n").join(lines))
+        return Group(*parts)
+
+    def _header(self, width: int) -> Text:
+        t = Text()
+        t.append(self.title, style="bold")
+        if self.waves:
+            t.append(f"  wave {self.wave or '–'}/{self.waves}")
+        t.append(f"  {self.phase}", style="cyan")
+        if self.bake_at is not None:
+            elapsed = time.monotonic() - self.bake_at
+            what = "guard" if self.bake_purpose == "guard" else "bake"
+            t.append(f"  {what} {clock(elapsed)}")
+            if self.bake_purpose != "guard" and self.bake_min:
+                t.append(f" (min {clock(self.bake_min)}", style="dim")
+                t.append(f", max {clock(self.bake_max)})", style="dim")
+            elif self.bake_max:
+                t.append(f" of {clock(self.bake_max)}", style="dim")
+        t.truncate(width, overflow="ellipsis")
+        return t
+
+    def _hosts_table(self, width: int, rows: int) -> Table:
+        t = Table(box=box.SIMPLE_HEAD, expand=True, show_edge=False, padding=(0, 1))
+        t.add_column("host", no_wrap=True, ratio=2)
+        t.add_column("release", no_wrap=True, ratio=2)
+        t.add_column("phase", no_wrap=True, ratio=2)
+        t.add_column("for", no_wrap=True, justify="right", ratio=1)
+        t.add_column("note", no_wrap=True, overflow="ellipsis", ratio=6)
+        names = list(self.hosts)
+        hidden: list[str] = []
+        if len(names) > rows:
+            # the hosts mid-step first, then the others in fleet order; the rest summed up
+            busy = [n for n in names if self.hosts[n].phase in IN_FLIGHT]
+            keep = set((busy + [n for n in names if n not in busy])[: rows - 1])
+            hidden = [n for n in names if n not in keep]
+            names = [n for n in names if n in keep]
+        now = time.monotonic()
+        for name in names:
+            h = self.hosts[name]
+            style = PHASE_STYLE.get(h.phase, "")
+            t.add_row(
+                name,
+                h.release or "?",
+                Text(h.phase, style=style),
+                clock(now - h.since),
+                Text(h.note, style="dim"),
+            )
+        if hidden:
+            counts: dict[str, int] = {}
+            for n in hidden:
+                h = self.hosts[n]
+                key = f"{h.phase} {h.release}".strip()
+                counts[key] = counts.get(key, 0) + 1
+            summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+            t.add_row(Text(f"+{len(hidden)}", style="dim"), "", "", "", Text(summary, style="dim"))
+        return t
+
+    def _checks_table(self, width: int) -> Table:
+        bw = 10 if width >= 140 else 4 if width >= 110 else 0
+        t = Table(box=box.SIMPLE_HEAD, expand=True, show_edge=False, padding=(0, 1))
+        t.add_column("check", no_wrap=True, overflow="ellipsis", ratio=3)
+        t.add_column("canary", no_wrap=True, overflow="ellipsis", ratio=4)
+        t.add_column("baseline", no_wrap=True, overflow="ellipsis", ratio=4)
+        ew = bw + (1 if bw else 0) + 9  # bar, a space, "1.0k/100" at most
+        t.add_column("to fail", no_wrap=True, overflow="ellipsis", width=ew)
+        t.add_column("to pass", no_wrap=True, overflow="ellipsis", width=ew)
+        t.add_column("state", no_wrap=True, overflow="ellipsis", width=12 if width >= 110 else 8)
+        for c in self.checks.values():
+            canary, baseline = self._values(c, wide=width >= 120)
+            t.add_row(
+                c.name,
+                canary,
+                baseline,
+                bar(_max_stat(c.stats, "e_fail"), _needed(c, "e_fail_needed"), bw),
+                bar(_min_stat(c.stats, "e_pass"), _needed(c, "e_pass_needed"), bw),
+                Text(c.state, style=STATE_STYLE.get(c.state, "")),
+            )
+        return t
+
+    def _values(self, c: _Check, *, wide: bool) -> tuple[str, str]:
+        """The canary's and the baseline's value so far in this bake, in the check's terms."""
+        out = []
+        for cohort in ("canary", "baseline"):
+            n, x = c.n[cohort], c.x[cohort]
+            if c.kind in ("latency", "latency_max"):
+                qs_wanted = list(self.quantiles.get(c.name, ())) or [
+                    _q(lab) for lab in _labels(c.stats)
+                ]
+                bounds = self.bounds.get(c.signal, [])
+                qs = [
+                    f"p{100 * q:g} {ms_text(quantile(bounds, c.lat[cohort], q))}"
+                    for q in (qs_wanted or [0.5])[: 3 if wide else 1]
+                ]
+                out.append(" ".join(qs) if n else "no requests")
+            else:
+                rate = f"{100 * x / n:.2f}%" if n else "–"
+                out.append(f"{rate} of {n:,.0f}" if n else "no requests")
+        if c.kind in ("error_rate_max", "latency_max"):
+            out[1] = "(guard rail)"
+        return out[0], out[1]
+
+
+def _q(label: str) -> float:
+    try:
+        return float(label.lstrip("p")) / 100.0
+    except ValueError:
+        return 0.5
+
+
+def _labels(stats: Mapping[str, float]) -> list[str]:
+    seen: list[str] = []
+    for k in stats:
+        if k.startswith("p") and k.endswith("_e_fail"):
+            lab = k[: -len("_e_fail")]
+            if lab not in seen:
+                seen.append(lab)
+    return seen
+
+
+def _max_stat(stats: Mapping[str, float], suffix: str) -> float | None:
+    vals = [float(v) for k, v in stats.items() if k == suffix or k.endswith("_" + suffix)]
+    return max(vals) if vals else None
+
+
+def _min_stat(stats: Mapping[str, float], suffix: str) -> float | None:
+    vals = [float(v) for k, v in stats.items() if k == suffix or k.endswith("_" + suffix)]
+    return min(vals) if vals else None
+
+
+def _needed(c: _Check, key: str) -> float | None:
+    v = c.needed.get(key) if isinstance(c.needed, Mapping) else None
+    if v is None:
+        v = c.stats.get(key)
+    return float(v) if v is not None else None

@@ -1,0 +1,152 @@
+"""The live view drawn from the engine's events, at the sizes people use (80×24, 160×48)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from immunity.cli.live import LiveView, bar, quantile
+from immunity.domain import Event
+
+HOSTS = [f"h{i}" for i in range(1, 13)]
+
+
+def ev(kind: str, message: str = "", **data: Any) -> Event:
+    return Event(kind, "shop", "d1", "v2", message, data=data)
+
+
+def feed(view: LiveView) -> None:
+    view(ev("deployment.started", "deploying v2", fallbacks={h: "v1" for h in HOSTS}))
+    view(ev("wave.started", "wave 2", wave=2, hosts=["h2", "h3"]))
+    view(ev("host.step_started", "", host="h1", step="warmup", purpose="deploy"))
+    view(ev("host.switched", "", host="h1", release="v2", purpose="deploy"))
+    view(ev("host.step_started", "", host="h2", step="drain", purpose="deploy"))
+    view(
+        ev(
+            "bake.started",
+            "wave 2: judging 3 check(s)",
+            wave=2,
+            bake=2,
+            purpose="wave",
+            checks=["errors", "latency", "error-rate-guard"],
+            kinds={"errors": "errors", "latency": "latency", "error-rate-guard": "error_rate_max"},
+            signals={"errors": "lb", "latency": "lb", "error-rate-guard": "lb"},
+            needed={
+                "errors": {"e_fail_needed": 100, "e_pass_needed": 20},
+                "latency": {"e_fail_needed": 200, "e_pass_needed": 20},
+                "error-rate-guard": {"e_fail_needed": 100, "e_pass_needed": 20},
+            },
+            min_s=30,
+            max_s=600,
+        )
+    )
+    reason = "errors: canary 5xx 4.8% vs baseline 0.1% over 352 vs 728 requests " * 6
+    for look in (1, 2):
+        view(
+            ev(
+                "bake.looked",
+                reason,
+                look=look,
+                t_s=float(look),
+                obs={
+                    "lb": {
+                        "canary": {"n": 176, "x": 8, "lat": [0, 100, 70, 6]},
+                        "baseline": {"n": 364, "x": 0, "lat": [10, 300, 54]},
+                    },
+                    **({"bounds": {"lb": [5, 10, 25, 50, 100]}} if look == 1 else {}),
+                },
+                checks={
+                    "errors": {"o": "continue", "s": {"e_fail": 15.4, "e_pass": 0.004}},
+                    "latency": {"o": "continue", "s": {"p50_e_fail": 1.0, "p50_e_pass": 2.0}},
+                    "error-rate-guard": {"o": "fail", "s": {"e_fail": 150, "e_pass": 0.0}},
+                },
+                outcome="continue",
+            )
+        )
+
+
+def screen(width: int, height: int) -> list[str]:
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, height=height, color_system=None)
+    view = LiveView(
+        title="deploying v2",
+        hosts=HOSTS,
+        waves=3,
+        quantiles={"latency": [0.5, 0.9]},
+        live=False,
+        console=Console(file=io.StringIO()),
+    )
+    feed(view)
+    console.print(view.render(width, height))
+    return buf.getvalue().rstrip("\n").splitlines()
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (160, 48)])
+def test_the_live_view_fits_the_terminal_and_shows_wave_clock_hosts_and_checks(
+    width: int, height: int
+) -> None:
+    """Header with wave N of M and the bake clock against min/max, host rows, one row per
+    check with both cohorts' values and the evidence, and the verdict, within the screen."""
+    lines = screen(width, height)
+    text = "\n".join(lines)
+    assert len(lines) <= height
+    assert max(len(line) for line in lines) <= width
+    assert "wave 2/3" in lines[0]
+    assert "bake 0:0" in lines[0] and "min 0:30" in lines[0] and "max 10:00" in lines[0]
+    assert "h2" in text and "drain" in text
+    row = next(line for line in lines if line.lstrip().startswith("errors"))
+    assert "4.55% of 352" in row  # 16 of 352 over two looks
+    assert "0.00% of 728" in row
+    assert "15/100" in row
+    guard = next(line for line in lines if "error-rate" in line)
+    assert "fail" in guard
+    assert any("p50" in line and "latency" in line for line in lines)
+    assert "errors: canary 5xx" in text  # the verdict's first lines
+
+
+def test_a_fleet_taller_than_the_screen_shows_the_hosts_in_flight_and_counts_the_rest() -> None:
+    """At 80×24 twelve hosts do not fit: the ones mid-step are listed, the rest summed up."""
+    text = "\n".join(screen(80, 24))
+    assert "drain" in text
+    assert "+2" in text and "2 waiting v1" in text
+
+
+def test_every_host_has_a_row_on_a_tall_terminal() -> None:
+    """At 160×48 each of the twelve hosts gets its own row, with the release it runs."""
+    lines = screen(160, 48)
+    for h in HOSTS:
+        assert any(line.lstrip().startswith(h + " ") for line in lines), h
+    assert any(line.lstrip().startswith("h3 ") and "v1" in line for line in lines)
+
+
+def test_plain_output_prints_a_line_per_step_and_per_change_of_verdict() -> None:
+    """Off a terminal: timestamped lines; a bake's looks print only when the verdict changes."""
+    buf = io.StringIO()
+    view = LiveView(
+        title="deploying v2",
+        hosts=HOSTS,
+        live=False,
+        console=Console(file=buf, width=200, color_system=None),
+    )
+    feed(view)
+    lines = buf.getvalue().splitlines()
+    assert sum("bake.looked" in line for line in lines) == 1
+    assert any("host.step_started" in line for line in lines)
+    assert all(line[:2].isdigit() and line[2] == ":" for line in lines)
+
+
+def test_quantile_interpolates_inside_the_bucket_and_says_when_it_is_past_the_bounds() -> None:
+    """p50 of 10 requests in [0,5) and 10 in [5,10) is 5 ms; the overflow bucket is 'inf'."""
+    assert 5.0 == quantile([5, 10], [10, 10, 0], 0.5)
+    assert None is quantile([5, 10], [0, 0, 0], 0.5)
+    assert float("inf") == quantile([5, 10], [0, 0, 4], 0.5)
+
+
+def test_evidence_bars_are_drawn_on_a_log_scale_toward_the_bar() -> None:
+    """An e-value of 10 against a bar of 100 is half the bar; 1 (no evidence) is empty."""
+    assert "▮▮▯▯ 10/100" == bar(10, 100, 4)
+    assert "▯▯▯▯ 1.0/100" == bar(1, 100, 4)
+    assert "10/100" == bar(10, 100, 0)
