@@ -378,10 +378,13 @@ class LiveView:
     def _checks_table(self, width: int) -> Table:
         bw = 10 if width >= 140 else 4 if width >= 110 else 0
         t = Table(box=box.SIMPLE_HEAD, expand=True, show_edge=False, padding=(0, 1))
-        t.add_column("check", no_wrap=True, overflow="ellipsis", ratio=3)
+        longest = max((len(n) for n in self.checks), default=5)
+        t.add_column(
+            "check", no_wrap=True, overflow="ellipsis", min_width=min(16, longest), ratio=3
+        )
         t.add_column("canary", no_wrap=True, overflow="ellipsis", ratio=4)
         t.add_column("baseline", no_wrap=True, overflow="ellipsis", ratio=4)
-        ew = bw + (1 if bw else 0) + 9  # bar, a space, "1.0k/100" at most
+        ew = bw + (1 if bw else 0) + (9 if width >= 110 else 8)  # bar, a space, "1.0k/100"
         t.add_column("to fail", no_wrap=True, overflow="ellipsis", width=ew)
         t.add_column("to pass", no_wrap=True, overflow="ellipsis", width=ew)
         t.add_column("state", no_wrap=True, overflow="ellipsis", width=12 if width >= 110 else 8)
