@@ -27,6 +27,11 @@ What it can and cannot say:
   so that consecutive looks add up to the period's exact totals, never counting a period
   twice). The judge sees a steady flow, ``delay`` late: make ``bake.min`` longer than
   ``delay`` plus a few periods, or the guard rail judges the fleet from before the canary.
+* **Only final periods count.** CloudWatch keeps adding late counts to a period for a while;
+  a period is read only once it ended ``complete_after`` (default 60 s) ago, and a look whose
+  window holds a period that is not final yet is missing (rejected) and takes nothing from
+  it. A ``GetMetricData`` result that is ``InternalError``, ``Forbidden`` or ``PartialData``
+  without a next page is a partial answer: missing too.
 * **No data is not zero.** When no period under the shifted window has a ``RequestCount``
   datapoint (no traffic, wrong dimensions, or not yet published: raise ``delay``) the
   canary observation is missing too.
@@ -48,7 +53,7 @@ from pydantic import Field, field_validator
 
 from immunity.clients.aws import AwsAccess, AwsApi
 from immunity.config.types import Duration, LatencyBounds
-from immunity.domain import Cohort, HostRef, Observation
+from immunity.domain import Cohort, HostRef, Observation, utcnow
 from immunity.errors import PreflightError, SignalError
 
 ADAPTER = "cloudwatch"
@@ -75,6 +80,10 @@ class CloudWatchSettings(AwsAccess):
     period: Duration = 60.0
     delay: Duration = 120.0
     """How far back the window is shifted, so CloudWatch has published it."""
+    complete_after: Duration = 60.0
+    """A period's datapoint is final only this long after the period ends (CloudWatch adds
+    late-arriving counts until then); a look over a period that is not final yet is missing,
+    and the period is read again later, never handed out half-counted."""
     latency_statistic: str = "p99"
     """TargetResponseTime statistic: a percentile (p99, p95, p99.9), Average or Maximum."""
     latency_bounds_ms: LatencyBounds = Field(
@@ -134,6 +143,10 @@ class _Period:
         self.requests_given += n
         self.errors_given += x
         return n, x
+
+
+class _Partial(Exception):
+    """GetMetricData answered with part of the data."""
 
 
 def _floor(t: dt.datetime, period: float) -> dt.datetime:
@@ -196,9 +209,21 @@ class CloudWatchSource:
             "ScanBy": "TimestampAscending",
         }
         resource = f"{self._s.load_balancer} {self._s.target_group}"
+        final_before = utcnow() - dt.timedelta(seconds=self._s.complete_after + self._s.period)
         for _ in range(100):  # pages; a handful of periods of three series fit in one
             reply = await self._api.call("cloudwatch", "GetMetricData", resource=resource, **params)
             for r in reply.get("MetricDataResults", []):
+                status = r.get("StatusCode", "Complete")
+                if status in ("InternalError", "Forbidden") or (
+                    status == "PartialData" and not reply.get("NextToken")
+                ):
+                    why = (
+                        "; ".join(str(m.get("Value", m)) for m in r.get("Messages", []) if m)
+                        or "no message"
+                    )
+                    raise _Partial(
+                        f"partial answer: GetMetricData {r.get('Id')} is {status} ({why})"
+                    )
                 got = series.setdefault(r["Id"], {})
                 for t, v in zip(r.get("Timestamps", []), r.get("Values", []), strict=False):
                     if v is not None and math.isfinite(v):
@@ -208,6 +233,8 @@ class CloudWatchSource:
                 break
             params["NextToken"] = token
         for t, n in series["requests"].items():
+            if t > final_before:
+                continue  # not final yet: CloudWatch may still add to it; read it again later
             # HTTPCode_Target_5XX_Count is only published for periods that had a 5xx
             self._periods[t] = _Period(n, series["errors"].get(t, 0.0), series["latency"].get(t))
 
@@ -237,7 +264,21 @@ class CloudWatchSource:
         step = dt.timedelta(seconds=period)
         under = [first + i * step for i in range(round((last - first) / step))]
         if any(p not in self._periods for p in under):
-            await self._fetch(first, last)
+            try:
+                await self._fetch(first, last)
+            except _Partial as exc:
+                out[Cohort.CANARY] = Observation.rejected(f"cloudwatch: {exc}")
+                return out
+        final_before = utcnow() - dt.timedelta(seconds=self._s.complete_after + period)
+        pending = [p for p in under if p not in self._periods and p > final_before]
+        if pending:
+            # Take nothing from the window now: its periods are handed out once, whole.
+            out[Cohort.CANARY] = Observation.rejected(
+                f"cloudwatch: partial answer: the period at {pending[0]:%H:%M:%S} UTC is not "
+                f"final until {self._s.complete_after:g}s after it ends (raise delay to at "
+                f"least period + complete_after = {period + self._s.complete_after:g}s)"
+            )
+            return out
         bounds = tuple(self._s.latency_bounds_ms)
         buckets = [0] * (len(bounds) + 1)
         requests = errors = 0

@@ -108,6 +108,9 @@ class ElasticsearchSettings(BaseModel):
         default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]
     )
     request_timeout: Duration = 10.0
+    delay: Duration = 5.0
+    """How long after a request its document is searchable (shipper + refresh interval);
+    the bake asks for each window that much later."""
 
     @field_validator("url")
     @classmethod
@@ -177,6 +180,7 @@ class ElasticsearchSource:
         self.name = settings.name
         self._base_dir = base_dir
         self._url = _safe_url(settings.url)
+        self.delay = settings.delay
         self._es: AsyncElasticsearch | None = None
         self._secrets = [
             s.get_secret_value() for s in (settings.api_key, settings.password) if s is not None
@@ -358,6 +362,10 @@ class ElasticsearchSource:
             return out
         body = self.query(cohorts, start, end)
         reply = await self._call("search", self._client().search(index=self._s.index, **body))
+        partial = self._partial(reply.body)
+        if partial is not None:
+            out.update({c: Observation.rejected(partial) for c, h in cohorts.items() if h})
+            return out
         try:
             out.update(self._parse(reply.body, cohorts))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -368,6 +376,30 @@ class ElasticsearchSource:
                 hint="the cluster must support filters and range aggregations",
             ) from exc
         return out
+
+    def _partial(self, body: Mapping[str, Any]) -> str | None:
+        """Why a search answer covers only part of the data (failed shards, a timeout)."""
+        shards = body.get("_shards") if isinstance(body, Mapping) else None
+        failed = int(shards.get("failed", 0) or 0) if isinstance(shards, Mapping) else 0
+        if failed:
+            total = shards.get("total", "?") if isinstance(shards, Mapping) else "?"
+            failures = shards.get("failures") if isinstance(shards, Mapping) else None
+            why = ""
+            if isinstance(failures, list) and failures and isinstance(failures[0], Mapping):
+                first = failures[0]
+                reason = first.get("reason")
+                text = reason.get("reason") if isinstance(reason, Mapping) else reason
+                why = f" (index {first.get('index', '?')}: {text})"
+            return (
+                f"signal {self.name!r}: partial answer: {failed} of {total} shard(s) of "
+                f"{self._s.index} failed{why}"
+            )
+        if isinstance(body, Mapping) and body.get("timed_out") is True:
+            return (
+                f"signal {self.name!r}: partial answer: the search of {self._s.index} timed "
+                "out and returned what it had collected"
+            )
+        return None
 
     def _parse(
         self, body: Mapping[str, Any], cohorts: Mapping[Cohort, Sequence[HostRef]]

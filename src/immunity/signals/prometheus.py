@@ -99,6 +99,12 @@ class PrometheusSettings(BaseModel):
     """Set false when the app has no latency histogram."""
     latency_unit: Literal["s", "ms"] = "s"
     """Unit of the `le` label values."""
+    delay: Duration = 1.0
+    """How long after an instant Prometheus holds every sample up to it (scrape and ingest);
+    the bake asks for each window that much later."""
+    stale_after: Duration = 60.0
+    """delta mode: a cohort whose newest request sample at the window's end is older than
+    this is stale (Prometheus no longer scrapes it): the look is missing, not zero."""
 
     @field_validator("host_value")
     @classmethod
@@ -207,6 +213,31 @@ def counter_deltas(
     return out
 
 
+class _Rejected(Exception):
+    """The answer is partial, stale or duplicated: not evidence."""
+
+
+_TWIN_LABELS = ("job", "prometheus", "replica", "prometheus_replica", "__replica__")
+
+
+def _duplicates(series: Mapping[Labels, float]) -> tuple[Labels, set[str]] | None:
+    """Two series equal but for scrape-identity labels (job, replica...): one counter counted
+    twice. Returns one of them and the labels they differ in, or None."""
+    seen: dict[Labels, Labels] = {}
+    for labels in series:
+        key = tuple((k, v) for k, v in labels if k not in _TWIN_LABELS)
+        other = seen.get(key)
+        if other is not None:
+            differ = {k for k, _ in set(labels) ^ set(other)}
+            return labels, differ
+        seen[key] = labels
+    return None
+
+
+def _show(labels: Labels) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
+
+
 def _where(url: str) -> str:
     """host:port of the server, without any credentials that may be in the URL."""
     parts = urlsplit(url)
@@ -221,6 +252,8 @@ class PrometheusSource:
     def __init__(self, settings: PrometheusSettings, *, base_dir: Path | None = None) -> None:
         self.settings = settings
         self.name = settings.name
+        self.delay = settings.delay
+        self._ends: dict[tuple[str, float], dict[Labels, float]] = {}
         self._client: httpx.AsyncClient | None = None
         self._transport: httpx.AsyncBaseTransport | None = None  # tests may swap it
 
@@ -312,12 +345,19 @@ class PrometheusSource:
         if window_s <= 0:
             return Observation.missing(f"empty window {start.isoformat()}..{end.isoformat()}")
         queries = self._queries(hosts, window_s)
-        series = await self._counts(queries, start, end)
+        try:
+            series = await self._counts(queries, start, end)
+        except _Rejected as exc:
+            return Observation.rejected(f"{self.name}: {exc}")
         if not series["requests"]:
             return Observation.missing(
                 f"{self.name}: no request data for {len(hosts)} host(s) over "
                 f"{window_s:g}s (query: {queries['requests']})"
             )
+        if self.settings.mode == "delta":
+            problem = await self._stale(queries["requests"], end)
+            if problem is not None:
+                return Observation.rejected(f"{self.name}: {problem}")
         # no error series yet means nothing has failed
         n_requests = max(0, round(sum(series["requests"].values())))
         n_errors = min(n_requests, max(0, round(sum(series["errors"].values()))))
@@ -339,21 +379,68 @@ class PrometheusSource:
             hosts=len(hosts),
         )
 
+    async def _instant(self, promql: str, at: dt.datetime) -> dict[Labels, float]:
+        """`promql` at `at`, read once: the answer at a window's end is kept and reused as
+        the next window's start, so a sample ingested late (a scrape still in flight at the
+        first read) moves to the next window instead of being lost or counted twice."""
+        key = (promql, at.timestamp())
+        got = self._ends.get(key)
+        if got is None:
+            got = by_series(await self.query(promql, at))
+        return got
+
     async def _counts(
         self, queries: Mapping[str, str], start: dt.datetime, end: dt.datetime
     ) -> dict[str, dict[Labels, float]]:
-        """Per query, per series: the count over [start, end), by the configured mode."""
+        """Per query, per series: the count over [start, end), by the configured mode.
+
+        Raises _Rejected when the answer is partial (a series at the start has no sample
+        at the end: its target is down or no longer scraped) or duplicated (the same
+        counter scraped by several jobs).
+        """
         if self.settings.mode == "increase":
             at_end = await gather({k: self.query(q, end) for k, q in queries.items()})
             return {k: by_series(v) for k, v in at_end.items()}
         both = await gather(
             {
-                (k, i): self.query(q, t)
+                (k, i): self._instant(q, t)
                 for k, q in queries.items()
                 for i, t in ((0, start), (1, end))
             }
         )
-        return {k: counter_deltas(by_series(both[k, 0]), by_series(both[k, 1])) for k in queries}
+        for key in [key for key in self._ends if key[1] < start.timestamp()]:
+            self._ends.pop(key, None)  # windows only move forward
+        for k, q in queries.items():
+            self._ends[(q, end.timestamp())] = both[k, 1]
+        gone = [labels for labels in both["requests", 0] if labels not in both["requests", 1]]
+        if gone:
+            raise _Rejected(
+                f"partial answer: {len(gone)} request series present at the window's start have "
+                f"no sample at its end (target down or not scraped?): {_show(gone[0])}"
+            )
+        twins = _duplicates(both["requests", 1])
+        if twins:
+            raise _Rejected(
+                "duplicated answer: the same counter comes from several series that differ "
+                f"only in {', '.join(sorted(twins[1]))}: {_show(twins[0])} (scraped twice? "
+                'narrow the query, e.g. with job="...")'
+            )
+        return {k: counter_deltas(both[k, 0], both[k, 1]) for k in queries}
+
+    async def _stale(self, requests: str, end: dt.datetime) -> str | None:
+        """Why the newest request sample at `end` is too old to describe the window, or None."""
+        got = by_series(await self.query(f"max(timestamp({requests}))", end))
+        if not got:
+            return None
+        newest = max(got.values())
+        age = end.timestamp() - newest
+        if age > self.settings.stale_after:
+            return (
+                f"stale answer: the newest request sample is {age:.0f} s older than the "
+                f"window's end (stale_after {self.settings.stale_after:g}s): Prometheus no "
+                "longer scrapes these hosts"
+            )
+        return None
 
     async def observe(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from immunity.domain import Cohort, HostRef
+from immunity.domain import Cohort, HostRef, ObservationStatus
 from immunity.errors import PreflightError, SignalError
 from immunity.signals.base import SignalSource
 from immunity.signals.cloudwatch import CloudWatchSource
@@ -182,4 +182,46 @@ async def test_unreachable_endpoint_is_a_signal_error(moto: str) -> None:
     assert err.value.adapter == "cloudwatch"
     assert "GetMetricData" in err.value.message
     assert err.value.hint is not None and "endpoint" in err.value.hint
+    await src.aclose()
+
+
+async def test_a_period_still_being_published_is_never_handed_out_half_counted(
+    moto: str, aws_client: Any
+) -> None:
+    """A look over a period CloudWatch is still adding to is missing and takes nothing; once
+    the period is final the look gets all of it (here 100 + 200 published apart)."""
+    import anyio
+
+    cw = aws_client("cloudwatch")
+    now = dt.datetime.now(dt.UTC)
+    # the period after next: still open when the first look comes, however slow the server
+    period_start = now.replace(microsecond=0) + dt.timedelta(seconds=10 - now.second % 5)
+
+    def publish(value: float) -> None:
+        cw.put_metric_data(
+            Namespace="AWS/ApplicationELB",
+            MetricData=[
+                {
+                    "MetricName": "RequestCount",
+                    "Dimensions": [
+                        {"Name": "LoadBalancer", "Value": LB},
+                        {"Name": "TargetGroup", "Value": TG},
+                    ],
+                    "Timestamp": period_start + dt.timedelta(seconds=1),
+                    "Value": value,
+                    "StorageResolution": 1,
+                }
+            ],
+        )
+
+    src = _source(moto, period="5s", complete_after="1s")
+    window = (period_start, period_start + dt.timedelta(seconds=5))
+    publish(100)
+    early = await src.observe(COHORTS, *window)
+    assert early[Cohort.CANARY].status is ObservationStatus.REJECTED
+    assert "not final" in early[Cohort.CANARY].detail
+    publish(200)
+    await anyio.sleep(max(0.0, (window[1] - dt.datetime.now(dt.UTC)).total_seconds()) + 1.5)
+    late = await src.observe(COHORTS, *window)
+    assert (late[Cohort.CANARY].requests, late[Cohort.CANARY].available) == (300, True)
     await src.aclose()

@@ -158,6 +158,11 @@ class FakeEs:
     api_key: str | None = None
     indices: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
+    failing: dict[str, str] = field(default_factory=dict)
+    """Index -> reason: its shard fails every search (its documents are left out, as
+    Elasticsearch does when allow_partial_search_results is true, the default)."""
+    time_out: bool = False
+    """Searches stop early: `timed_out: true` with what was collected (half the documents)."""
 
     def add_index(self, name: str, properties: dict[str, Any], docs: list[dict[str, Any]]) -> None:
         self.indices[name] = {"mappings": {"properties": properties}, "docs": list(docs)}
@@ -233,19 +238,43 @@ class FakeEs:
             query = body.get("query", {"bool": {"filter": []}})
             if set(query) != {"bool"}:
                 raise QueryRejected(f"expected a bool query, got {sorted(query)}")
-            docs = [d for n in names for d in self.indices[n]["docs"] if _match(d, query)]
+            docs = [
+                d
+                for n in names
+                if n not in self.failing
+                for d in self.indices[n]["docs"]
+                if _match(d, query)
+            ]
+            if self.time_out:
+                docs = docs[: len(docs) // 2]
             aggs = {name: _agg(docs, spec) for name, spec in body.get("aggs", {}).items()}
         except QueryRejected as exc:
             return _error(400, "parsing_exception", str(exc))
         return web.json_response(
             {
                 "took": 1,
-                "timed_out": False,
+                "timed_out": self.time_out,
                 "_shards": {
                     "total": len(names),
-                    "successful": len(names),
+                    "successful": len([n for n in names if n not in self.failing]),
                     "skipped": 0,
-                    "failed": 0,
+                    "failed": len([n for n in names if n in self.failing]),
+                    **(
+                        {
+                            "failures": [
+                                {
+                                    "shard": 0,
+                                    "index": n,
+                                    "node": "fake-node",
+                                    "reason": {"type": "exception", "reason": self.failing[n]},
+                                }
+                                for n in names
+                                if n in self.failing
+                            ]
+                        }
+                        if any(n in self.failing for n in names)
+                        else {}
+                    ),
                 },
                 "hits": {"max_score": None, "hits": []},
                 "aggregations": aggs,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from immunity.domain import Cohort, HostRef
+from immunity.domain import Cohort, HostRef, ObservationStatus
 from immunity.errors import PreflightError, SignalError
 from immunity.signals.base import SignalSource
 from immunity.signals.elasticsearch import ElasticsearchSource
@@ -268,3 +268,27 @@ async def test_a_missing_concrete_index_when_observing_is_a_signal_error(es: Any
         await src.observe(COHORTS, T0, T1)
     assert "index iis-logs-2020.01.01 does not exist" in err.value.message
     await src.aclose()
+
+
+async def test_failed_shards_make_a_partial_answer_never_evidence(es: Any) -> None:
+    """One index's shard fails (`_shards.failed`): the counts lack its documents, so the look
+    is rejected naming the shard failure, not judged on what the others returned."""
+    es.add_index("iis-logs-2026.11.27", PROPERTIES, fleet_docs())
+    es.failing["iis-logs-2026.11.27"] = "CircuitBreakingException: [parent] Data too large"
+    src = _source(es.url)
+    obs = await src.observe(COHORTS, T0, T1)
+    await src.aclose()
+    for o in obs.values():
+        assert o.status is ObservationStatus.REJECTED
+        assert "1 of 2 shard(s)" in o.detail and "Data too large" in o.detail
+
+
+async def test_a_timed_out_search_is_a_partial_answer(es: Any) -> None:
+    """`timed_out: true` returns what was collected so far: rejected, not half the traffic."""
+    es.time_out = True
+    src = _source(es.url)
+    obs = await src.observe(COHORTS, T0, T1)
+    await src.aclose()
+    assert all(
+        o.status is ObservationStatus.REJECTED and "timed out" in o.detail for o in obs.values()
+    )
