@@ -241,3 +241,21 @@ async def test_pool_members_lists_every_registered_target_by_id(moto: str, alb: 
     assert sorted(listed) == sorted(pool) == sorted(alb.instance_ids[1:])
     assert {m.state for m in pool.values()} == {LbState.SERVING}
     await lb.aclose()
+
+
+async def test_a_stopped_instance_is_not_a_serving_pool_member(
+    moto: str, alb: Any, aws_client: Any
+) -> None:
+    """A registered target whose instance is stopped is not reported serving, so preflight
+    refuses it instead of draining the others around it (the ALB's own view decides)."""
+    aws_client("ec2").stop_instances(InstanceIds=[alb.instance_ids[0]])
+    lb = _balancer(moto, alb.target_group_arn)
+    health = alb.elbv2.describe_target_health(TargetGroupArn=alb.target_group_arn)
+    state = {
+        d["Target"]["Id"]: d["TargetHealth"]["State"] for d in health["TargetHealthDescriptions"]
+    }
+    members = await lb.members(_hosts(alb.instance_ids))
+    assert state[alb.instance_ids[0]] != "healthy"
+    assert members["web-1"].state is not LbState.SERVING
+    assert {members["web-2"].state, members["web-3"].state} == {LbState.SERVING}
+    await lb.aclose()
