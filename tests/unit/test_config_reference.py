@@ -16,6 +16,20 @@ def test_every_core_field_has_a_docstring() -> None:
     assert [] == undocumented()
 
 
+def test_every_adapter_field_has_a_docstring() -> None:
+    """Each installed adapter's settings are documented too (they appear in docs/config.md)."""
+    from immunity.config.schema import adapter_settings
+
+    missing = [
+        f"{role} {kind}.{name}"
+        for role in ("lb", "hosts", "signals", "notify")
+        for kind, model in adapter_settings(role).items()
+        for name, info in model.model_fields.items()
+        if not (info.description or attribute_docs(model).get(name))
+    ]
+    assert [] == missing
+
+
 def test_docs_config_md_is_what_the_models_say() -> None:
     """docs/config.md matches the models; regenerate with `immunity config docs -o docs/config.md`."""
     assert DOC.read_text() == markdown(), "run: immunity config docs -o docs/config.md"

@@ -120,7 +120,9 @@ class AwsAccess(BaseModel):
     max_attempts: int = Field(default=8, ge=1, le=20)
     """botocore standard-mode attempts per call (first try included)."""
     connect_timeout: Duration = 5.0
+    """Seconds to open a connection to the AWS API."""
     read_timeout: Duration = 20.0
+    """Seconds to wait for an AWS API reply."""
 
 
 def region_from_arn(arn: str) -> str | None:

@@ -78,24 +78,37 @@ class IisSettings(BaseModel):
     username: str | None = None
     """None with kerberos: use the orchestrator's ticket cache."""
     password: SecretStr | None = None
+    """WinRM password (from `${ENV}`); never logged."""
     auth: Literal["negotiate", "kerberos", "ntlm", "credssp"] = "negotiate"
+    """WinRM authentication: negotiate, kerberos, ntlm or credssp."""
     port: int = Field(default=5986, ge=1, le=65535)
+    """WinRM port (5986 for HTTPS, 5985 for HTTP)."""
     ssl: bool = True
+    """WinRM over HTTPS."""
     cert_validation: bool | str = True
     """True (system CAs), or the path of a CA bundle (PEM). False only for a lab."""
     configuration_name: str = "Microsoft.PowerShell"
+    """PowerShell session configuration (endpoint) to connect to."""
     binding_port: int = Field(default=443, ge=1, le=65535)
+    """Port of each release's IIS site binding."""
     binding_protocol: Literal["https", "http"] = "https"
+    """Protocol of each release's IIS site binding."""
     binding_hostname: str = ""
+    """Host header of the site binding (empty: any)."""
     certificate_thumbprint: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{40}$")
     """Bind this certificate (LocalMachine\\<certificate_store>) to new sites; without it
     an https site uses the certificate already bound to 0.0.0.0:<binding_port>."""
     certificate_store: str = "My"
+    """LocalMachine certificate store holding `certificate_thumbprint`."""
     managed_runtime_version: str = "v4.0"
     """App pool CLR: "v4.0", or "" for No Managed Code (ASP.NET Core)."""
     keep_releases: int = Field(default=3, ge=2)
+    """Releases kept installed per host (older ones are removed); at least 2 so a revert needs
+    no install."""
     operation_timeout: Duration = 20.0
+    """Seconds one WinRM operation may take."""
     connection_timeout: Duration = 30.0
+    """Seconds to open a WinRM connection."""
     wait_timeout: Duration = 120.0
     """Bound of the stop/start waits on the host when the caller set no deadline."""
 

@@ -57,6 +57,7 @@ class SshSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     user: str
+    """SSH user (a host's `meta.ssh_user` overrides it)."""
     known_hosts: str
     """Path of the known_hosts file that must hold every host's key (required: no TOFU)."""
     base: str
@@ -67,17 +68,23 @@ class SshSettings(BaseModel):
     service: str = ""
     """The systemd unit (or whatever the commands expect as `{service}`)."""
     port: int = Field(default=22, ge=1, le=65535)
+    """SSH port (a host's `meta.ssh_port` overrides it)."""
     client_keys: list[str] = Field(default_factory=list)
     """Private key files; empty means the ssh-agent / default keys."""
     install_command: str | None = None
     """Run on the host to fill `{dest}` from `{source}`, e.g.
     `curl -fsSL {source} | tar -xz -C {dest}`. None: SFTP copy."""
     stop_command: str = "sudo systemctl stop {service}"
+    """Stops the running release; placeholders such as `{service}` and `{release}` are filled in."""
     start_command: str = "sudo systemctl start {service}"
+    """Starts the installed release; same placeholders as `stop_command`."""
     status_command: str = "systemctl is-active --quiet {service}"
     """Exit 0 when the release behind `current` is running."""
     keep_releases: int = Field(default=3, ge=2)
+    """Releases kept installed per host (older ones are removed); at least 2 so a revert needs
+    no install."""
     connect_timeout: Duration = 10.0
+    """Seconds to open an SSH connection."""
 
     @field_validator("base")
     @classmethod

@@ -76,9 +76,12 @@ class AlbSettings(AwsAccess):
     """The `balancer:` block for `kind: alb`. Credentials come from the standard AWS chain."""
 
     target_group_arn: str
+    """ARN of the fleet's target group
+    (arn:aws:elasticloadbalancing:...:targetgroup/<name>/<id>)."""
     port: int | None = Field(default=None, ge=1, le=65535)
     """Port of the targets; default: the ports they are registered on / the group's port."""
     poll_interval: Duration = 2.0
+    """Time between two DescribeTargetHealth calls while waiting for a drain or health."""
 
     @field_validator("target_group_arn")
     @classmethod

@@ -64,7 +64,9 @@ class HAProxyPool:
         socket: str
         """Path of the runtime API unix socket (`stats socket ... level admin`)."""
         backend: str = "be_app"
+        """The HAProxy backend whose servers are the fleet (server names = hosts' lb_id)."""
         poll_interval: Duration = 0.1
+        """Time between two `show stat` reads while waiting for a drain or health."""
         timeout: Duration = 5.0
         """Per-command socket timeout."""
         retry_for: Duration = 10.0

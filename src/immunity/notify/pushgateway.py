@@ -54,8 +54,11 @@ class PushgatewaySettings(NotifierSettings):
     url: str = Field(min_length=1)
     """Base URL of the Pushgateway, e.g. http://pushgateway:9091."""
     job: str = Field(default="immunity", pattern=r"^[A-Za-z0-9_.\-]+$")
+    """Pushgateway job name the metrics are pushed under."""
     timeout: Duration = 5.0
+    """Seconds one push may take."""
     username: str | None = None
+    """Basic-auth user, when the Pushgateway sits behind it."""
     password: SecretStr | None = None
     """Basic auth, when the Pushgateway sits behind it."""
 

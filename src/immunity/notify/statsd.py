@@ -37,8 +37,11 @@ class StatsdSettings(NotifierSettings):
     """The `kind: statsd` block of immunity.yaml."""
 
     host: str = "127.0.0.1"
+    """StatsD server address (UDP)."""
     port: int = Field(default=8125, ge=1, le=65535)
+    """StatsD server port."""
     prefix: str = Field(default="immunity", pattern=r"^[A-Za-z0-9_.\-]*$")
+    """Prefix of every metric name."""
     dogstatsd_tags: bool = True
     """Send `|#app:...,release:...` tags (DogStatsD, Telegraf, statsd_exporter)."""
     tags: dict[str, str] = Field(default_factory=dict)

@@ -73,11 +73,13 @@ class CloudWatchSettings(AwsAccess):
     """A `signals[]` block with `kind: cloudwatch`. Credentials come from the standard AWS chain."""
 
     name: str = "cloudwatch"
+    """The signal's name, as checks refer to it (`checks[].signal`)."""
     load_balancer: str
     """The ALB's ``LoadBalancer`` dimension: ``app/<name>/<id>`` (the end of its ARN)."""
     target_group: str
     """The ``TargetGroup`` dimension: ``targetgroup/<name>/<id>`` (the end of its ARN)."""
     period: Duration = 60.0
+    """CloudWatch period: 1s, 5s, 10s, 30s or a multiple of 60s."""
     delay: Duration = 120.0
     """How far back the window is shifted, so CloudWatch has published it."""
     complete_after: Duration = 60.0
@@ -89,6 +91,7 @@ class CloudWatchSettings(AwsAccess):
     latency_bounds_ms: LatencyBounds = Field(
         default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]
     )
+    """Histogram bucket bounds (ms) into which each period's latency statistic is put."""
 
     @field_validator("load_balancer")
     @classmethod

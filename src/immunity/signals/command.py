@@ -68,6 +68,7 @@ class CommandSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = "command"
+    """The signal's name, as checks refer to it (`checks[].signal`)."""
     command: list[str] = Field(min_length=1)
     """argv; a first element with a slash is relative to the config file's folder."""
     timeout: Duration = 10.0

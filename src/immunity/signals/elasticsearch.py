@@ -83,21 +83,29 @@ class ElasticsearchSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = "elasticsearch"
+    """The signal's name, as checks refer to it (`checks[].signal`)."""
     url: str
     """https://host:9200 (or a list separated by commas); may be ${ES_URL}."""
     api_key: SecretStr | None = None
     """An encoded API key (the `encoded` value of the create-API-key answer); use ${ENV}."""
     username: str | None = None
+    """Basic-auth user (or use an API key)."""
     password: SecretStr | None = None
+    """Basic-auth password (from `${ENV}`); never logged."""
     verify_certs: bool = True
+    """Check the cluster's TLS certificate."""
     ca_certs: str | None = None
     """PEM bundle of the cluster's CA, relative to the config file's folder."""
     index: str
     """Index name or pattern, e.g. "iis-logs-*" (comma-separated list allowed)."""
     timestamp_field: str = "@timestamp"
+    """Field holding each request's time."""
     host_field: str = "host.name"
+    """Field naming the host that served the request."""
     status_field: str = "http.response.status_code"
+    """Field holding the HTTP status."""
     latency_field: str = "event.duration"
+    """Field holding the request's duration (in `latency_unit`)."""
     latency_unit: Literal["ms", "s", "us", "ns"] = "ns"
     """Unit of latency_field; ECS event.duration is in ns, IIS time-taken in ms."""
     filters: dict[str, FilterValue] = Field(default_factory=dict)
@@ -107,7 +115,9 @@ class ElasticsearchSettings(BaseModel):
     latency_bounds_ms: LatencyBounds = Field(
         default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]
     )
+    """Histogram bucket bounds (ms) for the latency checks."""
     request_timeout: Duration = 10.0
+    """Seconds one search request may take."""
     delay: Duration = 5.0
     """How long after a request its document is searchable (shipper + refresh interval);
     the bake asks for each window that much later."""

@@ -501,9 +501,11 @@ class HAProxySource:
     class Settings(BaseModel):
         model_config = ConfigDict(frozen=True, extra="forbid")
         name: str = "haproxy"
+        """The signal's name, as checks refer to it (`checks[].signal`)."""
         socket: str | None = None
         """Runtime API socket; needed when `access_log` is not set (counter mode)."""
         backend: str = "be_app"
+        """The backend whose servers are the fleet; its requests are the ones counted."""
         access_log: str | None = None
         """Access log file written by HAProxy or syslog (see the module docstring)."""
         log_format: LogFormat = "auto"
@@ -538,6 +540,7 @@ class HAProxySource:
                 10000.0,
             ]
         )
+        """Histogram bucket bounds (ms) for the latency checks."""
         retention: Duration = 900.0
         """How long log counts are kept in memory (the longest window asked for)."""
 

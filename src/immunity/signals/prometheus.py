@@ -81,12 +81,15 @@ class PrometheusSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = "prometheus"
+    """The signal's name, as checks refer to it (`checks[].signal`)."""
     url: str = Field(min_length=1)
     """Base URL of the Prometheus server, e.g. http://prometheus:9090."""
     bearer_token: SecretStr | None = None
+    """Sent as `Authorization: Bearer` (from `${ENV}`); never logged."""
     timeout: Duration = 10.0
     """Per HTTP request."""
     host_label: str = Field(default="instance", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Label that tells hosts apart in the app's series."""
     host_value: str = "{address}:{port}"
     """Label value of one host; placeholders are HostRef fields: name, address, port, lb_id."""
     mode: Mode = "delta"
@@ -94,7 +97,9 @@ class PrometheusSettings(BaseModel):
     requests: str | None = None
     """PromQL template; the default depends on `mode` (see DEFAULTS)."""
     errors: str | None = None
+    """PromQL template for 5xx responses; the default depends on `mode` (see DEFAULTS)."""
     latency_buckets: str | None = None
+    """PromQL template for the latency histogram buckets; the default depends on `mode`."""
     latency: bool = True
     """Set false when the app has no latency histogram."""
     latency_unit: Literal["s", "ms"] = "s"
