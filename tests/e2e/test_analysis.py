@@ -100,7 +100,7 @@ def test_a_release_judged_on_no_traffic_is_inconclusive_not_rejected(fleet3: San
     assert figures["not_judged"] >= 1
     assert figures["change_failure_rate"] == 0
     shown = fleet3.run("history", "-c", str(cfg))
-    assert "not judged for lack of evidence 1" in shown.stdout
+    assert "1 not judged for lack of evidence" in shown.stdout
 
 
 def test_a_bake_killed_mid_way_is_resumed_from_its_journaled_evidence(loaded: Sandbox) -> None:

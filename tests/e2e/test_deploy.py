@@ -171,6 +171,10 @@ def test_sigint_mid_deploy_finishes_the_host_in_flight_and_exits_130(fleet3: San
     r = fleet3.run("resume", "-c", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     assert [h["active_release"] for h in fleet3.status(cfg)["hosts"]] == ["v2"] * 3
+    # history still says the deployment was interrupted and resumed
+    last = json.loads(fleet3.run("history", "-c", str(cfg), "--json").stdout)["deployments"][-1]
+    assert (last["outcome"], last["interrupted"], last["resumed"]) == ("deployed", True, 1)
+    assert "resumed ×1" in fleet3.run("history", "-c", str(cfg)).stdout
 
 
 def test_rollback_walks_every_host_back_to_its_previous_release(fleet3: Sandbox) -> None:

@@ -5,6 +5,7 @@ The screen is read with `tmux capture-pane`, as it is drawn, at 80×24 and 160×
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -111,6 +112,15 @@ def test_at_80x24_the_view_shows_wave_clock_and_checks_and_ends_on_the_revert(
     finally:
         load.stop()
     assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
+    # `show` (the latest deployment): the wave's verdict with each check, steps, the revert
+    shown = fleet3.run("show", "-c", str(cfg))
+    assert 0 == shown.returncode, shown.stderr
+    assert "wave 1 (h1)  fail" in shown.stdout
+    assert "errors: fail — canary 5xx" in shown.stdout
+    assert "revert: started at" in shown.stdout and "h1→v1" in shown.stdout
+    data = json.loads(fleet3.run("show", "-c", str(cfg), "--json").stdout)
+    assert "reverted" == data["outcome"]
+    assert "fail" == data["verdicts"][0]["checks"][0]["outcome"]
 
 
 def test_at_160x48_every_host_and_latency_quantiles_of_both_cohorts_are_shown(

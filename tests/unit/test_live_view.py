@@ -150,3 +150,60 @@ def test_evidence_bars_are_drawn_on_a_log_scale_toward_the_bar() -> None:
     assert "▮▮▯▯ 10/100" == bar(10, 100, 4)
     assert "▯▯▯▯ 1.0/100" == bar(1, 100, 4)
     assert "10/100" == bar(10, 100, 0)
+
+
+def history_lines(figures: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    from immunity.cli.show import print_history
+
+    buf = io.StringIO()
+    print_history(
+        Console(file=buf, width=100, color_system=None),
+        {"app": "shop", "deployments": rows, "figures": figures},
+    )
+    return buf.getvalue()
+
+
+def test_history_states_its_period_gives_rates_in_percent_and_keeps_whole_reasons() -> None:
+    """Two deployments minutes apart: no daily rate, the failure rate as a percentage of the
+    finished ones, the resumed deployment marked, and a long reason wrapped, not cut."""
+    reason = "errors: canary 5xx 4.9% vs baseline 0% over 2,912 vs 5,840 requests " * 3
+    rows = [
+        {
+            "started_at": "2026-11-30T01:00:00+00:00",
+            "release": "v2",
+            "outcome": "deployed",
+            "category": "deployed",
+            "duration_s": 80.0,
+            "reason": "ok",
+            "resumed": 1,
+            "interrupted": True,
+        },
+        {
+            "started_at": "2026-11-30T01:02:00+00:00",
+            "release": "v3",
+            "outcome": "reverted",
+            "category": "worse",
+            "duration_s": 30.0,
+            "reason": reason,
+            "resumed": 0,
+            "interrupted": False,
+        },
+    ]
+    figures = {
+        "deployments": 2,
+        "period_s": 180.0,
+        "deployments_per_day": None,
+        "finished": 2,
+        "change_failure_rate": 0.5,
+        "found_worse": 1,
+        "not_judged": 0,
+        "interrupted": 1,
+        "median_verdict_to_reverted_s": 4.2,
+    }
+    text = history_lines(figures, rows)
+    flat = " ".join(text.split())
+    assert "2 deployment(s) over 3 min;" in flat and "a day" not in flat
+    assert "change-failure rate 50% (1 of 2 finished found worse)" in flat
+    assert "resumed ×1" in flat
+    assert "(found worse)" in flat
+    assert "5,840 requests" in flat and flat.count("2,912") == 3  # the whole reason

@@ -8,6 +8,7 @@ policy); 130/143 interrupted after the shielded cleanup; 1 a bug (traceback kept
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -165,6 +166,7 @@ def _finish(
     )
     if result.reason:
         con.print(f"  {result.reason}", markup=False, highlight=False)
+    _print_waves(con, report_path)
     if result.detected_after_s is not None:
         con.print(f"  detected after {result.detected_after_s:.1f}s", highlight=False)
     if result.reverted_after_s is not None:
@@ -182,6 +184,19 @@ def _finish(
     if step:
         con.print("[yellow]next[/]: " + escape(step), highlight=False)
     raise typer.Exit(result.exit_code)
+
+
+def _print_waves(con: Any, report_path: str | None) -> None:
+    """Every wave's verdict with each check's numbers, from the report's data."""
+    if not report_path:
+        return
+    try:
+        data = json.loads(Path(report_path).with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    from immunity.cli.show import print_waves
+
+    print_waves(con, data)
 
 
 def _write_report(config: str, deployment_id: str) -> str | None:
@@ -465,35 +480,9 @@ def history(
     if json_flag:
         write_json(data, "-")
         return
-    from rich.table import Table
+    from immunity.cli.show import print_history
 
-    t = Table(title=plain(f"{data['app']}: deployments"))
-    for col in ("started", "release", "outcome", "release was", "duration", "reason"):
-        t.add_column(col, overflow="fold")
-    for d in data["deployments"]:
-        dur = f"{d['duration_s']:.0f}s" if d["duration_s"] is not None else ""
-        t.add_row(
-            *(
-                plain(v)
-                for v in (
-                    d["started_at"][:19],
-                    d["release"],
-                    d["outcome"],
-                    d.get("category", ""),
-                    dur,
-                    d["reason"] or "",
-                )
-            )
-        )
-    out.print(t)
-    f = data["figures"]
-    out.print(
-        f"deployments/day {f['deployments_per_day']}  change-failure rate "
-        f"{f['change_failure_rate'] if f['change_failure_rate'] is not None else '-'} "
-        f"(found worse {f['found_worse']}; not judged for lack of evidence {f['not_judged']})  "
-        f"median verdict→reverted {f['median_verdict_to_reverted_s'] if f['median_verdict_to_reverted_s'] is not None else '-'}s",
-        highlight=False,
-    )
+    print_history(out, data)
 
 
 journal_app = typer.Typer(
@@ -598,6 +587,49 @@ def serve(
     anyio.run(main)
     if not server.started:
         raise typer.Exit(2)
+
+
+@app.command()
+def show(
+    config: ConfigOpt,
+    deployment: Annotated[
+        str | None,
+        typer.Argument(help="Deployment id (a unique prefix will do); the latest when left out."),
+    ] = None,
+    json_flag: Annotated[bool, typer.Option("--json", help="Print the data as JSON.")] = False,
+) -> None:
+    """One deployment in full: every wave's verdict with each check's numbers, the hosts'
+    steps, the customers' view where it was measured, and what was reverted and when."""
+    from immunity import report as rpt
+    from immunity.cli.show import print_deployment
+
+    try:
+        loaded = cfgmod.load(config)
+        from immunity.engine.context import open_journal
+
+        async def read() -> dict[str, Any]:
+            journal = open_journal(loaded)
+            try:
+                wanted = deployment
+                if wanted is None:
+                    records = list(await journal.deployments(loaded.config.app))
+                    if not records:
+                        raise rpt.UnknownDeployment(
+                            f"the journal holds no deployment of {loaded.config.app} yet",
+                            hint=f"deploy one with `immunity deploy -c {config} --release NAME`",
+                        )
+                    wanted = records[-1].id
+                return await rpt.load(journal, wanted)
+            finally:
+                await journal.close()
+
+        data = anyio.run(read)
+    except ImmunityError as exc:
+        raise typer.Exit(show_error(exc)) from None
+    if json_flag:
+        write_json(data, "-")
+        return
+    print_deployment(out, data)
 
 
 @app.command()

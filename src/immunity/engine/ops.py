@@ -243,6 +243,7 @@ async def history(fleet: Fleet) -> dict[str, Any]:
     for d in recs:
         res = d.data.get("result", {}) if isinstance(d.data, dict) else {}
         verdict = res.get("verdict") or {}
+        kinds = [e.kind for e in await fleet.journal.entries(d.id)]
         rows.append(
             {
                 "id": d.id,
@@ -257,6 +258,11 @@ async def history(fleet: Fleet) -> dict[str, Any]:
                 "reason": d.reason or verdict.get("reason"),
                 "detected_after_s": res.get("detected_after_s"),
                 "reverted_after_s": res.get("reverted_after_s"),
+                # a run that was stopped (signal, dead orchestrator) and taken up again
+                "interrupted": "deployment.interrupted" in kinds
+                or "deployment.stopping" in kinds
+                or "deployment.resumed" in kinds,
+                "resumed": kinds.count("deployment.resumed"),
             }
         )
     real = [
@@ -266,17 +272,25 @@ async def history(fleet: Fleet) -> dict[str, Any]:
     # a change failure is a release found worse, not one that could not be judged
     failures = [r for r in finished if r["category"] == "worse"]
     revert_times = [r["reverted_after_s"] for r in failures if r["reverted_after_s"] is not None]
-    per_day = 0.0
+    # the period is from the first deployment to now; a daily rate over less than a day
+    # says nothing (two deployments two minutes apart are not "2 a day")
+    period_s = 0.0
+    per_day: float | None = None
     if real:
         first = dt.datetime.fromisoformat(real[0]["started_at"])
-        days = max(1.0, (utcnow() - first).total_seconds() / 86400.0)
-        per_day = round(len(real) / days, 2)
+        period_s = (utcnow() - first).total_seconds()
+        if period_s >= 86400.0:
+            per_day = round(len(real) / (period_s / 86400.0), 2)
     return {
         "app": fleet.app,
         "deployments": rows,
         "figures": {
             "deployments": len(real),
+            "period_s": round(period_s, 1),
+            "period_from": real[0]["started_at"] if real else None,
             "deployments_per_day": per_day,
+            "finished": len(finished),
+            "interrupted": len([r for r in real if r["interrupted"]]),
             "change_failure_rate": round(len(failures) / len(finished), 4) if finished else None,
             "found_worse": len(failures),
             "not_judged": len([r for r in finished if r["category"] == "inconclusive"]),

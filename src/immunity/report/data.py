@@ -217,6 +217,10 @@ def build(record: DeploymentRecord, entries: Sequence[JournalEntry]) -> dict[str
             "wave": e.data.get("wave"),
             "outcome": (e.data.get("verdict") or {}).get("outcome"),
             "reason": (e.data.get("verdict") or {}).get("reason") or "",
+            "checks": [
+                {"name": c.get("name"), "outcome": c.get("outcome"), "reason": c.get("reason")}
+                for c in (e.data.get("verdict") or {}).get("checks") or []
+            ],
         }
         for e in entries
         if e.kind in ("verdict.reached", "verdict.failed")

@@ -1,0 +1,207 @@
+"""One deployment in full on a terminal: `immunity show`, and the summary after every run.
+
+Drawn from the report's data (`immunity.report.load`, itself read from the journal), so the
+terminal, the HTML report and `--json` say the same thing: the verdict in one sentence, every
+wave's verdict with each check's result and numbers, each host's steps, the customers' view
+where it was measured, and what was reverted and when.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+OUTCOME_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
+
+
+def _secs(v: Any) -> str:
+    return f"{float(v):.1f}s" if v is not None else "–"
+
+
+def print_waves(con: Console, data: Mapping[str, Any]) -> None:
+    """Each wave's (and the guard's) verdict, with every check's outcome and sentence."""
+    waves = {w.get("wave"): w for w in (data.get("timeline") or {}).get("waves") or []}
+    verdicts: Sequence[Mapping[str, Any]] = data.get("verdicts") or []
+    if not verdicts:
+        con.print(Text("  no verdict was reached", style="dim"))
+        return
+    for v in verdicts:
+        wave = v.get("wave")
+        hosts = ", ".join((waves.get(wave) or {}).get("hosts") or [])
+        head = Text("  ")
+        head.append(f"wave {wave}" if wave is not None else "guard", style="bold")
+        if hosts:
+            head.append(f" ({hosts})")
+        outcome = str(v.get("outcome") or "")
+        head.append(f"  {outcome}", style=OUTCOME_STYLE.get(outcome, ""))
+        head.append(f"  at {_secs(v.get('t'))}", style="dim")
+        con.print(head)
+        checks = v.get("checks") or []
+        if not checks:
+            con.print(Text("    " + str(v.get("reason") or ""), style="dim"))
+        for c in checks:
+            line = Text("    ")
+            line.append(f"{c.get('name')}: ", style="bold")
+            o = str(c.get("outcome") or "")
+            line.append(o, style=OUTCOME_STYLE.get(o, ""))
+            line.append(f" — {c.get('reason') or ''}")
+            con.print(line)
+
+
+def print_deployment(con: Console, data: Mapping[str, Any]) -> None:
+    """The whole deployment: header, sentence, waves, hosts' steps, customers, revert."""
+    head = Text()
+    head.append(str(data.get("deployment_id")), style="bold")
+    head.append(f"  {data.get('app')}  {data.get('release')}  ")
+    outcome = str(data.get("outcome"))
+    head.append(outcome, style={"deployed": "green"}.get(outcome, "yellow"))
+    head.append(f"  started {str(data.get('started_at') or '')[:19]}")
+    head.append(f", {_secs(data.get('duration_s'))}")
+    con.print(head)
+    con.print(Text(str(data.get("sentence") or "")))
+    con.print(Text("verdicts", style="bold underline"))
+    print_waves(con, data)
+    hosts: Mapping[str, Sequence[Mapping[str, Any]]] = (data.get("timeline") or {}).get(
+        "hosts"
+    ) or {}
+    if hosts:
+        t = Table(title="hosts' steps (seconds from the start)", title_justify="left")
+        for col in ("host", "steps", "release"):
+            t.add_column(col, overflow="fold")
+        for name, steps in hosts.items():
+            cells = []
+            release = ""
+            for s in steps:
+                took = (
+                    f"{float(s['end']) - float(s['start']):.1f}s"
+                    if s.get("end") is not None
+                    else "unfinished"
+                )
+                mark = "" if s.get("ok") else " FAILED" if s.get("ok") is False else ""
+                tag = "↩" if s.get("purpose") == "revert" else ""
+                cells.append(f"{tag}{s['step']}@{float(s['start']):.0f} {took}{mark}")
+                release = str(s.get("release") or release)
+            t.add_row(Text(name), Text(", ".join(cells)), Text(release))
+        con.print(t)
+    impact = data.get("impact")
+    if impact:
+        print_impact(con, impact)
+    revert = data.get("revert")
+    if revert:
+        line = Text("revert: ", style="bold")
+        line.append(f"started at {_secs(revert.get('start'))}")
+        if revert.get("end") is not None:
+            line.append(f", done at {_secs(revert.get('end'))}")
+        if revert.get("reverted_after_s") is not None:
+            line.append(f" ({_secs(revert['reverted_after_s'])} after the verdict)")
+        moved = ", ".join(f"{h['host']}→{h['release']}" for h in revert.get("hosts") or [])
+        if moved:
+            line.append(f"; {moved}")
+        if revert.get("needs_human"):
+            line.append(f"; a human is needed for {', '.join(revert['needs_human'])}", "red")
+        con.print(line)
+
+
+def print_impact(con: Console, impact: Mapping[str, Any]) -> None:
+    """The customers' view per phase (failed requests, p50/p99/max, longest stall)."""
+    phases = impact.get("phases") if isinstance(impact, Mapping) else None
+    if not phases:
+        return
+    t = Table(title="customers' view", title_justify="left")
+    for col in ("phase", "requests", "failed", "p50", "p99", "max", "longest stall"):
+        t.add_column(col, justify="right" if col != "phase" else "left")
+    for p in phases:
+
+        def ms(key: str, p: Mapping[str, Any] = p) -> str:
+            v = p.get(key)
+            return f"{float(v):.0f} ms" if v is not None else "–"
+
+        stall = p.get("longest_stall_s")
+        t.add_row(
+            str(p.get("phase", "")),
+            str(p.get("requests", "")),
+            str(p.get("failed", "")),
+            ms("p50_ms"),
+            ms("p99_ms"),
+            ms("max_ms"),
+            f"{float(stall):.2f} s" if stall is not None else "–",
+        )
+    con.print(t)
+
+
+CATEGORY_WORDS = {
+    "deployed": "deployed",
+    "worse": "found worse",
+    "inconclusive": "not judged",
+    "interrupted": "interrupted",
+    "rollback": "rollback",
+    "unfinished": "unfinished",
+    "other": "other",
+}
+
+
+def span(seconds: float) -> str:
+    """A period in words: `45 s`, `12 min`, `5.5 h`, `3.2 days`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def print_history(con: Console, data: Mapping[str, Any]) -> None:
+    """`immunity history`: every deployment with its whole reason (wrapped, never cut), then
+    the figures as percentages over a stated period."""
+    t = Table(title=Text(f"{data['app']}: deployments"), title_justify="left", expand=True)
+    t.add_column("started", no_wrap=True)
+    t.add_column("release", overflow="fold")
+    t.add_column("outcome", overflow="fold")
+    t.add_column("took", justify="right", no_wrap=True)
+    t.add_column("reason", overflow="fold", ratio=1)
+    for d in data["deployments"]:
+        took = f"{d['duration_s']:.0f}s" if d.get("duration_s") is not None else ""
+        outcome = Text(str(d["outcome"]))
+        cat = CATEGORY_WORDS.get(str(d.get("category")), "")
+        if cat and cat != d["outcome"]:
+            outcome.append(f" ({cat})", style="dim")
+        if d.get("resumed"):
+            outcome.append(f"\nresumed ×{d['resumed']}", style="yellow")
+        elif d.get("interrupted"):
+            outcome.append("\ninterrupted", style="yellow")
+        t.add_row(
+            Text(str(d["started_at"])[:19].replace("T", " ")),
+            Text(str(d["release"])),
+            outcome,
+            took,
+            Text(str(d.get("reason") or "")),
+        )
+    con.print(t)
+    f = data["figures"]
+    n = int(f.get("deployments") or 0)
+    if not n:
+        con.print("no deployments yet")
+        return
+    period = span(float(f.get("period_s") or 0.0))
+    line = Text(f"{n} deployment(s) over {period}")
+    if f.get("deployments_per_day") is not None:
+        line.append(f" ({f['deployments_per_day']:g} a day)")
+    finished = int(f.get("finished") or 0)
+    if f.get("change_failure_rate") is not None and finished:
+        line.append(
+            f"; change-failure rate {100 * float(f['change_failure_rate']):.0f}% "
+            f"({f['found_worse']} of {finished} finished found worse"
+        )
+        if f.get("not_judged"):
+            line.append(f"; {f['not_judged']} not judged for lack of evidence, not counted")
+        line.append(")")
+    if f.get("interrupted"):
+        line.append(f"; {f['interrupted']} interrupted")
+    if f.get("median_verdict_to_reverted_s") is not None:
+        line.append(f"; median verdict→fleet reverted {f['median_verdict_to_reverted_s']:.1f} s")
+    con.print(line)
