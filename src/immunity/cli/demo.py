@@ -124,5 +124,14 @@ def demo(
     out.print(t)
     if keep:
         out.print(f"sandbox left running in {d}: `immunity sandbox down --dir {d}` stops it")
+    else:
+        reports = sorted((d / "reports").glob("*.html")) if (d / "reports").is_dir() else []
+        out.print(
+            f"servers stopped; the journal, the customers' record and "
+            f"{len(reports)} HTML report(s) are kept in {d} "
+            f"(`immunity show -c {d / 'immunity.yaml'}`; `rm -rf {d}` removes them)",
+            markup=False,
+            highlight=False,
+        )
     out.print("[bold green]demo passed[/]" if ok else "[bold red]demo did not go as expected[/]")
     raise typer.Exit(0 if ok else 1)
