@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from scipy.stats import mannwhitneyu
 
 from immunity.bench.scenarios import Scenario, Series
-from immunity.judge.thresholds import histogram_quantile
+from immunity.judge.evidence import histogram_quantile
 
 WINDOW_S = 120.0
 BUCKET_S = 10.0

@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from immunity.domain import Event
+from immunity.judge.evidence import histogram_quantile
 
 PHASE_STYLE = {
     "drain": "yellow",
@@ -59,24 +60,10 @@ def clock(seconds: float) -> str:
 
 
 def quantile(bounds: Sequence[float], buckets: Sequence[float], q: float) -> float | None:
-    """The `q` quantile (0..1) of a latency histogram, in ms, by linear interpolation inside
-    the bucket that holds it (buckets' upper bounds `bounds`, one overflow bucket after them).
-
-    None when the histogram is empty; `inf` when the quantile falls in the overflow bucket.
-    """
-    total = float(sum(buckets))
-    if total <= 0:
-        return None
-    want = q * total
-    seen = 0.0
-    for i, n in enumerate(buckets):
-        if n and seen + n >= want:
-            if i >= len(bounds):
-                return math.inf
-            lo = bounds[i - 1] if i else 0.0
-            return lo + (bounds[i] - lo) * (want - seen) / n
-        seen += n
-    return math.inf
+    """The `q` quantile (ms) of a latency histogram (see `histogram_quantile`); None when empty,
+    `inf` past the last bound."""
+    v = histogram_quantile(bounds, [int(b) for b in buckets], q)
+    return None if math.isnan(v) else v
 
 
 def ms_text(v: float | None) -> str:

@@ -238,3 +238,21 @@ def thin(
         return [int(c) for c in counts]
     p = cap / total
     return [int(rng.binomial(int(c), p)) for c in counts]
+
+
+def histogram_quantile(bounds: Sequence[float], buckets: Sequence[int], q: float) -> float:
+    """The q-quantile (ms) of a histogram, linear within a bucket; inf in the overflow bucket."""
+    counts = np.asarray(buckets, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return math.nan
+    cum = np.cumsum(counts)
+    i = int(np.searchsorted(cum, q * total, side="left"))
+    if i >= len(bounds):
+        return math.inf
+    lo = float(bounds[i - 1]) if i > 0 else 0.0
+    hi = float(bounds[i])
+    below = cum[i - 1] if i > 0 else 0.0
+    inside = counts[i]
+    frac = (q * total - below) / inside if inside > 0 else 1.0
+    return lo + (hi - lo) * min(max(frac, 0.0), 1.0)

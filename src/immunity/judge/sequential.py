@@ -56,10 +56,11 @@ from immunity.judge.evidence import (
     FloatArray,
     Mixture,
     OddsRatioGrid,
+    histogram_quantile,
     logmeanexp,
     thin,
 )
-from immunity.judge.wording import count, e_number, evalue, ms, pct
+from immunity.judge.wording import count, e_number, evalue, ms, pct, quantile_ms
 
 FAIL_RATIOS = (1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 """Alternatives of the FAIL mixture, as multiples of the tolerance."""
@@ -507,6 +508,9 @@ class LatencyJudge:
         self.x_c = np.zeros(self.k, dtype=np.int64)
         self.n_b = np.zeros(self.k, dtype=np.int64)
         self.x_b = np.zeros(self.k, dtype=np.int64)
+        # each cohort's histogram over the judged looks, for the quantiles named in reasons
+        self.hist_c: NDArray[np.int64] | None = None
+        self.hist_b: NDArray[np.int64] | None = None
         self.last_t = 0.0
         self.blocked: str | None = None
         self.failed: CheckResult | None = None
@@ -614,6 +618,8 @@ class LatencyJudge:
             self.n_b += np.where(active, n_b, 0)
             self.x_c += x_c
             self.x_b += x_b
+            self.hist_c = hc if self.hist_c is None else self.hist_c + hc
+            self.hist_b = hb if self.hist_b is None else self.hist_b + hb
         if not active.all():
             self._freeze(hb, dt)
         return None
@@ -623,8 +629,14 @@ class LatencyJudge:
     def _describe(self, i: int) -> str:
         t = self.thresholds[i]
         n_c, n_b = int(self.n_c[i]), int(self.n_b[i])
+        values = ""
+        q = self.quantiles[i]
+        if not math.isnan(q) and self.hist_c is not None and self.hist_b is not None:
+            qc = histogram_quantile(self.bounds, self.hist_c.tolist(), q)
+            qb = histogram_quantile(self.bounds, self.hist_b.tolist(), q)
+            values = f"{self.labels[i]} canary {quantile_ms(qc, self.bounds)} vs baseline {quantile_ms(qb, self.bounds)}: "
         return (
-            f"canary {pct(self.x_c[i] / n_c if n_c else 0.0)} vs baseline "
+            f"{values}canary {pct(self.x_c[i] / n_c if n_c else 0.0)} vs baseline "
             f"{pct(self.x_b[i] / n_b if n_b else 0.0)} of requests slower than "
             f"{ms(t if t is not None else math.nan)} ({self.labels[i]}) over {count(n_c)} vs "
             f"{count(n_b)} requests"

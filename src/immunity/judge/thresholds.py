@@ -20,14 +20,13 @@ have been certified with the requests seen, otherwise inconclusive. The baseline
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from immunity.config.models import JudgeConfig
 from immunity.domain import CheckResult, Observation, Outcome
-from immunity.judge.evidence import BinomialRatios, CappedMixture, Mixture
+from immunity.judge.evidence import BinomialRatios, CappedMixture, Mixture, histogram_quantile
 from immunity.judge.sequential import TrafficGuard
 from immunity.judge.wording import count, e_number, evalue, ms, pct
 
@@ -204,24 +203,6 @@ class ErrorRateMax(_GuardRail):
             f"canary 5xx {pct(r.x / r.n if r.n else 0.0)} of {count(r.n)} requests against a "
             f"bar of {pct(r.bar)}"
         )
-
-
-def histogram_quantile(bounds: Sequence[float], buckets: Sequence[int], q: float) -> float:
-    """The q-quantile (ms) of a histogram, linear within a bucket; inf in the overflow bucket."""
-    counts = np.asarray(buckets, dtype=np.float64)
-    total = counts.sum()
-    if total <= 0:
-        return math.nan
-    cum = np.cumsum(counts)
-    i = int(np.searchsorted(cum, q * total, side="left"))
-    if i >= len(bounds):
-        return math.inf
-    lo = float(bounds[i - 1]) if i > 0 else 0.0
-    hi = float(bounds[i])
-    below = cum[i - 1] if i > 0 else 0.0
-    inside = counts[i]
-    frac = (q * total - below) / inside if inside > 0 else 1.0
-    return lo + (hi - lo) * min(max(frac, 0.0), 1.0)
 
 
 class LatencyMax(_GuardRail):

@@ -6,6 +6,7 @@ Large and small numbers are written out in plain notation, never as "3.7e+25".
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 
 def pct(rate: float) -> str:
@@ -49,6 +50,13 @@ def ms(value: float) -> str:
     if not math.isfinite(value):
         return "n/a"
     return f"{value:,.0f} ms" if value >= 10 else f"{value:.3g} ms"
+
+
+def quantile_ms(value: float, bounds: Sequence[float]) -> str:
+    """A quantile read off a histogram: `12 ms`, `over 1,000 ms` (overflow bucket), `n/a`."""
+    if math.isinf(value) and bounds:
+        return f"over {ms(float(bounds[-1]))}"
+    return ms(value)
 
 
 def seconds(value: float) -> str:

@@ -142,6 +142,19 @@ def test_latency_regression_fails_and_names_the_threshold(stream: Stream) -> Non
     assert "slower than" in reason and "ms (p" in reason and "e-value" in reason
 
 
+def test_a_latency_reason_gives_the_quantile_of_both_cohorts(stream: Stream) -> None:
+    """The reason carries the numbers a person compares: e.g. `p90 canary 80 ms vs baseline
+    52 ms`, read off each cohort's histogram, the canary's above the baseline's."""
+    import re
+
+    judge = LatencyJudge("latency", JudgeConfig(), min_bake_s=120)
+    _, _, reason = _run(judge, stream(6, seconds=120, canary_ms=75.0))
+    found = re.search(r"(p\d+) canary ([\d,.]+) ms vs baseline ([\d,.]+) ms", reason)
+    assert found is not None, reason
+    canary, baseline = (float(found.group(i).replace(",", "")) for i in (2, 3))
+    assert canary > baseline
+
+
 def test_latency_thresholds_come_from_the_baseline_histogram(stream: Stream) -> None:
     """The frozen p50/p90/p99 thresholds are bucket bounds near the baseline's quantiles."""
     judge = LatencyJudge("latency", JudgeConfig(), min_bake_s=120)
