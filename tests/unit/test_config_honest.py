@@ -313,3 +313,49 @@ def test_deadlines_and_budgets_that_mean_something_else_are_rejected(
     problems = _problems(BASE + extra)
     assert len(problems) == 1
     assert _line_of(problems[0]) == 12 and f" {field}" in problems[0]
+
+
+CHECK_CASES = [  # (fields, accepted)
+    ({"kind": "errors"}, True),
+    ({"kind": "latency"}, True),
+    ({"kind": "latency", "quantiles": [0.5, 0.9]}, True),
+    ({"kind": "latency", "quantiles": [0.9, 0.5]}, False),
+    ({"kind": "latency", "quantiles": [50, 90]}, False),
+    ({"kind": "latency", "thresholds_ms": [20, 80]}, True),
+    ({"kind": "latency", "thresholds_ms": [0, 80]}, False),
+    ({"kind": "error_rate_max"}, False),
+    ({"kind": "error_rate_max", "max": "2%"}, True),
+    ({"kind": "error_rate_max", "max": 0.02}, True),
+    ({"kind": "error_rate_max", "max": "150%"}, False),
+    ({"kind": "error_rate_max", "max": 0}, False),
+    ({"kind": "error_rate_max", "max": "100%"}, False),
+    ({"kind": "latency_max"}, False),
+    ({"kind": "latency_max", "max": 500}, True),
+    ({"kind": "latency_max", "max": "1.5s"}, True),
+    ({"kind": "latency_max", "max": -1}, False),
+    ({"kind": "latency_max", "max": "2%"}, False),
+    ({"kind": "latency_max", "max": 500, "quantile": 1.0}, False),
+    ({"kind": "latency_max", "max": 500, "quantile": 0.9}, True),
+    ({"kind": "errors", "quantile": 0.9}, False),
+]
+
+
+@pytest.mark.parametrize("fields,accepted", CHECK_CASES, ids=lambda f: str(f))
+def test_config_validate_accepts_exactly_the_checks_the_judge_builds(
+    fields: dict[str, object], accepted: bool
+) -> None:
+    """Whatever the model accepts, build_judge builds; what the loader rejects it names at a
+    line (so `config validate` and `deploy` agree)."""
+    from immunity.judge import build_judge
+
+    item = ", ".join(f"{k}: {v!r}".replace("'", '"') for k, v in fields.items())
+    text = BASE + f"  - {{name: c, signal: lb, {item}}}\n"
+    try:
+        cfg = parse(text, "im.yaml").config
+    except ConfigError as exc:
+        assert not accepted, exc.problems
+        assert all(_line_of(p) == 12 for p in exc.problems), exc.problems
+        return
+    assert accepted
+    check = cfg.checks[1]
+    build_judge(check, cfg.judge, cfg.bake.min)  # must not raise

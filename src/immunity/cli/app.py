@@ -214,10 +214,10 @@ def _write_report(config: str, deployment_id: str) -> str | None:
 def _reporting(ci_kind: str, output_fmt: str, config: str) -> ci.Reporter | None:
     """The CD reporter for --ci/--output, told the secrets to mask before anything runs."""
     if output_fmt not in ("text", "jsonl"):
-        err.print(f"--output: expected text or jsonl, got {output_fmt!r}", highlight=False)
+        err.print(f"--output: expected text or jsonl, got {output_fmt!r}", markup=False)
         raise typer.Exit(2)
     if ci_kind not in ("auto", "octopus", "github", "none"):
-        err.print(f"--ci: expected octopus, github, none or auto, got {ci_kind!r}", highlight=False)
+        err.print(f"--ci: expected octopus, github, none or auto, got {ci_kind!r}", markup=False)
         raise typer.Exit(2)
     rep = ci.reporter("jsonl" if output_fmt == "jsonl" else ci_kind)
     if rep is not None:
@@ -664,14 +664,14 @@ def report(
         if html is None and json_file is None:
             h = rpt.default_path(loaded, data["deployment_id"])
             rpt.write(data, h, h.with_suffix(".json"))
-            out.print(f"report: {h} (and {h.with_suffix('.json').name})", highlight=False)
+            out.print(f"report: {h} (and {h.with_suffix('.json').name})", markup=False)
             return
         rpt.write(data, Path(html) if html else None, Path(json_file) if json_file else None)
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc)) from None
     for f in (html, json_file):
         if f:
-            out.print(f"wrote {f} ({Path(f).stat().st_size} bytes)", highlight=False)
+            out.print(f"wrote {f} ({Path(f).stat().st_size} bytes)", markup=False)
     out.print(data["sentence"], markup=False, highlight=False)
 
 

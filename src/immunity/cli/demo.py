@@ -81,7 +81,7 @@ def demo(
         r = _deploy(info.config_path, "v2")
         marks.append(("during v2 rollout", t0, time.time()))
         results.append(r)
-        out.print(f"   → {r.outcome}: {r.reason}", highlight=False)
+        out.print(f"   → {r.outcome}: {r.reason}", markup=False)
         ok &= r.outcome == "deployed"
         t1 = time.time()
         time.sleep(5)
@@ -92,7 +92,7 @@ def demo(
             r = _deploy(info.config_path, "v3")
             marks.append(("during v3 canary + revert", t2, time.time()))
             results.append(r)
-            out.print(f"   → {r.outcome}: {r.reason}", highlight=False)
+            out.print(f"   → {r.outcome}: {r.reason}", markup=False)
             if r.detected_after_s is not None and r.reverted_after_s is not None:
                 out.print(
                     f"   detected {r.detected_after_s:.1f}s after the first canary took traffic; "
@@ -123,7 +123,10 @@ def demo(
         )
     out.print(t)
     if keep:
-        out.print(f"sandbox left running in {d}: `immunity sandbox down --dir {d}` stops it")
+        out.print(
+            f"sandbox left running in {d}: `immunity sandbox down --dir {d}` stops it",
+            markup=False,
+        )
     else:
         reports = sorted((d / "reports").glob("*.html")) if (d / "reports").is_dir() else []
         out.print(

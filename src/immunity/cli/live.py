@@ -346,8 +346,8 @@ class LiveView:
             h = self.hosts[name]
             style = PHASE_STYLE.get(h.phase, "")
             t.add_row(
-                name,
-                h.release or "?",
+                Text(name),
+                Text(h.release or "?"),
                 Text(h.phase, style=style),
                 clock(now - h.since),
                 Text(h.note, style="dim"),
@@ -378,9 +378,9 @@ class LiveView:
         for c in self.checks.values():
             canary, baseline = self._values(c, wide=width >= 120)
             t.add_row(
-                c.name,
-                canary,
-                baseline,
+                Text(c.name),
+                Text(canary) if isinstance(canary, str) else canary,
+                Text(baseline) if isinstance(baseline, str) else baseline,
                 bar(_max_stat(c.stats, "e_fail"), _needed(c, "e_fail_needed"), bw),
                 bar(_min_stat(c.stats, "e_pass"), _needed(c, "e_pass_needed"), bw),
                 Text(c.state, style=STATE_STYLE.get(c.state, "")),
