@@ -541,9 +541,25 @@ class Deployment:
         hosts: Sequence[HostRef],
         last: bool,
     ) -> tuple[Verdict | None, StepFailed | None]:
-        """Switch `hosts` (within capacity) while the bake judges from the first canary in."""
+        """Switch `hosts` (within capacity) while the bake judges from the first canary in.
+
+        Hosts already on the release (earlier waves) stay under the checks: when there are
+        some, the bake starts with the wave instead of waiting for its first new canary, so
+        no stretch of the deployment goes unwatched. Either way the bake may pass only once
+        every host of the wave is in and the wave's first canary has baked `bake.min`.
+        """
         first_in = anyio.Event()
         switched = anyio.Event()
+        first_in_at: list[float] = []
+        min_s = self.fleet.config.bake.min
+
+        def may_pass() -> bool:
+            # no new canary at all (every switch of the wave put back within the budget, or
+            # a resume with the wave already in): the bake's own `bake.min` is enough
+            return switched.is_set() and (
+                not first_in_at or time.monotonic() - first_in_at[0] >= min_s
+            )
+
         errors: list[StepFailed] = []
         verdict: Verdict | None = None
         halt = anyio.Event()
@@ -569,6 +585,8 @@ class Deployment:
             self.serving_new.add(h.name)
             if self.first_canary_in is None:
                 self.first_canary_in = time.monotonic()
+            if not first_in_at:
+                first_in_at.append(time.monotonic())
             first_in.set()
 
         async def switch_all() -> None:
@@ -580,7 +598,8 @@ class Deployment:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(switch_all)
-            await first_in.wait()
+            if not self.serving_new:  # nothing on the release yet: judge from the first canary
+                await first_in.wait()
             if not self.serving_new or halt.is_set() or self.stopping:
                 await switched.wait()
                 if errors and len(self.failed_hosts) > self.fleet.config.max_failed_hosts:
@@ -601,7 +620,7 @@ class Deployment:
                     wave=i,
                     bake_no=point.bake_no,
                     relative=relative,
-                    may_pass=switched.is_set,
+                    may_pass=may_pass,
                     thresholds=dict(point.carry),
                     evidence=point.looks,
                     bakes=self.bakes,
