@@ -27,4 +27,19 @@ def rollout(
     write_json(result, json_out)
 
 
+@bench_app.command("logtail")
+def logtail(
+    seconds: Annotated[int, typer.Option(help="Seconds of traffic in the log.")] = 100,
+    rps: Annotated[int, typer.Option(help="Requests per second in the log.")] = 2000,
+    servers: Annotated[int, typer.Option(help="HAProxy servers answering.")] = 6,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
+) -> None:
+    """Parse throughput and per-look cost of the haproxy signal's access-log tail vs re-reading."""
+    from immunity.bench.logtail import render, run
+
+    result = run(seconds=seconds, rps=rps, servers=servers)
+    render(result, out)
+    write_json(result, json_out)
+
+
 bench_app.registered_commands.extend(judge_app.registered_commands)

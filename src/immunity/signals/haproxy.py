@@ -93,6 +93,7 @@ MAX_UNPARSED_SHARE = 0.01
 
 LogFormat = Literal["auto", "httplog", "json"]
 
+_loads = json.JSONDecoder().decode
 _MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
 _HTTPLOG = re.compile(
     r"(?P<client>\S+):\d+ \[(?P<date>\d{1,2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?:\.\d+)?)\] "
@@ -178,6 +179,8 @@ class LogParser:
         self.fields = fields or LogFields()
         self.tz = _tz(timezone)
         self._minutes: dict[str, float] = {}
+        f = self.fields
+        self._keys = (f.server, f.status, f.timestamp, f.latency, f.duration, f.backend)
 
     def expected(self) -> str:
         if self.fmt == "httplog":
@@ -269,42 +272,49 @@ class LogParser:
         return LogRecord(start + ta / 1000.0, server, status, float(ta), m.group("be"))
 
     def _json(self, text: str) -> LogRecord | Unparsed | None:
-        f = self.fields
+        k_server, k_status, k_ts, k_latency, k_duration, k_backend = self._keys
         try:
-            obj = json.loads(text)
+            obj = _loads(text)
         except ValueError as exc:
             return Unparsed(f"not JSON ({exc})")
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:
             return Unparsed("not a JSON object")
-        missing = [k for k in (f.server, f.status, f.timestamp, f.latency) if k not in obj]
-        if missing:
+        try:
+            server = obj[k_server]
+            raw_status = obj[k_status]
+            raw_ts = obj[k_ts]
+            raw_latency = obj[k_latency]
+        except KeyError:
+            missing = [k for k in (k_server, k_status, k_ts, k_latency) if k not in obj]
             return Unparsed(f"no {', '.join(repr(k) for k in missing)} key")
-        server = str(obj[f.server] or "")
-        backend = obj.get(f.backend) if f.backend else None
+        server = str(server) if server else ""
+        backend = obj.get(k_backend) if k_backend else None
         if "/" in server:
             backend, server = server.split("/", 1)
         try:
-            status = int(obj[f.status])
+            status = int(raw_status)
         except (TypeError, ValueError):
-            return Unparsed(f"status {obj[f.status]!r} is not a number")
-        if status < 100 or not server or server.startswith("<") or server == "-":
+            return Unparsed(f"status {raw_status!r} is not a number")
+        if status < 100 or not server or server[0] == "<" or server == "-":
             return None
-        start = self.timestamp(obj[f.timestamp])
+        start = raw_ts if type(raw_ts) is float and raw_ts > 0 else self.timestamp(raw_ts)
         if start is None:
-            return Unparsed(f"timestamp {obj[f.timestamp]!r} is not a date")
+            return Unparsed(f"timestamp {raw_ts!r} is not a date")
+        if start > 1e11:
+            start /= 1000.0  # epoch milliseconds
         try:
-            latency = float(obj[f.latency])
-            duration = float(obj.get(f.duration, latency) if f.duration else latency)
+            latency = float(raw_latency)
+            duration = float(obj.get(k_duration, latency)) if k_duration else latency
         except (TypeError, ValueError):
-            return Unparsed(f"latency {obj[f.latency]!r} is not a number of ms")
+            return Unparsed(f"latency {raw_latency!r} is not a number of ms")
         if not (math.isfinite(latency) and math.isfinite(duration)):
-            return Unparsed(f"latency {obj[f.latency]!r} is not a number of ms")
+            return Unparsed(f"latency {raw_latency!r} is not a number of ms")
         return LogRecord(
-            start + max(duration, 0.0) / 1000.0,
+            start + (duration if duration > 0.0 else 0.0) / 1000.0,
             server,
             status,
-            max(latency, 0.0),
-            str(backend) if backend is not None else None,
+            latency if latency > 0.0 else 0.0,
+            None if backend is None else str(backend),
         )
 
 
