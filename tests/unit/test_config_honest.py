@@ -176,6 +176,15 @@ def test_yes_no_for_text_is_explained() -> None:
     assert len(problems) == 1 and 'quote it: "no"' in problems[0]
 
 
+def test_a_yaml_boolean_is_not_a_number() -> None:
+    """`max_unavailable: yes` would be read as 1: rejected naming the word."""
+    problems = _problems(BASE + "max_unavailable: yes\n")
+    assert len(problems) == 1
+    assert problems[0].startswith("im.yaml:12:18 max_unavailable: got yes, which YAML 1.1")
+    cfg = parse(BASE + "verify: {tls_verify: no}\n", "im.yaml").config
+    assert cfg.verify.tls_verify is False
+
+
 def test_durations_need_their_unit() -> None:
     """`bake.min: 5` could be seconds or minutes: rejected, with the fix shown."""
     problems = _problems(BASE + "bake: {min: 5}\n")

@@ -475,3 +475,13 @@ def _t(value: str) -> Any:
     from immunity.hosts.iis import _time
 
     return _time(value)
+
+
+def test_a_release_name_with_a_trailing_newline_is_refused() -> None:
+    """`$` would accept "v1\\n": the name check is a full match, and so is the script's."""
+    rec = Recorder({})
+    with pytest.raises(HostError, match="not usable"):
+        run(driver(rec).install(HOST, "v1\n"))
+    assert rec.calls == []
+    common = Path(__file__).resolve().parents[2] / "src/immunity/hosts/iis_scripts/_common.ps1"
+    assert "-notmatch '\\A[A-Za-z0-9_.\\-]+\\z'" in common.read_text()

@@ -65,3 +65,14 @@ def test_relative_paths_resolve_against_the_config_folder() -> None:
     assert drv.known_hosts == Path("/etc/immunity/ssh/known_hosts")
     assert drv.client_keys == ["/etc/immunity/ssh/id_ed25519"]
     assert drv.release_dir("1.2") == "/srv/shop/releases/1.2"
+
+
+def test_a_release_name_with_a_trailing_newline_is_refused() -> None:
+    """`$` would accept "v1\\n" as a folder name: refused before any connection."""
+    from immunity.domain import HostRef
+    from immunity.errors import HostError
+
+    drv = SshDriver(SshSettings.model_validate(BASE), base_dir=Path("/etc/immunity"))
+    with pytest.raises(HostError, match="not usable as a folder name"):
+        drv._check_name("v1\n", HostRef(name="h1"))
+    drv._check_name("v1", HostRef(name="h1"))

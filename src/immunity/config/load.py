@@ -314,11 +314,11 @@ def _format(
         elif err["type"] == "missing":
             msg = "required field is missing"
             mark = _where(pos, loc[:-1])
-        elif loc in pos.bool_words and err["type"].startswith("string"):
+        elif loc in pos.bool_words and isinstance(err.get("input"), bool):
             word = pos.bool_words[loc]
             msg = (
-                f"expected text, got {word} which YAML reads as "
-                f"{str(err['input']).lower()}; quote it: {chr(34)}{word}{chr(34)}"
+                f"got {word}, which YAML 1.1 reads as {str(err['input']).lower()}; if it is "
+                f"text quote it: {chr(34)}{word}{chr(34)}, else write the value meant"
             )
         elif "got" not in msg and "input" in err:
             shown = pos.raw.get(loc)

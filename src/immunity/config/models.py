@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -39,6 +40,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_stray_booleans(cls, v: Any, info: ValidationInfo) -> Any:
+        """A YAML boolean (`yes`, `on`, `true`...) only where a boolean is meant: pydantic
+        would read `max_unavailable: yes` as 1."""
+        if isinstance(v, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if not _allows_bool(annotation):
+                raise ValueError(
+                    f"got {str(v).lower()}, a YAML boolean (unquoted yes/no/on/off/true/false); "
+                    "write the value meant, quoted if it is text"
+                )
+        return v
+
+
+def _allows_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_allows_bool(a) for a in typing.get_args(annotation))
 
 
 class AdapterBlock(BaseModel):
@@ -450,10 +471,12 @@ class Config(Strict):
                     )
                 )
         if self.max_unavailable >= n:
+            given = "max_unavailable" in self.model_fields_set
             out.append(
                 (
-                    ("max_unavailable",),
-                    f"expected fewer than the {n} host(s), got {self.max_unavailable}: at "
+                    ("max_unavailable",) if given else ("hosts",),
+                    ("" if given else "max_unavailable (default 1): ")
+                    + f"expected fewer than the {n} host(s), got {self.max_unavailable}: at "
                     "least one host must keep serving during a switch or a revert"
                     + ("; add a host" if n == 1 else f"; use at most {n - 1}"),
                 )
