@@ -56,11 +56,13 @@ def _marks(ax: Any, data: Mapping[str, Any], label: bool = True) -> None:
         if label:
             ax.annotate(
                 f"wave {w['wave']}",
-                (w["start"], 1.0),
+                (w["start"], 0.99),
                 xycoords=("data", "axes fraction"),
+                xytext=(3, 0),
+                textcoords="offset points",
                 fontsize=7,
                 color="#666",
-                va="bottom",
+                va="top",
             )
     for v in data["verdicts"]:
         color = VERDICT.get(str(v["outcome"]), "#555")
@@ -68,7 +70,7 @@ def _marks(ax: Any, data: Mapping[str, Any], label: bool = True) -> None:
         if label and v["outcome"] == "fail":
             ax.annotate(
                 f"verdict: {v['outcome']} at {v['t']:.1f}s",
-                (v["t"], 0.92),
+                (v["t"], 0.86),
                 xycoords=("data", "axes fraction"),
                 fontsize=8,
                 color=color,

@@ -1,11 +1,9 @@
 """A deployment's report as data, read from the journal alone (JSON-ready, no I/O here).
 
 Inputs: the deployment's record (its stored result) and its journal entries. The per-look
-evidence comes from `bake.looked` entries (format in `immunity.analysis.evidence` and
-docs/journal.md: `window` [start, end] unix seconds, `obs` {signal: {canary|baseline:
-{n, x, lat}}, `bounds` {signal: [ms...]}} with bounds written only when they change and
-trailing zero buckets cut, `checks` {name: {o, s}}, `outcome`). Without such entries (journals
-written before every look was recorded) the series are empty and the report says so.
+evidence comes from `bake.looked` entries (docs/journal.md), decoded by
+`immunity.analysis.read_looks`. Without such entries (journals written before every look was
+recorded) the series are empty and the report says so.
 
 Series are smoothed over `SMOOTH_LOOKS` looks (sums of requests, errors and histogram counts),
 so a rate is errors/requests over the last few seconds rather than a single second's noise.
@@ -19,6 +17,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from immunity.analysis import read_looks
 from immunity.journal.base import DeploymentRecord, JournalEntry
 
 SMOOTH_LOOKS = 5
@@ -57,54 +56,47 @@ def _secs(at: dt.datetime, t0: dt.datetime) -> float:
     return round((at - t0).total_seconds(), 3)
 
 
-def _cohort(obs: Mapping[str, Any]) -> tuple[int, int, list[int]]:
-    return (
-        int(obs.get("n", obs.get("requests", 0)) or 0),
-        int(obs.get("x", obs.get("errors", 0)) or 0),
-        [int(v) for v in obs.get("lat", obs.get("latency_buckets", [])) or []],
-    )
+def looks(entries: Sequence[JournalEntry], t0: dt.datetime) -> list[dict[str, Any]]:
+    """Every `bake.looked` entry, decoded by `immunity.analysis.read_looks`, flattened: `t`
+    (s since start, the window's end), wave, bake, outcome, per signal and cohort `n`, `x`,
+    `lat` (with the bounds in force), per check outcome and statistics."""
+    out = []
+    for look in read_looks(entries):
+        end = dt.datetime.fromtimestamp(look.window[1], dt.UTC) if look.window[1] else t0
+        signals: dict[str, dict[str, dict[str, Any]]] = {}
+        bounds: dict[str, list[float]] = {}
+        for sig, per in look.observations.items():
+            signals[sig] = {}
+            for c in ("canary", "baseline"):
+                o = per.get(c)
+                signals[sig][c] = {
+                    "n": o.requests if o and o.available else 0,
+                    "x": o.errors if o and o.available else 0,
+                    "lat": list(o.latency_buckets) if o and o.available else [],
+                }
+                if o and o.latency_bounds_ms:
+                    bounds[sig] = [float(b) for b in o.latency_bounds_ms]
+        out.append(
+            {
+                "t": _secs(end, t0),
+                "wave": look.wave,
+                "bake": look.bake,
+                "outcome": str(look.outcome),
+                "signals": signals,
+                "bounds": bounds,
+                "checks": {
+                    name: {"o": str(c.outcome), "s": dict(c.stats)}
+                    for name, c in look.checks.items()
+                },
+            }
+        )
+    return out
 
 
 def _add(a: list[int], b: Sequence[int]) -> list[int]:
     if len(b) > len(a):
         a = a + [0] * (len(b) - len(a))
     return [x + (b[i] if i < len(b) else 0) for i, x in enumerate(a)]
-
-
-def looks(entries: Sequence[JournalEntry], t0: dt.datetime) -> list[dict[str, Any]]:
-    """Every `bake.looked` entry flattened: `t` (s since start), wave, outcome, per signal
-    and cohort `n`, `x`, `lat` (with the bounds in force), per check outcome and statistics."""
-    bounds: dict[str, list[float]] = {}
-    out = []
-    for e in entries:
-        if e.kind != "bake.looked":
-            continue
-        d = e.data
-        window = d.get("window") or []
-        end = dt.datetime.fromtimestamp(float(window[1]), dt.UTC) if len(window) == 2 else e.at
-        obs = dict(d.get("obs") or {})
-        for sig, b in dict(obs.pop("bounds", None) or d.get("bounds") or {}).items():
-            bounds[sig] = [float(v) for v in b]
-        signals = {}
-        for sig, cohorts in obs.items():
-            if not isinstance(cohorts, Mapping):
-                continue
-            signals[sig] = {
-                c: dict(zip(("n", "x", "lat"), _cohort(cohorts.get(c) or {}), strict=True))
-                for c in ("canary", "baseline")
-            }
-        out.append(
-            {
-                "t": _secs(end, t0),
-                "wave": d.get("wave"),
-                "bake": d.get("bake"),
-                "outcome": d.get("outcome"),
-                "signals": signals,
-                "bounds": {s: bounds.get(s, []) for s in signals},
-                "checks": dict(d.get("checks") or {}),
-            }
-        )
-    return out
 
 
 def series(look_rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
