@@ -27,6 +27,7 @@ RANK = {
     "judge": 4,
     "notify": 4,
     "journal": 4,
+    "impact": 4,
     "analysis": 5,
     "report": 5,
     "engine": 6,

@@ -675,6 +675,47 @@ def report(
     out.print(data["sentence"], markup=False, highlight=False)
 
 
+@app.command()
+def replay(
+    deployment: Annotated[str, typer.Argument(help="Deployment id (a unique prefix will do).")],
+    config: Annotated[
+        str, typer.Option("-c", "--config", help="immunity.yaml with the checks to try.")
+    ],
+    journal_config: Annotated[
+        str | None,
+        typer.Option(
+            "--journal-from", help="immunity.yaml whose journal holds DEPLOYMENT (default: -c)."
+        ),
+    ] = None,
+    json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Re-judge DEPLOYMENT's recorded evidence with the checks and thresholds of -c, and show
+    what they would have decided and when, beside what happened. Touches no host."""
+    from immunity import report as rpt
+    from immunity.engine.context import open_journal
+    from immunity.report.replay import replay as _replay
+
+    try:
+        loaded = cfgmod.load(config)
+        source = cfgmod.load(journal_config) if journal_config else loaded
+
+        async def read() -> dict[str, Any]:
+            journal = open_journal(source)
+            try:
+                record, entries = await rpt.find(journal, deployment)
+            finally:
+                await journal.close()
+            return _replay(record, entries, loaded.config)
+
+        data = anyio.run(read)
+    except ImmunityError as exc:
+        raise typer.Exit(show_error(exc)) from None
+    if json_flag:
+        write_json(data, "-")
+        return
+    output.print_replay(data, config)
+
+
 def _mount() -> None:
     from immunity.sandbox.cli import app as sandbox_app
 

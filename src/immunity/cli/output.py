@@ -150,3 +150,31 @@ def print_plan(plan: dict[str, Any]) -> None:
         )
     if not plan["checks"]:
         out.print("  no checks: every wave passes after bake.min", highlight=False)
+
+
+def print_replay(data: dict[str, Any], config: str) -> None:
+    """`immunity replay`: per bake, what happened beside what the new checks would decide."""
+    t = Table(title=f"replay of {data['deployment_id']} ({data['release']}) with {config}")
+    for col in ("wave", "evidence", "what happened", "with the new checks"):
+        t.add_column(col, overflow="fold")
+
+    def at(v: dict[str, Any]) -> str:
+        return f" at {v['t_s']:.1f}s" if v.get("t_s") is not None else ""
+
+    for b in data["bakes"]:
+        o, r = b["original"], b["replayed"]
+        t.add_row(
+            f"{b['wave']}" + (" (guard)" if b["purpose"] == "guard" else ""),
+            f"{b['looks']} looks, {b['evidence_s']:.1f}s",
+            escape(f"{o['outcome']}{at(o)}: {o['reason']}"),
+            escape(f"{r['outcome']}{at(r)}: {r['reason']}"),
+        )
+    out.print(t)
+    if not data["bakes"]:
+        out.print("no bake was recorded for this deployment: nothing to re-judge")
+    o, r = data["original"], data["replayed"]
+    out.print(f"what happened: {o['outcome']}: {escape(str(o['reason'] or ''))}", highlight=False)
+    out.print(
+        f"with the new checks: [bold]{escape(r['outcome'])}[/]: {escape(r['reason'])}",
+        highlight=False,
+    )

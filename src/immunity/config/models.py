@@ -347,6 +347,28 @@ class GuardConfig(Strict):
     two hosts or more."""
 
 
+class ImpactConfig(Strict):
+    """A small customer probe through the public address for the whole deployment: what
+    customers saw, per phase (before, each wave, its bake, the revert, after)."""
+
+    url: str = Field(pattern=r"^https?://")
+    """The public address customers use (the balancer), e.g. `https://shop.example.com`."""
+    rps: float = Field(default=5.0, gt=0, le=1000)
+    """Probe requests per second, sent open-loop (a slow answer does not slow the probe)."""
+    paths: list[str] = Field(default_factory=lambda: ["/"], min_length=1)
+    """Paths appended to `url`, cycled request by request."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Headers sent with every probe request (e.g. Host, or a synthetic-traffic marker)."""
+    expect_status: list[int] = Field(default_factory=list)
+    """Statuses that count as served; empty: any 1xx-4xx (a 5xx or no answer fails)."""
+    request_timeout: Duration = 10.0
+    """A request unanswered after this long counts as failed."""
+    before: Duration = 5.0
+    """Probe this long before the first wave starts: the customers' view before the change."""
+    after: Duration = 5.0
+    """Probe this long after the last step: the customers' view after the change."""
+
+
 class JournalConfig(Strict):
     """Where every step, look and verdict is recorded."""
 
@@ -398,6 +420,9 @@ class Config(Strict):
     """How strict the judge is; see docs/judging.md."""
     notify: list[AdapterBlock] = Field(default_factory=list)
     """Who is told about outcomes: `kind` (slack, teams, webhook, statsd) and its fields."""
+    impact: ImpactConfig | None = None
+    """Measure what customers see through the public address during every deployment
+    (optional; see docs/report.md)."""
     journal: JournalConfig = JournalConfig()
     """Where the journal is kept."""
     lease_ttl: PositiveDuration = 30.0

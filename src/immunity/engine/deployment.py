@@ -36,6 +36,8 @@ from immunity.engine.notifying import notify_all
 from immunity.engine.plan import plan_waves, with_holdback
 from immunity.engine.record import Recorder
 from immunity.errors import ImmunityError, JournalError, LeaseLost, PreflightError, StepFailed
+from immunity.impact import ImpactProbe
+from immunity.impact import phases as impact_phases
 from immunity.journal import new_deployment_id
 from immunity.journal.base import DeploymentRecord, Lease
 from immunity.judge import build_judge
@@ -71,6 +73,8 @@ class DeployResult:
     fallbacks: dict[str, str] = field(default_factory=dict)
     hosts: list[dict[str, Any]] = field(default_factory=list)
     waves: list[list[str]] = field(default_factory=list)
+    impact: dict[str, Any] | None = None
+    """What customers saw per phase (the `impact` block's probe), see `immunity.impact`."""
 
     @property
     def exit_code(self) -> int:
@@ -93,6 +97,7 @@ class DeployResult:
             "fallbacks": self.fallbacks,
             "waves": self.waves,
             "hosts": self.hosts,
+            "impact": self.impact,
         }
 
 
@@ -318,6 +323,7 @@ class Deployment:
             finished_at=utcnow(),
             fallbacks=fallbacks,
         )
+        probe = ImpactProbe(cfg.impact) if cfg.impact is not None else None
         try:
             try:
                 async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
@@ -327,9 +333,15 @@ class Deployment:
                         if self.handle_signals:
                             tg.start_soon(self._signals, rec)
                         try:
+                            if probe is not None:  # the customers' view before the change
+                                await tg.start(probe.run)
+                                await anyio.sleep(cfg.impact.before)
                             await self._body(
                                 rec, switcher, fallbacks, result, resume, abort, started
                             )
+                            if probe is not None:  # ... and after it
+                                await anyio.sleep(cfg.impact.after)
+                                await probe.stop()
                         except (JournalError, LeaseLost):
                             raise  # change nothing more
                         except Exception as exc:
@@ -351,13 +363,44 @@ class Deployment:
         except JournalError:
             raise
         result.finished_at = utcnow()
-        result.hosts = host_steps(await fleet.journal.entries(record.id), fleet.hosts)
+        entries = await fleet.journal.entries(record.id)
+        if probe is not None and probe.started_at is not None:
+            await self._record_impact(rec, probe, entries, record.started_at, result)
+        result.hosts = host_steps(entries, fleet.hosts)
         await journal.finish(
             record.id, result.outcome, result.reason, {"result": result.to_dict()}, token=token
         )
         await notify_all(fleet, rec, result.outcome, result.reason, result.to_dict())
         await journal.release_lease(lease)
         return result
+
+    async def _record_impact(
+        self,
+        rec: Recorder,
+        probe: ImpactProbe,
+        entries: Sequence[Any],
+        t0: dt.datetime,
+        result: DeployResult,
+    ) -> None:
+        """Cut the probe's record into phases; journal them (`impact.measured`) and keep
+        them (with the per-second series) in the result."""
+        cfg = self.fleet.config.impact
+        assert cfg is not None and probe.started_at is not None
+        result.impact = impact_phases(
+            probe.records,
+            [(e.at, e.kind, e.data) for e in entries],
+            probe.started_at,
+            probe.stopped_at or time.time(),
+            t0,
+            cfg,
+        )
+        total = result.impact["total"]
+        await rec.record(
+            "impact.measured",
+            f"customers: {total['failed']} of {total['requests']} probe request(s) failed, "
+            f"p99 {total['p99_ms']:.0f} ms, longest stall {total['longest_stall_s']:.1f} s",
+            **{k: v for k, v in result.impact.items() if k != "seconds"},
+        )
 
     async def _lease(self, deployment_id: str, *, takeover: bool) -> Lease:
         cfg = self.fleet.config

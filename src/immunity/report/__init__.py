@@ -9,15 +9,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from immunity.config import LoadedConfig, resolve_path
 from immunity.errors import ImmunityError
 from immunity.journal import Journal, open_journal
+from immunity.journal.base import DeploymentRecord, JournalEntry
 from immunity.report.data import build
 
-__all__ = ["build", "default_path", "load", "render_html", "write", "write_default"]
+__all__ = ["build", "default_path", "find", "load", "render_html", "write", "write_default"]
 
 
 class UnknownDeployment(ImmunityError):
@@ -27,6 +29,17 @@ class UnknownDeployment(ImmunityError):
 
 async def load(journal: Journal, deployment_id: str) -> dict[str, Any]:
     """The report's data for `deployment_id` (a unique prefix is enough).
+
+    Raises UnknownDeployment (exit 2) naming the recent deployments when it is not found.
+    """
+    record, entries = await find(journal, deployment_id)
+    return build(record, entries)
+
+
+async def find(
+    journal: Journal, deployment_id: str
+) -> tuple[DeploymentRecord, Sequence[JournalEntry]]:
+    """The deployment `deployment_id` (or a unique prefix) and its entries.
 
     Raises UnknownDeployment (exit 2) naming the recent deployments when it is not found.
     """
@@ -41,7 +54,7 @@ async def load(journal: Journal, deployment_id: str) -> dict[str, Any]:
             hint=f"recent deployments: {recent}" if recent else "the journal holds none yet",
         )
     record = found[0]
-    return build(record, await journal.entries(record.id))
+    return record, await journal.entries(record.id)
 
 
 def render_html(data: dict[str, Any]) -> str:

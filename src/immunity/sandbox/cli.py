@@ -89,7 +89,13 @@ def release(
 
 @app.command()
 def load(
-    dir: DirOpt,
+    dir: Annotated[
+        Path | None, typer.Option("--dir", "-d", help="Sandbox folder (its balancer).")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Measure this URL instead of a sandbox's balancer."),
+    ] = None,
     rps: Annotated[float, typer.Option("--rps", min=0.1, help="Requests per second.")] = 50.0,
     duration: Annotated[float, typer.Option("--duration", min=0.1, help="Seconds.")] = 30.0,
     out: Annotated[Path, typer.Option("--out", help="JSON lines, one per request.")] = Path(
@@ -97,24 +103,36 @@ def load(
     ),
     path: Annotated[str, typer.Option("--path", help="Request path.")] = "/",
 ) -> None:
-    """Play customers through the balancer at a constant rate; record every response."""
+    """Play customers at a constant rate through a sandbox's balancer (or any --url); record
+    every response. The same generator measures a deployment's `impact`."""
     from immunity.sandbox.load import run_load
 
-    try:
-        info = fleet.read_info(dir)
-    except ImmunityError as exc:
-        raise _fail(exc) from None
-    if not fleet.is_running(dir):
-        typer.echo(f"error: the sandbox in {dir} is not running", err=True)
-        typer.echo(f"hint: start it with `immunity sandbox up --dir {dir}`", err=True)
+    if (dir is None) == (url is None):
+        typer.echo("error: give either --dir (a sandbox) or --url (any address)", err=True)
         raise typer.Exit(2)
+    if url is not None:
+        if not url.startswith(("http://", "https://")):
+            typer.echo(f"error: --url: expected http://... or https://..., got {url!r}", err=True)
+            raise typer.Exit(2)
+        target = url.rstrip("/") + path if path != "/" else url
+    else:
+        assert dir is not None
+        try:
+            info = fleet.read_info(dir)
+        except ImmunityError as exc:
+            raise _fail(exc) from None
+        if not fleet.is_running(dir):
+            typer.echo(f"error: the sandbox in {dir} is not running", err=True)
+            typer.echo(f"hint: start it with `immunity sandbox up --dir {dir}`", err=True)
+            raise typer.Exit(2)
+        target = info.url + path
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        summary = await run_load(info.url + path, rps, duration, out, stop_event=stop)
+        summary = await run_load(target, rps, duration, out, stop_event=stop)
         typer.echo(summary.line())
 
     asyncio.run(main())
