@@ -74,6 +74,11 @@ def _sig(value: float) -> float | int:
     return float(f"{value:.4g}")
 
 
+def _ms(t_s: float) -> float | int:
+    t = round(t_s, 3)
+    return int(t) if t == int(t) else t
+
+
 def encode_observation(obs: Observation) -> dict[str, Any]:
     """An observation without its bounds (kept per signal) and without default fields."""
     out: dict[str, Any] = {}
@@ -200,7 +205,9 @@ class LookWriter:
             "wave": self.wave,
             "bake": self.bake,
             "look": self.looks,
-            "t_s": _sig(round(t_s, 3)),
+            # the bake time at ms precision, exactly as the judges saw it (they cap evidence
+            # per second of bake time): 4 significant digits would make a replay drift
+            "t_s": _ms(t_s),
             "window": [round(window[0], 3), round(window[1], 3)],
         }
         cohorts: dict[str, Any] = {}

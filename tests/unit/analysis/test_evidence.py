@@ -82,6 +82,40 @@ def test_an_observation_survives_the_journal_exactly() -> None:
         assert decode_observation(data, BOUNDS if obs.latency_buckets else ()) == expected
 
 
+def test_replaying_journaled_looks_gives_the_same_statistics_at_every_look() -> None:
+    """Bake times far past 10 s keep their ms (the judges cap evidence per second of bake
+    time), so re-judging the journal reproduces every e-value of the run."""
+    cfg = config()
+    live = BakeAnalysis(cfg, relative=True)
+    writer = LookWriter(wave=1, bake=1)
+    payloads, stats = [], []
+    for i, obs in enumerate(looks(11, 60, 0.03), start=1):
+        t_s = round(i * 1.0007 + 0.0004 * (i % 3), 3)  # e.g. 10.508, 59.043: not 4 digits
+        step = live.look(t_s, obs)
+        stats.append({r.name: dict(r.numbers) for r in step.verdict.checks})
+        payloads.append(
+            json.loads(
+                json.dumps(
+                    writer.encode(
+                        t_s=t_s,
+                        window=(0.0, 1.0),
+                        canary=["h0"],
+                        baseline=["h1", "h2"],
+                        observations=obs,
+                        verdict=step.verdict,
+                    )
+                )
+            )
+        )
+    entries = [type("E", (), {"kind": "bake.looked", "data": p})() for p in payloads]
+    again = BakeAnalysis(cfg, relative=True)
+    for look, want in zip(read_looks(entries), stats, strict=True):
+        step = again.look(look.t_s, dict(look.observations))
+        got = {r.name: dict(r.numbers) for r in step.verdict.checks}
+        assert want["errors"]["e_fail"] == got["errors"]["e_fail"]
+        assert want["5xx-bar"]["e_pass"] == got["5xx-bar"]["e_pass"]
+
+
 @pytest.mark.anyio
 async def test_a_resumed_bake_continues_from_the_journaled_evidence(tmp_path: Path) -> None:
     """Replaying the journaled looks rebuilds the judges exactly: the resumed bake fails at the
