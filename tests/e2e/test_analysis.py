@@ -183,3 +183,44 @@ def test_a_fault_that_starts_during_the_guard_reverts_the_whole_fleet(loaded: Sa
     # the fleet's own view
     assert {"h1": old, "h2": old, "h3": old} == loaded.releases_served()
     assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state()
+
+
+def test_a_guard_interrupted_is_resumed_and_the_holdback_is_switched_last(loaded: Sandbox) -> None:
+    """Killed as the guard starts, `resume` runs the guard and then switches the holdback,
+    last: the release lands everywhere (exit 0) and h3 moved only after the guard passed."""
+    checks = [c for c in FAST["checks"] if c["kind"] != "latency"]  # type: ignore[union-attr]
+    cfg = loaded.write_config(
+        "analysis-guard-ok.yaml",
+        **{**FAST, "checks": checks, "guard": {"duration": "6s", "holdback": True}},
+    )
+    old = loaded.status(cfg)["hosts"][0]["active_release"]
+    new = "v2" if old != "v2" else "v1"
+    r = loaded.run(
+        "deploy",
+        "-c",
+        str(cfg),
+        "--release",
+        new,
+        env={"IMMUNITY_FAULT_KILL_AT": "guard.started:1"},
+    )
+    assert r.returncode == -9, r.stdout + r.stderr[-1500:]
+    assert loaded.releases_served()["h3"] == old  # the holdback waits for the guard
+    r = loaded.run("resume", "-c", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr[-1500:]
+    assert {"h1": new, "h2": new, "h3": new} == loaded.releases_served()
+    assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state()
+    with sqlite3.connect(loaded.dir / "journal.db") as db:
+        deployment = db.execute(
+            "SELECT id FROM deployments ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()[0]
+        rows = db.execute(
+            "SELECT kind, host, data FROM entries WHERE deployment_id = ? ORDER BY seq",
+            (deployment,),
+        ).fetchall()
+    order = [(k, h) for k, h, _ in rows if k in ("host.switched", "wave.passed", "guard.started")]
+    guard_passed = next(
+        i for i, (k, _, d) in enumerate(rows) if k == "wave.passed" and json.loads(d).get("guard")
+    )
+    h3_switched = next(i for i, (k, h, _) in enumerate(rows) if k == "host.switched" and h == "h3")
+    assert guard_passed < h3_switched, order
+    assert [k for k, _ in order].count("guard.started") == 2  # killed once, run again
