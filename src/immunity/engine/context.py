@@ -110,6 +110,16 @@ def build_fleet(loaded: LoadedConfig, journal: Journal | None = None) -> Fleet:
     )
 
 
+def machine_name() -> str:
+    """This machine's name in leases: $IMMUNITY_MACHINE, else the host name.
+
+    Set IMMUNITY_MACHINE where host names say nothing (containers, CI runners with random
+    names) so that `exit 5` messages and `serve` name a machine people recognise. Only a
+    holder on *this* machine can be proven dead by its PID; any other waits for lease_ttl.
+    """
+    return os.environ.get("IMMUNITY_MACHINE") or socket.gethostname()
+
+
 def holder_name() -> str:
-    """Who holds a lease: host name and PID, so a human can find the process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who holds a lease: machine name and PID (`machine:pid`), so a human can find it."""
+    return f"{machine_name()}:{os.getpid()}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import httpx
 
 from immunity.domain import LbState, utcnow
 from immunity.engine.capacity import CapacityGuard
-from immunity.engine.context import Fleet, holder_name
+from immunity.engine.context import Fleet, holder_name, machine_name
 from immunity.engine.deployment import Deployment, DeployResult, host_steps, unknown_members
 from immunity.engine.host import HostSwitcher
 from immunity.engine.immune import immune_response
@@ -55,7 +54,7 @@ async def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
 def holder_is_dead(lease: Lease) -> bool:
     """True when the lease's holder ran on this machine and its PID is gone."""
     host, _, pid = lease.holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != machine_name() or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
