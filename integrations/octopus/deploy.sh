@@ -19,5 +19,6 @@ case $rc in
   4) fail_step "immunity could not finish the revert: a human is needed (see the report artifact)" ;;
   5) fail_step "another deployment holds the app's lease; retry when it has finished" ;;
   6) fail_step "the verdict stayed inconclusive and the rollout is held; Retry resumes it" ;;
+  7) fail_step "not enough evidence to judge $release (thin traffic or a failing signal); the fleet was reverted" ;;
   *) fail_step "immunity exited $rc" ;;
 esac

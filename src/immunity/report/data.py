@@ -7,45 +7,35 @@ recorded) the series are empty and the report says so.
 
 Series are smoothed over `SMOOTH_LOOKS` looks (sums of requests, errors and histogram counts),
 so a rate is errors/requests over the last few seconds rather than a single second's noise.
-Latency quantiles come from the histograms by linear interpolation inside the bucket
-(the Prometheus `histogram_quantile` rule); the overflow bucket reads as its lower bound.
+Latency quantiles come from the histograms by linear interpolation inside the bucket (the
+judges' `histogram_quantile`); the overflow bucket reads as the last bound.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from immunity.analysis import read_looks
 from immunity.journal.base import DeploymentRecord, JournalEntry
+from immunity.judge.evidence import histogram_quantile
 
 SMOOTH_LOOKS = 5
 QUANTILES = (0.5, 0.99)
 STEP_ORDER = ("drain", "stop", "install", "start", "verify", "warmup", "enable")
 
 
-def histogram_quantile(q: float, bounds: Sequence[float], buckets: Sequence[int]) -> float | None:
-    """The q-quantile (ms) of a histogram; None when it holds no request.
-
-    `buckets[i]` counts requests with latency <= `bounds[i]` (and above the previous bound);
-    `buckets[len(bounds)]`, when present, the overflow. Linear inside a bucket, from 0 for
-    the first; the overflow bucket reads as the last bound.
-    """
-    total = sum(buckets)
-    if total <= 0:
+def quantile_ms(q: float, bounds: Sequence[float], buckets: Sequence[int]) -> float | None:
+    """The q-quantile (ms) of a histogram (`judge.evidence.histogram_quantile`, the rule the
+    judges use); None when empty, the last bound when it falls in the overflow bucket."""
+    if not bounds or sum(buckets) <= 0:
         return None
-    rank = q * total
-    seen = 0.0
-    for i, count in enumerate(buckets):
-        if count and seen + count >= rank:
-            if i >= len(bounds):
-                return float(bounds[-1]) if bounds else None
-            lo = float(bounds[i - 1]) if i > 0 else 0.0
-            hi = float(bounds[i])
-            return lo + (hi - lo) * (rank - seen) / count
-        seen += count
-    return float(bounds[-1]) if bounds else None
+    v = histogram_quantile(bounds, buckets, q)
+    if math.isnan(v):
+        return None
+    return float(bounds[-1]) if math.isinf(v) else v
 
 
 def _iso(at: dt.datetime | None) -> str | None:
@@ -132,7 +122,7 @@ def series(look_rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
                 s[c]["n"].append(row["signals"][sig][c]["n"])
                 s[c]["rate"].append(round(x / n, 5) if n else None)
                 for q in QUANTILES:
-                    v = histogram_quantile(q, bounds, lat) if bounds else None
+                    v = quantile_ms(q, bounds, lat)
                     s[c][f"p{int(q * 100)}"].append(round(v, 2) if v is not None else None)
         out[sig] = s
     return out

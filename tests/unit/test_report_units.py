@@ -1,0 +1,92 @@
+"""Small pieces of the report and the CD outputs, read back the way their readers read them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from immunity.cli import ci
+from immunity.config import parse
+from immunity.config.models import ImpactConfig
+from immunity.impact import phases
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+from cd_parsers import parse_github_output, parse_octopus  # noqa: E402
+
+
+def test_a_multi_line_reason_survives_github_output_and_octopus(tmp_path: Path) -> None:
+    """A value with newlines, `=` and `<<` reads back whole from $GITHUB_OUTPUT, and from an
+    Octopus setVariable, as the runner and Calamari parse them."""
+    reason = "errors: canary 5xx 4%\nsecond line = x << EOF\n"
+    result = {"outcome": "reverted", "release": "v3", "reason": reason, "exit_code": 3}
+    out = tmp_path / "out"
+    out.write_text("earlier=kept\n")
+    gh = ci.GithubReporter({"GITHUB_OUTPUT": str(out)}, stream=open(tmp_path / "log", "w"))  # noqa: SIM115
+    gh.finish(result, None, None)
+    got = parse_github_output(out.read_text())
+    assert got["reason"] == reason
+    assert got["earlier"] == "kept"
+    assert got["outcome"] == "reverted"
+    stream = tmp_path / "octo"
+    with open(stream, "w") as f:
+        ci.OctopusReporter(stream=f).finish(result, None, None)
+    assert parse_octopus(stream.read_text()).variables()["Immunity.VerdictReason"] == reason
+
+
+def test_secret_values_are_the_configs_environment_references() -> None:
+    """Every ${NAME} the config reads is masked, longest first; short values are not."""
+    env = {"ES_API_KEY": "k3y-abcdef", "WINRM_PASSWORD": "pw-123456789", "SHORT": "ab"}
+    text = "api_key: ${ES_API_KEY}\npassword: ${WINRM_PASSWORD}\nx: ${SHORT}\ny: ${UNSET:-d}\n"
+    assert ci.secret_values(text, env) == ["pw-123456789", "k3y-abcdef"]
+
+
+def test_impact_phases_cut_the_probe_record_at_the_journaled_moments() -> None:
+    """Requests fall in the phase of their send time; a gap without a successful answer is
+    the phase's longest stall; failures follow expect_status."""
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    base = t0.timestamp()
+    at = lambda s: t0 + dt.timedelta(seconds=s)  # noqa: E731
+    moments = [
+        (at(2), "wave.started", {"wave": 1}),
+        (at(4), "bake.started", {"wave": 1}),
+        (at(8), "immune.started", {}),
+        (at(9), "deployment.reverted", {}),
+    ]
+    records = [
+        {"at": base + s / 10, "status": 200, "latency_ms": 5.0}
+        for s in range(0, 100)
+        if not 50 <= s < 75  # no answer sent 5.0-7.5 s: the probe saw nothing served
+    ] + [{"at": base + 5.0 + i / 10, "status": 503, "latency_ms": 1.0} for i in range(25)]
+    cfg = ImpactConfig(url="http://user:pw@shop.example/", rps=10, expect_status=[200])
+    got = phases(records, moments, base, base + 10, t0, cfg)
+    assert [p["phase"] for p in got["phases"]] == ["before", "wave 1", "bake 1", "revert", "after"]
+    bake = got["phases"][2]
+    assert (bake["requests"], bake["failed"]) == (40, 25)
+    assert bake["longest_stall_s"] == pytest.approx(2.6, abs=0.01)  # 4.905 -> 7.505
+    assert got["phases"][0]["failed"] == 0
+    assert got["url"] == "http://shop.example/"  # credentials never journaled
+    assert sum(got["seconds"]["requests"]) == len(records)
+
+
+@pytest.mark.parametrize("page", ["report.md", "octopus.md"])
+def test_the_documented_impact_blocks_are_valid(page: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `impact:` example of the docs validates on top of the IIS/ALB example config."""
+    for var in ("WINRM_USER", "WINRM_PASSWORD", "ES_URL", "ES_API_KEY", "SLACK_WEBHOOK_URL"):
+        monkeypatch.setenv(var, "https://x.example" if var.endswith("URL") else "x")
+    base = yaml.safe_load((ROOT / "examples/iis-alb-elasticsearch.yaml").read_text())
+    blocks = [
+        b
+        for b in re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
+        if b.startswith("impact:")
+    ]
+    assert blocks
+    for block in blocks:
+        text = yaml.safe_dump({**base, **yaml.safe_load(block)}, sort_keys=False)
+        parse(text, f"{page}.yaml")
