@@ -83,12 +83,12 @@ def test_a_shared_endpoint_is_rejected() -> None:
 
 
 def test_a_shared_winrm_or_folder_is_rejected() -> None:
-    """Two hosts switching one IIS machine (meta.winrm_host) cannot be independent hosts."""
-    text = BASE.replace("port: 18001}", "port: 18001, meta: {winrm_host: w1}}").replace(
-        "port: 18002}", "port: 18002, meta: {winrm_host: w1}}"
+    """Two hosts switching one folder (meta.folder) cannot be independent hosts."""
+    text = BASE.replace("port: 18001}", "port: 18001, meta: {folder: w1}}").replace(
+        "port: 18002}", "port: 18002, meta: {folder: w1}}"
     )
     problems = _problems(text)
-    assert len(problems) == 1 and "meta.winrm_host" in problems[0]
+    assert len(problems) == 1 and "meta.folder" in problems[0]
 
 
 def test_an_unmanaged_member_cannot_be_a_host() -> None:
@@ -368,3 +368,14 @@ def test_config_validate_accepts_exactly_the_checks_the_judge_builds(
     assert accepted
     check = cfg.checks[1]
     build_judge(check, cfg.judge, cfg.bake.min)  # must not raise
+
+
+def test_a_meta_key_the_driver_does_not_read_is_rejected_at_the_key() -> None:
+    """`meta: {folderr: x}` would be ignored by the local driver: rejected with a
+    did-you-mean at the key's column; `folder` is accepted."""
+    problems = _problems(BASE.replace("port: 18002}", "port: 18002, meta: {folderr: x}}"))
+    assert len(problems) == 1
+    assert problems[0].startswith("im.yaml:4:56 hosts[1].meta.folderr: the local driver")
+    assert "did you mean 'folder'?" in problems[0]
+    ok = parse(BASE.replace("port: 18002}", "port: 18002, meta: {folder: x}}"), "im.yaml")
+    assert ok.config.hosts[1].meta == {"folder": "x"}

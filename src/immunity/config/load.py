@@ -345,6 +345,33 @@ def _adapter(
         return None
 
 
+def _check_meta(kind: str, hosts: Any, problems: _Problems, pos: _Positions) -> None:
+    """`hosts[].meta` keys the driver does not read would be ignored (a typo such as
+    `ssh_hots` deploys to `address` instead): each is reported at its key."""
+    try:
+        known = getattr(plugins.adapter_class("hosts", kind), "META_KEYS", None)
+    except ConfigError:
+        return  # the unknown kind is reported already
+    if known is None or not isinstance(hosts, list):
+        return
+    for i, host in enumerate(hosts):
+        meta = host.get("meta") if isinstance(host, dict) else None
+        if not isinstance(meta, dict):
+            continue
+        for key in meta:
+            if key in known:
+                continue
+            loc: Loc = ("hosts", i, "meta", key)
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.add(
+                pos.keys.get(loc, _where(pos, loc)),
+                _dotted(loc),
+                f"the {kind} driver reads no such meta key (it reads "
+                f"{', '.join(sorted(known)) or 'none'}){hint}",
+            )
+
+
 def parse(text: str, fname: str) -> LoadedConfig:
     """Validate config text; raise ConfigError listing every problem, sorted by line."""
     problems = _Problems(fname)
@@ -397,6 +424,8 @@ def parse(text: str, fname: str) -> LoadedConfig:
 
     balancer = block(data.get("balancer"), ("balancer",))
     driver = block(data.get("driver"), ("driver",))
+    if driver is not None:
+        _check_meta(driver[0], data.get("hosts"), problems, pos)
     signals: dict[str, tuple[str, BaseModel]] = {}
     for i, raw in enumerate(
         data.get("signals") or [] if isinstance(data.get("signals"), list) else []

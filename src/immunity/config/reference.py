@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from immunity import plugins
 from immunity.config.models import AdapterBlock, Config
 
 _ROLES = (
@@ -182,4 +183,11 @@ def markdown() -> str:
     for block, role in _ROLES:
         for kind, settings in adapter_settings(role).items():
             _section(f"{block}: kind {kind}", settings, attribute_docs(settings), out)
+            meta = getattr(plugins.adapter_class(role, kind), "META_KEYS", None)
+            if meta is not None:
+                out.append(
+                    f"`hosts[].meta` keys read by the {kind} driver: "
+                    + (", ".join(f"`{k}`" for k in sorted(meta)) or "none")
+                    + " (any other key is an error).\n"
+                )
     return "\n".join(out).rstrip() + "\n"

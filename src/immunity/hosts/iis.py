@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import anyio
 import anyio.to_thread
@@ -289,6 +289,8 @@ class IisDriver:
     """`HostDriver` for IIS over WinRM; see the module docstring."""
 
     Settings = IisSettings
+    META_KEYS: ClassVar[frozenset[str]] = frozenset({"winrm_host"})
+    """`hosts[].meta` keys this driver reads (any other is a config error)."""
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import anyio
 import psutil
@@ -165,6 +166,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 class LocalDriver:
     """`HostDriver` over local host folders and sample-app processes."""
+
+    META_KEYS: ClassVar[frozenset[str]] = frozenset({"folder"})
+    """`hosts[].meta` keys this driver reads (any other is a config error)."""
 
     class Settings(BaseModel):
         model_config = ConfigDict(frozen=True, extra="forbid")

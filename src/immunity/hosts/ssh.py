@@ -33,6 +33,7 @@ import shlex
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import anyio
 import asyncssh
@@ -133,6 +134,8 @@ class SshDriver:
     """`HostDriver` over SSH; see the module docstring."""
 
     Settings = SshSettings
+    META_KEYS: ClassVar[frozenset[str]] = frozenset({"ssh_host", "ssh_port", "ssh_user"})
+    """`hosts[].meta` keys this driver reads (any other is a config error)."""
 
     def __init__(self, settings: SshSettings, *, base_dir: Path) -> None:
         self.settings = settings
