@@ -379,3 +379,15 @@ def test_a_meta_key_the_driver_does_not_read_is_rejected_at_the_key() -> None:
     assert "did you mean 'folder'?" in problems[0]
     ok = parse(BASE.replace("port: 18002}", "port: 18002, meta: {folder: x}}"), "im.yaml")
     assert ok.config.hosts[1].meta == {"folder": "x"}
+
+
+def test_two_signals_with_one_name_are_rejected_at_the_second() -> None:
+    """A second signal named `lb` would silently replace the first: rejected at line 12."""
+    problems = _problems(
+        BASE.replace(
+            "checks:\n",
+            "  - {kind: haproxy, name: lb, socket: /tmp/other.sock, backend: be_app}\nchecks:\n",
+        )
+    )
+    assert len(problems) == 1
+    assert _line_of(problems[0]) == 10 and "signals[1].name" in problems[0]
