@@ -1,7 +1,7 @@
 """Import layering check: arrows point down only.
 
-cli -> engine -> report, analysis -> roles (lb, hosts, signals, judge, notify, journal) -> clients
--> config -> domain -> errors. Adapters never import the engine or the analysis; neither of those names a
+cli -> engine -> report, analysis -> roles (lb, hosts, signals, judge, notify, journal, probe)
+-> clients -> config -> domain, clock -> errors. Adapters never import the engine or the analysis; neither of those names a
 concrete adapter (they go through plugins and the roles' `base` Protocols). The analysis sits
 between the engine (which asks it for a verdict) and the roles it uses (signals, judge). The report
 reads the journal (and re-judges with the analysis); the engine and the CLI write it.
@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "immunity"
 RANK = {
     "errors": 0,
     "domain": 1,
+    "clock": 1,
     "config": 2,
     "plugins": 2,
     "clients": 3,
@@ -28,6 +29,7 @@ RANK = {
     "notify": 4,
     "journal": 4,
     "impact": 4,
+    "probe": 4,
     "analysis": 5,
     "report": 5,
     "engine": 6,
@@ -38,7 +40,7 @@ RANK = {
     "__main__": 10,
     "__init__": 0,
 }
-ROLES = {"lb", "hosts", "signals", "judge", "notify", "journal"}
+ROLES = {"lb", "hosts", "signals", "judge", "notify", "journal", "probe"}
 
 
 def layer(mod: str) -> str:

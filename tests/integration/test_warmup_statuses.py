@@ -5,18 +5,15 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import anyio
-import httpx
 import pytest
 
 from immunity.config import parse
 from immunity.domain import HostRef
-from immunity.engine.capacity import CapacityGuard
-from immunity.engine.host import HostSwitcher
 from immunity.errors import StepFailed
+from immunity.probe import HttpProber
 
 pytestmark = pytest.mark.anyio
 
@@ -64,12 +61,13 @@ def anyio_backend() -> str:
 
 async def _warm(port: int, path: str, limit_s: float = 5.0) -> None:
     cfg = parse(CONFIG.replace("PATH", path), "c.yaml").config
-    fleet = SimpleNamespace(config=cfg, hosts=[])
     host = HostRef(name="h1", address="127.0.0.1", port=port)
-    async with httpx.AsyncClient() as http:
-        switcher = HostSwitcher(fleet, None, CapacityGuard(1), http)  # type: ignore[arg-type]
+    prober = HttpProber(cfg.verify, cfg.warmup)
+    try:
         with anyio.fail_after(limit_s):
-            await switcher.warm_up(host)
+            await prober.warm_up(host)
+    finally:
+        await prober.aclose()
 
 
 async def test_a_2xx_path_warms(server: int) -> None:

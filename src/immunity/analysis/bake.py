@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -32,8 +31,9 @@ from immunity.analysis.evidence import (
     check_started_data,
 )
 from immunity.analysis.wave import BakeAnalysis, Step
+from immunity.clock import SYSTEM_CLOCK, Clock
 from immunity.config.models import Config
-from immunity.domain import Cohort, HostRef, Observation, Verdict, utcnow
+from immunity.domain import Cohort, HostRef, Observation, Verdict
 from immunity.errors import ImmunityError
 from immunity.signals.base import SignalSource, delay_of, vet
 
@@ -86,6 +86,7 @@ async def bake(
     evidence: Sequence[Look] = (),
     purpose: Literal["wave", "guard"] = "wave",
     bakes: int = 1,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> BakeResult:
     """Judge until a verdict. `relative=False` keeps only the absolute guard rails (no baseline).
 
@@ -100,7 +101,7 @@ async def bake(
     carry = thresholds if thresholds is not None else {}
     analysis = BakeAnalysis(config, relative=relative, carry=carry, bakes=bakes, purpose=purpose)
     writer = LookWriter(wave=wave, bake=bake_no)
-    started_at = utcnow()
+    started_at = clock.now()
     last_t = 0.0
     step: Step | None = None
     if evidence:
@@ -150,26 +151,26 @@ async def bake(
         )
     if step is not None and step.decision is not None:
         return await _finish(
-            rec, wave, bake_no, step.decision, started_at, last_t, writer.looks, carry
+            rec, wave, bake_no, step.decision, started_at, last_t, writer.looks, carry, clock
         )
-    t0 = time.monotonic() - last_t
+    t0 = clock.monotonic() - last_t
     if b.settle and not evidence:
-        await anyio.sleep(b.settle)
+        await clock.sleep(b.settle)
     # Each signal's windows end its own delay before now (at least `bake.lag`): an access
     # log is complete at once, a metrics store only after its scrape or ingest lag. A fresh
     # bake's first window starts when the bake does (earlier data is not the canary's); a
     # signal looks as soon as its delay allows, and is asked nothing until then.
     delays = {n: max(b.lag, delay_of(signals[n])) for n in analysis.signals}
-    began = utcnow()
+    began = clock.now()
     starts = {
         n: began if not evidence else began - dt.timedelta(seconds=d) for n, d in delays.items()
     }
     window_start = began if not evidence else began - dt.timedelta(seconds=b.lag)
     while True:
-        await anyio.sleep(max(0.0, b.interval - ((time.monotonic() - t0) % b.interval)))
+        await clock.sleep(max(0.0, b.interval - ((clock.monotonic() - t0) % b.interval)))
         # bake time is kept to the millisecond, as journaled, so a replay is exact
-        t_s = round(time.monotonic() - t0, 3)
-        wall = utcnow()
+        t_s = round(clock.monotonic() - t0, 3)
+        wall = clock.now()
         end = wall - dt.timedelta(seconds=b.lag)
         windows = {n: (starts[n], wall - dt.timedelta(seconds=d)) for n, d in delays.items()}
         now = cohorts()
@@ -197,7 +198,7 @@ async def bake(
         last_t = t_s
         if step.decision is not None:
             return await _finish(
-                rec, wave, bake_no, step.decision, started_at, t_s, writer.looks, carry
+                rec, wave, bake_no, step.decision, started_at, t_s, writer.looks, carry, clock
             )
 
 
@@ -210,8 +211,9 @@ async def _finish(
     t_s: float,
     looks: int,
     carry: dict[str, list[float]],
+    clock: Clock,
 ) -> BakeResult:
-    decided = Verdict(verdict.outcome, verdict.reason, verdict.checks, utcnow())
+    decided = Verdict(verdict.outcome, verdict.reason, verdict.checks, clock.now())
     await rec.record(
         BAKE_FINISHED,
         decided.reason,

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -57,10 +56,9 @@ def _one_way(way: str, hosts: int, rps: float, cold_start_s: float) -> dict[str,
                 try:
                     deployment = await fl.journal.begin(fl.app, "v2", {"bench": way})
                     rec = Recorder(fl, deployment.id, "v2", None)
-                    async with httpx.AsyncClient() as http:
-                        sw = HostSwitcher(fl, rec, CapacityGuard(1), http, **WAYS[way])
-                        for h in fl.hosts:
-                            await sw.switch(h, "v2")
+                    sw = HostSwitcher(fl, rec, CapacityGuard(1), **WAYS[way])
+                    for h in fl.hosts:
+                        await sw.switch(h, "v2")
                 finally:
                     await fl.aclose()
                     await fl.journal.close()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from immunity import plugins
+from immunity.clock import Clock, SystemClock
 from immunity.config import LoadedConfig, resolve_path
 from immunity.domain import Event, HostRef
 from immunity.hosts.base import HostDriver
@@ -21,6 +22,7 @@ from immunity.journal import Journal
 from immunity.journal import open_journal as _open
 from immunity.lb.base import LoadBalancer
 from immunity.notify.base import Notifier
+from immunity.probe import HttpProber, Prober
 from immunity.signals.base import SignalSource
 
 log = logging.getLogger("immunity")
@@ -39,7 +41,9 @@ class Fleet:
     signals: dict[str, SignalSource]
     notifiers: list[Notifier]
     journal: Journal
+    prober: Prober
     sinks: list[EventSink] = field(default_factory=list)
+    clock: Clock = field(default_factory=SystemClock)
     signal_views: dict[str, str] = field(default_factory=dict)
     """What each signal source said it sees of the fleet's traffic at preflight."""
 
@@ -58,7 +62,13 @@ class Fleet:
         raise KeyError(name)
 
     async def aclose(self) -> None:
-        closers: list[Any] = [self.lb, self.driver, *self.signals.values(), *self.notifiers]
+        closers: list[Any] = [
+            self.lb,
+            self.driver,
+            self.prober,
+            *self.signals.values(),
+            *self.notifiers,
+        ]
         for closer in closers:
             try:
                 await closer.aclose()
@@ -107,6 +117,7 @@ def build_fleet(loaded: LoadedConfig, journal: Journal | None = None) -> Fleet:
         signals=signals,
         notifiers=notifiers,
         journal=journal or open_journal(loaded),
+        prober=HttpProber(cfg.verify, cfg.warmup),
     )
 
 

@@ -15,19 +15,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import httpx
 
 from immunity.analysis import Cohorts, bake, resume_point
 from immunity.analysis.spending import bakes_of
-from immunity.config.types import status_ok
-from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict, utcnow
+from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet, holder_name
 from immunity.engine.host import HostSwitcher
@@ -147,32 +144,9 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
 
 
 async def probe_paths(fleet: Fleet) -> list[str]:
-    """One request to each host's `verify.path` and `warmup.path` on the release it runs now.
-
-    A path that answers an unexpected status there (a 404, a redirect) would fail every
-    switch, and the revert's warm-up too: it is a config problem, found before anything is
-    touched. Hosts that do not answer at all are left to the steps' own deadlines.
-    """
-    cfg = fleet.config
-    out = []
-    async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
-        for h in fleet.hosts:
-            for field, path, expect in (
-                ("verify.path", cfg.verify.path, cfg.verify.expect_status),
-                ("warmup.path", cfg.warmup.path, cfg.warmup.expect_status),
-            ):
-                try:
-                    r = await http.get(h.base_url + path, timeout=5.0)
-                except httpx.HTTPError:
-                    continue
-                if not status_ok(expect, r.status_code):
-                    field_status = field.replace("path", "expect_status")
-                    out.append(
-                        f"{field} {path} answers HTTP {r.status_code} on {h.name}, expected "
-                        f"{'/'.join(expect)}: set {field} to a page that answers "
-                        f"{'/'.join(expect)} (or list {r.status_code} in {field_status})"
-                    )
-    return out
+    """Each host's verify and warm-up paths, asked once on the release it runs now (see
+    `Prober.check_paths`): a path that answers an unexpected status is a config problem."""
+    return list(await fleet.prober.check_paths(fleet.hosts))
 
 
 def unknown_members(fleet: Fleet, pool: Mapping[str, Member]) -> list[str]:
@@ -295,7 +269,7 @@ class Deployment:
             lease = await self._lease(record.id, takeover=True)
             token = lease.token
         rec = Recorder(fleet, record.id, self.release, token)
-        started = time.monotonic()
+        started = fleet.clock.monotonic()
         if resume is None:
             await rec.record(
                 "deployment.started",
@@ -320,37 +294,34 @@ class Deployment:
             release=self.release,
             deployment_id=record.id,
             started_at=record.started_at,
-            finished_at=utcnow(),
+            finished_at=self.fleet.clock.now(),
             fallbacks=fallbacks,
         )
         probe = ImpactProbe(cfg.impact) if cfg.impact is not None else None
         try:
             try:
-                async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
-                    switcher = HostSwitcher(fleet, rec, self.capacity, http)
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._heartbeat, lease)
-                        if self.handle_signals:
-                            tg.start_soon(self._signals, rec)
-                        try:
-                            if probe is not None:  # the customers' view before the change
-                                await tg.start(probe.run)
-                                await anyio.sleep(cfg.impact.before)
-                            await self._body(
-                                rec, switcher, fallbacks, result, resume, abort, started
-                            )
-                            if probe is not None:  # ... and after it
-                                await anyio.sleep(cfg.impact.after)
-                                await probe.stop()
-                        except (JournalError, LeaseLost):
-                            raise  # change nothing more
-                        except Exception as exc:
-                            # Could not go on (a bug, an adapter failing outside a step):
-                            # still leave the fleet on one release, then report the error.
-                            await self._safety_revert(rec, switcher, fallbacks, result, exc)
-                            raise
-                        finally:
-                            tg.cancel_scope.cancel()
+                switcher = HostSwitcher(fleet, rec, self.capacity)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._heartbeat, lease)
+                    if self.handle_signals:
+                        tg.start_soon(self._signals, rec)
+                    try:
+                        if probe is not None:  # the customers' view before the change
+                            await tg.start(probe.run)
+                            await self.fleet.clock.sleep(cfg.impact.before)
+                        await self._body(rec, switcher, fallbacks, result, resume, abort, started)
+                        if probe is not None:  # ... and after it
+                            await self.fleet.clock.sleep(cfg.impact.after)
+                            await probe.stop()
+                    except (JournalError, LeaseLost):
+                        raise  # change nothing more
+                    except Exception as exc:
+                        # Could not go on (a bug, an adapter failing outside a step):
+                        # still leave the fleet on one release, then report the error.
+                        await self._safety_revert(rec, switcher, fallbacks, result, exc)
+                        raise
+                    finally:
+                        tg.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 # A task group wraps what its tasks raised; surface our own error as itself.
                 raise _first_immunity_error(group) from group
@@ -358,11 +329,11 @@ class Deployment:
             # Someone took over (resume with a newer token): change nothing more.
             result.outcome = "superseded"
             result.reason = exc.message
-            result.finished_at = utcnow()
+            result.finished_at = self.fleet.clock.now()
             return result
         except JournalError:
             raise
-        result.finished_at = utcnow()
+        result.finished_at = self.fleet.clock.now()
         entries = await fleet.journal.entries(record.id)
         if probe is not None and probe.started_at is not None:
             await self._record_impact(rec, probe, entries, record.started_at, result)
@@ -390,7 +361,7 @@ class Deployment:
             probe.records,
             [(e.at, e.kind, e.data) for e in entries],
             probe.started_at,
-            probe.stopped_at or time.time(),
+            probe.stopped_at or self.fleet.clock.now().timestamp(),
             t0,
             cfg,
         )
@@ -416,7 +387,7 @@ class Deployment:
     async def _heartbeat(self, lease: Lease) -> None:
         every = max(0.5, self.fleet.config.lease_ttl / 3)
         while True:
-            await anyio.sleep(every)
+            await self.fleet.clock.sleep(every)
             await self.fleet.journal.heartbeat(lease)
 
     async def _signals(self, rec: Recorder) -> None:
@@ -456,7 +427,14 @@ class Deployment:
             reason = "resume --abort" if abort else _last_reason(entries) or "interrupted revert"
             outcome = "reverted" if abort else _revert_outcome(entries)
             await self._revert(
-                rec, switcher, fallbacks, result, reason, time.monotonic(), None, outcome=outcome
+                rec,
+                switcher,
+                fallbacks,
+                result,
+                reason,
+                self.fleet.clock.monotonic(),
+                None,
+                outcome=outcome,
             )
             return
         passed_waves = {int(e.data.get("wave", -1)) for e in entries if e.kind == "wave.passed"}
@@ -514,12 +492,18 @@ class Deployment:
                             },
                         ),
                     ),
-                    utcnow(),
+                    self.fleet.clock.now(),
                 )
                 await rec.record("verdict.failed", reason, wave=i, verdict=step_verdict.to_dict())
-                result.detected_after_s = round(time.monotonic() - started, 3)
+                result.detected_after_s = round(self.fleet.clock.monotonic() - started, 3)
                 await self._revert(
-                    rec, switcher, fallbacks, result, reason, time.monotonic(), step_verdict
+                    rec,
+                    switcher,
+                    fallbacks,
+                    result,
+                    reason,
+                    self.fleet.clock.monotonic(),
+                    step_verdict,
                 )
                 return
             assert verdict is not None
@@ -530,11 +514,17 @@ class Deployment:
                 verdict=verdict.to_dict(),
             )
             if verdict.outcome is Outcome.FAIL:
-                detected = time.monotonic() - (self.first_canary_in or started)
+                detected = self.fleet.clock.monotonic() - (self.first_canary_in or started)
                 result.verdict = verdict
                 result.detected_after_s = round(detected, 3)
                 await self._revert(
-                    rec, switcher, fallbacks, result, verdict.reason, time.monotonic(), verdict
+                    rec,
+                    switcher,
+                    fallbacks,
+                    result,
+                    verdict.reason,
+                    self.fleet.clock.monotonic(),
+                    verdict,
                 )
                 return
             if verdict.outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
@@ -551,7 +541,7 @@ class Deployment:
                     fallbacks,
                     result,
                     f"inconclusive: not enough evidence to judge {self.release}: {verdict.reason}",
-                    time.monotonic(),
+                    self.fleet.clock.monotonic(),
                     verdict,
                     outcome="inconclusive",
                 )
@@ -600,7 +590,7 @@ class Deployment:
             # no new canary at all (every switch of the wave put back within the budget, or
             # a resume with the wave already in): the bake's own `bake.min` is enough
             return switched.is_set() and (
-                not first_in_at or time.monotonic() - first_in_at[0] >= min_s
+                not first_in_at or self.fleet.clock.monotonic() - first_in_at[0] >= min_s
             )
 
         errors: list[StepFailed] = []
@@ -627,9 +617,9 @@ class Deployment:
                 return
             self.serving_new.add(h.name)
             if self.first_canary_in is None:
-                self.first_canary_in = time.monotonic()
+                self.first_canary_in = self.fleet.clock.monotonic()
             if not first_in_at:
-                first_in_at.append(time.monotonic())
+                first_in_at.append(self.fleet.clock.monotonic())
             first_in.set()
 
         async def switch_all() -> None:
@@ -667,6 +657,7 @@ class Deployment:
                     thresholds=dict(point.carry),
                     evidence=point.looks,
                     bakes=self.bakes,
+                    clock=self.fleet.clock,
                 )
                 verdict = res.verdict
             self._bake_scope = None
@@ -719,6 +710,7 @@ class Deployment:
                     evidence=point.looks,
                     purpose="guard",
                     bakes=self.bakes,
+                    clock=self.fleet.clock,
                 )
                 verdict = res.verdict
             self._bake_scope = None
@@ -732,7 +724,7 @@ class Deployment:
                 verdict=verdict.to_dict(),
             )
             if verdict.outcome is Outcome.FAIL:  # a late fault: the whole fleet goes back
-                detected = time.monotonic() - (self.first_canary_in or started)
+                detected = self.fleet.clock.monotonic() - (self.first_canary_in or started)
                 result.verdict = verdict
                 result.detected_after_s = round(detected, 3)
                 await self._revert(
@@ -741,7 +733,7 @@ class Deployment:
                     fallbacks,
                     result,
                     f"guard: {verdict.reason}",
-                    time.monotonic(),
+                    self.fleet.clock.monotonic(),
                     verdict,
                 )
                 return False
@@ -770,11 +762,11 @@ class Deployment:
                 Outcome.FAIL,
                 reason,
                 (CheckResult("host-steps", Outcome.FAIL, reason, {}),),
-                utcnow(),
+                self.fleet.clock.now(),
             )
             await rec.record("verdict.failed", reason, wave=i + 1, verdict=step_verdict.to_dict())
             await self._revert(
-                rec, switcher, fallbacks, result, reason, time.monotonic(), step_verdict
+                rec, switcher, fallbacks, result, reason, self.fleet.clock.monotonic(), step_verdict
             )
             return False
         self.serving_new.add(held.name)
@@ -796,7 +788,7 @@ class Deployment:
                 fallbacks,
                 result,
                 f"stopped by an error: {exc}",
-                time.monotonic(),
+                self.fleet.clock.monotonic(),
                 None,
             )
         except Exception:
@@ -838,7 +830,7 @@ class Deployment:
             )
             return
         result.outcome = outcome
-        result.reverted_after_s = round(time.monotonic() - t_verdict, 3)
+        result.reverted_after_s = round(self.fleet.clock.monotonic() - t_verdict, 3)
         await rec.record(
             f"deployment.{outcome}",
             f"fleet back on its previous release: {reason}",

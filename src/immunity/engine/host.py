@@ -1,5 +1,8 @@
 """One host's switch: drain → stop → install → start → verify → warm up → enable.
 
+The balancer, the driver and the prober (verify, warm-up) do the work; this module orders
+the steps, gives each its deadline and journals it.
+
 Each step is idempotent and journaled before and after (`host.step_started`,
 `host.step_finished` or `host.step_failed`); the caller owns no deadline here because each
 step has its own from `timeouts`. A switch, once started, is shielded from cancellation:
@@ -8,13 +11,10 @@ Ctrl-C or a failing sibling never leaves a host half-way without the journal say
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 import anyio
-import httpx
 
-from immunity.config.types import status_ok
 from immunity.domain import HostRef, LbState
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet
@@ -30,7 +30,6 @@ class HostSwitcher:
         fleet: Fleet,
         rec: Recorder,
         capacity: CapacityGuard,
-        http: httpx.AsyncClient,
         *,
         warmup: bool = True,
         drain: bool = True,
@@ -38,10 +37,9 @@ class HostSwitcher:
         self.fleet = fleet
         self.rec = rec
         self.capacity = capacity
-        self.http = http
         self.do_warmup = warmup
         self.do_drain = drain
-        self.last_answer: dict[str, str] = {}  # host -> what verify/warm-up last got
+        self.last_answer: dict[str, str] = {}  # host -> why its drain waits
         # Hosts this switcher has asked the balancer to drain and not yet seen healthy
         # again: the balancer may still call them serving for a moment.
         self._leaving: set[str] = set()
@@ -91,9 +89,10 @@ class HostSwitcher:
                 ("install", t.install, lambda: drv.install(host, release)),
                 ("start", t.start, lambda: drv.start(host, release)),
             ]
-        steps.append(("verify", t.verify, lambda: self.verify(host)))
+        probe = self.fleet.prober
+        steps.append(("verify", t.verify, lambda: probe.verify(host)))
         if self.do_warmup:
-            steps.append(("warmup", cfg.warmup.timeout, lambda: self.warm_up(host)))
+            steps.append(("warmup", cfg.warmup.timeout, lambda: probe.warm_up(host)))
         if self.do_drain:
             steps.append(("enable", t.enable, enable))
         for name, timeout, action in steps:
@@ -135,7 +134,7 @@ class HostSwitcher:
             self.last_answer[host.name] = (
                 "no other pool member serving: draining it would leave customers none"
             )
-            await anyio.sleep(0.2)
+            await self.fleet.clock.sleep(0.2)
 
     def _leaving_ids(self) -> set[str]:
         return {h.balancer_id for h in self.fleet.hosts if h.name in self._leaving}
@@ -157,13 +156,18 @@ class HostSwitcher:
             release=release,
             purpose=purpose,
         )
-        started = time.monotonic()
+        clock = self.fleet.clock
+        started = clock.monotonic()
         try:
             with anyio.fail_after(limit_s):
                 await action()
         except TimeoutError as exc:
             last = (
-                self.last_answer.get(host.name) if step in ("drain", "verify", "warmup") else None
+                self.fleet.prober.last_answer(host)
+                if step in ("verify", "warmup")
+                else self.last_answer.get(host.name)
+                if step == "drain"
+                else None
             )
             err = StepFailed(
                 f"{host.name}: {step} did not finish within {limit_s:g}s"
@@ -194,7 +198,7 @@ class HostSwitcher:
             step=step,
             release=release,
             purpose=purpose,
-            seconds=round(time.monotonic() - started, 3),
+            seconds=round(clock.monotonic() - started, 3),
         )
 
     async def _failed(
@@ -209,70 +213,3 @@ class HostSwitcher:
             purpose=purpose,
             error=str(err),
         )
-
-    async def verify(self, host: HostRef) -> None:
-        """The host serves its health URL directly (retried until the step's deadline) with
-        one of `verify.expect_status`."""
-        v = self.fleet.config.verify
-        url = host.base_url + v.path
-        self.last_answer.pop(host.name, None)
-        while True:
-            try:
-                r = await self.http.get(url, timeout=5.0)
-                if status_ok(v.expect_status, r.status_code):
-                    return
-                self.last_answer[host.name] = (
-                    f"HTTP {r.status_code} from {v.path}, expected {'/'.join(v.expect_status)}"
-                )
-            except httpx.HTTPError as exc:
-                self.last_answer[host.name] = f"{type(exc).__name__} from {v.path}"
-            await anyio.sleep(0.05)
-
-    async def warm_up(self, host: HostRef) -> None:
-        """Requests straight to the host until `consecutive` in a row answer with an expected
-        status (`warmup.expect_status`, 2xx by default) under the latency bar.
-
-        Raises StepFailed at once when `consecutive` answers in a row are a status that no
-        cold start explains (a redirect, or a 4xx other than 408/429): the warm-up path is
-        wrong, and counting such answers as warm would send customers to a cold host.
-        """
-        w = self.fleet.config.warmup
-        url = host.base_url + w.path
-        want = "/".join(w.expect_status)
-        in_a_row = 0
-        wrong_in_a_row = 0
-        self.last_answer.pop(host.name, None)
-        while in_a_row < w.consecutive:
-            started = time.monotonic()
-            ok = False
-            try:
-                r = await self.http.get(url, timeout=w.request_timeout)
-                ok = status_ok(w.expect_status, r.status_code)
-                if not ok:
-                    self.last_answer[host.name] = (
-                        f"HTTP {r.status_code} from {w.path}, expected {want}"
-                    )
-                    wrong = 300 <= r.status_code < 500 and r.status_code not in (408, 429)
-                    wrong_in_a_row = wrong_in_a_row + 1 if wrong else 0
-                    if wrong_in_a_row >= w.consecutive:
-                        raise StepFailed(
-                            f"{host.name}: warmup failed: {w.path} answered HTTP "
-                            f"{r.status_code} {wrong_in_a_row} times in a row, expected {want}",
-                            host=host.name,
-                            step="warmup",
-                            hint="point warmup.path at a page that answers "
-                            f"{want} (or list its status in warmup.expect_status)",
-                        )
-                else:
-                    wrong_in_a_row = 0
-            except httpx.HTTPError as exc:
-                self.last_answer[host.name] = f"{type(exc).__name__} from {w.path}"
-                wrong_in_a_row = 0
-            took = time.monotonic() - started
-            if ok and took > w.latency_bar:
-                self.last_answer[host.name] = (
-                    f"{took * 1000:.0f} ms from {w.path}, above the {w.latency_bar * 1000:g} ms bar"
-                )
-            in_a_row = in_a_row + 1 if ok and took <= w.latency_bar else 0
-            if in_a_row < w.consecutive:
-                await anyio.sleep(w.pause)

@@ -112,5 +112,5 @@ async def _targets(
             if not told:
                 await rec.record("immune.waiting", f"cannot read the fleet yet: {exc.message}")
                 told = True
-            await anyio.sleep(delay)
+            await fleet.clock.sleep(delay)
             delay = min(2.0, delay * 2)

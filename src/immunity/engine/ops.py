@@ -11,13 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
-
-from immunity.domain import LbState, utcnow
+from immunity.domain import LbState
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet, holder_name, machine_name
 from immunity.engine.deployment import Deployment, DeployResult, host_steps, unknown_members
@@ -192,21 +189,20 @@ async def rollback(fleet: Fleet) -> DeployResult:
     await rec.record(
         "rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets
     )
-    t0 = time.monotonic()
+    t0 = fleet.clock.monotonic()
     result = DeployResult(
-        "rolled_back", current, rec_row.id, rec_row.started_at, utcnow(), fallbacks=targets
+        "rolled_back", current, rec_row.id, rec_row.started_at, fleet.clock.now(), fallbacks=targets
     )
-    async with httpx.AsyncClient(verify=cfg.verify.tls_verify) as http:
-        switcher = HostSwitcher(fleet, rec, CapacityGuard(cfg.max_unavailable), http)
-        failed = await immune_response(
-            fleet, rec, switcher, current, targets, "rollback requested", all_hosts=True
-        )
-    result.reverted_after_s = round(time.monotonic() - t0, 3)
+    switcher = HostSwitcher(fleet, rec, CapacityGuard(cfg.max_unavailable))
+    failed = await immune_response(
+        fleet, rec, switcher, current, targets, "rollback requested", all_hosts=True
+    )
+    result.reverted_after_s = round(fleet.clock.monotonic() - t0, 3)
     result.reason = "rollback requested"
     if failed:
         result.outcome = "revert_incomplete"
         result.needs_human = failed
-    result.finished_at = utcnow()
+    result.finished_at = fleet.clock.now()
     result.hosts = host_steps(await fleet.journal.entries(rec_row.id), fleet.hosts)
     await fleet.journal.finish(
         rec_row.id, result.outcome, result.reason, {"result": result.to_dict()}, token=lease.token
@@ -277,7 +273,7 @@ async def history(fleet: Fleet) -> dict[str, Any]:
     per_day: float | None = None
     if real:
         first = dt.datetime.fromisoformat(real[0]["started_at"])
-        period_s = (utcnow() - first).total_seconds()
+        period_s = (fleet.clock.now() - first).total_seconds()
         if period_s >= 86400.0:
             per_day = round(len(real) / (period_s / 86400.0), 2)
     return {
