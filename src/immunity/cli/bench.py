@@ -42,4 +42,26 @@ def logtail(
     write_json(result, json_out)
 
 
+@bench_app.command("journal")
+def journal(
+    url: Annotated[str, typer.Option(help="postgresql://... of a database the bench may use.")],
+    apps: Annotated[int, typer.Option(help="Apps, each deployed once.")] = 20,
+    processes: Annotated[int, typer.Option(help="Orchestrator processes racing.")] = 4,
+    hosts: Annotated[int, typer.Option(help="Hosts per app's fleet.")] = 50,
+    sqlite: Annotated[
+        str | None, typer.Option(help="SQLite file for the comparison (default: a temp file).")
+    ] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
+) -> None:
+    """Many orchestrators on one journal: wrong lease grants (must be 0), writes/s, p50/p99
+    write latency, PostgreSQL beside SQLite, and the naive lease for contrast."""
+    from immunity.bench.journal import render, run
+
+    result = run(url, sqlite_path=sqlite, apps=apps, processes=processes, hosts=hosts)
+    render(result, out)
+    write_json(result, json_out)
+    if any(r["wrong_grants"] for r in result["results"]):
+        raise typer.Exit(1)
+
+
 bench_app.registered_commands.extend(judge_app.registered_commands)
