@@ -82,3 +82,16 @@ def test_a_bad_release_name_exits_2_saying_what_a_name_may_be(tmp_path: Path) ->
     r = CliRunner().invoke(app, ["deploy", "-c", str(tmp_path / "nope.yaml"), "--release", "v2\n"])
     assert r.exit_code == 2
     assert "a release name is 1 to 128 characters" in r.output
+
+
+def test_errors_without_a_command_in_their_hint_get_a_next_step() -> None:
+    """A journal error says what to run next; a config error's hint already names it."""
+    from immunity.cli.output import error_next_step
+    from immunity.errors import ConfigError, JournalError, PreflightError
+
+    assert "`immunity resume -c <config>`" in error_next_step(JournalError("disk full"))
+    assert "nothing was touched" in error_next_step(PreflightError("h1 answers nothing"))
+    done = ConfigError(
+        "x", hint="fix the lines above, then check again: immunity config validate c"
+    )
+    assert "" == error_next_step(done)

@@ -120,7 +120,7 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
         loaded = cfgmod.load(path)
         fleet = build_fleet(loaded)
     except ImmunityError as exc:
-        raise typer.Exit(show_error(exc)) from None
+        raise typer.Exit(show_error(exc, config=path)) from None
 
     async def main() -> T:
         try:
@@ -132,7 +132,7 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
     try:
         return anyio.run(main)
     except ImmunityError as exc:
-        raise typer.Exit(show_error(exc)) from None
+        raise typer.Exit(show_error(exc, config=path)) from None
     except KeyboardInterrupt:
         err.print(
             "interrupted before anything was changed; run the same command again when ready",

@@ -34,8 +34,9 @@ def plain(text: object, style: str = "") -> Text:
     return Text(str(text), style=style)
 
 
-def show_error(exc: ImmunityError) -> int:
-    """Print an ImmunityError for a human; return its exit code."""
+def show_error(exc: ImmunityError, config: str | None = None) -> int:
+    """Print an ImmunityError for a human, with the next step (naming `config` when
+    known); return its exit code."""
     if isinstance(exc, ConfigError):
         for p in exc.problems:
             err.print(p, markup=False, highlight=False)
@@ -44,7 +45,36 @@ def show_error(exc: ImmunityError) -> int:
         err.print(exc.message, markup=False, highlight=False)
     if exc.hint:
         err.print("[yellow]hint[/]: " + escape(exc.hint), highlight=False)
+    step = error_next_step(exc)
+    if step and config:
+        step = step.replace("<config>", config)
+    if step:
+        err.print("[yellow]next[/]: " + escape(step), highlight=False)
     return exc.exit_code
+
+
+_ERROR_STEPS = {
+    "preflight-failed": "nothing was touched: fix what is named, then run the same command again",
+    "journal-error": "nothing more was changed: make the journal writable again (disk, "
+    "permissions, database), then see the fleet with `immunity status -c <config>` and "
+    "finish with `immunity resume -c <config>`",
+    "revert-incomplete": "see the fleet with `immunity status -c <config>`, then put it back "
+    "with `immunity rollback -c <config>`",
+    "balancer-error": "check the balancer settings and that it answers; `immunity status "
+    "-c <config>` shows what each host serves",
+    "host-error": "check the driver settings and that the host answers; `immunity status "
+    "-c <config>` shows what each host serves",
+    "signal-error": "check the signal's settings and that its source answers",
+    "step-failed": "see the fleet with `immunity status -c <config>`",
+}
+
+
+def error_next_step(exc: ImmunityError) -> str:
+    """The next step for an error whose hint does not already give one ("" when it does, or
+    when the error says it itself, as config errors and lease errors do)."""
+    if exc.hint and ("`immunity " in exc.hint or "immunity config validate" in exc.hint):
+        return ""
+    return _ERROR_STEPS.get(exc.reference, "")
 
 
 def next_step(outcome: str, config: str, needs_human: list[str] | None = None) -> str:
