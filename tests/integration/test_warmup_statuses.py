@@ -90,3 +90,22 @@ async def test_a_503_is_waited_out_as_a_cold_start(server: int) -> None:
     """503 is what a cold host may say: not warm, and waited on until the deadline."""
     with pytest.raises(TimeoutError):
         await _warm(server, "/busy", limit_s=0.5)
+
+
+async def test_a_latency_bar_no_warm_host_meets_is_found_at_preflight(server: int) -> None:
+    """`latency_bar: 0.01ms` (10 µs) over real HTTP: warm hosts never answer that fast, so
+    preflight says no warm-up (nor a revert's) could pass; a 1 s bar passes."""
+    from immunity.probe.http import HttpProber
+
+    host = HostRef(name="h1", address="127.0.0.1", port=server)
+    for bar, found in (("0.01ms", True), ("1s", False)):
+        cfg = parse(
+            CONFIG.replace("PATH", "/ok").replace("latency_bar: 1s", f"latency_bar: {bar}"),
+            "c.yaml",
+        ).config
+        prober = HttpProber(cfg.verify.model_copy(update={"path": "/ok"}), cfg.warmup)
+        try:
+            problems = await prober.check_paths([host])
+        finally:
+            await prober.aclose()
+        assert found == any("warmup.latency_bar 0.01 ms" in p for p in problems), problems

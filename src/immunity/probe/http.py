@@ -21,6 +21,10 @@ from immunity.errors import StepFailed
 
 VERIFY_REQUEST_TIMEOUT_S = 5.0
 VERIFY_PAUSE_S = 0.05
+WARM_BAR_HOSTS = 3
+"""Preflight measures the warm-up latency of this many hosts (the first that answer)."""
+WARM_BAR_TRIES = 5
+"""Requests per host to find its fastest warm answer."""
 
 
 class HttpProber:
@@ -49,13 +53,17 @@ class HttpProber:
         is touched. Hosts that do not answer at all are left to the steps' own deadlines.
         """
         out = []
+        warm_best: dict[str, float] = {}  # host -> fastest expected warm-up answer (s)
+        w = self.warmup_config
         for h in hosts:
             for field, path, expect in (
                 ("verify.path", self.verify_config.path, self.verify_config.expect_status),
-                ("warmup.path", self.warmup_config.path, self.warmup_config.expect_status),
+                ("warmup.path", w.path, w.expect_status),
             ):
                 try:
+                    started = self.clock.monotonic()
                     r = await self.http.get(h.base_url + path, timeout=VERIFY_REQUEST_TIMEOUT_S)
+                    took = self.clock.monotonic() - started
                 except httpx.HTTPError:
                     continue
                 if not status_ok(expect, r.status_code):
@@ -65,7 +73,32 @@ class HttpProber:
                         f"{'/'.join(expect)}: set {field} to a page that answers "
                         f"{'/'.join(expect)} (or list {r.status_code} in {field_status})"
                     )
+                elif field == "warmup.path" and len(warm_best) < WARM_BAR_HOSTS:
+                    warm_best[h.name] = await self._best_latency(h, took)
+        if warm_best and min(warm_best.values()) > w.latency_bar:
+            best = ", ".join(f"{n} {t * 1000:.3g} ms" for n, t in warm_best.items())
+            out.append(
+                f"warmup.latency_bar {w.latency_bar * 1000:g} ms: hosts already warm, serving "
+                f"customers, answer {w.path} no faster than that (best of "
+                f"{WARM_BAR_TRIES} tries: {best}); no warm-up could pass, nor a revert's: "
+                "raise warmup.latency_bar above what a warm host takes"
+            )
         return out
+
+    async def _best_latency(self, host: HostRef, first: float) -> float:
+        """The fastest of a few warm-up requests to a host that is already warm (seconds)."""
+        best = first
+        url = host.base_url + self.warmup_config.path
+        for _ in range(WARM_BAR_TRIES - 1):
+            if best <= self.warmup_config.latency_bar:
+                break
+            started = self.clock.monotonic()
+            try:
+                await self.http.get(url, timeout=VERIFY_REQUEST_TIMEOUT_S)
+            except httpx.HTTPError:
+                break
+            best = min(best, self.clock.monotonic() - started)
+        return best
 
     def last_answer(self, host: HostRef) -> str | None:
         return self._last.get(host.name)
