@@ -95,3 +95,13 @@ def test_errors_without_a_command_in_their_hint_get_a_next_step() -> None:
         "x", hint="fix the lines above, then check again: immunity config validate c"
     )
     assert "" == error_next_step(done)
+
+
+def test_the_sandbox_config_satisfies_the_schema() -> None:
+    """The config `immunity sandbox up` writes (percentages, ms bounds, durations) is valid
+    for an editor using `immunity config schema`."""
+    from immunity.config.schema import json_schema
+    from immunity.sandbox.fleet import immunity_yaml
+
+    data = yaml.safe_load(immunity_yaml("shop", {"h1": 18001, "h2": 18002, "h3": 18003}))
+    jsonschema.validate(data, json_schema())

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PlainValidator,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -203,6 +204,16 @@ def _latency_ms(v: Any) -> Any:
     return v
 
 
+_MAX_SCHEMA = {
+    "anyOf": [
+        {"type": "number"},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(%|ms|s)\s*$"},
+        {"type": "null"},
+    ],
+    "description": 'error_rate_max: "2%" or 0.02; latency_max: ms (500, "500ms", "1.5s").',
+}
+
+
 class CheckConfig(Strict):
     """One check the judge runs at every look of a bake.
 
@@ -218,7 +229,7 @@ class CheckConfig(Strict):
     kind: Literal["errors", "latency", "error_rate_max", "latency_max"] = "errors"
     """`errors` / `latency` compare canary and baseline; `error_rate_max` / `latency_max`
     are guard rails on the canary alone."""
-    max: float | None = None
+    max: Annotated[float | None, WithJsonSchema(_MAX_SCHEMA, mode="validation")] = None
     """Guard rails only: error_rate_max takes a fraction ("2%" or 0.02, above 0 and below
     100%); latency_max a bound in ms (500, "500ms" or "1.5s") on the canary's `quantile`."""
     quantile: float = Field(default=0.99, gt=0, lt=1)
