@@ -74,6 +74,7 @@ def test_every_abnormal_end_names_the_next_command() -> None:
     assert "`immunity rollback -c c.yaml`" in next_step("revert_incomplete", "c.yaml", ["h1"])
     assert "look at h1" in next_step("revert_incomplete", "c.yaml", ["h1"])
     assert "`immunity history -c c.yaml`" in next_step("reverted", "c.yaml")
+    assert "`immunity history -c c.yaml`" in next_step("inconclusive", "c.yaml")
     assert next_step("deployed", "c.yaml") == ""
 
 

@@ -86,6 +86,11 @@ def next_step(outcome: str, config: str, needs_human: list[str] | None = None) -
         "fix the release and deploy a new one",
         "revert_incomplete": f"look at {hosts} (the journal says what failed: "
         f"`immunity status {c}`), then put the fleet back with `immunity rollback {c}`",
+        "inconclusive": "the fleet serves its previous release; the release was not found "
+        f"worse, only not judged: see why with `immunity history {c}`; for more evidence "
+        "lengthen bake.max or use a bigger first wave (docs/judging.md), then deploy again",
+        "superseded": f"another process took the deployment over; see it with "
+        f"`immunity status {c}`",
         "held": f"continue with `immunity resume {c}`, or revert with `immunity resume {c} --abort`",
         "interrupted": f"finish the deployment with `immunity resume {c}`, or revert it with "
         f"`immunity resume {c} --abort`",
