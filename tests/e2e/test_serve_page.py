@@ -128,6 +128,14 @@ def test_the_open_page_follows_a_deployment_live_and_shows_no_secret(
             body = httpx.get(base + path).text
             assert SECRET not in body, path
         assert SECRET not in browser.evaluate("document.documentElement.outerHTML")
+        # the deployment's page links its report, which renders
+        browser.open(f"{base}/deployments/{dep_id}")
+        assert browser.evaluate("document.body.innerText").count("deployed") >= 1
+        href = browser.evaluate("document.querySelector('a[href$=\"/report\"]').href")
+        assert href == f"{base}/deployments/{dep_id}/report"
+        rep = httpx.get(href, timeout=90)  # matplotlib draws it on request
+        assert rep.status_code == 200 and "<svg" in rep.text and SECRET not in rep.text
+        browser.screenshot(shots / "4-deployment.png")
         # read-only: nothing but GET
         assert httpx.post(base + "/api/apps").status_code == 405
     finally:

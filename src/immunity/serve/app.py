@@ -5,7 +5,7 @@ Routes (GET only; anything else is 405):
     /                               the page: every app's hosts, running deployments, history
     /partials/apps, /partials/deployments   the page's live parts (HTML), polled every second
     /deployments/{id}               one deployment: verdict, per-host steps, every entry
-    /deployments/{id}/report        its `immunity report` HTML, when that is installed
+    /deployments/{id}/report        its `immunity report` page
     /api/apps, /api/deployments, /api/deployments/{id}      the same as JSON
     /static/...                     the page's script and style (nothing from a CDN)
 
@@ -17,9 +17,6 @@ The fleet's view is cached for `refresh_s` so many viewers cost the hosts one lo
 from __future__ import annotations
 
 import hmac
-import importlib
-import importlib.util
-import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -35,6 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from immunity import report
 from immunity.engine.context import Fleet
 from immunity.serve import views
 
@@ -95,19 +93,10 @@ class _Headers(BaseHTTPMiddleware):
         return resp
 
 
-async def _report_html(fleet: Fleet, deployment_id: str) -> str | None:
-    """The deployment's `immunity report` page, when the report package is installed."""
-    if importlib.util.find_spec("immunity.report") is None:
-        return None
-    report = importlib.import_module("immunity.report")  # optional: not every install has it
-    render: Any = getattr(report, "render_html", None)
-    load: Any = getattr(report, "load", None)
-    if render is None or load is None:
-        return None
-    data = load(fleet.journal, deployment_id)
-    if inspect.isawaitable(data):
-        data = await data
-    return str(await anyio.to_thread.run_sync(render, data))
+async def _report_html(fleet: Fleet, deployment_id: str) -> str:
+    """The deployment's `immunity report` page (self-contained: inline SVG and style)."""
+    data = await report.load(fleet.journal, deployment_id)
+    return str(await anyio.to_thread.run_sync(report.render_html, data))
 
 
 def create_app(
@@ -118,7 +107,6 @@ def create_app(
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
     )
     by_app = {f.app: f for f in fleets}
-    has_report = importlib.util.find_spec("immunity.report") is not None
 
     async def look_apps() -> list[dict[str, Any]]:
         return [await views.app_view(f) for f in fleets]
@@ -153,16 +141,13 @@ def create_app(
         found = await _find(request.path_params["id"])
         if found is None:
             return html("missing.html", status=404, what=request.path_params["id"])
-        return html("deployment.html", d=found[1], has_report=has_report)
+        return html("deployment.html", d=found[1])
 
     async def report(request: Request) -> Response:
         found = await _find(request.path_params["id"])
         if found is None:
             return html("missing.html", status=404, what=request.path_params["id"])
-        page = await _report_html(found[0], request.path_params["id"])
-        if page is None:
-            return html("missing.html", status=404, what="the report (immunity report)")
-        return HTMLResponse(page)
+        return HTMLResponse(await _report_html(found[0], request.path_params["id"]))
 
     async def api_apps(request: Request) -> Response:
         return JSONResponse(await apps_cache.get())
