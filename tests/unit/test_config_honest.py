@@ -391,3 +391,29 @@ def test_two_signals_with_one_name_are_rejected_at_the_second() -> None:
     )
     assert len(problems) == 1
     assert _line_of(problems[0]) == 10 and "signals[1].name" in problems[0]
+
+
+def test_an_empty_env_var_takes_the_default_as_in_the_shell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`${IMM_BE:-be_app}` with IMM_BE set but empty is `be_app`, as `:-` means in a shell."""
+    monkeypatch.setenv("IMM_BE", "")
+    text = BASE.replace("backend: be_app}\ndriver", "backend: '${IMM_BE:-be_web}'}\ndriver")
+    assert parse(text, "im.yaml").balancer.backend == "be_web"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "old,new,field",
+    [
+        ("address: 127.0.0.1, port: 18002", "address: 'http://10.0.0.2', port: 18002", "address"),
+        ("checks:\n", "verify: {path: health}\nchecks:\n", "verify.path"),
+        ("checks:\n", "warmup: {path: 'index.html'}\nchecks:\n", "warmup.path"),
+    ],
+)
+def test_an_address_or_path_that_would_build_a_wrong_url_is_rejected(
+    old: str, new: str, field: str
+) -> None:
+    """`address: http://...` or a path without its leading / would make every verify and
+    warm-up request go to a URL that does not exist."""
+    problems = _problems(BASE.replace(old, new, 1))
+    assert len(problems) == 1 and field in problems[0], problems

@@ -189,10 +189,10 @@ class _Builder:
 
             def sub(m: re.Match[str]) -> str:
                 name, default = m.group(1), m.group(2)
+                if default is not None:  # as in the shell: unset *or empty* takes the default
+                    return os.environ.get(name) or default
                 if name in os.environ:
                     return os.environ[name]
-                if default is not None:
-                    return default
                 self.pos.unset.add(loc)
                 self.pos.env_uses.setdefault(name, []).append((mark, loc))
                 return ""

@@ -100,8 +100,20 @@ class HostConfig(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     """The host's name in immunity's output and journal; unique."""
-    address: str = "127.0.0.1"
-    """Where the app answers directly (verify and warm-up requests bypass the balancer)."""
+    address: str = Field(default="127.0.0.1", min_length=1)
+    """Where the app answers directly (verify and warm-up requests bypass the balancer):
+    a host name or an IP address, without scheme, port or path."""
+
+    @field_validator("address")
+    @classmethod
+    def _bare_address(cls, v: str) -> str:
+        if "://" in v or "/" in v or any(c.isspace() for c in v):
+            raise ValueError(
+                f"expected a host name or IP address, got {v!r}: put the scheme in `scheme` "
+                "and the port in `port`"
+            )
+        return v
+
     port: int = Field(default=80, ge=1, le=65535)
     """The app's port at `address`; `address:port` is unique across hosts."""
     scheme: Literal["http", "https"] = "http"
@@ -117,8 +129,8 @@ class HostConfig(Strict):
 class WarmupConfig(Strict):
     """Requests straight to a switched host until it answers fast, before it rejoins the pool."""
 
-    path: str = "/"
-    """The page requested; pick one that exercises the app's cold paths."""
+    path: str = Field(default="/", pattern=r"^/")
+    """The page requested (starting with /); pick one that exercises the app's cold paths."""
     expect_status: StatusCodes = ("2xx",)
     """Statuses that count toward warm (200, "2xx", or a list). A redirect or 404 from
     `path` is a warm-up failure, not a warm host."""
@@ -137,8 +149,9 @@ class WarmupConfig(Strict):
 class VerifyConfig(Strict):
     """The direct health request that proves a started host serves its release."""
 
-    path: str = "/health"
-    """The health page requested on the host (retried until `timeouts.verify`)."""
+    path: str = Field(default="/health", pattern=r"^/")
+    """The health page requested on the host, starting with / (retried until
+    `timeouts.verify`)."""
     expect_status: StatusCodes = ("200",)
     """Statuses that prove the host serves (200, "2xx", or a list)."""
     tls_verify: bool = True
