@@ -139,13 +139,38 @@ def test_resume_abort_reverts_an_interrupted_deployment(loaded: Sandbox) -> None
     assert_whole(loaded, cfg, old)
 
 
+# A signal that answers preflight (it runs the command once) and fails at every look after:
+# a metrics backend that goes away mid-deployment. Runs in the config file's folder.
+BREAKS_AFTER_PREFLIGHT = [
+    "sh",
+    "-c",
+    'm="broken-signal.$PPID"; [ -e "$m" ] && exit 1; touch "$m"; '
+    'echo \'{"requests": 0, "errors": 0}\'',
+]
+
+
+def test_a_signal_that_cannot_run_is_refused_at_preflight(loaded: Sandbox) -> None:
+    """A command signal that fails when preflight runs it: exit 2, nothing touched."""
+    broken = {
+        "signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
+        "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
+    }
+    cfg = loaded.write_config("faults-false.yaml", **{**FAST, **broken})
+    old = current(loaded, cfg)
+    new = "v2" if old != "v2" else "v1"
+    r = loaded.run("deploy", "-c", str(cfg), "--release", new)
+    assert r.returncode == 2, r.stdout + r.stderr[-1500:]
+    assert "exited with status 1" in r.stdout + r.stderr
+    assert_whole(loaded, cfg, old)
+
+
 def test_a_signal_source_that_errors_is_inconclusive_and_the_fleet_is_reverted(
     loaded: Sandbox,
 ) -> None:
     """A failing command signal never passes: after the consecutive-error limit the fleet is
     reverted for lack of evidence (exit 7, not a release found worse)."""
     broken = {
-        "signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
+        "signals": [{"kind": "command", "name": "broken", "command": BREAKS_AFTER_PREFLIGHT}],
         "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
         "judge": {"inconclusive_limit": "2s"},
     }
@@ -157,7 +182,7 @@ def test_a_signal_source_that_errors_is_inconclusive_and_the_fleet_is_reverted(
     result = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
     assert "inconclusive" in result["reason"]
     assert result["outcome"] == "inconclusive"
-    assert result["verdict"]["outcome"] == "error"  # a signal that failed, not thin traffic
+    assert result["verdict"]["outcome"] == "error", result["reason"]  # failed, not thin traffic
     assert "signal broken failed" in result["reason"]
     assert_whole(loaded, cfg, old)
 
@@ -165,7 +190,7 @@ def test_a_signal_source_that_errors_is_inconclusive_and_the_fleet_is_reverted(
 def test_the_hold_policy_pauses_with_the_fleet_serving(loaded: Sandbox) -> None:
     """With on_inconclusive: hold the deployment stops with exit 6 and every host in the pool."""
     broken = {
-        "signals": [{"kind": "command", "name": "broken", "command": ["false"]}],
+        "signals": [{"kind": "command", "name": "broken", "command": BREAKS_AFTER_PREFLIGHT}],
         "checks": [{"name": "errors", "signal": "broken", "kind": "errors"}],
         "judge": {"inconclusive_limit": "1s", "on_inconclusive": "hold"},
     }

@@ -35,7 +35,7 @@ from immunity.clock import SYSTEM_CLOCK, Clock
 from immunity.config.models import Config
 from immunity.domain import Cohort, HostRef, Observation, Verdict
 from immunity.errors import ImmunityError
-from immunity.signals.base import SignalSource, delay_of, vet
+from immunity.signals.base import SignalSource, delay_of, resolution_of, vet
 
 log = logging.getLogger("immunity.analysis")
 
@@ -172,7 +172,10 @@ async def bake(
         t_s = round(clock.monotonic() - t0, 3)
         wall = clock.now()
         end = wall - dt.timedelta(seconds=b.lag)
-        windows = {n: (starts[n], wall - dt.timedelta(seconds=d)) for n, d in delays.items()}
+        windows = {
+            n: (starts[n], _align(wall - dt.timedelta(seconds=d), resolution_of(signals[n])))
+            for n, d in delays.items()
+        }
         now = cohorts()
         observations, errored = await _observe_all(
             signals, analysis.signals, now, windows, b.interval
@@ -200,6 +203,14 @@ async def bake(
             return await _finish(
                 rec, wave, bake_no, step.decision, started_at, t_s, writer.looks, carry, clock
             )
+
+
+def _align(t: dt.datetime, resolution: float) -> dt.datetime:
+    """`t` rounded down to a multiple of `resolution` seconds (unchanged when 0)."""
+    if resolution <= 0:
+        return t
+    ts = t.timestamp()
+    return dt.datetime.fromtimestamp(ts - (ts % resolution), dt.UTC)
 
 
 async def _finish(
@@ -238,7 +249,7 @@ async def _observe_all(
 
     Every answer is vetted (`signals.base.vet`): a partial, stale or implausible one is a
     rejected observation naming why, never evidence. A signal whose window has not opened
-    yet (its delay) is not asked: it saw an empty window.
+    yet (its delay, or not a whole step of its resolution) is not asked and left out.
     """
     out: dict[str, dict[Cohort | str, Observation]] = {}
     errored: dict[str, str] = {}
@@ -249,11 +260,7 @@ async def _observe_all(
         src = signals[name]
         start, end = windows[name]
         if end <= start:
-            waiting = f"waiting {delay_of(src):g} s for the source's data (its delay)"
-            out[name] = {
-                c: Observation(0, 0, hosts=len(h), detail=waiting) for c, h in members.items()
-            }
-            return
+            return  # not due yet (its delay or resolution): not asked, not a look for it
         try:
             with anyio.fail_after(timeout):
                 obs = await src.observe(members, start, end)

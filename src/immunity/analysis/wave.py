@@ -96,6 +96,7 @@ class BakeAnalysis:
         self.empty_looks = 0
         self.inconclusive_since: float | None = None
         self.errors: dict[str, int] = {}
+        self.last_results: dict[str, CheckResult] = {}
         self.last: Step | None = None
 
     @property
@@ -134,10 +135,24 @@ class BakeAnalysis:
             for o in per.values():
                 if o.status is ObservationStatus.FAILED and signal not in errored:
                     errored[signal] = o.detail or "the signal could not be read"
-        for signal in self.signals:
+        # A signal neither observed nor errored was not asked at this look (its next window
+        # is not due yet: its delay or its resolution): its checks keep their last word and
+        # its error streak neither grows nor resets.
+        waiting = {s for s in self.signals if s not in observations and s not in errored}
+        for signal in self.signals - waiting:
             self.errors[signal] = self.errors.get(signal, 0) + 1 if signal in errored else 0
         results: list[CheckResult] = []
         for name, signal, judge in self.judges:
+            if signal in waiting:
+                last = self.last_results.get(name)
+                results.append(
+                    last
+                    if last is not None
+                    else CheckResult(
+                        name, Outcome.CONTINUE, f"waiting for signal {signal}'s first window"
+                    )
+                )
+                continue
             if signal in errored:
                 results.append(
                     CheckResult(
@@ -155,6 +170,7 @@ class BakeAnalysis:
             results.append(
                 r if r.name == name else CheckResult(name, r.outcome, r.reason, r.numbers)
             )
+        self.last_results = {r.name: r for r in results}
         verdict = combine(results, t_s) if results else _no_checks(t_s, cfg.bake.min)
         step = Step(t_s, verdict, self._decide(t_s, verdict, may_pass), self._frozen())
         self.last = step

@@ -58,6 +58,18 @@ def delay_of(source: object) -> float:
     return delay if math.isfinite(delay) and delay > 0 else 0.0
 
 
+def resolution_of(source: object) -> float:
+    """Seconds that a source's window edges must be multiples of (`resolution`, default 0:
+    any instant). The `command` source declares 1: its windows are whole seconds, so the
+    bake asks it only when a new whole second is complete."""
+    value = getattr(source, "resolution", 0.0)
+    try:
+        res = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return res if math.isfinite(res) and res > 0 else 0.0
+
+
 def vet(obs: Observation, window_s: float, hosts: int) -> Observation:
     """`obs` when it is plausible for a window of `window_s` seconds over `hosts` hosts, else
     `Observation.rejected` naming what is wrong. Applied by the bake to every source's answer.

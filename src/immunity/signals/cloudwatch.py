@@ -322,8 +322,10 @@ class CloudWatchSource:
         for p in [p for p in self._periods if p < horizon]:
             del self._periods[p]
 
-    async def preflight(self, hosts: Sequence[HostRef]) -> None:
-        """Credentials resolve and CloudWatch knows RequestCount for these dimensions."""
+    async def preflight(self, hosts: Sequence[HostRef]) -> str:
+        """Credentials resolve and CloudWatch knows RequestCount for these dimensions; returns
+        what it shows of the target group's traffic in the last ten minutes (or that it shows
+        none)."""
         await self._api.check_credentials()
         reply = await self._api.call(
             "cloudwatch",
@@ -343,6 +345,38 @@ class CloudWatchSource:
                 "(targetgroup/<name>/<id>) and region; the ALB must have had traffic",
                 context={"adapter": ADAPTER},
             )
+        return await self._current_traffic()
+
+    async def _current_traffic(self) -> str:
+        """RequestCount of the last ten minutes before `delay`: the traffic CloudWatch shows
+        now (fleet-wide), or plainly that it shows none. Nothing is cached for the bake."""
+        hi = _floor(utcnow() - dt.timedelta(seconds=self._s.delay), self._s.period)
+        lo = hi - dt.timedelta(minutes=10)
+        reply = await self._api.call(
+            "cloudwatch",
+            "GetMetricData",
+            preflight=True,
+            resource=self._s.target_group,
+            MetricDataQueries=[self._query("requests", "RequestCount", "Sum")],
+            StartTime=lo,
+            EndTime=hi,
+        )
+        values = [
+            float(v)
+            for r in reply.get("MetricDataResults", [])
+            for v in r.get("Values", [])
+            if v is not None and math.isfinite(v)
+        ]
+        if not values or sum(values) <= 0:
+            return (
+                f"{self.name}: CloudWatch shows no request for {self._s.target_group} between "
+                f"{lo:%H:%M} and {hi:%H:%M} UTC ({self._s.delay:g}s delay): there is no "
+                "current traffic to judge"
+            )
+        return (
+            f"{self.name}: CloudWatch shows {sum(values):.0f} request(s) for the whole "
+            f"{self._s.target_group} between {lo:%H:%M} and {hi:%H:%M} UTC"
+        )
 
     async def aclose(self) -> None:
         await self._api.aclose()

@@ -19,9 +19,10 @@ and in the environment (inherited environment plus `env`):
 Windows are whole seconds: the engine's window [start, end) is run as [floor(start),
 floor(end)), so every form of the window above (ISO, epoch integers, the stdin floats) names
 the same half-open interval, and consecutive looks partition time exactly: a script that
-counts `start <= t < end` counts each request once, whatever precision it reads. A look
-whose window holds no whole second yet is an empty window (zero requests, the command is
-not run); the next look covers it.
+counts `start <= t < end` counts each request once, whatever precision it reads. The source
+declares `resolution = 1`, so the bake asks it only once a new whole second is complete;
+asked anyway about a window holding no whole second, it answers an empty window without
+running the command.
 
 It must print ONE JSON object on stdout and exit 0:
 
@@ -60,6 +61,8 @@ from immunity.errors import PreflightError, SignalError
 from immunity.signals._gather import gather
 
 _TAIL = 600  # characters of stderr kept in an error
+RECENT_TRAFFIC_S = 60.0
+"""Preflight runs the command once over this last stretch."""
 
 
 class CommandSettings(BaseModel):
@@ -207,6 +210,8 @@ class CommandSource:
         self.settings = settings
         self.name = settings.name
         self.delay = settings.delay
+        self.resolution = 1.0
+        """Windows are whole seconds (see the module docstring)."""
         self.base_dir = base_dir or Path.cwd()
         argv = list(settings.command)
         if "/" in argv[0] and not os.path.isabs(argv[0]):
@@ -295,12 +300,38 @@ class CommandSource:
             {c: self._observe_one(c, hosts, start, end) for c, hosts in cohorts.items()}
         )
 
-    async def preflight(self, hosts: Sequence[HostRef]) -> None:
-        """The command exists and is executable (it is not run: it may be expensive)."""
+    async def preflight(self, hosts: Sequence[HostRef]) -> str:
+        """The command exists, is executable, and answers once for every host (as the
+        baseline cohort) over the last minute before its delay; returns what it saw, in one
+        sentence, or plainly that it sees no traffic or cannot tell.
+
+        Raises PreflightError when it is missing, fails, or answers something invalid.
+        """
         problem = self._missing_executable()
         if problem is not None:
             message, hint = problem
             raise PreflightError(f"{self.name}: {message}", hint=hint)
+        end = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.settings.delay)
+        start = end - dt.timedelta(seconds=RECENT_TRAFFIC_S)
+        try:
+            obs = await self._observe_one(Cohort.BASELINE, hosts, start, end)
+        except SignalError as exc:
+            raise PreflightError(
+                f"{exc.message} (run once at preflight, for all {len(hosts)} host(s) over the "
+                f"last {RECENT_TRAFFIC_S:g} s)",
+                hint="run it by hand as docs/adapters/command.md shows ('Try it by hand')",
+            ) from exc
+        if not obs.available:
+            return f"{self.name}: the command cannot tell what the hosts serve now: {obs.detail}"
+        if obs.requests == 0:
+            return (
+                f"{self.name}: the command counts no request on the {len(hosts)} host(s) in "
+                f"the last {RECENT_TRAFFIC_S:g} s: there is no current traffic to judge"
+            )
+        return (
+            f"{self.name}: the command counts {obs.requests} request(s) ({obs.errors} errors) "
+            f"on the {len(hosts)} host(s) in the last {RECENT_TRAFFIC_S:g} s"
+        )
 
     def _missing_executable(self) -> tuple[str, str] | None:
         exe = self.argv[0]

@@ -58,6 +58,8 @@ from immunity.errors import ImmunityError, PreflightError, SignalError
 ADAPTER = "elasticsearch"
 log = logging.getLogger("immunity.signals.elasticsearch")
 
+RECENT_TRAFFIC_S = 60.0
+"""Preflight reports the traffic of this last stretch."""
 # latency_unit -> how many field units make one millisecond
 _PER_MS = {"ms": 1.0, "s": 0.001, "us": 1000.0, "ns": 1_000_000.0}
 _NUMERIC = {
@@ -437,8 +439,9 @@ class ElasticsearchSource:
 
     # -- preflight --------------------------------------------------------------------------
 
-    async def preflight(self, hosts: Sequence[HostRef]) -> None:
-        """The cluster answers, the index pattern matches, and every field is usable."""
+    async def preflight(self, hosts: Sequence[HostRef]) -> str:
+        """The cluster answers, the index pattern matches, and every field is usable; returns
+        what the index shows of the hosts' traffic in the last minute (or that it shows none)."""
         s = self._s
         es = self._client()
         await self._call("GET /", es.info(), preflight=True)
@@ -487,6 +490,35 @@ class ElasticsearchSource:
                 f"(GET /{s.index}/_mapping)",
                 context={"adapter": ADAPTER},
             )
+        return await self._current_traffic(hosts)
+
+    async def _current_traffic(self, hosts: Sequence[HostRef]) -> str:
+        """One search over the last minute (its delay back): what the index shows of the
+        hosts' traffic now, or plainly that it shows none."""
+        end = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._s.delay)
+        start = end - dt.timedelta(seconds=RECENT_TRAFFIC_S)
+        try:
+            got = await self.observe({Cohort.BASELINE: hosts}, start, end)
+        except SignalError as exc:
+            raise PreflightError(
+                f"signal {self.name!r}: the search of {self._s.index} fails: {exc.message}",
+                hint=exc.hint,
+                context={"adapter": ADAPTER},
+            ) from exc
+        obs = got[Cohort.BASELINE]
+        if not obs.available:
+            return f"{self.name}: {self._s.index} cannot say what the hosts serve now: {obs.detail}"
+        if obs.requests == 0:
+            return (
+                f"{self.name}: {self._s.index} holds no request of the {len(hosts)} host(s) "
+                f"in the last {RECENT_TRAFFIC_S:g} s (before the {self._s.delay:g}s delay): "
+                "there is no current traffic to judge (check host_field and host_names if "
+                "there should be)"
+            )
+        return (
+            f"{self.name}: {self._s.index} holds {obs.requests} request(s) ({obs.errors} 5xx) "
+            f"of the {len(hosts)} host(s) in the last {RECENT_TRAFFIC_S:g} s ({obs.detail})"
+        )
 
     async def aclose(self) -> None:
         """Close the client's HTTP connections. Idempotent."""

@@ -71,6 +71,9 @@ DEFAULTS: dict[str, dict[str, str]] = {
     },
 }
 
+RECENT_TRAFFIC_S = 60.0
+"""Preflight reports the traffic of this last stretch."""
+
 # RE2 metacharacters; everything else in a label value is literal.
 _RE2_SPECIAL = set("\\.+*?()|[]{}^$")
 
@@ -458,8 +461,10 @@ class PrometheusSource:
             {cohort: self._observe_one(hosts, start, end) for cohort, hosts in cohorts.items()}
         )
 
-    async def preflight(self, hosts: Sequence[HostRef]) -> None:
-        """Prometheus is ready, answers the API, and accepts each query template."""
+    async def preflight(self, hosts: Sequence[HostRef]) -> str:
+        """Prometheus is ready, answers the API, and accepts each query template; returns
+        what it sees of the hosts' traffic over the last minute, in one sentence (or says
+        plainly that it sees none)."""
         where = _where(self.settings.url)
         try:
             ready = await self._get("/-/ready")
@@ -495,6 +500,29 @@ class PrometheusSource:
                     f"{self.name}: the {key} query is rejected: {exc.message}",
                     hint="check the PromQL template; placeholders are {hosts}, {host_label}, {window}",
                 ) from exc
+        return await self._current_traffic(hosts)
+
+    async def _current_traffic(self, hosts: Sequence[HostRef]) -> str:
+        end = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.settings.delay)
+        start = end - dt.timedelta(seconds=RECENT_TRAFFIC_S)
+        obs = await self._observe_one(hosts, start, end)
+        where = _where(self.settings.url)
+        if not obs.available:
+            return (
+                f"{self.name}: Prometheus at {where} answers, but gives no request count for "
+                f"the {len(hosts)} host(s) over the last {RECENT_TRAFFIC_S:g} s ({obs.detail}): "
+                "there is no current traffic it can see (check host_label and host_value if "
+                "there should be)"
+            )
+        if obs.requests == 0:
+            return (
+                f"{self.name}: Prometheus at {where} counts no request on the {len(hosts)} "
+                f"host(s) in the last {RECENT_TRAFFIC_S:g} s: there is no current traffic to judge"
+            )
+        return (
+            f"{self.name}: Prometheus at {where} counts {obs.requests} request(s) "
+            f"({obs.errors} 5xx) on the {len(hosts)} host(s) in the last {RECENT_TRAFFIC_S:g} s"
+        )
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -171,8 +171,20 @@ async def test_latency_in_milliseconds_uses_millisecond_bounds(fake_es: Any) -> 
 async def test_preflight_accepts_a_matching_index_with_usable_fields(es: Any) -> None:
     """Preflight passes on a reachable cluster, a matching pattern and well-typed fields."""
     src = _source(es.url)
-    await src.preflight(CANARY + BASELINE)
+    said = await src.preflight(CANARY + BASELINE)
     await src.aclose()
+    # the documents are from 2026-11-26 10:00: nothing in the last minute
+    assert "there is no current traffic to judge" in said
+
+
+async def test_preflight_counts_the_hosts_requests_of_the_last_minute(fake_es: Any) -> None:
+    """Documents of the last minute (before the delay) are counted at preflight."""
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=20)
+    fake_es.add_index(INDEX, PROPERTIES, [doc("web-1", 200, 20, at=at) for _ in range(7)])
+    src = _source(fake_es.url)
+    said = await src.preflight(CANARY + BASELINE)
+    await src.aclose()
+    assert "holds 7 request(s) (0 5xx) of the 3 host(s)" in said
 
 
 async def test_preflight_names_an_index_pattern_that_matches_nothing(es: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 
 import anyio
 import pytest
@@ -186,6 +187,20 @@ async def test_preflight_accepts_a_ready_prometheus(prometheus_fleet: Fleet) -> 
         await src.preflight([prometheus_fleet.canary.host])
     finally:
         await src.aclose()
+
+
+async def test_preflight_says_what_traffic_it_sees_or_plainly_none(
+    prometheus_with_data: Fleet,
+) -> None:
+    """The hosts' last minute of requests, counted; a host Prometheus does not know: none."""
+    src = source(prometheus_with_data.url)
+    try:
+        seen = await src.preflight([prometheus_with_data.baseline.host])
+        unknown = await src.preflight([HostRef("ghost", "127.0.0.1", 1)])
+    finally:
+        await src.aclose()
+    assert re.search(r"counts [1-9]\d* request\(s\) \(0 5xx\) on the 1 host\(s\)", seen), seen
+    assert "there is no current traffic it can see" in unknown
 
 
 async def test_preflight_rejects_a_broken_template(prometheus_fleet: Fleet) -> None:

@@ -83,7 +83,7 @@ async def test_cumulative_counts_are_a_rejected_look_never_evidence_nor_a_crash(
     assert "implausible answer: 200000000 requests" in result.verdict.reason
     looked = [m for k, m, _ in journal.entries if k == "bake.looked"]
     # the first looks come before `bake.lag` allows a window; every later one is rejected
-    asked = [m for m in looked if "over 0 vs 0 requests" not in m]
+    asked = [m for m in looked if "waiting for signal lb's first window" not in m]
     assert asked and all("not evidence" in m for m in asked)
 
 
@@ -104,6 +104,26 @@ async def test_a_source_is_first_asked_when_its_delay_allows_and_windows_follow_
     assert (asked_at - began).total_seconds() >= 1.0
     assert (asked_at - first_end).total_seconds() >= 1.0
     assert all(a[1] == b[0] for a, b in zip(src.windows, src.windows[1:], strict=False))
+
+
+async def test_a_whole_second_source_is_asked_only_for_whole_seconds_and_keeps_its_error_streak() -> (
+    None
+):
+    """With looks every 0.2 s, a source of resolution 1 s is asked for whole-second windows
+    only, and a failing one still reaches the consecutive-error limit (looks it was not asked
+    at neither count nor reset the streak)."""
+
+    def answer(c: Cohort, start: dt.datetime, end: dt.datetime) -> Observation:
+        return Observation.failed("the metrics API is down")
+
+    src = Source(answer)
+    src.resolution = 1.0  # type: ignore[attr-defined]
+    result = await bake(
+        {"lb": src}, config(max="10s"), Journal(), cohorts, wave=1, bake_no=1, relative=True
+    )
+    assert result.verdict.outcome is Outcome.ERROR
+    assert all(start.microsecond == 0 or i == 0 for i, (start, _, _) in enumerate(src.windows))
+    assert all(end.microsecond == 0 for _, end, _ in src.windows)
 
 
 async def test_a_source_that_cannot_be_read_is_an_error_not_thin_traffic() -> None:

@@ -382,3 +382,17 @@ async def test_the_window_the_command_sees_is_whole_seconds_in_every_form(tmp_pa
     )
     empty = await src.observe({Cohort.CANARY: [WEB1]}, a, a + dt.timedelta(seconds=0.5))
     assert (empty[Cohort.CANARY].requests, empty[Cohort.CANARY].available) == (0, True)
+
+
+async def test_preflight_runs_the_command_once_and_says_what_it_sees(tmp_path: Path) -> None:
+    """Preflight runs the command for every host as the baseline; a failure is exit 2."""
+    script(tmp_path, 'print(\'{"requests": 5, "errors": 1}\')\n', name="ok.py")
+    said = await source(tmp_path, ["./ok.py"], name="orders").preflight([WEB1, WEB2])
+    assert (
+        said
+        == "orders: the command counts 5 request(s) (1 errors) on the 2 host(s) in the last 60 s"
+    )
+    script(tmp_path, "import sys; sys.exit(3)\n", name="bad.py")
+    with pytest.raises(PreflightError) as err:
+        await source(tmp_path, ["./bad.py"]).preflight([WEB1])
+    assert "exited with status 3" in err.value.message
