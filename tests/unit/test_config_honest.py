@@ -417,3 +417,10 @@ def test_an_address_or_path_that_would_build_a_wrong_url_is_rejected(
     warm-up request go to a URL that does not exist."""
     problems = _problems(BASE.replace(old, new, 1))
     assert len(problems) == 1 and field in problems[0], problems
+
+
+def test_a_tolerance_at_or_above_bad_is_rejected() -> None:
+    """`error_tolerance: 2.5` with `error_bad: 2` would tolerate the regression it is meant
+    to catch: rejected at the judge block."""
+    problems = _problems(BASE + "judge: {error_tolerance: 2.5}\n")
+    assert len(problems) == 1 and "error_tolerance" in problems[0] and _line_of(problems[0]) == 12

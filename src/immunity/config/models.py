@@ -356,6 +356,17 @@ class JudgeConfig(Strict):
     stops with the fleet as it is, mixed releases in the pool, until a human resumes,
     rolls back or aborts (no good release lost; the fleet runs two releases meanwhile)."""
 
+    @model_validator(mode="after")
+    def _tolerance_below_bad(self) -> JudgeConfig:
+        for kind in ("error", "latency"):
+            tol, bad = getattr(self, f"{kind}_tolerance"), getattr(self, f"{kind}_bad")
+            if tol >= bad:
+                raise ValueError(
+                    f"judge.{kind}_tolerance (×{tol:g}) must be below judge.{kind}_bad "
+                    f"(×{bad:g}): a regression to catch cannot be within what is tolerated"
+                )
+        return self
+
 
 class GuardConfig(Strict):
     """The watch after the last wave: the release keeps being judged before the run ends."""
