@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from e2e_helpers import FAST, Load, Sandbox
 
 pytestmark = pytest.mark.slow
@@ -161,6 +162,22 @@ def test_a_signal_that_cannot_run_is_refused_at_preflight(loaded: Sandbox) -> No
     r = loaded.run("deploy", "-c", str(cfg), "--release", new)
     assert r.returncode == 2, r.stdout + r.stderr[-1500:]
     assert "exited with status 1" in r.stdout + r.stderr
+    assert_whole(loaded, cfg, old)
+
+
+def test_an_access_log_in_another_format_is_refused_at_preflight(loaded: Sandbox) -> None:
+    """The sandbox's JSON log read as `option httplog`: exit 2 naming the file, the line and
+    the fields expected; nothing touched."""
+    signals = yaml.safe_load(loaded.config.read_text())["signals"]
+    signals[0]["log_format"] = "httplog"
+    cfg = loaded.write_config("faults-format.yaml", **{**FAST, "signals": signals})
+    old = current(loaded, cfg)
+    new = "v2" if old != "v2" else "v1"
+    r = loaded.run("deploy", "-c", str(cfg), "--release", new)
+    said = r.stdout + r.stderr
+    assert r.returncode == 2, said[-1500:]
+    assert "haproxy/access.log:" in said and "does not parse" in said, said[-1500:]
+    assert "TR/Tw/Tc/Tr/Ta" in said  # the fields expected
     assert_whole(loaded, cfg, old)
 
 
