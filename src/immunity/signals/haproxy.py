@@ -28,7 +28,9 @@ them apart line by line):
   latency field), and its latency is ``fields.latency`` (ms).
 
 A request counts in the window holding its *completion* time: windows that follow each
-other count each request once. Every status >= 500 on a server counts as an error,
+other count each request once. An httplog line seen twice (client ip:port, date to the
+millisecond and timers all equal: HAProxy logging to the file through two `log` targets)
+is one request: the copy is dropped, not counted again. Every status >= 500 on a server counts as an error,
 including the 502/503/504 that HAProxy answers for that server. Requests with no server
 (``<NOSRV>``), no status (``-1``: the client left) or another backend (when the line names
 its backend and ``backend`` is set) are not counted. HAProxy's own notices (``Server
@@ -62,6 +64,7 @@ import os
 import re
 import time
 import zoneinfo
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +87,8 @@ log = logging.getLogger("immunity.signals.haproxy")
 _MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 _CHUNK = 4 * 1024 * 1024
 _BIN_S = 0.1
+_DEDUP_LINES = 100_000
+"""httplog lines remembered to drop a request logged twice (bounded memory)."""
 _RECENT_BYTES = 256 * 1024
 _RECENT_LINES = 200
 RECENT_TRAFFIC_S = 60.0
@@ -161,6 +166,9 @@ class LogRecord:
     status: int
     latency_ms: float
     backend: str | None = None
+    key: str | None = None
+    """httplog: the line from the client's ip:port on, unique per request (the same key
+    twice is one request logged twice)."""
 
 
 class Unparsed(str):
@@ -269,7 +277,9 @@ class LogParser:
         if start is None:
             return Unparsed(f"bad date {m.group('date')!r}")
         ta = max(int(m.group("ta")), 0)
-        return LogRecord(start + ta / 1000.0, server, status, float(ta), m.group("be"))
+        return LogRecord(
+            start + ta / 1000.0, server, status, float(ta), m.group("be"), m.string[m.start() :]
+        )
 
     def _json(self, text: str) -> LogRecord | Unparsed | None:
         k_server, k_status, k_ts, k_latency, k_duration, k_backend = self._keys
@@ -339,6 +349,7 @@ class PollStats:
     requests: int = 0
     skipped: int = 0
     unparsed: int = 0
+    duplicated: int = 0
     first_unparsed: tuple[int, str, str] | None = None  # (byte offset, line, why)
 
 
@@ -369,6 +380,9 @@ class LogTail:
         self.bins: dict[int, dict[str, Counts]] = {}
         self.newest_end: float | None = None
         self.other_backends: set[str] = set()
+        self.recent_keys: set[str] = set()
+        self.recent_order: deque[str] = deque()
+        self.duplicated = 0
 
     def poll(self) -> PollStats:
         """Read what was appended since the last poll. Raises OSError when unreadable."""
@@ -408,6 +422,15 @@ class LogTail:
                 self.other_backends.add(got.backend)
                 stats.skipped += 1
                 return
+            if got.key is not None:
+                if got.key in self.recent_keys:
+                    stats.duplicated += 1  # one request logged twice (two `log` targets)
+                    self.duplicated += 1
+                    return
+                self.recent_keys.add(got.key)
+                self.recent_order.append(got.key)
+                if len(self.recent_order) > _DEDUP_LINES:
+                    self.recent_keys.discard(self.recent_order.popleft())
             stats.requests += 1
             self.add(got)
         elif got is None:
@@ -746,7 +769,12 @@ class HAProxySource:
                 latency_bounds_ms=tuple(self.bounds),
                 latency_buckets=tuple(buckets),
                 hosts=len(hosts),
-                detail=f"access log, {total} requests in window",
+                detail=f"access log, {total} requests in window"
+                + (
+                    f" ({tail.duplicated} duplicate lines dropped so far)"
+                    if tail.duplicated
+                    else ""
+                ),
             )
         return out
 

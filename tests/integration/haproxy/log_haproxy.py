@@ -36,6 +36,7 @@ def config(
     syslog: str = "raw",
     backend: str = "be_app",
     timeout_server: str = "60s",
+    twice: bool = False,
 ) -> str:
     """`log_line` is `option httplog` or `log-format '...'`; `syslog` the stdout format."""
     lines = [
@@ -51,6 +52,8 @@ def config(
         "frontend fe_web",
         f"    bind 127.0.0.1:{port}",
         f"    {log_line}",
+        # a second log target writing to the same stdout: every request logged twice
+        *(["    log global", f"    log stdout format {syslog} local0 info"] if twice else []),
         f"    default_backend {backend}",
         f"backend {backend}",
         "    balance roundrobin",
@@ -69,6 +72,7 @@ def logging_haproxy(
     backend: str = "be_app",
     timeout_server: str = "60s",
     env: Mapping[str, str] | None = None,
+    twice: bool = False,
 ) -> Iterator[LoggingHAProxy]:
     """Start HAProxy (foreground, -db) with its stdout appended to d/access.log; stop it after."""
     d.mkdir(parents=True, exist_ok=True)
@@ -83,6 +87,7 @@ def logging_haproxy(
             syslog=syslog,
             backend=backend,
             timeout_server=timeout_server,
+            twice=twice,
         )
     )
     check = subprocess.run(

@@ -244,3 +244,28 @@ async def test_counter_mode_counts_the_same_errors_as_the_log(
             counted[cohort].requests,
             counted[cohort].errors,
         ), cohort
+
+
+async def test_a_request_logged_twice_counts_once(canary_on_h2: Fleet, short_dir: Path) -> None:
+    """HAProxy logging each request through two `log` targets into one file: the copies are
+    dropped and each cohort's counts equal the load generator's."""
+    hx = canary_on_h2
+    servers = {h.name: h.port for h in hx.hosts}
+    with logging_haproxy(
+        short_dir, servers, log_line="option httplog", syslog="rfc3164", twice=True
+    ) as lb:
+        src = HAProxySource(HAProxySource.Settings(access_log=str(lb.log)), base_dir=short_dir)
+        await src.preflight(hx.hosts)
+        start = utcnow()
+        await anyio.sleep(0.15)
+        out = short_dir / "load.jsonl"
+        await run_load(lb.url + "/", 150, 1.0, out)
+        await anyio.sleep(0.4)
+        obs = await src.observe(
+            {Cohort.CANARY: [hx.hosts[1]], Cohort.BASELINE: [hx.hosts[0]]}, start, utcnow()
+        )
+        logged = sum(1 for line in lb.log.read_text().splitlines() if " fe_web be_app/" in line)
+    seen = Counter(r["host"] for r in read_records(out))
+    assert logged >= 2 * 150  # HAProxy really wrote each request twice
+    assert (seen["h2"], seen["h1"]) == (obs[Cohort.CANARY].requests, obs[Cohort.BASELINE].requests)
+    assert "duplicate lines dropped" in obs[Cohort.CANARY].detail
