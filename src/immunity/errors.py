@@ -14,7 +14,8 @@ Exceptions mean "could not act or measure"; a bad release is a *verdict*, not an
     ├── JournalError                   the journal could not be written/read: change nothing more
     ├── LeaseHeld                      another deployment holds the app's lease (exit 5)
     ├── LeaseLost                      our fencing token is stale: another process took over
-    └── RevertIncomplete               the immune response could not finish (exit 4)
+    └── CapacityExhausted              no host can leave the pool: every slot is held by a host
+                                       that will not come back in this run
 
 See docs/errors.md for each reference.
 """
@@ -132,6 +133,7 @@ class LeaseLost(ImmunityError):
     exit_code = 5
 
 
-class RevertIncomplete(ImmunityError):
-    reference = "revert-incomplete"
-    exit_code = 4
+class CapacityExhausted(ImmunityError):
+    """Every `max_unavailable` slot is held by a host whose walk failed and that stays out."""
+
+    reference = "capacity-exhausted"

@@ -25,7 +25,7 @@ from immunity.errors import ConfigError, ImmunityError
 
 if TYPE_CHECKING:
     from immunity.engine.context import Fleet
-    from immunity.engine.deployment import DeployResult
+    from immunity.engine.result import RunResult
 
 # The engine (numpy, scipy, httpx) is imported inside the commands that need it, so that
 # `--help` and `config validate` start fast.
@@ -141,14 +141,34 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
         raise typer.Exit(130) from None
 
 
+EXIT_CODES = {
+    "deployed": 0,
+    "rolled_back": 0,
+    "reverted": 3,
+    "revert_incomplete": 4,
+    "superseded": 5,
+    "held": 6,
+    "inconclusive": 7,
+    "interrupted": 130,
+    "terminated": 143,
+    "failed": 1,
+}
+"""`RunOutcome` → exit code (the only place that maps them; see docs/errors.md)."""
+
+
+def exit_code(result: RunResult) -> int:
+    return EXIT_CODES.get(str(result.outcome), 1)
+
+
 def _finish(
-    result: DeployResult,
+    result: RunResult,
     json_dest: str | None,
     reporter: ci.Reporter | None = None,
     config: str | None = None,
     to_stderr: bool = False,
 ) -> None:
-    data = result.to_dict()
+    code = exit_code(result)
+    data = {**result.to_dict(), "exit_code": code}
     report_path = _write_report(config, result.deployment_id) if config else None
     data["report_path"] = report_path
     json_file = json_dest
@@ -158,7 +178,7 @@ def _finish(
     if reporter is not None:
         reporter.finish(data, report_path, json_file if json_file != "-" else None)
     con = err if to_stderr else out
-    style = {0: "green", 3: "yellow", 6: "yellow", 7: "yellow"}.get(result.exit_code, "red")
+    style = {0: "green", 3: "yellow", 6: "yellow", 7: "yellow"}.get(code, "red")
     con.print(
         f"[bold {style}]{result.outcome}[/] "
         + escape(f"{result.release} ({result.deployment_id})"),
@@ -170,9 +190,8 @@ def _finish(
     if result.detected_after_s is not None:
         con.print(f"  detected after {result.detected_after_s:.1f}s", highlight=False)
     if result.reverted_after_s is not None:
-        con.print(
-            f"  fleet reverted {result.reverted_after_s:.1f}s after the verdict", highlight=False
-        )
+        after = "in" if result.verdict is None else "after the verdict in"
+        con.print(f"  fleet reverted {after} {result.reverted_after_s:.1f}s", highlight=False)
     if result.needs_human:
         con.print(
             "  [bold red]a human is needed for[/] " + escape(", ".join(result.needs_human)),
@@ -180,10 +199,10 @@ def _finish(
         )
     if report_path:
         con.print("  report: " + escape(report_path), highlight=False)
-    step = output.next_step(result.outcome, config or "immunity.yaml", result.needs_human)
+    step = output.next_step(result.outcome, config or "immunity.yaml", list(result.needs_human))
     if step:
         con.print("[yellow]next[/]: " + escape(step), highlight=False)
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(code)
 
 
 def _print_waves(con: Any, report_path: str | None) -> None:
@@ -236,14 +255,14 @@ def _run_reported(
     ci_kind: str,
     output_fmt: str,
     live: bool,
-    go: Callable[[Fleet], Awaitable[DeployResult]],
+    go: Callable[[Fleet], Awaitable[RunResult]],
 ) -> None:
     """Run a deployment-like command with the live table, the CD reporter and the report."""
     rep = _reporting(ci_kind, output_fmt, config)
     # with a CD tool the log is the output: no live table; with jsonl stdout is the events'
     show_table = rep is None or isinstance(rep, ci.GithubReporter)
 
-    async def run(fleet: Fleet) -> DeployResult:
+    async def run(fleet: Fleet) -> RunResult:
         from immunity.engine.plan import plan_waves
 
         rolling_back = title == "rolling back"
@@ -374,9 +393,9 @@ def deploy(
         output.print_plan(data)
         return
 
-    from immunity.engine.deployment import Deployment
+    from immunity.engine.deployment import deploy as run_deploy
 
-    async def go(fleet: Fleet) -> DeployResult:
+    async def go(fleet: Fleet) -> RunResult:
         if resume_unfinished:
             from immunity.engine import ops
 
@@ -387,7 +406,7 @@ def deploy(
                 and (record.finished_at is None or record.outcome in ("interrupted", "terminated"))
             ):
                 return await ops.resume(fleet)
-        return await Deployment(fleet, release).run()
+        return await run_deploy(fleet, release)
 
     _run_reported(config, f"deploying {release}", json_out, ci_kind, output_fmt, live, go)
 
@@ -404,7 +423,7 @@ def resume(
     _setup_logging()
     from immunity.engine import ops
 
-    async def go(fleet: Fleet) -> DeployResult:
+    async def go(fleet: Fleet) -> RunResult:
         return await ops.resume(fleet, abort=abort)
 
     title = "reverting" if abort else "resuming"
@@ -422,7 +441,7 @@ def rollback(
     _setup_logging()
     from immunity.engine import ops
 
-    async def go(fleet: Fleet) -> DeployResult:
+    async def go(fleet: Fleet) -> RunResult:
         return await ops.rollback(fleet)
 
     _run_reported(config, "rolling back", json_out, ci_kind, output_fmt, True, go)

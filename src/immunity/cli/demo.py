@@ -22,22 +22,22 @@ from immunity.cli.output import live_view, out, show_error
 from immunity.errors import ImmunityError
 
 if TYPE_CHECKING:
-    from immunity.engine.deployment import DeployResult
+    from immunity.engine.result import RunResult
 
 
-def _deploy(config: Path, release: str) -> DeployResult:
+def _deploy(config: Path, release: str) -> RunResult:
     from immunity.engine.context import build_fleet
-    from immunity.engine.deployment import Deployment
+    from immunity.engine.deployment import deploy
 
     loaded = cfgmod.load(config)
     fl = build_fleet(loaded)
 
-    async def main() -> DeployResult:
+    async def main() -> RunResult:
         table = live_view([h.name for h in fl.hosts], f"deploying {release}")
         fl.sinks.append(table)
         try:
             with table:
-                return await Deployment(fl, release).run()
+                return await deploy(fl, release)
         finally:
             await fl.aclose()
             await fl.journal.close()
@@ -69,7 +69,7 @@ def demo(
     load = LoadProcess(d, rps, d / "load.jsonl")
     ok = True
     marks: list[tuple[str, float, float]] = []
-    results: list[DeployResult] = []
+    results: list[RunResult] = []
     try:
         load.wait_started()
         out.print(f"balancer {info.url}; customers arriving; 5 s of steady traffic first")

@@ -6,12 +6,15 @@ plugin registry by `kind`.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import psutil
 
 from immunity import plugins
 from immunity.clock import Clock, SystemClock
@@ -134,3 +137,22 @@ def machine_name() -> str:
 def holder_name() -> str:
     """Who holds a lease: machine name and PID (`machine:pid`), so a human can find it."""
     return f"{machine_name()}:{os.getpid()}"
+
+
+def holder_alive(holder: str, since: dt.datetime | None = None) -> bool | None:
+    """Whether a lease holder's process runs: True / False when it ran on this machine (its
+    PID is / is not alive, and started before `since`, the lease's acquisition: a recycled
+    PID is not the holder), None when it ran elsewhere (only its heartbeat can tell)."""
+    host, _, pid = holder.rpartition(":")
+    if host != machine_name() or not pid.isdigit():
+        return None
+    try:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = proc.create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+    return since is None or started <= since.timestamp() + 1.0

@@ -1,105 +1,69 @@
 """A deployment: preflight → waves (switch + bake) → done, or the immune response.
 
     preflight   config valid, every adapter answers, every host serves a release (its
-                fallback), the release exists; then the app's lease is taken.
-    waves       hosts of a wave switch in parallel within `max_unavailable`; the bake starts
-                when the wave's first canary is back in the pool and judges until a verdict.
-    outcome     deployed (0) | reverted (3) | inconclusive (7) | revert_incomplete (4) | held (6) |
-                interrupted (130 SIGINT / 143 SIGTERM). Preflight and lease errors raise.
+                fallback), the release exists; run with the app's lease held (`Run`).
+    waves       hosts of a wave are admitted one by one as capacity allows and switch in
+                parallel; the bake starts when the wave's first canary is back in the pool
+                and judges until a verdict. A host that fails past `max_failed_hosts` (or a
+                signal) stops admitting at once: no task waits for a slot that will not come.
+    outcome     a `RunOutcome`: deployed | reverted | revert_incomplete | held | interrupted |
+                terminated (see engine/run.py for superseded and failed).
 
 Everything is journaled before and after; `resume` continues from the journal.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import signal
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import anyio
 
 from immunity.analysis import Cohorts, bake, resume_point
 from immunity.analysis.spending import bakes_of
 from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict
-from immunity.engine.capacity import CapacityGuard
-from immunity.engine.context import Fleet, holder_name
-from immunity.engine.host import HostSwitcher
-from immunity.engine.immune import immune_response
-from immunity.engine.notifying import notify_all
+from immunity.engine.context import Fleet
+from immunity.engine.immune import RevertReport, immune_response
 from immunity.engine.plan import plan_waves, with_holdback
-from immunity.engine.record import Recorder
-from immunity.errors import ImmunityError, JournalError, LeaseLost, PreflightError, StepFailed
+from immunity.engine.result import RunOutcome, RunResult
+from immunity.engine.run import Run, first_immunity_error
+from immunity.errors import (
+    CapacityExhausted,
+    ImmunityError,
+    JournalError,
+    LeaseLost,
+    PreflightError,
+    StepFailed,
+)
 from immunity.impact import ImpactProbe
 from immunity.impact import phases as impact_phases
-from immunity.journal import new_deployment_id
-from immunity.journal.base import DeploymentRecord, Lease
+from immunity.journal.base import DeploymentRecord, JournalEntry
 from immunity.judge import build_judge
 
 log = logging.getLogger("immunity.engine")
 
-EXIT = {
-    "deployed": 0,
-    "rolled_back": 0,
-    "reverted": 3,
-    "inconclusive": 7,
-    "revert_incomplete": 4,
-    "held": 6,
-    "interrupted": 130,
-    "terminated": 143,
-    "superseded": 5,
-    "failed": 1,
-}
+
+async def deploy(fleet: Fleet, release: str, *, handle_signals: bool = True) -> RunResult:
+    """Roll `release` over the fleet. Raises PreflightError / LeaseHeld before anything is
+    touched; otherwise returns how the run ended."""
+
+    async def prepare() -> dict[str, object]:
+        return {"fallbacks": await preflight(fleet, release)}
+
+    async with Run(fleet, release, prepare=prepare, handle_signals=handle_signals) as run:
+        await Rollout(run).go()
+    return run.result
 
 
-@dataclass
-class DeployResult:
-    outcome: str
-    release: str
-    deployment_id: str
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    verdict: Verdict | None = None
-    reason: str = ""
-    detected_after_s: float | None = None
-    reverted_after_s: float | None = None
-    needs_human: list[str] = field(default_factory=list)
-    fallbacks: dict[str, str] = field(default_factory=dict)
-    hosts: list[dict[str, Any]] = field(default_factory=list)
-    waves: list[list[str]] = field(default_factory=list)
-    impact: dict[str, Any] | None = None
-    """What customers saw per phase (the `impact` block's probe), see `immunity.impact`."""
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT.get(self.outcome, 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome,
-            "exit_code": self.exit_code,
-            "release": self.release,
-            "deployment_id": self.deployment_id,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": self.finished_at.isoformat(),
-            "duration_s": round((self.finished_at - self.started_at).total_seconds(), 3),
-            "reason": self.reason,
-            "verdict": self.verdict.to_dict() if self.verdict else None,
-            "detected_after_s": self.detected_after_s,
-            "reverted_after_s": self.reverted_after_s,
-            "needs_human": self.needs_human,
-            "fallbacks": self.fallbacks,
-            "waves": self.waves,
-            "hosts": self.hosts,
-            "impact": self.impact,
-        }
-
-
-class Stop(Exception):
-    """Raised inside the wave loop when a signal asked us to stop."""
+async def continue_deployment(
+    fleet: Fleet, record: DeploymentRecord, *, abort: bool = False
+) -> RunResult:
+    """Take an interrupted deployment over (a fresh fencing token) and finish or undo it."""
+    async with Run(fleet, record.release, resume=record) as run:
+        await Rollout(run).go(abort=abort)
+    return run.result
 
 
 # -- preflight ---------------------------------------------------------------------------
@@ -213,229 +177,137 @@ async def fallbacks_for(fleet: Fleet, release: str, actives: Mapping[str, str]) 
     return out
 
 
-# -- the run -----------------------------------------------------------------------------
+# -- the waves --------------------------------------------------------------------------
 
 
-class Deployment:
-    """One run of the engine over a fleet; see the module docstring."""
+class Rollout:
+    """The body of a deployment run: waves, bakes, the guard, and the immune response."""
 
-    def __init__(self, fleet: Fleet, release: str, *, handle_signals: bool = True) -> None:
-        self.fleet = fleet
-        self.release = release
-        self.handle_signals = handle_signals
-        self.stopping: str | None = None  # "interrupted" | "terminated"
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.fleet = run.fleet
+        self.release = run.release
+        self.fallbacks: dict[str, str] = {
+            str(k): str(v) for k, v in dict(run.data.get("fallbacks", {})).items()
+        }
         self.serving_new: set[str] = set()
         self.failed_hosts: set[str] = set()
         self.first_canary_in: float | None = None
-        self._bake_scope: anyio.CancelScope | None = None
-        self.holder_dead = False  # set by resume when the old holder's PID is gone
         self.holdback: HostRef | None = None  # kept on the old release through the guard
         self.bakes = 1  # bakes watching this deployment (they share the false-alarm bound)
+        self.started = self.fleet.clock.monotonic()
 
-    # the cohorts as they are now, from what the engine has put in the pool
     def cohorts(self) -> Cohorts:
+        """The cohorts as they are now, from what the engine has put in the pool."""
+        out = self.run.capacity.out
         canary = [h for h in self.fleet.hosts if h.name in self.serving_new]
         baseline = [
             h
             for h in self.fleet.hosts
             if h.name not in self.serving_new
             and h.name not in self.failed_hosts
-            and h.name not in self.capacity.out
+            and h.name not in out
         ]
         return Cohorts(canary, baseline)
 
-    async def run(
-        self, *, resume: DeploymentRecord | None = None, abort: bool = False
-    ) -> DeployResult:
-        fleet = self.fleet
-        cfg = fleet.config
-        journal = fleet.journal
-        self.capacity = CapacityGuard(cfg.max_unavailable)
-        if resume is None:
-            deployment_id = new_deployment_id()
-            lease = await self._lease(deployment_id, takeover=False)
-            try:
-                fallbacks = await preflight(fleet, self.release)
-            except BaseException:
-                await journal.release_lease(lease)
-                raise
-            record = await journal.begin(
-                fleet.app, self.release, {"fallbacks": fallbacks}, deployment_id=deployment_id
-            )
-            token: int | None = lease.token
-        else:
-            record = resume
-            fallbacks = dict(resume.data.get("fallbacks", {}))
-            lease = await self._lease(record.id, takeover=True)
-            token = lease.token
-        rec = Recorder(fleet, record.id, self.release, token)
-        started = fleet.clock.monotonic()
-        if resume is None:
-            await rec.record(
+    async def go(self, *, abort: bool = False) -> None:
+        run, cfg = self.run, self.fleet.config
+        waves, self.holdback = with_holdback(
+            plan_waves(self.fleet.hosts, cfg.waves),
+            guard_s=cfg.guard.duration,
+            holdback=cfg.guard.holdback,
+        )
+        self.bakes = bakes_of(cfg, len(waves))
+        plan = [[h.name for h in w] for w in waves]
+        if self.holdback is not None:
+            plan.append([self.holdback.name])
+        if not run.resumed:
+            await run.rec.record(
                 "deployment.started",
-                f"deploying {self.release} to {len(fleet.hosts)} host(s)",
+                f"deploying {self.release} to {len(self.fleet.hosts)} host(s)",
                 release=self.release,
-                fallbacks=fallbacks,
-                holder=lease.holder,
-                hosts=[h.name for h in fleet.hosts],
+                fallbacks=self.fallbacks,
+                holder=run.lease.holder,
+                hosts=[h.name for h in self.fleet.hosts],
+                waves=plan,
             )
-            for name, seen in fleet.signal_views.items():
-                await rec.record("signal.checked", seen, signal=name)
+            for name, seen in self.fleet.signal_views.items():
+                await run.rec.record("signal.checked", seen, signal=name)
         else:
-            await rec.record(
+            await run.rec.record(
                 "deployment.resumed",
                 f"resuming {self.release}" + (" to abort it" if abort else ""),
-                holder=lease.holder,
-                token=lease.token,
+                holder=run.lease.holder,
+                token=run.lease.token,
                 abort=abort,
+                waves=plan,
             )
-        result = DeployResult(
-            outcome="failed",
-            release=self.release,
-            deployment_id=record.id,
-            started_at=record.started_at,
-            finished_at=self.fleet.clock.now(),
-            fallbacks=fallbacks,
-        )
-        probe = ImpactProbe(cfg.impact) if cfg.impact is not None else None
         try:
+            await self._with_impact(self._waves(waves, abort))
+        except (JournalError, LeaseLost):
+            raise  # change nothing more
+        except Exception as exc:
+            err = first_immunity_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            if isinstance(err, JournalError | LeaseLost):
+                raise err from exc
+            # Could not go on (a bug, an adapter failing outside a step): still leave the
+            # fleet on one release, then report the error.
+            log.error("deployment stopped by an error; reverting the fleet", exc_info=exc)
             try:
-                switcher = HostSwitcher(fleet, rec, self.capacity)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._heartbeat, lease)
-                    if self.handle_signals:
-                        tg.start_soon(self._signals, rec)
-                    try:
-                        if probe is not None:  # the customers' view before the change
-                            await tg.start(probe.run)
-                            await self.fleet.clock.sleep(cfg.impact.before)
-                        await self._body(rec, switcher, fallbacks, result, resume, abort, started)
-                        if probe is not None:  # ... and after it
-                            await self.fleet.clock.sleep(cfg.impact.after)
-                            await probe.stop()
-                    except (JournalError, LeaseLost):
-                        raise  # change nothing more
-                    except Exception as exc:
-                        # Could not go on (a bug, an adapter failing outside a step):
-                        # still leave the fleet on one release, then report the error.
-                        await self._safety_revert(rec, switcher, fallbacks, result, exc)
-                        raise
-                    finally:
-                        tg.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                # A task group wraps what its tasks raised; surface our own error as itself.
-                raise _first_immunity_error(group) from group
-        except LeaseLost as exc:
-            # Someone took over (resume with a newer token): change nothing more.
-            result.outcome = "superseded"
-            result.reason = exc.message
-            result.finished_at = self.fleet.clock.now()
-            return result
-        except JournalError:
+                await immune_response(
+                    self.fleet,
+                    run.rec,
+                    run.switcher,
+                    self.release,
+                    self.fallbacks,
+                    f"stopped by an error: {exc}",
+                )
+            except ImmunityError:
+                log.exception("the safety revert failed too")
             raise
-        result.finished_at = self.fleet.clock.now()
-        entries = await fleet.journal.entries(record.id)
-        if probe is not None and probe.started_at is not None:
-            await self._record_impact(rec, probe, entries, record.started_at, result)
-        result.hosts = host_steps(entries, fleet.hosts)
-        await journal.finish(
-            record.id, result.outcome, result.reason, {"result": result.to_dict()}, token=token
-        )
-        await notify_all(fleet, rec, result.outcome, result.reason, result.to_dict())
-        await journal.release_lease(lease)
-        return result
 
-    async def _record_impact(
-        self,
-        rec: Recorder,
-        probe: ImpactProbe,
-        entries: Sequence[Any],
-        t0: dt.datetime,
-        result: DeployResult,
-    ) -> None:
-        """Cut the probe's record into phases; journal them (`impact.measured`) and keep
-        them (with the per-second series) in the result."""
-        cfg = self.fleet.config.impact
-        assert cfg is not None and probe.started_at is not None
-        result.impact = impact_phases(
+    async def _with_impact(self, body: Awaitable[None]) -> None:
+        """Run `body`, with the `impact` block's customer probe around it when configured:
+        `impact.before` seconds of the customers' view first, `impact.after` after; the
+        probe's record, cut into phases, is journaled (`impact.measured`)."""
+        cfg, clock = self.fleet.config, self.fleet.clock
+        if cfg.impact is None:
+            await body
+            return
+        probe = ImpactProbe(cfg.impact)
+        async with anyio.create_task_group() as tg:
+            await tg.start(probe.run)
+            await clock.sleep(cfg.impact.before)
+            await body
+            await clock.sleep(cfg.impact.after)
+            await probe.stop()
+        if probe.started_at is None:
+            return
+        entries = await self.fleet.journal.entries(self.run.record.id)
+        impact = impact_phases(
             probe.records,
             [(e.at, e.kind, e.data) for e in entries],
             probe.started_at,
-            probe.stopped_at or self.fleet.clock.now().timestamp(),
-            t0,
-            cfg,
+            probe.stopped_at or clock.now().timestamp(),
+            self.run.record.started_at,
+            cfg.impact,
         )
-        total = result.impact["total"]
-        await rec.record(
+        total = impact["total"]
+        await self.run.rec.record(
             "impact.measured",
             f"customers: {total['failed']} of {total['requests']} probe request(s) failed, "
             f"p99 {total['p99_ms']:.0f} ms, longest stall {total['longest_stall_s']:.1f} s",
-            **{k: v for k, v in result.impact.items() if k != "seconds"},
+            **impact,
         )
 
-    async def _lease(self, deployment_id: str, *, takeover: bool) -> Lease:
-        cfg = self.fleet.config
-        return await self.fleet.journal.acquire_lease(
-            self.fleet.app,
-            holder_name(),
-            deployment_id,
-            cfg.lease_ttl,
-            takeover=takeover,
-            holder_dead=self.holder_dead,
-        )
-
-    async def _heartbeat(self, lease: Lease) -> None:
-        every = max(0.5, self.fleet.config.lease_ttl / 3)
-        while True:
-            await self.fleet.clock.sleep(every)
-            await self.fleet.journal.heartbeat(lease)
-
-    async def _signals(self, rec: Recorder) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                kind = "interrupted" if signum == signal.SIGINT else "terminated"
-                if self.stopping:
-                    await rec.record(
-                        "deployment.signal_repeated",
-                        f"{signal.Signals(signum).name} again: still finishing the hosts in flight",
-                    )
-                    continue
-                self.stopping = kind
-                await rec.record(
-                    "deployment.stopping",
-                    f"{signal.Signals(signum).name}: starting no new work, finishing hosts in flight",
-                    signal=signal.Signals(signum).name,
-                )
-                if self._bake_scope is not None:
-                    self._bake_scope.cancel()
-
-    async def _body(
-        self,
-        rec: Recorder,
-        switcher: HostSwitcher,
-        fallbacks: dict[str, str],
-        result: DeployResult,
-        resume: DeploymentRecord | None,
-        abort: bool,
-        started: float,
-    ) -> None:
-        fleet = self.fleet
-        cfg = fleet.config
-        entries = await fleet.journal.entries(result.deployment_id) if resume else []
+    async def _waves(self, waves: Sequence[Sequence[HostRef]], abort: bool) -> None:
+        run, fleet = self.run, self.fleet
+        entries = await fleet.journal.entries(run.record.id) if run.resumed else []
         kinds = {e.kind for e in entries}
-        if resume and (abort or "immune.started" in kinds or "verdict.failed" in kinds):
+        if run.resumed and (abort or "immune.started" in kinds or "verdict.failed" in kinds):
             reason = "resume --abort" if abort else _last_reason(entries) or "interrupted revert"
-            outcome = "reverted" if abort else _revert_outcome(entries)
-            await self._revert(
-                rec,
-                switcher,
-                fallbacks,
-                result,
-                reason,
-                self.fleet.clock.monotonic(),
-                None,
-                outcome=outcome,
-            )
+            done = RunOutcome.REVERTED if abort else _revert_outcome(entries)
+            await self._revert(reason, None, done=done)
             return
         passed_waves = {int(e.data.get("wave", -1)) for e in entries if e.kind == "wave.passed"}
         # hosts already serving the new release count as canaries (resume, re-run)
@@ -446,145 +318,156 @@ class Deployment:
             if active == self.release and m is not None and m.state is LbState.SERVING:
                 self.serving_new.add(h.name)
             elif m is None or m.state is not LbState.SERVING:
-                self.capacity.mark_out(h.name)
-        waves, self.holdback = with_holdback(
-            plan_waves(fleet.hosts, cfg.waves),
-            guard_s=cfg.guard.duration,
-            holdback=cfg.guard.holdback,
-        )
-        self.bakes = bakes_of(cfg, len(waves))
-        result.waves = [[h.name for h in w] for w in waves]
-        if self.holdback is not None:
-            result.waves.append([self.holdback.name])
+                run.capacity.mark_out(h.name)
+        verdict: Verdict | None = None
         for i, wave in enumerate(waves, start=1):
             todo = [h for h in wave if h.name not in self.serving_new]
-            if self.stopping:
+            if run.stopping:
                 break
             if i in passed_waves and not todo:
                 continue
-            await rec.record(
+            await run.rec.record(
                 "wave.started",
                 f"wave {i}: {[h.name for h in todo]}",
                 wave=i,
                 hosts=[h.name for h in todo],
             )
             last = i == len(waves)
-            verdict, switch_error = await self._wave(rec, switcher, fallbacks, i, todo, last)
-            if (
-                self.stopping
-                and (verdict is None or verdict.outcome is not Outcome.FAIL)
-                and switch_error is None
-            ):
+            verdict, switch_error = await self._wave(i, todo, last)
+            if switch_error is not None:
+                await self._host_failure(i, switch_error)
+                return
+            if run.stopping and (verdict is None or verdict.outcome is not Outcome.FAIL):
                 break
-            if switch_error is not None and len(self.failed_hosts) > cfg.max_failed_hosts:
-                reason = f"host step failed: {switch_error.message}"
-                step_verdict = Verdict(
+            if verdict is None:  # no host of this wave took the release (within the budget)
+                continue
+            if not await self._judged(i, verdict):
+                return
+        if not run.stopping and not await self._watch(len(waves) + 1, passed_waves):
+            return
+        if run.stopping:
+            await run.conclude(
+                run.stopping,
+                f"{run.stopping} by signal; hosts in flight finished, fleet in the pool",
+                serving_new=sorted(self.serving_new),
+            )
+            return
+        last_verdict = _last_verdict(await fleet.journal.entries(run.record.id))
+        await run.conclude(
+            RunOutcome.DEPLOYED,
+            last_verdict or "every host serves the release",
+            message=f"every host serves {self.release}",
+        )
+
+    async def _judged(self, i: int, verdict: Verdict, *, guard: bool = False) -> bool:
+        """Journal a bake's verdict and act on it; True when the rollout goes on."""
+        run, cfg = self.run, self.fleet.config
+        extra: dict[str, Any] = {"guard": True} if guard else {}
+        await run.rec.record(
+            "verdict.reached" if verdict.outcome is not Outcome.FAIL else "verdict.failed",
+            verdict.reason,
+            wave=i,
+            verdict=verdict.to_dict(),
+            **extra,
+        )
+        if verdict.outcome is Outcome.FAIL:
+            detected = self.fleet.clock.monotonic() - (self.first_canary_in or self.started)
+            reason = f"guard: {verdict.reason}" if guard else verdict.reason
+            await self._revert(reason, verdict, detected_after_s=round(detected, 3))
+            return False
+        if verdict.outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
+            if cfg.judge.on_inconclusive == "hold":
+                await run.conclude(
+                    RunOutcome.HELD, f"held: {verdict.reason}", wave=i, verdict=verdict.to_dict()
+                )
+                return False
+            # not a release found worse: its own outcome, wording and history category
+            await self._revert(
+                f"inconclusive: not enough evidence to judge {self.release}: {verdict.reason}",
+                verdict,
+                done=RunOutcome.INCONCLUSIVE,
+            )
+            return False
+        what = "guard" if guard else f"wave {i}"
+        await run.rec.record("wave.passed", f"{what} passed: {verdict.reason}", wave=i, **extra)
+        return True
+
+    async def _host_failure(self, wave: int, error: ImmunityError) -> None:
+        """A host failed past `max_failed_hosts` (or could not get a slot): fail, revert."""
+        cfg = self.fleet.config
+        reason = f"host step failed: {error.message}"
+        step_verdict = Verdict(
+            Outcome.FAIL,
+            reason,
+            (
+                CheckResult(
+                    "host-steps",
                     Outcome.FAIL,
                     reason,
-                    (
-                        CheckResult(
-                            "host-steps",
-                            Outcome.FAIL,
-                            reason,
-                            {
-                                "failed_hosts": float(len(self.failed_hosts)),
-                                "max_failed_hosts": float(cfg.max_failed_hosts),
-                            },
-                        ),
-                    ),
-                    self.fleet.clock.now(),
-                )
-                await rec.record("verdict.failed", reason, wave=i, verdict=step_verdict.to_dict())
-                result.detected_after_s = round(self.fleet.clock.monotonic() - started, 3)
-                await self._revert(
-                    rec,
-                    switcher,
-                    fallbacks,
-                    result,
-                    reason,
-                    self.fleet.clock.monotonic(),
-                    step_verdict,
-                )
-                return
-            assert verdict is not None
-            await rec.record(
-                "verdict.reached" if verdict.outcome is not Outcome.FAIL else "verdict.failed",
-                verdict.reason,
-                wave=i,
-                verdict=verdict.to_dict(),
-            )
-            if verdict.outcome is Outcome.FAIL:
-                detected = self.fleet.clock.monotonic() - (self.first_canary_in or started)
-                result.verdict = verdict
-                result.detected_after_s = round(detected, 3)
-                await self._revert(
-                    rec,
-                    switcher,
-                    fallbacks,
-                    result,
-                    verdict.reason,
-                    self.fleet.clock.monotonic(),
-                    verdict,
-                )
-                return
-            if verdict.outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
-                result.verdict = verdict
-                if cfg.judge.on_inconclusive == "hold":
-                    result.outcome = "held"
-                    result.reason = f"held: {verdict.reason}"
-                    await rec.record("deployment.held", result.reason, wave=i)
-                    return
-                # not a release found worse: its own outcome, wording and history category
-                await self._revert(
-                    rec,
-                    switcher,
-                    fallbacks,
-                    result,
-                    f"inconclusive: not enough evidence to judge {self.release}: {verdict.reason}",
-                    self.fleet.clock.monotonic(),
-                    verdict,
-                    outcome="inconclusive",
-                )
-                return
-            result.verdict = verdict
-            await rec.record("wave.passed", f"wave {i} passed: {verdict.reason}", wave=i)
-        if not self.stopping and not await self._watch(
-            rec, switcher, fallbacks, result, len(waves) + 1, passed_waves, started
-        ):
-            return
-        if self.stopping:
-            result.outcome = self.stopping
-            result.reason = (
-                f"{self.stopping} by signal; hosts in flight finished, fleet in the pool"
-            )
-            await rec.record(
-                "deployment.interrupted", result.reason, serving_new=sorted(self.serving_new)
-            )
-            return
-        result.outcome = "deployed"
-        result.reason = result.verdict.reason if result.verdict else "every host serves the release"
-        await rec.record("deployment.succeeded", f"every host serves {self.release}")
+                    {
+                        "failed_hosts": float(len(self.failed_hosts)),
+                        "max_failed_hosts": float(cfg.max_failed_hosts),
+                    },
+                ),
+            ),
+            self.fleet.clock.now(),
+        )
+        await self.run.rec.record(
+            "verdict.failed", reason, wave=wave, verdict=step_verdict.to_dict()
+        )
+        detected = round(self.fleet.clock.monotonic() - self.started, 3)
+        await self._revert(reason, step_verdict, detected_after_s=detected)
+
+    async def _bake(
+        self,
+        i: int,
+        *,
+        relative: bool,
+        may_pass: Callable[[], bool],
+        purpose: Literal["wave", "guard"] = "wave",
+    ) -> Verdict:
+        run = self.run
+        # the journal says which bake this is, and, after a resume, its evidence so far
+        point = resume_point(await self.fleet.journal.entries(run.record.id), i)
+        res = await bake(
+            self.fleet.signals,
+            self.fleet.config,
+            run.rec,
+            self.cohorts,
+            wave=i,
+            bake_no=point.bake_no,
+            relative=relative,
+            may_pass=may_pass,
+            thresholds=dict(point.carry),
+            evidence=point.looks,
+            bakes=self.bakes,
+            purpose=purpose,
+            clock=self.fleet.clock,
+        )
+        return res.verdict
 
     async def _wave(
-        self,
-        rec: Recorder,
-        switcher: HostSwitcher,
-        fallbacks: Mapping[str, str],
-        i: int,
-        hosts: Sequence[HostRef],
-        last: bool,
-    ) -> tuple[Verdict | None, StepFailed | None]:
+        self, i: int, hosts: Sequence[HostRef], last: bool
+    ) -> tuple[Verdict | None, ImmunityError | None]:
         """Switch `hosts` (within capacity) while the bake judges from the first canary in.
 
         Hosts already on the release (earlier waves) stay under the checks: when there are
         some, the bake starts with the wave instead of waiting for its first new canary, so
         no stretch of the deployment goes unwatched. Either way the bake may pass only once
         every host of the wave is in and the wave's first canary has baked `bake.min`.
+
+        Hosts are admitted one at a time, each once it holds a capacity slot (hosts already
+        out of the pool first: they hold one). A host that fails past the budget, or a
+        signal, cancels the admission and the bake at once; walks already begun are
+        shielded and end within their steps' deadlines, so the wave always ends.
         """
+        run = self.run
+        cfg = self.fleet.config
+        capacity, switcher = run.capacity, run.switcher
         first_in = anyio.Event()
         switched = anyio.Event()
         first_in_at: list[float] = []
-        min_s = self.fleet.config.bake.min
+        min_s = cfg.bake.min
 
         def may_pass() -> bool:
             # no new canary at all (every switch of the wave put back within the budget, or
@@ -593,27 +476,32 @@ class Deployment:
                 not first_in_at or self.fleet.clock.monotonic() - first_in_at[0] >= min_s
             )
 
-        errors: list[StepFailed] = []
-        verdict: Verdict | None = None
-        halt = anyio.Event()
+        admit = run.on_stop(anyio.CancelScope())
+        judging = run.on_stop(anyio.CancelScope())
+        errors: list[ImmunityError] = []
+
+        def over_budget() -> bool:
+            return len(self.failed_hosts) > int(cfg.max_failed_hosts)
+
+        async def give_up(h: HostRef, exc: ImmunityError) -> None:
+            errors.append(exc)
+            await capacity.park(h.name)  # out of the pool; the immune response takes it
+            admit.cancel()
+            judging.cancel()
 
         async def switch_one(h: HostRef) -> None:
-            if self.stopping or halt.is_set():
-                return
             try:
                 await switcher.switch(h, self.release)
             except StepFailed as exc:
-                errors.append(exc)
                 self.failed_hosts.add(h.name)
-                if len(self.failed_hosts) > self.fleet.config.max_failed_hosts:
-                    halt.set()
-                else:  # within the budget: put this host back on its fallback, go on
-                    try:
-                        await switcher.switch(h, fallbacks[h.name], purpose="revert")
-                        self.failed_hosts.discard(h.name)
-                    except StepFailed as exc2:
-                        errors.append(exc2)
-                        halt.set()
+                if over_budget():
+                    await give_up(h, exc)
+                    return
+                try:  # within the budget: put this host back on its fallback, go on
+                    await switcher.switch(h, self.fallbacks[h.name], purpose="revert")
+                    self.failed_hosts.discard(h.name)
+                except StepFailed as exc2:
+                    await give_up(h, exc2)
                 return
             self.serving_new.add(h.name)
             if self.first_canary_in is None:
@@ -622,70 +510,58 @@ class Deployment:
                 first_in_at.append(self.fleet.clock.monotonic())
             first_in.set()
 
-        async def switch_all() -> None:
-            async with anyio.create_task_group() as tg:
-                for h in hosts:
-                    tg.start_soon(switch_one, h)
-            switched.set()
-            first_in.set()
+        async def admit_all() -> None:
+            out = capacity.out
+            order = sorted(hosts, key=lambda h: h.name not in out)
+            try:
+                async with anyio.create_task_group() as tg:
+                    with admit:
+                        for h in order:
+                            try:
+                                await capacity.take(h.name)
+                            except CapacityExhausted as exc:
+                                errors.append(exc)
+                                self.failed_hosts.add(h.name)
+                                judging.cancel()
+                                break
+                            tg.start_soon(switch_one, h)
+            finally:
+                switched.set()
+                first_in.set()
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(switch_all)
-            if not self.serving_new:  # nothing on the release yet: judge from the first canary
-                await first_in.wait()
-            if not self.serving_new or halt.is_set() or self.stopping:
-                await switched.wait()
-                if errors and len(self.failed_hosts) > self.fleet.config.max_failed_hosts:
-                    return None, errors[0]
-                if self.stopping:
-                    return None, None
-            with anyio.CancelScope() as scope:
-                self._bake_scope = scope
-                # the last wave has a baseline only when a holdback stays on the old release
-                relative = (not last or self.holdback is not None) and bool(self.cohorts().baseline)
-                # the journal says which bake this is, and, after a resume, its evidence so far
-                point = resume_point(await self.fleet.journal.entries(rec.deployment_id), i)
-                res = await bake(
-                    self.fleet.signals,
-                    self.fleet.config,
-                    rec,
-                    self.cohorts,
-                    wave=i,
-                    bake_no=point.bake_no,
-                    relative=relative,
-                    may_pass=may_pass,
-                    thresholds=dict(point.carry),
-                    evidence=point.looks,
-                    bakes=self.bakes,
-                    clock=self.fleet.clock,
-                )
-                verdict = res.verdict
-            self._bake_scope = None
-            if verdict is None or verdict.outcome is Outcome.FAIL:
-                halt.set()  # start no more hosts of this wave
-            await switched.wait()
-        if errors and len(self.failed_hosts) > self.fleet.config.max_failed_hosts:
+        verdict: Verdict | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(admit_all)
+                if not self.serving_new:  # nothing on the release yet: judge from the first
+                    await first_in.wait()  # canary in (or until every admitted walk ended)
+                with judging:
+                    if self.serving_new and not errors:
+                        # the last wave has a baseline only when a holdback stays on the old
+                        # release
+                        relative = (not last or self.holdback is not None) and bool(
+                            self.cohorts().baseline
+                        )
+                        verdict = await self._bake(i, relative=relative, may_pass=may_pass)
+                if verdict is None or verdict.outcome is Outcome.FAIL:
+                    admit.cancel()  # start no more hosts of this wave
+        finally:
+            run.forget_stop(admit)
+            run.forget_stop(judging)
+        if errors:
             return verdict, errors[0]
         return verdict, None
 
-    async def _watch(
-        self,
-        rec: Recorder,
-        switcher: HostSwitcher,
-        fallbacks: dict[str, str],
-        result: DeployResult,
-        i: int,
-        passed: set[int],
-        started: float,
-    ) -> bool:
+    async def _watch(self, i: int, passed: set[int]) -> bool:
         """The guard period after the last wave, then the holdback's switch. False when the
         run ended here (reverted, held, a host failed); True to conclude as deployed (or
-        interrupted: `self.stopping` says so)."""
+        interrupted: `run.stopping` says so)."""
+        run = self.run
         cfg = self.fleet.config
         if cfg.guard.duration > 0 and i not in passed:
             held_name = self.holdback.name if self.holdback else None
             baseline = held_name is not None and bool(self.cohorts().baseline)
-            await rec.record(
+            await run.rec.record(
                 "guard.started",
                 f"guard: watching every host on {self.release} for {cfg.guard.duration:g}s"
                 + (f", {held_name} held back on the old release" if baseline else "")
@@ -695,205 +571,138 @@ class Deployment:
                 duration_s=cfg.guard.duration,
             )
             verdict: Verdict | None = None
-            with anyio.CancelScope() as scope:
-                self._bake_scope = scope
-                point = resume_point(await self.fleet.journal.entries(rec.deployment_id), i)
-                res = await bake(
-                    self.fleet.signals,
-                    cfg,
-                    rec,
-                    self.cohorts,
-                    wave=i,
-                    bake_no=point.bake_no,
-                    relative=baseline,
-                    thresholds=dict(point.carry),
-                    evidence=point.looks,
-                    purpose="guard",
-                    bakes=self.bakes,
-                    clock=self.fleet.clock,
+            with run.on_stop(anyio.CancelScope()) as judging:
+                verdict = await self._bake(
+                    i, relative=baseline, may_pass=lambda: True, purpose="guard"
                 )
-                verdict = res.verdict
-            self._bake_scope = None
+            run.forget_stop(judging)
             if verdict is None:  # stopped by a signal: the hosts stay as they are
                 return True
-            await rec.record(
-                "verdict.reached" if verdict.outcome is not Outcome.FAIL else "verdict.failed",
-                verdict.reason,
-                wave=i,
-                guard=True,
-                verdict=verdict.to_dict(),
-            )
-            if verdict.outcome is Outcome.FAIL:  # a late fault: the whole fleet goes back
-                detected = self.fleet.clock.monotonic() - (self.first_canary_in or started)
-                result.verdict = verdict
-                result.detected_after_s = round(detected, 3)
-                await self._revert(
-                    rec,
-                    switcher,
-                    fallbacks,
-                    result,
-                    f"guard: {verdict.reason}",
-                    self.fleet.clock.monotonic(),
-                    verdict,
-                )
+            if not await self._judged(i, verdict, guard=True):
                 return False
-            result.verdict = verdict
-            await rec.record("wave.passed", f"guard passed: {verdict.reason}", wave=i, guard=True)
         held = self.holdback
-        if held is None or self.stopping or held.name in self.serving_new:
+        if held is None or run.stopping or held.name in self.serving_new:
             return True
-        await rec.record("wave.started", f"holdback: {[held.name]}", wave=i + 1, hosts=[held.name])
-        error: StepFailed | None = None
+        await run.rec.record(
+            "wave.started", f"holdback: {[held.name]}", wave=i + 1, hosts=[held.name]
+        )
+        error: ImmunityError | None = None
         try:
-            await switcher.switch(held, self.release)
+            await run.switcher.switch(held, self.release)
         except StepFailed as exc:
             error = exc
             self.failed_hosts.add(held.name)
         if error is not None and len(self.failed_hosts) <= cfg.max_failed_hosts:
             try:  # within the budget: back on its fallback, the rest stays
-                await switcher.switch(held, fallbacks[held.name], purpose="revert")
+                await run.switcher.switch(held, self.fallbacks[held.name], purpose="revert")
                 self.failed_hosts.discard(held.name)
                 return True
             except StepFailed as exc2:
                 error = exc2
         if error is not None:
-            reason = f"host step failed: {error.message}"
-            step_verdict = Verdict(
-                Outcome.FAIL,
-                reason,
-                (CheckResult("host-steps", Outcome.FAIL, reason, {}),),
-                self.fleet.clock.now(),
-            )
-            await rec.record("verdict.failed", reason, wave=i + 1, verdict=step_verdict.to_dict())
-            await self._revert(
-                rec, switcher, fallbacks, result, reason, self.fleet.clock.monotonic(), step_verdict
-            )
+            await run.capacity.park(held.name)
+            await self._host_failure(i + 1, error)
             return False
         self.serving_new.add(held.name)
         return True
 
-    async def _safety_revert(
-        self,
-        rec: Recorder,
-        switcher: HostSwitcher,
-        fallbacks: dict[str, str],
-        result: DeployResult,
-        exc: Exception,
-    ) -> None:
-        log.error("deployment stopped by an error; reverting the fleet", exc_info=exc)
-        try:
-            await self._revert(
-                rec,
-                switcher,
-                fallbacks,
-                result,
-                f"stopped by an error: {exc}",
-                self.fleet.clock.monotonic(),
-                None,
-            )
-        except Exception:
-            log.exception("the safety revert failed too")
-
     async def _revert(
         self,
-        rec: Recorder,
-        switcher: HostSwitcher,
-        fallbacks: dict[str, str],
-        result: DeployResult,
         reason: str,
-        t_verdict: float,
         verdict: Verdict | None,
         *,
-        outcome: str = "reverted",
+        detected_after_s: float | None = None,
+        done: RunOutcome = RunOutcome.REVERTED,
     ) -> None:
-        """The immune response; `outcome` is `reverted` (found worse, or asked to) or
-        `inconclusive` (reverted for lack of evidence, `judge.on_inconclusive: revert`)."""
-        failed = await immune_response(
-            fleet=self.fleet,
-            rec=rec,
-            switcher=switcher,
-            release=self.release,
-            fallbacks=fallbacks,
-            reason=reason,
-        )
-        result.reason = reason
-        if verdict is not None:
-            result.verdict = verdict
-        if failed:
-            result.outcome = "revert_incomplete"
-            result.needs_human = failed
-            await rec.record(
-                "deployment.revert_incomplete",
-                f"could not revert {failed}: a human is needed",
-                hosts=failed,
-                reason=reason,
+        """The immune response; `done` is REVERTED (found worse, or asked to) or
+        INCONCLUSIVE (reverted for lack of evidence, `judge.on_inconclusive: revert`)."""
+        run = self.run
+        t0 = self.fleet.clock.monotonic()
+        admit = run.on_stop(anyio.CancelScope())
+        try:
+            report = await immune_response(
+                self.fleet,
+                run.rec,
+                run.switcher,
+                self.release,
+                self.fallbacks,
+                reason,
+                admit=admit,
             )
-            return
-        result.outcome = outcome
-        result.reverted_after_s = round(self.fleet.clock.monotonic() - t_verdict, 3)
-        await rec.record(
-            f"deployment.{outcome}",
-            f"fleet back on its previous release: {reason}",
-            reason=reason,
-            detected_after_s=result.detected_after_s,
-            reverted_after_s=result.reverted_after_s,
+        finally:
+            run.forget_stop(admit)
+        await conclude_revert(
+            run,
+            report,
+            reason,
+            t0,
+            done=done,
+            detected_after_s=detected_after_s,
+            verdict=verdict.to_dict() if verdict is not None else None,
         )
 
 
-def _first_immunity_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_immunity_error(exc)
-            if isinstance(found, ImmunityError):
-                return found
-        elif isinstance(exc, ImmunityError):
-            return exc
-    return group
+async def conclude_revert(
+    run: Run,
+    report: RevertReport,
+    reason: str,
+    t0: float,
+    *,
+    done: RunOutcome = RunOutcome.REVERTED,
+    detected_after_s: float | None = None,
+    verdict: Mapping[str, Any] | None = None,
+) -> None:
+    """End a run whose body was a revert (immune response, abort, rollback)."""
+    extra: dict[str, Any] = {"verdict": verdict} if verdict is not None else {}
+    if report.failed:
+        await run.conclude(
+            RunOutcome.REVERT_INCOMPLETE,
+            reason,
+            message=f"could not revert {report.failed}: a human is needed",
+            needs_human=report.failed,
+            detected_after_s=detected_after_s,
+            **extra,
+        )
+    elif report.not_started and run.stopping:
+        await run.conclude(
+            run.stopping,
+            f"{run.stopping} by signal during the revert ({reason}); hosts in flight finished, "
+            f"{report.not_started} not reverted yet: `immunity resume` finishes the revert",
+            not_started=report.not_started,
+            detected_after_s=detected_after_s,
+            **extra,
+        )
+    else:
+        await run.conclude(
+            done,
+            reason,
+            message=f"fleet back on its previous release: {reason}",
+            detected_after_s=detected_after_s,
+            reverted_after_s=round(run.fleet.clock.monotonic() - t0, 3),
+            **extra,
+        )
 
 
-def _revert_outcome(entries: Sequence[Any]) -> str:
-    """`inconclusive` when the interrupted revert followed a verdict of too little evidence."""
+def _revert_outcome(entries: Sequence[JournalEntry]) -> RunOutcome:
+    """INCONCLUSIVE when the interrupted revert followed a verdict of too little evidence."""
     for e in reversed(entries):
         if e.kind in ("verdict.reached", "verdict.failed"):
             outcome = (e.data.get("verdict") or {}).get("outcome")
-            return "inconclusive" if outcome in ("inconclusive", "error") else "reverted"
-    return "reverted"
+            if outcome in ("inconclusive", "error"):
+                return RunOutcome.INCONCLUSIVE
+            return RunOutcome.REVERTED
+    return RunOutcome.REVERTED
 
 
-def _last_reason(entries: Sequence[Any]) -> str | None:
+def _last_verdict(entries: Sequence[JournalEntry]) -> str | None:
+    for e in reversed(entries):
+        if e.kind == "verdict.reached":
+            return str((e.data.get("verdict") or {}).get("reason") or "") or None
+    return None
+
+
+def _last_reason(entries: Sequence[JournalEntry]) -> str | None:
     for e in reversed(entries):
         if e.kind in ("immune.started", "verdict.failed"):
             return str(e.data.get("reason") or (e.data.get("verdict") or {}).get("reason") or "")
     return None
-
-
-def host_steps(entries: Sequence[Any], hosts: Sequence[HostRef]) -> list[dict[str, Any]]:
-    """Per host: its last release reached and every step with its times, from the journal."""
-    out: dict[str, dict[str, Any]] = {
-        h.name: {"name": h.name, "release": None, "steps": []} for h in hosts
-    }
-    open_steps: dict[tuple[str, str], dict[str, Any]] = {}
-    for e in entries:
-        if e.host not in out:
-            continue
-        if e.kind == "host.step_started" and e.step:
-            row = {
-                "step": e.step,
-                "purpose": e.data.get("purpose"),
-                "release": e.data.get("release"),
-                "started_at": e.at.isoformat(),
-                "finished_at": None,
-                "ok": None,
-            }
-            out[e.host]["steps"].append(row)
-            open_steps[(e.host, e.step)] = row
-        elif e.kind in ("host.step_finished", "host.step_failed") and e.step:
-            row2 = open_steps.pop((e.host, e.step), None)
-            if row2 is not None:
-                row2["finished_at"] = e.at.isoformat()
-                row2["ok"] = e.kind == "host.step_finished"
-                if e.kind == "host.step_failed":
-                    row2["error"] = e.data.get("error")
-        elif e.kind == "host.switched":
-            out[e.host]["release"] = e.data.get("release")
-    return list(out.values())

@@ -11,7 +11,8 @@ Ctrl-C or a failing sibling never leaves a host half-way without the journal say
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import anyio
 
@@ -44,18 +45,39 @@ class HostSwitcher:
         # again: the balancer may still call them serving for a moment.
         self._leaving: set[str] = set()
         self._drain_lock = anyio.Lock()
+        self._shields: set[anyio.CancelScope] = set()
+
+    @contextmanager
+    def shielded(self) -> Iterator[anyio.CancelScope]:
+        """A scope that neither Ctrl-C nor a failing sibling cancels; only `cancel_all`
+        (the lease was lost: change nothing more) does."""
+        with anyio.CancelScope(shield=True) as scope:
+            self._shields.add(scope)
+            try:
+                yield scope
+            finally:
+                self._shields.discard(scope)
+
+    def cancel_all(self) -> None:
+        """Stop every walk in flight, shielded or not (the lease is lost)."""
+        for scope in list(self._shields):
+            scope.cancel()
 
     async def switch(
         self, host: HostRef, release: str, *, purpose: str = "deploy", shield: bool = True
     ) -> None:
-        """Move `host` to `release` and back into the pool. Raises StepFailed.
+        """Move `host` to `release` and back into the pool. Raises StepFailed (the host keeps
+        its capacity slot: the caller walks it back or parks it) or CapacityExhausted.
 
         With `shield` (the default) nothing outside can cancel the walk once it started;
         the immune response passes `shield=False` because it shields itself as a whole and
         must be able to stop at its own deadline.
         """
         await self.capacity.take(host.name)
-        with anyio.CancelScope(shield=shield):
+        if shield:
+            with self.shielded():
+                await self._walk(host, release, purpose)
+        else:
             await self._walk(host, release, purpose)
         await self.capacity.give_back(host.name)
 

@@ -4,13 +4,14 @@ Every host whose active release is the new one — or that is out of the pool, o
 nothing — walks back to its fallback (the release it ran at preflight) by the same switch,
 in parallel within `max_unavailable`. The whole response is shielded from Ctrl-C and from
 failing siblings and has its own deadline (`timeouts.revert`); hosts it could not bring
-back are returned so that the caller raises `RevertIncomplete` and a human is told which.
+back are returned so that the run ends `revert_incomplete` and a human is told which.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -18,9 +19,15 @@ from immunity.domain import HostRef, LbState
 from immunity.engine.context import Fleet
 from immunity.engine.host import HostSwitcher
 from immunity.engine.record import Recorder
-from immunity.errors import ImmunityError
+from immunity.errors import CapacityExhausted, ImmunityError, JournalError, LeaseLost
 
 log = logging.getLogger("immunity.engine")
+
+
+@dataclass(frozen=True)
+class RevertReport:
+    failed: list[str]  # could not be reverted: a human is needed
+    not_started: list[str] = field(default_factory=list)  # a signal stopped the admission
 
 
 async def hosts_to_revert(
@@ -60,11 +67,22 @@ async def immune_response(
     reason: str,
     *,
     all_hosts: bool = False,
-) -> list[str]:
-    """Revert the fleet; return the names of the hosts that could not be reverted."""
+    admit: anyio.CancelScope | None = None,
+) -> RevertReport:
+    """Revert the fleet; report the hosts that could not be reverted and those not started.
+
+    Hosts are admitted in order (those already out of the pool first) as capacity allows; a
+    host whose revert fails stays out (parked), and hosts that could then only leave the pool
+    past `max_unavailable` are reported at once instead of waiting for the deadline. Raises
+    LeaseLost / JournalError (change nothing more), which stop every walk at once.
+    Cancelling `admit` (a signal) starts no more hosts; hosts in flight finish.
+    """
     failed: list[str] = []
+    admitted: set[str] = set()
+    not_started: list[str] = []
     deadline = fleet.config.timeouts.revert
-    with anyio.CancelScope(shield=True):
+    capacity = switcher.capacity
+    with switcher.shielded():
         pending = set(fallbacks)  # unknown until the hosts and the balancer have answered
         with anyio.move_on_after(deadline) as scope:
             targets = await _targets(fleet, rec, release, fallbacks, all_hosts=all_hosts)
@@ -79,15 +97,28 @@ async def immune_response(
             async def revert_one(h: HostRef) -> None:
                 try:
                     await switcher.switch(h, fallbacks[h.name], purpose="revert", shield=False)
-                    pending.discard(h.name)
+                except (LeaseLost, JournalError):
+                    raise
                 except ImmunityError as exc:
                     log.error("revert of %s failed: %s", h.name, exc)
                     failed.append(h.name)
-                    pending.discard(h.name)
+                    await capacity.park(h.name)
+                pending.discard(h.name)
 
             async with anyio.create_task_group() as tg:
-                for h in targets:
-                    tg.start_soon(revert_one, h)
+                with admit or anyio.CancelScope():
+                    for h in targets:
+                        try:
+                            await capacity.take(h.name)
+                        except CapacityExhausted as exc:
+                            await rec.record("immune.host_skipped", exc.message, host=h.name)
+                            failed.append(h.name)
+                            pending.discard(h.name)
+                            continue
+                        admitted.add(h.name)
+                        tg.start_soon(revert_one, h)
+            not_started = sorted(pending - admitted)
+            pending -= set(not_started)
         if scope.cancelled_caught:
             failed.extend(sorted(pending))
             await rec.record(
@@ -95,7 +126,7 @@ async def immune_response(
                 f"revert deadline {deadline:g}s passed with {sorted(pending)} unfinished",
                 hosts=sorted(pending),
             )
-    return failed
+    return RevertReport(sorted(failed), not_started)
 
 
 async def _targets(

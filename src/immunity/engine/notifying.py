@@ -14,6 +14,7 @@ import anyio
 
 from immunity.engine.context import Fleet
 from immunity.engine.record import Recorder
+from immunity.engine.result import RunOutcome
 from immunity.errors import ImmunityError
 
 log = logging.getLogger("immunity.engine")
@@ -22,9 +23,9 @@ NOTIFY_TIMEOUT_S = 10.0
 
 
 async def notify_all(
-    fleet: Fleet, rec: Recorder, outcome: str, reason: str, result: Mapping[str, Any]
+    fleet: Fleet, rec: Recorder, outcome: RunOutcome, reason: str, result: Mapping[str, Any]
 ) -> None:
-    kind = f"deployment.{_past(outcome)}"
+    kind = f"deployment.{outcome.past}"
     data = {
         k: result.get(k)
         for k in (
@@ -60,16 +61,3 @@ async def notify_all(
         async with anyio.create_task_group() as tg:
             for n in fleet.notifiers:
                 tg.start_soon(one, n)
-
-
-def _past(outcome: str) -> str:
-    return {
-        "deployed": "succeeded",
-        "reverted": "reverted",
-        "inconclusive": "inconclusive",
-        "revert_incomplete": "revert_incomplete",
-        "held": "held",
-        "interrupted": "interrupted",
-        "terminated": "interrupted",
-        "rolled_back": "rolled_back",
-    }.get(outcome, "failed")

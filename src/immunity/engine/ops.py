@@ -9,22 +9,21 @@ release. `history` reads the journal.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import statistics
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
+
 from immunity.domain import LbState
-from immunity.engine.capacity import CapacityGuard
-from immunity.engine.context import Fleet, holder_name, machine_name
-from immunity.engine.deployment import Deployment, DeployResult, host_steps, unknown_members
-from immunity.engine.host import HostSwitcher
+from immunity.engine.context import Fleet, holder_alive
+from immunity.engine.deployment import conclude_revert, continue_deployment, unknown_members
 from immunity.engine.immune import immune_response
-from immunity.engine.notifying import notify_all
-from immunity.engine.record import Recorder
+from immunity.engine.result import RunOutcome, RunResult
+from immunity.engine.run import Run
 from immunity.errors import ImmunityError
-from immunity.journal import new_deployment_id
-from immunity.journal.base import DeploymentRecord, Lease
+from immunity.journal.base import DeploymentRecord
 
 
 class NothingToResume(ImmunityError):
@@ -46,20 +45,6 @@ async def expected_releases(fleet: Fleet, record: DeploymentRecord | None) -> di
 async def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
     recs = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome != "rejected"]
     return recs[-1] if recs else None
-
-
-def holder_is_dead(lease: Lease) -> bool:
-    """True when the lease's holder ran on this machine and its PID is gone."""
-    host, _, pid = lease.holder.rpartition(":")
-    if host != machine_name() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 async def status(fleet: Fleet) -> dict[str, Any]:
@@ -116,7 +101,7 @@ async def status(fleet: Fleet) -> dict[str, Any]:
             "deployment_id": lease.deployment_id,
             "since": lease.acquired_at.isoformat(),
             "heartbeat_at": lease.heartbeat_at.isoformat(),
-            "holder_alive": not holder_is_dead(lease),
+            "holder_alive": holder_alive(lease.holder, lease.acquired_at),
         }
     if record:
         out["last_deployment"] = {
@@ -142,23 +127,28 @@ async def resumable(fleet: Fleet) -> DeploymentRecord:
     return record
 
 
-async def resume(fleet: Fleet, *, abort: bool = False) -> DeployResult:
+async def resume(fleet: Fleet, *, abort: bool = False) -> RunResult:
+    """Take the last interrupted run over and finish it: a deployment continues (or, with
+    `abort`, is reverted); a rollback walks every host it had not moved yet."""
     record = await resumable(fleet)
-    lease = await fleet.journal.current_lease(fleet.app)
-    dead = lease is not None and holder_is_dead(lease)
-    dep = Deployment(fleet, record.release)
-    dep.holder_dead = dead
-    return await dep.run(resume=record, abort=abort)
+    if record.data.get("rollback"):
+        async with Run(fleet, _rollback_release(record), resume=record) as run:
+            await _rollback_body(run)
+        return run.result
+    return await continue_deployment(fleet, record, abort=abort)
 
 
-async def rollback(fleet: Fleet) -> DeployResult:
+def _rollback_release(record: DeploymentRecord) -> str:
+    return record.release.removeprefix("rollback:")
+
+
+async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     """Walk every host back to its previous release, by the same switch.
 
     A host's previous release is the one it ran before the last deployment (its fallback
     there; after a rollback, the release it ran before that rollback). Hosts already on it
     stay as they are. Without a journal record, the host's previously installed release.
     """
-    cfg = fleet.config
     record = await last_deployment(fleet)
     actives = {h.name: await fleet.driver.active_release(h) for h in fleet.hosts}
     targets: dict[str, str] = {}
@@ -175,41 +165,47 @@ async def rollback(fleet: Fleet) -> DeployResult:
     if not targets:
         raise NothingToResume("no host has a previous release to roll back to")
     current = next((r for r in actives.values() if r), "unknown")
-    deployment_id = new_deployment_id()
-    lease = await fleet.journal.acquire_lease(
-        fleet.app, holder_name(), deployment_id, cfg.lease_ttl
-    )
-    rec_row = await fleet.journal.begin(
-        fleet.app,
-        f"rollback:{current}",
-        {"fallbacks": targets, "rollback": True, "previous": actives},
-        deployment_id=deployment_id,
-    )
-    rec = Recorder(fleet, rec_row.id, current, lease.token)
-    await rec.record(
-        "rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets
-    )
-    t0 = fleet.clock.monotonic()
-    result = DeployResult(
-        "rolled_back", current, rec_row.id, rec_row.started_at, fleet.clock.now(), fallbacks=targets
-    )
-    switcher = HostSwitcher(fleet, rec, CapacityGuard(cfg.max_unavailable))
-    failed = await immune_response(
-        fleet, rec, switcher, current, targets, "rollback requested", all_hosts=True
-    )
-    result.reverted_after_s = round(fleet.clock.monotonic() - t0, 3)
-    result.reason = "rollback requested"
-    if failed:
-        result.outcome = "revert_incomplete"
-        result.needs_human = failed
-    result.finished_at = fleet.clock.now()
-    result.hosts = host_steps(await fleet.journal.entries(rec_row.id), fleet.hosts)
-    await fleet.journal.finish(
-        rec_row.id, result.outcome, result.reason, {"result": result.to_dict()}, token=lease.token
-    )
-    await notify_all(fleet, rec, result.outcome, result.reason, result.to_dict())
-    await fleet.journal.release_lease(lease)
-    return result
+
+    async def prepare() -> dict[str, Any]:
+        return {"fallbacks": targets, "rollback": True, "previous": actives}
+
+    async with Run(
+        fleet,
+        current,
+        label=f"rollback:{current}",
+        prepare=prepare,
+        handle_signals=handle_signals,
+    ) as run:
+        await _rollback_body(run)
+    return run.result
+
+
+async def _rollback_body(run: Run) -> None:
+    targets = {str(k): str(v) for k, v in dict(run.data.get("fallbacks", {})).items()}
+    if run.resumed:
+        await run.rec.record(
+            "rollback.resumed", f"resuming the rollback to {targets}", targets=targets
+        )
+    else:
+        await run.rec.record(
+            "rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets
+        )
+    t0 = time.monotonic()
+    admit = run.on_stop(anyio.CancelScope())
+    try:
+        report = await immune_response(
+            run.fleet,
+            run.rec,
+            run.switcher,
+            run.release,
+            targets,
+            "rollback requested",
+            all_hosts=True,
+            admit=admit,
+        )
+    finally:
+        run.forget_stop(admit)
+    await conclude_revert(run, report, "rollback requested", t0, done=RunOutcome.ROLLED_BACK)
 
 
 def category(outcome: str | None, verdict: str | None) -> str:

@@ -9,11 +9,12 @@ import logging
 import os
 import signal
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from immunity.domain import Event
 from immunity.engine.context import Fleet
+from immunity.errors import LeaseLost
 
 log = logging.getLogger("immunity.engine")
 
@@ -35,8 +36,17 @@ def _fail_point(kind: str) -> None:
 
 
 class Recorder:
-    def __init__(self, fleet: Fleet, deployment_id: str, release: str, token: int | None) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        deployment_id: str,
+        release: str,
+        token: int | None,
+        *,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self.fleet = fleet
+        self.on_lost = on_lost
         self.deployment_id = deployment_id
         self.release = release
         self.token = token
@@ -51,9 +61,14 @@ class Recorder:
         **data: Any,
     ) -> Event:
         """Journal `kind` durably (raises JournalError/LeaseLost), then tell the sinks."""
-        await self.fleet.journal.append(
-            self.deployment_id, kind, host=host, step=step, data=data, token=self.token
-        )
+        try:
+            await self.fleet.journal.append(
+                self.deployment_id, kind, host=host, step=step, data=data, token=self.token
+            )
+        except LeaseLost:
+            if self.on_lost is not None:
+                self.on_lost()
+            raise
         _fail_point(kind)
         event = Event(
             kind=kind,

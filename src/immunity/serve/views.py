@@ -16,7 +16,7 @@ from typing import Any
 from immunity.domain import utcnow
 from immunity.engine import ops
 from immunity.engine.context import Fleet
-from immunity.engine.deployment import host_steps
+from immunity.engine.result import host_steps
 from immunity.errors import ImmunityError
 from immunity.journal.base import DeploymentRecord, JournalEntry
 

@@ -6,6 +6,7 @@ import anyio
 import pytest
 
 from immunity.engine.capacity import CapacityGuard
+from immunity.errors import CapacityExhausted
 
 
 @pytest.mark.anyio
@@ -36,3 +37,47 @@ async def test_a_host_that_holds_a_slot_takes_it_again_without_waiting() -> None
     with anyio.fail_after(1):
         await guard.take("h1")
     assert frozenset({"h1"}) == guard.out
+
+
+@pytest.mark.anyio
+async def test_a_take_that_no_walk_can_free_raises_at_once() -> None:
+    """Every slot held by a parked host (its walk failed, it stays out): no wait, an error."""
+    guard = CapacityGuard(1)
+    await guard.take("h2")
+    await guard.park("h2")
+    with anyio.fail_after(1), pytest.raises(CapacityExhausted, match="h2"):
+        await guard.take("h3")
+
+
+@pytest.mark.anyio
+async def test_a_waiting_take_raises_when_the_walking_host_is_parked() -> None:
+    """h3 waits while h2 is walked; when h2's walk fails and it is parked, h3's wait ends."""
+    guard = CapacityGuard(1)
+    await guard.take("h2")
+    raised: list[BaseException] = []
+
+    async def wait_h3() -> None:
+        try:
+            await guard.take("h3")
+        except CapacityExhausted as exc:
+            raised.append(exc)
+
+    with anyio.fail_after(1):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_h3)
+            await anyio.sleep(0.01)
+            assert [] == raised  # still waiting: h2 may come back
+            await guard.park("h2")
+    assert 1 == len(raised)
+
+
+@pytest.mark.anyio
+async def test_a_host_found_out_of_the_pool_is_taken_by_its_own_walk() -> None:
+    """A host marked out at resume holds a slot; its own walk takes it without waiting."""
+    guard = CapacityGuard(1)
+    guard.mark_out("h1")
+    with anyio.fail_after(1):
+        await guard.take("h1")
+        await guard.give_back("h1")
+        await guard.take("h2")
+    assert frozenset({"h2"}) == guard.out

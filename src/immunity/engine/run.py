@@ -1,0 +1,335 @@
+"""One run's lifecycle, shared by deploy, resume, rollback and abort.
+
+    async with Run(fleet, release, prepare=...) as run:   # lease, then prepare, then begin
+        ...the body: waves, a revert, a rollback...        # heartbeat + signals run beside it
+        run.conclude(RunOutcome.DEPLOYED, "...")           # journaled
+    result = run.result                                    # frozen, built from the journal
+
+Entering takes the app's lease (LeaseHeld, with a hint that matches the holder: "wait for
+it" only when it is alive, "resume" only when it is gone), runs `prepare` (e.g. preflight;
+the lease is released if it raises) and begins the journal record (or, for a resume, takes
+the record's lease over with a fresh fencing token). While the body runs, a heartbeat keeps
+the lease and SIGINT/SIGTERM ask the body to stop (`run.stopping`; scopes registered with
+`run.on_stop` are cancelled: no new host is started, hosts in flight finish). Leaving
+journals nothing the body did not say, finishes the record with the outcome, notifies the
+team and releases the lease.
+
+A lost lease (the heartbeat or any journal write finds the fencing token stale) stops every
+walk at once, shielded or not, and ends the run `superseded` without another write. A
+JournalError propagates (nothing more can be recorded). Any other error finishes the run
+`failed`, notifies, releases the lease and propagates (a bug: exit 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from immunity.domain import utcnow
+from immunity.engine.capacity import CapacityGuard
+from immunity.engine.context import Fleet, holder_alive, holder_name
+from immunity.engine.host import HostSwitcher
+from immunity.engine.notifying import notify_all
+from immunity.engine.record import Recorder
+from immunity.engine.result import RunOutcome, RunResult, result_from_journal
+from immunity.errors import ImmunityError, JournalError, LeaseHeld, LeaseLost
+from immunity.journal import new_deployment_id
+from immunity.journal.base import DeploymentRecord, Journal, Lease
+
+log = logging.getLogger("immunity.engine")
+
+Prepare = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+class Run:
+    """See the module docstring. `release` is what the run rolls out (for a rollback, the
+    release it leaves); `label` is the journal record's release column (default `release`)."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        release: str,
+        *,
+        prepare: Prepare | None = None,
+        resume: DeploymentRecord | None = None,
+        label: str | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.fleet = fleet
+        self.release = release
+        self.label = label or release
+        self.handle_signals = handle_signals
+        self._prepare = prepare
+        self._resume = resume
+        self.stopping: RunOutcome | None = None  # INTERRUPTED | TERMINATED once signalled
+        self._stop_scopes: set[anyio.CancelScope] = set()
+        self._outcome: RunOutcome | None = None
+        self._result: RunResult | None = None
+        self._cm: AbstractAsyncContextManager[Run] | None = None
+        # set on entering
+        self.lease: Lease
+        self.record: DeploymentRecord
+        self.rec: Recorder
+        self.capacity: CapacityGuard
+        self.switcher: HostSwitcher
+
+    # -- what the body uses ----------------------------------------------------------
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """The record's data (what `prepare` returned: fallbacks, targets...)."""
+        return self.record.data
+
+    @property
+    def resumed(self) -> bool:
+        return self._resume is not None
+
+    def on_stop(self, scope: anyio.CancelScope) -> anyio.CancelScope:
+        """Cancel `scope` when a signal asks the run to stop (at once if it already did)."""
+        self._stop_scopes.add(scope)
+        if self.stopping:
+            scope.cancel()
+        return scope
+
+    def forget_stop(self, scope: anyio.CancelScope) -> None:
+        self._stop_scopes.discard(scope)
+
+    async def conclude(
+        self, outcome: RunOutcome, reason: str, *, message: str | None = None, **data: Any
+    ) -> None:
+        """Journal how the run ends (`deployment.<outcome in the past>`); the result is read
+        back from this entry."""
+        self._outcome = outcome
+        await self.rec.record(
+            f"deployment.{outcome.past}",
+            message or reason,
+            outcome=str(outcome),
+            reason=reason,
+            **data,
+        )
+
+    @property
+    def result(self) -> RunResult:
+        if self._result is None:
+            raise RuntimeError("the run has not ended")
+        return self._result
+
+    # -- the lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Run:
+        self._cm = self._lifecycle()
+        return await self._cm.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._cm is not None
+        return await self._cm.__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def _lifecycle(self) -> AsyncIterator[Run]:
+        fleet = self.fleet
+        journal = fleet.journal
+        cfg = fleet.config
+        if self._resume is None:
+            deployment_id = new_deployment_id()
+            self.lease = await self._acquire(deployment_id, takeover=False)
+            try:
+                data = dict(await self._prepare()) if self._prepare else {}
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await journal.release_lease(self.lease)
+                raise
+            self.record = await journal.begin(
+                fleet.app, self.label, data, deployment_id=deployment_id
+            )
+        else:
+            self.record = self._resume
+            self.lease = await self._acquire(self.record.id, takeover=True)
+        self.rec = Recorder(
+            fleet, self.record.id, self.release, self.lease.token, on_lost=self._lost
+        )
+        self.capacity = CapacityGuard(cfg.max_unavailable)
+        self.switcher = HostSwitcher(fleet, self.rec, self.capacity)
+        try:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._heartbeat)
+                    if self.handle_signals:
+                        tg.start_soon(self._signals)
+                    try:
+                        yield self
+                    finally:
+                        tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise first_immunity_error(group) from group
+        except LeaseLost as exc:
+            log.error("%s", exc.message)
+            await self._end(RunOutcome.SUPERSEDED, exc.message, write=False)
+            return  # the run is over; nothing more is written
+        except JournalError:
+            raise
+        except Exception as exc:
+            with contextlib.suppress(ImmunityError):
+                await self.conclude(RunOutcome.FAILED, f"stopped by an error: {exc}")
+            await self._end(RunOutcome.FAILED, f"stopped by an error: {exc}", write=True)
+            await self._close()
+            raise
+        if self._outcome is None:  # the body ended without saying how: a bug
+            await self.conclude(RunOutcome.FAILED, "the run ended without an outcome")
+        await self._end(self._outcome or RunOutcome.FAILED, "", write=True)
+        await self._close()
+
+    async def _end(self, outcome: RunOutcome, reason: str, *, write: bool) -> None:
+        journal = self.fleet.journal
+        entries = await journal.entries(self.record.id)
+        self._result = result_from_journal(
+            self.record,
+            entries,
+            self.fleet.hosts,
+            release=self.release,
+            default=(outcome, reason),
+            now=self.fleet.clock.now(),
+            final=not write,
+        )
+        if write:
+            r = self._result
+            await journal.finish(
+                self.record.id,
+                str(r.outcome),
+                r.reason,
+                {"result": r.to_dict()},
+                token=self.lease.token,
+            )
+
+    async def _close(self) -> None:
+        r = self.result
+        await notify_all(self.fleet, self.rec, r.outcome, r.reason, r.to_dict())
+        await self.fleet.journal.release_lease(self.lease)
+
+    async def _acquire(self, deployment_id: str, *, takeover: bool) -> Lease:
+        """Take the app's lease. A takeover never takes it from a holder whose process still
+        runs on this machine, even a silent one: woken, it could finish the action it was in
+        (fencing covers journal writes and each step's start, not an action in flight)."""
+        fleet = self.fleet
+        current = await fleet.journal.current_lease(fleet.app)
+        alive = None if current is None else holder_alive(current.holder, current.acquired_at)
+        try:
+            if takeover and current is not None and alive:
+                raise LeaseHeld(f"{current.holder} still runs")
+            return await fleet.journal.acquire_lease(
+                fleet.app,
+                holder_name(),
+                deployment_id,
+                fleet.config.lease_ttl,
+                takeover=takeover,
+                holder_dead=alive is False,
+            )
+        except LeaseHeld as exc:
+            raise await explain_lease_held(
+                fleet.journal, fleet.app, fleet.config.lease_ttl, exc
+            ) from exc
+
+    async def _heartbeat(self) -> None:
+        every = max(0.2, self.fleet.config.lease_ttl / 3)
+        while True:
+            await self.fleet.clock.sleep(every)
+            try:
+                await self.fleet.journal.heartbeat(self.lease)
+            except LeaseLost:
+                self._lost()
+                raise
+
+    def _lost(self) -> None:
+        """The lease is gone: change nothing more, not even in shielded walks."""
+        switcher = getattr(self, "switcher", None)
+        if switcher is not None:
+            switcher.cancel_all()
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.stopping:
+                    await self.rec.record(
+                        "deployment.signal_repeated",
+                        f"{name} again: still finishing the hosts in flight",
+                        signal=name,
+                    )
+                    continue
+                self.stopping = (
+                    RunOutcome.INTERRUPTED if signum == signal.SIGINT else RunOutcome.TERMINATED
+                )
+                await self.rec.record(
+                    "deployment.stopping",
+                    f"{name}: starting no new work, finishing hosts in flight",
+                    signal=name,
+                )
+                for scope in list(self._stop_scopes):
+                    scope.cancel()
+
+
+async def explain_lease_held(
+    journal: Journal, app: str, lease_ttl: float, exc: LeaseHeld
+) -> LeaseHeld:
+    """The journal's LeaseHeld with a state and hint that match the holder: alive and
+    heart-beating → wait; its process gone → resume; alive on this machine but silent past
+    `lease_ttl` → stop that process, then resume; silent on another machine → resume."""
+    lease = await journal.current_lease(app)
+    if lease is None:
+        return exc
+    machine, _, pid = lease.holder.rpartition(":")
+    who = f"pid {pid} on machine {machine}" if machine else f"holder {lease.holder}"
+    since = lease.acquired_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    beat = lease.heartbeat_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    silent = (utcnow() - lease.heartbeat_at).total_seconds() >= lease_ttl
+    alive = holder_alive(lease.holder, lease.acquired_at)
+    if alive is False:
+        state = "and its process is gone"
+        hint = "run `immunity resume -c FILE` to finish or undo it (`--abort` reverts)"
+    elif not silent:
+        state = "and it is alive and heart-beating"
+        hint = "wait for it to finish (`immunity status -c FILE` shows its progress)"
+    elif alive:
+        state = f"and its process is running but has not heart-beaten since {beat}"
+        hint = f"it may be stuck: stop it (kill {pid}), then run `immunity resume -c FILE`"
+    else:
+        state = f"and it has not heart-beaten since {beat}"
+        hint = "run `immunity resume -c FILE` to take it over and finish or undo it"
+    return LeaseHeld(
+        f"{app} is being deployed by another orchestrator: {who} holds the lease since "
+        f"{since} (deployment {lease.deployment_id}), {state}",
+        hint=hint,
+        context={**exc.context, "holder": lease.holder, "alive": alive},
+    )
+
+
+def first_immunity_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a task group raised, as our own error when there is one (LeaseLost and
+    JournalError first: they mean "change nothing more")."""
+    found: list[ImmunityError] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                walk(e)
+            elif isinstance(e, ImmunityError):
+                found.append(e)
+
+    walk(group)
+    for kind in (LeaseLost, JournalError, ImmunityError):
+        for e in found:
+            if isinstance(e, kind):
+                return e
+    return group
