@@ -98,7 +98,6 @@ def next_step(outcome: str, config: str, needs_human: list[str] | None = None) -
         f"`immunity resume {c} --abort`",
         "failed": f"the fleet was reverted to one release before the error was reported; see "
         f"`immunity status {c}` and the traceback, then deploy again or `immunity rollback {c}`",
-        "superseded": f"another process took this run over and owns it now: `immunity status {c}`",
     }
     return steps.get(outcome, "")
 
