@@ -36,3 +36,19 @@ def test_dry_run_of_an_unknown_release_exits_2(fleet3: Sandbox) -> None:
     r = fleet3.run("deploy", "-c", str(fleet3.config), "--release", "v9", "--dry-run")
     assert r.returncode == 2
     assert "v9" in r.stderr
+
+
+def test_dry_run_shows_the_guard_its_holdback_and_the_alpha_of_each_bake(fleet3: Sandbox) -> None:
+    """With a guard period the plan holds h3 back (judged against in the last wave and the
+    guard, switched last) and spends alpha over the two waves and the guard."""
+    cfg = fleet3.write_config("dry-guard.yaml", **{**FAST, "guard": {"duration": "2m"}})
+    r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2", "--dry-run", "--json", "g.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    plan = json.loads((fleet3.dir / "g.json").read_text())
+    assert [w["hosts"] for w in plan["waves"]] == [["h1"], ["h2"], ["h3"]]
+    assert [w["relative"] for w in plan["waves"][:2]] == [True, True]
+    assert plan["waves"][2].get("holdback") is True
+    assert plan["guard"]["holdback"] == "h3" and plan["guard"]["relative"] is True
+    assert plan["bakes"] == 3 and abs(plan["alpha_per_bake"] - 0.01 / 3) < 1e-12
+    assert "against the holdback h3" in r.stdout
+    assert "switched after the guard" in r.stdout

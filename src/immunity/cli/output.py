@@ -163,7 +163,9 @@ def print_plan(plan: dict[str, Any]) -> None:
             for m in w["moments"]
         )
         judged = ", ".join(w["checks"]) or "nothing (no checks)"
-        if not w["relative"]:
+        if w.get("holdback"):
+            judged = "switched after the guard (the holdback)"
+        elif not w["relative"]:
             judged += " (no baseline left: guard rails only)"
         t.add_row(
             f"wave {w['wave']}", ", ".join(w["hosts"]), moments or "nothing to switch", judged
@@ -176,6 +178,25 @@ def print_plan(plan: dict[str, Any]) -> None:
         f"{plan['on_inconclusive']}",
         highlight=False,
     )
+    g = plan.get("guard")
+    if g:
+        against = (
+            f"against the holdback {g['holdback']} (on the old release)"
+            if g["holdback"]
+            else "with the guard rails only (no holdback)"
+        )
+        out.print(
+            f"  guard after the last wave: {g['duration_s']:g}s watching every new host "
+            f"{against}: {', '.join(g['checks']) or 'no checks'}; a fail reverts the whole fleet",
+            markup=False,
+            highlight=False,
+        )
+    if "bakes" in plan:
+        out.print(
+            f"  false alarms: alpha spent over {plan['bakes']} bake(s), "
+            f"{plan['alpha_per_bake']:.4g} each",
+            highlight=False,
+        )
     for c in plan["checks"]:
         limit = f" max {c['max']:g}" if c["max"] is not None else ""
         out.print(

@@ -2,7 +2,8 @@
 
 The plan is what `Deployment.run` would do with the same config: the waves of
 `plan_waves`, each wave's hosts switched at most `max_unavailable` at a time, the bake
-(relative checks only while a baseline is left, guard rails alone on the last wave), and
+(relative checks only while a baseline is left, guard rails alone on the last wave), the
+guard period with its holdback (switched last), the false-alarm level of each bake, and
 what each check needs from its signal. Nothing is journaled and no lease is taken; the
 preflight only reads (balancer members, each host's active release, the release's presence,
 every adapter's own read-only `preflight`).
@@ -13,10 +14,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from immunity.analysis.spending import bakes_of, spent
 from immunity.config.models import GUARD_KINDS
 from immunity.engine.context import Fleet
 from immunity.engine.deployment import preflight
-from immunity.engine.plan import plan_waves
+from immunity.engine.plan import plan_waves, with_holdback
 
 NEEDS = {
     "errors": "request and 5xx counts per cohort; a baseline (not judged on the last wave)",
@@ -42,7 +44,10 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
     """
     cfg = fleet.config
     n = len(fleet.hosts)
-    waves = plan_waves(fleet.hosts, cfg.waves)
+    waves, holdback = with_holdback(
+        plan_waves(fleet.hosts, cfg.waves), guard_s=cfg.guard.duration, holdback=cfg.guard.holdback
+    )
+    held = 1 if holdback is not None else 0
     done = [h.name for h in fleet.hosts if fallbacks.get(h.name) is None]
     out_waves: list[dict[str, Any]] = []
     new = len(done)
@@ -62,7 +67,8 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
             )
             new += len(batch)
         last = i == len(waves)
-        relative = not last and n - new > 0
+        # the last wave has a baseline only when a holdback stays on the old release
+        relative = (not last or held > 0) and n - new > 0
         judged = [c.name for c in cfg.checks if relative or c.kind in GUARD_KINDS]
         out_waves.append(
             {
@@ -72,6 +78,33 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
                 "after": {"canary": new, "baseline": n - new},
                 "relative": relative,
                 "checks": judged,
+            }
+        )
+    bakes = bakes_of(cfg, len(waves))
+    per_bake = spent(cfg.judge, bakes)
+    guard: dict[str, Any] | None = None
+    if cfg.guard.duration > 0:
+        compared = holdback is not None
+        guard = {
+            "duration_s": cfg.guard.duration,
+            "holdback": holdback.name if holdback is not None else None,
+            "relative": compared,
+            "checks": [c.name for c in cfg.checks if compared or c.kind in GUARD_KINDS],
+        }
+    if holdback is not None:
+        out_waves.append(
+            {
+                "wave": len(waves) + 1,
+                "hosts": [holdback.name],
+                "moments": [
+                    {"out": [holdback.name], "in_pool": n - 1, "canary": n - 1, "baseline": 0}
+                ]
+                if holdback.name not in done
+                else [],
+                "after": {"canary": n, "baseline": 0},
+                "relative": False,
+                "checks": [],
+                "holdback": True,
             }
         )
     checks = []
@@ -109,6 +142,9 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
             "lag_s": cfg.bake.lag,
         },
         "checks": checks,
+        "guard": guard,
+        "bakes": bakes,
+        "alpha_per_bake": per_bake.alpha,
         "timeouts_s": cfg.timeouts.model_dump(),
         "on_inconclusive": cfg.judge.on_inconclusive,
     }
