@@ -109,10 +109,13 @@ _HAPROXY_DATE = re.compile(
     r"^(\d{1,2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?: ([+-])(\d{2}):?(\d{2}))?$"
 )
 # HAProxy's own lines on stdout/syslog: state changes and startup messages, not requests.
+# HAProxy's own messages (server and proxy state changes, health checks) land in the same
+# log as the requests: "Server be_app/h1 is DOWN, ...", "... enters drain state", "... leaves
+# drain state", "... was DOWN and now enters maintenance", "... is going DOWN for maintenance".
 _NOTICE = re.compile(
-    r"\[(NOTICE|WARNING|ALERT)\]|\b(Server|Proxy|backend|Health check for server) \S+ "
-    r"(is |has |started|stopped|paused|resumed|succeeded|failed)|\bProxy \S+ started|"
-    r"Connect from |haproxy\[\d+\]: *$"
+    r"\[(NOTICE|WARNING|ALERT)\]|\b(Server|Proxy|[Bb]ackend|(Health|Agent) check for server) "
+    r"\S+ (is|has|was|enters|leaves|started|stopped|paused|resumed|succeeded|failed|going)\b|"
+    r"\bProxy \S+ started|Connect from |haproxy\[\d+\]: *$"
 )
 HTTPLOG_EXPECTED = (
     "HAProxy's `option httplog` line: CLIENT:PORT [DATE] FRONTEND BACKEND/SERVER "

@@ -100,3 +100,24 @@ def test_json_fields_and_dates() -> None:
     assert isinstance(rec, LogRecord) and rec.end == 1700000000.5 - 3600
     assert isinstance(p.parse('{"t": "yesterday", "s": "h1", "code": 200, "lat": 0}'), Unparsed)
     assert p.parse('{"t": 1, "s": "<NOSRV>", "code": 503, "lat": 0}') is None
+
+
+def test_haproxy_server_state_messages_in_the_log_are_not_requests_nor_unparsed() -> None:
+    """Every server state change HAProxy writes beside the requests (drain, maintenance, health
+    checks) is skipped, so a log with them still passes preflight (as written by HAProxy 2.6)."""
+    from immunity.signals.haproxy import LogParser
+
+    messages = [
+        'Server be_app/h1 is DOWN, reason: Layer4 connection problem, info: "Connection '
+        'refused", check duration: 0ms. 2 active and 0 backup servers left.',
+        "Server be_app/h2 is UP, reason: Layer7 check passed, code: 200, check duration: 5ms.",
+        "Server be_app/h1 enters drain state. 2 active and 0 backup servers online.",
+        "Server be_app/h1 leaves drain state.",
+        "Server be_app/h1 is going DOWN for maintenance. 2 active and 0 backup servers left.",
+        "Server be_app/h1 is UP/READY (leaving forced maintenance).",
+        "Server be_app/h1 was DOWN and now enters maintenance.",
+        "Server be_app/h1 is UP (leaving forced drain).",
+        "Nov 30 02:10:01 lb1 haproxy[812]: Server be_app/h1 enters drain state.",
+    ]
+    parser = LogParser()
+    assert [None] * len(messages) == [parser.parse(m) for m in messages]
