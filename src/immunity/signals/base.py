@@ -91,7 +91,7 @@ def vet(obs: Observation, window_s: float, hosts: int) -> Observation:
         )
     if x > n:
         return Observation.rejected(f"implausible answer: {x} errors > {n} requests")
-    per = max(1, hosts or obs.hosts)
+    per = max(1, hosts, obs.hosts)  # a fleet-wide source (CloudWatch) counts every host
     seconds = max(window_s, 1.0)
     if n > MAX_REQUESTS_PER_HOST_S * per * seconds:
         return Observation.rejected(

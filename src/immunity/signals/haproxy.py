@@ -93,6 +93,8 @@ _RECENT_BYTES = 256 * 1024
 _RECENT_LINES = 200
 RECENT_TRAFFIC_S = 60.0
 """Preflight calls traffic older than this "no current traffic"."""
+MAX_SKEW_S = 300.0
+"""A request dated this far from the time its line was written: the wrong timezone or clock."""
 MAX_UNPARSED_SHARE = 0.01
 """A look whose new lines hold more unparsed request lines than this share is partial."""
 
@@ -679,6 +681,14 @@ class HAProxySource:
                 "timezone to match HAProxy's log-format",
                 context={"adapter": ADAPTER, "file": str(path), "line": no},
             )
+        skew = self._skew(sample.records, os.path.getmtime(path))
+        if skew is not None:
+            raise PreflightError(
+                f"signal {self.name!r}: {path}: {skew}",
+                hint="set the signal's timezone to HAProxy's (local, UTC, +05:30, "
+                "Europe/Paris) for %tr/%t dates; check both machines' clocks",
+                context={"adapter": ADAPTER, "file": str(path)},
+            )
         names = {h.balancer_id for h in hosts}
         backend = self.tail.backend
         ours = [
@@ -720,6 +730,21 @@ class HAProxySource:
             "traffic to judge"
         )
 
+    @staticmethod
+    def _skew(records: Sequence[LogRecord], written_at: float) -> str | None:
+        """Why the newest request's time cannot be right for a file just written, or None."""
+        if not records or time.time() - written_at > RECENT_TRAFFIC_S:
+            return None  # an idle log: its newest line may well be old
+        newest = max(r.end for r in records)
+        off = newest - written_at
+        if abs(off) <= MAX_SKEW_S:
+            return None
+        return (
+            f"the log was written {time.time() - written_at:.0f} s ago but its newest request "
+            f"is dated {abs(off):.0f} s {'after' if off > 0 else 'before'} that "
+            f"({off / 3600:+.2f} h): the dates are read in the wrong zone, or a clock is off"
+        )
+
     # -- looks --
 
     async def observe(
@@ -753,6 +778,15 @@ class HAProxySource:
                     f"{tail.path} do not parse ({why}: {text[:120]!r})"
                 )
                 return {c: Observation.rejected(detail) for c in cohorts}
+            if stats.requests and tail.newest_end is not None:
+                off = tail.newest_end - time.time()
+                if abs(off) > MAX_SKEW_S:
+                    detail = (
+                        f"implausible answer: the newest request in {tail.path} is dated "
+                        f"{off:+.0f} s from now (timezone {self.settings.timezone!r} wrong, "
+                        "or a clock off)"
+                    )
+                    return {c: Observation.rejected(detail) for c in cohorts}
             counts = tail.window(start, end)
         out: dict[Cohort, Observation] = {}
         total = sum(c.requests for c in counts.values())

@@ -269,3 +269,23 @@ async def test_a_request_logged_twice_counts_once(canary_on_h2: Fleet, short_dir
     assert logged >= 2 * 150  # HAProxy really wrote each request twice
     assert (seen["h2"], seen["h1"]) == (obs[Cohort.CANARY].requests, obs[Cohort.BASELINE].requests)
     assert "duplicate lines dropped" in obs[Cohort.CANARY].detail
+
+
+async def test_dates_read_in_the_wrong_zone_are_refused_at_preflight(
+    hx: Fleet, short_dir: Path
+) -> None:
+    """HAProxy writes %tr in Asia/Kolkata time, the signal reads it as UTC: the newest
+    request seems 5.5 h off a file written just now: exit 2 pointing at `timezone`."""
+    servers = {h.name: h.port for h in hx.hosts}
+    with logging_haproxy(
+        short_dir, servers, log_line="option httplog", env={"TZ": "Asia/Kolkata"}
+    ) as lb:
+        await run_load(lb.url + "/", 50, 0.4, None)
+        await anyio.sleep(0.3)
+        src = HAProxySource(
+            HAProxySource.Settings(access_log=str(lb.log), timezone="UTC"), base_dir=short_dir
+        )
+        with pytest.raises(PreflightError) as err:
+            await src.preflight(hx.hosts)
+    assert "(+5.50 h)" in err.value.message
+    assert err.value.hint is not None and "timezone" in err.value.hint
