@@ -6,9 +6,6 @@ Journal kinds, log events and notifications share names (`noun.verb_past`).
 from __future__ import annotations
 
 import logging
-import os
-import signal
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,22 +14,6 @@ from immunity.engine.context import Fleet
 from immunity.errors import LeaseLost
 
 log = logging.getLogger("immunity.engine")
-
-# Fault injection (tests only): IMMUNITY_FAULT_KILL_AT="host.step_started:5" makes the
-# process SIGKILL itself right after the 5th entry of that kind is durably journaled, so
-# the fault suite can kill the orchestrator at an exact step boundary, deterministically.
-_KILL_AT = os.environ.get("IMMUNITY_FAULT_KILL_AT", "")
-_seen: Counter[str] = Counter()
-
-
-def _fail_point(kind: str) -> None:
-    if not _KILL_AT:
-        return
-    want, _, nth = _KILL_AT.rpartition(":")
-    if kind == want:
-        _seen[kind] += 1
-        if _seen[kind] == int(nth):
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Recorder:
@@ -69,7 +50,6 @@ class Recorder:
             if self.on_lost is not None:
                 self.on_lost()
             raise
-        _fail_point(kind)
         event = Event(
             kind=kind,
             app=self.fleet.app,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from immunity.errors import ConfigError
 from immunity.journal.base import DeploymentRecord, Journal, JournalEntry, Lease
+from immunity.journal.faults import with_kill_point
 from immunity.journal.sqlite import SqliteJournal, new_deployment_id
 
 __all__ = [
@@ -20,10 +21,16 @@ __all__ = [
 
 
 def open_journal(path: Path, url: str | None = None) -> Journal:
-    """The journal a config names: a shared PostgreSQL database (`url`) or a SQLite file.
+    """The journal a config names: a shared PostgreSQL database (`url`) or a SQLite file,
+    with the fault suite's kill point when $IMMUNITY_FAULT_KILL_AT asks for one
+    (`journal.faults`).
 
     Raises ConfigError for a URL of another scheme, JournalError when it cannot be opened.
     """
+    return with_kill_point(_open(path, url))
+
+
+def _open(path: Path, url: str | None) -> Journal:
     if url:
         scheme = url.split(":", 1)[0].lower()
         if scheme in ("postgresql", "postgres"):

@@ -235,14 +235,6 @@ class AsyncPostgresJournal:
                 (outcome, reason, Jsonb(payload), deployment_id),
             )
 
-    async def deployment(self, deployment_id: str) -> DeploymentRecord | None:
-        async with self._tx("read") as c:
-            cur = await c.execute(
-                f"SELECT {_DEPLOYMENT_COLS} FROM deployments WHERE id=%s", (deployment_id,)
-            )
-            row = await cur.fetchone()
-        return _record(row) if row else None
-
     async def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
         sql = f"SELECT {_DEPLOYMENT_COLS} FROM deployments"
         async with self._tx("read") as c:
@@ -500,9 +492,6 @@ class PostgresJournal:
         token: int | None = None,
     ) -> None:
         await self._acall(self.aio.finish, deployment_id, outcome, reason, data, token=token)
-
-    async def deployment(self, deployment_id: str) -> DeploymentRecord | None:
-        return await self._acall(self.aio.deployment, deployment_id)
 
     async def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
         return await self._acall(self.aio.deployments, app)

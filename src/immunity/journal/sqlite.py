@@ -181,14 +181,6 @@ class SqliteJournal:
                 (_ts(utcnow()), outcome, reason, json.dumps(merged, default=str), deployment_id),
             )
 
-    def _deployment_sync(self, deployment_id: str) -> DeploymentRecord | None:
-        rows = self._read(
-            "SELECT id, app, release, started_at, finished_at, outcome, reason, data "
-            "FROM deployments WHERE id=?",
-            (deployment_id,),
-        )
-        return self._record(rows[0]) if rows else None
-
     def _deployments_sync(self, app: str | None = None) -> Sequence[DeploymentRecord]:
         sql = "SELECT id, app, release, started_at, finished_at, outcome, reason, data FROM deployments"
         rows = self._read(
@@ -396,9 +388,6 @@ class SqliteJournal:
         await self._run(
             functools.partial(self._finish_sync, deployment_id, outcome, reason, data, token=token)
         )
-
-    async def deployment(self, deployment_id: str) -> DeploymentRecord | None:
-        return await self._run(self._deployment_sync, deployment_id)
 
     async def deployments(self, app: str | None = None) -> Sequence[DeploymentRecord]:
         return await self._run(self._deployments_sync, app)

@@ -14,8 +14,8 @@ Meanings:
 * ``drain`` = ``DeregisterTargets``. The ALB stops sending new requests at once and lets
   in-flight ones finish for the target group's *deregistration delay* (state ``draining``).
   ``DeregisterTargets`` returns before that, so ``wait_drained`` polls until the target is
-  no longer listed or is ``unused``. ``disable`` is the same call without the wait: an ALB
-  has no "out of the pool but still registered" state.
+  no longer listed or is ``unused``: an ALB has no "out of the pool but still registered"
+  state.
 * ``enable`` = ``RegisterTargets``; ``wait_healthy`` polls until the state is ``healthy``
   (it passes through ``initial`` while the health checks run).
 * States: healthy -> serving; draining, unhealthy.draining -> draining; unused or not
@@ -243,10 +243,6 @@ class AlbTargetGroup:
                 return
             log.debug("alb: waiting for %s to drain: %s", host.name, [r.state for r in mine])
             await anyio.sleep(self._s.poll_interval)
-
-    async def disable(self, host: HostRef) -> None:
-        """Deregister `host` without waiting for the deregistration delay. Idempotent."""
-        await self.drain(host)
 
     async def enable(self, host: HostRef) -> None:
         """Register `host` (on the configured port, or the ports seen at drain). Idempotent:

@@ -38,10 +38,6 @@ class LoadBalancer(Protocol):
         """
         ...
 
-    async def disable(self, host: HostRef) -> None:
-        """Take `host` fully out of the pool (maint / deregistered). Idempotent."""
-        ...
-
     async def enable(self, host: HostRef) -> None:
         """Put `host` back into the pool. Idempotent."""
         ...

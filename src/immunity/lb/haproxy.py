@@ -7,7 +7,7 @@ Commands used: ``set server B/S state drain|maint|ready``, ``show stat B 4 -1``,
 * drained: ``scur`` 0 and ``qcur`` 0, after which the server is put in ``maint`` — so "drained"
   means out of the pool *and* nothing in flight. A ``DOWN`` server never shows ``DRAIN``; with
   nothing in flight it counts as drained at once.
-* disable: ``maint``. enable: ``ready``.
+* enable: ``ready``.
 * healthy: status exactly ``UP`` with a passing layer 4/6/7 check result, after a check that
   ran since enable (HAProxy shows ``UP`` right after leaving maint without checking; see
   `wait_healthy`). Servers without checks (``no check``) count as healthy.
@@ -143,10 +143,6 @@ class HAProxyPool:
                     )
                 return
             await anyio.sleep(self.settings.poll_interval)
-
-    async def disable(self, host: HostRef) -> None:
-        await self._stat(host)  # a clear error for an unknown server
-        await self.client.set_state(self.backend, host.balancer_id, "maint", host=host.name)
 
     async def enable(self, host: HostRef) -> None:
         stat = await self._stat(host)

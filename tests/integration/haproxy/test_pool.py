@@ -69,9 +69,11 @@ async def test_in_flight_request_finishes_before_wait_drained_returns(hx: Fleet)
 
 
 async def test_enable_brings_the_server_back_and_wait_healthy_returns_when_up(hx: Fleet) -> None:
-    """After disable, enable + wait_healthy end with HAProxy calling the server UP and ready."""
+    """After a drain, enable + wait_healthy end with HAProxy calling the server UP and ready."""
     lb = pool(hx)
-    await lb.disable(hx.hosts[0])
+    await lb.drain(hx.hosts[0])
+    with anyio.fail_after(5):
+        await lb.wait_drained(hx.hosts[0])
     assert hx.status("h1") == "MAINT"
     await lb.enable(hx.hosts[0])
     with anyio.fail_after(5):
@@ -87,7 +89,9 @@ async def test_wait_healthy_does_not_trust_up_before_a_check_of_a_dead_app(hx: F
     lb = pool(hx)
     driver = LocalDriver(LocalDriver.Settings(root="hosts", releases="releases"), base_dir=hx.dir)
     host = hx.hosts[0]
-    await lb.disable(host)
+    await lb.drain(host)
+    with anyio.fail_after(5):
+        await lb.wait_drained(host)
     await driver.stop(host)
     try:
         await lb.enable(host)
