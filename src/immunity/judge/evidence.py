@@ -63,12 +63,24 @@ def fnch_logz(n_c: int, n_b: int, events: Sequence[int], log_psi: FloatArray) ->
     of x is the contiguous range max(0, E - n_b) .. min(n_c, E), so every term is a slice
     of one log-factorial table.
     """
+    return fnch_stats(n_c, n_b, events, log_psi)[0]
+
+
+def fnch_stats(
+    n_c: int, n_b: int, events: Sequence[int], log_psi: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(log Z, mean, variance) of Fisher's non-central hypergeometric law of the canary's
+    count, each of shape (len(events), len(log_psi)); see `fnch_logz`. The mean and
+    variance are exact sums over the support (they feed the fixed-horizon score test)."""
     lf = _log_factorials(max(n_c, n_b))
     out = np.empty((len(events), len(log_psi)))
+    mean = np.zeros((len(events), len(log_psi)))
+    var = np.zeros((len(events), len(log_psi)))
     for k, e in enumerate(events):
         lo, hi = max(0, e - n_b), min(n_c, e)
         if hi <= lo:
             out[k] = lo * log_psi
+            mean[k] = lo
             continue
         u = _arange(hi + 1)[lo:]
         # log C(n_c, u) + log C(n_b, e - u) without the constant log n_c! + log n_b!
@@ -80,8 +92,13 @@ def fnch_logz(n_c: int, n_b: int, events: Sequence[int], log_psi: FloatArray) ->
         )
         terms = lc[None, :] + log_psi[:, None] * u[None, :]
         m = terms.max(axis=1)
-        out[k] = m + np.log(np.exp(terms - m[:, None]).sum(axis=1))
-    return out
+        w = np.exp(terms - m[:, None])
+        total = w.sum(axis=1)
+        out[k] = m + np.log(total)
+        mu = (w @ u) / total
+        mean[k] = mu
+        var[k] = np.maximum((w @ (u * u)) / total - mu * mu, 0.0)
+    return out, mean, var
 
 
 _aranged: NDArray[np.float64] = np.arange(4097, dtype=np.float64)
@@ -117,15 +134,25 @@ class OddsRatioGrid:
         self.alt = np.array(alt, dtype=np.intp)
         self.null = np.array(null, dtype=np.intp)
         self.step = (self.log_psi[self.alt] - self.log_psi[self.null])[None, :]
+        self.values = values
+        self.mean: FloatArray = np.zeros((0, len(values)))
+        self.var: FloatArray = np.zeros((0, len(values)))
+
+    def index(self, psi: float) -> int:
+        """Column of `psi` in `mean` and `var` (psi must be one of the grid's values)."""
+        return self.values.index(psi)
 
     def llr(
         self, n_c: int, n_b: int, x_c: Sequence[int], x_b: Sequence[int]
     ) -> tuple[list[FloatArray], list[FloatArray]] | None:
-        """None when the interval carries no information (every ratio is 0)."""
+        """None when the interval carries no information (every ratio is 0).
+
+        Also leaves the interval's conditional mean and variance of the canary's count at
+        every grid value in `mean` and `var` (K, P)."""
         events = [int(c) + int(b) for c, b in zip(x_c, x_b, strict=True)]
         if n_c == 0 or n_b == 0 or not any(events):
             return None
-        logz = fnch_logz(n_c, n_b, events, self.log_psi)
+        logz, self.mean, self.var = fnch_stats(n_c, n_b, events, self.log_psi)
         dz = logz[:, self.alt] - logz[:, self.null]
         observed = np.array(x_c, dtype=np.float64)[:, None] * self.step - dz
         mean = np.array(events, dtype=np.float64)[:, None] * (n_c / (n_c + n_b))

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.special import ndtri
+from scipy.stats import binom
 
 from immunity.config.models import JudgeConfig
 from immunity.domain import CheckResult, Observation, ObservationStatus, Outcome
@@ -75,6 +77,16 @@ CATASTROPHE_ODDS_ALTS = (10.0, 25.0, 100.0, 500.0)
 CATASTROPHE_STARTS = 3600
 """Start times covered by the catastrophe tier's union bound (an hour of 1-s looks)."""
 CATASTROPHE_WINDOW_S = 30.0
+PASS_FINAL_SHARE = 0.5
+"""Share of `beta` spent by the fixed-horizon PASS test at max bake (the sequential PASS
+test gets the rest): P(PASS | a regression of at least `bad`) <= beta over both."""
+FINAL_FLOOR_SHARE = 0.2
+"""Share of the fixed-horizon PASS look's beta that the errors check spends on the absolute
+route ("the canary's 5xx rate is below `error_floor`", an exact binomial test); the
+relative score test gets the rest (none of it when the floor is off)."""
+MIN_SCORE_VARIANCE = 5.0
+"""The fixed-horizon tests need this much conditional variance of the canary's count (about
+40 pooled bad requests at a 1:9 split) for their normal approximation."""
 NO_TRAFFIC_S = 30.0
 SHARE_MIN_SPAN_S = 10.0
 SHARE_MAX_SPAN_S = 120.0
@@ -200,7 +212,8 @@ class TrafficGuard:
 
 
 class RelativeEvidence:
-    """FAIL, PASS and (optionally) catastrophe evidence on K count metrics at once."""
+    """FAIL, PASS and (optionally) catastrophe evidence on K count metrics at once, plus the
+    running sums of the fixed-horizon PASS score test (see `z_pass`)."""
 
     def __init__(
         self,
@@ -211,6 +224,7 @@ class RelativeEvidence:
         catastrophe_alpha: float | None = None,
     ) -> None:
         self.k = k
+        self.tolerance, self.bad = tolerance, bad
         fail_alts = [tolerance * r for r in FAIL_RATIOS]
         pass_alts = sorted({bad / q for q in PASS_RATIOS} | ({1.0} if bad > 1.0 else set()))
         groups: list[tuple[Sequence[float], float]] = [(fail_alts, tolerance), (pass_alts, bad)]
@@ -228,6 +242,13 @@ class RelativeEvidence:
         self.cusum_alarm_at: float | None = None
         self.log_fail: FloatArray = np.zeros(k)
         self.log_pass: FloatArray = np.zeros(k)
+        self._bad = self.grid.index(bad)
+        # Fixed-horizon score-test sums: observed canary count, its conditional mean and
+        # variance at `bad`, and an identical canary's mean.
+        self.x = np.zeros(k)
+        self.mean_bad = np.zeros(k)
+        self.var_bad = np.zeros(k)
+        self.mean_identical = np.zeros(k)
 
     def add(
         self,
@@ -246,10 +267,28 @@ class RelativeEvidence:
             self.fail.add(t_s, dt, observed[0])
             self.passing.add(observed[1])
             self.identical.add(identical[1])
-            if self.cusum is not None and self.cusum.add(observed[2][0]):
-                self.cusum_alarm_at = t_s
+            g = self.grid
+            self.x += np.asarray(x_c, dtype=np.float64)
+            self.mean_bad += g.mean[:, self._bad]
+            self.var_bad += g.var[:, self._bad]
+            events = np.asarray(x_c, dtype=np.float64) + np.asarray(x_b, dtype=np.float64)
+            self.mean_identical += events * (n_c / (n_c + n_b))
+        if got is not None and self.cusum is not None and self.cusum.add(got[0][2][0]):
+            self.cusum_alarm_at = t_s
         self.log_fail = self.fail.log_e()
         self.log_pass = self.passing.log_e()
+
+    def z_pass(self, identical: bool = False) -> FloatArray:
+        """Score statistic of H_bad psi >= bad (very negative = certified no worse than
+        `bad`); with `identical`, what a canary like the baseline would have shown."""
+        x = self.mean_identical if identical else self.x
+        z = _z(x - self.mean_bad + 0.5, self.var_bad)
+        return np.where(np.isneginf(z), np.inf, z)
+
+
+def _z(num: FloatArray, var: FloatArray) -> FloatArray:
+    ok = var >= MIN_SCORE_VARIANCE
+    return np.where(ok, num / np.sqrt(np.where(ok, var, 1.0)), -np.inf)
 
 
 class ErrorsJudge:
@@ -260,8 +299,12 @@ class ErrorsJudge:
         self.config = config
         self.min_bake_s = min_bake_s
         self.fail_log_threshold = math.log(1.0 / config.alpha)
-        self.pass_log_threshold = math.log(1.0 / config.beta)
+        self.pass_log_threshold = math.log(1.0 / (config.beta * (1.0 - PASS_FINAL_SHARE)))
         self.floor = config.error_floor
+        floor_on = 0.0 < self.floor < 1.0
+        final_beta = config.beta * PASS_FINAL_SHARE
+        self.floor_beta = final_beta * FINAL_FLOOR_SHARE if floor_on else 0.0
+        self.pass_z = float(ndtri(1.0 - (final_beta - self.floor_beta)))
         self.relative = RelativeEvidence(
             1, config.error_tolerance, config.error_bad, catastrophe_alpha=config.alpha_catastrophe
         )
@@ -354,7 +397,7 @@ class ErrorsJudge:
             "e_fail": e_number(self._log_e_fail()),
             "e_fail_needed": 1.0 / self.config.alpha,
             "e_pass": e_number(self._log_e_pass()),
-            "e_pass_needed": 1.0 / self.config.beta,
+            "e_pass_needed": 1.0 / (self.config.beta * (1.0 - PASS_FINAL_SHARE)),
             "catastrophe_abs_log_e": self.cat_abs.level,
             "catastrophe_rel_log_e": cusum.level if cusum else 0.0,
             "catastrophe_log_e_needed": self.cat_abs.threshold,
@@ -397,7 +440,8 @@ class ErrorsJudge:
             return self.failed
         if self.passed is not None:
             # Certified: only the catastrophe tier still watches (a grey-zone host effect
-            # that keeps accumulating is not a regression of the release).
+            # that keeps accumulating is not a regression of the release; later bakes and
+            # the guard, with fresh judges, watch for faults that start late).
             if self.blocked is not None:
                 return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
             return self.passed
@@ -405,8 +449,9 @@ class ErrorsJudge:
         if log_fail >= self.fail_log_threshold:
             self.failed = self._result(
                 Outcome.FAIL,
-                f"{self._rates()} (e-value {evalue(log_fail)} ≥ {1 / self.config.alpha:g}, "
-                f"tolerance ×{self.config.error_tolerance:g} odds)",
+                f"{self._rates()} (e-value {evalue(log_fail)} ≥ "
+                f"{math.exp(self.fail_log_threshold):g}, tolerance "
+                f"×{self.config.error_tolerance:g} odds)",
                 t_s,
             )
             return self.failed
@@ -414,50 +459,82 @@ class ErrorsJudge:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         log_pass = self._log_e_pass()
         if t_s >= self.min_bake_s and log_pass >= self.pass_log_threshold:
-            self.passed = self._result(
-                Outcome.PASS,
+            return self._pass(
                 f"{self._rates()}: no regression of ×{self.config.error_bad:g} odds or more "
-                f"(pass e-value {evalue(log_pass)} ≥ {1 / self.config.beta:g}) after "
-                f"{t_s:.0f} s",
+                f"(pass e-value {evalue(log_pass)} ≥ {math.exp(self.pass_log_threshold):g}) "
+                f"after {t_s:.0f} s",
                 t_s,
             )
-            return self.passed
         return self._result(
             Outcome.CONTINUE,
-            f"{self._rates()} (fail e-value {evalue(log_fail)} of {1 / self.config.alpha:g}, "
-            f"pass e-value {evalue(log_pass)} of {1 / self.config.beta:g})",
+            f"{self._rates()} (fail e-value {evalue(log_fail)} of "
+            f"{math.exp(self.fail_log_threshold):g}, pass e-value {evalue(log_pass)} of "
+            f"{math.exp(self.pass_log_threshold):g})",
             t_s,
         )
 
+    def _pass(self, reason: str, t_s: float) -> CheckResult:
+        self.passed = self._result(Outcome.PASS, reason, t_s)
+        return self.passed
+
     def final(self, t_s: float) -> CheckResult:
+        """The verdict at max bake: the sequential PASS test, then one fixed-horizon look.
+
+        That look is a conditional score test on all the bake's counts (the Mantel-Haenszel
+        statistic under Fisher's non-central hypergeometric law at psi = `bad`, normal
+        approximation with continuity correction, needing `MIN_SCORE_VARIANCE`): PASS
+        (certified) when it rejects "worse by `bad` or more" at beta x `PASS_FINAL_SHARE`.
+        A single look at a fixed time needs far less evidence than an anytime-valid test
+        (z 2 against an e-value of 40), which is what thin traffic lacks. The errors check also
+        certifies at that look through an exact binomial test of "5xx rate below
+        `error_floor`" (its share `FINAL_FLOOR_SHARE` of the look's beta). Otherwise pass not
+        certified when a canary like the baseline would have been certified, else
+        inconclusive.
+        """
         if self.failed is not None:
             return self.failed
-        if self.blocked is not None:
-            return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
-        log_pass = self._log_e_pass()
         if self.passed is not None:
             return self.passed
+        if self.blocked is not None:
+            return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
+        rel = self.relative
+        log_pass = self._log_e_pass()
         if log_pass >= self.pass_log_threshold:
-            return self._result(
-                Outcome.PASS,
+            return self._pass(
                 f"{self._rates()}: no regression of ×{self.config.error_bad:g} odds or more "
-                f"(pass e-value {evalue(log_pass)} ≥ {1 / self.config.beta:g})",
+                f"(pass e-value {evalue(log_pass)} ≥ {math.exp(self.pass_log_threshold):g})",
                 t_s,
             )
+        z_pass = float(rel.z_pass()[0])
+        if z_pass <= -self.pass_z:
+            return self._pass(
+                f"{self._rates()}: no regression of ×{self.config.error_bad:g} odds or more "
+                f"at max bake (score z {z_pass:.2f} ≤ -{self.pass_z:.2f}, one-sided "
+                f"{self.config.beta * PASS_FINAL_SHARE - self.floor_beta:.1%})",
+                t_s,
+            )
+        if self.floor_beta > 0.0 and self.n_c > 0:
+            p_floor = float(binom.cdf(self.x_c, self.n_c, self.floor))
+            if p_floor <= self.floor_beta:
+                return self._pass(
+                    f"{self._rates()}: canary 5xx rate below {pct(self.floor)} at max bake "
+                    f"(exact binomial p {p_floor:.2g} ≤ {self.floor_beta:.2g})",
+                    t_s,
+                )
+        z_ideal = float(rel.z_pass(identical=True)[0])
         log_ideal = self._log_e_identical()
-        if log_ideal >= self.pass_log_threshold:
-            return self._result(
-                Outcome.PASS,
-                f"max bake reached, passed but not certified: {self._rates()} "
-                f"(pass e-value {evalue(log_pass)} < {1 / self.config.beta:g}, where a canary "
-                f"like the baseline would have reached {evalue(log_ideal)})",
+        if z_ideal <= -self.pass_z or log_ideal >= self.pass_log_threshold:
+            return self._pass(
+                f"max bake reached, passed but not certified: {self._rates()} (score z "
+                f"{z_pass:.2f} > -{self.pass_z:.2f}, where a canary like the baseline would "
+                f"have reached {z_ideal:.2f})",
                 t_s,
             )
         return self._result(
             Outcome.INCONCLUSIVE,
             f"insufficient information at max bake: {self._rates()}, and even a canary like "
-            f"the baseline would reach pass e-value {evalue(log_ideal)} < "
-            f"{1 / self.config.beta:g} (bake longer or use a bigger wave)",
+            f"the baseline would not have been certified (score z {z_ideal:.2f} > "
+            f"-{self.pass_z:.2f}; bake longer or use a bigger wave)",
             t_s,
         )
 
@@ -491,7 +568,8 @@ class LatencyJudge:
         if self.k == 0:
             raise ValueError("a latency check needs at least one quantile or threshold")
         self.fail_log_threshold = math.log(self.k / config.alpha)
-        self.pass_log_threshold = math.log(1.0 / config.beta)
+        self.pass_log_threshold = math.log(1.0 / (config.beta * (1.0 - PASS_FINAL_SHARE)))
+        self.pass_z = float(ndtri(1.0 - config.beta * PASS_FINAL_SHARE))
         self.evidence = RelativeEvidence(self.k, config.latency_tolerance, config.latency_bad)
         self.guard = TrafficGuard(config.min_traffic_share)
         self.rng = np.random.default_rng(THIN_SEED)
@@ -648,7 +726,7 @@ class LatencyJudge:
         out: dict[str, float] = {
             "t_s": float(t_s),
             "e_fail_needed": self.k / self.config.alpha,
-            "e_pass_needed": 1.0 / self.config.beta,
+            "e_pass_needed": 1.0 / (self.config.beta * (1.0 - PASS_FINAL_SHARE)),
         }
         for i, label in enumerate(self.labels):
             key = label if self.fixed is None else f"t{i}"
@@ -693,8 +771,8 @@ class LatencyJudge:
             self.failed = self._result(
                 Outcome.FAIL,
                 f"{self._describe(worst)} (e-value {evalue(float(log_fail[worst]))} ≥ "
-                f"{self.k / self.config.alpha:g}, tolerance ×{self.config.latency_tolerance:g} "
-                "odds)",
+                f"{math.exp(self.fail_log_threshold):g}, tolerance "
+                f"×{self.config.latency_tolerance:g} odds)",
                 t_s,
             )
             return self.failed
@@ -702,14 +780,12 @@ class LatencyJudge:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         log_pass, weakest = self._pass_level()
         if t_s >= self.min_bake_s and log_pass >= self.pass_log_threshold:
-            self.passed = self._result(
-                Outcome.PASS,
+            return self._pass(
                 f"no latency regression of ×{self.config.latency_bad:g} odds or more at "
                 f"{self._thresholds_text()}; closest: {self._describe(weakest)} (pass e-value "
-                f"{evalue(log_pass)} ≥ {1 / self.config.beta:g}) after {t_s:.0f} s",
+                f"{evalue(log_pass)} ≥ {math.exp(self.pass_log_threshold):g}) after {t_s:.0f} s",
                 t_s,
             )
-            return self.passed
         if not self.active.any():
             return self._result(
                 Outcome.CONTINUE,
@@ -720,10 +796,14 @@ class LatencyJudge:
         return self._result(
             Outcome.CONTINUE,
             f"{self._describe(worst)} (fail e-value {evalue(float(log_fail[worst]))} of "
-            f"{self.k / self.config.alpha:g}; smallest pass e-value {evalue(log_pass)} of "
-            f"{1 / self.config.beta:g})",
+            f"{math.exp(self.fail_log_threshold):g}; smallest pass e-value {evalue(log_pass)} "
+            f"of {math.exp(self.pass_log_threshold):g})",
             t_s,
         )
+
+    def _pass(self, reason: str, t_s: float) -> CheckResult:
+        self.passed = self._result(Outcome.PASS, reason, t_s)
+        return self.passed
 
     def _base_total(self) -> int:
         return self.base_total
@@ -734,11 +814,15 @@ class LatencyJudge:
         )
 
     def final(self, t_s: float) -> CheckResult:
+        """The verdict at max bake: see ErrorsJudge.final (per threshold)."""
         if self.failed is not None:
             return self.failed
+        if self.passed is not None:
+            return self.passed
         if self.blocked is not None:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         active = self.active
+        ev = self.evidence
         if not active.all():
             missing = [lb for lb, a in zip(self.labels, active, strict=True) if not a]
             return self._result(
@@ -748,31 +832,39 @@ class LatencyJudge:
                 t_s,
             )
         log_pass, weakest = self._pass_level()
-        if self.passed is not None:
-            return self.passed
         if log_pass >= self.pass_log_threshold:
-            return self._result(
-                Outcome.PASS,
+            return self._pass(
                 f"no latency regression of ×{self.config.latency_bad:g} odds or more; closest: "
                 f"{self._describe(weakest)} (pass e-value {evalue(log_pass)} ≥ "
-                f"{1 / self.config.beta:g})",
+                f"{math.exp(self.pass_log_threshold):g})",
+                t_s,
+            )
+        # Certified per threshold by the sequential test or the fixed-horizon one.
+        z_pass = ev.z_pass()
+        certified = (ev.log_pass >= self.pass_log_threshold) | (z_pass <= -self.pass_z)
+        i = int(np.argmax(np.where(certified, -np.inf, z_pass)))
+        if certified.all():
+            return self._pass(
+                f"no latency regression of ×{self.config.latency_bad:g} odds or more at max "
+                f"bake; closest: {self._describe(i)} (score z {float(z_pass.max()):.2f} ≤ "
+                f"-{self.pass_z:.2f})",
                 t_s,
             )
         ideal: FloatArray = self.evidence.identical.log_e()
-        log_ideal = float(ideal[weakest])
-        if float(ideal.min()) >= self.pass_log_threshold:
-            return self._result(
-                Outcome.PASS,
-                f"max bake reached, passed but not certified: {self._describe(weakest)} (pass "
-                f"e-value {evalue(log_pass)} < {1 / self.config.beta:g}, where a canary like "
-                f"the baseline would have reached {evalue(log_ideal)})",
+        z_ideal = ev.z_pass(identical=True)
+        could = (ideal >= self.pass_log_threshold) | (z_ideal <= -self.pass_z)
+        if could.all():
+            return self._pass(
+                f"max bake reached, passed but not certified: {self._describe(i)} (score z "
+                f"{float(z_pass[i]):.2f} > -{self.pass_z:.2f}, where a canary like the "
+                f"baseline would have reached {float(z_ideal[i]):.2f})",
                 t_s,
             )
-        i = int(np.argmin(ideal))
+        j = int(np.argmax(np.where(could, -np.inf, z_ideal)))
         return self._result(
             Outcome.INCONCLUSIVE,
-            f"insufficient information at max bake: {self._describe(i)}, and even a canary "
-            f"like the baseline would reach pass e-value {evalue(float(ideal[i]))} < "
-            f"{1 / self.config.beta:g} (bake longer or use a bigger wave)",
+            f"insufficient information at max bake: {self._describe(j)}, and even a canary "
+            f"like the baseline would not have been certified (score z "
+            f"{float(z_ideal[j]):.2f} > -{self.pass_z:.2f}; bake longer or use a bigger wave)",
             t_s,
         )

@@ -278,3 +278,58 @@ def test_a_latency_check_on_a_signal_without_histograms_is_inconclusive() -> Non
     result = judge.look(1.0, Observation(50, 0, hosts=1), Observation(450, 0, hosts=9))
     assert result.outcome is Outcome.INCONCLUSIVE
     assert "no latency histogram" in result.reason
+
+
+def test_conditional_mean_and_variance_match_scipy() -> None:
+    """The score test's moments are those of scipy's Fisher non-central hypergeometric law."""
+    from immunity.judge.evidence import fnch_stats
+
+    n_c, n_b, events = 40, 300, 30
+    log_psi = np.log(np.array([1.0, 2.0, 5.0]))
+    _, mean, var = fnch_stats(n_c, n_b, [events], log_psi)
+    for j, psi in enumerate(np.exp(log_psi)):
+        m, v = nchypergeom_fisher.stats(n_c + n_b, n_c, events, psi, moments="mv")
+        assert mean[0, j] == pytest.approx(float(m), rel=1e-9)
+        assert var[0, j] == pytest.approx(float(v), rel=1e-6)
+
+
+def _continue(judge: ErrorsJudge | LatencyJudge, intervals: object) -> list[Outcome]:
+    return [judge.look(t, c, b).outcome for t, c, b in intervals]  # type: ignore[attr-defined]
+
+
+def test_thin_traffic_passes_certified_by_the_fixed_horizon_look(stream: Stream) -> None:
+    """At 8 requests/s and 0.2% errors the anytime-valid pass e-value stays short of its bar,
+    but the one look at max bake certifies "no regression of x2" (the reason says so)."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=120)
+    data = stream(26, seconds=600, rate=8, canary_error=0.002, baseline_error=0.002)
+    assert Outcome.PASS not in _continue(judge, data)
+    result = judge.final(600.0)
+    assert result.outcome is Outcome.PASS, result.reason
+    assert "at max bake (score z" in result.reason and "not certified" not in result.reason
+
+
+def test_the_fixed_horizon_pass_certifies_a_regression_of_bad_at_most_its_share_of_beta() -> None:
+    """300 thin-traffic bakes whose canary is exactly x2 worse (odds ratio = `bad`): the look
+    at max bake certifies at most beta x PASS_FINAL_SHARE (2.5%) of them, plus slack."""
+    from immunity.judge.sequential import PASS_FINAL_SHARE
+
+    config = JudgeConfig()
+    rng = np.random.default_rng(31)
+    runs, seconds, certified = 300, 300, 0
+    for _ in range(runs):
+        judge = ErrorsJudge("errors", config, min_bake_s=1e9)
+        p_b = rng.uniform(0.002, 0.01)
+        p_c = 2 * p_b / (1 - p_b + 2 * p_b)  # odds ratio exactly 2
+        n_c = rng.poisson(8, seconds)
+        n_b = rng.poisson(72, seconds)
+        x_c = rng.binomial(n_c, p_c)
+        x_b = rng.binomial(n_b, p_b)
+        for t in range(seconds):
+            judge.look(
+                t + 1.0,
+                Observation(int(n_c[t]), int(x_c[t]), hosts=1),
+                Observation(int(n_b[t]), int(x_b[t]), hosts=9),
+            )
+        result = judge.final(float(seconds))
+        certified += result.outcome is Outcome.PASS and "at max bake (score z" in result.reason
+    assert certified / runs <= config.beta * PASS_FINAL_SHARE + 0.02
