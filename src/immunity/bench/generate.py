@@ -1,8 +1,11 @@
 """A labelled set of synthetic releases: one canary host beside nine baseline hosts, per second.
 
-Good releases carry the noise a real fleet has (research notes §6.1):
+Each scenario lasts 30 s of warm-up, a bake of up to 600 s (`bake.max` = 10 min) and 300 s
+more, so that what happens after a pass (the watch: the rest of the deployment and its
+guard period) is part of the scenario. Good releases carry the noise a real fleet has
+(research notes §6.1):
 
-* traffic: per-host rate 50, 5 or 0.5 requests/s, a diurnal ramp of ±30% over the run,
+* traffic: per-host rate 40, 8 or 2 requests/s (`no_traffic`: none at all), a diurnal ramp of ±30% over the run,
   spikes of ×1.5 for 10-40 s (about one per 10 min), the balancer giving the canary
   ×U(0.9, 1.1) of its share; requests are Poisson;
 * errors: a base 5xx rate LogUniform(0.1%, 1%) scaled by load, shared dependency bursts
@@ -15,9 +18,15 @@ Good releases carry the noise a real fleet has (research notes §6.1):
   +200-1000 ms, 5% of requests time out;
 * the new process's warm-up: canary latency ×(1 + e^(-t/8)) and +3% e^(-t/4) errors.
 
-Bad releases add one regression to the canary from t = 0: error rate ×1.5, ×2, ×5, +2
+`good_incident` adds one shared incident that hits every host alike (both cohorts): for
+30-90 s, +5-30% errors and latency ×2-4, starting anywhere in the scenario.
+
+Bad releases add one regression to the canary from t = 0: error rate ×1.5, ×2, ×3, ×5, +2
 percentage points, 3-s total outages every minute, 50% failures, latency +10% and +50%,
 a tail-only regression (slow path 1% -> 4% at ×10), or a slow leak (median ×2 at 10 min).
+Late-onset faults start 200 s after the canary took traffic (a leak, a cache that fills, a
+cron-like job): errors ×5 (`late_err_x5`) or latency +50% (`late_lat_+50%`).
+`incident_err_x5` is errors ×5 with a shared incident as in `good_incident` on top.
 """
 
 from __future__ import annotations
@@ -40,14 +49,20 @@ BOUNDS_MS: tuple[float, ...] = (
 HEADER = Header(interval_s=1.0, bounds_ms=BOUNDS_MS)
 WARMUP_S = 30
 BAKE_S = 600
+"""`bake.max`: the bake ends here (after warm-up) with each judge's final verdict."""
+WATCH_S = 300
+"""Data after the end of the bake: a release that passed stays watched until the end."""
+LATE_ONSET_S = 200
+"""Late-onset faults start this many seconds after the canary took traffic."""
 CANARY_HOSTS = 1
 BASELINE_HOSTS = 9
-RATES = (50.0, 5.0, 0.5)
+RATES = (40.0, 8.0, 2.0)
 
-GOOD_KINDS = ("good", "good_noisy")
+GOOD_KINDS = ("good", "good_noisy", "good_incident", "no_traffic")
 BAD_KINDS = (
     "err_x1.5",
     "err_x2",
+    "err_x3",
     "err_x5",
     "err_+2pp",
     "intermittent",
@@ -56,6 +71,9 @@ BAD_KINDS = (
     "lat_+50%",
     "lat_tail",
     "lat_leak",
+    "late_err_x5",
+    "late_lat_+50%",
+    "incident_err_x5",
 )
 KINDS = GOOD_KINDS + BAD_KINDS
 
@@ -84,22 +102,26 @@ class ClassSpec:
 
 
 def default_classes(quick: bool = False) -> list[ClassSpec]:
-    """The default labelled set: >= 400 good releases at 50 requests/s, bad ones at 3 levels."""
+    """The default labelled set: 1,450 good releases (750 at 40 requests/s, 300 at 8, 300 at
+    2, 100 without traffic) and 60-100 of each bad kind at each rate."""
     if quick:
         return [
-            ClassSpec("good", 50.0, 6),
-            ClassSpec("good_noisy", 50.0, 4),
-            ClassSpec("err_gross", 50.0, 3),
-            ClassSpec("err_x5", 50.0, 3),
-            ClassSpec("lat_+50%", 50.0, 3),
-            ClassSpec("intermittent", 50.0, 2),
+            ClassSpec("good", 40.0, 6),
+            ClassSpec("good_noisy", 40.0, 4),
+            ClassSpec("no_traffic", 0.0, 2),
+            ClassSpec("err_gross", 40.0, 3),
+            ClassSpec("err_x5", 40.0, 3),
+            ClassSpec("lat_+50%", 40.0, 3),
+            ClassSpec("intermittent", 40.0, 2),
+            ClassSpec("late_err_x5", 40.0, 2),
         ]
     out: list[ClassSpec] = []
     for rate in RATES:
         good = 250 if rate == RATES[0] else 100
-        out += [ClassSpec(kind, rate, good) for kind in GOOD_KINDS]
+        out += [ClassSpec(kind, rate, good) for kind in GOOD_KINDS if kind != "no_traffic"]
         bad = 100 if rate == RATES[0] else 60
         out += [ClassSpec(kind, rate, bad) for kind in BAD_KINDS]
+    out.append(ClassSpec("no_traffic", 0.0, 100))
     return out
 
 
@@ -144,7 +166,8 @@ def generate(spec: ClassSpec, index: int, seed: int) -> dict[str, Any]:
     key = zlib.crc32(spec.name.encode())
     rng = np.random.default_rng(np.random.SeedSequence([seed, key, index]))
     kind, rate = spec.kind, spec.rate
-    t_len = WARMUP_S + BAKE_S
+    rate = 0.0 if kind == "no_traffic" else rate
+    t_len = WARMUP_S + BAKE_S + WATCH_S
     t = np.arange(t_len, dtype=np.float64)
     hosts = CANARY_HOSTS + BASELINE_HOSTS  # host 0 is the canary
     noisy = kind == "good_noisy"
@@ -182,9 +205,12 @@ def generate(spec: ClassSpec, index: int, seed: int) -> dict[str, Any]:
             added[h, a:b] += rng.uniform(200.0, 1000.0)
             timeout[h, a:b] = 0.05
 
-    # The regression, on the canary only.
     meta: dict[str, Any] = {"p0": round(p0, 6)}
-    if kind.startswith("err_x"):
+
+    # The regression, on the canary only.
+    if kind == "incident_err_x5":
+        p[0] *= 5.0
+    elif kind.startswith("err_x"):
         p[0] *= float(kind.removeprefix("err_x"))
     elif kind == "err_+2pp":
         p[0] += 0.02
@@ -205,6 +231,19 @@ def generate(spec: ClassSpec, index: int, seed: int) -> dict[str, Any]:
         slow_factor[0] = 10.0
     elif kind == "lat_leak":
         median[0] *= 1.0 + t / BAKE_S
+    elif kind == "late_err_x5":
+        p[0, LATE_ONSET_S:] *= 5.0
+        meta["onset_s"] = LATE_ONSET_S
+    elif kind == "late_lat_+50%":
+        median[0, LATE_ONSET_S:] *= 1.5
+        meta["onset_s"] = LATE_ONSET_S
+    if kind in ("good_incident", "incident_err_x5"):
+        # One shared incident (a dependency down or slow): every host alike, both cohorts.
+        a = int(rng.integers(60, t_len - 90))
+        b = a + int(rng.integers(30, 91))
+        p[:, a:b] += rng.uniform(0.05, 0.30)
+        median[:, a:b] *= rng.uniform(2.0, 4.0)
+        meta["incident_s"] = [a, b]
     p = np.clip(p, 0.0, 1.0)
 
     timeouts = rng.binomial(requests, timeout)

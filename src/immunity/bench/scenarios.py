@@ -6,7 +6,7 @@ First line, the header:
 
 Each further line, one release:
 
-    {"id": "...", "label": "good" | "bad", "class": "err_x5@50rps", "canary_hosts": 1,
+    {"id": "...", "label": "good" | "bad", "class": "err_x5@40rps", "canary_hosts": 1,
      "baseline_hosts": 9, "warmup_s": 30, "canary": COHORT, "baseline": COHORT}
 
 where COHORT is {"requests": [int per interval], "errors": [int per interval],

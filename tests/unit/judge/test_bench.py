@@ -23,7 +23,7 @@ def test_quick_run_returns_the_documented_json_shape(quick: dict) -> None:
     """judges -> name -> classes -> CLASS -> n, label, rate, median_s, for all three judges."""
     assert set(quick["judges"]) == {"immunity", "fixed-threshold", "mann-whitney"}
     for judge in quick["judges"].values():
-        assert "err_gross@50rps" in judge["classes"]
+        assert "err_gross@40rps" in judge["classes"]
         for entry in judge["classes"].values():
             assert {"n", "label", "rate", "median_s"} <= set(entry)
             assert entry["label"] in ("good", "bad") and 0.0 <= entry["rate"] <= 1.0
@@ -32,7 +32,7 @@ def test_quick_run_returns_the_documented_json_shape(quick: dict) -> None:
 
 def test_quick_run_catches_the_gross_failure_within_seconds(quick: dict) -> None:
     """Half the requests failing is caught every time, a few seconds after warm-up."""
-    gross = quick["judges"]["immunity"]["classes"]["err_gross@50rps"]
+    gross = quick["judges"]["immunity"]["classes"]["err_gross@40rps"]
     assert gross["rate"] == 1.0
     assert gross["median_fail_after_warmup_s"] <= 5
 
@@ -93,8 +93,36 @@ def test_reference_judges_give_one_verdict_two_minutes_after_warm_up() -> None:
 def test_a_user_scenario_file_is_judged_by_its_own_classes(tmp_path: Path) -> None:
     """--scenarios: the classes in the result are the file's, and no targets are claimed."""
     path = tmp_path / "s.jsonl"
-    write_scenarios(path, HEADER, [build(ClassSpec("good", 50.0, 1), i, seed=5) for i in range(2)])
+    write_scenarios(path, HEADER, [build(ClassSpec("good", 40.0, 1), i, seed=5) for i in range(2)])
     result = run(path, tmp_path / "out.json", workers=1)
-    assert list(result["judges"]["immunity"]["classes"]) == ["good@50rps"]
+    assert list(result["judges"]["immunity"]["classes"]) == ["good@40rps"]
     assert "targets" not in result
     assert json.loads((tmp_path / "out.json").read_text())["scenarios"] == 2
+
+
+def test_a_late_onset_fault_passes_the_bake_and_is_caught_by_the_watch() -> None:
+    """Errors x5 from 200 s: the bake passes before the onset, the watch after it fails the
+    release; the scenario's verdict is that fail, after the onset."""
+    s = build(ClassSpec("late_err_x5", 40.0, 1), 0, seed=6)
+    j = judge_immunity(s, HEADER)
+    assert (j.bake, j.outcome) == ("pass", "fail")
+    assert j.bake_at_s < 200 < j.at_s
+    assert j.reason.startswith("(watch)")
+
+
+def test_no_traffic_at_all_is_inconclusive_never_a_pass() -> None:
+    s = build(ClassSpec("no_traffic", 0.0, 1), 0, seed=7)
+    assert int(s.canary.requests.sum()) == 0
+    j = judge_immunity(s, HEADER)
+    assert (j.bake, j.outcome) == ("inconclusive", "inconclusive")
+
+
+def test_a_shared_incident_hits_both_cohorts_alike() -> None:
+    """good_incident: the generator's incident raises both cohorts' error counts in its span."""
+    s = build(ClassSpec("good_incident", 40.0, 1), 0, seed=8)
+    a, b = s.meta["incident_s"]
+    inside = slice(a, b)
+    for cohort in (s.canary, s.baseline):
+        rate_in = cohort.errors[inside].sum() / max(cohort.requests[inside].sum(), 1)
+        rate_out = cohort.errors[:a].sum() / max(cohort.requests[:a].sum(), 1)
+        assert rate_in > rate_out + 0.03
