@@ -56,6 +56,15 @@ class CapacityGuard:
             self._walking.discard(host)
             self._changed.notify_all()
 
+    async def reconcile(self, serving: set[str]) -> None:
+        """Give back the slots of hosts no walk holds that the balancer reports serving (a
+        walk that failed before its host left the pool): they are not out."""
+        async with self._changed:
+            back = {h for h in self._out - self._walking if h in serving}
+            if back:
+                self._out -= back
+                self._changed.notify_all()
+
     async def give_back(self, host: str) -> None:
         async with self._changed:
             self._out.discard(host)

@@ -9,6 +9,7 @@ back are returned so that the run ends `revert_incomplete` and a human is told w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,11 @@ async def immune_response(
         with anyio.move_on_after(deadline) as scope:
             targets = await _targets(fleet, rec, release, fallbacks, all_hosts=all_hosts)
             pending = {h.name for h in targets}
+            with contextlib.suppress(ImmunityError):  # the balancer's view of who is out
+                members = await fleet.lb.members(fleet.hosts)
+                await capacity.reconcile(
+                    {n for n, m in members.items() if m.state is LbState.SERVING}
+                )
             await rec.record(
                 "immune.started",
                 f"reverting {len(targets)} host(s): {reason}",
