@@ -38,8 +38,9 @@ be_app/h1 is DOWN``, ``[NOTICE]``...) are skipped; any other line that does not 
 reported: at preflight when recent lines do not parse (exit 2 naming the file, the line
 and the fields expected), during the bake as a look with a partial answer (missing).
 
-The file is tailed incrementally in a worker thread (a byte offset, reset when the file is
-replaced or shrinks). Requests are aggregated per server into 0.1 s bins kept for
+The file is tailed incrementally in a worker thread and kept open like `tail -F`: after a
+rotation the old file's last lines are read first; a truncation in place loses what was
+written since the last read, and windows before it are partial (missing). Requests are aggregated per server into 0.1 s bins kept for
 `retention` seconds, so memory does not grow with traffic; windows are partitioned by bin.
 
 **Counters** (no access log): ``show stat`` per server, counted as the access log counts:
@@ -68,7 +69,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import anyio
 import anyio.to_thread
@@ -379,7 +380,13 @@ class LogTail:
         self.bounds = list(bounds)
         self.backend = backend
         self.offset: int | None = None
-        self.inode: int | None = None
+        self.fh: BinaryIO | None = None
+        self.opened = False
+        self.skip_first = False
+        self.cut_backlog = False
+        self.complete_from: float | None = None
+        """Requests completed before this (unix s) may be missing (backlog not read,
+        retention, a truncation): a window starting earlier is partial."""
         self.partial = b""
         self.keys: list[int] = []  # sorted bin indexes
         self.bins: dict[int, dict[str, Counts]] = {}
@@ -390,34 +397,64 @@ class LogTail:
         self.duplicated = 0
 
     def poll(self) -> PollStats:
-        """Read what was appended since the last poll. Raises OSError when unreadable."""
+        """Read what was appended since the last poll. Raises OSError when unreadable.
+
+        The file stays open between polls, as `tail -F` does: when it is rotated (renamed
+        and a new one created), the old file's last lines are read before the new file from
+        its start. When it is truncated in place (copytruncate), lines written between the
+        last read and the truncation are lost: windows before now are then partial
+        (`complete_from`).
+        """
         stats = PollStats()
         st = os.stat(self.path)
-        if self.offset is None or st.st_ino != self.inode or st.st_size < self.offset:
-            self.inode = st.st_ino
-            self.offset = max(0, st.st_size - _MAX_BACKLOG_BYTES) if self.offset is None else 0
+        if self.fh is not None:
+            cur = os.fstat(self.fh.fileno())
+            if (cur.st_ino, cur.st_dev) != (st.st_ino, st.st_dev):
+                self._read(stats)  # the rotated file's last lines
+                self.close()
+            elif cur.st_size < (self.offset or 0):
+                self.fh.seek(0)
+                self.offset = 0
+                self.partial = b""
+                self._lost_until(time.time())
+        if self.fh is None:
+            self.fh = open(self.path, "rb")  # noqa: SIM115 - kept open across polls
+            size = os.fstat(self.fh.fileno()).st_size
+            begin = max(0, size - _MAX_BACKLOG_BYTES) if not self.opened else 0
+            self.opened = True
+            self.fh.seek(begin)
+            self.offset = begin
             self.partial = b""
-            skip_first = self.offset > 0
-        else:
-            skip_first = False
-        if st.st_size == self.offset:
-            return stats
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            while chunk := f.read(_CHUNK):
-                base = self.offset - len(self.partial)
-                self.offset += len(chunk)
-                data = self.partial + chunk
-                lines = data.split(b"\n")
-                self.partial = lines.pop()
-                if skip_first and lines:
-                    base += len(lines[0]) + 1
-                    lines = lines[1:]  # we started mid-line
-                    skip_first = False
-                for raw in lines:
-                    self._line(raw, base, stats)
-                    base += len(raw) + 1
+            self.skip_first = begin > 0  # we start mid-line
+            self.cut_backlog = begin > 0
+        self._read(stats)
         return stats
+
+    def _read(self, stats: PollStats) -> None:
+        assert self.fh is not None
+        while chunk := self.fh.read(_CHUNK):
+            offset = self.offset or 0
+            base = offset - len(self.partial)
+            self.offset = offset + len(chunk)
+            data = self.partial + chunk
+            lines = data.split(b"\n")
+            self.partial = lines.pop()
+            if self.skip_first and lines:
+                base += len(lines[0]) + 1
+                lines = lines[1:]
+                self.skip_first = False
+            for raw in lines:
+                self._line(raw, base, stats)
+                base += len(raw) + 1
+
+    def _lost_until(self, t: float) -> None:
+        """Requests completed before `t` may be missing from the counts."""
+        self.complete_from = t if self.complete_from is None else max(self.complete_from, t)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
 
     def _line(self, raw: bytes, at: int, stats: PollStats) -> None:
         stats.lines += 1
@@ -437,6 +474,9 @@ class LogTail:
                 if len(self.recent_order) > _DEDUP_LINES:
                     self.recent_keys.discard(self.recent_order.popleft())
             stats.requests += 1
+            if self.cut_backlog:
+                self.cut_backlog = False
+                self._lost_until(got.end)  # older lines were not read
             self.add(got)
         elif got is None:
             stats.skipped += 1
@@ -472,6 +512,7 @@ class LogTail:
             for k in self.keys[:cut]:
                 del self.bins[k]
             del self.keys[:cut]
+            self._lost_until(horizon * _BIN_S)
 
     def window(self, start: float, end: float) -> dict[str, Counts]:
         """Per server, requests completed in the bins starting in [start, end)."""
@@ -787,6 +828,14 @@ class HAProxySource:
                         "or a clock off)"
                     )
                     return {c: Observation.rejected(detail) for c in cohorts}
+            if tail.complete_from is not None and start < tail.complete_from - _BIN_S:
+                detail = (
+                    f"partial answer: {tail.path} holds every request only from "
+                    f"{dt.datetime.fromtimestamp(tail.complete_from, dt.UTC):%H:%M:%S} UTC "
+                    "(not read that far back, past retention, or truncated in place), the "
+                    "window starts earlier"
+                )
+                return {c: Observation.rejected(detail) for c in cohorts}
             counts = tail.window(start, end)
         out: dict[Cohort, Observation] = {}
         total = sum(c.requests for c in counts.values())
@@ -884,4 +933,5 @@ class HAProxySource:
         return out
 
     async def aclose(self) -> None:
-        return None
+        if self.tail is not None:
+            self.tail.close()

@@ -10,6 +10,8 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
+
 from immunity.signals.haproxy import LogParser, LogTail, Unparsed
 
 
@@ -121,3 +123,61 @@ def test_haproxy_server_state_messages_in_the_log_are_not_requests_nor_unparsed(
     ]
     parser = LogParser()
     assert [None] * len(messages) == [parser.parse(m) for m in messages]
+
+
+def test_a_rotated_log_is_read_to_its_end_before_the_new_one(tmp_path: Path) -> None:
+    """Renamed away (logrotate's default) while HAProxy still writes a last line to it: that
+    line is counted, then the new file from its start."""
+    log = tmp_path / "access.log"
+    log.write_text(_line(100.0))
+    tail = LogTail(log, retention=900)
+    tail.poll()
+    rotated = tmp_path / "access.log.1"
+    log.rename(rotated)
+    with rotated.open("a") as f:
+        f.write(_line(101.0))  # written through HAProxy's still-open descriptor
+    log.write_text(_line(102.0))
+    tail.poll()
+    assert _requests(tail, 0, 1000) == 3
+    assert tail.complete_from is None  # nothing was lost
+    tail.close()
+
+
+def test_a_log_truncated_in_place_makes_earlier_windows_partial(tmp_path: Path) -> None:
+    """copytruncate: lines written between the last read and the truncation are lost, so the
+    tail says from when it holds every request."""
+    import time
+
+    log = tmp_path / "access.log"
+    log.write_text(_line(100.0) + _line(101.0))
+    tail = LogTail(log, retention=900)
+    tail.poll()
+    before = time.time()
+    log.write_text(_line(200.0))  # truncated, then a new line
+    tail.poll()
+    assert tail.complete_from is not None and tail.complete_from >= before
+    tail.close()
+
+
+@pytest.mark.anyio
+async def test_a_window_before_what_the_log_still_holds_is_rejected(tmp_path: Path) -> None:
+    """After a truncation in place, a look over the time before it is partial: rejected."""
+    import datetime as dt
+    import time
+
+    from immunity.domain import Cohort, HostRef, ObservationStatus
+    from immunity.signals.haproxy import HAProxySource
+
+    now = time.time()
+    log = tmp_path / "access.log"
+    log.write_text(_line(now - 4) + _line(now - 3))
+    src = HAProxySource(HAProxySource.Settings(access_log=str(log)), base_dir=tmp_path)
+    await src.preflight([HostRef("h1")])
+    log.write_text(_line(now))  # truncated in place
+    start = dt.datetime.fromtimestamp(now - 5, dt.UTC)
+    obs = await src.observe(
+        {Cohort.CANARY: [HostRef("h1")]}, start, start + dt.timedelta(seconds=6)
+    )
+    assert obs[Cohort.CANARY].status is ObservationStatus.REJECTED
+    assert "partial answer" in obs[Cohort.CANARY].detail
+    await src.aclose()
