@@ -10,10 +10,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from e2e_helpers import FAST, Load, Sandbox
 
+from immunity.journal import SqliteJournal
 from servers.chromium import Chromium
 
 pytestmark = pytest.mark.slow
@@ -25,6 +27,19 @@ ROWS_JS = """JSON.stringify([...document.querySelectorAll('#apps tr[data-host]')
          tr.querySelector('.phase').textContent.trim(),
          tr.querySelector('.lb').textContent.trim()]))"""
 BADGE_JS = "(document.querySelector('#apps .badge') || {textContent: ''}).textContent.trim()"
+
+
+async def _other_team(path: Path) -> str:
+    """Another app's finished deployment in the same journal (as a shared journal holds)."""
+    j = SqliteJournal(path)
+    try:
+        d = await j.begin("blog", "v7", {"fallbacks": {"b1": "v6"}})
+        await j.append(d.id, "host.step_started", host="b1", step="drain", data={"release": "v7"})
+        await j.append(d.id, "host.step_finished", host="b1", step="drain", data={"release": "v7"})
+        await j.finish(d.id, "reverted", "errors: canary 5xx 4.1% vs baseline 0%", {})
+    finally:
+        await j.close()
+    return d.id
 
 
 def _free_port() -> int:
@@ -62,6 +77,7 @@ def test_the_open_page_follows_a_deployment_live_and_shows_no_secret(
             "notify": [{"kind": "webhook", "url": f"http://127.0.0.1:9/hook/{SECRET}"}],
         },
     )
+    other_id = anyio.run(_other_team, fleet3.dir / "journal.db")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     serve = fleet3.start("serve", "-c", str(cfg), "--port", str(port))
@@ -128,6 +144,12 @@ def test_the_open_page_follows_a_deployment_live_and_shows_no_secret(
             body = httpx.get(base + path).text
             assert SECRET not in body, path
         assert SECRET not in browser.evaluate("document.documentElement.outerHTML")
+        # another team's deployment in the same journal is listed and opens, with its hosts
+        listed = browser.evaluate("document.querySelector('#deployments').innerText")
+        assert "blog" in listed and "reverted" in listed, listed
+        other = httpx.get(f"{base}/api/deployments/{other_id}").json()
+        assert [h["name"] for h in other["hosts"]] == ["b1"]
+        assert other["deployment"]["reason"].startswith("errors: canary 5xx")
         # the deployment's page links its report, which renders
         browser.open(f"{base}/deployments/{dep_id}")
         assert browser.evaluate("document.body.innerText").count("deployed") >= 1

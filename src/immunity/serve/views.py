@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from immunity.domain import utcnow
+from immunity.domain import HostRef, utcnow
 from immunity.engine import ops
 from immunity.engine.context import Fleet
 from immunity.engine.result import host_steps
@@ -147,10 +147,15 @@ def deployment_row(d: DeploymentRecord) -> dict[str, Any]:
 
 
 async def deployments_view(fleets: Sequence[Fleet], limit: int = 50) -> list[dict[str, Any]]:
-    """The latest deployments of every app, newest first."""
+    """The latest deployments in the fleets' journals, every app's (a shared journal holds
+    other teams' too), newest first."""
     rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for fleet in fleets:
-        rows += [deployment_row(d) for d in await _deployments(fleet)]
+        for d in await fleet.journal.deployments():
+            if d.id not in seen:
+                seen.add(d.id)
+                rows.append(deployment_row(d))
     rows.sort(key=lambda r: (r["started_at"] or "", r["id"]), reverse=True)
     return rows[:limit]
 
@@ -167,11 +172,17 @@ def _summary(e: JournalEntry) -> str:
 
 
 async def deployment_view(fleet: Fleet, deployment_id: str) -> dict[str, Any] | None:
-    """One deployment: its row, per-host steps, every journal entry, its verdict(s)."""
-    rec = next((d for d in await _deployments(fleet) if d.id == deployment_id), None)
+    """One deployment in the fleet's journal (of any app): its row, per-host steps, every
+    journal entry, its verdict(s)."""
+    rec = next((d for d in await fleet.journal.deployments() if d.id == deployment_id), None)
     if rec is None:
         return None
     entries = await fleet.journal.entries(deployment_id)
+    hosts = (
+        fleet.hosts
+        if rec.app == fleet.app
+        else [HostRef(name=n) for n in sorted({e.host for e in entries if e.host})]
+    )
     res = rec.data.get("result") or {}
     verdicts = [
         {"at": _iso(e.at), "kind": e.kind, "outcome": e.data.get("outcome"), "text": _summary(e)}
@@ -185,7 +196,7 @@ async def deployment_view(fleet: Fleet, deployment_id: str) -> dict[str, Any] | 
         "detected_after_s": res.get("detected_after_s"),
         "reverted_after_s": res.get("reverted_after_s"),
         "needs_human": res.get("needs_human") or [],
-        "hosts": host_steps(entries, fleet.hosts),
+        "hosts": host_steps(entries, hosts),
         "entries": [
             {
                 "seq": e.seq,
