@@ -140,10 +140,10 @@ def test_a_rollback_longer_than_the_lease_ttl_keeps_its_lease(sbx: Sandbox) -> N
     the rollback finishes every host."""
     ensure_on(sbx, SLOW)
     ensure_on(sbx, "v2")
-    cfg = plain(sbx, lease_ttl="1s")
+    cfg = plain(sbx, lease_ttl="2s")
     rb = sbx.start("rollback", "-c", str(cfg))
     wait_for(lambda: holds_lease(sbx, rb.pid), "the rollback never took the lease", rb)
-    time.sleep(2.5)  # well past lease_ttl
+    time.sleep(3.0)  # well past lease_ttl
     assert rb.poll() is None, "the rollback ended too early for this test"
     r = sbx.run("resume", "-c", str(cfg))
     assert 5 == r.returncode, r.stdout + r.stderr[-2000:]
@@ -161,7 +161,7 @@ def test_a_rollback_that_lost_its_lease_exits_5_at_once_and_resume_finishes_ever
     stops at once with exit 5; `resume` then moves every host, not only the one in flight."""
     ensure_on(sbx, "v1")
     ensure_on(sbx, "v2")
-    cfg = plain(sbx, lease_ttl="1s")
+    cfg = plain(sbx, lease_ttl="2s")
     rb = sbx.start("rollback", "-c", str(cfg))
     wait_for(lambda: holds_lease(sbx, rb.pid), "the rollback never took the lease", rb)
     wait_for(lambda: 0 != sbx.servers_state()["h1"], "the rollback never drained h1", rb)
@@ -172,7 +172,7 @@ def test_a_rollback_that_lost_its_lease_exits_5_at_once_and_resume_finishes_ever
     assert 5 == rb.returncode, out + err[-2000:]
     assert time.monotonic() - t0 < 5
     assert "superseded" in out
-    time.sleep(1.2)  # the other holder's lease_ttl passes without a heartbeat
+    time.sleep(2.5)  # the other holder's lease_ttl passes without a heartbeat
     r = sbx.run("resume", "-c", str(cfg))
     assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
     assert "rolled_back" in r.stdout
@@ -185,12 +185,12 @@ def test_a_frozen_rollback_is_not_taken_over_while_its_process_lives(sbx: Sandbo
     hint to stop that process first; once it is gone, `resume` finishes the rollback."""
     ensure_on(sbx, "v1")
     ensure_on(sbx, "v2")
-    cfg = plain(sbx, lease_ttl="1s")
+    cfg = plain(sbx, lease_ttl="2s")
     rb = sbx.start("rollback", "-c", str(cfg))
     wait_for(lambda: holds_lease(sbx, rb.pid), "the rollback never took the lease", rb)
     wait_for(lambda: 0 != sbx.servers_state()["h1"], "the rollback never drained h1", rb)
     rb.send_signal(signal.SIGSTOP)
-    time.sleep(1.5)
+    time.sleep(2.5)
     for args in (("deploy", "--release", "v2"), ("resume",)):
         r = sbx.run(args[0], "-c", str(cfg), *args[1:])
         assert 5 == r.returncode, r.stdout + r.stderr[-2000:]

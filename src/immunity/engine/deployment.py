@@ -25,6 +25,7 @@ from immunity.analysis import Cohorts, bake, resume_point
 from immunity.analysis.spending import bakes_of
 from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict
 from immunity.engine.context import Fleet
+from immunity.engine.fleetview import derive
 from immunity.engine.immune import RevertReport, immune_response
 from immunity.engine.plan import plan_waves, with_holdback
 from immunity.engine.result import RunOutcome, RunResult
@@ -303,22 +304,26 @@ class Rollout:
     async def _waves(self, waves: Sequence[Sequence[HostRef]], abort: bool) -> None:
         run, fleet = self.run, self.fleet
         entries = await fleet.journal.entries(run.record.id) if run.resumed else []
-        kinds = {e.kind for e in entries}
-        if run.resumed and (abort or "immune.started" in kinds or "verdict.failed" in kinds):
+        # observe → derive: where the journal and the fleet say each host is
+        view = derive(
+            entries,
+            await fleet.lb.members(fleet.hosts),
+            {h.name: await fleet.driver.active_release(h) for h in fleet.hosts},
+            fleet.hosts,
+            release=self.release,
+            fallbacks=self.fallbacks,
+        )
+        if run.resumed and (abort or view.reverting):
             reason = "resume --abort" if abort else _last_reason(entries) or "interrupted revert"
             done = RunOutcome.REVERTED if abort else _revert_outcome(entries)
             await self._revert(reason, None, done=done)
             return
-        passed_waves = {int(e.data.get("wave", -1)) for e in entries if e.kind == "wave.passed"}
-        # hosts already serving the new release count as canaries (resume, re-run)
-        members = await fleet.lb.members(fleet.hosts)
-        for h in fleet.hosts:
-            m = members.get(h.name)
-            active = await fleet.driver.active_release(h)
-            if active == self.release and m is not None and m.state is LbState.SERVING:
-                self.serving_new.add(h.name)
-            elif m is None or m.state is not LbState.SERVING:
-                run.capacity.mark_out(h.name)
+        passed_waves = set(view.passed_waves)
+        # hosts already serving the new release count as canaries (resume, re-run); hosts
+        # out of the pool hold capacity until their walk puts them back
+        self.serving_new |= view.canary
+        for name in view.out:
+            run.capacity.mark_out(name)
         verdict: Verdict | None = None
         for i, wave in enumerate(waves, start=1):
             todo = [h for h in wave if h.name not in self.serving_new]

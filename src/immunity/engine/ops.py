@@ -16,9 +16,9 @@ from typing import Any
 
 import anyio
 
-from immunity.domain import LbState
 from immunity.engine.context import Fleet, holder_alive
 from immunity.engine.deployment import conclude_revert, continue_deployment, unknown_members
+from immunity.engine.fleetview import derive
 from immunity.engine.immune import immune_response
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run
@@ -31,53 +31,47 @@ class NothingToResume(ImmunityError):
     exit_code = 2
 
 
-async def expected_releases(fleet: Fleet, record: DeploymentRecord | None) -> dict[str, str | None]:
-    """The release the journal says each host should serve after `record`."""
-    if record is None:
-        return {h.name: None for h in fleet.hosts}
-    expected: dict[str, str | None] = dict(record.data.get("fallbacks", {}))
-    for e in await fleet.journal.entries(record.id):
-        if e.kind == "host.switched" and e.host:
-            expected[e.host] = e.data.get("release")
-    return {h.name: expected.get(h.name) for h in fleet.hosts}
-
-
 async def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
     recs = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome != "rejected"]
     return recs[-1] if recs else None
 
 
 async def status(fleet: Fleet) -> dict[str, Any]:
+    """Each host as the hosts, the balancer and the last run's journal say (a `FleetView`),
+    every disagreement between them, the lease and the last deployment."""
     members = await fleet.lb.members(fleet.hosts)
     record = await last_deployment(fleet)
-    expected = await expected_releases(fleet, record)
-    hosts = []
-    disagreements = []
+    actives: dict[str, str | None] = {}
+    installed: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
     for h in fleet.hosts:
         try:
-            active = await fleet.driver.active_release(h)
-            installed = await fleet.driver.installed_releases(h)
-            error = None
+            actives[h.name] = await fleet.driver.active_release(h)
+            installed[h.name] = await fleet.driver.installed_releases(h)
         except ImmunityError as exc:
-            active, installed, error = None, [], exc.message
-        m = members.get(h.name)
-        lb_state = str(m.state) if m else "out"
+            actives[h.name], installed[h.name], errors[h.name] = None, [], exc.message
+    view = derive(
+        await fleet.journal.entries(record.id) if record else [],
+        members,
+        actives,
+        fleet.hosts,
+        fallbacks=dict(record.data.get("fallbacks", {})) if record else None,
+    )
+    hosts = []
+    for h in fleet.hosts:
+        v = view.hosts[h.name]
         row: dict[str, Any] = {
             "name": h.name,
-            "active_release": active,
-            "installed_releases": installed,
-            "lb_state": lb_state,
-            "journal_release": expected.get(h.name),
+            "active_release": v.active,
+            "installed_releases": installed[h.name],
+            "lb_state": str(v.lb_state) if v.lb_state is not None else "out",
+            "journal_release": v.expected,
+            "phase": str(v.phase),
         }
-        if error:
-            row["error"] = error
-        if expected.get(h.name) and active != expected[h.name]:
-            disagreements.append(
-                f"{h.name}: journal says {expected[h.name]}, host runs {active or 'nothing'}"
-            )
-        if lb_state != str(LbState.SERVING):
-            disagreements.append(f"{h.name}: balancer reports {lb_state}, expected serving")
+        if h.name in errors:
+            row["error"] = errors[h.name]
         hosts.append(row)
+    disagreements = list(view.disagreements)
     try:
         pool = await fleet.lb.pool_members()
         for name in unknown_members(fleet, pool):

@@ -1,0 +1,52 @@
+"""The kill-point sweep over `rollback`: the orchestrator SIGKILLed right after a step of
+the rollback's walk starts (each of the 7 steps once, spread over the 3 hosts), then
+`resume` finishes the rollback: every host on its previous release and in the pool, the
+journal agreeing, no lease left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from e2e_helpers import FAST, Sandbox
+
+pytestmark = pytest.mark.slow
+
+# host.step_started ordinals: host i's step j is 7*i + j + 1 (hosts walk one at a time)
+KILL_POINTS = [1, 9, 17, 4, 12, 20, 7]  # drain, stop, install, start, verify, warmup, enable
+
+
+def quick(sbx: Sandbox) -> Path:
+    return sbx.write_config(
+        "rb-quick.yaml",
+        **{**FAST, "checks": [], "waves": ["100%"], "max_unavailable": 2, "bake": {"min": "0s"}},
+    )
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_at_every_step_of_a_rollback_then_resume_finishes_it(
+    fleet3: Sandbox, record_property: Callable[[str, object], None]
+) -> None:
+    """Killed after each step kind of the rollback's walk, `resume` rolls every host back."""
+    cfg = sbx_cfg = fleet3.write_config("rb.yaml", **{**FAST, "checks": []})
+    covered = 0
+    for k in KILL_POINTS:
+        r = fleet3.run("deploy", "-c", str(quick(fleet3)), "--release", "v2")
+        assert 0 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        r = fleet3.run(
+            "rollback", "-c", str(cfg), env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{k}"}
+        )
+        assert -9 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        r = fleet3.run("resume", "-c", str(sbx_cfg))
+        assert 0 == r.returncode, (k, r.stdout, r.stderr[-1500:])
+        assert "rolled_back" in r.stdout
+        assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served(), k
+        assert {"h1": 0, "h2": 0, "h3": 0} == fleet3.servers_state(), k
+        assert not fleet3.lease_held(), k
+        st = fleet3.status(cfg)
+        assert [] == st["disagreements"], k
+        covered += 1
+    record_property("kill points covered (rollback)", covered)
+    assert covered == len(KILL_POINTS)
