@@ -195,6 +195,7 @@ async def bake(
                 verdict=step.verdict,
                 frozen=step.frozen,
                 errored=errored,
+                windows={n: (lo.timestamp(), hi.timestamp()) for n, (lo, hi) in windows.items()},
             ),
         )
         window_start = end

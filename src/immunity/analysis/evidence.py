@@ -173,6 +173,8 @@ class Look:
     reason: str | None = None
     frozen: Mapping[str, list[float]] = field(default_factory=dict)
     errored: Mapping[str, str] = field(default_factory=dict)
+    windows: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    """Signals asked about another window than `window` (their delay), epoch seconds."""
 
 
 @dataclass
@@ -199,7 +201,10 @@ class LookWriter:
         verdict: Verdict,
         frozen: Mapping[str, Sequence[float]] | None = None,
         errored: Mapping[str, str] | None = None,
+        windows: Mapping[str, tuple[float, float]] | None = None,
     ) -> dict[str, Any]:
+        """`windows`: each signal's own window (epoch seconds) when it is not `window` (a
+        source with a delay is asked about seconds further back)."""
         self.looks += 1
         out: dict[str, Any] = {
             "wave": self.wave,
@@ -236,6 +241,13 @@ class LookWriter:
             obs[signal] = row
         if bounds:
             obs["bounds"] = bounds
+        own = {
+            signal: [round(lo, 3), round(hi, 3)]
+            for signal, (lo, hi) in (windows or {}).items()
+            if signal in obs and [round(lo, 3), round(hi, 3)] != out["window"]
+        }
+        if own:
+            obs["windows"] = own
         out["obs"] = obs
         checks: dict[str, Any] = {}
         for r in verdict.checks:
@@ -277,6 +289,10 @@ class LookReader:
     def decode(self, data: Mapping[str, Any]) -> Look:
         bake = int(data.get("bake", data.get("wave", 0)))
         obs_data = dict(data.get("obs", {}))
+        windows = {
+            signal: (float(w[0]), float(w[1]))
+            for signal, w in dict(obs_data.pop("windows", {})).items()
+        }
         for signal, b in dict(obs_data.pop("bounds", {})).items():
             self.bounds[(bake, signal)] = tuple(float(x) for x in b)
         observations: dict[str, dict[str, Observation]] = {}
@@ -315,6 +331,7 @@ class LookReader:
             reason=data.get("reason"),
             frozen={k: [float(x) for x in v] for k, v in dict(data.get("frozen", {})).items()},
             errored=dict(data.get("errored", {})),
+            windows=windows,
         )
 
 

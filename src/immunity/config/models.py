@@ -37,6 +37,11 @@ __all__ = ["LOADER_CONTEXT", "AdapterBlock", "CheckConfig", "Config", "Strict"]
 Loc = tuple[int | str, ...]
 
 
+RESERVED_SIGNAL_NAMES = frozenset({"bounds", "windows"})
+"""Names a signal may not take: they are keys beside the signals in a look's evidence
+(`bake.looked`'s `obs`, docs/journal.md)."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True
@@ -517,6 +522,15 @@ class Config(Strict):
                 )
         sig_names = [str(s.settings_dict().get("name", s.kind)) for s in self.signals]
         unique("signal name", "name", list(enumerate(sig_names)), "signals")
+        for i, name in enumerate(sig_names):
+            if name in RESERVED_SIGNAL_NAMES:  # keys of a look's evidence in the journal
+                out.append(
+                    (
+                        ("signals", i, "name"),
+                        f"signal name {name!r} is reserved (the journal's evidence uses it); "
+                        "expected another name, e.g. 'lb' or 'metrics'",
+                    )
+                )
         unique("check name", "name", [(i, c.name) for i, c in enumerate(self.checks)], "checks")
         for i, c in enumerate(self.checks):
             if c.signal not in sig_names:

@@ -293,3 +293,36 @@ async def test_ten_minutes_of_looks_on_a_thousand_hosts_stay_small(
     assert back[-1].canary == tuple(sorted(hosts[:250]))
     assert len(back[-1].baseline) == 750
     assert payload / 600 < 1024
+
+
+def test_a_signal_asked_about_an_earlier_window_has_it_journaled() -> None:
+    """A delayed signal's own window is written beside the look's (and only when it differs)."""
+    writer = LookWriter(wave=1, bake=1)
+    obs: dict[str, dict[Cohort | str, Observation]] = {
+        "prom": {Cohort.CANARY: Observation(5, 0, hosts=1), Cohort.BASELINE: Observation(9, 0)},
+        "lb": {Cohort.CANARY: Observation(5, 0, hosts=1), Cohort.BASELINE: Observation(9, 0)},
+    }
+    step = BakeAnalysis(config(), relative=True).look(1.0, obs)
+    data = writer.encode(
+        t_s=1.0,
+        window=(100.0, 101.0),
+        canary=["h0"],
+        baseline=["h1"],
+        observations=obs,
+        verdict=step.verdict,
+        windows={"prom": (70.0, 71.0), "lb": (100.0, 101.0)},
+    )
+    assert data["obs"]["windows"] == {"prom": [70.0, 71.0]}
+    journal = [type("E", (), {"kind": "bake.looked", "data": json.loads(json.dumps(data))})()]
+    look = read_looks(journal)[0]
+    assert look.windows == {"prom": (70.0, 71.0)}
+    assert set(look.observations) == {"prom", "lb"}
+
+
+def test_a_signal_named_like_an_evidence_key_is_rejected() -> None:
+    """`bounds` and `windows` sit beside the signals in a look's evidence: not signal names."""
+    data = config().model_dump()
+    data["signals"] = [{"kind": "haproxy", "name": "bounds"}]
+    data["checks"] = [{"name": "errors", "signal": "bounds", "kind": "errors"}]
+    with pytest.raises(ValueError, match="signal name 'bounds' is reserved"):
+        Config.model_validate(data)
