@@ -11,7 +11,8 @@ from the start, which one e-process carried over the whole deployment would not 
 healthy past would weigh against a late fault).
 
 So `judge.alpha` (and `judge.alpha_catastrophe`) are the bounds for the whole deployment,
-spent evenly: each of the N bakes runs at alpha / N. Three waves and a guard run each bake
+spent evenly: each of the N bakes runs at alpha / N (and, with probe traffic, where a check
+fails when either its customers' test or its probe twin does, each of the two at half that). Three waves and a guard run each bake
 at 0.25 %: a FAIL needs an e-value of 400 instead of 100, that is log(400)/log(100) ≈ 1.3
 times the evidence of an unwatched single bake.
 """
@@ -24,6 +25,18 @@ from immunity.config.models import Config, JudgeConfig
 def bakes_of(config: Config, waves: int) -> int:
     """How many bakes watch a deployment of `waves` waves: one per wave, plus the guard."""
     return max(1, waves) + (1 if config.guard.duration > 0 else 0)
+
+
+def tests_per_check(config: Config) -> int:
+    """Fail tests behind one check at each look: two with probe traffic (the check on the
+    customers' traffic and its "(probe)" twin, either of which fails it), else one."""
+    return 2 if getattr(config, "probe", None) is not None else 1
+
+
+def judge_for(config: Config, bakes: int) -> JudgeConfig:
+    """The judge settings of each bake: `judge.alpha` shared by the `bakes` bakes and by the
+    fail tests behind each check (a union bound over both)."""
+    return spent(config.judge, bakes * tests_per_check(config))
 
 
 def spent(judge: JudgeConfig, bakes: int) -> JudgeConfig:

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from immunity.analysis.spending import spent
+from immunity.analysis.spending import judge_for
 from immunity.config.models import CheckConfig, Config
 from immunity.domain import CheckResult, Cohort, Observation, ObservationStatus, Outcome, Verdict
 from immunity.judge import build_judge, combine
@@ -85,7 +85,7 @@ class BakeAnalysis:
         self.config = config
         self.relative = relative
         self.purpose = purpose
-        self.judge_config = spent(config.judge, bakes)
+        self.judge_config = judge_for(config, bakes)
         self.carry: dict[str, list[float]] = {k: list(v) for k, v in (carry or {}).items()}
         self.checks = checks_for(config, relative, self.carry)
         # the guard never certifies: its judges keep testing for a fail until it ends

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from immunity.analysis.spending import bakes_of, spent
+from immunity.analysis.spending import bakes_of, judge_for
 from immunity.config.models import GUARD_KINDS
 from immunity.engine.context import Fleet
 from immunity.engine.deployment import preflight
@@ -81,7 +81,7 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
             }
         )
     bakes = bakes_of(cfg, len(waves))
-    per_bake = spent(cfg.judge, bakes)
+    per_bake = judge_for(cfg, bakes)
     guard: dict[str, Any] | None = None
     if cfg.guard.duration > 0:
         compared = holdback is not None
