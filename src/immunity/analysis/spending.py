@@ -27,7 +27,7 @@ def bakes_of(config: Config, waves: int) -> int:
     return max(1, waves) + (1 if config.guard.duration > 0 else 0)
 
 
-def tests_per_check(config: Config) -> int:
+def fail_tests_per_check(config: Config) -> int:
     """Fail tests behind one check at each look: two with probe traffic (the check on the
     customers' traffic and its "(probe)" twin, either of which fails it), else one."""
     return 2 if getattr(config, "probe", None) is not None else 1
@@ -36,7 +36,7 @@ def tests_per_check(config: Config) -> int:
 def judge_for(config: Config, bakes: int) -> JudgeConfig:
     """The judge settings of each bake: `judge.alpha` shared by the `bakes` bakes and by the
     fail tests behind each check (a union bound over both)."""
-    return spent(config.judge, bakes * tests_per_check(config))
+    return spent(config.judge, bakes * fail_tests_per_check(config))
 
 
 def spent(judge: JudgeConfig, bakes: int) -> JudgeConfig:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from immunity.analysis import BakeAnalysis
-from immunity.analysis.spending import bakes_of, judge_for, spent, tests_per_check
+from immunity.analysis.spending import bakes_of, fail_tests_per_check, judge_for, spent
 from immunity.config.models import Config, JudgeConfig
 from immunity.domain import Cohort, Observation, Outcome
 
@@ -46,7 +46,7 @@ def test_alpha_is_spent_evenly_over_the_waves_and_the_guard() -> None:
     each = spent(JudgeConfig(alpha=0.01, alpha_catastrophe=0.001), 4)
     assert (each.alpha, each.alpha_catastrophe) == (0.0025, 0.00025)
     assert BakeAnalysis(cfg, relative=True, bakes=4).judge_config.alpha == 0.0025
-    assert tests_per_check(cfg) == 1 and judge_for(cfg, 4).alpha == 0.0025
+    assert fail_tests_per_check(cfg) == 1 and judge_for(cfg, 4).alpha == 0.0025
 
 
 def test_the_guard_watches_until_its_end_and_never_certifies() -> None:
