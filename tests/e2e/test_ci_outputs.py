@@ -28,6 +28,12 @@ from e2e_helpers import FAST, IMMUNITY, Load, Sandbox
 
 pytestmark = pytest.mark.slow
 
+# Good releases: no latency check, whose thresholds need more baseline traffic than a short
+# bake gathers (it would hold every wave to bake.max); the 5xx checks pass at bake.min.
+GOOD = {
+    **FAST,
+    "checks": [c for c in FAST["checks"] if c["kind"] != "latency"],
+}
 EXE = str(Path(sys.executable).parent / "immunity")
 OCTOPUS_ENV = {"OctopusCalamariWorkingDirectory": "/tmp/octopus-work"}
 
@@ -166,7 +172,7 @@ def test_jsonl_prints_one_event_per_line_with_the_journal_names(fleet3: Sandbox)
     """`--output jsonl`: stdout is JSON lines only (journal kinds, the result last), the
     human output goes to stderr."""
     ensure_on_v1(fleet3)
-    cfg = fleet3.write_config("jsonl.yaml", **FAST)
+    cfg = fleet3.write_config("jsonl.yaml", **GOOD)
     rc, stdout, stderr = run(
         fleet3, "deploy", "-c", str(cfg), "--release", "v2", "--output", "jsonl", env={}
     )
@@ -191,14 +197,15 @@ def test_a_retried_octopus_step_resumes_the_deployment_from_the_journal(fleet3: 
     """Guided failure's Retry runs the step again: with --resume-unfinished the orchestrator
     that died mid-deployment is taken over and the same deployment finishes."""
     ensure_on_v1(fleet3)
-    cfg = fleet3.write_config("retry.yaml", **FAST)
+    cfg = fleet3.write_config("retry.yaml", **GOOD)
     script = octopus_step_script(
         {"Immunity.Config": str(cfg), "Immunity.Release": "v2", "Immunity.Executable": EXE}
     )
     kill = {"IMMUNITY_FAULT_KILL_AT": "host.step_started:3"}
-    rc, stdout, _ = run_cmd(fleet3, ["bash", "-c", script], {**OCTOPUS_ENV, **kill})
+    rc, stdout, stderr = run_cmd(fleet3, ["bash", "-c", script], {**OCTOPUS_ENV, **kill})
     assert rc == 1
-    assert "exited 137" in dict(parse_octopus(stdout).messages)["resultMessage"]["message"]
+    message = dict(parse_octopus(stdout).messages)["resultMessage"]["message"]
+    assert "exited 137" in message, stdout + stderr
     rc, stdout, stderr = run_cmd(fleet3, ["bash", "-c", script], OCTOPUS_ENV)  # Retry
     assert rc == 0, stdout + stderr
     log = parse_octopus(stdout)

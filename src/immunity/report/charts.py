@@ -75,8 +75,8 @@ def _marks(ax: Any, data: Mapping[str, Any], label: bool = True) -> None:
                 fontsize=8,
                 color=color,
                 fontweight="bold",
-                ha="right",
-                xytext=(-4, 0),
+                ha="left",
+                xytext=(4, 0),
                 textcoords="offset points",
             )
     rv = data.get("revert")
