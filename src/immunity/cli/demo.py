@@ -8,6 +8,7 @@ torn down. Exit 0 when the good release landed and the bad one was reverted.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +43,14 @@ def _deploy(config: Path, release: str) -> RunResult:
             await fl.aclose()
             await fl.journal.close()
 
-    return anyio.run(main)
+    result = anyio.run(main)
+    try:  # the report every CLI deployment writes beside the journal (reports/<id>.html)
+        from immunity.report import write_default
+
+        anyio.run(write_default, loaded, result.deployment_id)
+    except Exception as exc:  # a report never changes a deployment's outcome
+        logging.getLogger("immunity").warning("the report could not be written: %s", exc)
+    return result
 
 
 def demo(
