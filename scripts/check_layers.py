@@ -34,6 +34,7 @@ RANK = {
     "report": 5,
     "engine": 6,
     "sandbox": 7,
+    "testing": 7,
     "bench": 8,
     "cli": 9,
     "serve": 9,
