@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -184,7 +183,7 @@ async def _rollback_body(run: Run) -> None:
         await run.rec.record(
             "rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets
         )
-    t0 = time.monotonic()
+    t0 = run.fleet.clock.monotonic()
     admit = run.on_stop(anyio.CancelScope())
     try:
         report = await immune_response(
