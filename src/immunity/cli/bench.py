@@ -64,4 +64,34 @@ def journal(
         raise typer.Exit(1)
 
 
+@bench_app.command("scale")
+def scale(
+    hosts: Annotated[
+        str, typer.Option(help="Fleet sizes: one number or a comma list (100,1000,10000).")
+    ] = "100,1000",
+    journal: Annotated[
+        str, typer.Option(help="sqlite (the default journal, on disk) or memory.")
+    ] = "sqlite",
+    json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
+) -> None:
+    """The orchestrator's own cost on N in-memory hosts: CPU per host switch, peak RSS,
+    journal rows/s, wall time against the configured waits (the same run in virtual time)."""
+    from immunity.bench.scale import render, run
+
+    try:
+        sizes = [int(x.replace("_", "")) for x in hosts.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes) or journal not in ("sqlite", "memory"):
+        out.print(
+            f"--hosts {hosts!r} --journal {journal!r}: expected counts >= 1 like 100,1000 "
+            "and a journal of sqlite or memory",
+            markup=False,
+        )
+        raise typer.Exit(2)
+    result = run(sizes, journal)
+    render(result, out)
+    write_json(result, json_out)
+
+
 bench_app.registered_commands.extend(judge_app.registered_commands)

@@ -43,6 +43,7 @@ class _VirtualSelector(selectors.DefaultSelector):
         # every turn of the loop takes a microsecond: code that waits "until the next
         # boundary" computed from the clock always gets there (as it does in real time)
         self._clock.advance(TURN_S)
+        self._clock.turns += 1
         ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
         if ready or timeout == 0:
             return ready
@@ -78,6 +79,7 @@ class VirtualClock:
         self.start = start
         self.hang_after_s = hang_after_s
         self._t = 0.0
+        self.turns = 0  # turns of the loop so far (each took TURN_S of virtual time)
 
     def monotonic(self) -> float:
         return self._t
