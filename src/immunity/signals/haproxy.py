@@ -537,6 +537,8 @@ class RecentSample:
     records: list[LogRecord] = field(default_factory=list)
     unparsed: list[tuple[int, str, str]] = field(default_factory=list)  # (line no, text, why)
     lines: int = 0
+    last_is_request: bool = False
+    """The file's last line is a request (not one of HAProxy's own messages written later)."""
 
 
 def sample_recent(path: Path, parser: LogParser, lines: int = _RECENT_LINES) -> RecentSample:
@@ -571,6 +573,8 @@ def sample_recent(path: Path, parser: LogParser, lines: int = _RECENT_LINES) -> 
             out.records.append(got)
         elif got is not None:
             out.unparsed.append((first_no + i, line.decode(errors="replace").strip(), str(got)))
+        if line.strip():
+            out.last_is_request = isinstance(got, LogRecord)
     return out
 
 
@@ -722,7 +726,7 @@ class HAProxySource:
                 "timezone to match HAProxy's log-format",
                 context={"adapter": ADAPTER, "file": str(path), "line": no},
             )
-        skew = self._skew(sample.records, os.path.getmtime(path))
+        skew = self._skew(sample.records, os.path.getmtime(path), sample.last_is_request)
         if skew is not None:
             raise PreflightError(
                 f"signal {self.name!r}: {path}: {skew}",
@@ -772,13 +776,20 @@ class HAProxySource:
         )
 
     @staticmethod
-    def _skew(records: Sequence[LogRecord], written_at: float) -> str | None:
-        """Why the newest request's time cannot be right for a file just written, or None."""
+    def _skew(
+        records: Sequence[LogRecord], written_at: float, last_is_request: bool = True
+    ) -> str | None:
+        """Why the newest request's time cannot be right for a file just written, or None.
+
+        A request dated after the file was written is always wrong. One dated long before is
+        wrong only when it is the file's last line: HAProxy's own messages (a server going
+        down, entering drain) keep an idle log's modification time fresh.
+        """
         if not records or time.time() - written_at > RECENT_TRAFFIC_S:
             return None  # an idle log: its newest line may well be old
         newest = max(r.end for r in records)
         off = newest - written_at
-        if abs(off) <= MAX_SKEW_S:
+        if abs(off) <= MAX_SKEW_S or (off < 0 and not last_is_request):
             return None
         return (
             f"the log was written {time.time() - written_at:.0f} s ago but its newest request "

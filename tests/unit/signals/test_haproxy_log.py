@@ -181,3 +181,25 @@ async def test_a_window_before_what_the_log_still_holds_is_rejected(tmp_path: Pa
     assert obs[Cohort.CANARY].status is ObservationStatus.REJECTED
     assert "partial answer" in obs[Cohort.CANARY].detail
     await src.aclose()
+
+
+def test_an_idle_log_kept_fresh_by_haproxy_messages_is_not_taken_for_clock_skew(
+    tmp_path: Path,
+) -> None:
+    """Requests ten minutes old, then a server state message written just now: the log is
+    idle, not misdated; the same request as the file's last line written now is misdated."""
+    import time
+
+    from immunity.signals.haproxy import HAProxySource, sample_recent
+
+    old = time.time() - 600
+    log = tmp_path / "access.log"
+    log.write_text(_line(old) + "Server be_app/h1 enters drain state.\n")
+    sample = sample_recent(log, LogParser())
+    written = log.stat().st_mtime
+    assert sample.last_is_request is False
+    assert None is HAProxySource._skew(sample.records, written, sample.last_is_request)
+    log.write_text(_line(old))
+    sample = sample_recent(log, LogParser())
+    assert sample.last_is_request is True
+    assert "wrong zone" in str(HAProxySource._skew(sample.records, written, True))
