@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -128,8 +129,15 @@ def test_github_gets_outputs_a_summary_one_error_and_masks_secrets(
     ensure_on_v1(fleet3)
     secret = "s3cr3t-e2e-token-Zq9"
     data = yaml.safe_load(fleet3.config.read_text())
-    data["hosts"][0]["meta"] = {"token": "${IMMUNITY_E2E_TOKEN}"}
     data.update(FAST)
+    # a secret the config reads from the environment: the probe's Authorization header
+    data["impact"] = {
+        "url": fleet3.url,
+        "rps": 5,
+        "before": "1s",
+        "after": "1s",
+        "headers": {"Authorization": "Bearer ${IMMUNITY_E2E_TOKEN}"},
+    }
     cfg = fleet3.dir / "gh.yaml"
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     gh_out, gh_sum = tmp_path / "out", tmp_path / "summary.md"
@@ -166,6 +174,8 @@ def test_github_gets_outputs_a_summary_one_error_and_masks_secrets(
     assert "| check | verdict | why |" in summary
     assert re.search(r"^\| [\w-]+ \| fail \| .*5xx", summary, re.M)
     assert secret not in summary and secret not in gh_out.read_text()
+    assert secret not in Path(outputs["report_path"]).read_text()
+    assert secret.encode() not in (fleet3.dir / "journal.db").read_bytes()
 
 
 def test_jsonl_prints_one_event_per_line_with_the_journal_names(fleet3: Sandbox) -> None:
@@ -217,3 +227,49 @@ def test_a_retried_octopus_step_resumes_the_deployment_from_the_journal(fleet3: 
     assert deployments[-1]["id"] == v["Immunity.DeploymentId"]
     assert deployments[-1]["outcome"] == "deployed"
     assert [h["active_release"] for h in fleet3.status()["hosts"]] == ["v2"] * 3
+
+
+def test_a_cancelled_github_workflow_leaves_the_fleet_on_one_release(fleet3: Sandbox) -> None:
+    """GitHub cancels a job with SIGINT: the deploy step finishes the host in flight and exits
+    130; the action's `if: cancelled()` step then aborts the deployment (on-cancel: abort) and
+    every host is back on the old release and serving."""
+    ensure_on_v1(fleet3)
+    cfg = fleet3.write_config("cancel.yaml", **GOOD)
+    inputs = {"config": str(cfg), "release": "v2", "immunity": EXE}
+    script, step_env = github_step("deploy", inputs)
+    env = {**_clean_env(), "GITHUB_ACTIONS": "true", **step_env}
+    load = Load(fleet3, 60)
+    try:
+        proc = subprocess.Popen(
+            ["bash", "-e", "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=fleet3.dir,
+            start_new_session=True,  # the runner signals the step's whole process group
+        )
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("host.") or "h1 serves v2" in line or "bake.started" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 130, "".join(seen) + rest
+        script, step_env = github_step("on-cancel", inputs)
+        r = subprocess.run(
+            ["bash", "-e", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**env, **step_env},
+            cwd=fleet3.dir,
+        )
+    finally:
+        load.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    hosts = fleet3.status()["hosts"]
+    assert [h["active_release"] for h in hosts] == ["v1"] * 3
+    assert [h["lb_state"] for h in hosts] == ["serving"] * 3
