@@ -169,7 +169,12 @@ def _finish(
 ) -> None:
     code = exit_code(result)
     data = {**result.to_dict(), "exit_code": code}
-    report_path = _write_report(config, result.deployment_id) if config else None
+    # a run that lost its lease writes nothing more, its report neither: the new holder's is
+    report_path = (
+        _write_report(config, result.deployment_id)
+        if config and str(result.outcome) != "superseded"
+        else None
+    )
     data["report_path"] = report_path
     json_file = json_dest
     if json_dest is None and report_path:  # the CD tool gets the JSON result as an artifact

@@ -54,7 +54,7 @@ async def status(fleet: Fleet) -> dict[str, Any]:
         members,
         actives,
         fleet.hosts,
-        fallbacks=dict(record.data.get("fallbacks", {})) if record else None,
+        fallbacks=_ran_before(record) if record else None,
     )
     hosts = []
     for h in fleet.hosts:
@@ -106,6 +106,13 @@ async def status(fleet: Fleet) -> dict[str, Any]:
             "reason": record.reason,
         }
     return out
+
+
+def _ran_before(record: DeploymentRecord) -> dict[str, str]:
+    """What each host ran when `record`'s run began: a deployment's fallbacks; for a
+    rollback, the releases it found (its fallbacks are where it goes, not where hosts are)."""
+    key = "previous" if record.data.get("rollback") else "fallbacks"
+    return {str(k): str(v) for k, v in dict(record.data.get(key, {})).items() if v}
 
 
 async def resumable(fleet: Fleet) -> DeploymentRecord:
