@@ -5,6 +5,8 @@ cli -> engine -> report, analysis -> roles (lb, hosts, signals, judge, notify, j
 concrete adapter (they go through plugins and the roles' `base` Protocols). The analysis sits
 between the engine (which asks it for a verdict) and the roles it uses (signals, judge). The report
 reads the journal (and re-judges with the analysis); the engine and the CLI write it.
+The one built-in source they name is `signals.probe`: it is configured by the top-level `probe`
+block, not chosen by `kind`, and the bake steers the traffic it sends.
 sandbox and bench sit beside cli (they drive the engine like a user would).
 """
 
@@ -84,6 +86,7 @@ def main() -> int:
                     mine in ("engine", "analysis")
                     and theirs in ROLES
                     and name.split(".")[-1] not in ("base", theirs)
+                    and name != "immunity.signals.probe"
                     and theirs != "judge"
                 ):
                     problems.append(f"{path}:{node.lineno}: engine names a concrete adapter {name}")

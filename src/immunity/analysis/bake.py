@@ -36,6 +36,8 @@ from immunity.config.models import Config
 from immunity.domain import Cohort, HostRef, Observation, Verdict
 from immunity.errors import ImmunityError
 from immunity.signals.base import SignalSource, delay_of, resolution_of, vet
+from immunity.signals.probe import NAME as PROBE
+from immunity.signals.probe import ProbeSource, customer_traffic
 
 log = logging.getLogger("immunity.analysis")
 
@@ -77,6 +79,32 @@ async def bake(
     config: Config,
     rec: Record,
     cohorts: Callable[[], Cohorts],
+    **kw: Any,
+) -> BakeResult:
+    """Judge until a verdict (see `_bake` for the arguments).
+
+    With a `probe` configured, probe traffic goes to both cohorts for the whole bake, steered
+    after every look by the customers' traffic (see `immunity.signals.probe`); every check
+    also judges it as a "(probe)" twin (see `BakeAnalysis`).
+    """
+    probe = signals.get(PROBE)
+    if not isinstance(probe, ProbeSource):
+        return await _bake(signals, config, rec, cohorts, None, **kw)
+
+    def probed() -> dict[Cohort, Sequence[HostRef]]:
+        now = cohorts()
+        return {Cohort.CANARY: now.canary, Cohort.BASELINE: now.baseline}
+
+    async with probe.sending(probed):
+        return await _bake(signals, config, rec, cohorts, probe, **kw)
+
+
+async def _bake(
+    signals: Mapping[str, SignalSource],
+    config: Config,
+    rec: Record,
+    cohorts: Callable[[], Cohorts],
+    probe: ProbeSource | None,
     *,
     wave: int,
     bake_no: int,
@@ -182,6 +210,8 @@ async def bake(
         )
         for n, (lo, hi) in windows.items():
             starts[n] = max(lo, hi)
+        if probe is not None:
+            probe.steer(t_s - last_t, customer_traffic(observations, len(now.canary)))
         step = analysis.look(t_s, observations, errored=errored, may_pass=may_pass())
         await rec.record(
             BAKE_LOOKED,
@@ -197,6 +227,7 @@ async def bake(
                 errored=errored,
                 windows={n: (lo.timestamp(), hi.timestamp()) for n, (lo, hi) in windows.items()},
             ),
+            **({"probe": probe.state} if probe is not None else {}),
         )
         window_start = end
         last_t = t_s

@@ -38,8 +38,9 @@ from typing import Literal
 from immunity.analysis.spending import judge_for
 from immunity.config.models import CheckConfig, Config
 from immunity.domain import CheckResult, Cohort, Observation, ObservationStatus, Outcome, Verdict
-from immunity.judge import build_judge, combine
+from immunity.judge import build_judge, combine, merge_probe
 from immunity.judge.base import Judge
+from immunity.signals.probe import NAME as PROBE
 
 GUARD_KINDS = ("error_rate_max", "latency_max")
 """Check kinds that judge the canary alone (they also run when no baseline is left)."""
@@ -88,6 +89,15 @@ class BakeAnalysis:
         self.judge_config = judge_for(config, bakes)
         self.carry: dict[str, list[float]] = {k: list(v) for k, v in (carry or {}).items()}
         self.checks = checks_for(config, relative, self.carry)
+        # With probe traffic, every check also judges it: a "(probe)" twin on the probe's
+        # observations, merged with its customer check into one result (`merge_probe`).
+        self.twins: dict[str, str] = {}
+        for c in list(self.checks) if config.probe is not None else []:
+            twin = c.model_copy(update={"name": f"{c.name} (probe)", "signal": PROBE})
+            if c.kind == "latency" and c.thresholds_ms is None and twin.name in self.carry:
+                twin = twin.model_copy(update={"thresholds_ms": list(self.carry[twin.name])})
+            self.checks.append(twin)
+            self.twins[c.name] = twin.name
         # the guard never certifies: its judges keep testing for a fail until it ends
         min_s = math.inf if purpose == "guard" else config.bake.min
         self.judges: list[tuple[str, str, Judge]] = [
@@ -171,6 +181,7 @@ class BakeAnalysis:
                 r if r.name == name else CheckResult(name, r.outcome, r.reason, r.numbers)
             )
         self.last_results = {r.name: r for r in results}
+        results = self._merged(results)
         verdict = combine(results, t_s) if results else _no_checks(t_s, cfg.bake.min)
         step = Step(t_s, verdict, self._decide(t_s, verdict, may_pass), self._frozen())
         self.last = step
@@ -231,12 +242,22 @@ class BakeAnalysis:
             for name, _, judge in self.judges
             for r in (judge.final(t_s),)
         ]
+        finals = self._merged(finals)
         final = combine(finals, t_s) if finals else _no_checks(t_s, b.min)
         if final.outcome is Outcome.CONTINUE:
             final = Verdict(
                 Outcome.INCONCLUSIVE, f"max bake {b.max:g}s reached: {final.reason}", final.checks
             )
         return final
+
+    def _merged(self, results: list[CheckResult]) -> list[CheckResult]:
+        """Each check with its probe twin as one result (as they are without a probe)."""
+        if not self.twins:
+            return results
+        by_name = {r.name: r for r in results}
+        return [
+            merge_probe(r, by_name[self.twins[r.name]]) for r in results if r.name in self.twins
+        ]
 
     def replay(
         self,

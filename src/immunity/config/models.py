@@ -409,6 +409,35 @@ class ImpactConfig(Strict):
     """Probe this long after the last step: the customers' view after the change."""
 
 
+class ProbeConfig(Strict):
+    """Probe traffic: identical requests straight to canary and baseline hosts during a bake,
+    judged by the same checks as customer traffic (see `immunity.signals.probe`)."""
+
+    paths: list[str] = Field(default_factory=lambda: ["/"], min_length=1)
+    """Request paths (with any query), sent in turn, the same ones to every host."""
+    rate: float = Field(default=10.0, gt=0, le=1000)
+    """Requests/s sent to each canary and baseline host while the probe runs."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Headers sent with every probe request (e.g. Host, or a synthetic-traffic marker)."""
+    timeout: Duration = 2.0
+    """A probe request not answered within this is an error."""
+    max_share: Fraction = 1.0
+    """The probe's requests never exceed this share of all the requests the fleet serves
+    (customers' and the probe's). Below 100%, no customers means no probe traffic."""
+    when: Literal["auto", "always"] = "auto"
+    """auto: only while customers bring a canary host fewer than `rate` requests/s."""
+    tls_verify: bool = True
+    """Check the hosts' certificates on https probe requests."""
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"probe paths must start with '/', got {bad}")
+        return v
+
+
 class JournalConfig(Strict):
     """Where every step, look and verdict is recorded."""
 
@@ -458,6 +487,8 @@ class Config(Strict):
     """What the judge checks at every look; see docs/judging.md."""
     judge: JudgeConfig = JudgeConfig()
     """How strict the judge is; see docs/judging.md."""
+    probe: ProbeConfig | None = None
+    """Probe traffic for quiet hours (off when absent)."""
     notify: list[AdapterBlock] = Field(default_factory=list)
     """Who is told about outcomes: `kind` (slack, teams, webhook, statsd) and its fields."""
     impact: ImpactConfig | None = None
@@ -532,6 +563,14 @@ class Config(Strict):
                     )
                 )
         unique("check name", "name", [(i, c.name) for i, c in enumerate(self.checks)], "checks")
+        if self.probe is not None and "probe" in sig_names:
+            out.append(
+                (
+                    ("signals", sig_names.index("probe"), "name"),
+                    "a signal is named 'probe', the name the probe's own observations take "
+                    "when a `probe` block is configured: rename that signal",
+                )
+            )
         for i, c in enumerate(self.checks):
             if c.signal not in sig_names:
                 close = difflib.get_close_matches(c.signal, sig_names, n=1, cutoff=0.6)

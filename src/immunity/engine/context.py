@@ -27,6 +27,8 @@ from immunity.lb.base import LoadBalancer
 from immunity.notify.base import Notifier
 from immunity.probe import HttpProber, Prober
 from immunity.signals.base import SignalSource
+from immunity.signals.probe import NAME as PROBE
+from immunity.signals.probe import ProbeSource
 
 log = logging.getLogger("immunity")
 
@@ -108,6 +110,8 @@ def build_fleet(loaded: LoadedConfig, journal: Journal | None = None) -> Fleet:
         name: plugins.adapter_class("signals", kind)(settings, base_dir=base)
         for name, (kind, settings) in loaded.signals.items()
     }
+    if cfg.probe is not None:
+        signals[PROBE] = ProbeSource(cfg.probe)
     notifiers = [
         plugins.adapter_class("notify", kind)(settings, base_dir=base)
         for kind, settings in loaded.notify

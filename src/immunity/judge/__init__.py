@@ -26,6 +26,7 @@ __all__ = [
     "LatencyMax",
     "build_judge",
     "combine",
+    "merge_probe",
 ]
 
 
@@ -102,3 +103,41 @@ def combine(
         checks,
         decided_at,
     )
+
+
+def merge_probe(customers: CheckResult, probe: CheckResult) -> CheckResult:
+    """One check judged twice, on customer traffic and on probe traffic, as one result.
+
+    Either fails -> fail. A signal that errored on either side -> error (a broken signal
+    is said, not papered over). Either passes -> pass: the probe exists for when customers
+    are too few to decide, and customers who suffice decide alone. Otherwise continue while
+    either is still gathering evidence, and inconclusive only when both are (no traffic of
+    either kind is never a pass). The probe's numbers are kept under `probe_*` keys.
+    """
+    numbers = {**customers.numbers, **{f"probe_{k}": v for k, v in probe.numbers.items()}}
+    name = customers.name
+
+    def out(outcome: Outcome, reason: str) -> CheckResult:
+        return CheckResult(name, outcome, reason, numbers)
+
+    if customers.outcome is Outcome.FAIL:
+        return out(Outcome.FAIL, customers.reason)
+    if probe.outcome is Outcome.FAIL:
+        return out(Outcome.FAIL, f"on probe traffic: {probe.reason}")
+    if customers.outcome is Outcome.ERROR:
+        return out(Outcome.ERROR, customers.reason)
+    if probe.outcome is Outcome.ERROR:
+        return out(Outcome.ERROR, f"probe traffic: {probe.reason}")
+    if customers.outcome is Outcome.PASS:
+        return out(Outcome.PASS, customers.reason)
+    if probe.outcome is Outcome.PASS:
+        return out(
+            Outcome.PASS, f"on probe traffic: {probe.reason} (customers: {customers.reason})"
+        )
+    if customers.outcome is Outcome.CONTINUE:
+        return out(Outcome.CONTINUE, customers.reason)
+    if probe.outcome is Outcome.CONTINUE:
+        return out(
+            Outcome.CONTINUE, f"on probe traffic: {probe.reason} (customers: {customers.reason})"
+        )
+    return out(Outcome.INCONCLUSIVE, f"{customers.reason}; probe traffic: {probe.reason}")

@@ -222,8 +222,16 @@ bake:
   min: 20s
   max: 90s
 judge:
-  # A canary proven under 0.5% 5xx passes even when the baseline has no errors at all.
-  error_floor: 0.5%
+  # A canary proven under 1% 5xx passes even when the baseline has no errors at all (at
+  # the probe's 12 requests/s that takes about 50 s of error-free requests).
+  error_floor: 1%
+# With few or no customers (no `immunity sandbox load` running), immunity sends its own
+# identical requests straight to the canary and baseline hosts during each bake and judges
+# them with the same checks; it stops while customers bring a canary host 12 requests/s.
+probe:
+  paths: [/]
+  rate: 12
+  timeout: 2s
 journal:
   path: journal.db
 """

@@ -16,6 +16,7 @@ from immunity.judge import (
     LatencyMax,
     build_judge,
     combine,
+    merge_probe,
 )
 
 
@@ -74,3 +75,32 @@ def test_undecided_checks_continue() -> None:
     assert (
         combine([_r("a", Outcome.PASS), _r("b", Outcome.CONTINUE)], 5).outcome is Outcome.CONTINUE
     )
+
+
+def _one(outcome: Outcome, reason: str = "r", **numbers: float) -> CheckResult:
+    return CheckResult("errors", outcome, reason, numbers)
+
+
+@pytest.mark.parametrize(
+    ("customers", "probe", "merged"),
+    [
+        (Outcome.FAIL, Outcome.PASS, Outcome.FAIL),
+        (Outcome.PASS, Outcome.FAIL, Outcome.FAIL),
+        (Outcome.INCONCLUSIVE, Outcome.PASS, Outcome.PASS),
+        (Outcome.CONTINUE, Outcome.PASS, Outcome.PASS),
+        (Outcome.PASS, Outcome.INCONCLUSIVE, Outcome.PASS),
+        (Outcome.INCONCLUSIVE, Outcome.CONTINUE, Outcome.CONTINUE),
+        (Outcome.CONTINUE, Outcome.INCONCLUSIVE, Outcome.CONTINUE),
+        (Outcome.INCONCLUSIVE, Outcome.INCONCLUSIVE, Outcome.INCONCLUSIVE),
+    ],
+)
+def test_a_check_judged_on_customers_and_probe_traffic_is_one_result(
+    customers: Outcome, probe: Outcome, merged: Outcome
+) -> None:
+    """Either fails -> fail; either passes -> pass; no traffic of either kind is never a pass."""
+    out = merge_probe(_one(customers, "customers", t_s=1.0), _one(probe, "probe", t_s=2.0))
+    assert out.outcome is merged
+    assert out.name == "errors"
+    assert out.numbers == {"t_s": 1.0, "probe_t_s": 2.0}
+    if probe is Outcome.FAIL or (merged is Outcome.PASS and customers is not Outcome.PASS):
+        assert out.reason.startswith("on probe traffic: probe")

@@ -1,0 +1,70 @@
+"""A quiet hour: no customer load at all. Probe traffic decides (issue 9, item 3)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from e2e_helpers import FAST, Sandbox
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+PROBE = {"paths": ["/"], "rate": 20, "timeout": "2s"}
+# Long enough for 40 baseline probe requests/s to set the p50/p90 thresholds and certify.
+BAKE = {**FAST["bake"], "max": "90s"}
+
+
+def quiet(sbx: Sandbox, name: str) -> Path:
+    return sbx.write_config(name, **{**FAST, "bake": BAKE, "probe": PROBE})
+
+
+def ensure_on_v1(sbx: Sandbox) -> None:
+    hosts = sbx.status()["hosts"]
+    if all(h["active_release"] == "v1" and h["lb_state"] == "serving" for h in hosts):
+        return
+    r = sbx.run("deploy", "-c", str(sbx.write_config("plain.yaml", **{**FAST, "checks": []})),
+                "--release", "v1")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def probe_looks(sbx: Sandbox, deployment_id: str) -> list[dict[str, object]]:
+    with sqlite3.connect(sbx.dir / "journal.db") as db:
+        rows = db.execute(
+            "SELECT data FROM entries WHERE kind = 'bake.looked' AND deployment_id = ?",
+            (deployment_id,),
+        ).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def test_with_no_customers_a_good_release_deploys_on_probe_traffic(fleet3: Sandbox) -> None:
+    """No load at all: exit 0, every host on v2 and serving, the verdict decided by the probe."""
+    ensure_on_v1(fleet3)
+    r = fleet3.run("deploy", "-c", str(quiet(fleet3, "quiet.yaml")), "--release", "v2",
+                   "--json", "quiet-good.json")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    hosts = fleet3.status()["hosts"]
+    assert [h["active_release"] for h in hosts] == ["v2"] * 3
+    assert fleet3.servers_state() == {"h1": 0, "h2": 0, "h3": 0}
+    result = json.loads((fleet3.dir / "quiet-good.json").read_text())
+    assert result["outcome"] == "deployed"
+    looks = probe_looks(fleet3, result["deployment_id"])
+    assert looks and all(str(look.get("probe", "")).startswith("on ") for look in looks)
+
+
+def test_with_no_customers_a_release_with_5pct_errors_is_reverted_within_30_s(
+    fleet3: Sandbox,
+) -> None:
+    """No load at all: exit 3 within 30 s of the first canary entering the pool, fleet on v1,
+    the failing check judged on probe traffic."""
+    ensure_on_v1(fleet3)
+    r = fleet3.run("deploy", "-c", str(quiet(fleet3, "quiet.yaml")), "--release", "v3",
+                   "--json", "quiet-bad.json")  # fmt: skip
+    assert r.returncode == 3, r.stdout + r.stderr[-2000:]
+    result = json.loads((fleet3.dir / "quiet-bad.json").read_text())
+    assert result["verdict"]["outcome"] == "fail"
+    assert "on probe traffic" in result["verdict"]["reason"]
+    assert result["detected_after_s"] is not None and result["detected_after_s"] <= 30
+    assert [h["active_release"] for h in fleet3.status()["hosts"]] == ["v1"] * 3
+    assert fleet3.servers_state() == {"h1": 0, "h2": 0, "h3": 0}
