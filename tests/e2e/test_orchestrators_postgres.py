@@ -139,21 +139,25 @@ def _assert_whole(sbx: Sandbox, release: str, url: str) -> None:
 def test_the_same_app_is_refused_with_exit_5_naming_the_holder_machine_and_since(
     loaded: Sandbox, pg_url: str, tmp_path: Path
 ) -> None:
-    """While runner-a deploys, runner-b's deploy of the same app exits 5 naming pid, machine
-    and since; runner-a finishes untouched."""
-    a = Machine(loaded, tmp_path, "runner-a", pg_url, **{**PLAIN, "bake": {"min": "4s"}})
+    """While runner-a holds the lease (held still with SIGSTOP, so that runner-b's start,
+    however slow, meets it), runner-b's deploy of the same app exits 5 naming pid, machine
+    and since; runner-a, let go, finishes untouched."""
+    a = Machine(loaded, tmp_path, "runner-a", pg_url, **PLAIN)
     b = Machine(loaded, tmp_path, "runner-b", pg_url, **PLAIN)
     new = "v2" if _current(loaded) != "v2" else "v1"
     first = a.start("deploy", "--release", new, "--no-live")
     try:
         _wait_for(lambda: bool(_held(pg_url)), "runner-a's lease", first)
+        os.kill(first.pid, signal.SIGSTOP)
         since = _rows(pg_url, "SELECT acquired_at FROM leases")[0][0]
         r = b.run("deploy", "--release", new)
+        os.kill(first.pid, signal.SIGCONT)
         assert r.returncode == 5, r.stdout + r.stderr
         text = " ".join((r.stdout + r.stderr).split())
         assert f"pid {first.pid} on machine runner-a" in text, text
         assert since.strftime("%Y-%m-%d %H:%M:%S") in text, (since, text)
     finally:
+        os.kill(first.pid, signal.SIGCONT)
         err = first.communicate(timeout=180)[1]
     assert first.returncode == 0, err[-2000:]
     _assert_whole(loaded, new, pg_url)
@@ -166,24 +170,29 @@ def test_a_killed_orchestrator_is_resumed_from_another_machine_after_lease_ttl(
     loaded: Sandbox, pg_url: str, tmp_path: Path
 ) -> None:
     """runner-a is SIGKILLed mid-deployment; runner-b (other folder, no shared disk) is
-    refused while the lease is young, takes it over once lease_ttl has passed, finishes."""
+    refused while the lease is young (if it gets there that soon), takes it over only once
+    lease_ttl has passed since the last heartbeat (by the server's clock), finishes."""
     ttl = {**PLAIN, "lease_ttl": "24s"}  # well beyond a CLI's start on a loaded machine
     a = Machine(loaded, tmp_path, "runner-a", pg_url, **ttl)
     b = Machine(loaded, tmp_path, "runner-b", pg_url, **ttl)
     new = "v2" if _current(loaded) != "v2" else "v1"
     r = a.run("deploy", "--release", new, env={"IMMUNITY_FAULT_KILL_AT": "host.step_started:9"})
     assert r.returncode == -9, r.stderr[-1500:]
+    last_beat = _rows(pg_url, "SELECT heartbeat_at FROM leases")[0][0]
     killed_at = time.monotonic()
-    early = b.run("resume")
-    assert early.returncode == 5 and "runner-a" in early.stdout + early.stderr
+    refusals = 0
     while True:
         r = b.run("resume")
         if r.returncode != 5:
             break
-        assert time.monotonic() - killed_at < 90, r.stderr[-1500:]
+        refusals += 1
+        assert "runner-a" in r.stdout + r.stderr and "heart-beating" in r.stdout + r.stderr
+        assert time.monotonic() - killed_at < 120, r.stderr[-1500:]
     assert r.returncode == 0, r.stdout + r.stderr[-1500:]
-    # the last heartbeat was at most lease_ttl/3 before the kill
-    assert time.monotonic() - killed_at >= 24 * 2 / 3
+    # by the server's clock, the takeover came no sooner than lease_ttl after the last
+    # heartbeat (on a loaded machine the first attempt may already be that late)
+    taken = _rows(pg_url, "SELECT at FROM entries WHERE kind='deployment.resumed'")[0][0]
+    assert (taken - last_beat).total_seconds() >= 24, (taken, last_beat, refusals)
     _assert_whole(loaded, new, pg_url)
     resumed = _rows(pg_url, "SELECT data->>'holder' FROM entries WHERE kind='deployment.resumed'")
     assert len(resumed) == 1 and resumed[0][0].startswith("runner-b:")
@@ -197,8 +206,13 @@ def test_a_stale_orchestrator_that_wakes_up_changes_nothing(
     """runner-a is frozen (SIGSTOP) while baking; runner-b takes over after lease_ttl and
     finishes; runner-a woken (SIGCONT) is refused at its next write: it exits 5, and neither
     the fleet nor the journal changes."""
-    a = Machine(
-        loaded, tmp_path, "runner-a", pg_url, **{**PLAIN, "bake": {"min": "30s", "max": "60s"}}
+    guard = [{"name": "error-rate-guard", "signal": "lb", "kind": "error_rate_max", "max": "2%"}]
+    a = Machine(  # a bake that lasts: checks that need 30 s of traffic
+        loaded,
+        tmp_path,
+        "runner-a",
+        pg_url,
+        **{**PLAIN, "checks": guard, "bake": {"min": "30s", "max": "60s", "interval": "500ms"}},
     )
     b = Machine(loaded, tmp_path, "runner-b", pg_url, **PLAIN)
     new = "v2" if _current(loaded) != "v2" else "v1"
@@ -248,15 +262,13 @@ def test_two_apps_deploy_at_the_same_time_on_one_database(
     info = sandbox.create_sandbox(other, 2, app="blog")
     try:
         sandbox.add_release(other, "v2", cold_start_s=0.5)
-        blog = Sandbox(other, info.url, info.config_path)
-        load2 = Load(blog, 30, "blog-load.jsonl")
+        blog = Sandbox(other, info.url, info.config_path)  # no checks: no customers needed
         a = Machine(loaded, tmp_path, "runner-a", pg_url, **{**PLAIN, "bake": {"min": "2s"}})
         b = Machine(blog, tmp_path, "runner-b", pg_url, **{**PLAIN, "bake": {"min": "2s"}})
         new = "v2" if _current(loaded) != "v2" else "v1"
         pa = a.start("deploy", "--release", new, "--no-live")
         pb = b.start("deploy", "--release", "v2", "--no-live")
         ea, eb = pa.communicate(timeout=200)[1], pb.communicate(timeout=200)[1]
-        load2.stop()
         assert (pa.returncode, pb.returncode) == (0, 0), ea[-1500:] + eb[-1500:]
         rows = _rows(pg_url, "SELECT app, outcome, started_at, finished_at FROM deployments")
         assert sorted((r[0], r[1]) for r in rows) == [("blog", "deployed"), ("sandbox", "deployed")]
