@@ -27,7 +27,6 @@ from rich.table import Table
 from rich.text import Text
 
 from immunity.domain import Event
-from immunity.judge.evidence import histogram_quantile
 
 PHASE_STYLE = {
     "drain": "yellow",
@@ -62,6 +61,8 @@ def clock(seconds: float) -> str:
 def quantile(bounds: Sequence[float], buckets: Sequence[float], q: float) -> float | None:
     """The `q` quantile (ms) of a latency histogram (see `histogram_quantile`); None when empty,
     `inf` past the last bound."""
+    from immunity.judge.evidence import histogram_quantile  # numpy: not at CLI start
+
     v = histogram_quantile(bounds, [int(b) for b in buckets], q)
     return None if math.isnan(v) else v
 
