@@ -50,7 +50,9 @@ def to_svg(fig: Figure) -> str:
     return text[text.index("<svg") :]
 
 
-def _marks(ax: Any, data: Mapping[str, Any], label: bool = True) -> None:
+def _marks(
+    ax: Any, data: Mapping[str, Any], label: bool = True, verdict_label: bool = True
+) -> None:
     for w in data["timeline"]["waves"]:
         ax.axvline(w["start"], color="#999", lw=0.8, ls=":")
         if label:
@@ -67,7 +69,7 @@ def _marks(ax: Any, data: Mapping[str, Any], label: bool = True) -> None:
     for v in data["verdicts"]:
         color = VERDICT.get(str(v["outcome"]), "#555")
         ax.axvline(v["t"], color=color, lw=1.6, ls="--")
-        if label and v["outcome"] == "fail":
+        if label and verdict_label and v["outcome"] == "fail":
             ax.annotate(
                 f"verdict: {v['outcome']} at {v['t']:.1f}s",
                 (v["t"], 0.86),
@@ -112,7 +114,7 @@ def timeline_svg(data: Mapping[str, Any]) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the deployment started (hatched: revert)")
     ax.set_xlim(0, end_t * 1.02)
-    _marks(ax, data)
+    _marks(ax, data, verdict_label=False)  # the bars would hide it; the signal charts say it
     ax.legend(ncol=7, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
     ax.set_title("Timeline: each host's steps", loc="left", fontsize=10)
     return to_svg(fig)
