@@ -41,9 +41,15 @@ class CapacityGuard:
                         hint="put those hosts back in the pool (or `immunity rollback`), then retry",
                         context={"host": host, "out": ",".join(sorted(self._out))},
                     )
-                await self._changed.wait()
+                try:
+                    await self._changed.wait()
+                except BaseException:
+                    self._changed.notify(1)  # pass on a wake-up this waiter may have taken
+                    raise
             self._out.add(host)
             self._walking.add(host)
+            if len(self._out) < self.max_unavailable:
+                self._changed.notify(1)  # room for one more: wake the next waiter
 
     def mark_out(self, host: str) -> None:
         """Count a host found out of the pool (at resume), even past the limit; parked
@@ -66,7 +72,9 @@ class CapacityGuard:
                 self._changed.notify_all()
 
     async def give_back(self, host: str) -> None:
+        """Free `host`'s slot and wake one waiter (not all: with thousands of hosts waiting
+        for a slot, waking every one of them at every give-back is quadratic)."""
         async with self._changed:
             self._out.discard(host)
             self._walking.discard(host)
-            self._changed.notify_all()
+            self._changed.notify(1)

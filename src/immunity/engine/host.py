@@ -43,7 +43,7 @@ class HostSwitcher:
         self.last_answer: dict[str, str] = {}  # host -> why its drain waits
         # Hosts this switcher has asked the balancer to drain and not yet seen healthy
         # again: the balancer may still call them serving for a moment.
-        self._leaving: set[str] = set()
+        self._leaving: dict[str, str] = {}  # host name -> its balancer id
         self._drain_lock = anyio.Lock()
         self._shields: set[anyio.CancelScope] = set()
 
@@ -93,7 +93,7 @@ class HostSwitcher:
         async def enable() -> None:
             await lb.enable(host)
             await lb.wait_healthy(host)
-            self._leaving.discard(host.name)
+            self._leaving.pop(host.name, None)
 
         # A host already running `release` (a revert of a host whose switch failed before
         # it was stopped, a resume after the start step) only needs to be proven healthy and
@@ -141,15 +141,13 @@ class HostSwitcher:
             async with self._drain_lock:
                 pool = await lb.pool_members()
                 mine = pool.get(host.balancer_id)
-                others = [
-                    name
+                leaving = set(self._leaving.values())
+                others = any(
+                    name != host.balancer_id and m.state is LbState.SERVING and name not in leaving
                     for name, m in pool.items()
-                    if name != host.balancer_id
-                    and m.state is LbState.SERVING
-                    and name not in self._leaving_ids()
-                ]
+                )
                 if mine is None or mine.state is not LbState.SERVING or others:
-                    self._leaving.add(host.name)
+                    self._leaving[host.name] = host.balancer_id
                     await lb.drain(host)
                     self.last_answer.pop(host.name, None)
                     return
@@ -157,9 +155,6 @@ class HostSwitcher:
                 "no other pool member serving: draining it would leave customers none"
             )
             await self.fleet.clock.sleep(0.2)
-
-    def _leaving_ids(self) -> set[str]:
-        return {h.balancer_id for h in self.fleet.hosts if h.name in self._leaving}
 
     async def _step(
         self,

@@ -106,6 +106,7 @@ class HostState:
     installed: list[str]
     active: str | None
     lb: LbState = LbState.SERVING
+    name: str = ""
 
 
 @dataclass
@@ -125,11 +126,21 @@ class World:
     switches: int = 0  # hosts that became active on another release
     out: int = 0  # hosts not serving now
     peak_out: int = 0  # the most hosts ever not serving at once
+    _members: dict[str, Member] = field(default_factory=dict, repr=False)
+
+    def member(self, name: str) -> Member:
+        """The balancer's view of `name` (cached until its state changes)."""
+        m = self._members.get(name)
+        state = self.hosts[name].lb
+        if m is None or m.state is not state:
+            m = self._members[name] = Member(name, state)
+        return m
 
     def set_lb(self, st: HostState, state: LbState) -> None:
         """Change a host's pool state, counting hosts out of service (for capacity checks)."""
         was_out = st.lb is not LbState.SERVING
         st.lb = state
+        self._members.pop(st.name, None)
         self.out += (state is not LbState.SERVING) - was_out
         self.peak_out = max(self.peak_out, self.out)
 
@@ -143,7 +154,7 @@ class World:
     ) -> World:
         rel = dict(releases or {"v1": Behaviour(), "v2": Behaviour()})
         rel.setdefault(release, Behaviour())
-        return cls({n: HostState([release], release) for n in names}, rel, **kw)
+        return cls({n: HostState([release], release, name=n) for n in names}, rel, **kw)
 
     async def wait(self, host: str, step: str, seconds: float) -> None:
         """Take `seconds`; raise or hang as `fail`/`hang` say for (host, step)."""
@@ -174,15 +185,11 @@ class MemoryBalancer:
 
     async def members(self, hosts: Sequence[HostRef]) -> dict[str, Member]:
         await self.world.wait("*", "members", self.world.latencies.call)
-        return {
-            h.name: Member(h.name, self.world.hosts[h.name].lb)
-            for h in hosts
-            if h.name in self.world.hosts
-        }
+        return {h.name: self.world.member(h.name) for h in hosts if h.name in self.world.hosts}
 
     async def pool_members(self) -> dict[str, Member]:
         await self.world.wait("*", "members", self.world.latencies.call)
-        return {n: Member(n, s.lb) for n, s in self.world.hosts.items()}
+        return {n: self.world.member(n) for n in self.world.hosts}
 
     async def drain(self, host: HostRef) -> None:
         await self.world.wait(host.name, "drain_request", self.world.latencies.call)
