@@ -1,5 +1,6 @@
-"""The `Journal` contract, passed by every journal: SQLite (a file) and PostgreSQL (a real
-throwaway server). Two journal objects on one store stand for two orchestrator processes.
+"""The `Journal` contract, passed by every journal: SQLite (a file), PostgreSQL (a real
+throwaway server) and the in-memory one of `immunity.testing`. Two journal objects on one
+store stand for two orchestrator processes.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ import pytest
 from immunity.errors import LeaseHeld, LeaseLost
 from immunity.journal import Journal, open_journal
 from immunity.journal.base import DeploymentRecord
+from immunity.testing import MemoryJournal, MemoryStore
 
 Opener = Callable[[], Journal]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    """Opens a new journal object on one shared store (each call: another 'process')."""
+    """Opens a new journal object on one shared store (each call: another 'process');
+    `memory` is immunity.testing's in-memory journal, held to the same contract."""
+    if request.param == "memory":
+        store = MemoryStore()
+        yield lambda: MemoryJournal(store)
+        return
     if request.param == "sqlite":
         url = f"sqlite:{tmp_path / 'journal.db'}"
     else:
