@@ -41,6 +41,13 @@ plt.rcParams.update(
 )
 
 
+def _legend(ax: Any, **kw: Any) -> None:
+    """A legend only when something on the axes has a label (matplotlib warns otherwise, and
+    the warning would land in the deploy's output)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def to_svg(fig: Figure) -> str:
     """The figure as an inline `<svg>` element (XML prolog and DOCTYPE removed)."""
     buf = io.StringIO()
@@ -115,7 +122,7 @@ def timeline_svg(data: Mapping[str, Any]) -> str:
     ax.set_xlabel("seconds since the deployment started (hatched: revert)")
     ax.set_xlim(0, end_t * 1.02)
     _marks(ax, data, verdict_label=False)  # the bars would hide it; the signal charts say it
-    ax.legend(ncol=7, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
+    _legend(ax, ncol=7, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
     ax.set_title("Timeline: each host's steps", loc="left", fontsize=10)
     return to_svg(fig)
 
@@ -137,13 +144,13 @@ def signal_svg(name: str, s: Mapping[str, Any], data: Mapping[str, Any]) -> str:
         _line(a2, t, s[cohort]["p50"], color=color, lw=1, ls="--", label=f"{cohort} p50")
     a1.set_ylabel("5xx / requests (%)")
     a1.set_ylim(bottom=0)
-    a1.legend(fontsize=8, loc="upper left")
+    _legend(a1, fontsize=8, loc="upper left")
     a1.set_title(
         f"Signal {name}: canary vs baseline (rolling over the last looks)", loc="left", fontsize=10
     )
     a2.set_ylabel("latency (ms)")
     a2.set_ylim(bottom=0)
-    a2.legend(fontsize=8, loc="upper left", ncol=2)
+    _legend(a2, fontsize=8, loc="upper left", ncol=2)
     a2.set_xlabel("seconds since the deployment started")
     a2.set_xlim(0, float(data["duration_s"] or 1.0) * 1.02)
     _marks(a1, data)
@@ -161,13 +168,13 @@ def impact_svg(impact: Mapping[str, Any], data: Mapping[str, Any]) -> str | None
     a1.bar(t, sec.get("failed", []), width=1.0, color=CANARY, label="failed requests")
     a1.plot(t, sec.get("requests", []), color="#555", lw=1, label="requests")
     a1.set_ylabel("per second")
-    a1.legend(fontsize=8, loc="upper left")
+    _legend(a1, fontsize=8, loc="upper left")
     a1.set_title(f"What customers saw through {impact.get('url', '')}", loc="left", fontsize=10)
     _line(a2, t, sec.get("p99_ms", []), color="#6a1b9a", lw=1.5, label="p99")
     _line(a2, t, sec.get("max_ms", []), color="#6a1b9a", lw=0.8, ls=":", label="max")
     a2.set_ylabel("latency (ms)")
     a2.set_ylim(bottom=0)
-    a2.legend(fontsize=8, loc="upper left")
+    _legend(a2, fontsize=8, loc="upper left")
     a2.set_xlabel("seconds since the deployment started")
     a2.set_xlim(0, float(data["duration_s"] or 1.0) * 1.02)
     for ax in (a1, a2):
