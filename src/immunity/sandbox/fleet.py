@@ -203,11 +203,14 @@ checks:
     # p99 needs ~2,500 baseline requests to freeze and many more to certify: at sandbox
     # traffic it is watched by the absolute guard below instead
     quantiles: [0.5, 0.9]
+  # a grossly slow release; the latency check above catches regressions against the
+  # baseline. 1 s leaves head-room for a busy laptop, where the probe's own requests (timed
+  # from immunity's process) wait for CPU too.
   - name: p99-guard
     signal: lb
     kind: latency_max
     quantile: 0.99
-    max: 250
+    max: 1000
   - name: error-rate-guard
     signal: lb
     kind: error_rate_max
