@@ -78,6 +78,11 @@ def test_a_bad_release_is_reverted_on_every_host_with_exit_3(fleet3: Sandbox) ->
     journaled = json.loads(row[0])["verdict"]
     assert result["verdict"]["reason"] == journaled["reason"]
     assert next(c for c in journaled["checks"] if c["outcome"] == "fail")["numbers"]
+    # after the revert the fleet already serves what it ran before: rollback says so, exit 2
+    rb = fleet3.run("rollback", "-c", str(cfg))
+    assert 2 == rb.returncode, rb.stdout + rb.stderr[-1500:]
+    assert "nothing to roll back" in rb.stderr
+    assert [h["active_release"] for h in fleet3.status()["hosts"]] == ["v1"] * 3
 
 
 def test_a_release_that_never_warms_up_is_reverted_with_the_failed_step_as_reason(

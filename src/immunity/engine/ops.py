@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 
+from immunity.domain import LbState
 from immunity.engine.context import Fleet, holder_alive
 from immunity.engine.deployment import conclude_revert, continue_deployment, unknown_members
 from immunity.engine.fleetview import derive
@@ -164,6 +165,21 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
                 targets[h.name] = installed[-1]
     if not targets:
         raise NothingToResume("no host has a previous release to roll back to")
+    members = await fleet.lb.members(fleet.hosts)
+    if record is not None and all(
+        actives.get(name) == release
+        and members.get(name) is not None
+        and members[name].state is LbState.SERVING
+        for name, release in targets.items()
+    ):
+        # e.g. after a reverted deployment: the fleet already serves what it ran before it
+        on = ", ".join(sorted(set(targets.values())))
+        raise NothingToResume(
+            f"nothing to roll back: every host already serves the release it ran before the "
+            f"last deployment ({record.release}, {record.outcome or 'unfinished'}): {on}",
+            hint="`immunity history` lists the deployments; to go further back, deploy that "
+            "release: `immunity deploy -c FILE --release NAME`",
+        )
     current = next((r for r in actives.values() if r), "unknown")
 
     async def prepare() -> dict[str, Any]:
