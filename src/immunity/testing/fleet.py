@@ -4,9 +4,15 @@ The world holds each host's installed and active release and its state in the po
 each release's behaviour (error rate, latency, whether it becomes healthy and warms up).
 Every call waits its configured latency on the injected clock, so a fleet runs in real time
 (`bench scale`) or in virtual time (`VirtualClock`, the engine's unit tests) alike. Faults
-are set per host and step: `world.fail[("h2", "start")] = "no disk"` makes that step raise,
+are set per host and step: `world.fail[("h2", "start")] = "no disk"` makes that step raise
+(the role's own error: `BalancerError` from the balancer, `HostError` from the driver),
 `fail_once` the same, the first time only; `world.hang.add(("h2", "drain"))` makes it wait
-until the caller's deadline.
+until the caller's deadline, every time, `hang_once` the first time only.
+
+Steps: the balancer's `drain_request` (`drain`), `drain` (`wait_drained`),
+`enable_request` (`enable`), `health` (`wait_healthy`), `members`; the driver's `read`,
+`install`, `stop`, `start`; the prober's `verify`, `warmup`; the signals' `observe`
+(host `*`).
 
 `memory_fleet(...)` builds an engine `Fleet` over a new world from a config dict.
 """
@@ -122,6 +128,7 @@ class World:
     fail: dict[tuple[str, str], str] = field(default_factory=dict)
     fail_once: dict[tuple[str, str], str] = field(default_factory=dict)
     hang: set[tuple[str, str]] = field(default_factory=set)
+    hang_once: set[tuple[str, str]] = field(default_factory=set)
     calls: int = 0
     switches: int = 0  # hosts that became active on another release
     out: int = 0  # hosts not serving now
@@ -156,23 +163,37 @@ class World:
         rel.setdefault(release, Behaviour())
         return cls({n: HostState([release], release, name=n) for n in names}, rel, **kw)
 
-    async def wait(self, host: str, step: str, seconds: float) -> None:
-        """Take `seconds`; raise or hang as `fail`/`hang` say for (host, step)."""
+    async def wait(
+        self,
+        host: str,
+        step: str,
+        seconds: float,
+        error: type[HostError] | type[BalancerError] = HostError,
+    ) -> None:
+        """Take `seconds`; raise `error` or hang as `fail`/`hang` (and their `_once`) say for
+        (host, step)."""
         self.calls += 1
         if seconds > 0:
             await self.clock.sleep(seconds)
-        if (host, step) in self.hang:
+        key = (host, step)
+        if key in self.hang or key in self.hang_once:
+            self.hang_once.discard(key)
             await anyio.sleep_forever()
-        why = self.fail.get((host, step)) or self.fail_once.pop((host, step), None)
+        why = self.fail.get(key) or self.fail_once.pop(key, None)
         if why is not None:
-            raise HostError(f"{host}: {step}: {why}", adapter="memory", host=host)
+            raise error(f"{host}: {step}: {why}", adapter="memory", host=host)
 
-    def state(self, host: HostRef) -> HostState:
+    def state(
+        self, host: HostRef, error: type[HostError] | type[BalancerError] = HostError
+    ) -> HostState:
+        """`host`'s state; `error` naming it when the fleet has no such host."""
         try:
             return self.hosts[host.name]
         except KeyError:
-            raise HostError(
-                f"{host.name}: no such host in the in-memory fleet", adapter="memory"
+            raise error(
+                f"{host.name}: no such host in the in-memory fleet",
+                adapter="memory",
+                host=host.name,
             ) from None
 
 
@@ -184,38 +205,34 @@ class MemoryBalancer:
         self.world = world
 
     async def members(self, hosts: Sequence[HostRef]) -> dict[str, Member]:
-        await self.world.wait("*", "members", self.world.latencies.call)
+        await self.world.wait("*", "members", self.world.latencies.call, BalancerError)
         return {h.name: self.world.member(h.name) for h in hosts if h.name in self.world.hosts}
 
     async def pool_members(self) -> dict[str, Member]:
-        await self.world.wait("*", "members", self.world.latencies.call)
+        await self.world.wait("*", "members", self.world.latencies.call, BalancerError)
         return {n: self.world.member(n) for n in self.world.hosts}
 
     async def drain(self, host: HostRef) -> None:
-        await self.world.wait(host.name, "drain_request", self.world.latencies.call)
-        st = self.world.state(host)
+        await self.world.wait(host.name, "drain_request", self.world.latencies.call, BalancerError)
+        st = self.world.state(host, BalancerError)
         if st.lb is not LbState.OUT:
             self.world.set_lb(st, LbState.DRAINING)
 
     async def wait_drained(self, host: HostRef) -> None:
-        st = self.world.state(host)
+        st = self.world.state(host, BalancerError)
         if st.lb is not LbState.OUT:
-            await self.world.wait(host.name, "drain", self.world.latencies.drain)
+            await self.world.wait(host.name, "drain", self.world.latencies.drain, BalancerError)
             self.world.set_lb(st, LbState.OUT)
 
-    async def disable(self, host: HostRef) -> None:
-        await self.world.wait(host.name, "disable", self.world.latencies.call)
-        self.world.set_lb(self.world.state(host), LbState.OUT)
-
     async def enable(self, host: HostRef) -> None:
-        await self.world.wait(host.name, "enable_request", self.world.latencies.call)
-        st = self.world.state(host)
+        await self.world.wait(host.name, "enable_request", self.world.latencies.call, BalancerError)
+        st = self.world.state(host, BalancerError)
         if st.lb is not LbState.SERVING:
             self.world.set_lb(st, LbState.UNHEALTHY)
 
     async def wait_healthy(self, host: HostRef) -> None:
-        st = self.world.state(host)
-        await self.world.wait(host.name, "health", self.world.latencies.health)
+        st = self.world.state(host, BalancerError)
+        await self.world.wait(host.name, "health", self.world.latencies.health, BalancerError)
         while not (st.active and self.world.releases[st.active].healthy):
             await self.world.clock.sleep(1.0)  # health checks go on failing
         if st.lb is LbState.UNHEALTHY:
