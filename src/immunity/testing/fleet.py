@@ -19,6 +19,7 @@ Steps: the balancer's `drain_request` (`drain`), `drain` (`wait_drained`),
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
@@ -115,6 +116,16 @@ class HostState:
     name: str = ""
 
 
+@dataclass(frozen=True)
+class Served:
+    """One request a host answered: when (epoch seconds), status, latency (ms)."""
+
+    at: float
+    host: str
+    status: int
+    latency_ms: float
+
+
 @dataclass
 class World:
     """Everything the in-memory adapters share. Mutate it in tests; read it to check."""
@@ -129,11 +140,18 @@ class World:
     fail_once: dict[tuple[str, str], str] = field(default_factory=dict)
     hang: set[tuple[str, str]] = field(default_factory=set)
     hang_once: set[tuple[str, str]] = field(default_factory=set)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    """Requests in flight per host: `wait_drained` waits until its host has none."""
+    served: list[Served] = field(default_factory=list)
+    """Requests sent one by one (`serve`, `route`), counted by `MemorySignals` beside the
+    `rps_per_host` traffic."""
     calls: int = 0
     switches: int = 0  # hosts that became active on another release
     out: int = 0  # hosts not serving now
     peak_out: int = 0  # the most hosts ever not serving at once
     _members: dict[str, Member] = field(default_factory=dict, repr=False)
+    _next: int = field(default=0, repr=False)
+    _answered: dict[str, int] = field(default_factory=dict, repr=False)
 
     def member(self, name: str) -> Member:
         """The balancer's view of `name` (cached until its state changes)."""
@@ -162,6 +180,33 @@ class World:
         rel = dict(releases or {"v1": Behaviour(), "v2": Behaviour()})
         rel.setdefault(release, Behaviour())
         return cls({n: HostState([release], release, name=n) for n in names}, rel, **kw)
+
+    def serve(self, host: str, status: int = 200, latency_ms: float | None = None) -> Served:
+        """`host` answers one request now with `status` (latency: its release's median)."""
+        st = self.hosts[host]
+        if latency_ms is None:
+            latency_ms = self.releases[st.active].latency_ms if st.active else 0.0
+        done = Served(self.clock.now().timestamp(), host, status, latency_ms)
+        self.served.append(done)
+        return done
+
+    def route(self, n: int) -> list[Served]:
+        """`n` new requests through the balancer: round robin over the hosts in the pool
+        (`SERVING`), each answered as its active release answers (5xx at its error rate,
+        every 1/error_rate-th request)."""
+        pool = [name for name, st in self.hosts.items() if st.lb is LbState.SERVING]
+        if not pool:
+            raise BalancerError("no host in the pool answers", adapter="memory")
+        out = []
+        for i in range(n):
+            name = pool[(self._next + i) % len(pool)]
+            active = self.hosts[name].active
+            rate = self.releases[active].error_rate if active else 1.0
+            nth = self._answered[name] = self._answered.get(name, 0) + 1
+            failing = rate > 0 and int(nth * rate) > int((nth - 1) * rate)
+            out.append(self.serve(name, 500 if failing else 200))
+        self._next += n
+        return out
 
     async def wait(
         self,
@@ -222,6 +267,8 @@ class MemoryBalancer:
         st = self.world.state(host, BalancerError)
         if st.lb is not LbState.OUT:
             await self.world.wait(host.name, "drain", self.world.latencies.drain, BalancerError)
+            while self.world.in_flight.get(host.name, 0) > 0:
+                await self.world.clock.sleep(0.01)
             self.world.set_lb(st, LbState.OUT)
 
     async def enable(self, host: HostRef) -> None:
@@ -333,7 +380,8 @@ class MemoryProber:
 
 
 class MemorySignals:
-    """`SignalSource`: each serving host gets `rps_per_host` requests per second; errors follow
+    """`SignalSource`: the requests of `world.served` completed in the window, exactly; and
+    each serving host gets `rps_per_host` requests per second; errors follow
     its active release's `error_rate` with one normal draw of noise per cohort and window
     from a seeded generator, latency buckets its lognormal latency (median `latency_ms`).
 
@@ -361,9 +409,12 @@ class MemorySignals:
             why = self.world.fail[("*", "signal")]
             raise SignalError(f"signal {self.name}: {why}", adapter="memory")
         seconds = max(0.0, (end - start).total_seconds())
-        return {c: self._one(hosts, seconds) for c, hosts in cohorts.items()}
+        window = (start.timestamp(), end.timestamp())
+        return {c: self._one(hosts, seconds, window) for c, hosts in cohorts.items()}
 
-    def _one(self, hosts: Sequence[HostRef], seconds: float) -> Observation:
+    def _one(
+        self, hosts: Sequence[HostRef], seconds: float, window: tuple[float, float]
+    ) -> Observation:
         by_release: dict[str, int] = {}
         for h in hosts:
             st = self.world.hosts.get(h.name)
@@ -386,6 +437,13 @@ class MemorySignals:
                 upto = min(k, math.floor(k * cdf + u))
                 buckets[i] += upto - below
                 below = upto
+        if self.world.served:  # requests sent one by one, counted where they completed
+            names = {h.name for h in hosts}
+            for r in self.world.served:
+                if r.host in names and window[0] <= r.at < window[1]:
+                    requests += 1
+                    errors += r.status >= 500
+                    buckets[bisect.bisect_left(LATENCY_BOUNDS_MS, r.latency_ms)] += 1
         return Observation(requests, errors, LATENCY_BOUNDS_MS, buckets, True, len(hosts))
 
     def _latency_cdf(self, median_ms: float) -> list[float]:

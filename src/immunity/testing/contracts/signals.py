@@ -1,0 +1,175 @@
+"""The `SignalSource` contract: what the bake relies on from a signal.
+
+* Per-cohort counts of a window equal the traffic the cohort's hosts answered in it
+  (requests and 5xx), and a latency histogram, when given, counts every request.
+* Consecutive windows partition time: traffic running across their edge is counted once,
+  in one window or the other, never twice, never lost.
+* A window without traffic counts none (no invented requests).
+* A source that cannot read its data says so (missing, or `SignalError`): never zeros that
+  look like a pass.
+
+Windows are looked at as the bake looks at them: once their end plus the source's declared
+`delay` has passed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+
+import anyio
+
+from immunity.domain import Cohort, HostRef, Observation, utcnow
+from immunity.errors import SignalError
+from immunity.signals.base import SignalSource, delay_of, vet
+from immunity.testing.contracts.base import Contract
+
+Sent = Counter[tuple[str, bool]]
+"""(host name, answered 5xx) -> requests, as the clients recorded them."""
+
+
+class SignalHarness(ABC):
+    """The source under test and a way to send its hosts real traffic. No other traffic
+    reaches `canary` and `baseline` while a case runs."""
+
+    source: SignalSource
+    canary: Sequence[HostRef]
+    baseline: Sequence[HostRef]
+    settle_s: float = 0.3
+    """After a request is answered, how long until the source's data holds it (a log line
+    written, a scrape); the cases leave that much quiet before a window ends."""
+    requests: int = 40
+    """Requests per burst (spread over both cohorts; some of the canary's answer 5xx)."""
+
+    @abstractmethod
+    async def send(self, n: int) -> Sent:
+        """Send `n` requests to the cohorts' hosts, the canary's answering some 5xx; return
+        who answered what, from the clients' record. Returns once every one is answered."""
+
+    @abstractmethod
+    async def broken(self) -> SignalSource:
+        """The same kind of source pointed at data it cannot read (no server, no file)."""
+
+    def now(self) -> dt.datetime:
+        return utcnow()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+def _cohorts(h: SignalHarness) -> dict[Cohort, Sequence[HostRef]]:
+    return {Cohort.CANARY: h.canary, Cohort.BASELINE: h.baseline}
+
+
+def _expected(h: SignalHarness, sent: Sent) -> dict[Cohort, tuple[int, int]]:
+    out = {}
+    for cohort, hosts in _cohorts(h).items():
+        names = {x.name for x in hosts}
+        out[cohort] = (
+            sum(n for (host, _), n in sent.items() if host in names),
+            sum(n for (host, err), n in sent.items() if host in names and err),
+        )
+    return out
+
+
+def _counts(obs: dict[Cohort, Observation]) -> dict[Cohort, tuple[int, int]]:
+    for cohort, o in obs.items():
+        assert o.available, f"{cohort}: {o.status}: {o.detail}"
+    return {c: (o.requests, o.errors) for c, o in obs.items()}
+
+
+class SignalSourceContract(Contract):
+    """Subclass with a `harness` fixture returning a `SignalHarness`."""
+
+    async def _look(
+        self, h: SignalHarness, start: dt.datetime, end: dt.datetime
+    ) -> dict[Cohort, Observation]:
+        """Look at [start, end) as the bake does: once end + the source's delay has passed."""
+        wait = (end - h.now()).total_seconds() + delay_of(h.source)
+        if wait > 0:
+            await h.sleep(wait)
+        with anyio.fail_after(30):
+            obs = await h.source.observe(_cohorts(h), start, end)
+        seconds = (end - start).total_seconds()
+        return {c: vet(o, seconds, len(_cohorts(h)[c])) for c, o in obs.items()}
+
+    async def test_is_a_signal_source(self, harness: SignalHarness) -> None:
+        """The adapter satisfies the role's Protocol and has a name."""
+        assert isinstance(harness.source, SignalSource)
+        assert harness.source.name
+
+    async def test_per_cohort_counts_equal_the_traffic_sent(self, harness: SignalHarness) -> None:
+        """One window around a burst: each cohort's requests and 5xx are exactly what its
+        hosts answered; a latency histogram counts every request."""
+        start = harness.now()
+        await harness.sleep(harness.settle_s)
+        sent = await harness.send(harness.requests)
+        await harness.sleep(harness.settle_s)
+        obs = await self._look(harness, start, harness.now())
+        expected = _expected(harness, sent)
+        assert expected[Cohort.CANARY][1] > 0 and expected[Cohort.BASELINE][0] > 0
+        assert _counts(obs) == expected
+        for cohort, o in obs.items():
+            assert o.hosts == len(_cohorts(harness)[cohort])
+            if o.latency_buckets:
+                assert sum(o.latency_buckets) == o.requests
+
+    async def test_consecutive_windows_count_each_request_once(
+        self, harness: SignalHarness
+    ) -> None:
+        """Traffic runs across the edge of two consecutive windows, each looked at when the
+        bake would: together they count every request once per cohort."""
+        start = harness.now()
+        await harness.sleep(harness.settle_s)
+        sent: Sent = Counter()
+        looks: list[dict[Cohort, Observation]] = []
+
+        async def traffic() -> None:
+            for _ in range(4):
+                sent.update(await harness.send(harness.requests // 4))
+                await harness.sleep(0.1)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(traffic)
+            await harness.sleep(0.25)  # the edge falls inside the traffic
+            edge = harness.now()
+            looks.append(await self._look(harness, start, edge))
+        await harness.sleep(harness.settle_s)
+        looks.append(await self._look(harness, edge, harness.now()))
+        first, second = (_counts(o) for o in looks)
+        together = {c: (first[c][0] + second[c][0], first[c][1] + second[c][1]) for c in first}
+        assert together == _expected(harness, sent)
+
+    async def test_a_window_without_traffic_counts_none(self, harness: SignalHarness) -> None:
+        """A quiet window: no requests (or no data), never invented ones."""
+        start = harness.now()
+        await harness.sleep(harness.settle_s)
+        obs = await self._look(harness, start, harness.now())
+        for o in obs.values():
+            assert (o.requests, o.errors) == (0, 0)
+
+    async def test_a_source_that_cannot_read_says_so(self, harness: SignalHarness) -> None:
+        """Data it cannot read: `SignalError` or every cohort missing, never a zero count."""
+        source = await harness.broken()
+        end = harness.now()
+        try:
+            with anyio.fail_after(30):
+                obs = await source.observe(_cohorts(harness), end - dt.timedelta(seconds=2), end)
+        except SignalError as exc:
+            assert exc.message
+            return
+        finally:
+            await source.aclose()
+        for cohort, o in obs.items():
+            assert not o.available, f"{cohort}: {o}"
+            assert o.detail
+
+    async def test_observations_name_the_window_s_hosts(self, harness: SignalHarness) -> None:
+        """Every cohort asked for is answered, and only those."""
+        end = harness.now()
+        obs = await harness.source.observe(
+            {Cohort.CANARY: harness.canary}, end - dt.timedelta(seconds=1), end
+        )
+        assert set(obs) == {Cohort.CANARY}
