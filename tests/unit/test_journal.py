@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from immunity.errors import JournalError, LeaseLost
+from immunity.errors import JournalError
 from immunity.journal.sqlite import SqliteJournal
 
 
@@ -108,65 +108,6 @@ async def test_appends_made_at_once_share_a_commit_and_each_is_on_disk_when_it_r
     assert [seqs[i] for i in range(300)] == sorted(seqs.values())
     assert j.appended >= 300 and j.commits - commits0 < 300 // 4, (j.commits, j.appended)
     assert len(await j.entries(d.id)) == 300
-    await j.close()
-
-
-@pytest.mark.anyio
-async def test_in_a_batch_a_stale_token_refuses_only_its_own_appends(tmp_path: Path) -> None:
-    """Appends of two apps in one batch: those whose lease was taken over raise LeaseLost and
-    leave no row; the others are written."""
-    j = SqliteJournal(tmp_path / "j.db")
-    shop, blog = await j.begin("shop", "v2", {}), await j.begin("blog", "v9", {})
-    ok = await j.acquire_lease("shop", "a:1", shop.id, 30)
-    stale = await j.acquire_lease("blog", "a:1", blog.id, 30)
-    await j.acquire_lease("blog", "b:2", blog.id, 30, takeover=True, holder_dead=True)
-    lost: list[int] = []
-
-    async def one(i: int) -> None:
-        d, lease = (shop, ok) if i % 2 else (blog, stale)
-        try:
-            await j.append(d.id, "host.step_started", data={"i": i}, token=lease.token)
-        except LeaseLost:
-            lost.append(i)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(100):
-            tg.start_soon(one, i)
-    assert sorted(lost) == list(range(0, 100, 2))
-    assert [e.data["i"] for e in await j.entries(shop.id)] == list(range(1, 100, 2))
-    assert await j.entries(blog.id) == []
-    await j.close()
-
-
-@pytest.mark.anyio
-async def test_a_lease_write_is_never_batched_with_the_appends_around_it(tmp_path: Path) -> None:
-    """Appends asked for before a takeover are written under the old holder's token; those
-    asked for after it are refused, though all were queued together: the takeover runs alone,
-    in order, between two batches."""
-    j = SqliteJournal(tmp_path / "j.db")
-    d = await j.begin("shop", "v2", {})
-    old = await j.acquire_lease("shop", "a:1", d.id, 30)
-    outcome: dict[str, str] = {}
-
-    async def append(name: str) -> None:
-        try:
-            await j.append(d.id, "host.step_started", data={"name": name}, token=old.token)
-            outcome[name] = "written"
-        except LeaseLost:
-            outcome[name] = "refused"
-
-    async def takeover() -> None:
-        await j.acquire_lease("shop", "b:2", d.id, 30, takeover=True, holder_dead=True)
-
-    async with anyio.create_task_group() as tg:  # tasks start (and queue their call) in order
-        for i in range(50):
-            tg.start_soon(append, f"before{i}")
-        tg.start_soon(takeover)
-        for i in range(50):
-            tg.start_soon(append, f"after{i}")
-    assert {n for n, o in outcome.items() if o == "written"} == {f"before{i}" for i in range(50)}
-    assert {n for n, o in outcome.items() if o == "refused"} == {f"after{i}" for i in range(50)}
-    assert len(await j.entries(d.id)) == 50
     await j.close()
 
 

@@ -1,10 +1,14 @@
 """PostgreSQL journal: one shared journal for many apps, teams and orchestrator machines.
 
 `AsyncPostgresJournal` speaks to the server through psycopg 3's `AsyncConnection`; every
-write is one short transaction, committed (`synchronous_commit=on`, the server default)
-before the call returns. `PostgresJournal` is the `Journal` the engine uses: it runs the
-async journal on an event loop of its own thread (so one connection serves every event loop
-of the process), and the engine awaits each call in a worker thread.
+write is committed (`synchronous_commit=on`, the server default) before the call returns.
+Calls take the connection one at a time, in the order they were asked for. Appends use
+**group commit**: the appends asked for since the last other call form a group, the first
+of them to get the connection writes the whole group in one transaction (one round trip,
+`executemany` in pipeline mode, one WAL flush), and each returns once that commit is done.
+`PostgresJournal` is the `Journal` the engine uses: it runs the async journal on an event
+loop of its own thread (so one connection serves every event loop of the process); the
+engine's loop awaits each call's future there without tying up a worker thread.
 
 Leases are rows of `leases`, one per app, with a fencing token that grows by one at every
 grant and a heartbeat stamped by the *server's* clock (`clock_timestamp()`), so orchestrators
@@ -24,12 +28,14 @@ Errors: every psycopg error becomes `JournalError` naming the server (never the 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -100,6 +106,39 @@ def redact(url: str) -> str:
     return f"{host}:{port}/{p.get('dbname') or p.get('user') or ''}"
 
 
+@dataclass(eq=False, slots=True)
+class _Append:
+    """One append waiting for its group's commit."""
+
+    deployment_id: str
+    kind: str
+    host: str | None
+    step: str | None
+    data: dict[str, Any]
+    token: int | None
+    done: bool = False
+    entry: JournalEntry | None = None
+    error: BaseException | None = None
+
+
+def _stale(token: int, current: int | None) -> LeaseLost:
+    return LeaseLost(
+        f"lease token {token} is stale (current {current if current is not None else 'none'}): "
+        "another process took this deployment over; changing nothing more",
+    )
+
+
+def _copy_outcome(src: concurrent.futures.Future[T], dst: asyncio.Future[T]) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.set_exception(JournalError("the journal call was cancelled"))
+    elif (exc := src.exception()) is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())
+
+
 def _record(r: Sequence[Any]) -> DeploymentRecord:
     return DeploymentRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], dict(r[7] or {}))
 
@@ -118,6 +157,9 @@ class AsyncPostgresJournal:
         self.timeout_s = timeout_s
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._lock: asyncio.Lock | None = None
+        self._group: list[_Append] = []  # appends asked for since the last call that wrote
+        self.commits = 0  # transactions committed by appends (for tests and benchmarks)
+        self.appended = 0  # entries those transactions held
 
     # -- connection --------------------------------------------------------------------
 
@@ -179,15 +221,21 @@ class AsyncPostgresJournal:
 
     @asynccontextmanager
     async def _tx(self, what: str = "write") -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            conn = await self._connect()
+        """One transaction, alone, after every append asked for before this call."""
+        self._group = []  # appends asked for from now on commit after this call
+        async with self._locked() as conn:
             try:
                 async with conn.transaction():
                     yield conn
             except psycopg.Error as exc:
                 raise self._error(what, exc) from exc
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # FIFO: calls run in the order they were asked for
+            yield await self._connect()
 
     async def schema_version(self) -> int:
         async with self._tx("read") as c:
@@ -248,10 +296,10 @@ class AsyncPostgresJournal:
     # -- entries -----------------------------------------------------------------------
 
     @staticmethod
-    async def _check_token(
-        c: psycopg.AsyncConnection[TupleRow], deployment_id: str, token: int
-    ) -> None:
-        """Refuse (LeaseLost) unless `token` is the current one of the deployment's app.
+    async def _current_token(
+        c: psycopg.AsyncConnection[TupleRow], deployment_id: str
+    ) -> int | None:
+        """The current lease token of the deployment's app (None: no lease).
 
         `FOR SHARE` keeps the lease row from being granted anew until this transaction ends.
         """
@@ -262,11 +310,16 @@ class AsyncPostgresJournal:
             (deployment_id, deployment_id),
         )
         row = await cur.fetchone()
-        if row is None or int(row[0]) != token:
-            raise LeaseLost(
-                f"lease token {token} is stale (current {row[0] if row else 'none'}): "
-                "another process took this deployment over; changing nothing more",
-            )
+        return None if row is None else int(row[0])
+
+    @classmethod
+    async def _check_token(
+        cls, c: psycopg.AsyncConnection[TupleRow], deployment_id: str, token: int
+    ) -> None:
+        """Refuse (LeaseLost) unless `token` is the current one of the deployment's app."""
+        current = await cls._current_token(c, deployment_id)
+        if current != token:
+            raise _stale(token, current)
 
     async def append(
         self,
@@ -278,18 +331,80 @@ class AsyncPostgresJournal:
         data: Mapping[str, Any] | None = None,
         token: int | None = None,
     ) -> JournalEntry:
+        """Durably append one entry, by group commit: the append joins the group of appends
+        asked for since the last other call; the first of the group to get the connection
+        writes the whole group in one transaction, and every append of the group returns
+        once that transaction has committed (or raises what it raised: none of the group
+        is then written)."""
         payload = json.loads(json.dumps(dict(data or {}), default=str))
-        async with self._tx() as c:
-            if token is not None:
-                await self._check_token(c, deployment_id, token)
-            cur = await c.execute(
-                "INSERT INTO entries(deployment_id, at, kind, host, step, data) "
-                "VALUES (%s, clock_timestamp(), %s, %s, %s, %s) RETURNING seq, at",
-                (deployment_id, kind, host, step, Jsonb(payload)),
+        mine = _Append(deployment_id, kind, host, step, payload, token)
+        group = self._group
+        group.append(mine)
+        async with self._locked() as conn:
+            if not mine.done:
+                if self._group is group:
+                    self._group = []  # later appends form the next group
+                await self._commit_group(conn, group)
+        if mine.error is not None:
+            raise mine.error
+        assert mine.entry is not None
+        return mine.entry
+
+    async def _commit_group(
+        self, c: psycopg.AsyncConnection[TupleRow], group: list[_Append]
+    ) -> None:
+        """Write `group` in one transaction (each token checked inside it, the lease row
+        held `FOR SHARE` until the commit) and mark each append done."""
+        written: list[_Append] = []
+        rows: list[tuple[int, Any]] = []
+        try:
+            try:
+                async with c.transaction():
+                    current: dict[str, int | None] = {}
+                    for a in group:
+                        if a.token is not None:
+                            if a.deployment_id not in current:
+                                current[a.deployment_id] = await self._current_token(
+                                    c, a.deployment_id
+                                )
+                            if current[a.deployment_id] != a.token:
+                                a.error = _stale(a.token, current[a.deployment_id])
+                                continue
+                        written.append(a)
+                    if written:
+                        async with c.cursor() as cur:
+                            await cur.executemany(
+                                "INSERT INTO entries(deployment_id, at, kind, host, step, data) "
+                                "VALUES (%s, clock_timestamp(), %s, %s, %s, %s) RETURNING seq, at",
+                                [
+                                    (a.deployment_id, a.kind, a.host, a.step, Jsonb(a.data))
+                                    for a in written
+                                ],
+                                returning=True,
+                            )
+                            while True:
+                                row = await cur.fetchone()
+                                assert row is not None
+                                rows.append((int(row[0]), row[1]))
+                                if not cur.nextset():
+                                    break
+            except psycopg.Error as exc:
+                raise self._error("write", exc) from exc
+        except BaseException as exc:
+            err = (
+                exc
+                if isinstance(exc, Exception)
+                else JournalError(f"journal write interrupted ({self.where}): {exc!r}")
             )
-            row = await cur.fetchone()
-        assert row is not None
-        return JournalEntry(int(row[0]), deployment_id, row[1], kind, host, step, payload)
+            for a in group:
+                a.error, a.done = err, True
+            raise
+        self.commits += 1
+        self.appended += len(written)
+        for a, (seq, at) in zip(written, rows, strict=True):
+            a.entry = JournalEntry(seq, a.deployment_id, at, a.kind, a.host, a.step, a.data)
+        for a in group:
+            a.done = True
 
     async def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
         async with self._tx("read") as c:
@@ -456,10 +571,35 @@ class PostgresJournal:
             raise
 
     async def _acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
-        """`_call` from the engine's loop: waited for in a worker thread, shielded."""
+        """`fn(*args, **kw)` run on the journal's loop, awaited from the engine's loop without
+        tying up a worker thread (so appends of many hosts reach the journal at once and
+        share commits); shielded, and `JournalError` past the deadline."""
+        try:
+            caller = asyncio.get_running_loop()
+        except RuntimeError:  # another anyio backend: wait in a worker thread
+            with anyio.CancelScope(shield=True):
+                return await anyio.to_thread.run_sync(
+                    functools.partial(self._call, fn, *args, **kw)
+                )
+        done: asyncio.Future[T] = caller.create_future()
+
+        async def run() -> T:
+            return await fn(*args, **kw)
+
+        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(run(), self._loop)
+
+        def relay(f: concurrent.futures.Future[T]) -> None:  # on the journal's thread
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+                caller.call_soon_threadsafe(_copy_outcome, f, done)
+
+        fut.add_done_callback(relay)
         with anyio.CancelScope(shield=True):
-            out = await anyio.to_thread.run_sync(functools.partial(self._call, fn, *args, **kw))
-        return out
+            with anyio.move_on_after(self._deadline):
+                return await done
+        fut.cancel()
+        raise JournalError(
+            f"the journal at {self.where} did not answer within {self._deadline:.0f}s"
+        )
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
         async def run() -> T:

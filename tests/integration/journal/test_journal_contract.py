@@ -221,3 +221,84 @@ async def test_import_deployment_is_idempotent_and_incremental(
         assert [e.at for e in await dst.entries(d.id)] == [e.at for e in await src.entries(d.id)]
     finally:
         await src.close()
+
+
+@pytest.mark.anyio
+async def test_appends_asked_for_at_once_are_each_stored_when_they_return(opener: Opener) -> None:
+    """100 appends at once (a group commit where the journal groups them): each entry is
+    readable by another process the moment its append returns, in the order asked for."""
+    a, b = opener(), opener()
+    d = await a.begin("shop", "v2", {})
+    lease = await a.acquire_lease("shop", "a:1", d.id, 30)
+    seqs: dict[int, int] = {}
+    missing: list[int] = []
+
+    async def one(i: int) -> None:
+        e = await a.append(d.id, "host.step_started", data={"i": i}, token=lease.token)
+        seqs[i] = e.seq
+        if e.seq not in {x.seq for x in await b.entries(d.id)}:
+            missing.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(100):
+            tg.start_soon(one, i)
+    assert missing == []
+    assert [seqs[i] for i in range(100)] == sorted(seqs.values())
+    assert [e.data["i"] for e in await b.entries(d.id)] == list(range(100))
+
+
+@pytest.mark.anyio
+async def test_in_a_batch_a_stale_token_refuses_only_its_own_appends(opener: Opener) -> None:
+    """Appends of two apps asked for at once (one group commit where the journal groups): those whose lease was taken over raise LeaseLost and
+    leave no row; the others are written."""
+    j = opener()
+    shop, blog = await j.begin("shop", "v2", {}), await j.begin("blog", "v9", {})
+    ok = await j.acquire_lease("shop", "a:1", shop.id, 30)
+    stale = await j.acquire_lease("blog", "a:1", blog.id, 30)
+    await j.acquire_lease("blog", "b:2", blog.id, 30, takeover=True, holder_dead=True)
+    lost: list[int] = []
+
+    async def one(i: int) -> None:
+        d, lease = (shop, ok) if i % 2 else (blog, stale)
+        try:
+            await j.append(d.id, "host.step_started", data={"i": i}, token=lease.token)
+        except LeaseLost:
+            lost.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(100):
+            tg.start_soon(one, i)
+    assert sorted(lost) == list(range(0, 100, 2))
+    assert [e.data["i"] for e in await j.entries(shop.id)] == list(range(1, 100, 2))
+    assert await j.entries(blog.id) == []
+
+
+@pytest.mark.anyio
+async def test_a_lease_write_is_never_batched_with_the_appends_around_it(opener: Opener) -> None:
+    """Appends asked for before a takeover are written under the old holder's token; those
+    asked for after it are refused, though all were queued together: the takeover runs alone,
+    in order, between two batches."""
+    j = opener()
+    d = await j.begin("shop", "v2", {})
+    old = await j.acquire_lease("shop", "a:1", d.id, 30)
+    outcome: dict[str, str] = {}
+
+    async def append(name: str) -> None:
+        try:
+            await j.append(d.id, "host.step_started", data={"name": name}, token=old.token)
+            outcome[name] = "written"
+        except LeaseLost:
+            outcome[name] = "refused"
+
+    async def takeover() -> None:
+        await j.acquire_lease("shop", "b:2", d.id, 30, takeover=True, holder_dead=True)
+
+    async with anyio.create_task_group() as tg:  # tasks start (and queue their call) in order
+        for i in range(50):
+            tg.start_soon(append, f"before{i}")
+        tg.start_soon(takeover)
+        for i in range(50):
+            tg.start_soon(append, f"after{i}")
+    assert {n for n, o in outcome.items() if o == "written"} == {f"before{i}" for i in range(50)}
+    assert {n for n, o in outcome.items() if o == "refused"} == {f"after{i}" for i in range(50)}
+    assert len(await j.entries(d.id)) == 50
