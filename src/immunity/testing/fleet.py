@@ -142,6 +142,8 @@ class World:
     hang_once: set[tuple[str, str]] = field(default_factory=set)
     in_flight: dict[str, int] = field(default_factory=dict)
     """Requests in flight per host: `wait_drained` waits until its host has none."""
+    probed: dict[str, int] = field(default_factory=dict)
+    """Probes (verify, warm-up) each host answered."""
     served: list[Served] = field(default_factory=list)
     """Requests sent one by one (`serve`, `route`), counted by `MemorySignals` beside the
     `rps_per_host` traffic."""
@@ -346,7 +348,9 @@ class MemoryDriver:
 
 class MemoryProber:
     """`Prober` over the world: verify passes once the active release is healthy, warm-up
-    once it warms; a release that never does keeps them waiting until the deadline."""
+    once it warms; a release that never does keeps them waiting until the deadline, and
+    `last_answer` says what the host answered (connection refused, or HTTP 503: no latency
+    is measured). Every probe is counted in `world.probed` (host -> probes)."""
 
     def __init__(self, world: World) -> None:
         self.world = world
@@ -365,8 +369,13 @@ class MemoryProber:
         except HostError as exc:
             raise StepFailed(exc.message, host=host.name, step=step) from exc
         st = self.world.state(host)
-        while not (st.active and getattr(self.world.releases[st.active], what)):
-            self._last[host.name] = "HTTP 503" if st.active else "connection refused"
+        probed = self.world.probed
+        while True:
+            probed[host.name] = probed.get(host.name, 0) + 1
+            b = self.world.releases[st.active] if st.active else None
+            if b is not None and getattr(b, what):
+                return
+            self._last[host.name] = "HTTP 503" if b is not None else "connection refused"
             await self.world.clock.sleep(max(0.05, seconds))
 
     async def check_paths(self, hosts: Sequence[HostRef]) -> list[str]:
@@ -408,13 +417,10 @@ class MemorySignals:
         if ("*", "signal") in self.world.fail:
             why = self.world.fail[("*", "signal")]
             raise SignalError(f"signal {self.name}: {why}", adapter="memory")
-        seconds = max(0.0, (end - start).total_seconds())
-        window = (start.timestamp(), end.timestamp())
-        return {c: self._one(hosts, seconds, window) for c, hosts in cohorts.items()}
+        window = (start.timestamp(), max(start, end).timestamp())
+        return {c: self._one(hosts, window) for c, hosts in cohorts.items()}
 
-    def _one(
-        self, hosts: Sequence[HostRef], seconds: float, window: tuple[float, float]
-    ) -> Observation:
+    def _one(self, hosts: Sequence[HostRef], window: tuple[float, float]) -> Observation:
         by_release: dict[str, int] = {}
         for h in hosts:
             st = self.world.hosts.get(h.name)
@@ -427,7 +433,10 @@ class MemorySignals:
         buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
         for release, n in sorted(by_release.items()):
             b = self.world.releases[release]
-            k = int(self.world.rps_per_host * n * seconds)
+            # the requests completed in [start, end): whole requests at every 1/rate
+            # seconds, so consecutive windows share them out, none lost or counted twice
+            rate = self.world.rps_per_host * n
+            k = math.floor(rate * window[1]) - math.floor(rate * window[0])
             p = min(1.0, max(0.0, b.error_rate))
             x = round(k * p + z * math.sqrt(k * p * (1.0 - p)))
             requests += k

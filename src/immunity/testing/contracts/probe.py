@@ -24,8 +24,6 @@ from immunity.errors import StepFailed
 from immunity.probe.base import Prober
 from immunity.testing.contracts.base import Contract, Stopwatch
 
-DEADLINE_S = 1.0
-"""The caller's deadline in the cases that wait it out."""
 PROMPT_S = 1.0
 """How late past the caller's deadline a probe may end."""
 
@@ -35,6 +33,9 @@ class ProberHarness(ABC):
     number of warm answers in a row the probers ask for."""
 
     consecutive: int = 3
+    deadline_s: float = 1.0
+    """The caller's deadline in the cases that wait it out (above the request timeout of
+    `hung`)."""
 
     @abstractmethod
     async def ready(self) -> tuple[Prober, HostRef]:
@@ -60,7 +61,7 @@ class ProberHarness(ABC):
     @abstractmethod
     async def hung(self) -> tuple[Prober, HostRef]:
         """A host that takes longer than the prober's request timeout to answer warm-up,
-        itself shorter than `DEADLINE_S`."""
+        itself shorter than `deadline_s`."""
 
     @abstractmethod
     async def wrong_path(self) -> tuple[Prober, HostRef]:
@@ -92,11 +93,11 @@ class ProberContract(Contract):
         assert prober.last_answer(host) is None
         assert list(await prober.check_paths([host])) == []
 
-    async def _waits_out(self, prober: Prober, host: HostRef, step: str) -> str:
+    async def _waits_out(self, h: ProberHarness, prober: Prober, host: HostRef, step: str) -> str:
         clock = Stopwatch()
-        with pytest.raises(TimeoutError), anyio.fail_after(DEADLINE_S):
+        with pytest.raises(TimeoutError), anyio.fail_after(h.deadline_s):
             await (prober.verify(host) if step == "verify" else prober.warm_up(host))
-        assert DEADLINE_S - 0.05 <= clock.s < DEADLINE_S + PROMPT_S
+        assert h.deadline_s - 0.05 <= clock.s < h.deadline_s + PROMPT_S
         answer = prober.last_answer(host)
         assert answer, f"{step}: last_answer says nothing after the deadline"
         return answer
@@ -107,14 +108,14 @@ class ProberContract(Contract):
         """Nothing listens: verify and warm-up keep trying until the caller's deadline ends
         them, and `last_answer` says why."""
         prober, host = await harness.down()
-        await self._waits_out(prober, host, "verify")
-        await self._waits_out(prober, host, "warmup")
+        await self._waits_out(harness, prober, host, "verify")
+        await self._waits_out(harness, prober, host, "warmup")
 
     async def test_an_unexpected_status_is_reported(self, harness: ProberHarness) -> None:
         """verify keeps trying a host that answers an unexpected status until the deadline;
         `last_answer` names that status."""
         prober, host, status = await harness.unhealthy()
-        assert status in await self._waits_out(prober, host, "verify")
+        assert status in await self._waits_out(harness, prober, host, "verify")
 
     async def test_a_slow_host_is_not_warm_and_its_latency_is_reported(
         self, harness: ProberHarness
@@ -122,7 +123,7 @@ class ProberContract(Contract):
         """Answers slower than the bar never make a host warm: warm-up waits out the
         deadline, and `last_answer` gives the latency it measured (ms) against the bar."""
         prober, host = await harness.slow()
-        answer = await self._waits_out(prober, host, "warmup")
+        answer = await self._waits_out(harness, prober, host, "warmup")
         assert "ms" in answer and "bar" in answer
 
     async def test_a_request_past_the_request_timeout_is_given_up(
@@ -131,7 +132,7 @@ class ProberContract(Contract):
         """A host slower than the prober's own request timeout: the request is given up
         (`last_answer` says it timed out) before the caller's deadline ends the warm-up."""
         prober, host = await harness.hung()
-        assert "timeout" in (await self._waits_out(prober, host, "warmup")).lower()
+        assert "timeout" in (await self._waits_out(harness, prober, host, "warmup")).lower()
 
     async def test_a_path_that_answers_404_is_found_before_a_switch(
         self, harness: ProberHarness
