@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import sqlite3
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from immunity.errors import JournalError
+from immunity.errors import JournalError, LeaseHeld
+from immunity.journal.base import check_grant
 from immunity.journal.sqlite import SqliteJournal
 
 
@@ -166,3 +168,39 @@ def test_sigkill_during_group_commits_loses_no_entry_whose_append_returned(
         (check,) = c.execute("PRAGMA integrity_check").fetchone()
     assert check == "ok"
     assert set(acked) <= stored, sorted(set(acked) - stored)[:10]
+
+
+@pytest.mark.parametrize(
+    ("released", "fresh", "takeover", "holder_dead", "granted", "live"),
+    [
+        (True, True, False, False, True, None),  # a released lease is free
+        (False, True, False, False, False, True),  # a live holder: wait for it
+        (False, True, True, False, False, True),  # ... even with takeover
+        (False, False, False, False, False, False),  # silent: only resume takes it over
+        (False, False, True, False, True, None),
+        (False, True, True, True, True, None),  # proven dead: taken over at once
+        (False, True, False, True, False, False),  # ... but only by resume
+    ],
+)
+def test_the_lease_rule_every_journal_applies(
+    released: bool, fresh: bool, takeover: bool, holder_dead: bool, granted: bool, live: bool
+) -> None:
+    """`check_grant` (journal/base.py), the one copy of the takeover rule the SQLite,
+    PostgreSQL and in-memory journals apply; the refusal says whether to wait or resume."""
+    since = dt.datetime(2026, 11, 30, 4, 0, tzinfo=dt.UTC)
+    args = ("shop", "runner-1:4242", "d1", since, since)
+    flags = {
+        "released": released,
+        "fresh": fresh,
+        "takeover": takeover,
+        "holder_dead": holder_dead,
+    }
+    if granted:
+        check_grant(*args, **flags)
+        return
+    with pytest.raises(LeaseHeld) as info:
+        check_grant(*args, **flags)
+    assert "pid 4242 on machine runner-1" in info.value.message
+    assert info.value.hint == (
+        "wait for it to finish" if live else "run `immunity resume -c FILE` to finish or undo it"
+    )

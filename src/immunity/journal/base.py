@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from immunity.errors import LeaseHeld
+from immunity.errors import LeaseHeld, LeaseLost
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,48 @@ def lease_held(
             "since": since.isoformat() if since else None,
         },
     )
+
+
+# -- the lease rules, one copy for every journal ------------------------------------------
+
+
+def check_grant(
+    app: str,
+    holder: str | None,
+    deployment_id: str | None,
+    since: dt.datetime | None,
+    heartbeat_at: dt.datetime | None,
+    *,
+    released: bool,
+    fresh: bool,
+    takeover: bool,
+    holder_dead: bool,
+) -> None:
+    """The rule every journal applies, inside the granting transaction, before it grants
+    `app`'s lease over the row it holds now (`holder` ... `heartbeat_at`).
+
+    A released lease is free. Otherwise the holder is *live* when it heart-beat within its
+    `lease_ttl` (`fresh`, judged on the journal's own clock) and the caller did not prove its
+    process gone (`holder_dead`). A live holder is never taken over; a silent one only with
+    `takeover` (resume). Raises `LeaseHeld` (exit 5) naming the holder when refused.
+    """
+    if released:
+        return
+    live = fresh and not holder_dead
+    if live or not takeover:
+        raise lease_held(app, holder, deployment_id, since, heartbeat_at, live=live)
+
+
+def stale_token(token: int, current: int | None) -> LeaseLost:
+    """The refusal of a write made with fencing token `token` when the app's lease now
+    carries `current` (None: no lease at all)."""
+    return LeaseLost(
+        f"lease token {token} is stale (current {current if current is not None else 'none'}): "
+        "another process took this deployment over; changing nothing more",
+    )
+
+
+def lease_taken_over(lease: Lease) -> LeaseLost:
+    """The refusal of a heartbeat on a lease that is no longer `lease` (taken over, or
+    released)."""
+    return LeaseLost(f"the lease of {lease.app} was taken over (token {lease.token} is stale)")

@@ -45,8 +45,15 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from immunity.errors import JournalError, LeaseLost
-from immunity.journal.base import DeploymentRecord, JournalEntry, Lease, lease_held
+from immunity.errors import JournalError
+from immunity.journal.base import (
+    DeploymentRecord,
+    JournalEntry,
+    Lease,
+    check_grant,
+    lease_taken_over,
+    stale_token,
+)
 from immunity.journal.sqlite import new_deployment_id
 
 T = TypeVar("T")
@@ -119,13 +126,6 @@ class _Append:
     done: bool = False
     entry: JournalEntry | None = None
     error: BaseException | None = None
-
-
-def _stale(token: int, current: int | None) -> LeaseLost:
-    return LeaseLost(
-        f"lease token {token} is stale (current {current if current is not None else 'none'}): "
-        "another process took this deployment over; changing nothing more",
-    )
 
 
 def _copy_outcome(src: concurrent.futures.Future[T], dst: asyncio.Future[T]) -> None:
@@ -319,7 +319,7 @@ class AsyncPostgresJournal:
         """Refuse (LeaseLost) unless `token` is the current one of the deployment's app."""
         current = await cls._current_token(c, deployment_id)
         if current != token:
-            raise _stale(token, current)
+            raise stale_token(token, current)
 
     async def append(
         self,
@@ -368,7 +368,7 @@ class AsyncPostgresJournal:
                                     c, a.deployment_id
                                 )
                             if current[a.deployment_id] != a.token:
-                                a.error = _stale(a.token, current[a.deployment_id])
+                                a.error = stale_token(a.token, current[a.deployment_id])
                                 continue
                         written.append(a)
                     if written:
@@ -443,10 +443,17 @@ class AsyncPostgresJournal:
             )
             row = await cur.fetchone()
             assert row is not None
-            if not row[5]:
-                live = bool(row[6]) and not holder_dead
-                if live or not takeover:
-                    raise lease_held(app, row[0], row[1], row[3], row[4], live=live)
+            check_grant(
+                app,
+                row[0],
+                row[1],
+                row[3],
+                row[4],
+                released=bool(row[5]),
+                fresh=bool(row[6]),
+                takeover=takeover,
+                holder_dead=holder_dead,
+            )
             cur = await c.execute(
                 "UPDATE leases SET holder=%s, deployment_id=%s, token=token+1, ttl_s=%s, "
                 "acquired_at=clock_timestamp(), heartbeat_at=clock_timestamp(), released=FALSE "
@@ -465,9 +472,7 @@ class AsyncPostgresJournal:
                 (lease.app, lease.token),
             )
             if cur.rowcount != 1:
-                raise LeaseLost(
-                    f"the lease of {lease.app} was taken over (token {lease.token} is stale)"
-                )
+                raise lease_taken_over(lease)
 
     async def release_lease(self, lease: Lease) -> None:
         async with self._tx() as c:

@@ -43,8 +43,15 @@ import anyio
 import anyio.to_thread
 
 from immunity.domain import utcnow
-from immunity.errors import JournalError, LeaseLost
-from immunity.journal.base import DeploymentRecord, JournalEntry, Lease, lease_held
+from immunity.errors import JournalError
+from immunity.journal.base import (
+    DeploymentRecord,
+    JournalEntry,
+    Lease,
+    check_grant,
+    lease_taken_over,
+    stale_token,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
@@ -94,13 +101,6 @@ def _ts(t: dt.datetime) -> str:
 
 def _parse(s: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(s) if s else None
-
-
-def _stale(token: int, current: int | None) -> LeaseLost:
-    return LeaseLost(
-        f"lease token {token} is stale (current {current if current is not None else 'none'}): "
-        "another process took this deployment over; changing nothing more",
-    )
 
 
 MAX_BATCH = 4096
@@ -365,7 +365,7 @@ class SqliteJournal:
                         if key not in current:
                             current[key] = self._current_token(db, a.deployment_id, a.app)
                         if current[key] != a.token:
-                            call.error = _stale(a.token, current[key])
+                            call.error = stale_token(a.token, current[key])
                             continue
                     at = utcnow()
                     payload = json.dumps(dict(a.data or {}), default=str)
@@ -409,7 +409,7 @@ class SqliteJournal:
     ) -> None:
         current = cls._current_token(db, deployment_id, app)
         if current != token:
-            raise _stale(token, current)
+            raise stale_token(token, current)
 
     def _entries_sync(self, deployment_id: str) -> Sequence[JournalEntry]:
         rows = self._read(
@@ -446,13 +446,17 @@ class SqliteJournal:
             token = 1
             if row is not None:
                 token = int(row[2]) + 1
-                live = (
-                    not row[6]
-                    and not holder_dead
-                    and (now - dt.datetime.fromisoformat(row[5])).total_seconds() < row[3]
+                check_grant(
+                    app,
+                    row[0],
+                    row[1],
+                    _parse(row[4]),
+                    _parse(row[5]),
+                    released=bool(row[6]),
+                    fresh=(now - dt.datetime.fromisoformat(row[5])).total_seconds() < row[3],
+                    takeover=takeover,
+                    holder_dead=holder_dead,
                 )
-                if not row[6] and (live or not takeover):
-                    raise lease_held(app, row[0], row[1], _parse(row[4]), _parse(row[5]), live=live)
             db.execute(
                 "INSERT INTO leases(app, holder, deployment_id, token, ttl_s, acquired_at, heartbeat_at, released) "
                 "VALUES (?,?,?,?,?,?,?,0) ON CONFLICT(app) DO UPDATE SET holder=excluded.holder, "
@@ -469,9 +473,7 @@ class SqliteJournal:
                 (_ts(utcnow()), lease.app, lease.token),
             )
             if cur.rowcount != 1:
-                raise LeaseLost(
-                    f"the lease of {lease.app} was taken over (token {lease.token} is stale)"
-                )
+                raise lease_taken_over(lease)
 
     def _release_lease_sync(self, lease: Lease) -> None:
         with self._tx() as db:

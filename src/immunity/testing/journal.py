@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from immunity.clock import SYSTEM_CLOCK, Clock
-from immunity.errors import LeaseLost
-from immunity.journal.base import DeploymentRecord, JournalEntry, Lease, lease_held
+from immunity.journal.base import (
+    DeploymentRecord,
+    JournalEntry,
+    Lease,
+    check_grant,
+    lease_taken_over,
+    stale_token,
+)
 from immunity.journal.sqlite import new_deployment_id
 
 
@@ -67,10 +73,7 @@ class MemoryJournal:
         row = self.store.leases.get(app or (rec.app if rec else ""))
         current = row.lease.token if row is not None else None
         if current != token:
-            raise LeaseLost(
-                f"lease token {token} is stale (current {current or 'none'}): "
-                "another process took this deployment over; changing nothing more",
-            )
+            raise stale_token(token, current)
 
     async def begin(
         self, app: str, release: str, data: Mapping[str, Any], *, deployment_id: str | None = None
@@ -155,14 +158,19 @@ class MemoryJournal:
     ) -> Lease:
         now = self.clock.now()
         row = self.store.leases.get(app)
-        if row is not None and not row.released:
-            age = (now - row.lease.heartbeat_at).total_seconds()
-            live = not holder_dead and age < row.ttl_s
-            if live or not takeover:
-                old = row.lease
-                raise lease_held(
-                    app, old.holder, old.deployment_id, old.acquired_at, old.heartbeat_at, live=live
-                )
+        if row is not None:
+            old = row.lease
+            check_grant(
+                app,
+                old.holder,
+                old.deployment_id,
+                old.acquired_at,
+                old.heartbeat_at,
+                released=row.released,
+                fresh=(now - old.heartbeat_at).total_seconds() < row.ttl_s,
+                takeover=takeover,
+                holder_dead=holder_dead,
+            )
         token = self.store.tokens.get(app, 0) + 1
         self.store.tokens[app] = token
         lease = Lease(app, holder, deployment_id, token, now, now)
@@ -172,9 +180,7 @@ class MemoryJournal:
     async def heartbeat(self, lease: Lease) -> None:
         row = self.store.leases.get(lease.app)
         if row is None or row.released or row.lease.token != lease.token:
-            raise LeaseLost(
-                f"the lease of {lease.app} was taken over (token {lease.token} is stale)"
-            )
+            raise lease_taken_over(lease)
         old = row.lease
         row.lease = Lease(
             old.app, old.holder, old.deployment_id, old.token, old.acquired_at, self.clock.now()
