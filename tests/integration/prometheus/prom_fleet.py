@@ -133,10 +133,15 @@ class Fleet:
     process: subprocess.Popen[bytes]
     log: Path
     stop: threading.Event = field(default_factory=threading.Event)
+    paused: threading.Event = field(default_factory=threading.Event)
+    """Set: the load thread sends nothing (a test sends its own, counted traffic)."""
 
 
-def _load(apps: list[MetricsApp], stop: threading.Event) -> None:
+def _load(apps: list[MetricsApp], stop: threading.Event, paused: threading.Event) -> None:
     while not stop.is_set():
+        if paused.is_set():
+            stop.wait(0.02)
+            continue
         for app in apps:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{app.port}/", timeout=2) as r:
@@ -170,8 +175,8 @@ def prometheus_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet
     canary = MetricsApp("v2", error_rate=0.3, delay_s=0.02)
     for app in (baseline, canary):
         app.start()
-    stop = threading.Event()
-    loader = threading.Thread(target=_load, args=([baseline, canary], stop), daemon=True)
+    stop, paused = threading.Event(), threading.Event()
+    loader = threading.Thread(target=_load, args=([baseline, canary], stop, paused), daemon=True)
     loader.start()
 
     d = tmp_path_factory.mktemp("prometheus")
@@ -196,7 +201,7 @@ def prometheus_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    fleet = Fleet(url, baseline, canary, proc, log, stop)
+    fleet = Fleet(url, baseline, canary, proc, log, stop, paused)
     try:
         _wait_ready(url, proc, log, 15.0)
         yield fleet
