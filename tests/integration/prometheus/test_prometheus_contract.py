@@ -5,7 +5,6 @@ clients' record of those answers is what each cohort must count."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -55,9 +54,9 @@ class TestPrometheusSource(SignalSourceContract):
     async def harness(self, prometheus_with_data: Fleet) -> AsyncIterator[SignalHarness]:
         fleet = prometheus_with_data
         fleet.paused.set()
-        time.sleep(0.1)  # a request of the load thread may still be on its way
         h = PrometheusHarness(fleet)
-        await anyio.sleep(h.settle_s)  # the last background request is scraped
+        # the load thread's last request (under 0.1 s on its way) is scraped by then
+        await anyio.sleep(0.1 + h.settle_s)
         try:
             yield h
         finally:
