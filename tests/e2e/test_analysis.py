@@ -10,11 +10,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from e2e_helpers import FAST, Load, Sandbox
 
 from immunity.sandbox import fleet as sandbox
 
 pytestmark = pytest.mark.slow
+
+LONG_MAX = {**FAST["bake"], "max": "120s"}  # type: ignore[dict-item]
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +145,16 @@ def test_a_bake_killed_mid_way_is_resumed_from_its_journaled_evidence(loaded: Sa
 def test_a_fault_that_starts_during_the_guard_reverts_the_whole_fleet(loaded: Sandbox) -> None:
     """A release whose errors start 50 s after its process started passes both waves, then
     fails in the guard period against the holdback (h3, still on the old release): exit 3,
-    every host back on the old release and in the pool, and the holdback never switched."""
+    every host back on the old release and in the pool, and the holdback never switched.
+    The config has no `guard` block: this is the watch a user gets by default (half of
+    `bake.max`, 60 s here)."""
     sandbox.add_release(loaded.dir, "late", error_rate=0.5, errors_after_s=50)
     checks = [c for c in FAST["checks"] if c["kind"] != "latency"]  # type: ignore[union-attr]
     cfg = loaded.write_config(
         "analysis-guard.yaml",
-        **{**FAST, "checks": checks, "guard": {"duration": "60s", "holdback": True}},
+        **{**FAST, "checks": checks, "guard": None, "bake": LONG_MAX},
     )
+    assert "guard" not in yaml.safe_load(cfg.read_text())
     old = loaded.status(cfg)["hosts"][0]["active_release"]
     r = loaded.run("deploy", "-c", str(cfg), "--release", "late", "--json", "late.json")
     assert r.returncode == 3, r.stdout + r.stderr[-2000:]
@@ -161,7 +167,7 @@ def test_a_fault_that_starts_during_the_guard_reverts_the_whole_fleet(loaded: Sa
     # both waves passed before the fault began; the guard caught it against the holdback
     assert [d["wave"] for k, d in journal if k == "wave.passed"] == [1, 2]
     guard = next(d for k, d in journal if k == "guard.started")
-    assert (guard["wave"], guard["holdback"]) == (3, "h3")
+    assert (guard["wave"], guard["holdback"], guard["duration_s"]) == (3, "h3", 60)
     started = [d for k, d in journal if k == "bake.started"]
     assert [(d["purpose"], d["relative"]) for d in started] == [
         ("wave", True),

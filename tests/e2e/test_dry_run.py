@@ -55,3 +55,38 @@ def test_dry_run_shows_the_guard_its_holdback_and_the_alpha_of_each_bake(fleet3:
     assert plan["bakes"] == 3 and abs(plan["alpha_per_bake"] - 0.01 / 3 / twins) < 1e-12
     assert "against the holdback h3" in r.stdout
     assert "switched after the guard" in r.stdout
+
+
+def test_the_guard_is_on_by_default_and_in_the_sandbox_config(fleet3: Sandbox) -> None:
+    """Without a `guard` block the watch after the last wave lasts half of `bake.max` (at
+    least `bake.min`) with h3 held back; the sandbox's own config sets a short one; and
+    `guard.duration: 0` turns it off (three waves, no holdback, alpha over three bakes)."""
+    plans = {}
+    for name, guard, bake in (
+        ("default", None, {**FAST["bake"], "max": "40s"}),  # type: ignore[dict-item]
+        ("off", {"duration": 0}, FAST["bake"]),
+    ):
+        cfg = fleet3.write_config(f"dry-{name}.yaml", **{**FAST, "guard": guard, "bake": bake})
+        r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2", "--dry-run", "--json", "-")
+        assert r.returncode == 0, r.stdout + r.stderr
+        plans[name] = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    r = fleet3.run("deploy", "-c", str(fleet3.config), "--release", "v2", "--dry-run",
+                   "--json", "-")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    plans["sandbox"] = json.loads(r.stdout[r.stdout.index("{") : r.stdout.rindex("}") + 1])
+    assert "guard after the last wave: 20s" in r.stdout
+    default, off, sbx = plans["default"], plans["off"], plans["sandbox"]
+    assert default["guard"] == {
+        "duration_s": 20.0,  # max(bake.min 2 s, bake.max 40 s / 2)
+        "holdback": "h3",
+        "relative": True,
+        "checks": ["errors", "latency", "error-rate-guard"],
+    }
+    assert [w["hosts"] for w in default["waves"]] == [["h1"], ["h2"], ["h3"]]
+    assert default["waves"][-1].get("holdback") is True and default["bakes"] == 3
+    assert (sbx["guard"]["duration_s"], sbx["guard"]["holdback"]) == (20.0, "h3")
+    twins = 2  # the sandbox's config has probe traffic: each check and its probe twin
+    assert sbx["bakes"] == 3 and abs(sbx["alpha_per_bake"] - 0.01 / 3 / twins) < 1e-12
+    assert off["guard"] is None
+    assert [w.get("holdback") for w in off["waves"]] == [None, None]
+    assert off["bakes"] == 2

@@ -45,6 +45,8 @@ def config(hosts: int) -> dict[str, Any]:
         "checks": [{"name": "errors", "signal": "lb", "kind": "errors"}],
         "bake": {"min": 10, "max": 300, "interval": 1, "lag": 0},
         "lease_ttl": 30,
+        # no guard after the last wave (on by default): it only adds a wait, no switches
+        "guard": {"duration": 0},
     }
 
 

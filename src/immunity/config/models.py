@@ -376,15 +376,32 @@ class JudgeConfig(Strict):
 class GuardConfig(Strict):
     """The watch after the last wave: the release keeps being judged before the run ends."""
 
-    duration: Duration = 0.0
-    """How long to keep watching after the last wave passed (0: no guard period). The
-    absolute guard rails judge all along; with a holdback the comparisons too. A fail
-    reverts the whole fleet. Costs this long on every deployment; catches faults that start
-    late (a leak, a cache that fills, a cron-like job)."""
+    duration: Duration = 150.0
+    """How long to keep watching after the last wave passed; `0` turns the guard off.
+    Default when not set: half of `bake.max`, at least `bake.min` (150 s with the default
+    bake). The absolute guard rails judge all along; with a holdback the comparisons too. A
+    fail reverts the whole fleet. Costs this long on every deployment, plus the holdback's
+    switch after it; catches faults that start late (a leak, a cache that fills, a cron-like
+    job), which the waves' bakes, each passing after `bake.min`, would let through."""
     holdback: bool = True
     """Keep one host (the last of the last wave) on the old release until the guard ends, as
     the baseline the comparisons need, and switch it last. Only where the fleet allows it:
-    two hosts or more."""
+    two hosts or more. Costs one host switched on its own after the guard (drain, install,
+    warm-up), and one host fewer on the new release in the last wave; gains the comparison
+    with the old release in the last wave's bake and in the guard, which otherwise have only
+    the absolute guard rails."""
+
+
+def default_guard_s(bake: BakeConfig) -> float:
+    """The guard period when `guard.duration` is not set: half of `bake.max`, at least
+    `bake.min`, in seconds (150 s with the default bake of 30 s to 300 s).
+
+    A fault that starts late is looked for as long as a typical wave is judged: a good
+    release passes its bake between `bake.min` and `bake.max`, so half of `bake.max` is
+    about the time a wave's canary was trusted on before the next wave, and the last wave
+    gets no less watch than that. Scales with the bake: a short sandbox bake keeps a short
+    guard, a low-traffic app with a long `bake.max` gets a longer one."""
+    return max(bake.min, bake.max / 2.0)
 
 
 class ImpactConfig(Strict):
@@ -479,8 +496,8 @@ class Config(Strict):
     """Deadline of each step of a host's switch, and of the whole revert."""
     bake: BakeConfig = BakeConfig()
     """How long each wave is judged."""
-    guard: GuardConfig = GuardConfig()
-    """The watch after the last wave."""
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    """The watch after the last wave (on by default; `guard: {duration: 0}` turns it off)."""
     signals: list[AdapterBlock] = Field(default_factory=list)
     """Where measurements come from: `kind`, `name` and that source's fields."""
     checks: list[CheckConfig] = Field(default_factory=list)
@@ -637,6 +654,20 @@ class Config(Strict):
                 )
             prev = max(prev, size)
         return out
+
+    @model_validator(mode="after")
+    def _guard_default(self) -> Config:
+        """`guard.duration` not set: derived from this config's bake (`default_guard_s`).
+        The field stays unset (`model_fields_set`), so the value is recomputed, never copied,
+        when the config is validated again."""
+        if "duration" not in self.guard.model_fields_set:
+            resolved = GuardConfig.model_construct(
+                _fields_set=set(self.guard.model_fields_set),
+                duration=default_guard_s(self.bake),
+                holdback=self.guard.holdback,
+            )
+            object.__setattr__(self, "guard", resolved)  # frozen: set once, while validating
+        return self
 
     @model_validator(mode="after")
     def _cross(self, info: ValidationInfo) -> Config:

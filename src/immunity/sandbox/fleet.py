@@ -224,6 +224,13 @@ warmup:
 bake:
   min: 20s
   max: 90s
+# Keep watching after the last wave: the last host stays on the old release meanwhile (the
+# holdback, the baseline of the comparisons) and is switched last. A fault that starts late, after the
+# waves passed, is caught here and reverts the whole fleet. Unset, the guard lasts half of
+# bake.max (45 s here); `duration: 0` turns it off.
+guard:
+  duration: 20s
+  holdback: true
 judge:
   # A canary proven under 1% 5xx passes even when the baseline has no errors at all (at
   # the probe's 12 requests/s that takes about 50 s of error-free requests).

@@ -49,6 +49,27 @@ def test_alpha_is_spent_evenly_over_the_waves_and_the_guard() -> None:
     assert fail_tests_per_check(cfg) == 1 and judge_for(cfg, 4).alpha == 0.0025
 
 
+def test_the_guard_is_on_by_default_tied_to_the_bake_and_0_turns_it_off() -> None:
+    """Unset, `guard.duration` is half of `bake.max`, at least `bake.min`; the default config's
+    watch is four bakes (three waves and the guard), each at a quarter of alpha; 0 is off."""
+    base = config().model_dump(exclude={"guard", "bake"})
+    default = Config.model_validate(base)
+    assert (default.guard.duration, default.guard.holdback) == (150.0, True)
+    assert "duration" not in default.guard.model_fields_set
+    assert (
+        Config.model_validate({**base, "bake": {"min": "20s", "max": "90s"}}).guard.duration == 45
+    )
+    assert (
+        Config.model_validate({**base, "bake": {"min": "50s", "max": "60s"}}).guard.duration == 50
+    )
+    kept = Config.model_validate({**base, "guard": {"holdback": False}}).guard
+    assert (kept.duration, kept.holdback) == (150.0, False)
+    assert bakes_of(default, 3) == 4
+    assert BakeAnalysis(default, relative=True, bakes=4).judge_config.alpha == 0.0025
+    off = Config.model_validate({**base, "guard": {"duration": 0}})
+    assert off.guard.duration == 0 and bakes_of(off, 3) == 3
+
+
 def test_the_guard_watches_until_its_end_and_never_certifies() -> None:
     """A healthy guard passes only when its duration is over, however strong the evidence."""
     cfg = config(guard="60s")

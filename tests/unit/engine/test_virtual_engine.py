@@ -34,6 +34,7 @@ CONFIG: dict[str, Any] = {
     "bake": {"min": 20, "max": 300, "interval": 1, "lag": 0},
     "timeouts": {"drain": 30, "revert": 600},
     "lease_ttl": 30,
+    "guard": {"duration": 0},  # the watch after the last wave is tested in tests/unit/analysis
 }
 
 
