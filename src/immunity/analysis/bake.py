@@ -35,7 +35,7 @@ from immunity.clock import SYSTEM_CLOCK, Clock
 from immunity.config.models import Config
 from immunity.domain import Cohort, HostRef, Observation, Verdict
 from immunity.errors import ImmunityError
-from immunity.signals.base import SignalSource, delay_of, resolution_of, vet
+from immunity.signals.base import SignalSource, begin, delay_of, resolution_of, vet
 from immunity.signals.probe import NAME as PROBE
 from immunity.signals.probe import ProbeSource, customer_traffic
 
@@ -189,6 +189,9 @@ async def _bake(
     # bake's first window starts when the bake does (earlier data is not the canary's); a
     # signal looks as soon as its delay allows, and is asked nothing until then.
     delays = {n: max(b.lag, delay_of(signals[n])) for n in analysis.signals}
+    # sources that diff cumulative counters take the reading that opens the first window
+    # now, so the first look counts (a reading from before the bake would be stale)
+    await _begin_all(signals, analysis.signals, clock.now(), b.interval)
     began = clock.now()
     starts = {
         n: began if not evidence else began - dt.timedelta(seconds=d) for n, d in delays.items()
@@ -267,6 +270,29 @@ async def _finish(
         looks=looks,
     )
     return BakeResult(decided, started_at, t_s, looks, dict(carry))
+
+
+async def _begin_all(
+    signals: Mapping[str, SignalSource], names: set[str], at: dt.datetime, interval: float
+) -> None:
+    """Every source's `begin(at)` at once, each within the look's deadline. A source that
+    fails or does not answer is only logged: its first look says what is wrong with it."""
+    timeout = max(2.0, interval * 3)
+
+    async def one(name: str) -> None:
+        try:
+            with anyio.fail_after(timeout):
+                await begin(signals[name], at)
+        except TimeoutError:
+            log.warning("signal %s: no first reading within %gs", name, timeout)
+        except ImmunityError as exc:
+            log.warning("signal %s: no first reading: %s", name, exc)
+        except Exception:  # a third-party source's bug: its looks will say so
+            log.exception("signal %s raised an unexpected error at the bake's start", name)
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(one, name)
 
 
 async def _observe_all(

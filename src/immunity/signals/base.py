@@ -6,6 +6,11 @@ returns `Observation.missing(...)` or raises `SignalError` — never zeros that 
 An answer that is partial, stale or implausible for the window is `Observation.rejected(...)`
 naming what is wrong: never evidence. `vet` applies the checks every answer must pass, and
 `delay_of` reads a source's declared delay.
+
+A source that reads cumulative counters (the difference of two readings is a window's
+count) may define `async def begin(self, at: dt.datetime) -> None`: the bake calls it just
+before its first window opens at `at`, so the reading that starts that window is taken then
+and the bake's first look counts (see `begin_all`).
 """
 
 from __future__ import annotations
@@ -115,3 +120,12 @@ def vet(obs: Observation, window_s: float, hosts: int) -> Observation:
                 f"count is {n}"
             )
     return obs
+
+
+async def begin(source: object, at: dt.datetime) -> None:
+    """Call `source.begin(at)` when the source defines it (see the module's docstring).
+
+    Raises what the source raises (`SignalError`); the caller decides what it costs."""
+    hook = getattr(source, "begin", None)
+    if hook is not None and callable(hook):
+        await hook(at)

@@ -49,8 +49,10 @@ requests ``req_tot`` + (``eresp`` - ``srv_abrt``) and errors ``hrsp_5xx`` + (``e
 timeout) is an ``eresp`` with neither a ``req_tot`` nor an ``hrsp_5xx``; a transfer the
 server aborted after sending its status is in ``srv_abrt`` (part of ``eresp``) and already
 in ``req_tot``. Each look diffs a snapshot against the
-previous one; a previous snapshot that does not reach back to the window's start (the first
-look after preflight, a skipped look) is stale, and that look is missing. No latency.
+previous one. A bake takes the snapshot that opens its first window when it starts
+(`begin`), so its first look counts; a previous snapshot that does not reach back to the
+window's start (a look skipped, a `begin` that failed) is stale, and that look is rejected.
+No latency.
 """
 
 from __future__ import annotations
@@ -876,6 +878,17 @@ class HAProxySource:
         return out
 
     # -- show stat counters --
+
+    async def begin(self, at: dt.datetime) -> None:
+        """A bake's first window opens at `at` (now): in counter mode, take the snapshot it
+        is counted from. Without it the last snapshot is from preflight or the previous
+        bake, before the hosts were switched, and the first look would be stale. Nothing
+        to do with an access log (its windows are cut by each request's time).
+
+        Raises SignalError when the runtime API does not answer."""
+        if self.tail is None:
+            async with self._lock:
+                await self._snapshot()
 
     async def _snapshot(self) -> dict[str, tuple[int, int]]:
         assert self.client is not None

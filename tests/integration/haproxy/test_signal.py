@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from hx_fleet import Fleet
 
+from immunity.analysis.bake import Cohorts, bake
+from immunity.config.models import Config
 from immunity.domain import Cohort, utcnow
 from immunity.hosts.local import LocalDriver
 from immunity.sandbox import fleet
@@ -18,6 +22,17 @@ from immunity.sandbox.load import read_records, run_load
 from immunity.signals.haproxy import HAProxySource, parse_line
 
 pytestmark = pytest.mark.anyio
+
+
+class Journal:
+    """The bake's recorder: keeps (kind, data) of every entry."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, dict[str, Any]]] = []
+
+    async def record(self, kind: str, message: str = "", **data: Any) -> object:
+        self.entries.append((kind, data))
+        return None
 
 
 @pytest.fixture
@@ -113,3 +128,53 @@ def test_log_lines_that_are_not_requests_are_skipped() -> None:
     rec = parse_line('<134>Nov 26 haproxy[1]: {"ts":100.250,"srv":"h1","st":502,"Ta":40,"Tt":50}')
     assert rec is not None
     assert (rec.server, rec.status, rec.latency_ms, rec.end) == ("h1", 502, 40.0, 100.3)
+
+
+async def test_counter_mode_counts_the_first_look_of_a_bake(
+    canary_on_h2: Fleet, tmp_path: Path
+) -> None:
+    """Counter mode in a real bake: the preflight's snapshot is seconds old when the bake
+    starts (hosts were switched meanwhile), yet the first look counts, from a snapshot the
+    bake takes as it starts; every look's requests add up to what the customers sent."""
+    hx = canary_on_h2
+    src = HAProxySource(
+        HAProxySource.Settings(name="lb", socket="haproxy/admin.sock"), base_dir=hx.dir
+    )
+    config = Config.model_validate(
+        {
+            "app": "shop",
+            "hosts": [{"name": h.name, "port": h.port} for h in hx.hosts],
+            "balancer": {"kind": "haproxy"},
+            "driver": {"kind": "local"},
+            "signals": [{"kind": "haproxy", "name": "lb", "socket": "haproxy/admin.sock"}],
+            "checks": [{"name": "errors", "signal": "lb", "kind": "errors"}],
+            "bake": {"min": "1s", "max": "3s", "interval": "500ms"},
+        }
+    )
+    journal = Journal()
+    await src.preflight(hx.hosts)  # the last snapshot before the bake
+    out = tmp_path / "load.jsonl"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_load, hx.info.url + "/", 100, 6.0, out)
+        await anyio.sleep(2.5)  # the switch of a host: the preflight's snapshot grows old
+        began = utcnow()
+        await bake(
+            {"lb": src},
+            config,
+            journal,
+            lambda: Cohorts([hx.hosts[1]], [hx.hosts[0]]),
+            wave=1,
+            bake_no=1,
+            relative=True,
+        )
+    # the looks that asked the source (the first may come before `bake.lag` allows a window)
+    looks = [d for k, d in journal.entries if k == "bake.looked" and "lb" in d["obs"]]
+    first = looks[0]["obs"]["lb"]
+    assert first["canary"].get("n", 0) > 0 and first["baseline"].get("n", 0) > 0, first
+    for look in looks:  # no look was stale
+        assert "stale" not in json.dumps(look["obs"]), look
+    counted = sum(lk["obs"]["lb"][c].get("n", 0) for lk in looks for c in ("canary", "baseline"))
+    # counted from the bake's start to the last reading (taken `bake.lag` after its window)
+    window = (began.timestamp(), looks[-1]["window"][1] + config.bake.lag)
+    sent = [r for r in read_records(out) if window[0] <= r["at"] <= window[1] and r["status"] > 0]
+    assert abs(counted - len(sent)) <= 0.1 * len(sent), (counted, len(sent))

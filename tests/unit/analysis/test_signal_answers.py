@@ -160,3 +160,34 @@ def test_vet_keeps_a_plausible_answer() -> None:
     """A busy but possible window passes unchanged."""
     obs = Observation(40_000, 12, (5.0,), (39_990, 10), hosts=1)
     assert vet(obs, 1.0, 1) is obs
+
+
+async def test_a_source_is_told_when_the_bake_begins_and_a_failing_begin_only_costs_its_looks() -> (
+    None
+):
+    """`begin(at)` is called once, before the first window, which opens at or after `at`; a
+    source whose `begin` raises is still asked at every look (its answers say what is wrong)."""
+    from immunity.errors import SignalError
+
+    def answer(c: Cohort, start: dt.datetime, end: dt.datetime) -> Observation:
+        return Observation(10, 0, hosts=1 if c is Cohort.CANARY else 2)
+
+    class Counting(Source):
+        def __init__(self, fail: bool) -> None:
+            super().__init__(answer)
+            self.fail = fail
+            self.begun: list[dt.datetime] = []
+
+        async def begin(self, at: dt.datetime) -> None:
+            self.begun.append(at)
+            if self.fail:
+                raise SignalError("runtime API down", adapter="test")
+
+    for fail in (False, True):
+        src = Counting(fail)
+        result = await bake(
+            {"lb": src}, config(), Journal(), cohorts, wave=1, bake_no=1, relative=True
+        )
+        assert len(src.begun) == 1 and src.windows, fail
+        assert src.begun[0] <= src.windows[0][0]
+        assert result.verdict.outcome is not Outcome.ERROR
