@@ -45,6 +45,8 @@ class HostSwitcher:
         # again: the balancer may still call them serving for a moment.
         self._leaving: dict[str, str] = {}  # host name -> its balancer id
         self._drain_lock = anyio.Lock()
+        self._witness: HostRef | None = None  # see _another_serves
+        self._by_id = {h.balancer_id: h for h in fleet.hosts}
         self._shields: set[anyio.CancelScope] = set()
 
     @contextmanager
@@ -139,14 +141,7 @@ class HostSwitcher:
         lb = self.fleet.lb
         while True:
             async with self._drain_lock:
-                pool = await lb.pool_members()
-                mine = pool.get(host.balancer_id)
-                leaving = set(self._leaving.values())
-                others = any(
-                    name != host.balancer_id and m.state is LbState.SERVING and name not in leaving
-                    for name, m in pool.items()
-                )
-                if mine is None or mine.state is not LbState.SERVING or others:
+                if await self._another_serves(host):
                     self._leaving[host.name] = host.balancer_id
                     await lb.drain(host)
                     self.last_answer.pop(host.name, None)
@@ -155,6 +150,43 @@ class HostSwitcher:
                 "no other pool member serving: draining it would leave customers none"
             )
             await self.fleet.clock.sleep(0.2)
+
+    async def _another_serves(self, host: HostRef) -> bool:
+        """Whether draining `host` leaves customers a member: another pool member the
+        balancer calls serving now and that no walk of ours is draining, or `host` itself
+        not serving anyway.
+
+        It first asks about two hosts only: `host` and a *witness*, a fleet host that served
+        at the last read of the whole pool and that we are not draining. When the balancer
+        still calls the witness serving, that settles it; only otherwise is the whole pool
+        read (and a new witness picked, from the end of the pool: the hosts drained last).
+        A wave of N drains then reads the pool about once, not N times (at 10,000 hosts the
+        pool reads were the orchestrator's largest cost).
+        """
+        lb = self.fleet.lb
+        w = self._witness
+        if w is not None and w.name != host.name and w.name not in self._leaving:
+            seen = await lb.members([w, host])
+            mine, other = seen.get(host.name), seen.get(w.name)
+            if mine is None or mine.state is not LbState.SERVING:
+                return True
+            if other is not None and other.state is LbState.SERVING:
+                return True
+        pool = await lb.pool_members()
+        me = pool.get(host.balancer_id)
+        if me is None or me.state is not LbState.SERVING:
+            return True
+        leaving = set(self._leaving.values())
+        self._witness = None
+        others = False
+        for name in reversed(pool):
+            m = pool[name]
+            if name != host.balancer_id and m.state is LbState.SERVING and name not in leaving:
+                others = True
+                self._witness = self._by_id.get(name)
+                if self._witness is not None:
+                    break
+        return others
 
     async def _step(
         self,
