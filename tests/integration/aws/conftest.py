@@ -77,6 +77,11 @@ def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Isolate the credential chain: test keys in the environment, no shared files, no IMDS."""
+    isolate_aws_env(monkeypatch, tmp_path)
+
+
+def isolate_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Test keys in the environment, no shared files, no IMDS (undone by `monkeypatch`)."""
     for k in list(os.environ):
         if k.startswith("AWS_"):
             monkeypatch.delenv(k)
@@ -87,13 +92,27 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
-@pytest.fixture
-def moto(moto_url: str, aws_env: None) -> str:
-    """The moto server, emptied before the test."""
+def _reset(moto_url: str) -> None:
     req = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
+
+
+@pytest.fixture
+def moto(moto_url: str, aws_env: None) -> str:
+    """The moto server, emptied before the test."""
+    _reset(moto_url)
     return moto_url
+
+
+@pytest.fixture(scope="module")
+def module_alb(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alb]:
+    """One ALB for a whole module, on the emptied moto server, with the credential chain
+    isolated for the module (as `aws_env`); each case puts the targets back itself."""
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_aws_env(mp, tmp_path_factory.mktemp("aws"))
+        _reset(moto_url)
+        yield make_alb(moto_url)
 
 
 def _client(moto: str, service: str) -> Any:
@@ -128,6 +147,12 @@ class Alb:
 @pytest.fixture
 def alb(moto: str) -> Alb:
     """A VPC, an ALB with a listener, a target group and three registered instances."""
+    return make_alb(moto)
+
+
+def make_alb(moto: str) -> Alb:
+    """Create a VPC, an ALB with a listener, a target group and three registered instances
+    on the moto server at `moto` (credentials from the environment)."""
     ec2, elbv2 = _client(moto, "ec2"), _client(moto, "elbv2")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [

@@ -71,7 +71,16 @@ class TestAlbTargetGroup(LoadBalancerContract):
     }
 
     @pytest.fixture
-    async def harness(self, moto: str, alb: Any) -> AsyncIterator[BalancerHarness]:
-        h = AlbHarness(moto, alb)
+    async def harness(self, moto_url: str, module_alb: Any) -> AsyncIterator[BalancerHarness]:
+        """The module's ALB with exactly its three instances registered, on port 80."""
+        alb = module_alb
+        extra = [{"Id": i} for i in alb.states() if i not in alb.instance_ids]
+        if extra:
+            alb.elbv2.deregister_targets(TargetGroupArn=alb.target_group_arn, Targets=extra)
+        alb.elbv2.register_targets(
+            TargetGroupArn=alb.target_group_arn,
+            Targets=[{"Id": i, "Port": 80} for i in alb.instance_ids],
+        )
+        h = AlbHarness(moto_url, alb)
         yield h
         await h.lb.aclose()

@@ -48,6 +48,11 @@ class SignalHarness(ABC):
         """Send `n` requests to the cohorts' hosts, the canary's answering some 5xx; return
         who answered what, from the clients' record. Returns once every one is answered."""
 
+    async def quiet(self) -> None:
+        """Before a case's window starts: nothing else reaches the hosts from now on, and
+        what did before is in the source's data (default: nothing to do)."""
+        return None
+
     @abstractmethod
     async def broken(self) -> SignalSource:
         """The same kind of source pointed at data it cannot read (no server, no file)."""
@@ -103,6 +108,7 @@ class SignalSourceContract(Contract):
     async def test_per_cohort_counts_equal_the_traffic_sent(self, harness: SignalHarness) -> None:
         """One window around a burst: each cohort's requests and 5xx are exactly what its
         hosts answered; a latency histogram counts every request."""
+        await harness.quiet()
         start = harness.now()
         await harness.sleep(harness.settle_s)
         sent = await harness.send(harness.requests)
@@ -121,6 +127,7 @@ class SignalSourceContract(Contract):
     ) -> None:
         """Traffic runs across the edge of two consecutive windows, each looked at when the
         bake would: together they count every request once per cohort."""
+        await harness.quiet()
         start = harness.now()
         await harness.sleep(harness.settle_s)
         sent: Sent = Counter()
@@ -144,6 +151,7 @@ class SignalSourceContract(Contract):
 
     async def test_a_window_without_traffic_counts_none(self, harness: SignalHarness) -> None:
         """A quiet window: no requests (or no data), never invented ones."""
+        await harness.quiet()
         start = harness.now()
         await harness.sleep(harness.settle_s)
         obs = await self._look(harness, start, harness.now())
