@@ -36,6 +36,9 @@ LOG_CAP_PER_SECOND = math.log(3.0)
 LOG_CAP_PER_BLOCK = math.log(10.0)
 BLOCK_S = 5.0
 
+VECTOR_MAX_CELLS = 200_000
+"""`fnch_stats` works on every metric at once up to this many (metric, psi, count) cells."""
+
 _logfact: FloatArray = gammaln(np.arange(4097, dtype=np.float64) + 1.0)
 
 
@@ -71,34 +74,37 @@ def fnch_stats(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """(log Z, mean, variance) of Fisher's non-central hypergeometric law of the canary's
     count, each of shape (len(events), len(log_psi)); see `fnch_logz`. The mean and
-    variance are exact sums over the support (they feed the fixed-horizon score test)."""
-    lf = _log_factorials(max(n_c, n_b))
-    out = np.empty((len(events), len(log_psi)))
-    mean = np.zeros((len(events), len(log_psi)))
-    var = np.zeros((len(events), len(log_psi)))
-    for k, e in enumerate(events):
-        lo, hi = max(0, e - n_b), min(n_c, e)
-        if hi <= lo:
-            out[k] = lo * log_psi
-            mean[k] = lo
-            continue
-        u = _arange(hi + 1)[lo:]
-        # log C(n_c, u) + log C(n_b, e - u) without the constant log n_c! + log n_b!
-        lc = -(
-            lf[lo : hi + 1]
-            + lf[n_c - hi : n_c - lo + 1][::-1]
-            + lf[e - hi : e - lo + 1][::-1]
-            + lf[n_b - e + lo : n_b - e + hi + 1]
-        )
-        terms = lc[None, :] + log_psi[:, None] * u[None, :]
-        m = terms.max(axis=1)
-        w = np.exp(terms - m[:, None])
-        total = w.sum(axis=1)
-        out[k] = m + np.log(total)
-        mu = (w @ u) / total
-        mean[k] = mu
-        var[k] = np.maximum((w @ (u * u)) / total - mu * mu, 0.0)
-    return out, mean, var
+    variance are exact sums over the support (they feed the fixed-horizon score test).
+
+    All metrics at once, on the union of their supports (each row's terms outside its own
+    support are -inf): one set of array operations per interval instead of one per metric.
+    Each row's log Z is up to its own psi-free constant.
+    """
+    ev = np.asarray(events, dtype=np.int64)
+    lo = np.maximum(0, ev - n_b)
+    hi = np.minimum(n_c, ev)
+    first, last = int(lo.min()), int(hi.max())
+    if len(ev) > 1 and len(ev) * len(log_psi) * (last - first + 1) > VECTOR_MAX_CELLS:
+        # huge counts: one metric at a time, on its own support (bounded memory)
+        parts = [fnch_stats(n_c, n_b, [int(e)], log_psi) for e in ev]
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+    lf = _log_factorials(max(n_c, n_b, int(ev.max()) if len(ev) else 0))
+    ui = np.arange(first, last + 1)
+    u = _arange(last + 1)[first:]
+    # log C(n_c, u) + log C(n_b, e - u) without the constant log n_c! + log n_b!
+    lc = -(lf[ui] + lf[n_c - ui])[None, :] - (
+        lf[np.maximum(ev[:, None] - ui[None, :], 0)]
+        + lf[np.maximum(n_b - ev[:, None] + ui[None, :], 0)]
+    )
+    outside = (ui[None, :] < lo[:, None]) | (ui[None, :] > hi[:, None])
+    lc[outside] = -np.inf
+    terms = lc[:, None, :] + log_psi[None, :, None] * u[None, None, :]
+    m = terms.max(axis=2)
+    w = np.exp(terms - m[..., None])
+    total = w.sum(axis=2)
+    mu = (w @ u) / total
+    var = np.maximum((w @ (u * u)) / total - mu * mu, 0.0)
+    return m + np.log(total), mu, var
 
 
 _aranged: NDArray[np.float64] = np.arange(4097, dtype=np.float64)
@@ -283,3 +289,54 @@ def histogram_quantile(bounds: Sequence[float], buckets: Sequence[int], q: float
     inside = counts[i]
     frac = (q * total - below) / inside if inside > 0 else 1.0
     return lo + (hi - lo) * min(max(frac, 0.0), 1.0)
+
+
+def fnch_pmf(n_c: int, n_b: int, events: int, log_psi: float) -> tuple[int, FloatArray]:
+    """(lo, pmf): the exact law of the canary's count under Fisher's non-central
+    hypergeometric law at odds ratio exp(`log_psi`), on its support lo .. lo + len(pmf) - 1
+    (see `fnch_logz`)."""
+    lf = _log_factorials(max(n_c, n_b, events))
+    lo, hi = max(0, events - n_b), min(n_c, events)
+    if hi <= lo:
+        return lo, np.ones(1)
+    u = _arange(hi + 1)[lo:]
+    terms = (
+        -(
+            lf[lo : hi + 1]
+            + lf[n_c - hi : n_c - lo + 1][::-1]
+            + lf[events - hi : events - lo + 1][::-1]
+            + lf[n_b - events + lo : n_b - events + hi + 1]
+        )
+        + log_psi * u
+    )
+    w = np.exp(terms - terms.max())
+    return lo, np.asarray(w / w.sum(), dtype=np.float64)
+
+
+def stratified_upper_tail(
+    strata: Sequence[tuple[int, int, int]], log_psi: float, observed: int
+) -> float:
+    """P(S >= observed) for S the sum over `strata` (n_c, n_b, events) of independent
+    canary counts, each Fisher non-central hypergeometric at odds ratio exp(`log_psi`).
+
+    The exact conditional test of a common odds ratio in stratified 2x2 tables (Cox 1970,
+    *Analysis of Binary Data* §4; Mehta, Patel & Gray 1985 compute it by the same
+    convolution): given every stratum's margins, S is sufficient for log psi, and its law is
+    the convolution of the strata's laws. The tail grows with psi (an exponential family in
+    log psi), so rejecting "psi <= psi0" when the tail at psi0 is <= a has level a. Cost:
+    one convolution per stratum, over the support of S so far.
+    """
+    lo_total = 0
+    pmf = np.ones(1)
+    for n_c, n_b, e in strata:
+        if n_c <= 0 or n_b <= 0 or e <= 0:
+            continue
+        lo, p = fnch_pmf(n_c, n_b, e, log_psi)
+        lo_total += lo
+        pmf = np.convolve(pmf, p) if len(p) > 1 else pmf
+    k = observed - lo_total
+    if k <= 0:
+        return 1.0
+    if k >= len(pmf):
+        return 0.0
+    return float(min(1.0, pmf[k:].sum()))

@@ -15,9 +15,12 @@ Three tests run on every look (after Lindon & Malek's conditional count tests an
 Ramdas & Rinaldo's e-detectors; see the project's research notes on canary statistics, §5):
 
 * FAIL: H0 psi <= tolerance. A mixture over alternatives tolerance x {1.1 .. 30} of capped
-  likelihood-ratio products; FAIL when it reaches K/alpha (K = number of thresholds). By
-  Ville's inequality P(false FAIL) <= alpha at any number of looks, as long as requests
-  within an interval and cohort are conditionally independent with a common rate.
+  likelihood-ratio products; FAIL when it reaches K/(alpha (1 - FAIL_FINAL_SHARE)) (K =
+  number of thresholds). By Ville's inequality P(false FAIL) <= alpha (1 - share) at any
+  number of looks, as long as requests within an interval and cohort are conditionally
+  independent with a common rate. The rest of alpha pays for one fixed-horizon FAIL look at
+  max bake (`final`: the exact conditional test of a common odds ratio), so over both
+  P(false FAIL) <= alpha (a union bound, i.e. alpha spending between the two).
 * PASS: H_bad psi >= bad. A mixture over alternatives below `bad`; PASS once t >= min bake
   and every metric reaches 1/beta, so P(PASS | a regression of at least `bad`) <= beta.
   Errors also certify through an absolute route, "canary 5xx rate below `error_floor`",
@@ -33,8 +36,10 @@ Ramdas & Rinaldo's e-detectors; see the project's research notes on canary stati
 Guards: an unavailable signal, no requests in a cohort for 30 s, or a canary getting less
 than `min_traffic_share` of its fair share (canary hosts / all hosts) of requests over a
 recent window with enough traffic make the look `inconclusive`; none of them is ever a pass.
-At max bake without a decision the check passes "not certified" when a canary identical to
-the baseline would have been certified with the data seen, and is inconclusive otherwise.
+At max bake without a decision the judge takes one fixed-horizon FAIL look, then one PASS
+look (see `ErrorsJudge.final`); still undecided, the check passes "not certified" when a
+canary identical to the baseline would have been certified with the data seen, and is
+inconclusive otherwise.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 from scipy.stats import binom
 
 from immunity.config.models import JudgeConfig
@@ -60,6 +65,7 @@ from immunity.judge.evidence import (
     OddsRatioGrid,
     histogram_quantile,
     logmeanexp,
+    stratified_upper_tail,
     thin,
 )
 from immunity.judge.wording import count, e_number, evalue, ms, pct, quantile_ms
@@ -84,6 +90,15 @@ FINAL_FLOOR_SHARE = 0.2
 """Share of the fixed-horizon PASS look's beta that the errors check spends on the absolute
 route ("the canary's 5xx rate is below `error_floor`", an exact binomial test); the
 relative score test gets the rest (none of it when the floor is off)."""
+FAIL_FINAL_SHARE = 0.5
+"""Share of `alpha` spent by the fixed-horizon FAIL test at max bake (the sequential FAIL
+e-process gets the rest: its bar is 1/(alpha (1 - share))). A union bound (Bonferroni; the
+same alpha-spending as over bakes, `analysis.spending`): P(false FAIL) <= alpha (1 - share)
++ alpha share = alpha."""
+EXACT_MAX_SUPPORT = 4000
+"""The fixed-horizon FAIL test is exact (`evidence.stratified_upper_tail`) while the support
+of the canary's summed count stays under this; beyond it (heavy traffic, where the normal
+approximation is excellent) it is the conditional score test."""
 MIN_SCORE_VARIANCE = 5.0
 """The fixed-horizon tests need this much conditional variance of the canary's count (about
 40 pooled bad requests at a 1:9 split) for their normal approximation."""
@@ -249,6 +264,13 @@ class RelativeEvidence:
         self.mean_bad = np.zeros(k)
         self.var_bad = np.zeros(k)
         self.mean_identical = np.zeros(k)
+        # Fixed-horizon FAIL test at `tolerance`: the score sums, and the strata (n_c, n_b,
+        # events per metric) for the exact test while their summed support stays small.
+        self._tol = self.grid.index(tolerance)
+        self.mean_tol = np.zeros(k)
+        self.var_tol = np.zeros(k)
+        self.strata: list[tuple[int, int, tuple[int, ...]]] | None = []
+        self.support = [0] * k
 
     def add(
         self,
@@ -273,6 +295,17 @@ class RelativeEvidence:
             self.var_bad += g.var[:, self._bad]
             events = np.asarray(x_c, dtype=np.float64) + np.asarray(x_b, dtype=np.float64)
             self.mean_identical += events * (n_c / (n_c + n_b))
+            self.mean_tol += g.mean[:, self._tol]
+            self.var_tol += g.var[:, self._tol]
+            if self.strata is not None:
+                e = tuple(int(c) + int(b) for c, b in zip(x_c, x_b, strict=True))
+                support = self.support
+                for i, ei in enumerate(e):
+                    support[i] += min(n_c, ei) - max(0, ei - n_b)
+                if min(support) > EXACT_MAX_SUPPORT:
+                    self.strata = None  # every metric is on the normal approximation now
+                elif any(e):
+                    self.strata.append((n_c, n_b, e))
         if got is not None and self.cusum is not None and self.cusum.add(got[0][2][0]):
             self.cusum_alarm_at = t_s
         self.log_fail = self.fail.log_e()
@@ -284,6 +317,35 @@ class RelativeEvidence:
         x = self.mean_identical if identical else self.x
         z = _z(x - self.mean_bad + 0.5, self.var_bad)
         return np.where(np.isneginf(z), np.inf, z)
+
+    def p_fail(self) -> FloatArray:
+        """One-sided p-value per metric of H0 psi <= tolerance on all the counts so far, for
+        the one fixed-horizon FAIL look at max bake (small = the canary is worse).
+
+        Exact while the metric's summed support is at most `EXACT_MAX_SUPPORT`: the upper
+        tail of the canary's summed count under the strata's Fisher non-central
+        hypergeometric laws at psi = tolerance (`evidence.stratified_upper_tail`). Beyond it,
+        the conditional score test (Mantel-Haenszel under the same laws; normal
+        approximation with continuity correction), or 1 without `MIN_SCORE_VARIANCE`.
+        """
+        out = np.ones(self.k)
+        log_tol = math.log(self.tolerance)
+        for i in range(self.k):
+            if self.strata is not None and int(self.support[i]) <= EXACT_MAX_SUPPORT:
+                cells = [(n_c, n_b, e[i]) for n_c, n_b, e in self.strata]
+                out[i] = stratified_upper_tail(cells, log_tol, round(float(self.x[i])))
+            elif self.var_tol[i] >= MIN_SCORE_VARIANCE:
+                z = (self.x[i] - self.mean_tol[i] - 0.5) / math.sqrt(float(self.var_tol[i]))
+                out[i] = float(ndtr(-z))
+        return out
+
+
+def fixed_fail_share(min_bake_s: float) -> float:
+    """The share of alpha a judge keeps for its fixed-horizon FAIL look: `FAIL_FINAL_SHARE`,
+    or none for a judge that never certifies (`min_bake_s` infinite: the guard, which ends
+    on a fail or when its time is up, never at `bake.max`, so takes no fixed look and runs
+    its sequential test at the whole of alpha)."""
+    return FAIL_FINAL_SHARE if math.isfinite(min_bake_s) else 0.0
 
 
 def _z(num: FloatArray, var: FloatArray) -> FloatArray:
@@ -298,7 +360,10 @@ class ErrorsJudge:
         self.name = name
         self.config = config
         self.min_bake_s = min_bake_s
-        self.fail_log_threshold = math.log(1.0 / config.alpha)
+        share = fixed_fail_share(min_bake_s)
+        self.fail_needed = 1.0 / (config.alpha * (1.0 - share))
+        self.fail_log_threshold = math.log(self.fail_needed)
+        self.fail_final_alpha = config.alpha * share
         self.pass_log_threshold = math.log(1.0 / (config.beta * (1.0 - PASS_FINAL_SHARE)))
         self.floor = config.error_floor
         floor_on = 0.0 < self.floor < 1.0
@@ -395,7 +460,7 @@ class ErrorsJudge:
             "canary_rate": self.x_c / self.n_c if self.n_c else 0.0,
             "baseline_rate": self.x_b / self.n_b if self.n_b else 0.0,
             "e_fail": e_number(self._log_e_fail()),
-            "e_fail_needed": 1.0 / self.config.alpha,
+            "e_fail_needed": self.fail_needed,
             "e_pass": e_number(self._log_e_pass()),
             "e_pass_needed": 1.0 / (self.config.beta * (1.0 - PASS_FINAL_SHARE)),
             "catastrophe_abs_log_e": self.cat_abs.level,
@@ -450,7 +515,7 @@ class ErrorsJudge:
             self.failed = self._result(
                 Outcome.FAIL,
                 f"{self._rates()} (e-value {evalue(log_fail)} ≥ "
-                f"{math.exp(self.fail_log_threshold):g}, tolerance "
+                f"{self.fail_needed:g}, tolerance "
                 f"×{self.config.error_tolerance:g} odds)",
                 t_s,
             )
@@ -468,7 +533,7 @@ class ErrorsJudge:
         return self._result(
             Outcome.CONTINUE,
             f"{self._rates()} (fail e-value {evalue(log_fail)} of "
-            f"{math.exp(self.fail_log_threshold):g}, pass e-value {evalue(log_pass)} of "
+            f"{self.fail_needed:g}, pass e-value {evalue(log_pass)} of "
             f"{math.exp(self.pass_log_threshold):g})",
             t_s,
         )
@@ -478,9 +543,22 @@ class ErrorsJudge:
         return self.passed
 
     def final(self, t_s: float) -> CheckResult:
-        """The verdict at max bake: the sequential PASS test, then one fixed-horizon look.
+        """The verdict at max bake: one fixed-horizon FAIL look, the sequential PASS test,
+        then one fixed-horizon PASS look. Call it once, when `bake.max` is reached (a fixed
+        time, not one chosen by the data).
 
-        That look is a conditional score test on all the bake's counts (the Mantel-Haenszel
+        The FAIL look is the exact conditional test of "psi <= tolerance" on all the bake's
+        counts (the canary's summed 5xx given each interval's margins, a convolution of
+        Fisher non-central hypergeometric laws at psi = tolerance; Cox 1970, Mehta, Patel &
+        Gray 1985; the score test's normal approximation beyond `EXACT_MAX_SUPPORT`). It
+        fails when its one-sided p-value is at most alpha x `FAIL_FINAL_SHARE`; the
+        sequential e-process runs at the rest of alpha, so P(false FAIL) <= alpha over both
+        (a union bound: alpha spending between the anytime-valid test and one fixed look,
+        as beta is split for the PASS look). It is what thin traffic lacks: at 8 requests/s
+        a canary with x3 the errors shows about 15 of them in 10 minutes, short of the
+        e-value bar but a clear tail event for one test at a known time.
+
+        The PASS look is a conditional score test on all the bake's counts (the Mantel-Haenszel
         statistic under Fisher's non-central hypergeometric law at psi = `bad`, normal
         approximation with continuity correction, needing `MIN_SCORE_VARIANCE`): PASS
         (certified) when it rejects "worse by `bad` or more" at beta x `PASS_FINAL_SHARE`.
@@ -498,6 +576,18 @@ class ErrorsJudge:
         if self.blocked is not None:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         rel = self.relative
+        p_fail = float(rel.p_fail()[0]) if self.fail_final_alpha > 0 else 1.0
+        if p_fail <= self.fail_final_alpha:
+            self.failed = self._result(
+                Outcome.FAIL,
+                f"{self._rates()} at max bake (one-sided p {p_fail:.2g} ≤ "
+                f"{self.fail_final_alpha:.2g} that the canary is no worse than ×"
+                f"{self.config.error_tolerance:g} odds: exact conditional test on the whole "
+                f"bake; fail e-value {evalue(self._log_e_fail())} of "
+                f"{self.fail_needed:g})",
+                t_s,
+            )
+            return self.failed
         log_pass = self._log_e_pass()
         if log_pass >= self.pass_log_threshold:
             return self._pass(
@@ -567,7 +657,10 @@ class LatencyJudge:
         self.k = len(self.quantiles)
         if self.k == 0:
             raise ValueError("a latency check needs at least one quantile or threshold")
-        self.fail_log_threshold = math.log(self.k / config.alpha)
+        share = fixed_fail_share(min_bake_s)
+        self.fail_needed = self.k / (config.alpha * (1.0 - share))
+        self.fail_log_threshold = math.log(self.fail_needed)
+        self.fail_final_alpha = config.alpha * share / self.k
         self.pass_log_threshold = math.log(1.0 / (config.beta * (1.0 - PASS_FINAL_SHARE)))
         self.pass_z = float(ndtri(1.0 - config.beta * PASS_FINAL_SHARE))
         self.evidence = RelativeEvidence(self.k, config.latency_tolerance, config.latency_bad)
@@ -725,7 +818,7 @@ class LatencyJudge:
         log_pass = self.evidence.log_pass
         out: dict[str, float] = {
             "t_s": float(t_s),
-            "e_fail_needed": self.k / self.config.alpha,
+            "e_fail_needed": self.fail_needed,
             "e_pass_needed": 1.0 / (self.config.beta * (1.0 - PASS_FINAL_SHARE)),
         }
         for i, label in enumerate(self.labels):
@@ -771,7 +864,7 @@ class LatencyJudge:
             self.failed = self._result(
                 Outcome.FAIL,
                 f"{self._describe(worst)} (e-value {evalue(float(log_fail[worst]))} ≥ "
-                f"{math.exp(self.fail_log_threshold):g}, tolerance "
+                f"{self.fail_needed:g}, tolerance "
                 f"×{self.config.latency_tolerance:g} odds)",
                 t_s,
             )
@@ -796,7 +889,7 @@ class LatencyJudge:
         return self._result(
             Outcome.CONTINUE,
             f"{self._describe(worst)} (fail e-value {evalue(float(log_fail[worst]))} of "
-            f"{math.exp(self.fail_log_threshold):g}; smallest pass e-value {evalue(log_pass)} "
+            f"{self.fail_needed:g}; smallest pass e-value {evalue(log_pass)} "
             f"of {math.exp(self.pass_log_threshold):g})",
             t_s,
         )
@@ -814,7 +907,9 @@ class LatencyJudge:
         )
 
     def final(self, t_s: float) -> CheckResult:
-        """The verdict at max bake: see ErrorsJudge.final (per threshold)."""
+        """The verdict at max bake: see ErrorsJudge.final (per threshold). The FAIL look
+        spends alpha x `FAIL_FINAL_SHARE` / K on each of the K thresholds (Bonferroni), like
+        the sequential test's K / alpha bar."""
         if self.failed is not None:
             return self.failed
         if self.passed is not None:
@@ -831,6 +926,19 @@ class LatencyJudge:
                 f"requests were too few to set the {'/'.join(missing)} latency threshold(s)",
                 t_s,
             )
+        p_fail = ev.p_fail() if self.fail_final_alpha > 0 else np.ones(self.k)
+        worst = int(np.argmin(p_fail))
+        if p_fail[worst] <= self.fail_final_alpha:
+            self.failed = self._result(
+                Outcome.FAIL,
+                f"{self._describe(worst)} at max bake (one-sided p {float(p_fail[worst]):.2g} ≤ "
+                f"{self.fail_final_alpha:.2g} that the canary is no worse than ×"
+                f"{self.config.latency_tolerance:g} odds: conditional test on the whole bake; "
+                f"fail e-value {evalue(float(ev.log_fail[worst]))} of "
+                f"{self.fail_needed:g})",
+                t_s,
+            )
+            return self.failed
         log_pass, weakest = self._pass_level()
         if log_pass >= self.pass_log_threshold:
             return self._pass(

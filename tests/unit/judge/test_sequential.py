@@ -220,8 +220,9 @@ def test_fail_reason_is_one_sentence_with_the_numbers(stream: Stream) -> None:
     n = result.numbers
     assert f"{n['canary_requests']:,.0f} vs {n['baseline_requests']:,.0f} requests" in result.reason
     assert "canary 5xx " in result.reason and "vs baseline " in result.reason
-    assert "≥ 100" in result.reason
-    assert n["e_fail"] >= n["e_fail_needed"] == 100.0
+    # alpha 1%: half to the sequential test (bar 200), half to the one look at max bake
+    assert "≥ 200" in result.reason
+    assert n["e_fail"] >= n["e_fail_needed"] == 200.0
     assert result.reason.count(". ") == 0
 
 
@@ -333,3 +334,83 @@ def test_the_fixed_horizon_pass_certifies_a_regression_of_bad_at_most_its_share_
         result = judge.final(float(seconds))
         certified += result.outcome is Outcome.PASS and "at max bake (score z" in result.reason
     assert certified / runs <= config.beta * PASS_FINAL_SHARE + 0.02
+
+
+def test_thin_traffic_x3_errors_fail_at_the_fixed_horizon_look(stream: Stream) -> None:
+    """At 8 requests/s a canary with x3 the errors (0.3% vs 0.1%, alpha spent over 4 bakes)
+    stays short of the sequential bar in 10 minutes; the one exact test at max bake fails it,
+    and says so. (At this traffic it is a coin toss which of the two, if either, decides:
+    this seed is one where only the fixed look does.)"""
+    judge = ErrorsJudge("errors", JudgeConfig(alpha=0.0025), min_bake_s=120)
+    data = stream(6, seconds=600, rate=8, canary_error=0.003, baseline_error=0.001)
+    outcomes = _continue(judge, data)
+    assert Outcome.FAIL not in outcomes and Outcome.PASS not in outcomes
+    result = judge.final(600.0)
+    assert result.outcome is Outcome.FAIL, result.reason
+    assert "at max bake (one-sided p" in result.reason and "exact conditional test" in result.reason
+    assert judge.final(600.0) is result  # a fail is final
+
+
+def test_the_exact_tail_matches_scipy_for_one_stratum_and_brute_force_for_two() -> None:
+    """`stratified_upper_tail` is P(S >= s) of summed Fisher non-central hypergeometric laws:
+    one stratum is scipy's law; two are the brute-force double sum."""
+    from immunity.judge.evidence import stratified_upper_tail
+
+    psi = 1.25
+    n_c, n_b, e = 40, 300, 12
+    for s in (0, 3, 6, 12):
+        want = float(nchypergeom_fisher.sf(s - 1, n_c + n_b, n_c, e, psi))
+        assert stratified_upper_tail([(n_c, n_b, e)], np.log(psi), s) == pytest.approx(want)
+    a, b = (8, 70, 5), (9, 75, 4)
+    la = nchypergeom_fisher(a[0] + a[1], a[0], a[2], psi)
+    lb = nchypergeom_fisher(b[0] + b[1], b[0], b[2], psi)
+    for s in (2, 4, 7):
+        want = sum(
+            float(la.pmf(i)) * float(lb.pmf(j))
+            for i in range(a[2] + 1)
+            for j in range(b[2] + 1)
+            if i + j >= s
+        )
+        assert stratified_upper_tail([a, b], np.log(psi), s) == pytest.approx(want, rel=1e-9)
+
+
+def test_the_fixed_horizon_fail_look_fails_a_canary_at_tolerance_at_most_its_share_of_alpha() -> (
+    None
+):
+    """400 thin-traffic bakes whose canary is exactly at the tolerance (odds ratio 1.25, the
+    null's edge): the look at max bake fails at most alpha x FAIL_FINAL_SHARE of them (at
+    alpha 0.1 here so the bound is measurable), plus binomial slack."""
+    from immunity.judge.sequential import FAIL_FINAL_SHARE
+
+    config = JudgeConfig(alpha=0.1)
+    rng = np.random.default_rng(47)
+    runs, seconds, failed = 400, 200, 0
+    for _ in range(runs):
+        judge = ErrorsJudge("errors", config, min_bake_s=1e9)
+        p_b = rng.uniform(0.002, 0.02)
+        p_c = 1.25 * p_b / (1 - p_b + 1.25 * p_b)
+        n_c = rng.poisson(8, seconds)
+        n_b = rng.poisson(72, seconds)
+        x_c = rng.binomial(n_c, p_c)
+        x_b = rng.binomial(n_b, p_b)
+        for t in range(seconds):
+            judge.look(
+                t + 1.0,
+                Observation(int(n_c[t]), int(x_c[t]), hosts=1),
+                Observation(int(n_b[t]), int(x_b[t]), hosts=9),
+            )
+        result = judge.final(float(seconds))
+        failed += result.outcome is Outcome.FAIL and "at max bake (one-sided p" in result.reason
+    assert failed / runs <= config.alpha * FAIL_FINAL_SHARE + 0.03
+
+
+def test_a_judge_that_never_certifies_takes_no_fixed_look_and_keeps_all_of_alpha() -> None:
+    """The guard's judges (min bake infinite) never reach `bake.max`, so they do not pay for
+    a fixed look: their sequential bar is 1/alpha (K/alpha for latency), while a bake's is
+    twice that."""
+    config = JudgeConfig(alpha=0.01)
+    assert ErrorsJudge("e", config, min_bake_s=math.inf).fail_needed == pytest.approx(100.0)
+    assert ErrorsJudge("e", config, min_bake_s=120).fail_needed == pytest.approx(200.0)
+    guard = LatencyJudge("l", config, min_bake_s=math.inf)
+    assert guard.fail_needed == pytest.approx(300.0) and guard.fail_final_alpha == 0.0
+    assert LatencyJudge("l", config, min_bake_s=120).fail_final_alpha == pytest.approx(0.005 / 3)
