@@ -214,7 +214,8 @@ async def _bake(
         for n, (lo, hi) in windows.items():
             starts[n] = max(lo, hi)
         if probe is not None:
-            probe.steer(t_s - last_t, customer_traffic(observations, len(now.canary)))
+            need = analysis.need(observations, len(now.canary), len(now.baseline))
+            probe.steer(t_s - last_t, customer_traffic(observations, len(now.canary)), need)
         step = analysis.look(t_s, observations, errored=errored, may_pass=may_pass())
         await rec.record(
             BAKE_LOOKED,

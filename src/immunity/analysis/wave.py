@@ -40,6 +40,7 @@ from immunity.config.models import CheckConfig, Config
 from immunity.domain import CheckResult, Cohort, Observation, ObservationStatus, Outcome, Verdict
 from immunity.judge import build_judge, combine, merge_probe
 from immunity.judge.base import Judge
+from immunity.judge.need import Need, check_need
 from immunity.signals.probe import NAME as PROBE
 
 GUARD_KINDS = ("error_rate_max", "latency_max")
@@ -108,6 +109,41 @@ class BakeAnalysis:
         self.errors: dict[str, int] = {}
         self.last_results: dict[str, CheckResult] = {}
         self.last: Step | None = None
+        self.baseline_seen: dict[str, tuple[int, int]] = {}
+
+    def need(
+        self,
+        observations: Mapping[str, Mapping[Cohort | str, Observation]],
+        canary_hosts: int,
+        baseline_hosts: int,
+    ) -> Need | None:
+        """What the customers' checks need per canary host to decide by `bake.max`
+        (`judge.need`), the most of any check, with this bake's alpha; None while no check can
+        say. Accumulates each customer signal's baseline requests and 5xx over the bake from
+        `observations` (one look's), for the errors checks' baseline rate."""
+        for name, per in observations.items():
+            base = per.get(Cohort.BASELINE)
+            if name == PROBE or base is None or not base.available:
+                continue
+            n, x = self.baseline_seen.get(name, (0, 0))
+            self.baseline_seen[name] = (n + max(base.requests, 0), x + max(base.errors, 0))
+        needs = []
+        for c in self.checks:
+            if c.signal == PROBE:
+                continue
+            n, x = self.baseline_seen.get(c.signal, (0, 0))
+            got = check_need(
+                c,
+                self.judge_config,
+                canary_hosts=canary_hosts,
+                baseline_hosts=baseline_hosts,
+                bake_max_s=self.config.bake.max,
+                baseline_requests=n,
+                baseline_errors=x,
+            )
+            if got is not None:
+                needs.append(got)
+        return max(needs, key=lambda n: n.rate, default=None)
 
     @property
     def signals(self) -> set[str]:

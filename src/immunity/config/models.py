@@ -442,7 +442,9 @@ class ProbeConfig(Strict):
     """The probe's requests never exceed this share of all the requests the fleet serves
     (customers' and the probe's). Below 100%, no customers means no probe traffic."""
     when: Literal["auto", "always"] = "auto"
-    """auto: only while customers bring a canary host fewer than `rate` requests/s."""
+    """auto: only while customers bring a canary host fewer requests/s than the checks need
+    to decide by `bake.max` (derived from the checks, see `judge.need`; `rate` until it can
+    be derived); always: for the whole bake."""
     tls_verify: bool = True
     """Check the hosts' certificates on https probe requests."""
 

@@ -16,12 +16,13 @@ answer from a host that has changed cohort or left the pool since is dropped.
 Steering (`steer`, called by the bake after every look with the customers' rates):
 
 * `when: auto` (default): the probe runs only while customers bring a canary host fewer
-  than `rate` requests/s over the last `STEER_WINDOW_S` seconds of looks — `rate` is the
-  traffic you judge enough to decide by `bake.max` (the sandbox's 12/s decides a bake in
-  about a minute) — it stops when customers come back, and starts again when they leave.
-  `when: always` keeps it running. (The threshold is the configured `rate`, not derived
-  from the checks' own information: a check's need depends on error rates it has yet to
-  see.)
+  requests/s (over the last `STEER_WINDOW_S` seconds of looks) than the checks need to
+  decide by `bake.max` (`judge.need`: derived from the checks' tolerances, alpha, beta, the
+  cohorts' sizes and the baseline's own 5xx rate); it stops when customers come back, and
+  starts again when they leave. Until the need can be derived (too few baseline requests
+  yet to know their 5xx rate, or no comparison check), the threshold is `rate`. The state
+  (journaled with every look) gives the figure and the check it comes from. `when: always`
+  keeps it running.
 * `max_share`: the probe's requests never exceed this share of all the requests the fleet
   serves (customers' plus the probe's): its rate is capped at
   `customers × max_share / (1 - max_share)`. At 100% (the default) only `rate` bounds it;
@@ -43,12 +44,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 
 from immunity.config.models import ProbeConfig
 from immunity.domain import Cohort, HostRef, Observation
+
+if TYPE_CHECKING:
+    from immunity.judge.need import Need  # scipy: only the bake, which has it, passes one
 
 log = logging.getLogger("immunity.signals.probe")
 
@@ -102,13 +107,16 @@ class ProbeSource:
 
     # -- steering ---------------------------------------------------------------------------
 
-    def steer(self, dt_s: float, customers: tuple[float, float, int] | None) -> None:
+    def steer(
+        self, dt_s: float, customers: tuple[float, float, int] | None, need: Need | None = None
+    ) -> None:
         """Decide the probe's rate from the customers' traffic over the last look.
 
         `customers` is (customers' requests on the canary hosts, on both cohorts, number of
         canary hosts) over the last `dt_s` seconds, or None when no customer signal could say
         (the probe then keeps its current state). Rates are judged over the last
-        `STEER_WINDOW_S` seconds of looks.
+        `STEER_WINDOW_S` seconds of looks. `need` is what the checks need per canary host
+        (`judge.need.needed_rate`); without it the threshold is the configured `rate`.
         """
         cfg = self.config
         if customers is None or dt_s <= 0:
@@ -119,17 +127,23 @@ class ProbeSource:
             span -= self.window.popleft()[0]
         per_host = sum(w[1] / max(w[3], 1) for w in self.window) / span
         total = sum(w[2] for w in self.window) / span
-        if cfg.when == "auto" and per_host >= cfg.rate:
+        if need is not None:
+            threshold = need.rate
+            what = f"what the checks need to decide by bake.max ({need.why})"
+        else:
+            threshold = cfg.rate
+            what = "the probe's rate: the checks' need is not known yet"
+        if cfg.when == "auto" and per_host >= threshold:
             self._set(
                 False,
                 0.0,
                 f"customers bring {per_host:.1f} requests/s per canary host "
-                f"(>= {cfg.rate:g}, what the probe would)",
+                f"(>= {threshold:.3g}, {what})",
             )
             return
         rate = cfg.rate
         reason = (
-            f"customers bring {per_host:.1f} requests/s per canary host (< {cfg.rate:g})"
+            f"customers bring {per_host:.1f} requests/s per canary host (< {threshold:.3g}, {what})"
             if cfg.when == "auto"
             else "always on"
         )
