@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import ndtr
+from scipy.special import ndtr, ndtri
 
 from immunity.bench.scenarios import Header, Scenario, Series, parse_scenario
 
@@ -158,6 +158,22 @@ def _latency_probs(
     return np.asarray(probs / probs.sum(axis=-1, keepdims=True), dtype=np.float64)
 
 
+def host_effect(host_err: NDArray[np.float64], host_lat: NDArray[np.float64]) -> dict[str, float]:
+    """The canary host's own effect against the baseline's hosts, before any regression: its
+    error-rate ratio (host 0 against the mean of hosts 1..) and the largest latency odds
+    ratio of exceeding the baseline's p50/p90/p99 that its median's ratio implies (log-normal,
+    sigma 0.5). A good release whose canary host is beyond the judge's tolerance (x1.25) is
+    one the judge may rightly fail: its canary *is* worse than tolerated, by the host alone."""
+    err = float(host_err[0] / host_err[1:].mean())
+    shift = math.log(float(host_lat[0] / host_lat[1:].mean())) / 0.5
+    odds = 0.0
+    for q in (0.5, 0.9, 0.99):
+        z = float(ndtri(q))
+        p_b, p_c = 1.0 - q, float(ndtr(shift - z))
+        odds = max(odds, p_c / (1.0 - p_c) / (p_b / (1.0 - p_b)))
+    return {"canary_error_ratio": round(err, 4), "canary_latency_odds": round(odds, 4)}
+
+
 def generate(spec: ClassSpec, index: int, seed: int) -> dict[str, Any]:
     """One labelled scenario, as the JSON object a scenario file holds on one line.
 
@@ -205,7 +221,7 @@ def generate(spec: ClassSpec, index: int, seed: int) -> dict[str, Any]:
             added[h, a:b] += rng.uniform(200.0, 1000.0)
             timeout[h, a:b] = 0.05
 
-    meta: dict[str, Any] = {"p0": round(p0, 6)}
+    meta: dict[str, Any] = {"p0": round(p0, 6), **host_effect(host_err, host_lat)}
 
     # The regression, on the canary only.
     if kind == "incident_err_x5":

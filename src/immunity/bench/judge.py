@@ -22,6 +22,7 @@ a pass) and, for late-onset classes, `median_fail_after_onset_s`. On the generat
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -44,7 +45,13 @@ from immunity.analysis.spending import spent
 from immunity.bench import DEFAULT_SEED
 from immunity.bench.generate import BAKE_S, HEADER, ClassSpec, build, default_classes
 from immunity.bench.references import fixed_threshold, mann_whitney
-from immunity.bench.scenarios import Header, Scenario, read_scenarios, write_scenarios
+from immunity.bench.scenarios import (
+    Header,
+    Scenario,
+    ScenarioError,
+    read_scenarios,
+    write_scenarios,
+)
 from immunity.config.models import CheckConfig, JudgeConfig
 from immunity.domain import Observation, Outcome, Verdict
 from immunity.judge import build_judge, combine
@@ -166,7 +173,15 @@ def judge_all(
     s: Scenario, header: Header, min_bake_s: float, config: JudgeConfig | None = None
 ) -> dict[str, Any]:
     """Every judge's verdict on one scenario (small, picklable)."""
+    cfg = config or JudgeConfig()
     j = judge_immunity(s, header, config, min_bake_s)
+    meta = s.meta or {}
+    beyond = (
+        float(meta["canary_error_ratio"]) > cfg.error_tolerance
+        or float(meta["canary_latency_odds"]) > cfg.latency_tolerance
+        if "canary_error_ratio" in meta and "canary_latency_odds" in meta
+        else None
+    )
     fixed = fixed_threshold(s, header.bounds_ms, header.interval_s)
     mw = mann_whitney(s, header.bounds_ms, header.interval_s)
     return {
@@ -183,6 +198,7 @@ def judge_all(
             "mann-whitney": mw,
         },
         "reason": j.reason,
+        "host_beyond_tolerance": beyond,
     }
 
 
@@ -244,6 +260,19 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 ) / len(firsts)
             if rs[0]["label"] == "bad":
                 entry["within_5s_after_warmup"] = sum(a <= 5 for a in after) / n
+            if name == "immunity" and rs[0]["label"] == "good":
+                known = [r for r in rs if r.get("host_beyond_tolerance") is not None]
+                within = [
+                    o == "fail"
+                    for (o, _), r in zip(verdicts, rs, strict=True)
+                    if r.get("host_beyond_tolerance") is False
+                ]
+                if known:
+                    entry["host_beyond_tolerance"] = sum(
+                        bool(r["host_beyond_tolerance"]) for r in known
+                    ) / len(known)
+                    entry["n_within_tolerance"] = len(within)
+                    entry["rate_within_tolerance"] = sum(within) / len(within) if within else None
             if name == "immunity":
                 bakes = [r["bake"] for r in rs]
                 entry["bake_pass"] = sum(o == "pass" for o, _ in bakes) / n
@@ -298,6 +327,24 @@ def targets(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[dic
             "met": n_good >= 1000 and fa is not None and fa <= 0.01,
         }
     )
+    n_within = sum(cls[c].get("n_within_tolerance", 0) for c in good)
+    if n_within:
+        fa_within = (
+            sum(
+                (cls[c].get("rate_within_tolerance") or 0.0) * cls[c]["n_within_tolerance"]
+                for c in good
+            )
+            / n_within
+        )
+        out.append(
+            {
+                "target": f"(diagnosis) false alarms <= 1% on the {n_within} good releases whose "
+                "canary host alone is within the tolerance (x1.25: the bound's null); the "
+                "others' canary is worse than tolerated by its host's own spread",
+                "value": fa_within,
+                "met": fa_within <= 0.01,
+            }
+        )
     for rate in ("40rps", "8rps"):
         t = _caught(cls, f"late_err_x5@{rate}", 0.90)
         if t is not None:
@@ -366,6 +413,32 @@ def targets(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[dic
     return out
 
 
+def select(names: Iterable[str], patterns: str | None) -> set[str]:
+    """The class names matching any of `patterns`, comma-separated shell globs (`fnmatch`,
+    case-sensitive: 'err_x3@8rps,good*'); every name when `patterns` is None.
+
+    Raises ScenarioError when a pattern matches no class (a typo must not silently judge
+    nothing), naming the pattern and the classes there are.
+    """
+    pool = list(dict.fromkeys(names))
+    if patterns is None:
+        return set(pool)
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    if not wanted:
+        raise ScenarioError("--classes: expected comma-separated class globs, got nothing")
+    chosen: set[str] = set()
+    for pat in wanted:
+        hit = {n for n in pool if fnmatch.fnmatchcase(n, pat)}
+        if not hit:
+            raise ScenarioError(
+                f"--classes: {pat!r} matches no class",
+                hint="classes are KIND@RATE, e.g. good@40rps, err_x3@8rps, no_traffic@0rps; "
+                f"there are: {', '.join(sorted(pool))}",
+            )
+        chosen |= hit
+    return chosen
+
+
 def run(
     scenarios: Path | None,
     json_out: Path | None,
@@ -377,11 +450,13 @@ def run(
     min_bake_s: float = MIN_BAKE_S,
     config: JudgeConfig | None = None,
     classes: Sequence[ClassSpec] | None = None,
+    only: str | None = None,
 ) -> dict[str, Any]:
     """Judge a labelled set (a scenario file, or the generated one) with all three judges.
 
     `config` replaces the default `JudgeConfig` and `classes` the generated set (both for
-    experiments and tests).
+    experiments and tests). `only` keeps the classes matching its comma-separated globs
+    (see `select`); the result says which (`only`), and targets are computed on what ran.
     """
     started = time.monotonic()
     cfg = config or JudgeConfig()
@@ -389,6 +464,8 @@ def run(
     rows: list[dict[str, Any]] = []
     if scenarios is not None:
         header, given = read_scenarios(scenarios)
+        keep = select((s.cls for s in given), only)
+        given = [s for s in given if s.cls in keep]
         chunks = [given[i : i + CHUNK] for i in range(0, len(given), CHUNK)]
         if n_workers <= 1:
             for ch in chunks:
@@ -401,6 +478,8 @@ def run(
         source = str(scenarios)
     else:
         specs = list(classes) if classes is not None else default_classes(quick)
+        keep = select((spec.name for spec in specs), only)
+        specs = [spec for spec in specs if spec.name in keep]
         if write_scenarios_to is not None:
             write_scenarios(
                 write_scenarios_to,
@@ -430,6 +509,7 @@ def run(
     result["quick"] = quick
     result["min_bake_s"] = min_bake_s
     result["scenarios"] = len(rows)
+    result["only"] = only
     if scenarios is None:
         result["targets"] = targets(rows, result)
     result["false_alarm_reasons"] = [
@@ -457,7 +537,9 @@ def render(result: dict[str, Any], console: Console) -> None:
     judges = result["judges"]
     classes = list(judges["immunity"]["classes"])
     table = Table(
-        title=f"judge benchmark: {result.get('scenarios', '?')} scenarios ({result.get('source')})",
+        title=f"judge benchmark: {result.get('scenarios', '?')} scenarios ({result.get('source')}"
+        + (f", classes {result['only']}" if result.get("only") else "")
+        + ")",
         caption="[green]good[/] classes: false alarms; [red]bad[/] classes: detection "
         "(share of FAIL verdicts), then the median seconds from scenario start to the verdict",
         box=box.SIMPLE_HEAD,

@@ -43,6 +43,14 @@ def judge(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Worker processes (default: one per CPU).")
     ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            help="Judge only the classes matching these comma-separated globs, e.g. "
+            "'err_x3@8rps,good*' (default: all). Targets are computed on what ran.",
+        ),
+    ] = None,
 ) -> None:
     """Replay labelled releases through immunity's judge and two reference judges."""
     from immunity.bench.judge import render, run  # numpy and scipy load only when asked
@@ -59,6 +67,7 @@ def judge(
             quick=quick,
             write_scenarios_to=write_scenarios,
             workers=workers,
+            only=classes,
         )
     except ImmunityError as exc:
         err = Console(stderr=True)

@@ -126,3 +126,41 @@ def test_a_shared_incident_hits_both_cohorts_alike() -> None:
         rate_in = cohort.errors[inside].sum() / max(cohort.requests[inside].sum(), 1)
         rate_out = cohort.errors[:a].sum() / max(cohort.requests[:a].sum(), 1)
         assert rate_in > rate_out + 0.03
+
+
+def test_classes_globs_pick_a_subset_and_a_typo_is_an_error(tmp_path: Path) -> None:
+    """--classes 'err_gross@*,good@40rps': only those classes are judged, the result says
+    which; a pattern that matches nothing names itself and the classes there are."""
+    from immunity.bench.judge import select
+
+    names = ["good@40rps", "good_noisy@40rps", "err_gross@40rps", "err_gross@8rps"]
+    assert select(names, "err_gross@*,good@40rps") == {
+        "good@40rps",
+        "err_gross@40rps",
+        "err_gross@8rps",
+    }
+    assert select(names, None) == set(names)
+    with pytest.raises(ScenarioError, match=r"--classes: 'err_x9\*' matches no class"):
+        select(names, "good*,err_x9*")
+    classes = [ClassSpec("good", 40.0, 1), ClassSpec("err_gross", 40.0, 2)]
+    result = run(None, None, workers=1, classes=classes, only="err_gross@*")
+    assert list(result["judges"]["immunity"]["classes"]) == ["err_gross@40rps"]
+    assert result["scenarios"] == 2 and result["only"] == "err_gross@*"
+    path = tmp_path / "s.jsonl"
+    write_scenarios(path, HEADER, [build(c, 0, seed=9) for c in classes])
+    from_file = run(path, None, workers=1, only="good*")
+    assert list(from_file["judges"]["immunity"]["classes"]) == ["good@40rps"]
+
+
+def test_good_releases_carry_their_canary_hosts_own_effect() -> None:
+    """The generator records the canary host's own error ratio and latency odds (its host
+    spread, before any regression); the bench counts false alarms apart for good releases
+    whose canary is within the tolerance."""
+    s = build(ClassSpec("good_noisy", 40.0, 1), 0, seed=10)
+    assert {"canary_error_ratio", "canary_latency_odds"} <= set(s.meta)
+    assert s.meta["canary_error_ratio"] > 0 and s.meta["canary_latency_odds"] > 0
+    result = run(None, None, workers=1, classes=[ClassSpec("good", 40.0, 2)])
+    entry = result["judges"]["immunity"]["classes"]["good@40rps"]
+    assert 0.0 <= entry["host_beyond_tolerance"] <= 1.0
+    assert entry["n_within_tolerance"] + round(2 * entry["host_beyond_tolerance"]) == 2
+    assert any(t["target"].startswith("(diagnosis)") for t in result["targets"])
