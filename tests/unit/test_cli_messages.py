@@ -74,8 +74,45 @@ def test_every_abnormal_end_names_the_next_command() -> None:
     assert "`immunity rollback -c c.yaml`" in next_step("revert_incomplete", "c.yaml", ["h1"])
     assert "look at h1" in next_step("revert_incomplete", "c.yaml", ["h1"])
     assert "`immunity history -c c.yaml`" in next_step("reverted", "c.yaml")
-    assert "`immunity history -c c.yaml`" in next_step("inconclusive", "c.yaml")
+    assert "`immunity show -c c.yaml`" in next_step("inconclusive", "c.yaml")
     assert next_step("deployed", "c.yaml") == ""
+
+
+def test_an_inconclusive_end_says_what_would_get_the_release_judged() -> None:
+    """Three reasons, three next steps: no traffic names the probe (add it; or raise its rate
+    and its share), a signal that failed needs fixing (not traffic), a starved canary needs
+    its share from the balancer."""
+    from immunity.config.models import ProbeConfig
+
+    quiet = (
+        "inconclusive: not enough evidence to judge v2: errors: the signal sees no traffic "
+        "on either cohort for 60 s (no customer traffic, or the signal cannot see it)"
+    )
+    no_probe = next_step("inconclusive", "c.yaml", reason=quiet)
+    assert "too little traffic to judge" in no_probe
+    assert "add a `probe` block to c.yaml" in no_probe and "rate: 10" in no_probe
+    slow = next_step("inconclusive", "c.yaml", reason=quiet, probe=ProbeConfig(rate=4))
+    assert "even with the probe" in slow and "raise `probe.rate` (now 4 requests/s" in slow
+    assert "max_share" not in slow
+    capped = next_step(
+        "inconclusive", "c.yaml", reason=quiet, probe=ProbeConfig(rate=4, max_share=0.2)
+    )
+    assert "raise `probe.max_share` (now 20%" in capped
+    failed = next_step(
+        "inconclusive",
+        "c.yaml",
+        reason="inconclusive: not enough evidence to judge v2: no evidence: signal lb failed "
+        "(10 look(s) in a row): access log unreadable (limit 10 looks)",
+    )
+    assert "a signal could not be read" in failed and "probe" not in failed
+    starved = next_step(
+        "inconclusive",
+        "c.yaml",
+        reason="inconclusive: not enough evidence to judge v2: errors: the canary gets too "
+        "little of the traffic: none of the 2,400 requests of the last 60 s",
+        probe=ProbeConfig(),
+    )
+    assert "less than its share" in starved and "weight" in starved
 
 
 def test_a_bad_release_name_exits_2_saying_what_a_name_may_be(tmp_path: Path) -> None:

@@ -110,6 +110,8 @@ class BakeAnalysis:
         self.last_results: dict[str, CheckResult] = {}
         self.last: Step | None = None
         self.baseline_seen: dict[str, tuple[int, int]] = {}
+        self.requests_seen = 0
+        """Requests the signals counted on either cohort in this bake (available answers)."""
 
     def need(
         self,
@@ -181,6 +183,8 @@ class BakeAnalysis:
             for o in per.values():
                 if o.status is ObservationStatus.FAILED and signal not in errored:
                     errored[signal] = o.detail or "the signal could not be read"
+                if o.available and signal not in errored:
+                    self.requests_seen += max(0, int(o.requests))
         # A signal neither observed nor errored was not asked at this look (its next window
         # is not due yet: its delay or its resolution): its checks keep their last word and
         # its error streak neither grows nor resets.
@@ -283,6 +287,14 @@ class BakeAnalysis:
         if final.outcome is Outcome.CONTINUE:
             final = Verdict(
                 Outcome.INCONCLUSIVE, f"max bake {b.max:g}s reached: {final.reason}", final.checks
+            )
+        if final.outcome is Outcome.INCONCLUSIVE and self.requests_seen == 0:
+            # said first: with no traffic at all, a longer bake or a bigger wave would not help
+            final = Verdict(
+                Outcome.INCONCLUSIVE,
+                f"the signals saw no traffic on either cohort in {t_s:.0f} s of bake (no "
+                f"customer traffic, or the signals cannot see it): {final.reason}",
+                final.checks,
             )
         return final
 

@@ -204,10 +204,26 @@ def _finish(
         )
     if report_path:
         con.print("  report: " + escape(report_path), highlight=False)
-    step = output.next_step(result.outcome, config or "immunity.yaml", list(result.needs_human))
+    step = output.next_step(
+        result.outcome,
+        config or "immunity.yaml",
+        list(result.needs_human),
+        reason=result.reason,
+        probe=_probe_of(config) if str(result.outcome) == "inconclusive" else None,
+    )
     if step:
         con.print("[yellow]next[/]: " + escape(step), highlight=False)
     raise typer.Exit(code)
+
+
+def _probe_of(config: str | None) -> Any:
+    """The config's `probe` block (None when absent or the config cannot be read now)."""
+    if not config:
+        return None
+    try:
+        return cfgmod.load(config).config.probe
+    except ImmunityError:
+        return None
 
 
 def _print_waves(con: Any, report_path: str | None) -> None:

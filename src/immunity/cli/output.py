@@ -77,8 +77,68 @@ def error_next_step(exc: ImmunityError) -> str:
     return _ERROR_STEPS.get(exc.reference, "")
 
 
-def next_step(outcome: str, config: str, needs_human: list[str] | None = None) -> str:
-    """What the operator does after an outcome, with the exact command ("" when nothing)."""
+_SIGNAL_FAILED = ("the signal failed", "is not evidence", "the signal has no data", "no evidence: ")
+_STARVED = "the canary gets too little of the traffic"
+
+
+def evidence_step(reason: str, config: str, probe: Any = None) -> str:
+    """What gets a release judged next time, from why it was not (an inconclusive or held
+    run's `reason`) and the config's `probe` block (a `ProbeConfig`, or None when absent).
+
+    A signal that could not be read needs fixing, not traffic; a canary starved by the
+    balancer needs its share; otherwise there was too little traffic: the probe (add it,
+    or raise its rate) or a longer bake."""
+    c = f"-c {config}"
+    if any(s in reason for s in _SIGNAL_FAILED):
+        return (
+            "a signal could not be read, so more traffic would not help: fix what the reason "
+            f"names (the signal's settings, its source), check with `immunity deploy {c} "
+            "--release <release> --dry-run`, then deploy again"
+        )
+    if _STARVED in reason:
+        return (
+            "the balancer sent the canary less than its share of the traffic: check the "
+            "canary's weight and any stickiness (cookies, `balance source`) in the balancer, "
+            "then deploy again"
+            + (
+                ""
+                if probe is not None
+                else "; a `probe` block also sends requests straight to the hosts"
+            )
+        )
+    if probe is None:
+        return (
+            "there was too little traffic to judge (no customers at this hour?): add a `probe` "
+            f"block to {config} (e.g. `probe: {{paths: [/], rate: 10}}`: immunity then sends "
+            "its own requests straight to the canary and baseline hosts during each bake; "
+            "docs/config.md, `probe`), or deploy when customers are there, or lengthen "
+            "bake.max; then deploy again"
+        )
+    limits = [f"raise `probe.rate` (now {probe.rate:g} requests/s per host)"]
+    if probe.max_share < 1.0:
+        limits.append(
+            f"raise `probe.max_share` (now {probe.max_share:.0%}: with no customers it lets "
+            "the probe send nothing)"
+        )
+    return (
+        "there was too little traffic to judge, even with the probe: "
+        + ", ".join(limits)
+        + ", or lengthen bake.max; then deploy again"
+    )
+
+
+def next_step(
+    outcome: str,
+    config: str,
+    needs_human: list[str] | None = None,
+    *,
+    reason: str = "",
+    probe: Any = None,
+) -> str:
+    """What the operator does after an outcome, with the exact command ("" when nothing).
+
+    For an inconclusive run, `reason` and `probe` (the config's `probe` block or None) say
+    what would get the release judged (`evidence_step`)."""
     c = f"-c {config}"
     hosts = ", ".join(needs_human or []) or "the hosts named above"
     steps = {
@@ -87,8 +147,8 @@ def next_step(outcome: str, config: str, needs_human: list[str] | None = None) -
         "revert_incomplete": f"look at {hosts} (the journal says what failed: "
         f"`immunity status {c}`), then put the fleet back with `immunity rollback {c}`",
         "inconclusive": "the fleet serves its previous release; the release was not found "
-        f"worse, only not judged: see why with `immunity history {c}`; for more evidence "
-        "lengthen bake.max or use a bigger first wave (docs/judging.md), then deploy again",
+        f"worse, only not judged (`immunity show {c}` says why); "
+        + evidence_step(reason, config, probe),
         "superseded": f"another process took the deployment over; see it with "
         f"`immunity status {c}`",
         "held": f"continue with `immunity resume {c}`, or revert with `immunity resume {c} --abort`",

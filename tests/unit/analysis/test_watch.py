@@ -154,3 +154,19 @@ def test_false_alarms_over_the_whole_watch_stay_under_alpha(record_property: Any
     record_property("A/A deployments failed, each bake at alpha", f"{unspent_fails}/{runs}")
     assert spent_fails <= unspent_fails
     assert spent_fails / runs <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / runs)
+
+
+def test_a_bake_that_saw_no_traffic_at_all_says_so_when_its_time_is_up() -> None:
+    """No requests on either cohort for the whole bake: the final word is inconclusive and
+    says first that the signals saw no traffic (a longer bake would not help); with a few
+    requests it is the judges' own "insufficient information"."""
+    cfg = config()
+    quiet = BakeAnalysis(cfg, relative=True, bakes=4)
+    thin = BakeAnalysis(cfg, relative=True, bakes=4)
+    for t in range(1, 121):
+        quiet.look(float(t), look(0, 0, 0, 0))
+        thin.look(float(t), look(1 if t % 40 == 0 else 0, 0, 2 if t % 40 == 0 else 0, 0))
+    said = quiet.final(120.0)
+    assert said.outcome is Outcome.INCONCLUSIVE
+    assert said.reason.startswith("the signals saw no traffic on either cohort in 120 s of bake")
+    assert "saw no traffic" not in thin.final(120.0).reason
