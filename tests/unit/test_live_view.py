@@ -207,3 +207,42 @@ def test_history_states_its_period_gives_rates_in_percent_and_keeps_whole_reason
     assert "resumed ×1" in flat
     assert "(found worse)" in flat
     assert "5,840 requests" in flat and flat.count("2,912") == 3  # the whole reason
+
+
+def test_with_no_customers_a_check_shows_its_probe_traffic_in_one_row() -> None:
+    """A quiet hour: the customers' signal counts nothing, the probe does. Each check is one
+    row (its "(probe)" twin is judged with it) showing the probe's values, marked as such,
+    never "no requests" for a canary that served the probe's requests."""
+    buf = io.StringIO()
+    view = LiveView(
+        title="deploying v3",
+        hosts=HOSTS[:3],
+        live=False,
+        console=Console(file=buf, width=300, color_system=None),
+    )
+    names = ["errors", "error-rate-guard", "errors (probe)", "error-rate-guard (probe)"]
+    signals = {n: "probe" if n.endswith("(probe)") else "lb" for n in names}
+    view(ev("bake.started", "wave 1", wave=1, bake=1, purpose="wave", checks=names,
+            kinds={n: "errors" if "guard" not in n else "error_rate_max" for n in names},
+            signals=signals, needed={}, min_s=20, max_s=90))  # fmt: skip
+    view(
+        ev(
+            "bake.looked",
+            "errors: on probe traffic: canary 5xx 6.0% vs baseline 0% over 233 vs 466",
+            look=20,
+            t_s=20.0,
+            obs={
+                "lb": {"canary": {"n": 0, "x": 0}, "baseline": {"n": 0, "x": 0}},
+                "probe": {"canary": {"n": 233, "x": 14}, "baseline": {"n": 466, "x": 0}},
+            },
+            checks={
+                "errors": {"o": "fail", "s": {"e_fail": 1, "probe_e_fail": 609}},
+                "error-rate-guard": {"o": "continue", "s": {"e_fail": 1}},
+            },
+            outcome="fail",
+        )
+    )
+    assert list(view.checks) == ["errors", "error-rate-guard"]
+    line = next(line for line in buf.getvalue().splitlines() if "bake.looked" in line)
+    assert "errors fail (canary 6.01% of 233 (probe), baseline 0.00% of 466 (probe))" in line
+    assert "no requests" not in line

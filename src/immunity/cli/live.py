@@ -27,6 +27,10 @@ from rich.table import Table
 from rich.text import Text
 
 from immunity.domain import Event
+from immunity.signals.probe import NAME as PROBE_SIGNAL
+
+PROBE_SUFFIX = " (probe)"
+"""A check's twin on probe traffic is named after it with this suffix (`analysis.wave`)."""
 
 PHASE_STYLE = {
     "drain": "yellow",
@@ -114,6 +118,11 @@ class _Check:
     n: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
     x: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
     lat: dict[str, list[float]] = field(default_factory=lambda: {"canary": [], "baseline": []})
+    probed: bool = False
+    """The check also judges probe traffic (its "(probe)" twin, merged into this row)."""
+    pn: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
+    px: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
+    plat: dict[str, list[float]] = field(default_factory=lambda: {"canary": [], "baseline": []})
 
 
 class LiveView:
@@ -199,9 +208,21 @@ class LiveView:
             self.bake_purpose = str(d.get("purpose", "wave"))
             self.phase = "guard" if self.bake_purpose == "guard" else "baking"
             kinds, signals, needed = d.get("kinds", {}), d.get("signals", {}), d.get("needed", {})
+            names = list(d.get("checks", []))
+            # a check's "(probe)" twin is judged with it and journaled as one result: one row
+            twins = {
+                n for n in names if n.endswith(PROBE_SUFFIX) and n[: -len(PROBE_SUFFIX)] in names
+            }
             self.checks = {
-                n: _Check(n, kinds.get(n, ""), signals.get(n, ""), needed.get(n, {}))
-                for n in d.get("checks", [])
+                n: _Check(
+                    n,
+                    kinds.get(n, ""),
+                    signals.get(n, ""),
+                    needed.get(n, {}),
+                    probed=n + PROBE_SUFFIX in twins,
+                )
+                for n in names
+                if n not in twins
             }
         elif kind == "bake.resumed":
             self.bake_t = float(d.get("t_s", 0.0))
@@ -246,17 +267,20 @@ class LiveView:
             chk = self.checks.setdefault(name, _Check(name))
             chk.state = str(c.get("o", chk.state))
             chk.stats = c.get("s") or chk.stats
-            per = obs.get(chk.signal) or {}
-            for cohort in ("canary", "baseline"):
-                o = per.get(cohort) or {}
-                chk.n[cohort] += float(o.get("n", 0))
-                chk.x[cohort] += float(o.get("x", 0))
-                lat = o.get("lat") or []
-                acc = chk.lat[cohort]
-                if len(acc) < len(lat):
-                    acc.extend([0.0] * (len(lat) - len(acc)))
-                for i, v in enumerate(lat):
-                    acc[i] += float(v)
+            sources = [(obs.get(chk.signal) or {}, chk.n, chk.x, chk.lat)]
+            if chk.probed:
+                sources.append((obs.get(PROBE_SIGNAL) or {}, chk.pn, chk.px, chk.plat))
+            for per, ns, xs, lats in sources:
+                for cohort in ("canary", "baseline"):
+                    o = per.get(cohort) or {}
+                    ns[cohort] += float(o.get("n", 0))
+                    xs[cohort] += float(o.get("x", 0))
+                    lat = o.get("lat") or []
+                    acc = lats[cohort]
+                    if len(acc) < len(lat):
+                        acc.extend([0.0] * (len(lat) - len(acc)))
+                    for i, v in enumerate(lat):
+                        acc[i] += float(v)
 
     def _print(self, event: Event) -> None:
         """Plain output: a timestamped line per step and per change of the bake's verdict."""
@@ -392,20 +416,25 @@ class LiveView:
         """The canary's and the baseline's value so far in this bake, in the check's terms."""
         out = []
         for cohort in ("canary", "baseline"):
-            n, x = c.n[cohort], c.x[cohort]
+            n, x, lats = c.n[cohort], c.x[cohort], c.lat[cohort]
+            on_probe = c.probed and not n and c.pn[cohort] > 0
+            if on_probe:  # no customers: the values are the probe's
+                n, x, lats = c.pn[cohort], c.px[cohort], c.plat[cohort]
             if c.kind in ("latency", "latency_max"):
                 qs_wanted = list(self.quantiles.get(c.name, ())) or [
                     _q(lab) for lab in _labels(c.stats)
                 ]
-                bounds = self.bounds.get(c.signal, [])
+                bounds = self.bounds.get(PROBE_SIGNAL if on_probe else c.signal, [])
                 qs = [
-                    f"p{100 * q:g} {ms_text(quantile(bounds, c.lat[cohort], q))}"
+                    f"p{100 * q:g} {ms_text(quantile(bounds, lats, q))}"
                     for q in (qs_wanted or [0.5])[: 3 if wide else 1]
                 ]
                 out.append(" ".join(qs) if n else "no requests")
             else:
                 rate = f"{100 * x / n:.2f}%" if n else "–"
                 out.append(f"{rate} of {n:,.0f}" if n else "no requests")
+            if on_probe:
+                out[-1] += " (probe)"
         if c.kind in ("error_rate_max", "latency_max"):
             out[1] = "(guard rail)"
         return out[0], out[1]

@@ -105,14 +105,22 @@ def combine(
     )
 
 
+def _canary_requests(r: CheckResult) -> float:
+    """The canary requests a check's result counted (0 when it says none)."""
+    return max(
+        (float(v) for k, v in r.numbers.items() if k.endswith("canary_requests")), default=0.0
+    )
+
+
 def merge_probe(customers: CheckResult, probe: CheckResult) -> CheckResult:
     """One check judged twice, on customer traffic and on probe traffic, as one result.
 
     Either fails -> fail. A signal that errored on either side -> error (a broken signal
     is said, not papered over). Either passes -> pass: the probe exists for when customers
     are too few to decide, and customers who suffice decide alone. Otherwise continue while
-    either is still gathering evidence, and inconclusive only when both are (no traffic of
-    either kind is never a pass). The probe's numbers are kept under `probe_*` keys.
+    either is still gathering evidence (said with the probe's words when customers brought
+    the canary nothing and the probe did), and inconclusive only when both are (no traffic
+    of either kind is never a pass). The probe's numbers are kept under `probe_*` keys.
     """
     numbers = {**customers.numbers, **{f"probe_{k}": v for k, v in probe.numbers.items()}}
     name = customers.name
@@ -134,9 +142,12 @@ def merge_probe(customers: CheckResult, probe: CheckResult) -> CheckResult:
         return out(
             Outcome.PASS, f"on probe traffic: {probe.reason} (customers: {customers.reason})"
         )
-    if customers.outcome is Outcome.CONTINUE:
+    if customers.outcome is Outcome.CONTINUE and not (
+        probe.outcome is Outcome.CONTINUE
+        and _canary_requests(customers) == 0 < _canary_requests(probe)
+    ):
         return out(Outcome.CONTINUE, customers.reason)
-    if probe.outcome is Outcome.CONTINUE:
+    if probe.outcome is Outcome.CONTINUE:  # the probe's, when it is all there is to judge
         return out(
             Outcome.CONTINUE, f"on probe traffic: {probe.reason} (customers: {customers.reason})"
         )

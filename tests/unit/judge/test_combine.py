@@ -104,3 +104,15 @@ def test_a_check_judged_on_customers_and_probe_traffic_is_one_result(
     assert out.numbers == {"t_s": 1.0, "probe_t_s": 2.0}
     if probe is Outcome.FAIL or (merged is Outcome.PASS and customers is not Outcome.PASS):
         assert out.reason.startswith("on probe traffic: probe")
+
+
+def test_a_check_still_gathering_evidence_says_the_probe_s_words_when_customers_are_none() -> None:
+    """Both still gathering (the guard never certifies): with no customer requests on the
+    canary and probe requests, the result reads the probe's numbers, not "0 vs 0 requests"."""
+    quiet = _one(Outcome.CONTINUE, "customers 0 vs 0", canary_requests=0.0)
+    probed = _one(Outcome.CONTINUE, "probe 480 vs 240", canary_requests=480.0)
+    out = merge_probe(quiet, probed)
+    assert out.outcome is Outcome.CONTINUE
+    assert out.reason == "on probe traffic: probe 480 vs 240 (customers: customers 0 vs 0)"
+    busy = _one(Outcome.CONTINUE, "customers 900 vs 1800", canary_requests=900.0)
+    assert merge_probe(busy, probed).reason == "customers 900 vs 1800"
