@@ -22,6 +22,23 @@ from e2e_helpers import FAST, Load, Sandbox
 pytestmark = pytest.mark.slow
 
 STEPS_PER_HOST = 7
+FULL_SWEEP = bool(os.environ.get("IMMUNITY_FULL_SWEEP"))
+# host.step_started ordinals of a 3-host deploy (waves [1, "100%"], one host at a time):
+# host i's step j (drain, stop, install, start, verify, warmup, enable) is 7*i + j + 1.
+# On the real sandbox the suite kills after each step kind once, spread over the 3 hosts and
+# both waves; every one of the 21 points (and 28 of a 4-host fleet, plus points inside the
+# bakes) is swept in virtual time by tests/unit/engine/test_virtual_engine.py
+# (test_a_crash_at_every_step_of_a_deployment_is_resumed_to_the_end).
+# IMMUNITY_FULL_SWEEP=1 kills after all 21 here too.
+DEPLOY_KILL_POINTS = (
+    list(range(1, 3 * STEPS_PER_HOST + 1)) if FULL_SWEEP else [1, 4, 7, 9, 12, 17, 20]
+)
+# The revert is h1's walk back: ordinals 8 (drain) to 14 (enable). The suite kills at its
+# drain, install and enable; test_a_crash_at_every_step_of_a_revert_is_resumed_and_the_revert_
+# finished sweeps all of them in virtual time; IMMUNITY_FULL_SWEEP=1 runs all 7 here.
+REVERT_KILL_POINTS = (
+    list(range(STEPS_PER_HOST + 1, 2 * STEPS_PER_HOST + 1)) if FULL_SWEEP else [8, 10, 14]
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +80,14 @@ def assert_whole(sbx: Sandbox, cfg: Path, release: str) -> None:
 def test_sigkill_at_every_step_of_a_deployment_then_resume_finishes_it(
     loaded: Sandbox, record_property: Callable[[str, object], None]
 ) -> None:
-    """Killed right after each of the 21 step starts of a 3-host deploy, `resume` completes it."""
+    """Killed right after a step start of a 3-host deploy (each step kind once; all 21 with
+    IMMUNITY_FULL_SWEEP=1), `resume` completes it."""
     cfg = loaded.write_config(
         "faults-sweep.yaml", **{**FAST, "checks": [], "bake": {"min": "0s", "interval": "200ms"}}
     )
     covered = 0
     release = current(loaded, cfg)
-    for k in range(1, 3 * STEPS_PER_HOST + 1):
+    for k in DEPLOY_KILL_POINTS:
         new = "v2" if release != "v2" else "v1"
         r = loaded.run(
             "deploy",
@@ -90,17 +108,19 @@ def test_sigkill_at_every_step_of_a_deployment_then_resume_finishes_it(
         covered += 1
     assert_whole(loaded, cfg, release)  # and `status` agrees with the journal
     record_property("kill points covered (deployment)", covered)
-    assert covered == 3 * STEPS_PER_HOST
+    assert covered == len(DEPLOY_KILL_POINTS)
+    assert {(k - 1) % STEPS_PER_HOST for k in DEPLOY_KILL_POINTS} == set(range(STEPS_PER_HOST))
 
 
 def test_sigkill_at_every_step_of_a_revert_then_resume_finishes_the_revert(
     loaded: Sandbox, record_property: Callable[[str, object], None]
 ) -> None:
-    """Killed at each step of the immune response's revert walk, `resume` still reverts."""
+    """Killed at a step of the immune response's revert walk (drain, install, enable; all 7
+    with IMMUNITY_FULL_SWEEP=1), `resume` still reverts."""
     cfg = judged(loaded)
     covered = 0
     old = current(loaded, cfg)
-    for k in range(STEPS_PER_HOST + 1, 2 * STEPS_PER_HOST + 1):
+    for k in REVERT_KILL_POINTS:
         r = loaded.run(
             "deploy",
             "-c",
@@ -118,7 +138,7 @@ def test_sigkill_at_every_step_of_a_revert_then_resume_finishes_the_revert(
         covered += 1
     assert_whole(loaded, cfg, old)  # and `status` agrees with the journal
     record_property("kill points covered (revert)", covered)
-    assert covered == STEPS_PER_HOST
+    assert covered == len(REVERT_KILL_POINTS)
 
 
 def test_resume_abort_reverts_an_interrupted_deployment(loaded: Sandbox) -> None:
