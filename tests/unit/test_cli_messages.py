@@ -105,6 +105,8 @@ def test_an_inconclusive_end_says_what_would_get_the_release_judged() -> None:
         "(10 look(s) in a row): access log unreadable (limit 10 looks)",
     )
     assert "a signal could not be read" in failed and "probe" not in failed
+    held = next_step("held", "c.yaml", reason=quiet)
+    assert "`immunity resume -c c.yaml`" in held and "add a `probe` block" in held
     starved = next_step(
         "inconclusive",
         "c.yaml",

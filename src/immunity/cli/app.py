@@ -209,7 +209,7 @@ def _finish(
         config or "immunity.yaml",
         list(result.needs_human),
         reason=result.reason,
-        probe=_probe_of(config) if str(result.outcome) == "inconclusive" else None,
+        probe=_probe_of(config) if str(result.outcome) in ("inconclusive", "held") else None,
     )
     if step:
         con.print("[yellow]next[/]: " + escape(step), highlight=False)

@@ -137,8 +137,8 @@ def next_step(
 ) -> str:
     """What the operator does after an outcome, with the exact command ("" when nothing).
 
-    For an inconclusive run, `reason` and `probe` (the config's `probe` block or None) say
-    what would get the release judged (`evidence_step`)."""
+    For an inconclusive or held run, `reason` and `probe` (the config's `probe` block or
+    None) say what would get the release judged (`evidence_step`)."""
     c = f"-c {config}"
     hosts = ", ".join(needs_human or []) or "the hosts named above"
     steps = {
@@ -151,7 +151,8 @@ def next_step(
         + evidence_step(reason, config, probe),
         "superseded": f"another process took the deployment over; see it with "
         f"`immunity status {c}`",
-        "held": f"continue with `immunity resume {c}`, or revert with `immunity resume {c} --abort`",
+        "held": f"continue with `immunity resume {c}` (judged again), or revert with "
+        f"`immunity resume {c} --abort`; " + evidence_step(reason, config, probe),
         "interrupted": f"finish the deployment with `immunity resume {c}`, or revert it with "
         f"`immunity resume {c} --abort`",
         "terminated": f"finish the deployment with `immunity resume {c}`, or revert it with "
