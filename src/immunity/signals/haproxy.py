@@ -41,7 +41,10 @@ and the fields expected), during the bake as a look with a partial answer (missi
 The file is tailed incrementally in a worker thread and kept open like `tail -F`: after a
 rotation the old file's last lines are read first; a truncation in place loses what was
 written since the last read, and windows before it are partial (missing). Requests are aggregated per server into 0.1 s bins kept for
-`retention` seconds, so memory does not grow with traffic; windows are partitioned by bin.
+`retention` seconds, so memory does not grow with traffic; windows are partitioned by bin:
+the source declares `resolution` 0.1 s (the bake asks for windows whose edges are bin
+edges) and `delay` 0.25 s (a request's line is in the file by then), so consecutive looks
+count each request once.
 
 **Counters** (no access log): ``show stat`` per server, counted as the access log counts:
 requests ``req_tot`` + (``eresp`` - ``srv_abrt``) and errors ``hrsp_5xx`` + (``eresp`` -
@@ -90,6 +93,12 @@ log = logging.getLogger("immunity.signals.haproxy")
 _MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 _CHUNK = 4 * 1024 * 1024
 _BIN_S = 0.1
+_LOG_DELAY_S = 0.25
+"""How long after a request completes its log line is surely in the file (HAProxy writes it
+as the answer leaves; the write and our read of it take a few ms, more on a busy machine)."""
+_EDGE_SLACK_BINS = 1e-4
+"""A window edge within this share of a bin (10 µs) of a bin's start is that start: edges
+aligned to bins come back from epoch floats a few µs off."""
 _DEDUP_LINES = 100_000
 """httplog lines remembered to drop a request logged twice (bounded memory)."""
 _RECENT_BYTES = 256 * 1024
@@ -518,8 +527,8 @@ class LogTail:
 
     def window(self, start: float, end: float) -> dict[str, Counts]:
         """Per server, requests completed in the bins starting in [start, end)."""
-        lo = bisect.bisect_left(self.keys, math.ceil(start / _BIN_S - 1e-9))
-        hi = bisect.bisect_left(self.keys, math.ceil(end / _BIN_S - 1e-9))
+        lo = bisect.bisect_left(self.keys, math.ceil(start / _BIN_S - _EDGE_SLACK_BINS))
+        hi = bisect.bisect_left(self.keys, math.ceil(end / _BIN_S - _EDGE_SLACK_BINS))
         out: dict[str, Counts] = {}
         for k in self.keys[lo:hi]:
             for server, c in self.bins[k].items():
@@ -663,9 +672,12 @@ class HAProxySource:
         self.client = (
             HAProxyClient(resolve_path(base_dir, settings.socket)) if settings.socket else None
         )
-        self.delay = 0.0
-        """Seconds after which a window's data is complete: a log line is written as the
-        answer leaves, and counters count at once."""
+        self.delay = _LOG_DELAY_S if self.tail is not None else 0.0
+        """Seconds after which a window's data is complete: a log line is written just
+        after its answer leaves (`_LOG_DELAY_S` covers that), counters count at once."""
+        self.resolution = _BIN_S if self.tail is not None else 0.0
+        """The access log counts in 0.1 s bins: window edges on bin edges, so a bin is
+        never split between two windows (its later requests would be lost to both)."""
         self._lock = anyio.Lock()
         # counter mode: (unix time, {server: (requests, errors)})
         self.snapshots: list[tuple[float, dict[str, tuple[int, int]]]] = []

@@ -98,6 +98,19 @@ class HAProxyBalancerHarness(BalancerHarness):
                     await anyio.sleep(0.02)
             yield
 
+    @asynccontextmanager
+    async def failing_health(self, host: HostRef) -> AsyncIterator[None]:
+        """The host's app is stopped (HAProxy's HTTP checks fail), started again on exit."""
+        driver = LocalDriver(LocalDriver.Settings(), base_dir=self.hx.dir)
+        release = await driver.active_release(host)
+        assert release is not None
+        await driver.stop(host)
+        try:
+            yield
+        finally:
+            await driver.start(host, release)
+            await driver.aclose()
+
 
 class TestHAProxyPool(LoadBalancerContract):
     @pytest.fixture

@@ -47,7 +47,7 @@ class MemoryBalancerHarness(BalancerHarness):
     """The world is the balancer's own view; `World.route` is its routing."""
 
     def __init__(self) -> None:
-        self.world = World.of(NAMES)
+        self.world = World.of(NAMES, releases={"v1": Behaviour(), "sick": Behaviour(healthy=False)})
         self.lb = MemoryBalancer(self.world)
         self.hosts = refs()[:2]
         self.unknown = HostRef(name="nope")
@@ -65,6 +65,15 @@ class MemoryBalancerHarness(BalancerHarness):
             yield
         finally:
             self.world.in_flight[host.name] -= 1
+
+    @asynccontextmanager
+    async def failing_health(self, host: HostRef) -> AsyncIterator[None]:
+        st = self.world.hosts[host.name]
+        was, st.active = st.active, "sick"
+        try:
+            yield
+        finally:
+            st.active = was
 
 
 class TestMemoryBalancer(LoadBalancerContract):

@@ -4,7 +4,8 @@
 * `drain`: the member takes no new requests and the balancer reports it leaving the pool;
   `wait_drained`: returns once it is out with nothing in flight, waits while a request is
   in flight, and ends at the caller's deadline (`TimeoutError` from `anyio.fail_after`,
-  promptly); `enable` + `wait_healthy`: back in the pool, taking requests again.
+  promptly); `enable` + `wait_healthy`: back in the pool, taking requests again; a member
+  failing its health checks is not called healthy (`wait_healthy` ends at the deadline).
 * `drain` and `enable` are idempotent.
 * An unknown member is a clear error: `BalancerError` naming it, nothing else changed.
 """
@@ -55,6 +56,11 @@ class BalancerHarness(ABC):
     @abstractmethod
     def in_flight(self, host: HostRef) -> AbstractAsyncContextManager[None]:
         """Hold one request in flight on `host` for the block; on exit it is answered."""
+
+    @abstractmethod
+    def failing_health(self, host: HostRef) -> AbstractAsyncContextManager[None]:
+        """`host` fails the balancer's health checks for the block (its app stopped...);
+        on exit it passes them again."""
 
 
 class LoadBalancerContract(Contract):
@@ -139,6 +145,27 @@ class LoadBalancerContract(Contract):
             await harness.lb.wait_healthy(h)
         assert await harness.state(h) is LbState.SERVING
         assert (await harness.lb.members([h]))[h.name].state is LbState.SERVING
+
+    async def test_wait_healthy_waits_for_a_failing_member_until_the_callers_deadline(
+        self, harness: BalancerHarness
+    ) -> None:
+        """A member enabled while it fails its health checks is not called healthy:
+        `wait_healthy` ends at the caller's deadline (`TimeoutError`, promptly) with the
+        member not serving; once it passes its checks, `wait_healthy` returns."""
+        h = harness.hosts[0]
+        await harness.lb.drain(h)
+        with anyio.fail_after(LONG_DEADLINE_S):
+            await harness.lb.wait_drained(h)
+        async with harness.failing_health(h):
+            await harness.lb.enable(h)
+            clock = Stopwatch()
+            with pytest.raises(TimeoutError), anyio.fail_after(SHORT_DEADLINE_S * 3):
+                await harness.lb.wait_healthy(h)
+            assert clock.s < SHORT_DEADLINE_S * 3 + PROMPT_S
+            assert await harness.state(h) is not LbState.SERVING
+        with anyio.fail_after(LONG_DEADLINE_S):
+            await harness.lb.wait_healthy(h)
+        assert await harness.state(h) is LbState.SERVING
 
     async def test_an_enabled_member_takes_requests_again(self, harness: BalancerHarness) -> None:
         """Once `wait_healthy` returned, new requests reach the host again."""

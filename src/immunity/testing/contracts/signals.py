@@ -8,8 +8,8 @@
 * A source that cannot read its data says so (missing, or `SignalError`): never zeros that
   look like a pass.
 
-Windows are looked at as the bake looks at them: once their end plus the source's declared
-`delay` has passed.
+Windows are looked at as the bake looks at them: edges on multiples of the source's
+`resolution`, each window once its end plus the source's declared `delay` has passed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import anyio
 
 from immunity.domain import Cohort, HostRef, Observation, utcnow
 from immunity.errors import SignalError
-from immunity.signals.base import SignalSource, delay_of, vet
+from immunity.signals.base import SignalSource, delay_of, resolution_of, vet
 from immunity.testing.contracts.base import Contract
 
 Sent = Counter[tuple[str, bool]]
@@ -59,6 +59,16 @@ class SignalHarness(ABC):
 
     def now(self) -> dt.datetime:
         return utcnow()
+
+    def edge(self) -> dt.datetime:
+        """Now, as a window edge the bake would ask the source for: rounded down to its
+        `resolution` (analysis/bake.py aligns every window end the same way)."""
+        t = self.now()
+        res = resolution_of(self.source)
+        if res <= 0:
+            return t
+        ts = t.timestamp()
+        return dt.datetime.fromtimestamp(ts - (ts % res), dt.UTC)
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
@@ -109,11 +119,11 @@ class SignalSourceContract(Contract):
         """One window around a burst: each cohort's requests and 5xx are exactly what its
         hosts answered; a latency histogram counts every request."""
         await harness.quiet()
-        start = harness.now()
+        start = harness.edge()
         await harness.sleep(harness.settle_s)
         sent = await harness.send(harness.requests)
         await harness.sleep(harness.settle_s)
-        obs = await self._look(harness, start, harness.now())
+        obs = await self._look(harness, start, harness.edge())
         expected = _expected(harness, sent)
         assert expected[Cohort.CANARY][1] > 0 and expected[Cohort.BASELINE][0] > 0
         assert _counts(obs) == expected
@@ -128,7 +138,7 @@ class SignalSourceContract(Contract):
         """Traffic runs across the edge of two consecutive windows, each looked at when the
         bake would: together they count every request once per cohort."""
         await harness.quiet()
-        start = harness.now()
+        start = harness.edge()
         await harness.sleep(harness.settle_s)
         sent: Sent = Counter()
         looks: list[dict[Cohort, Observation]] = []
@@ -141,27 +151,32 @@ class SignalSourceContract(Contract):
         async with anyio.create_task_group() as tg:
             tg.start_soon(traffic)
             await harness.sleep(0.25)  # the edge falls inside the traffic
-            edge = harness.now()
+            edge = harness.edge()
             looks.append(await self._look(harness, start, edge))
         await harness.sleep(harness.settle_s)
-        looks.append(await self._look(harness, edge, harness.now()))
+        end = harness.edge()
+        looks.append(await self._look(harness, edge, end))
         first, second = (_counts(o) for o in looks)
         together = {c: (first[c][0] + second[c][0], first[c][1] + second[c][1]) for c in first}
-        assert together == _expected(harness, sent)
+        expected = _expected(harness, sent)
+        assert together == expected, (
+            f"windows [{start:%H:%M:%S.%f}, {edge:%H:%M:%S.%f}) and [{edge:%H:%M:%S.%f}, "
+            f"{end:%H:%M:%S.%f}) counted {first} + {second}, the hosts answered {expected}"
+        )
 
     async def test_a_window_without_traffic_counts_none(self, harness: SignalHarness) -> None:
         """A quiet window: no requests (or no data), never invented ones."""
         await harness.quiet()
-        start = harness.now()
+        start = harness.edge()
         await harness.sleep(harness.settle_s)
-        obs = await self._look(harness, start, harness.now())
+        obs = await self._look(harness, start, harness.edge())
         for o in obs.values():
             assert (o.requests, o.errors) == (0, 0)
 
     async def test_a_source_that_cannot_read_says_so(self, harness: SignalHarness) -> None:
         """Data it cannot read: `SignalError` or every cohort missing, never a zero count."""
         source = await harness.broken()
-        end = harness.now()
+        end = harness.edge()
         try:
             with anyio.fail_after(30):
                 obs = await source.observe(_cohorts(harness), end - dt.timedelta(seconds=2), end)
@@ -176,7 +191,7 @@ class SignalSourceContract(Contract):
 
     async def test_observations_name_the_window_s_hosts(self, harness: SignalHarness) -> None:
         """Every cohort asked for is answered, and only those."""
-        end = harness.now()
+        end = harness.edge()
         obs = await harness.source.observe(
             {Cohort.CANARY: harness.canary}, end - dt.timedelta(seconds=1), end
         )
