@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 from scipy.special import ndtr, ndtri
-from scipy.stats import binom
 
 from immunity.config.models import JudgeConfig
 from immunity.domain import CheckResult, Observation, ObservationStatus, Outcome
@@ -604,6 +603,10 @@ class ErrorsJudge:
                 t_s,
             )
         if self.floor_beta > 0.0 and self.n_c > 0:
+            # imported here: scipy.stats takes ~1 s of CPU to import, paid otherwise by every
+            # CLI command that loads the engine (status, history, rollback...)
+            from scipy.stats import binom
+
             p_floor = float(binom.cdf(self.x_c, self.n_c, self.floor))
             if p_floor <= self.floor_beta:
                 return self._pass(
