@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import pytest
+
 from immunity.domain import LbState
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.deployment import deploy
@@ -77,3 +80,61 @@ def test_the_witness_is_believed_only_while_it_serves() -> None:
         return out
 
     assert clock.run(main) == [True, True, False, True, True]
+
+
+@pytest.mark.parametrize("first", range(6))
+def test_drains_started_at_once_always_leave_one_host_serving(first: int) -> None:
+    """Every host of a 6-host pool asked to drain at the same moment (a witness already
+    picked, so most take the quick check), starting with the `first`-th: five are drained,
+    one keeps serving and waits; never zero serving."""
+    clock = VirtualClock()
+    lat = Latencies.realistic()  # every balancer read takes 1 ms: the checks interleave
+    fleet, world = memory_fleet(6, clock=clock, releases=GOOD, latencies=lat)
+    sw = HostSwitcher(fleet, Recorder(fleet, "d", "v2", None), CapacityGuard(6))
+    hosts = list(fleet.hosts)
+    order = hosts[first:] + hosts[:first]
+
+    async def main() -> None:
+        await sw._another_serves(order[0])  # picks a witness (h6, the end of the pool)
+        with anyio.move_on_after(5):
+            async with anyio.create_task_group() as tg:
+                for h in order:
+                    tg.start_soon(sw._drain_keeping_one_serving, h)
+
+    clock.run(main)
+    states = [world.hosts[h.name].lb for h in hosts]
+    assert states.count(LbState.SERVING) == 1, states
+    assert states.count(LbState.DRAINING) == 5, states
+
+
+def test_a_drain_is_marked_leaving_before_its_check_answers() -> None:
+    """h1 and h2 are the last two serving. While h1's drain waits for the balancer's answer
+    about its witness h2, h2's whole-pool check must not count h1 as the one left serving
+    (else both drain on each other's word and nobody serves)."""
+    clock = VirtualClock()
+    fleet, world = memory_fleet(4, clock=clock, releases=GOOD)
+    sw = HostSwitcher(fleet, Recorder(fleet, "d", "v2", None), CapacityGuard(4))
+    h1, h2, h3, h4 = fleet.hosts
+    for h in (h3, h4):
+        world.set_lb(world.hosts[h.name], LbState.UNHEALTHY)
+    answer = anyio.Event()
+    members = fleet.lb.members
+
+    async def slow_members(hosts: Any) -> Any:
+        await answer.wait()
+        return await members(hosts)
+
+    fleet.lb.members = slow_members  # type: ignore[method-assign]
+    sw._witness = h2
+
+    async def main() -> tuple[bool, list[LbState]]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sw._drain_keeping_one_serving, h1)
+            await anyio.sleep(0.01)  # h1's drain is waiting for members([h2, h1])
+            h2_may = await sw._another_serves(h2)
+            answer.set()
+        return h2_may, [world.hosts[h.name].lb for h in (h1, h2)]
+
+    h2_may, states = clock.run(main)
+    assert h2_may is False
+    assert states == [LbState.DRAINING, LbState.SERVING]
