@@ -1,16 +1,19 @@
 """The capacity guard: never more than `max_unavailable` hosts out of the pool.
 
-A host holds a slot from the moment it is taken for a walk until it is serving again. A
-host whose walk failed keeps its slot (it *is* out of the pool): its owner either walks it
-back (the slot is reused) or *parks* it (it stays out and no walk of this run will bring it
-back). The guard counts what the balancer sees, not what tasks are running.
+The hosts out of the pool are the run's `FleetState.out` (the journal and what the engine
+observed: a host leaves at its drain and is back when `host.switched`), plus the hosts whose
+walk holds a slot and has not drained them yet. A host whose walk failed stays out: its owner
+either walks it back (the slot is reused) or *parks* it (no walk of this run will bring it
+back).
 
 No wait here is unbounded: `take` waits only while some host out of the pool is being
-walked (and every walk's steps have deadlines); when every slot is held by a parked host,
-no slot can ever come free and `take` raises `CapacityExhausted` at once.
+walked (and every walk's steps have deadlines); when every slot is held by a host no walk
+holds, no slot can ever come free and `take` raises `CapacityExhausted` at once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Set
 
 import anyio
 
@@ -18,63 +21,56 @@ from immunity.errors import CapacityExhausted
 
 
 class CapacityGuard:
-    def __init__(self, max_unavailable: int) -> None:
+    def __init__(self, max_unavailable: int, out: Set[str] = frozenset()) -> None:
+        """`out`: the live set of hosts out of the pool (read, never changed, here)."""
         self.max_unavailable = max_unavailable
-        self._out: set[str] = set()
+        self._pool_out = out
         self._walking: set[str] = set()
         self._changed = anyio.Condition()
 
     @property
     def out(self) -> frozenset[str]:
-        return frozenset(self._out)
+        return frozenset(self._pool_out | self._walking)
+
+    def _n_out(self) -> int:
+        return len(self._walking) + sum(1 for h in self._pool_out if h not in self._walking)
 
     async def take(self, host: str) -> None:
-        """Wait for a slot for `host` and mark it as being walked; a host that already holds
-        a slot keeps it. Raises CapacityExhausted when no slot can come free."""
+        """Wait for a slot for `host` and mark it as being walked; a host already out of the
+        pool takes its own slot. Raises CapacityExhausted when no slot can come free."""
         async with self._changed:
-            while host not in self._out and len(self._out) >= self.max_unavailable:
+            while (
+                host not in self._walking
+                and host not in self._pool_out
+                and self._n_out() >= self.max_unavailable
+            ):
                 if not self._walking:
                     raise CapacityExhausted(
-                        f"cannot take {host} out of the pool: {sorted(self._out)} "
+                        f"cannot take {host} out of the pool: {sorted(self.out)} "
                         f"already out and not coming back in this run "
                         f"(max_unavailable {self.max_unavailable})",
                         hint="put those hosts back in the pool (or `immunity rollback`), then retry",
-                        context={"host": host, "out": ",".join(sorted(self._out))},
+                        context={"host": host, "out": ",".join(sorted(self.out))},
                     )
                 try:
                     await self._changed.wait()
                 except BaseException:
                     self._changed.notify(1)  # pass on a wake-up this waiter may have taken
                     raise
-            self._out.add(host)
             self._walking.add(host)
-            if len(self._out) < self.max_unavailable:
+            if self._n_out() < self.max_unavailable:
                 self._changed.notify(1)  # room for one more: wake the next waiter
 
-    def mark_out(self, host: str) -> None:
-        """Count a host found out of the pool (at resume), even past the limit; parked
-        until a walk takes it."""
-        self._out.add(host)
-
     async def park(self, host: str) -> None:
-        """`host` stays out of the pool and no walk of this run will bring it back."""
+        """`host`'s walk ended without putting it back: no walk of this run holds it now."""
         async with self._changed:
             self._walking.discard(host)
             self._changed.notify_all()
 
-    async def reconcile(self, serving: set[str]) -> None:
-        """Give back the slots of hosts no walk holds that the balancer reports serving (a
-        walk that failed before its host left the pool): they are not out."""
-        async with self._changed:
-            back = {h for h in self._out - self._walking if h in serving}
-            if back:
-                self._out -= back
-                self._changed.notify_all()
-
     async def give_back(self, host: str) -> None:
-        """Free `host`'s slot and wake one waiter (not all: with thousands of hosts waiting
-        for a slot, waking every one of them at every give-back is quadratic)."""
+        """`host` serves again (`host.switched` is journaled): free its slot and wake one
+        waiter (not all: with thousands of hosts waiting for a slot, waking every one of them
+        at every give-back is quadratic)."""
         async with self._changed:
-            self._out.discard(host)
             self._walking.discard(host)
             self._changed.notify(1)

@@ -19,7 +19,8 @@ import psutil
 from immunity import plugins
 from immunity.clock import Clock, SystemClock
 from immunity.config import LoadedConfig, resolve_path
-from immunity.domain import Event, HostRef
+from immunity.domain import Event, HostRef, LbState
+from immunity.errors import ImmunityError
 from immunity.hosts.base import HostDriver
 from immunity.journal import Journal
 from immunity.journal import open_journal as _open
@@ -59,6 +60,25 @@ class Fleet:
     @property
     def app(self) -> str:
         return str(self.loaded.config.app)
+
+    async def observe(
+        self, *, lenient: bool = False
+    ) -> dict[str, tuple[LbState | None, str | None]]:
+        """Each host's pool state (None: not in the balancer) and active release, as the
+        balancer and the drivers report now; with `lenient`, a host whose driver does not
+        answer runs None."""
+        members = await self.lb.members(self.hosts)
+        out: dict[str, tuple[LbState | None, str | None]] = {}
+        for h in self.hosts:
+            try:
+                active = await self.driver.active_release(h)
+            except ImmunityError:
+                if not lenient:
+                    raise
+                active = None
+            m = members.get(h.name)
+            out[h.name] = (m.state if m is not None else None, active)
+        return out
 
     def host(self, name: str) -> HostRef:
         for h in self.hosts:

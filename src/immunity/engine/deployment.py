@@ -25,7 +25,7 @@ from immunity.analysis import Cohorts, bake, resume_point
 from immunity.analysis.spending import bakes_of
 from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict
 from immunity.engine.context import Fleet
-from immunity.engine.fleetview import derive
+from immunity.engine.fleetview import encode
 from immunity.engine.immune import RevertReport, immune_response
 from immunity.engine.plan import plan_waves, with_holdback
 from immunity.engine.result import RunOutcome, RunResult
@@ -40,7 +40,7 @@ from immunity.errors import (
 )
 from immunity.impact import ImpactProbe
 from immunity.impact import phases as impact_phases
-from immunity.journal.base import DeploymentRecord, JournalEntry
+from immunity.journal.base import DeploymentRecord
 from immunity.judge import build_judge
 
 log = logging.getLogger("immunity.engine")
@@ -188,28 +188,28 @@ class Rollout:
         self.run = run
         self.fleet = run.fleet
         self.release = run.release
+        self.view = run.view  # the run's FleetState: every entry folded as it is appended
         self.fallbacks: dict[str, str] = {
             str(k): str(v) for k, v in dict(run.data.get("fallbacks", {})).items()
         }
-        self.serving_new: set[str] = set()
-        self.failed_hosts: set[str] = set()
-        self.first_canary_in: float | None = None
         self.holdback: HostRef | None = None  # kept on the old release through the guard
         self.bakes = 1  # bakes watching this deployment (they share the false-alarm bound)
-        self.started = self.fleet.clock.monotonic()
 
     def cohorts(self) -> Cohorts:
-        """The cohorts as they are now, from what the engine has put in the pool."""
-        out = self.run.capacity.out
-        canary = [h for h in self.fleet.hosts if h.name in self.serving_new]
-        baseline = [
-            h
-            for h in self.fleet.hosts
-            if h.name not in self.serving_new
-            and h.name not in self.failed_hosts
-            and h.name not in out
-        ]
-        return Cohorts(canary, baseline)
+        """The cohorts as the run's view says now (see `FleetState`)."""
+        v = self.view
+        return Cohorts(
+            [h for h in self.fleet.hosts if h.name in v.canary],
+            [h for h in self.fleet.hosts if h.name in v.baseline],
+        )
+
+    def detected_after_s(self, *, since_canary: bool = True) -> float:
+        """From the run's first canary in (else its start) to now, in seconds."""
+        v = self.view
+        since = (
+            (v.first_canary_at if since_canary else None) or v.began_at or self.fleet.clock.now()
+        )
+        return round(max(0.0, (self.fleet.clock.now() - since).total_seconds()), 3)
 
     async def go(self, *, abort: bool = False) -> None:
         run, cfg = self.run, self.fleet.config
@@ -222,28 +222,33 @@ class Rollout:
         plan = [[h.name for h in w] for w in waves]
         if self.holdback is not None:
             plan.append([self.holdback.name])
-        if not run.resumed:
-            await run.rec.record(
-                "deployment.started",
-                f"deploying {self.release} to {len(self.fleet.hosts)} host(s)",
-                release=self.release,
-                fallbacks=self.fallbacks,
-                holder=run.lease.holder,
-                hosts=[h.name for h in self.fleet.hosts],
-                waves=plan,
-            )
-            for name, seen in self.fleet.signal_views.items():
-                await run.rec.record("signal.checked", seen, signal=name)
-        else:
-            await run.rec.record(
-                "deployment.resumed",
-                f"resuming {self.release}" + (" to abort it" if abort else ""),
-                holder=run.lease.holder,
-                token=run.lease.token,
-                abort=abort,
-                waves=plan,
-            )
         try:
+            # observe: where the balancer and the hosts are now, journaled (and so folded
+            # into the run's view over what the journal said before)
+            observed = encode(await self.fleet.observe())
+            if not run.resumed:
+                await run.rec.record(
+                    "deployment.started",
+                    f"deploying {self.release} to {len(self.fleet.hosts)} host(s)",
+                    release=self.release,
+                    fallbacks=self.fallbacks,
+                    holder=run.lease.holder,
+                    hosts=[h.name for h in self.fleet.hosts],
+                    waves=plan,
+                    observed=observed,
+                )
+                for name, seen in self.fleet.signal_views.items():
+                    await run.rec.record("signal.checked", seen, signal=name)
+            else:
+                await run.rec.record(
+                    "deployment.resumed",
+                    f"resuming {self.release}" + (" to abort it" if abort else ""),
+                    holder=run.lease.holder,
+                    token=run.lease.token,
+                    abort=abort,
+                    waves=plan,
+                    observed=observed,
+                )
             await self._with_impact(self._waves(waves, abort))
         except (JournalError, LeaseLost):
             raise  # change nothing more
@@ -302,34 +307,22 @@ class Rollout:
         )
 
     async def _waves(self, waves: Sequence[Sequence[HostRef]], abort: bool) -> None:
-        run, fleet = self.run, self.fleet
-        entries = await fleet.journal.entries(run.record.id) if run.resumed else []
-        # observe → derive: where the journal and the fleet say each host is
-        view = derive(
-            entries,
-            await fleet.lb.members(fleet.hosts),
-            {h.name: await fleet.driver.active_release(h) for h in fleet.hosts},
-            fleet.hosts,
-            release=self.release,
-            fallbacks=self.fallbacks,
-        )
+        run, view = self.run, self.view
+        # derive → decide: the view says where each host is (hosts already serving the new
+        # release are canaries; hosts out of the pool hold capacity until a walk puts them
+        # back), which waves passed and whether a revert was under way
         if run.resumed and (abort or view.reverting):
-            reason = "resume --abort" if abort else _last_reason(entries) or "interrupted revert"
-            done = RunOutcome.REVERTED if abort else _revert_outcome(entries)
+            reason = "resume --abort" if abort else view.revert_reason or "interrupted revert"
+            unjudged = view.last_verdict.get("outcome") in ("inconclusive", "error")
+            done = RunOutcome.INCONCLUSIVE if unjudged and not abort else RunOutcome.REVERTED
             await self._revert(reason, None, done=done)
             return
-        passed_waves = set(view.passed_waves)
-        # hosts already serving the new release count as canaries (resume, re-run); hosts
-        # out of the pool hold capacity until their walk puts them back
-        self.serving_new |= view.canary
-        for name in view.out:
-            run.capacity.mark_out(name)
         verdict: Verdict | None = None
         for i, wave in enumerate(waves, start=1):
-            todo = [h for h in wave if h.name not in self.serving_new]
+            todo = [h for h in wave if h.name not in view.canary]
             if run.stopping:
                 break
-            if i in passed_waves and not todo:
+            if i in view.passed_waves and not todo:
                 continue
             await run.rec.record(
                 "wave.started",
@@ -348,19 +341,18 @@ class Rollout:
                 continue
             if not await self._judged(i, verdict):
                 return
-        if not run.stopping and not await self._watch(len(waves) + 1, passed_waves):
+        if not run.stopping and not await self._watch(len(waves) + 1):
             return
         if run.stopping:
             await run.conclude(
                 run.stopping,
                 f"{run.stopping} by signal; hosts in flight finished, fleet in the pool",
-                serving_new=sorted(self.serving_new),
+                serving_new=sorted(view.canary),
             )
             return
-        last_verdict = _last_verdict(await fleet.journal.entries(run.record.id))
         await run.conclude(
             RunOutcome.DEPLOYED,
-            last_verdict or "every host serves the release",
+            view.last_verdict.get("reason") or "every host serves the release",
             message=f"every host serves {self.release}",
         )
 
@@ -376,9 +368,8 @@ class Rollout:
             **extra,
         )
         if verdict.outcome is Outcome.FAIL:
-            detected = self.fleet.clock.monotonic() - (self.first_canary_in or self.started)
             reason = f"guard: {verdict.reason}" if guard else verdict.reason
-            await self._revert(reason, verdict, detected_after_s=round(detected, 3))
+            await self._revert(reason, verdict, detected_after_s=self.detected_after_s())
             return False
         if verdict.outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
             if cfg.judge.on_inconclusive == "hold":
@@ -410,7 +401,7 @@ class Rollout:
                     Outcome.FAIL,
                     reason,
                     {
-                        "failed_hosts": float(len(self.failed_hosts)),
+                        "failed_hosts": float(len(self.view.failed)),
                         "max_failed_hosts": float(cfg.max_failed_hosts),
                     },
                 ),
@@ -420,7 +411,7 @@ class Rollout:
         await self.run.rec.record(
             "verdict.failed", reason, wave=wave, verdict=step_verdict.to_dict()
         )
-        detected = round(self.fleet.clock.monotonic() - self.started, 3)
+        detected = self.detected_after_s(since_canary=False)
         await self._revert(reason, step_verdict, detected_after_s=detected)
 
     async def _bake(
@@ -466,7 +457,7 @@ class Rollout:
         signal, cancels the admission and the bake at once; walks already begun are
         shielded and end within their steps' deadlines, so the wave always ends.
         """
-        run = self.run
+        run, view = self.run, self.view
         cfg = self.fleet.config
         capacity, switcher = run.capacity, run.switcher
         first_in = anyio.Event()
@@ -485,9 +476,6 @@ class Rollout:
         judging = run.on_stop(anyio.CancelScope())
         errors: list[ImmunityError] = []
 
-        def over_budget() -> bool:
-            return len(self.failed_hosts) > int(cfg.max_failed_hosts)
-
         async def give_up(h: HostRef, exc: ImmunityError) -> None:
             errors.append(exc)
             await capacity.park(h.name)  # out of the pool; the immune response takes it
@@ -498,26 +486,20 @@ class Rollout:
             try:
                 await switcher.switch(h, self.release)
             except StepFailed as exc:
-                self.failed_hosts.add(h.name)
-                if over_budget():
+                if len(view.failed) > cfg.max_failed_hosts:
                     await give_up(h, exc)
                     return
                 try:  # within the budget: put this host back on its fallback, go on
                     await switcher.switch(h, self.fallbacks[h.name], purpose="revert")
-                    self.failed_hosts.discard(h.name)
                 except StepFailed as exc2:
                     await give_up(h, exc2)
                 return
-            self.serving_new.add(h.name)
-            if self.first_canary_in is None:
-                self.first_canary_in = self.fleet.clock.monotonic()
             if not first_in_at:
                 first_in_at.append(self.fleet.clock.monotonic())
             first_in.set()
 
         async def admit_all() -> None:
-            out = capacity.out
-            order = sorted(hosts, key=lambda h: h.name not in out)
+            order = sorted(hosts, key=lambda h: h.name not in view.out)
             try:
                 async with anyio.create_task_group() as tg:
                     with admit:
@@ -526,7 +508,6 @@ class Rollout:
                                 await capacity.take(h.name)
                             except CapacityExhausted as exc:
                                 errors.append(exc)
-                                self.failed_hosts.add(h.name)
                                 judging.cancel()
                                 break
                             tg.start_soon(switch_one, h)
@@ -538,10 +519,10 @@ class Rollout:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(admit_all)
-                if not self.serving_new:  # nothing on the release yet: judge from the first
+                if not view.canary:  # nothing on the release yet: judge from the first
                     await first_in.wait()  # canary in (or until every admitted walk ended)
                 with judging:
-                    if self.serving_new and not errors:
+                    if view.canary and not errors:
                         # the last wave has a baseline only when a holdback stays on the old
                         # release
                         relative = (not last or self.holdback is not None) and bool(
@@ -557,13 +538,13 @@ class Rollout:
             return verdict, errors[0]
         return verdict, None
 
-    async def _watch(self, i: int, passed: set[int]) -> bool:
+    async def _watch(self, i: int) -> bool:
         """The guard period after the last wave, then the holdback's switch. False when the
         run ended here (reverted, held, a host failed); True to conclude as deployed (or
         interrupted: `run.stopping` says so)."""
         run = self.run
         cfg = self.fleet.config
-        if cfg.guard.duration > 0 and i not in passed:
+        if cfg.guard.duration > 0 and i not in self.view.passed_waves:
             held_name = self.holdback.name if self.holdback else None
             baseline = held_name is not None and bool(self.cohorts().baseline)
             await run.rec.record(
@@ -586,7 +567,7 @@ class Rollout:
             if not await self._judged(i, verdict, guard=True):
                 return False
         held = self.holdback
-        if held is None or run.stopping or held.name in self.serving_new:
+        if held is None or run.stopping or held.name in self.view.canary:
             return True
         await run.rec.record(
             "wave.started", f"holdback: {[held.name]}", wave=i + 1, hosts=[held.name]
@@ -596,11 +577,9 @@ class Rollout:
             await run.switcher.switch(held, self.release)
         except StepFailed as exc:
             error = exc
-            self.failed_hosts.add(held.name)
-        if error is not None and len(self.failed_hosts) <= cfg.max_failed_hosts:
+        if error is not None and len(self.view.failed) <= cfg.max_failed_hosts:
             try:  # within the budget: back on its fallback, the rest stays
                 await run.switcher.switch(held, self.fallbacks[held.name], purpose="revert")
-                self.failed_hosts.discard(held.name)
                 return True
             except StepFailed as exc2:
                 error = exc2
@@ -608,7 +587,6 @@ class Rollout:
             await run.capacity.park(held.name)
             await self._host_failure(i + 1, error)
             return False
-        self.serving_new.add(held.name)
         return True
 
     async def _revert(
@@ -686,28 +664,3 @@ async def conclude_revert(
             reverted_after_s=round(run.fleet.clock.monotonic() - t0, 3),
             **extra,
         )
-
-
-def _revert_outcome(entries: Sequence[JournalEntry]) -> RunOutcome:
-    """INCONCLUSIVE when the interrupted revert followed a verdict of too little evidence."""
-    for e in reversed(entries):
-        if e.kind in ("verdict.reached", "verdict.failed"):
-            outcome = (e.data.get("verdict") or {}).get("outcome")
-            if outcome in ("inconclusive", "error"):
-                return RunOutcome.INCONCLUSIVE
-            return RunOutcome.REVERTED
-    return RunOutcome.REVERTED
-
-
-def _last_verdict(entries: Sequence[JournalEntry]) -> str | None:
-    for e in reversed(entries):
-        if e.kind == "verdict.reached":
-            return str((e.data.get("verdict") or {}).get("reason") or "") or None
-    return None
-
-
-def _last_reason(entries: Sequence[JournalEntry]) -> str | None:
-    for e in reversed(entries):
-        if e.kind in ("immune.started", "verdict.failed"):
-            return str(e.data.get("reason") or (e.data.get("verdict") or {}).get("reason") or "")
-    return None

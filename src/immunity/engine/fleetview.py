@@ -1,18 +1,26 @@
 """The fleet as the journal and the fleet itself say it is: derived, never kept on the side.
 
-    derive(entries, members, actives, ...) -> FleetView
+    derive(entries, members, actives, hosts, release=, fallbacks=) -> FleetView
+    FleetState(hosts, release=, fallbacks=).apply(entry) ... .view() -> FleetView
 
-`entries` are one run's journal entries (in order), `members` the balancer's view of each
-host, `actives` each host's active release as its driver reports it. Each host gets a
-`HostPhase` (the states of docs/state-machine.md) and the release the journal says it
-should serve; the view holds the waves that passed, whether a revert is in progress, the
-hosts whose walk failed, the cohorts and the hosts out of the pool (the capacity in use).
-Where the journal and the fleet disagree, the view says so (`disagreements`). `status`,
-`resume` and the rollout read it.
+`entries` are one run's journal entries (in order); `members` and `actives` are what the
+balancer and each host's driver report now. Each host gets a `HostPhase` (the states of
+docs/state-machine.md), the release the journal says it should serve, what it runs and
+whether it is in the pool. The view holds the waves that passed, whether a revert is in
+progress (and why), the last verdict, the hosts whose walk failed, the cohorts and the hosts
+out of the pool (the capacity in use); where the journal and the fleet disagree it says so.
+
+`FleetState` is the same derivation folded one entry at a time: a run applies every entry it
+appends (the `Recorder` does), so the waves, the capacity guard and the cohorts read it at
+O(1) per entry, never re-deriving from the whole journal. What the engine observes of the
+fleet is journaled too (`observed` in `deployment.started`, `deployment.resumed`,
+`immune.started`), so the journal alone rebuilds the live view: `derive(entries)` equals the
+state the run folded from the same entries.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -23,7 +31,7 @@ from immunity.journal.base import JournalEntry
 
 
 class HostPhase(StrEnum):
-    SERVING = "serving"  # in the pool, on the release the journal expects
+    SERVING = "serving"  # in the pool, no walk in flight
     DRAINING = "draining"  # a step of the walk started and did not finish: unknown, re-walked
     STOPPED = "stopped"
     INSTALLED = "installed"
@@ -46,14 +54,16 @@ _IN_STEP = {
     "enable": HostPhase.ENABLING,
 }
 
+Observed = Mapping[str, tuple[LbState | None, str | None]]
+
 
 @dataclass(frozen=True)
 class HostView:
     name: str
     phase: HostPhase
     expected: str | None  # the release the journal says it should serve
-    active: str | None  # what its driver says it runs
-    lb_state: LbState | None  # what the balancer says (None: not in the pool at all)
+    active: str | None  # what it runs (its driver's last report, or the journal since)
+    lb_state: LbState | None  # in the pool or not (None: not in the balancer at all)
     step: str | None = None  # the step in flight or failed, if any
     purpose: str | None = None  # deploy | revert
 
@@ -64,9 +74,12 @@ class FleetView:
     release: str | None = None
     passed_waves: frozenset[int] = frozenset()
     reverting: bool = False  # the immune response (or a failed verdict) began
+    revert_reason: str | None = None
+    last_verdict: Mapping[str, Any] = field(default_factory=dict)  # the last verdict.reached/failed
+    first_canary_at: dt.datetime | None = None  # since the run (or its resume) began
+    began_at: dt.datetime | None = None
     failed: frozenset[str] = frozenset()
     disagreements: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def out(self) -> frozenset[str]:
@@ -75,91 +88,190 @@ class FleetView:
 
     @property
     def canary(self) -> frozenset[str]:
-        """In-pool hosts on the run's release."""
+        """In-pool hosts on the run's release whose walk did not fail."""
         return frozenset(
             n
             for n, h in self.hosts.items()
-            if self.release is not None
-            and h.active == self.release
-            and h.lb_state is LbState.SERVING
+            if h.lb_state is LbState.SERVING and h.active == self.release and n not in self.failed
         )
 
     @property
     def baseline(self) -> frozenset[str]:
-        """In-pool hosts on another release."""
+        """In-pool hosts on another release whose walk did not fail."""
         return frozenset(
             n
             for n, h in self.hosts.items()
-            if h.lb_state is LbState.SERVING and h.active is not None and n not in self.canary
+            if h.lb_state is LbState.SERVING
+            and h.active not in (None, self.release)
+            and n not in self.failed
+        )
+
+
+@dataclass
+class _Host:
+    expected: str | None
+    active: str | None = None
+    lb_state: LbState | None = LbState.SERVING
+    last: JournalEntry | None = None  # its last step entry since it last switched
+
+
+@dataclass
+class FleetState:
+    """The fold behind `derive`, applied one entry (or observation) at a time. `out`,
+    `canary`, `baseline` and `failed` are kept as sets as each entry is applied (read them,
+    never change them); `view()` is the frozen `FleetView` (O(hosts))."""
+
+    hosts: Sequence[HostRef]
+    release: str | None = None
+    fallbacks: Mapping[str, str] | None = None
+    passed_waves: set[int] = field(default_factory=set)
+    reverting: bool = False
+    revert_reason: str | None = None
+    last_verdict: Mapping[str, Any] = field(default_factory=dict)
+    first_canary_at: dt.datetime | None = None
+    began_at: dt.datetime | None = None
+    failed: set[str] = field(default_factory=set)
+    out: set[str] = field(default_factory=set)
+    canary: set[str] = field(default_factory=set)
+    baseline: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        fb = self.fallbacks or {}
+        self._hosts = {h.name: _Host(expected=fb.get(h.name)) for h in self.hosts}
+
+    def apply(self, e: JournalEntry) -> None:
+        """Fold one journal entry (see docs/state-machine.md for what each kind says)."""
+        kind, data = e.kind, e.data
+        if kind in ("deployment.started", "deployment.resumed"):
+            self.began_at, self.first_canary_at = e.at, None
+        if "observed" in data:
+            self.observe(decode(data["observed"]))
+        if kind == "wave.passed":
+            self.passed_waves.add(int(data.get("wave", -1)))
+        elif kind in ("verdict.reached", "verdict.failed"):
+            self.last_verdict = data.get("verdict") or {}
+        if kind in ("immune.started", "verdict.failed"):
+            self.reverting = True
+            self.revert_reason = str(data.get("reason") or self.last_verdict.get("reason") or "")
+        h = self._hosts.get(e.host or "")
+        if h is None or e.host is None:
+            return
+        if kind in ("host.step_started", "host.step_finished", "host.step_failed"):
+            h.last = e
+            if kind == "host.step_failed":
+                self.failed.add(e.host)
+            elif kind == "host.step_started" and e.step == "drain":
+                h.lb_state = LbState.DRAINING
+            elif kind == "host.step_finished" and e.step in ("stop", "start"):
+                h.active = data.get("release") if e.step == "start" else None
+        elif kind == "host.switched":
+            h.expected = h.active = data.get("release")
+            h.lb_state, h.last = LbState.SERVING, None
+            self.failed.discard(e.host)
+            if h.active == self.release and data.get("purpose") == "deploy":
+                at = self.first_canary_at
+                self.first_canary_at = e.at if at is None else min(at, e.at)
+        self._place(e.host, h)
+
+    def observe(self, seen: Observed) -> None:
+        """Fold what the balancer and the drivers report now."""
+        for name, (lb_state, active) in seen.items():
+            h = self._hosts.get(name)
+            if h is not None:
+                h.lb_state, h.active = lb_state, active
+                self._place(name, h)
+
+    def _place(self, name: str, h: _Host) -> None:
+        serving = h.lb_state is LbState.SERVING and name not in self.failed
+        for group, inside in (
+            (self.out, h.lb_state is not LbState.SERVING),
+            (self.canary, serving and h.active == self.release),
+            (self.baseline, serving and h.active not in (None, self.release)),
+        ):
+            if inside:
+                group.add(name)
+            else:
+                group.discard(name)
+
+    def view(self) -> FleetView:
+        hosts: dict[str, HostView] = {}
+        disagreements: list[str] = []
+        for name, h in self._hosts.items():
+            step = h.last
+            if step is not None and step.kind == "host.step_failed":
+                phase = HostPhase.FAILED
+            elif step is not None and step.step in _IN_STEP:
+                phase = _IN_STEP[step.step]
+            else:
+                phase = HostPhase.SERVING if h.lb_state is LbState.SERVING else HostPhase.OUT
+            hosts[name] = HostView(
+                name,
+                phase,
+                h.expected,
+                h.active,
+                h.lb_state,
+                step=step.step if step is not None else None,
+                purpose=str(step.data.get("purpose")) if step is not None else None,
+            )
+            if h.expected and h.active != h.expected:
+                disagreements.append(
+                    f"{name}: journal says {h.expected}, host runs {h.active or 'nothing'}"
+                )
+            if h.lb_state is not LbState.SERVING:
+                state = str(h.lb_state) if h.lb_state is not None else "out"
+                disagreements.append(f"{name}: balancer reports {state}, expected serving")
+        return FleetView(
+            hosts=hosts,
+            release=self.release,
+            passed_waves=frozenset(self.passed_waves),
+            reverting=self.reverting,
+            revert_reason=self.revert_reason,
+            last_verdict=self.last_verdict,
+            first_canary_at=self.first_canary_at,
+            began_at=self.began_at,
+            failed=frozenset(self.failed),
+            disagreements=tuple(disagreements),
         )
 
 
 def derive(
     entries: Sequence[JournalEntry],
-    members: Mapping[str, Member],
-    actives: Mapping[str, str | None],
+    members: Mapping[str, Member] | None,
+    actives: Mapping[str, str | None] | None,
     hosts: Sequence[HostRef],
     *,
     release: str | None = None,
     fallbacks: Mapping[str, str] | None = None,
 ) -> FleetView:
     """See the module docstring. `fallbacks` (the record's) are what each host is expected to
-    serve before the journal says it switched."""
-    expected: dict[str, str | None] = {h.name: None for h in hosts}
-    expected.update({k: v for k, v in (fallbacks or {}).items() if k in expected})
-    last_step: dict[str, JournalEntry] = {}
-    failed: set[str] = set()
-    passed: set[int] = set()
-    reverting = False
+    serve before the journal says it switched; `members` and `actives`, when given, are the
+    newest word on the pool and on what each host runs (`status`, `resume`)."""
+    state = FleetState(hosts, release=release, fallbacks=fallbacks)
     for e in entries:
-        if e.kind == "wave.passed":
-            passed.add(int(e.data.get("wave", -1)))
-        elif e.kind in ("immune.started", "verdict.failed"):
-            reverting = True
-        elif e.host in expected:
-            if e.kind in ("host.step_started", "host.step_finished", "host.step_failed"):
-                last_step[e.host] = e
-                if e.kind == "host.step_failed":
-                    failed.add(e.host)
-            elif e.kind == "host.switched":
-                expected[e.host] = e.data.get("release")
-                last_step.pop(e.host, None)
-                failed.discard(e.host)
-    views: dict[str, HostView] = {}
-    disagreements: list[str] = []
+        state.apply(e)
+    if members is not None and actives is not None:
+        state.observe(seen(members, actives, hosts))
+    return state.view()
+
+
+def seen(
+    members: Mapping[str, Member], actives: Mapping[str, str | None], hosts: Sequence[HostRef]
+) -> dict[str, tuple[LbState | None, str | None]]:
+    """An observation: each host's pool state (None: not in the balancer) and active release."""
+    out: dict[str, tuple[LbState | None, str | None]] = {}
     for h in hosts:
         m = members.get(h.name)
-        lb_state = m.state if m is not None else None
-        active = actives.get(h.name)
-        step = last_step.get(h.name)
-        if step is not None and step.kind == "host.step_failed":
-            phase = HostPhase.FAILED
-        elif step is not None and step.step in _IN_STEP:
-            phase = _IN_STEP[step.step]
-        elif lb_state is LbState.SERVING:
-            phase = HostPhase.SERVING
-        else:
-            phase = HostPhase.OUT
-        views[h.name] = HostView(
-            name=h.name,
-            phase=phase,
-            expected=expected[h.name],
-            active=active,
-            lb_state=lb_state,
-            step=step.step if step is not None else None,
-            purpose=str(step.data.get("purpose")) if step is not None else None,
-        )
-        want = expected[h.name]
-        if want and active != want:
-            disagreements.append(f"{h.name}: journal says {want}, host runs {active or 'nothing'}")
-        if lb_state is not LbState.SERVING:
-            state = str(lb_state) if lb_state is not None else "out"
-            disagreements.append(f"{h.name}: balancer reports {state}, expected serving")
-    return FleetView(
-        hosts=views,
-        release=release,
-        passed_waves=frozenset(passed),
-        reverting=reverting,
-        failed=frozenset(failed),
-        disagreements=tuple(disagreements),
-    )
+        out[h.name] = (m.state if m is not None else None, actives.get(h.name))
+    return out
+
+
+def encode(observed: Observed) -> dict[str, list[str | None]]:
+    """An observation as journal data."""
+    return {n: [str(s) if s is not None else None, a] for n, (s, a) in observed.items()}
+
+
+def decode(data: Mapping[str, Any]) -> dict[str, tuple[LbState | None, str | None]]:
+    return {
+        str(n): (LbState(s) if s is not None else None, str(a) if a is not None else None)
+        for n, (s, a) in data.items()
+    }

@@ -9,7 +9,6 @@ back are returned so that the run ends `revert_incomplete` and a human is told w
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import anyio
 
 from immunity.domain import HostRef, LbState
 from immunity.engine.context import Fleet
+from immunity.engine.fleetview import Observed, encode
 from immunity.engine.host import HostSwitcher
 from immunity.engine.record import Recorder
 from immunity.errors import CapacityExhausted, ImmunityError, JournalError, LeaseLost
@@ -31,30 +31,28 @@ class RevertReport:
     not_started: list[str] = field(default_factory=list)  # a signal stopped the admission
 
 
-async def hosts_to_revert(
-    fleet: Fleet, release: str, fallbacks: Mapping[str, str], *, all_hosts: bool = False
+def hosts_to_revert(
+    fleet: Fleet,
+    observed: Observed,
+    release: str,
+    fallbacks: Mapping[str, str],
+    *,
+    all_hosts: bool = False,
 ) -> list[HostRef]:
-    """Hosts not serving their fallback: on `release`, out of the pool, or running nothing.
+    """Hosts not serving their fallback: on `release`, out of the pool, or running nothing
+    (with `all_hosts`, every host not on its fallback), from an observation of the fleet.
 
     Hosts out of the pool come first: they already hold a capacity slot.
     """
-    members = await fleet.lb.members(fleet.hosts)
     out: list[HostRef] = []
     first: list[HostRef] = []
     for h in fleet.hosts:
         if h.name not in fallbacks:
             continue
-        try:
-            active = await fleet.driver.active_release(h)
-        except ImmunityError:
-            active = None
-        m = members.get(h.name)
-        serving = m is not None and m.state is LbState.SERVING
-        if all_hosts and active != fallbacks[h.name]:
-            (out if serving else first).append(h)
-        elif active == release or active is None or not serving:
-            if active == fallbacks[h.name] and serving:
-                continue
+        state, active = observed[h.name]
+        serving = state is LbState.SERVING
+        back = active == fallbacks[h.name] and serving
+        if not back and (all_hosts or active in (release, None) or not serving):
             (out if serving else first).append(h)
     return first + out
 
@@ -86,18 +84,17 @@ async def immune_response(
     with switcher.shielded():
         pending = set(fallbacks)  # unknown until the hosts and the balancer have answered
         with anyio.move_on_after(deadline) as scope:
-            targets = await _targets(fleet, rec, release, fallbacks, all_hosts=all_hosts)
+            # observe → derive → act: the observation is journaled, and folded into the
+            # run's view (hosts the balancer reports serving again free their slot)
+            observed = await _observe(fleet, rec)
+            targets = hosts_to_revert(fleet, observed, release, fallbacks, all_hosts=all_hosts)
             pending = {h.name for h in targets}
-            with contextlib.suppress(ImmunityError):  # the balancer's view of who is out
-                members = await fleet.lb.members(fleet.hosts)
-                await capacity.reconcile(
-                    {n for n, m in members.items() if m.state is LbState.SERVING}
-                )
             await rec.record(
                 "immune.started",
                 f"reverting {len(targets)} host(s): {reason}",
                 hosts=[h.name for h in targets],
                 reason=reason,
+                observed=encode(observed),
             )
 
             async def revert_one(h: HostRef) -> None:
@@ -135,16 +132,14 @@ async def immune_response(
     return RevertReport(sorted(failed), not_started)
 
 
-async def _targets(
-    fleet: Fleet, rec: Recorder, release: str, fallbacks: Mapping[str, str], *, all_hosts: bool
-) -> list[HostRef]:
-    """`hosts_to_revert`, asked again with backoff while the hosts or the balancer do not
-    answer: the revert must not give up on a blip (the caller's deadline bounds it)."""
+async def _observe(fleet: Fleet, rec: Recorder) -> Observed:
+    """`Fleet.observe`, asked again with backoff while the balancer does not answer: the
+    revert must not give up on a blip (the caller's deadline bounds it)."""
     delay = 0.2
     told = False
     while True:
         try:
-            return await hosts_to_revert(fleet, release, fallbacks, all_hosts=all_hosts)
+            return await fleet.observe(lenient=True)
         except ImmunityError as exc:
             if not told:
                 await rec.record("immune.waiting", f"cannot read the fleet yet: {exc.message}")

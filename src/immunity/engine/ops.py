@@ -21,7 +21,7 @@ from immunity.engine.deployment import conclude_revert, continue_deployment, unk
 from immunity.engine.fleetview import derive
 from immunity.engine.immune import immune_response
 from immunity.engine.result import RunOutcome, RunResult
-from immunity.engine.run import Run
+from immunity.engine.run import Run, ran_before
 from immunity.errors import ImmunityError
 from immunity.journal.base import DeploymentRecord
 
@@ -55,7 +55,7 @@ async def status(fleet: Fleet) -> dict[str, Any]:
         members,
         actives,
         fleet.hosts,
-        fallbacks=_ran_before(record) if record else None,
+        fallbacks=ran_before(record) if record else None,
     )
     hosts = []
     for h in fleet.hosts:
@@ -109,13 +109,6 @@ async def status(fleet: Fleet) -> dict[str, Any]:
     return out
 
 
-def _ran_before(record: DeploymentRecord) -> dict[str, str]:
-    """What each host ran when `record`'s run began: a deployment's fallbacks; for a
-    rollback, the releases it found (its fallbacks are where it goes, not where hosts are)."""
-    key = "previous" if record.data.get("rollback") else "fallbacks"
-    return {str(k): str(v) for k, v in dict(record.data.get(key, {})).items() if v}
-
-
 async def resumable(fleet: Fleet) -> DeploymentRecord:
     record = await last_deployment(fleet)
     if record is None or (
@@ -154,8 +147,7 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     actives = {h.name: await fleet.driver.active_release(h) for h in fleet.hosts}
     targets: dict[str, str] = {}
     if record is not None:
-        key = "previous" if record.data.get("rollback") else "fallbacks"
-        targets = {k: str(v) for k, v in dict(record.data.get(key, {})).items() if v}
+        targets = ran_before(record)
     else:
         for h in fleet.hosts:
             installed = [

@@ -11,6 +11,7 @@ from typing import Any
 
 from immunity.domain import Event
 from immunity.engine.context import Fleet
+from immunity.engine.fleetview import FleetState
 from immunity.errors import LeaseLost
 
 log = logging.getLogger("immunity.engine")
@@ -25,8 +26,10 @@ class Recorder:
         token: int | None,
         *,
         on_lost: Callable[[], None] | None = None,
+        view: FleetState | None = None,
     ) -> None:
         self.fleet = fleet
+        self.view = view
         self.on_lost = on_lost
         self.deployment_id = deployment_id
         self.release = release
@@ -41,15 +44,18 @@ class Recorder:
         step: str | None = None,
         **data: Any,
     ) -> Event:
-        """Journal `kind` durably (raises JournalError/LeaseLost), then tell the sinks."""
+        """Journal `kind` durably (raises JournalError/LeaseLost), fold it into the run's
+        `FleetState`, then tell the sinks."""
         try:
-            await self.fleet.journal.append(
+            entry = await self.fleet.journal.append(
                 self.deployment_id, kind, host=host, step=step, data=data, token=self.token
             )
         except LeaseLost:
             if self.on_lost is not None:
                 self.on_lost()
             raise
+        if self.view is not None:
+            self.view.apply(entry)
         event = Event(
             kind=kind,
             app=self.fleet.app,

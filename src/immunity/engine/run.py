@@ -36,6 +36,7 @@ import anyio
 from immunity.domain import utcnow
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet, holder_alive, holder_name
+from immunity.engine.fleetview import FleetState
 from immunity.engine.host import HostSwitcher
 from immunity.engine.notifying import notify_all
 from immunity.engine.record import Recorder
@@ -78,6 +79,7 @@ class Run:
         self.lease: Lease
         self.record: DeploymentRecord
         self.rec: Recorder
+        self.view: FleetState  # the fleet as the run's journal entries say, folded as appended
         self.capacity: CapacityGuard
         self.switcher: HostSwitcher
 
@@ -157,10 +159,19 @@ class Run:
         else:
             self.record = self._resume
             self.lease = await self._acquire(self.record.id, takeover=True)
+        self.view = FleetState(fleet.hosts, release=self.release, fallbacks=ran_before(self.record))
+        if self._resume is not None:  # the one pass over the journal: entries fold as appended
+            for entry in await journal.entries(self.record.id):
+                self.view.apply(entry)
         self.rec = Recorder(
-            fleet, self.record.id, self.release, self.lease.token, on_lost=self._lost
+            fleet,
+            self.record.id,
+            self.release,
+            self.lease.token,
+            on_lost=self._lost,
+            view=self.view,
         )
-        self.capacity = CapacityGuard(cfg.max_unavailable)
+        self.capacity = CapacityGuard(cfg.max_unavailable, self.view.out)
         self.switcher = HostSwitcher(fleet, self.rec, self.capacity)
         try:
             try:
@@ -278,6 +289,13 @@ class Run:
                 )
                 for scope in list(self._stop_scopes):
                     scope.cancel()
+
+
+def ran_before(record: DeploymentRecord) -> dict[str, str]:
+    """What each host ran when `record`'s run began: a deployment's fallbacks; for a
+    rollback, the releases it found (its fallbacks are where it goes, not where hosts are)."""
+    key = "previous" if record.data.get("rollback") else "fallbacks"
+    return {str(k): str(v) for k, v in dict(record.data.get(key, {})).items() if v}
 
 
 async def explain_lease_held(

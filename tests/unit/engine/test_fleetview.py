@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import random
+from typing import Any, ClassVar
+
+import pytest
+from test_virtual_engine import _run_with_crash
 
 from immunity.domain import HostRef, LbState, Member
-from immunity.engine.fleetview import HostPhase, derive
+from immunity.engine import run as run_module
+from immunity.engine.deployment import deploy
+from immunity.engine.fleetview import FleetState, HostPhase, derive
+from immunity.engine.host import STEPS
 from immunity.journal.base import JournalEntry
+from immunity.testing import Behaviour, Latencies, VirtualClock, memory_fleet
 
 HOSTS = [HostRef(name=n, address="127.0.0.1", port=8000 + i) for i, n in enumerate("abc")]
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -71,3 +79,123 @@ def test_the_journal_disagreeing_with_a_host_is_named() -> None:
     entries = journal(("host.switched", "c", None, {"release": "v2"}))
     view = derive(entries, members(), {"a": "v1", "b": "v1", "c": "v1"}, HOSTS)
     assert ("c: journal says v2, host runs v1",) == view.disagreements
+
+
+# -- the fold a run keeps equals derive() over the same entries -----------------------------
+
+
+class Checked(FleetState):
+    """The run's FleetState, checked at every entry it folds: the sets it keeps (out,
+    canary, baseline, failed) equal those the frozen view computes from scratch."""
+
+    made: ClassVar[list[Checked]] = []
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.folded = 0
+        Checked.made.append(self)
+
+    def apply(self, e: JournalEntry) -> None:
+        super().apply(e)
+        self.folded += 1
+        v = self.view()
+        assert (v.out, v.canary, v.baseline, v.failed) == (
+            self.out,
+            self.canary,
+            self.baseline,
+            self.failed,
+        ), f"after {e.kind} {e.host or ''} {e.step or ''}"
+
+
+LAT = Latencies.realistic()
+RELEASES = {
+    "good": {"v1": Behaviour(error_rate=0.01), "v2": Behaviour(error_rate=0.01)},
+    "bad": {"v1": Behaviour(error_rate=0.01), "v2": Behaviour(error_rate=0.08)},
+}
+CONFIG: dict[str, Any] = {
+    "waves": [1, "50%", "100%"],
+    "bake": {"min": 10, "max": 120, "interval": 1, "lag": 0},
+    "timeouts": {"drain": 30, "revert": 600},
+    "guard": {"duration": 15},
+}
+
+
+def scenarios() -> list[tuple[str, str, dict[str, Any], dict[tuple[str, str], str]]]:
+    """Recorded runs: good and bad releases, and seeded random faults (a step of a host that
+    fails once, fails always or hangs), with max_unavailable 1..3 and a failure budget."""
+    rng = random.Random(10)
+    out: list[tuple[str, str, dict[str, Any], dict[tuple[str, str], str]]] = [
+        ("good", "good", {"max_unavailable": 2}, {}),
+        ("bad", "bad", {"max_unavailable": 2}, {}),
+    ]
+    for i in range(10):
+        host, step = f"h{rng.randint(1, 5)}", rng.choice(STEPS)
+        mode = rng.choice(("fail_once", "fail", "hang"))
+        cfg = {"max_unavailable": rng.randint(1, 3), "max_failed_hosts": rng.randint(0, 1)}
+        out.append((f"seed{i}-{host}-{step}-{mode}", "good", cfg, {(host, step): mode}))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "releases", "config", "faults"), scenarios(), ids=[s[0] for s in scenarios()]
+)
+def test_the_view_a_run_folds_entry_by_entry_equals_derive_over_its_journal(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    releases: str,
+    config: dict[str, Any],
+    faults: dict[tuple[str, str], str],
+) -> None:
+    """The run folds each entry as it appends it; at every entry its kept sets equal the
+    from-scratch view, and at the end its view equals `derive` over the run's journal.
+    Where the run ended with the fleet whole, the view also equals what the fleet reports."""
+    monkeypatch.setattr(run_module, "FleetState", Checked)
+    Checked.made.clear()
+    clock = VirtualClock()
+    fleet, world = memory_fleet(
+        5, clock=clock, latencies=LAT, releases=RELEASES[releases], config={**CONFIG, **config}
+    )
+    for (host, step), mode in faults.items():
+        if mode == "hang":
+            world.hang.add((host, step))
+        else:
+            getattr(world, mode)[(host, step)] = "injected"
+
+    async def main() -> tuple[str, list[JournalEntry]]:
+        result = await deploy(fleet, "v2", handle_signals=False)
+        return str(result.outcome), list(await fleet.journal.entries(result.deployment_id))
+
+    outcome, entries = clock.run(main)
+    [live] = Checked.made
+    assert live.folded == len(entries)
+    fallbacks = {h.name: "v1" for h in fleet.hosts}
+    assert live.view() == derive(
+        entries, None, None, fleet.hosts, release="v2", fallbacks=fallbacks
+    )
+    if outcome in ("deployed", "reverted"):
+        members = {n: Member(n, s.lb) for n, s in world.hosts.items()}
+        actives = {n: s.active for n, s in world.hosts.items()}
+        now = derive(entries, members, actives, fleet.hosts, release="v2", fallbacks=fallbacks)
+        assert live.view() == now, outcome
+        assert () == now.disagreements
+
+
+@pytest.mark.parametrize("at", [3, 9, 17])
+def test_a_resumed_run_folds_the_journal_once_then_each_entry_and_equals_derive(
+    monkeypatch: pytest.MonkeyPatch, at: int
+) -> None:
+    """Crash after the at-th step started, resume: the resumed run's view (the old entries
+    folded once at its start, then its own as appended) equals derive over the journal."""
+    monkeypatch.setattr(run_module, "FleetState", Checked)
+    Checked.made.clear()
+    result, world, entries = _run_with_crash(RELEASES["good"], "host.step_started", at)
+    assert "deployed" == result.outcome
+    live = Checked.made[-1]
+    hosts = [HostRef(name=n, address="127.0.0.1", port=0) for n in sorted(world.hosts)]
+    fallbacks = {h.name: "v1" for h in hosts}
+    members = {n: Member(n, s.lb) for n, s in world.hosts.items()}
+    actives = {n: s.active for n, s in world.hosts.items()}
+    assert live.view() == derive(entries, None, None, hosts, release="v2", fallbacks=fallbacks)
+    assert live.view() == derive(
+        entries, members, actives, hosts, release="v2", fallbacks=fallbacks
+    )
