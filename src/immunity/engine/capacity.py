@@ -61,16 +61,14 @@ class CapacityGuard:
             if self._n_out() < self.max_unavailable:
                 self._changed.notify(1)  # room for one more: wake the next waiter
 
-    async def park(self, host: str) -> None:
-        """`host`'s walk ended without putting it back: no walk of this run holds it now."""
+    async def give_back(self, host: str, *, parked: bool = False) -> None:
+        """No walk holds `host` now: it serves again (`host.switched` is journaled) and one
+        waiter may take its slot (not all: with thousands of hosts waiting, waking every one
+        at every give-back is quadratic), or its walk ended without putting it back
+        (`parked`: it stays out; every waiter looks again, and may find no slot can come)."""
         async with self._changed:
             self._walking.discard(host)
-            self._changed.notify_all()
-
-    async def give_back(self, host: str) -> None:
-        """`host` serves again (`host.switched` is journaled): free its slot and wake one
-        waiter (not all: with thousands of hosts waiting for a slot, waking every one of them
-        at every give-back is quadratic)."""
-        async with self._changed:
-            self._walking.discard(host)
-            self._changed.notify(1)
+            if parked:
+                self._changed.notify_all()
+            else:
+                self._changed.notify(1)

@@ -80,12 +80,6 @@ class Fleet:
             out[h.name] = (m.state if m is not None else None, active)
         return out
 
-    def host(self, name: str) -> HostRef:
-        for h in self.hosts:
-            if h.name == name:
-                return h
-        raise KeyError(name)
-
     async def aclose(self) -> None:
         closers: list[Any] = [
             self.lb,

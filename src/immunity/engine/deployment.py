@@ -26,7 +26,7 @@ from immunity.analysis.spending import bakes_of
 from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict
 from immunity.engine.context import Fleet
 from immunity.engine.fleetview import encode
-from immunity.engine.immune import RevertReport, immune_response
+from immunity.engine.immune import immune_response, revert
 from immunity.engine.plan import plan_waves, with_holdback
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run, first_immunity_error
@@ -96,8 +96,8 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
         actives[h.name] = await fleet.driver.active_release(h)
         if actives[h.name] is None:
             problems.append(f"{h.name} runs no release")
-    if not problems:
-        problems += await probe_paths(fleet)
+    if not problems:  # each host's verify and warm-up paths, on the release it runs now
+        problems += await fleet.prober.check_paths(fleet.hosts)
     if problems:
         raise PreflightError(
             "preflight failed, nothing was touched: " + "; ".join(problems),
@@ -106,12 +106,6 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
             f"`immunity resume -c {fleet.loaded.path}` finishes it first",
         )
     return await fallbacks_for(fleet, release, {k: v for k, v in actives.items() if v})
-
-
-async def probe_paths(fleet: Fleet) -> list[str]:
-    """Each host's verify and warm-up paths, asked once on the release it runs now (see
-    `Prober.check_paths`): a path that answers an unexpected status is a config problem."""
-    return list(await fleet.prober.check_paths(fleet.hosts))
 
 
 def unknown_members(fleet: Fleet, pool: Mapping[str, Member]) -> list[str]:
@@ -225,30 +219,24 @@ class Rollout:
         try:
             # observe: where the balancer and the hosts are now, journaled (and so folded
             # into the run's view over what the journal said before)
-            observed = encode(await self.fleet.observe())
-            if not run.resumed:
+            seen: dict[str, Any] = {"holder": run.lease.holder, "waves": plan}
+            seen["observed"] = encode(await self.fleet.observe())
+            if run.resumed:
+                what = f"resuming {self.release}" + (" to abort it" if abort else "")
+                await run.rec.record(
+                    "deployment.resumed", what, token=run.lease.token, abort=abort, **seen
+                )
+            else:
                 await run.rec.record(
                     "deployment.started",
                     f"deploying {self.release} to {len(self.fleet.hosts)} host(s)",
                     release=self.release,
                     fallbacks=self.fallbacks,
-                    holder=run.lease.holder,
                     hosts=[h.name for h in self.fleet.hosts],
-                    waves=plan,
-                    observed=observed,
+                    **seen,
                 )
-                for name, seen in self.fleet.signal_views.items():
-                    await run.rec.record("signal.checked", seen, signal=name)
-            else:
-                await run.rec.record(
-                    "deployment.resumed",
-                    f"resuming {self.release}" + (" to abort it" if abort else ""),
-                    holder=run.lease.holder,
-                    token=run.lease.token,
-                    abort=abort,
-                    waves=plan,
-                    observed=observed,
-                )
+                for name, said in self.fleet.signal_views.items():
+                    await run.rec.record("signal.checked", said, signal=name)
             await self._with_impact(self._waves(waves, abort))
         except (JournalError, LeaseLost):
             raise  # change nothing more
@@ -315,7 +303,7 @@ class Rollout:
             reason = "resume --abort" if abort else view.revert_reason or "interrupted revert"
             unjudged = view.last_verdict.get("outcome") in ("inconclusive", "error")
             done = RunOutcome.INCONCLUSIVE if unjudged and not abort else RunOutcome.REVERTED
-            await self._revert(reason, None, done=done)
+            await revert(run, reason, self.fallbacks, done=done)
             return
         verdict: Verdict | None = None
         for i, wave in enumerate(waves, start=1):
@@ -369,7 +357,8 @@ class Rollout:
         )
         if verdict.outcome is Outcome.FAIL:
             reason = f"guard: {verdict.reason}" if guard else verdict.reason
-            await self._revert(reason, verdict, detected_after_s=self.detected_after_s())
+            detected = self.detected_after_s()
+            await revert(run, reason, self.fallbacks, verdict=verdict, detected_after_s=detected)
             return False
         if verdict.outcome in (Outcome.INCONCLUSIVE, Outcome.ERROR):
             if cfg.judge.on_inconclusive == "hold":
@@ -378,9 +367,11 @@ class Rollout:
                 )
                 return False
             # not a release found worse: its own outcome, wording and history category
-            await self._revert(
+            await revert(
+                run,
                 f"inconclusive: not enough evidence to judge {self.release}: {verdict.reason}",
-                verdict,
+                self.fallbacks,
+                verdict=verdict,
                 done=RunOutcome.INCONCLUSIVE,
             )
             return False
@@ -412,7 +403,9 @@ class Rollout:
             "verdict.failed", reason, wave=wave, verdict=step_verdict.to_dict()
         )
         detected = self.detected_after_s(since_canary=False)
-        await self._revert(reason, step_verdict, detected_after_s=detected)
+        await revert(
+            self.run, reason, self.fallbacks, verdict=step_verdict, detected_after_s=detected
+        )
 
     async def _bake(
         self,
@@ -459,7 +452,7 @@ class Rollout:
         """
         run, view = self.run, self.view
         cfg = self.fleet.config
-        capacity, switcher = run.capacity, run.switcher
+        capacity = run.capacity
         first_in = anyio.Event()
         switched = anyio.Event()
         first_in_at: list[float] = []
@@ -476,23 +469,13 @@ class Rollout:
         judging = run.on_stop(anyio.CancelScope())
         errors: list[ImmunityError] = []
 
-        async def give_up(h: HostRef, exc: ImmunityError) -> None:
-            errors.append(exc)
-            await capacity.park(h.name)  # out of the pool; the immune response takes it
-            admit.cancel()
-            judging.cancel()
-
         async def switch_one(h: HostRef) -> None:
-            try:
-                await switcher.switch(h, self.release)
-            except StepFailed as exc:
-                if len(view.failed) > cfg.max_failed_hosts:
-                    await give_up(h, exc)
-                    return
-                try:  # within the budget: put this host back on its fallback, go on
-                    await switcher.switch(h, self.fallbacks[h.name], purpose="revert")
-                except StepFailed as exc2:
-                    await give_up(h, exc2)
+            error = await self._switch(h)
+            if error is not None:
+                errors.append(error)
+                admit.cancel()
+                judging.cancel()
+            if h.name not in view.canary:  # failed, or put back on its fallback
                 return
             if not first_in_at:
                 first_in_at.append(self.fleet.clock.monotonic())
@@ -572,95 +555,26 @@ class Rollout:
         await run.rec.record(
             "wave.started", f"holdback: {[held.name]}", wave=i + 1, hosts=[held.name]
         )
-        error: ImmunityError | None = None
+        error = await self._switch(held)
+        if error is not None:
+            await self._host_failure(i + 1, error)
+        return error is None
+
+    async def _switch(self, h: HostRef) -> StepFailed | None:
+        """Switch `h` to the release. A failure within `max_failed_hosts` walks it back to its
+        fallback and the rollout goes on (None); past it, or when the walk back fails too,
+        `h` is parked (out of the pool: the immune response takes it) and the error returned."""
+        switcher = self.run.switcher
         try:
-            await run.switcher.switch(held, self.release)
+            await switcher.switch(h, self.release)
+            return None
         except StepFailed as exc:
             error = exc
-        if error is not None and len(self.view.failed) <= cfg.max_failed_hosts:
-            try:  # within the budget: back on its fallback, the rest stays
-                await run.switcher.switch(held, self.fallbacks[held.name], purpose="revert")
-                return True
+        if len(self.view.failed) <= self.fleet.config.max_failed_hosts:
+            try:
+                await switcher.switch(h, self.fallbacks[h.name], purpose="revert")
+                return None
             except StepFailed as exc2:
                 error = exc2
-        if error is not None:
-            await run.capacity.park(held.name)
-            await self._host_failure(i + 1, error)
-            return False
-        return True
-
-    async def _revert(
-        self,
-        reason: str,
-        verdict: Verdict | None,
-        *,
-        detected_after_s: float | None = None,
-        done: RunOutcome = RunOutcome.REVERTED,
-    ) -> None:
-        """The immune response; `done` is REVERTED (found worse, or asked to) or
-        INCONCLUSIVE (reverted for lack of evidence, `judge.on_inconclusive: revert`)."""
-        run = self.run
-        t0 = self.fleet.clock.monotonic()
-        admit = run.on_stop(anyio.CancelScope())
-        try:
-            report = await immune_response(
-                self.fleet,
-                run.rec,
-                run.switcher,
-                self.release,
-                self.fallbacks,
-                reason,
-                admit=admit,
-            )
-        finally:
-            run.forget_stop(admit)
-        await conclude_revert(
-            run,
-            report,
-            reason,
-            t0,
-            done=done,
-            detected_after_s=detected_after_s,
-            verdict=verdict.to_dict() if verdict is not None else None,
-        )
-
-
-async def conclude_revert(
-    run: Run,
-    report: RevertReport,
-    reason: str,
-    t0: float,
-    *,
-    done: RunOutcome = RunOutcome.REVERTED,
-    detected_after_s: float | None = None,
-    verdict: Mapping[str, Any] | None = None,
-) -> None:
-    """End a run whose body was a revert (immune response, abort, rollback)."""
-    extra: dict[str, Any] = {"verdict": verdict} if verdict is not None else {}
-    if report.failed:
-        await run.conclude(
-            RunOutcome.REVERT_INCOMPLETE,
-            reason,
-            message=f"could not revert {report.failed}: a human is needed",
-            needs_human=report.failed,
-            detected_after_s=detected_after_s,
-            **extra,
-        )
-    elif report.not_started and run.stopping:
-        await run.conclude(
-            run.stopping,
-            f"{run.stopping} by signal during the revert ({reason}); hosts in flight finished, "
-            f"{report.not_started} not reverted yet: `immunity resume` finishes the revert",
-            not_started=report.not_started,
-            detected_after_s=detected_after_s,
-            **extra,
-        )
-    else:
-        await run.conclude(
-            done,
-            reason,
-            message=f"fleet back on its previous release: {reason}",
-            detected_after_s=detected_after_s,
-            reverted_after_s=round(run.fleet.clock.monotonic() - t0, 3),
-            **extra,
-        )
+        await self.run.capacity.give_back(h.name, parked=True)
+        return error

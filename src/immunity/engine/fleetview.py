@@ -65,7 +65,6 @@ class HostView:
     active: str | None  # what it runs (its driver's last report, or the journal since)
     lb_state: LbState | None  # in the pool or not (None: not in the balancer at all)
     step: str | None = None  # the step in flight or failed, if any
-    purpose: str | None = None  # deploy | revert
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,6 @@ class FleetState:
                 h.active,
                 h.lb_state,
                 step=step.step if step is not None else None,
-                purpose=str(step.data.get("purpose")) if step is not None else None,
             )
             if h.expected and h.active != h.expected:
                 disagreements.append(
@@ -250,19 +248,9 @@ def derive(
     for e in entries:
         state.apply(e)
     if members is not None and actives is not None:
-        state.observe(seen(members, actives, hosts))
+        member = {h.name: members.get(h.name) for h in hosts}
+        state.observe({n: (m.state if m else None, actives.get(n)) for n, m in member.items()})
     return state.view()
-
-
-def seen(
-    members: Mapping[str, Member], actives: Mapping[str, str | None], hosts: Sequence[HostRef]
-) -> dict[str, tuple[LbState | None, str | None]]:
-    """An observation: each host's pool state (None: not in the balancer) and active release."""
-    out: dict[str, tuple[LbState | None, str | None]] = {}
-    for h in hosts:
-        m = members.get(h.name)
-        out[h.name] = (m.state if m is not None else None, actives.get(h.name))
-    return out
 
 
 def encode(observed: Observed) -> dict[str, list[str | None]]:

@@ -213,68 +213,44 @@ class HostSwitcher:
         limit_s: float,
         action: Callable[[], Awaitable[None]],
     ) -> None:
-        await self.rec.record(
-            "host.step_started",
-            f"{host.name}: {step}",
-            host=host.name,
-            step=step,
-            release=release,
-            purpose=purpose,
-        )
-        clock = self.fleet.clock
-        started = clock.monotonic()
+        where = {"host": host.name, "step": step, "release": release, "purpose": purpose}
+        await self.rec.record("host.step_started", f"{host.name}: {step}", **where)
+        started = self.fleet.clock.monotonic()
         try:
             with anyio.fail_after(limit_s):
                 await action()
-        except TimeoutError as exc:
-            last = (
-                self.fleet.prober.last_answer(host)
-                if step in ("verify", "warmup")
-                else self.last_answer.get(host.name)
-                if step == "drain"
-                else None
-            )
-            err = StepFailed(
-                f"{host.name}: {step} did not finish within {limit_s:g}s"
-                + (f" (last answer: {last})" if last else ""),
-                host=host.name,
-                step=step,
-                hint=f"raise timeouts.{step if step != 'warmup' else 'warmup.timeout'} or look at the host",
-            )
-            await self._failed(host, step, release, purpose, err)
+        except (TimeoutError, ImmunityError) as exc:
+            err = self._failure(host, step, limit_s, exc)
+            await self.rec.record("host.step_failed", str(err), error=str(err), **where)
             raise err from exc
-        except ImmunityError as exc:
-            err = (
-                exc
-                if isinstance(exc, StepFailed)
-                else StepFailed(
-                    f"{host.name}: {step} failed: {exc.message}",
-                    host=host.name,
-                    step=step,
-                    hint=exc.hint,
-                )
-            )
-            await self._failed(host, step, release, purpose, err)
-            raise err from exc
+        seconds = round(self.fleet.clock.monotonic() - started, 3)
         await self.rec.record(
-            "host.step_finished",
-            f"{host.name}: {step} done",
-            host=host.name,
-            step=step,
-            release=release,
-            purpose=purpose,
-            seconds=round(clock.monotonic() - started, 3),
+            "host.step_finished", f"{host.name}: {step} done", seconds=seconds, **where
         )
 
-    async def _failed(
-        self, host: HostRef, step: str, release: str, purpose: str, err: Exception
-    ) -> None:
-        await self.rec.record(
-            "host.step_failed",
-            str(err),
+    def _failure(self, host: HostRef, step: str, limit_s: float, exc: Exception) -> StepFailed:
+        """What a step that raised `exc` (its deadline passed: TimeoutError) journals and
+        raises, with the last answer of the wait that timed out."""
+        if isinstance(exc, StepFailed):
+            return exc
+        if isinstance(exc, ImmunityError):
+            return StepFailed(
+                f"{host.name}: {step} failed: {exc.message}",
+                host=host.name,
+                step=step,
+                hint=exc.hint,
+            )
+        last = (
+            self.fleet.prober.last_answer(host)
+            if step in ("verify", "warmup")
+            else self.last_answer.get(host.name)
+            if step == "drain"
+            else None
+        )
+        return StepFailed(
+            f"{host.name}: {step} did not finish within {limit_s:g}s"
+            + (f" (last answer: {last})" if last else ""),
             host=host.name,
             step=step,
-            release=release,
-            purpose=purpose,
-            error=str(err),
+            hint=f"raise timeouts.{step if step != 'warmup' else 'warmup.timeout'} or look at the host",
         )

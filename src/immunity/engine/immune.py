@@ -12,14 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
-from immunity.domain import HostRef, LbState
+from immunity.domain import HostRef, LbState, Verdict
 from immunity.engine.context import Fleet
 from immunity.engine.fleetview import Observed, encode
 from immunity.engine.host import HostSwitcher
 from immunity.engine.record import Recorder
+from immunity.engine.result import RunOutcome
+from immunity.engine.run import Run
 from immunity.errors import CapacityExhausted, ImmunityError, JournalError, LeaseLost
 
 log = logging.getLogger("immunity.engine")
@@ -105,7 +108,7 @@ async def immune_response(
                 except ImmunityError as exc:
                     log.error("revert of %s failed: %s", h.name, exc)
                     failed.append(h.name)
-                    await capacity.park(h.name)
+                    await capacity.give_back(h.name, parked=True)
                 pending.discard(h.name)
 
             async with anyio.create_task_group() as tg:
@@ -146,3 +149,62 @@ async def _observe(fleet: Fleet, rec: Recorder) -> Observed:
                 told = True
             await fleet.clock.sleep(delay)
             delay = min(2.0, delay * 2)
+
+
+async def revert(
+    run: Run,
+    reason: str,
+    fallbacks: Mapping[str, str],
+    *,
+    done: RunOutcome = RunOutcome.REVERTED,
+    all_hosts: bool = False,
+    detected_after_s: float | None = None,
+    verdict: Verdict | None = None,
+) -> None:
+    """The immune response as the rest of a run (a failed verdict, an abort, a rollback),
+    then how the run ends: `done` (REVERTED: found worse or asked to; INCONCLUSIVE: reverted
+    for lack of evidence; ROLLED_BACK), `revert_incomplete` naming the hosts a human must
+    mend, or interrupted / terminated by a signal with the hosts not reverted yet."""
+    t0 = run.fleet.clock.monotonic()
+    admit = run.on_stop(anyio.CancelScope())
+    try:
+        report = await immune_response(
+            run.fleet,
+            run.rec,
+            run.switcher,
+            run.release,
+            fallbacks,
+            reason,
+            all_hosts=all_hosts,
+            admit=admit,
+        )
+    finally:
+        run.forget_stop(admit)
+    extra: dict[str, Any] = {"verdict": verdict.to_dict()} if verdict is not None else {}
+    if report.failed:
+        await run.conclude(
+            RunOutcome.REVERT_INCOMPLETE,
+            reason,
+            message=f"could not revert {report.failed}: a human is needed",
+            needs_human=report.failed,
+            detected_after_s=detected_after_s,
+            **extra,
+        )
+    elif report.not_started and run.stopping:
+        await run.conclude(
+            run.stopping,
+            f"{run.stopping} by signal during the revert ({reason}); hosts in flight finished, "
+            f"{report.not_started} not reverted yet: `immunity resume` finishes the revert",
+            not_started=report.not_started,
+            detected_after_s=detected_after_s,
+            **extra,
+        )
+    else:
+        await run.conclude(
+            done,
+            reason,
+            message=f"fleet back on its previous release: {reason}",
+            detected_after_s=detected_after_s,
+            reverted_after_s=round(run.fleet.clock.monotonic() - t0, 3),
+            **extra,
+        )

@@ -13,13 +13,11 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
-
 from immunity.domain import LbState
 from immunity.engine.context import Fleet, holder_alive
-from immunity.engine.deployment import conclude_revert, continue_deployment, unknown_members
+from immunity.engine.deployment import continue_deployment, unknown_members
 from immunity.engine.fleetview import derive
-from immunity.engine.immune import immune_response
+from immunity.engine.immune import revert
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run, ran_before
 from immunity.errors import ImmunityError
@@ -126,14 +124,10 @@ async def resume(fleet: Fleet, *, abort: bool = False) -> RunResult:
     `abort`, is reverted); a rollback walks every host it had not moved yet."""
     record = await resumable(fleet)
     if record.data.get("rollback"):
-        async with Run(fleet, _rollback_release(record), resume=record) as run:
+        async with Run(fleet, record.release.removeprefix("rollback:"), resume=record) as run:
             await _rollback_body(run)
         return run.result
     return await continue_deployment(fleet, record, abort=abort)
-
-
-def _rollback_release(record: DeploymentRecord) -> str:
-    return record.release.removeprefix("rollback:")
 
 
 async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
@@ -144,7 +138,8 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     stay as they are. Without a journal record, the host's previously installed release.
     """
     record = await last_deployment(fleet)
-    actives = {h.name: await fleet.driver.active_release(h) for h in fleet.hosts}
+    observed = await fleet.observe()
+    actives = {name: active for name, (_, active) in observed.items()}
     targets: dict[str, str] = {}
     if record is not None:
         targets = ran_before(record)
@@ -157,12 +152,8 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
                 targets[h.name] = installed[-1]
     if not targets:
         raise NothingToResume("no host has a previous release to roll back to")
-    members = await fleet.lb.members(fleet.hosts)
     if record is not None and all(
-        actives.get(name) == release
-        and members.get(name) is not None
-        and members[name].state is LbState.SERVING
-        for name, release in targets.items()
+        observed.get(name) == (LbState.SERVING, release) for name, release in targets.items()
     ):
         # e.g. after a reverted deployment: the fleet already serves what it ran before it
         on = ", ".join(sorted(set(targets.values())))
@@ -198,22 +189,7 @@ async def _rollback_body(run: Run) -> None:
         await run.rec.record(
             "rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets
         )
-    t0 = run.fleet.clock.monotonic()
-    admit = run.on_stop(anyio.CancelScope())
-    try:
-        report = await immune_response(
-            run.fleet,
-            run.rec,
-            run.switcher,
-            run.release,
-            targets,
-            "rollback requested",
-            all_hosts=True,
-            admit=admit,
-        )
-    finally:
-        run.forget_stop(admit)
-    await conclude_revert(run, report, "rollback requested", t0, done=RunOutcome.ROLLED_BACK)
+    await revert(run, "rollback requested", targets, done=RunOutcome.ROLLED_BACK, all_hosts=True)
 
 
 def category(outcome: str | None, verdict: str | None) -> str:

@@ -56,14 +56,8 @@ class Recorder:
             raise
         if self.view is not None:
             self.view.apply(entry)
-        event = Event(
-            kind=kind,
-            app=self.fleet.app,
-            deployment_id=self.deployment_id,
-            release=self.release,
-            message=message,
-            data={**({"host": host} if host else {}), **({"step": step} if step else {}), **data},
-        )
+        extra = {**({"host": host} if host else {}), **({"step": step} if step else {})}
+        event = self.event(kind, message, {**extra, **data})
         log.info("%s %s", kind, message, extra={"event": kind, "host": host, "step": step})
         for sink in self.fleet.sinks:
             try:

@@ -67,7 +67,7 @@ async def test_a_take_that_no_walk_can_free_raises_at_once() -> None:
     await guard.take("h2")
     journal(state, "h2", "host.step_started", "drain")
     journal(state, "h2", "host.step_failed", "drain")
-    await guard.park("h2")
+    await guard.give_back("h2", parked=True)
     with anyio.fail_after(1), pytest.raises(CapacityExhausted, match="h2"):
         await guard.take("h3")
 
@@ -93,7 +93,7 @@ async def test_a_waiting_take_raises_when_the_walking_host_is_parked() -> None:
             await anyio.sleep(0.01)
             assert [] == raised  # still waiting: h2 may come back
             journal(state, "h2", "host.step_failed", "stop")
-            await guard.park("h2")
+            await guard.give_back("h2", parked=True)
     assert 1 == len(raised)
 
 
@@ -120,7 +120,7 @@ async def test_a_host_the_balancer_reports_serving_again_frees_its_slot() -> Non
     await guard.take("h2")
     journal(state, "h2", "host.step_started", "drain")
     journal(state, "h2", "host.step_failed", "drain")
-    await guard.park("h2")
+    await guard.give_back("h2", parked=True)
     state.observe({"h2": (LbState.SERVING, "v1")})
     with anyio.fail_after(1):
         await guard.take("h3")
