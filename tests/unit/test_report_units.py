@@ -90,3 +90,27 @@ def test_the_documented_impact_blocks_are_valid(page: str, monkeypatch: pytest.M
     for block in blocks:
         text = yaml.safe_dump({**base, **yaml.safe_load(block)}, sort_keys=False)
         parse(text, f"{page}.yaml")
+
+
+def test_the_guard_s_verdict_is_shown_as_the_guard_not_as_another_wave() -> None:
+    """`deploy`'s summary and `show` name the watch after the last wave "guard"."""
+    import io
+
+    from rich.console import Console
+
+    from immunity.cli.show import print_waves
+
+    data = {
+        "timeline": {"waves": [{"wave": 1, "hosts": ["h1"]}, {"wave": 2, "hosts": ["h2"]}]},
+        "verdicts": [
+            {"t": 30.0, "wave": 1, "guard": False, "outcome": "pass", "checks": []},
+            {"t": 60.0, "wave": 2, "guard": False, "outcome": "pass", "checks": []},
+            {"t": 80.0, "wave": 3, "guard": True, "outcome": "pass", "checks": []},
+        ],
+    }
+    buf = io.StringIO()
+    print_waves(Console(file=buf, width=120, color_system=None), data)
+    text = buf.getvalue()
+    assert "wave 1 (h1)" in text and "wave 2 (h2)" in text
+    assert "guard (every host on the release, after the last wave)  pass" in text
+    assert "wave 3" not in text

@@ -33,8 +33,11 @@ def print_waves(con: Console, data: Mapping[str, Any]) -> None:
         wave = v.get("wave")
         hosts = ", ".join((waves.get(wave) or {}).get("hosts") or [])
         head = Text("  ")
-        head.append(f"wave {wave}" if wave is not None else "guard", style="bold")
-        if hosts:
+        guard = bool(v.get("guard")) or wave is None
+        head.append("guard" if guard else f"wave {wave}", style="bold")
+        if guard:
+            head.append(" (every host on the release, after the last wave)")
+        elif hosts:
             head.append(f" ({hosts})")
         outcome = str(v.get("outcome") or "")
         head.append(f"  {outcome}", style=OUTCOME_STYLE.get(outcome, ""))

@@ -197,6 +197,7 @@ def build(record: DeploymentRecord, entries: Sequence[JournalEntry]) -> dict[str
             "t": _secs(e.at, t0),
             "kind": e.kind,
             "wave": e.data.get("wave"),
+            "guard": bool(e.data.get("guard")),  # the watch after the last wave
             "outcome": (e.data.get("verdict") or {}).get("outcome"),
             "reason": (e.data.get("verdict") or {}).get("reason") or "",
             "checks": [

@@ -50,7 +50,7 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 {% if signals %}{% for name, svg in signals %}<div class="chart signal" id="signal-{{ name }}">{{ svg|safe }}</div>{% endfor %}
 {% else %}<p class="muted">No per-look evidence was journaled for this deployment (no bake ran, or the journal predates per-look evidence).</p>{% endif %}
 {% if d.verdicts %}<table><tr><th>at</th><th>wave</th><th>verdict</th><th>reason</th></tr>
-{% for v in d.verdicts %}<tr><td class="n">{{ v.t|num }} s</td><td>{{ v.wave }}</td><td class="{{ v.outcome }}">{{ v.outcome }}</td><td>{{ v.reason }}</td></tr>{% endfor %}
+{% for v in d.verdicts %}<tr><td class="n">{{ v.t|num }} s</td><td>{{ "guard" if v.guard else v.wave }}</td><td class="{{ v.outcome }}">{{ v.outcome }}</td><td>{{ v.reason }}</td></tr>{% endfor %}
 </table>{% endif %}
 
 <h2>What customers saw</h2>
