@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
 import yaml
 from e2e_helpers import FAST, Sandbox
 
@@ -50,9 +51,12 @@ def test_dry_run_shows_the_guard_its_holdback_and_the_alpha_of_each_bake(fleet3:
     assert [w["relative"] for w in plan["waves"][:2]] == [True, True]
     assert plan["waves"][2].get("holdback") is True
     assert plan["guard"]["holdback"] == "h3" and plan["guard"]["relative"] is True
-    # alpha is shared by the 3 bakes and, with probe traffic, by each check and its probe twin
+    # alpha is shared by the 3 bakes (half to the first wave's, the rest evenly) and, with
+    # probe traffic, by each check and its probe twin
     twins = 2 if "probe" in yaml.safe_load(cfg.read_text()) else 1
-    assert plan["bakes"] == 3 and abs(plan["alpha_per_bake"] - 0.01 / 3 / twins) < 1e-12
+    want = [0.01 / 2 / twins, 0.01 / 4 / twins, 0.01 / 4 / twins]
+    assert plan["bakes"] == 3 and plan["alpha_per_bake"] == pytest.approx(want, rel=1e-12)
+    assert f"{want[0]:.4g} for the first wave's, {want[1]:.4g} each after it" in r.stdout
     assert "against the holdback h3" in r.stdout
     assert "switched after the guard" in r.stdout
 
@@ -86,7 +90,8 @@ def test_the_guard_is_on_by_default_and_in_the_sandbox_config(fleet3: Sandbox) -
     assert default["waves"][-1].get("holdback") is True and default["bakes"] == 3
     assert (sbx["guard"]["duration_s"], sbx["guard"]["holdback"]) == (20.0, "h3")
     twins = 2  # the sandbox's config has probe traffic: each check and its probe twin
-    assert sbx["bakes"] == 3 and abs(sbx["alpha_per_bake"] - 0.01 / 3 / twins) < 1e-12
+    want = [0.01 / 2 / twins, 0.01 / 4 / twins, 0.01 / 4 / twins]
+    assert sbx["bakes"] == 3 and sbx["alpha_per_bake"] == pytest.approx(want, rel=1e-12)
     assert off["guard"] is None
     assert [w.get("holdback") for w in off["waves"]] == [None, None]
     assert off["bakes"] == 2

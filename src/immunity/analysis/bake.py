@@ -127,7 +127,9 @@ async def _bake(
     """
     b = config.bake
     carry = thresholds if thresholds is not None else {}
-    analysis = BakeAnalysis(config, relative=relative, carry=carry, bakes=bakes, purpose=purpose)
+    analysis = BakeAnalysis(
+        config, relative=relative, carry=carry, bakes=bakes, purpose=purpose, bake_no=bake_no
+    )
     writer = LookWriter(wave=wave, bake=bake_no)
     started_at = clock.now()
     last_t = 0.0

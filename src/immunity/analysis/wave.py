@@ -25,7 +25,8 @@ Rules, in the order they apply at each look:
   testing for a fail the whole time); a fail ends it at once, and after `guard.duration` it
   passes as "watched". Looks without evidence (errors, thin traffic) do not end it: the
   release was certified by its waves, the guard only looks for what starts late.
-* Alpha spending: each bake runs at `judge.alpha / bakes` (see `spending`).
+* Alpha spending: bake `bake_no` of `bakes` runs at its share of `judge.alpha`: half for the
+  first wave's, the rest evenly over the later ones (see `spending`).
 """
 
 from __future__ import annotations
@@ -83,11 +84,12 @@ class BakeAnalysis:
         carry: Mapping[str, Sequence[float]] | None = None,
         bakes: int = 1,
         purpose: Literal["wave", "guard"] = "wave",
+        bake_no: int | None = None,
     ) -> None:
         self.config = config
         self.relative = relative
         self.purpose = purpose
-        self.judge_config = judge_for(config, bakes)
+        self.judge_config = judge_for(config, bakes, bake_no)
         self.carry: dict[str, list[float]] = {k: list(v) for k, v in (carry or {}).items()}
         self.checks = checks_for(config, relative, self.carry)
         # With probe traffic, every check also judges it: a "(probe)" twin on the probe's

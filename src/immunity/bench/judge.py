@@ -1,8 +1,9 @@
 """`immunity bench judge`: replay labelled releases through immunity's judge and two references.
 
 Immunity's judge here is exactly the production one: `build_judge` for an `errors` and a
-`latency` check with the default `JudgeConfig` spent over `BAKES` bakes (alpha / 4: three
-waves and a guard share the deployment's false-alarm bound, as `analysis.spending` does),
+`latency` check with the default `JudgeConfig`, its alpha spent over `BAKES` bakes as
+`analysis.spending` does (three waves and a guard: the scenario's bake is the first wave's,
+at alpha / 2; the watch stands for a later bake, at alpha / 6),
 fed one interval at a time from the end of warm-up, combined with `combine`, and stopped
 the way the analysis stops a bake: at the first fail, at a pass (only after the minimum
 bake), after `inconclusive_limit` seconds of inconclusive looks, or at `bake.max` (600 s)
@@ -41,7 +42,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from immunity.analysis.spending import spent
+from immunity.analysis.spending import bake_share, share_of
 from immunity.bench import DEFAULT_SEED
 from immunity.bench.generate import BAKE_S, HEADER, ClassSpec, build, default_classes
 from immunity.bench.references import fixed_threshold, mann_whitney
@@ -106,15 +107,18 @@ def judge_immunity(
 ) -> Judged:
     """The production judge on `s`, stopped the way the analysis stops a bake, then watched.
 
-    Every bake runs at alpha / `bakes` (the deployment's false-alarm bound spent over its
-    bakes, `analysis.spending`). Looks start at the end of warm-up. The bake ends at the
+    The bake runs at the first bake's share of alpha and the watch at a later bake's (the
+    deployment's false-alarm bound spent over its `bakes` bakes, `analysis.spending`). Looks
+    start at the end of warm-up. The bake ends at the
     first fail, at a pass (only after `min_bake_s`), after `inconclusive_limit` seconds of
     inconclusive looks, or at `max_bake_s` with each judge's `final`. After a pass, fresh
     judges watch the same cohorts until the scenario's data ends, as the guard does after the
     last wave (they never certify; only a fail ends them): a fail there is the scenario's
     verdict.
     """
-    cfg = spent(config or JudgeConfig(), bakes)
+    base = config or JudgeConfig()
+    cfg = share_of(base, bake_share(bakes, 1))
+    watch_cfg = share_of(base, bake_share(bakes, 2))
     checks = [
         CheckConfig(name="errors", signal="bench", kind="errors"),
         CheckConfig(name="latency", signal="bench", kind="latency"),
@@ -152,7 +156,7 @@ def judge_immunity(
                 return Judged(outcome, at, verdict.reason, outcome, at)
         if verdict.outcome is Outcome.PASS:
             passed, passed_at, passed_t = verdict, at, t_s
-            judges = [build_judge(c, cfg, math.inf) for c in checks]  # the watch
+            judges = [build_judge(c, watch_cfg, math.inf) for c in checks]  # the watch
     if passed is not None:
         return Judged("pass", passed_at, passed.reason, "pass", passed_at)
     final = combine([j.final(t_s) for j in judges], t_s)

@@ -253,9 +253,11 @@ def print_plan(plan: dict[str, Any]) -> None:
             highlight=False,
         )
     if "bakes" in plan:
+        alphas = plan["alpha_per_bake"]
+        later = f", {alphas[1]:.4g} each after it" if len(alphas) > 1 else ""
         out.print(
-            f"  false alarms: alpha spent over {plan['bakes']} bake(s), "
-            f"{plan['alpha_per_bake']:.4g} each",
+            f"  false alarms: alpha spent over {plan['bakes']} bake(s): {alphas[0]:.4g} for the "
+            f"first wave's{later}",
             highlight=False,
         )
     for c in plan["checks"]:

@@ -81,7 +81,7 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
             }
         )
     bakes = bakes_of(cfg, len(waves))
-    per_bake = judge_for(cfg, bakes)
+    per_bake = [judge_for(cfg, bakes, b).alpha for b in range(1, bakes + 1)]
     guard: dict[str, Any] | None = None
     if cfg.guard.duration > 0:
         compared = holdback is not None
@@ -144,7 +144,7 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
         "checks": checks,
         "guard": guard,
         "bakes": bakes,
-        "alpha_per_bake": per_bake.alpha,
+        "alpha_per_bake": per_bake,
         "timeouts_s": cfg.timeouts.model_dump(),
         "on_inconclusive": cfg.judge.on_inconclusive,
     }

@@ -4,7 +4,8 @@ The probe (`signals.probe`) runs while customers bring the canary less traffic t
 figure comes from the checks themselves, not from the probe's own `rate`.
 
 A check decides at the latest at max bake, with its fixed-horizon looks (`sequential`): the
-FAIL look rejects "psi <= tolerance" at alpha x `FAIL_FINAL_SHARE` (/ K thresholds), the PASS
+FAIL look rejects "psi <= tolerance" at alpha x its share (errors `ERRORS_FAIL_FINAL_SHARE`;
+latency `FAIL_FINAL_SHARE` / K thresholds), the PASS
 look rejects "psi >= bad" at beta x `PASS_FINAL_SHARE`. Each is a one-sided test of the log
 odds ratio of a "bad" request (a 5xx; slower than a baseline quantile), so the canary
 requests it needs follow the usual sample-size formula for a log odds ratio (Wald's variance;
@@ -40,6 +41,7 @@ from scipy.special import ndtri
 from immunity.config.models import CheckConfig, JudgeConfig
 from immunity.judge.sequential import (
     DEFAULT_QUANTILES,
+    ERRORS_FAIL_FINAL_SHARE,
     FAIL_FINAL_SHARE,
     FINAL_FLOOR_SHARE,
     PASS_FINAL_SHARE,
@@ -117,7 +119,7 @@ def check_need(
         if baseline_requests < MIN_BASELINE_REQUESTS:
             return None
         p = baseline_errors / baseline_requests
-        alpha_fixed = judge.alpha * FAIL_FINAL_SHARE
+        alpha_fixed = judge.alpha * ERRORS_FAIL_FINAL_SHARE
         floor = judge.error_floor
         floor_on = 0.0 < floor < 1.0
         beta_rel = beta_fixed * (1.0 - FINAL_FLOOR_SHARE) if floor_on else beta_fixed

@@ -15,8 +15,8 @@ Three tests run on every look (after Lindon & Malek's conditional count tests an
 Ramdas & Rinaldo's e-detectors; see the project's research notes on canary statistics, §5):
 
 * FAIL: H0 psi <= tolerance. A mixture over alternatives tolerance x {1.1 .. 30} of capped
-  likelihood-ratio products; FAIL when it reaches K/(alpha (1 - FAIL_FINAL_SHARE)) (K =
-  number of thresholds). By Ville's inequality P(false FAIL) <= alpha (1 - share) at any
+  likelihood-ratio products; FAIL when it reaches K/(alpha (1 - share)) (K = number of
+  thresholds; share = `ERRORS_FAIL_FINAL_SHARE` or `FAIL_FINAL_SHARE` for latency). By Ville's inequality P(false FAIL) <= alpha (1 - share) at any
   number of looks, as long as requests within an interval and cohort are conditionally
   independent with a common rate. The rest of alpha pays for one fixed-horizon FAIL look at
   max bake (`final`: the exact conditional test of a common odds ratio), so over both
@@ -90,10 +90,16 @@ FINAL_FLOOR_SHARE = 0.2
 route ("the canary's 5xx rate is below `error_floor`", an exact binomial test); the
 relative score test gets the rest (none of it when the floor is off)."""
 FAIL_FINAL_SHARE = 0.5
-"""Share of `alpha` spent by the fixed-horizon FAIL test at max bake (the sequential FAIL
-e-process gets the rest: its bar is 1/(alpha (1 - share))). A union bound (Bonferroni; the
-same alpha-spending as over bakes, `analysis.spending`): P(false FAIL) <= alpha (1 - share)
-+ alpha share = alpha."""
+"""Share of `alpha` spent by the latency check's fixed-horizon FAIL test at max bake (the
+sequential FAIL e-process gets the rest: its bar is K/(alpha (1 - share))). A union bound
+(Bonferroni; the same alpha-spending as over bakes, `analysis.spending`): P(false FAIL) <=
+alpha (1 - share) + alpha share = alpha."""
+ERRORS_FAIL_FINAL_SHARE = 0.8
+"""The same for the errors check, which keeps most of its alpha for the fixed look: 5xx
+are rare, so at thin traffic the errors check is the one starved of counts (the fixed look
+is what decides it there), while where traffic is heavy its e-value outgrows the higher
+bar within seconds (log(1/(0.2 alpha)) against log(1/(0.5 alpha)): about 1.1 times the
+evidence at the default alpha spent over a deployment)."""
 EXACT_MAX_SUPPORT = 4000
 """The fixed-horizon FAIL test is exact (`evidence.stratified_upper_tail`) while the support
 of the canary's summed count stays under this; beyond it (heavy traffic, where the normal
@@ -339,12 +345,12 @@ class RelativeEvidence:
         return out
 
 
-def fixed_fail_share(min_bake_s: float) -> float:
-    """The share of alpha a judge keeps for its fixed-horizon FAIL look: `FAIL_FINAL_SHARE`,
-    or none for a judge that never certifies (`min_bake_s` infinite: the guard, which ends
-    on a fail or when its time is up, never at `bake.max`, so takes no fixed look and runs
-    its sequential test at the whole of alpha)."""
-    return FAIL_FINAL_SHARE if math.isfinite(min_bake_s) else 0.0
+def fixed_fail_share(min_bake_s: float, share: float = FAIL_FINAL_SHARE) -> float:
+    """The share of alpha a judge keeps for its fixed-horizon FAIL look: `share`, or none
+    for a judge that never certifies (`min_bake_s` infinite: the guard, which ends on a fail
+    or when its time is up, never at `bake.max`, so takes no fixed look and runs its
+    sequential test at the whole of alpha)."""
+    return share if math.isfinite(min_bake_s) else 0.0
 
 
 def _z(num: FloatArray, var: FloatArray) -> FloatArray:
@@ -359,7 +365,7 @@ class ErrorsJudge:
         self.name = name
         self.config = config
         self.min_bake_s = min_bake_s
-        share = fixed_fail_share(min_bake_s)
+        share = fixed_fail_share(min_bake_s, ERRORS_FAIL_FINAL_SHARE)
         self.fail_needed = 1.0 / (config.alpha * (1.0 - share))
         self.fail_log_threshold = math.log(self.fail_needed)
         self.fail_final_alpha = config.alpha * share
@@ -550,7 +556,7 @@ class ErrorsJudge:
         counts (the canary's summed 5xx given each interval's margins, a convolution of
         Fisher non-central hypergeometric laws at psi = tolerance; Cox 1970, Mehta, Patel &
         Gray 1985; the score test's normal approximation beyond `EXACT_MAX_SUPPORT`). It
-        fails when its one-sided p-value is at most alpha x `FAIL_FINAL_SHARE`; the
+        fails when its one-sided p-value is at most alpha x `ERRORS_FAIL_FINAL_SHARE`; the
         sequential e-process runs at the rest of alpha, so P(false FAIL) <= alpha over both
         (a union bound: alpha spending between the anytime-valid test and one fixed look,
         as beta is split for the PASS look). It is what thin traffic lacks: at 8 requests/s

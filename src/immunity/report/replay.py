@@ -71,6 +71,7 @@ def replay(
             carry=carry,
             bakes=int(info.get("bakes", 1) or 1),
             purpose=purpose,
+            bake_no=bake_no,
         )
         full = max((len(look.canary) for look in looks), default=0)
         decided: dict[str, Any] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from immunity.analysis import BakeAnalysis
 from immunity.analysis.spending import bakes_of, fail_tests_per_check, judge_for, spent
@@ -170,3 +171,21 @@ def test_a_bake_that_saw_no_traffic_at_all_says_so_when_its_time_is_up() -> None
     assert said.outcome is Outcome.INCONCLUSIVE
     assert said.reason.startswith("the signals saw no traffic on either cohort in 120 s of bake")
     assert "saw no traffic" not in thin.final(120.0).reason
+
+
+def test_the_first_wave_gets_half_of_alpha_and_the_later_bakes_share_the_rest() -> None:
+    """Weighted Bonferroni: shares sum to one over the bakes; the first wave's bake (the
+    fewest canary hosts) gets half, the next waves and the guard the rest evenly; one bake
+    alone gets all of it; without a bake number the split is even."""
+    from immunity.analysis.spending import bake_share
+
+    for bakes in (1, 2, 3, 4, 7):
+        assert sum(bake_share(bakes, b) for b in range(1, bakes + 1)) == pytest.approx(1.0)
+    assert [bake_share(4, b) for b in (1, 2, 3, 4)] == pytest.approx([0.5, 1 / 6, 1 / 6, 1 / 6])
+    assert bake_share(1, 1) == 1.0 and bake_share(4) == 0.25
+    cfg = config()  # three waves and a guard: four bakes
+    first = BakeAnalysis(cfg, relative=True, bakes=4, bake_no=1)
+    later = BakeAnalysis(cfg, relative=True, bakes=4, bake_no=3, purpose="guard")
+    assert first.judge_config.alpha == pytest.approx(0.005)
+    assert later.judge_config.alpha == pytest.approx(0.01 / 6)
+    assert first.judge_config.alpha_catastrophe == pytest.approx(0.0005)

@@ -220,9 +220,9 @@ def test_fail_reason_is_one_sentence_with_the_numbers(stream: Stream) -> None:
     n = result.numbers
     assert f"{n['canary_requests']:,.0f} vs {n['baseline_requests']:,.0f} requests" in result.reason
     assert "canary 5xx " in result.reason and "vs baseline " in result.reason
-    # alpha 1%: half to the sequential test (bar 200), half to the one look at max bake
-    assert "≥ 200" in result.reason
-    assert n["e_fail"] >= n["e_fail_needed"] == 200.0
+    # alpha 1%: a fifth to the sequential test (bar 500), the rest to the look at max bake
+    assert "≥ 500" in result.reason
+    assert n["e_fail"] >= n["e_fail_needed"] == pytest.approx(500.0)
     assert result.reason.count(". ") == 0
 
 
@@ -378,9 +378,9 @@ def test_the_fixed_horizon_fail_look_fails_a_canary_at_tolerance_at_most_its_sha
     None
 ):
     """400 thin-traffic bakes whose canary is exactly at the tolerance (odds ratio 1.25, the
-    null's edge): the look at max bake fails at most alpha x FAIL_FINAL_SHARE of them (at
+    null's edge): the look at max bake fails at most alpha x ERRORS_FAIL_FINAL_SHARE of them (at
     alpha 0.1 here so the bound is measurable), plus binomial slack."""
-    from immunity.judge.sequential import FAIL_FINAL_SHARE
+    from immunity.judge.sequential import ERRORS_FAIL_FINAL_SHARE
 
     config = JudgeConfig(alpha=0.1)
     rng = np.random.default_rng(47)
@@ -401,16 +401,16 @@ def test_the_fixed_horizon_fail_look_fails_a_canary_at_tolerance_at_most_its_sha
             )
         result = judge.final(float(seconds))
         failed += result.outcome is Outcome.FAIL and "at max bake (one-sided p" in result.reason
-    assert failed / runs <= config.alpha * FAIL_FINAL_SHARE + 0.03
+    assert failed / runs <= config.alpha * ERRORS_FAIL_FINAL_SHARE + 0.03
 
 
 def test_a_judge_that_never_certifies_takes_no_fixed_look_and_keeps_all_of_alpha() -> None:
     """The guard's judges (min bake infinite) never reach `bake.max`, so they do not pay for
     a fixed look: their sequential bar is 1/alpha (K/alpha for latency), while a bake's is
-    twice that."""
+    1/(alpha x 0.2) for errors and twice K/alpha for latency."""
     config = JudgeConfig(alpha=0.01)
     assert ErrorsJudge("e", config, min_bake_s=math.inf).fail_needed == pytest.approx(100.0)
-    assert ErrorsJudge("e", config, min_bake_s=120).fail_needed == pytest.approx(200.0)
+    assert ErrorsJudge("e", config, min_bake_s=120).fail_needed == pytest.approx(500.0)
     guard = LatencyJudge("l", config, min_bake_s=math.inf)
     assert guard.fail_needed == pytest.approx(300.0) and guard.fail_final_alpha == 0.0
     assert LatencyJudge("l", config, min_bake_s=120).fail_final_alpha == pytest.approx(0.005 / 3)
