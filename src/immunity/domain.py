@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -79,6 +80,35 @@ class ObservationStatus(StrEnum):
     NO_DATA = "no_data"
     FAILED = "failed"
     REJECTED = "rejected"
+
+
+PROBE_SIGNAL = "probe"
+"""The built-in synthetic probe's signal name (`signals.probe.NAME`): what the live view,
+`show` and the report use to tell its rows from the customers'."""
+
+
+def histogram_quantile(bounds: Sequence[float], buckets: Sequence[int], q: float) -> float:
+    """The q-quantile (ms) of a latency histogram, linear within a bucket; `inf` in the
+    overflow bucket (`buckets` has one more count than `bounds`), `nan` when empty.
+
+    The rule of `judge.evidence.histogram_quantile` in plain Python, for the read-only
+    commands and the live view, which must not import numpy (a test keeps the two equal).
+    """
+    total = float(sum(buckets))
+    if total <= 0:
+        return math.nan
+    target = q * total
+    cum = 0.0
+    for i, n in enumerate(buckets):
+        if cum + n >= target:
+            if i >= len(bounds):
+                return math.inf
+            lo = float(bounds[i - 1]) if i > 0 else 0.0
+            hi = float(bounds[i])
+            frac = (target - cum) / n if n > 0 else 1.0
+            return lo + (hi - lo) * min(max(frac, 0.0), 1.0)
+        cum += n
+    return math.inf
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_importing_the_cli_loads_no_numeric_or_plotting_library() -> None:
@@ -17,3 +20,116 @@ def test_importing_the_cli_loads_no_numeric_or_plotting_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "" == out.stdout.strip()
+
+
+READ_ONLY_CONFIG = """\
+app: shop
+hosts:
+  - {name: h1, address: 127.0.0.1, port: 18001}
+  - {name: h2, address: 127.0.0.1, port: 18002}
+balancer: {kind: haproxy, socket: nowhere.sock, backend: be_app}
+driver: {kind: local, root: hosts, releases: releases}
+signals:
+  - {kind: haproxy, name: lb, socket: nowhere.sock, backend: be_app}
+checks:
+  - {name: errors, signal: lb, kind: errors}
+journal: {path: journal.db}
+"""
+
+RUN_COMMAND = """\
+import sys
+from immunity.cli.app import app
+try:
+    app(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print("LOADED=" + ",".join(sorted(m for m in ("numpy", "scipy", "matplotlib") if m in sys.modules)))
+print("EXIT=" + str(code))
+"""
+
+
+def _journal_with_one_deployment(path: Path) -> None:
+    import anyio
+
+    from immunity.journal import open_journal
+
+    async def write() -> None:
+        j = open_journal(path, None)
+        try:
+            rec = await j.begin("shop", "v2", {"hosts": ["h1", "h2"]})
+            await j.append(rec.id, "deployment.started", data={"release": "v2"})
+            await j.finish(rec.id, "deployed", "all 1 check(s) passed", {})
+        finally:
+            await j.close()
+
+    anyio.run(write)
+
+
+@pytest.mark.parametrize(
+    "command", [["history"], ["history", "--json"], ["show"], ["show", "--json"]]
+)
+def test_read_only_commands_load_no_numeric_or_plotting_library(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`history` and `show` read the journal: they run without numpy, scipy (the judges) or
+    matplotlib (the report's charts), which took most of their start time."""
+    (tmp_path / "c.yaml").write_text(READ_ONLY_CONFIG)
+    _journal_with_one_deployment(tmp_path / "journal.db")
+    r = subprocess.run(
+        [sys.executable, "-c", RUN_COMMAND, *command, "-c", "c.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    lines = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line[:8])
+    assert lines["EXIT"] == "0", r.stdout + r.stderr
+    assert "v2" in r.stdout
+    assert lines["LOADED"] == ""
+
+
+def test_status_and_the_report_data_load_no_numeric_library() -> None:
+    """`status` runs `engine.ops.status` over `engine.context`'s fleet; the report's data
+    (`show`, `serve`) decodes the looks with `analysis.evidence`: none of them needs the
+    judges (numpy, scipy) or matplotlib, which load only to deploy or to draw charts."""
+    code = (
+        "import sys, immunity.engine.ops, immunity.engine.context, immunity.report, "
+        "immunity.cli.show, immunity.analysis; "
+        "print(','.join(sorted(m for m in ('numpy', 'scipy', 'matplotlib') "
+        "if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "" == out.stdout.strip()
+
+
+def test_the_analysis_package_still_gives_the_bake_loop_and_its_types() -> None:
+    """The package's lazy names resolve to the same objects as their modules'."""
+    import importlib
+
+    import immunity.analysis as analysis
+    from immunity.analysis import Cohorts, bake
+
+    bake_module = importlib.import_module("immunity.analysis.bake")
+    wave = importlib.import_module("immunity.analysis.wave")
+    assert analysis.BakeAnalysis is wave.BakeAnalysis
+    assert Cohorts is bake_module.Cohorts
+    assert bake is bake_module.bake or bake is bake_module  # the loop, or its module
+    assert analysis.GUARD_KINDS == wave.GUARD_KINDS
+
+
+def test_the_plain_histogram_quantile_is_the_judges_rule() -> None:
+    """`domain.histogram_quantile` (no numpy: the live view, `show`, the report) gives the
+    judges' `judge.evidence.histogram_quantile` on every histogram and quantile tried."""
+    import math
+    import random
+
+    from immunity.domain import histogram_quantile as plain
+    from immunity.judge.evidence import histogram_quantile as judges
+
+    rng = random.Random(7)
+    bounds = [1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0]
+    for _ in range(2000):
+        buckets = [rng.choice([0, 0, 1, 3, 50, 1000]) for _ in range(len(bounds) + 1)]
+        q = rng.choice([0.0, 0.5, 0.9, 0.99, 1.0, rng.random()])
+        a, b = plain(bounds, buckets, q), judges(bounds, buckets, q)
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b), (buckets, q)

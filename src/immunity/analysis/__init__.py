@@ -15,9 +15,40 @@ between the signals and that verdict:
 
 from __future__ import annotations
 
-from immunity.analysis.bake import BakeResult, Cohorts, Record, bake
+from typing import TYPE_CHECKING, Any
+
 from immunity.analysis.evidence import Look, ResumePoint, read_looks, resume_point
-from immunity.analysis.wave import GUARD_KINDS, BakeAnalysis, Step
+
+if TYPE_CHECKING:
+    from immunity.analysis.bake import BakeResult, Cohorts, Record, bake
+    from immunity.analysis.wave import GUARD_KINDS, BakeAnalysis, Step
+
+# `bake` and `wave` need the judges (numpy, scipy): they load on first use, so that reading
+# the journal's evidence (`show`, `history`, the report's data) starts without them. The
+# loop itself is best imported as `from immunity.analysis.bake import bake`: once the
+# submodule `immunity.analysis.bake` is loaded, the package's attribute `bake` is that module.
+_LAZY = {
+    "BakeResult": "bake",
+    "Cohorts": "bake",
+    "Record": "bake",
+    "bake": "bake",
+    "GUARD_KINDS": "wave",
+    "BakeAnalysis": "wave",
+    "Step": "wave",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+    for other, where in _LAZY.items():
+        if where == _LAZY[name]:
+            globals()[other] = getattr(module, other)
+    return globals()[name]
+
 
 __all__ = [
     "GUARD_KINDS",

@@ -24,6 +24,7 @@ from immunity.cli.output import err, escape, out, plain, show_error, write_json
 from immunity.errors import ConfigError, ImmunityError
 
 if TYPE_CHECKING:
+    from immunity.domain import Event
     from immunity.engine.context import Fleet
     from immunity.engine.result import RunResult
 
@@ -170,11 +171,14 @@ def _finish(
     code = exit_code(result)
     data = {**result.to_dict(), "exit_code": code}
     # a run that lost its lease writes nothing more, its report neither: the new holder's is
-    report_path = (
-        _write_report(config, result.deployment_id)
-        if config and str(result.outcome) != "superseded"
-        else None
-    )
+    report_path = None
+    if config and str(result.outcome) != "superseded":
+        # drawing the charts takes seconds on a busy machine: say so rather than sit silent
+        # (on stderr: stdout may be the JSON result)
+        err.print(
+            f"{result.outcome}: writing the report (charts) ...", style="dim", highlight=False
+        )
+        report_path = _write_report(config, result.deployment_id)
     data["report_path"] = report_path
     json_file = json_dest
     if json_dest is None and report_path:  # the CD tool gets the JSON result as an artifact
@@ -297,6 +301,7 @@ def _run_reported(
         )
         if show_table:
             fleet.sinks.append(table)
+        fleet.sinks.append(_ReportPreload())
         if rep is not None:
             fleet.sinks.append(rep)
         with table:
@@ -309,6 +314,30 @@ def _run_reported(
         config,
         to_stderr=isinstance(rep, ci.JsonLinesReporter),
     )
+
+
+class _ReportPreload:
+    """An event sink that imports the report's renderer (matplotlib, jinja2: seconds on a
+    busy machine) in a background thread once the first bake starts, while the deployment
+    waits on its canaries, so the report is drawn without that wait when the run ends."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def __call__(self, event: Event) -> None:
+        if self.started or event.kind != "bake.started":
+            return
+        self.started = True
+        import threading
+
+        threading.Thread(target=_import_renderer, name="report-preload", daemon=True).start()
+
+
+def _import_renderer() -> None:
+    try:
+        import immunity.report.html  # noqa: F401  (matplotlib, jinja2)
+    except Exception as exc:  # the report is written (or its failure logged) at the end
+        logging.getLogger("immunity").debug("report preload: %s", exc)
 
 
 def _quantiles(fleet: Fleet) -> dict[str, list[float]]:

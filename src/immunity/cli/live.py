@@ -26,8 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from immunity.domain import Event
-from immunity.signals.probe import NAME as PROBE_SIGNAL
+from immunity.domain import PROBE_SIGNAL, Event, histogram_quantile
 
 PROBE_SUFFIX = " (probe)"
 """A check's twin on probe traffic is named after it with this suffix (`analysis.wave`)."""
@@ -65,8 +64,6 @@ def clock(seconds: float) -> str:
 def quantile(bounds: Sequence[float], buckets: Sequence[float], q: float) -> float | None:
     """The `q` quantile (ms) of a latency histogram (see `histogram_quantile`); None when empty,
     `inf` past the last bound."""
-    from immunity.judge.evidence import histogram_quantile  # numpy: not at CLI start
-
     v = histogram_quantile(bounds, [int(b) for b in buckets], q)
     return None if math.isnan(v) else v
 

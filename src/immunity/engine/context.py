@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import psutil
 from immunity import plugins
 from immunity.clock import Clock, SystemClock
 from immunity.config import LoadedConfig, resolve_path
-from immunity.domain import Event, HostRef, LbState
+from immunity.domain import Event, HostRef, LbState, Member
 from immunity.errors import ImmunityError
 from immunity.hosts.base import HostDriver
 from immunity.journal import Journal
@@ -155,6 +155,12 @@ def machine_name() -> str:
 def holder_name() -> str:
     """Who holds a lease: machine name and PID (`machine:pid`), so a human can find it."""
     return f"{machine_name()}:{os.getpid()}"
+
+
+def unknown_members(fleet: Fleet, pool: Mapping[str, Member]) -> list[str]:
+    """Balancer ids of pool members that are neither hosts nor `unmanaged_members`."""
+    known = {h.balancer_id for h in fleet.hosts} | set(fleet.config.unmanaged_members)
+    return sorted(set(pool) - known)
 
 
 def holder_alive(holder: str, since: dt.datetime | None = None) -> bool | None:

@@ -21,10 +21,11 @@ from typing import Any, Literal
 
 import anyio
 
-from immunity.analysis import Cohorts, bake, resume_point
+from immunity.analysis import Cohorts, resume_point
+from immunity.analysis.bake import bake
 from immunity.analysis.spending import bakes_of
 from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict
-from immunity.engine.context import Fleet
+from immunity.engine.context import Fleet, unknown_members
 from immunity.engine.fleetview import encode
 from immunity.engine.immune import immune_response, revert
 from immunity.engine.plan import plan_waves, with_holdback
@@ -106,12 +107,6 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
             f"`immunity resume -c {fleet.loaded.path}` finishes it first",
         )
     return await fallbacks_for(fleet, release, {k: v for k, v in actives.items() if v})
-
-
-def unknown_members(fleet: Fleet, pool: Mapping[str, Member]) -> list[str]:
-    """Balancer ids of pool members that are neither hosts nor `unmanaged_members`."""
-    known = {h.balancer_id for h in fleet.hosts} | set(fleet.config.unmanaged_members)
-    return sorted(set(pool) - known)
 
 
 def pool_problems(

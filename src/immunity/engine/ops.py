@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from immunity.domain import LbState
-from immunity.engine.context import Fleet, holder_alive
-from immunity.engine.deployment import continue_deployment, unknown_members
+from immunity.engine.context import Fleet, holder_alive, unknown_members
 from immunity.engine.fleetview import derive
 from immunity.engine.immune import revert
 from immunity.engine.result import RunOutcome, RunResult
@@ -127,6 +126,8 @@ async def resume(fleet: Fleet, *, abort: bool = False) -> RunResult:
         async with Run(fleet, record.release.removeprefix("rollback:"), resume=record) as run:
             await _rollback_body(run)
         return run.result
+    from immunity.engine.deployment import continue_deployment  # the judges: numpy, scipy
+
     return await continue_deployment(fleet, record, abort=abort)
 
 

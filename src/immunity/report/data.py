@@ -18,9 +18,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from immunity.analysis import read_looks
+from immunity.analysis.evidence import read_looks
+from immunity.domain import histogram_quantile
 from immunity.journal.base import DeploymentRecord, JournalEntry
-from immunity.judge.evidence import histogram_quantile
 
 SMOOTH_LOOKS = 5
 QUANTILES = (0.5, 0.99)

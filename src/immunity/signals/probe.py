@@ -50,14 +50,14 @@ import anyio
 import httpx
 
 from immunity.config.models import ProbeConfig
-from immunity.domain import Cohort, HostRef, Observation
+from immunity.domain import PROBE_SIGNAL, Cohort, HostRef, Observation
 
 if TYPE_CHECKING:
     from immunity.judge.need import Need  # scipy: only the bake, which has it, passes one
 
 log = logging.getLogger("immunity.signals.probe")
 
-NAME = "probe"
+NAME = PROBE_SIGNAL
 """The probe's signal name (reserved: no configured signal may use it)."""
 LATENCY_BOUNDS_MS: tuple[float, ...] = (
     1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000,
