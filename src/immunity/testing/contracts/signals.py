@@ -189,7 +189,7 @@ class SignalSourceContract(Contract):
             assert not o.available, f"{cohort}: {o}"
             assert o.detail
 
-    async def test_observations_name_the_window_s_hosts(self, harness: SignalHarness) -> None:
+    async def test_only_the_cohorts_asked_for_are_answered(self, harness: SignalHarness) -> None:
         """Every cohort asked for is answered, and only those."""
         end = harness.edge()
         obs = await harness.source.observe(
