@@ -203,7 +203,7 @@ def test_history_states_its_period_gives_rates_in_percent_and_keeps_whole_reason
     text = history_lines(figures, rows)
     flat = " ".join(text.split())
     assert "2 deployment(s) over 3 min;" in flat and "a day" not in flat
-    assert "change-failure rate 50% (1 of 2 finished found worse)" in flat
+    assert "change-failure rate 50% (1 of 2 judged found worse)" in flat
     assert "resumed ×1" in flat
     assert "(found worse)" in flat
     assert "5,840 requests" in flat and flat.count("2,912") == 3  # the whole reason
@@ -246,3 +246,50 @@ def test_with_no_customers_a_check_shows_its_probe_traffic_in_one_row() -> None:
     line = next(line for line in buf.getvalue().splitlines() if "bake.looked" in line)
     assert "errors fail (canary 6.01% of 233 (probe), baseline 0.00% of 466 (probe))" in line
     assert "no requests" not in line
+
+
+def test_history_rate_counts_only_judged_releases_and_a_resumed_run_is_not_interrupted(
+    tmp_path: Any,
+) -> None:
+    """Six deployments: two deployed (one of them interrupted, then resumed to the end),
+    one found worse, two not judged (inconclusive), one still interrupted. The
+    change-failure rate is 1 of the 3 judged (not 1 of 6, nor of the 5 finished); only the
+    run left stopped counts as interrupted; the resumed one counts as resumed."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import anyio
+
+    from immunity.engine.ops import history
+    from immunity.journal import open_journal
+
+    async def build() -> dict[str, Any]:
+        j = open_journal(tmp_path / "journal.db", None)
+        try:
+            plan = [
+                ("v2", "deployed", "pass", []),
+                ("v3", "reverted", "fail", []),
+                ("v4", "inconclusive", "inconclusive", []),
+                ("v4", "held", "inconclusive", []),
+                ("v4", "deployed", "pass", ["deployment.interrupted", "deployment.resumed"]),
+                ("v5", None, None, ["deployment.interrupted"]),
+            ]
+            for release, outcome, verdict, kinds in plan:
+                rec = await j.begin("shop", release, {})
+                for kind in kinds:
+                    await j.append(rec.id, kind, data={})
+                if outcome is not None:
+                    result = {"verdict": {"outcome": verdict}, "reverted_after_s": 3.0}
+                    await j.finish(rec.id, outcome, f"{release} {outcome}", {"result": result})
+            clock = SimpleNamespace(now=lambda: dt.datetime.now(dt.UTC))
+            return await history(SimpleNamespace(journal=j, app="shop", clock=clock))  # type: ignore[arg-type]
+        finally:
+            await j.close()
+
+    data = anyio.run(build)
+    f = data["figures"]
+    assert (f["judged"], f["found_worse"], f["change_failure_rate"]) == (3, 1, 0.3333)
+    assert (f["not_judged"], f["interrupted"], f["resumed"]) == (2, 1, 1)
+    text = " ".join(history_lines(f, data["deployments"]).split())
+    assert "change-failure rate 33% (1 of 3 judged found worse; 2 not judged" in text
+    assert "1 interrupted (not finished); 1 resumed and finished" in text

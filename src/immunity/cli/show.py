@@ -194,17 +194,31 @@ def print_history(con: Console, data: Mapping[str, Any]) -> None:
     line = Text(f"{n} deployment(s) over {period}")
     if f.get("deployments_per_day") is not None:
         line.append(f" ({f['deployments_per_day']:g} a day)")
-    finished = int(f.get("finished") or 0)
-    if f.get("change_failure_rate") is not None and finished:
+    # the rate's denominator is the releases judged (deployed or found worse), as it says
+    judged = int(f.get("judged", f.get("finished")) or 0)
+    if f.get("change_failure_rate") is not None and judged:
         line.append(
             f"; change-failure rate {100 * float(f['change_failure_rate']):.0f}% "
-            f"({f['found_worse']} of {finished} finished found worse"
+            f"({f['found_worse']} of {judged} judged found worse"
         )
+    elif f.get("not_judged") or f.get("no_verdict"):
+        line.append("; no change-failure rate (no release judged yet")
+    if (
+        (f.get("change_failure_rate") is not None and judged)
+        or f.get("not_judged")
+        or f.get("no_verdict")
+    ):
         if f.get("not_judged"):
-            line.append(f"; {f['not_judged']} not judged for lack of evidence, not counted")
+            line.append(f"; {f['not_judged']} not judged for lack of evidence")
+        if f.get("no_verdict"):
+            line.append(f"; {f['no_verdict']} reverted without a verdict")
+        if (f.get("not_judged") or f.get("no_verdict")) and judged:
+            line.append(", not counted")
         line.append(")")
     if f.get("interrupted"):
-        line.append(f"; {f['interrupted']} interrupted")
+        line.append(f"; {f['interrupted']} interrupted (not finished)")
+    if f.get("resumed"):
+        line.append(f"; {f['resumed']} resumed and finished")
     if f.get("median_verdict_to_reverted_s") is not None:
         line.append(f"; median verdict→fleet reverted {f['median_verdict_to_reverted_s']:.1f} s")
     con.print(line)

@@ -245,8 +245,13 @@ async def history(fleet: Fleet) -> dict[str, Any]:
         r for r in rows if not r["release"].startswith("rollback:") and r["outcome"] != "rejected"
     ]
     finished = [r for r in real if r["finished_at"]]
-    # a change failure is a release found worse, not one that could not be judged
+    # a change failure is a release found worse, out of the releases judged (deployed or
+    # found worse): one that could not be judged, or was reverted without a verdict (an
+    # error, `resume --abort`), is in neither count
     failures = [r for r in finished if r["category"] == "worse"]
+    judged = [r for r in finished if r["category"] in ("deployed", "worse")]
+    # still stopped: a run taken up again by `resume` and finished is counted as resumed
+    stopped = [r for r in real if r["category"] in ("interrupted", "unfinished")]
     revert_times = [r["reverted_after_s"] for r in failures if r["reverted_after_s"] is not None]
     # the period is from the first deployment to now; a daily rate over less than a day
     # says nothing (two deployments two minutes apart are not "2 a day")
@@ -266,10 +271,13 @@ async def history(fleet: Fleet) -> dict[str, Any]:
             "period_from": real[0]["started_at"] if real else None,
             "deployments_per_day": per_day,
             "finished": len(finished),
-            "interrupted": len([r for r in real if r["interrupted"]]),
-            "change_failure_rate": round(len(failures) / len(finished), 4) if finished else None,
+            "interrupted": len(stopped),
+            "resumed": len([r for r in finished if r["resumed"] and r not in stopped]),
+            "judged": len(judged),
+            "change_failure_rate": round(len(failures) / len(judged), 4) if judged else None,
             "found_worse": len(failures),
             "not_judged": len([r for r in finished if r["category"] == "inconclusive"]),
+            "no_verdict": len([r for r in finished if r["category"] == "other"]),
             "median_verdict_to_reverted_s": statistics.median(revert_times)
             if revert_times
             else None,
