@@ -114,3 +114,22 @@ def test_the_guard_s_verdict_is_shown_as_the_guard_not_as_another_wave() -> None
     assert "wave 1 (h1)" in text and "wave 2 (h2)" in text
     assert "guard (every host on the release, after the last wave)  pass" in text
     assert "wave 3" not in text
+
+
+@pytest.mark.parametrize("outcome", ["inconclusive", "held"])
+def test_the_sentence_says_inconclusive_once(outcome: str) -> None:
+    """The journal's reason starts "inconclusive: ..."; the sentence (the head of `show`
+    and of the HTML report) says what happened in its own words, then the reason without
+    its leading "inconclusive:" (it read "v6: inconclusive: inconclusive: not enough...")."""
+    from immunity.journal.base import DeploymentRecord
+    from immunity.report.data import verdict_sentence
+
+    t = dt.datetime(2026, 11, 30, 3, 0, tzinfo=dt.UTC)
+    reason = "inconclusive: not enough evidence to judge v6: errors: no traffic for 90 s"
+    record = DeploymentRecord("d1", "shop", "v6", t, t, outcome, reason)
+    text = verdict_sentence(record, {"reason": reason})
+    assert text.lower().count("inconclusive") <= 1, text
+    assert "not enough evidence to judge v6: errors: no traffic for 90 s." in text
+    assert text.startswith("v6 could not be judged and the fleet was reverted: ") or (
+        text.startswith("v6 was held: the verdict stayed inconclusive: ")
+    )

@@ -173,9 +173,15 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
         "reverted": f"{record.release} was rejected and the whole fleet reverted",
         "revert_incomplete": f"{record.release} was rejected but the revert did not finish",
         "held": f"{record.release} was held: the verdict stayed inconclusive",
+        "inconclusive": f"{record.release} could not be judged and the fleet was reverted",
         "rolled_back": "the fleet was rolled back",
     }
     head = words.get(outcome, f"{record.release}: {outcome}")
+    # a reason that starts with the outcome ("inconclusive: not enough evidence ...") would
+    # say it twice after the head ("v6: inconclusive: inconclusive: ...")
+    for word in (outcome, "inconclusive"):
+        if reason.lower().startswith(word + ": "):
+            reason = reason[len(word) + 2 :]
     tail = []
     if result.get("detected_after_s") is not None:
         tail.append(f"detected {float(result['detected_after_s']):.1f} s after the first canary")
