@@ -91,6 +91,12 @@ class Sandbox:
             rows = db.execute("SELECT released FROM leases").fetchall()
         return any(not r[0] for r in rows)
 
+    def serves(self, release: str) -> bool:
+        """Every host's process runs `release` and HAProxy has every host ready (admin state
+        0): the fleet's own view, without starting an immunity process for `status`."""
+        served = set(self.releases_served().values())
+        return served == {release} and {0} == set(self.servers_state().values())
+
     def servers_state(self) -> dict[str, int]:
         """HAProxy's own view: server name -> srv_admin_state (0 ready, 1 maint, 8 drain)."""
         text = sandbox.haproxy_command(self.dir, "show servers state be_app")

@@ -70,8 +70,7 @@ def run_cmd(sbx: Sandbox, cmd: list[str], env: dict[str, str]) -> tuple[int, str
 
 
 def ensure_on_v1(sbx: Sandbox) -> None:
-    hosts = sbx.status()["hosts"]
-    if all(h["active_release"] == "v1" and h["lb_state"] == "serving" for h in hosts):
+    if sbx.serves("v1"):
         return
     cfg = sbx.write_config("plain.yaml", **{**FAST, "checks": []})
     r = sbx.run("deploy", "-c", str(cfg), "--release", "v1", "--ci", "none")
@@ -205,11 +204,15 @@ def test_jsonl_prints_one_event_per_line_with_the_journal_names(fleet3: Sandbox)
 
 def test_a_retried_octopus_step_resumes_the_deployment_from_the_journal(fleet3: Sandbox) -> None:
     """Guided failure's Retry runs the step again: with --resume-unfinished the orchestrator
-    that died mid-deployment is taken over and the same deployment finishes."""
-    ensure_on_v1(fleet3)
+    that died mid-deployment is taken over and the same deployment finishes. (It deploys the
+    release the fleet does not run: v1 after the JSON-lines test above left v2.)"""
+    hosts = fleet3.status()["hosts"]
+    old = hosts[0]["active_release"]
+    assert [h["active_release"] for h in hosts] == [old] * 3 and old in ("v1", "v2"), hosts
+    new = "v1" if old == "v2" else "v2"
     cfg = fleet3.write_config("retry.yaml", **GOOD)
     script = octopus_step_script(
-        {"Immunity.Config": str(cfg), "Immunity.Release": "v2", "Immunity.Executable": EXE}
+        {"Immunity.Config": str(cfg), "Immunity.Release": new, "Immunity.Executable": EXE}
     )
     kill = {"IMMUNITY_FAULT_KILL_AT": "host.step_started:3"}
     rc, stdout, stderr = run_cmd(fleet3, ["bash", "-c", script], {**OCTOPUS_ENV, **kill})
@@ -226,7 +229,7 @@ def test_a_retried_octopus_step_resumes_the_deployment_from_the_journal(fleet3: 
     deployments = json.loads(history.stdout)["deployments"]
     assert deployments[-1]["id"] == v["Immunity.DeploymentId"]
     assert deployments[-1]["outcome"] == "deployed"
-    assert [h["active_release"] for h in fleet3.status()["hosts"]] == ["v2"] * 3
+    assert [h["active_release"] for h in fleet3.status()["hosts"]] == [new] * 3
 
 
 def test_a_cancelled_github_workflow_leaves_the_fleet_on_one_release(fleet3: Sandbox) -> None:
