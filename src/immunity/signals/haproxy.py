@@ -722,9 +722,49 @@ class HAProxySource:
                     f"{exc.strerror or exc}",
                     hint="check signals[].access_log and that HAProxy logs there",
                 ) from exc
-        return self._judge_sample(sample, hosts)
+        said, recent = self._judge_sample(sample, hosts)
+        if recent == 0 and self.client is not None:
+            await self._cross_check(hosts)
+        return said
 
-    def _judge_sample(self, sample: RecentSample, hosts: Sequence[HostRef]) -> str:
+    async def _cross_check(self, hosts: Sequence[HostRef]) -> None:
+        """The access log saw no request of the hosts in the last `RECENT_TRAFFIC_S`: ask
+        HAProxy's own counters (``show stat``: `lastsess`, seconds since the server was last
+        given a session, and `req_tot`). When the balancer did serve the hosts meanwhile, the
+        log is not this backend's (or HAProxy does not log there): PreflightError naming the
+        file and the counts, else the judge would see only its own probe, never customers.
+        A socket that does not answer proves nothing either way: the log's word stands."""
+        assert self.tail is not None and self.client is not None
+        try:
+            stats = await self.client.show_stat(self.settings.backend)
+        except BalancerError:
+            return
+        served: list[str] = []
+        for h in hosts:
+            st = stats.get(h.balancer_id)
+            if st is None:
+                continue
+            try:
+                last = int(st.raw.get("lastsess") or -1)
+            except ValueError:
+                continue
+            if 0 <= last < RECENT_TRAFFIC_S:
+                served.append(f"{h.name} {last} s ago ({st.req_tot} requests in all)")
+        if served:
+            raise PreflightError(
+                f"signal {self.name!r}: {self.tail.path} shows no request in the last "
+                f"{RECENT_TRAFFIC_S:g} s, but HAProxy's counters (show stat, backend "
+                f"{self.settings.backend}) say it gave the hosts requests meanwhile: last "
+                f"session {', '.join(served)}; the judge would never see the customers",
+                hint="point access_log at the file HAProxy writes this backend's requests to "
+                "(its `log` target, or the syslog file behind it) with `option httplog` or a "
+                "log-format; or drop access_log to judge from the counters",
+                context={"adapter": ADAPTER, "file": str(self.tail.path)},
+            )
+
+    def _judge_sample(self, sample: RecentSample, hosts: Sequence[HostRef]) -> tuple[str, int]:
+        """What the log shows of current traffic, and how many of the hosts' requests it
+        holds from the last `RECENT_TRAFFIC_S`; PreflightError when it cannot be read right."""
         assert self.tail is not None
         path = self.tail.path
         considered = len(sample.records) + len(sample.unparsed)
@@ -776,18 +816,18 @@ class HAProxySource:
             return (
                 f"{self.name}: {path.name} shows {len(recent)} request(s) in the last "
                 f"{RECENT_TRAFFIC_S:g} s on {', '.join(seen)}"
-            )
+            ), len(recent)
         if ours:
             age = now - max(r.end for r in ours)
             return (
                 f"{self.name}: {path.name} reads, but no configured host served a request in "
                 f"the last {RECENT_TRAFFIC_S:g} s (the newest is {age:.0f} s old): there is no "
                 "current traffic to judge"
-            )
+            ), 0
         return (
             f"{self.name}: {path.name} reads, but holds no request yet: there is no current "
             "traffic to judge"
-        )
+        ), 0
 
     @staticmethod
     def _skew(

@@ -16,6 +16,7 @@ from hx_fleet import Fleet
 from immunity.analysis.bake import Cohorts, bake
 from immunity.config.models import Config
 from immunity.domain import Cohort, utcnow
+from immunity.errors import PreflightError
 from immunity.hosts.local import LocalDriver
 from immunity.sandbox import fleet
 from immunity.sandbox.load import read_records, run_load
@@ -178,3 +179,35 @@ async def test_counter_mode_counts_the_first_look_of_a_bake(
     window = (began.timestamp(), looks[-1]["window"][1] + config.bake.lag)
     sent = [r for r in read_records(out) if window[0] <= r["at"] <= window[1] and r["status"] > 0]
     assert abs(counted - len(sent)) <= 0.1 * len(sent), (counted, len(sent))
+
+
+async def test_an_access_log_that_sees_none_of_the_traffic_haproxy_serves_is_refused(
+    hx: Fleet, tmp_path: Path
+) -> None:
+    """New-user trial: access_log pointed at an empty file while HAProxy served the pool;
+    preflight passed and the judge never saw a customer. HAProxy's own counters (show stat
+    `lastsess`) now contradict the log: PreflightError naming the file and the counts. The
+    real log, read after the same traffic, passes and says what it saw."""
+    empty = hx.dir / "haproxy" / "empty.log"
+    empty.write_text("")
+    summary = await run_load(hx.info.url + "/", 100, 1.0, tmp_path / "load.jsonl")
+    assert summary.requests == 100
+    await anyio.sleep(0.3)  # the last log lines are written as the answers leave
+    wrong = HAProxySource(
+        HAProxySource.Settings(
+            name="lb", access_log="haproxy/empty.log", socket="haproxy/admin.sock"
+        ),
+        base_dir=hx.dir,
+    )
+    with pytest.raises(PreflightError) as exc:
+        await wrong.preflight(hx.hosts)
+    assert str(empty) in exc.value.message and "last session" in exc.value.message
+    assert "h1 " in exc.value.message and "requests in all" in exc.value.message
+    right = HAProxySource(
+        HAProxySource.Settings(
+            name="lb", access_log="haproxy/access.log", socket="haproxy/admin.sock"
+        ),
+        base_dir=hx.dir,
+    )
+    said = await right.preflight(hx.hosts)
+    assert "request(s) in the last 60 s" in said
