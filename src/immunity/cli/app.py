@@ -299,8 +299,6 @@ def _run_reported(
             quantiles=_quantiles(fleet),
             live=live and rep is None,
         )
-        if title in ("resuming", "reverting"):
-            await _replay_journal(fleet, table)
         if show_table:
             fleet.sinks.append(table)
         fleet.sinks.append(_ReportPreload())
@@ -315,40 +313,6 @@ def _run_reported(
         rep,
         config,
         to_stderr=isinstance(rep, ci.JsonLinesReporter),
-    )
-
-
-async def _replay_journal(fleet: Fleet, table: Any) -> None:
-    """Show the interrupted deployment's state so far (hosts, the bake's checks and evidence)
-    before `resume` goes on; a journal that cannot be read here is read again by the run."""
-    from immunity.domain import Event
-
-    try:
-        record = await fleet.journal.deployments(fleet.app)
-        unfinished = [r for r in record if r.outcome != "rejected"]
-        if not unfinished:
-            return
-        last = unfinished[-1]
-        entries = await fleet.journal.entries(last.id)
-    except ImmunityError:
-        return
-    table.replay(
-        [
-            Event(
-                kind=e.kind,
-                app=fleet.app,
-                deployment_id=last.id,
-                release=last.release,
-                message="",
-                at=e.at,
-                data={
-                    **dict(e.data),
-                    **({"host": e.host} if e.host else {}),
-                    **({"step": e.step} if e.step else {}),
-                },
-            )
-            for e in entries
-        ]
     )
 
 
@@ -537,13 +501,27 @@ def rollback(
 def status(
     config: ConfigOpt,
     json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 4 when the fleet is not steady (mixed releases, a host out of the pool, "
+            "the last run unfinished, a disagreement) and no run is in progress.",
+        ),
+    ] = False,
 ) -> None:
-    """Ask the hosts and the balancer (not only the journal) what each host serves."""
+    """Ask the hosts and the balancer (not only the journal) what each host serves.
+
+    Exits 0 once it could read the fleet, steady or not (its last line says which); with
+    `--check`, 4 when the fleet needs attention and no run is in progress."""
     from immunity.engine import ops
 
     data: dict[str, Any] = _with_fleet(config, ops.status)
+    needs_human = check and not data["steady"] and not data["running"]
     if json_flag:
         write_json(data, "-")
+        if needs_human:
+            raise typer.Exit(4)
         return
     from rich.table import Table
 
@@ -568,6 +546,15 @@ def status(
     if data["last_deployment"]:
         d = data["last_deployment"]
         out.print(f"last deployment: {d['release']} {d['outcome']} ({d['id']})", markup=False)
+    if data["steady"]:
+        out.print("fleet: steady (one release, every host serving, the last run finished)")
+    else:
+        out.print("[red]fleet: not steady[/]", highlight=False)
+        for line in data["attention"]:
+            if not line.startswith("disagreement: "):  # printed above
+                out.print("  " + escape(line), highlight=False)
+    if needs_human:
+        raise typer.Exit(4)
 
 
 @app.command()

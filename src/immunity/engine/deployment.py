@@ -15,7 +15,6 @@ Everything is journaled before and after; `resume` continues from the journal.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -77,6 +76,7 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
     Raises PreflightError naming what to fix.
     """
     cfg = fleet.config
+    await refuse_over_unfinished(fleet)
     for check in cfg.checks:  # a check the judge cannot build is a config error, found now
         build_judge(check, cfg.judge, cfg.bake.min)
     for adapter in (fleet.lb, fleet.driver, *fleet.signals.values(), *fleet.notifiers):
@@ -107,6 +107,41 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
             f"`immunity resume -c {fleet.loaded.path}` finishes it first",
         )
     return await fallbacks_for(fleet, release, {k: v for k, v in actives.items() if v})
+
+
+UNFINISHED = (None, "interrupted", "terminated", "superseded")
+
+
+async def refuse_over_unfinished(fleet: Fleet) -> None:
+    """PreflightError when the app's last run (a deployment or a rollback) did not end: no
+    outcome (its process died), or stopped by a signal. A new deployment on top of it would
+    take the hosts it left on its release for the fleet's "previous" release, and the
+    interrupted run could no longer be resumed or aborted. The lease check comes first (a
+    live holder is refused with LeaseHeld), so an unfinished record here has no live run.
+    """
+    records = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome != "rejected"]
+    if not records or records[-1].outcome not in UNFINISHED:
+        return
+    last = records[-1]
+    what = "rollback" if last.data.get("rollback") else "deployment"
+    state = last.outcome or "unfinished (its process ended without an outcome)"
+    on: dict[str, list[str]] = {}
+    for h in fleet.hosts:
+        try:
+            active = await fleet.driver.active_release(h) or "no release"
+        except ImmunityError as exc:
+            active = f"unknown ({exc.message})"
+        on.setdefault(active, []).append(h.name)
+    fleet_now = "; ".join(f"{', '.join(names)} on {rel}" for rel, names in on.items())
+    mixed = "mixed: " if len(on) > 1 else ""
+    cfg = fleet.loaded.path
+    raise PreflightError(
+        f"preflight failed, nothing was touched: the last {what} of {fleet.app}, "
+        f"{last.id} ({last.release}), is {state}; the fleet is {mixed}{fleet_now}",
+        hint=f"finish it with `immunity resume -c {cfg}`, or undo it with `immunity resume "
+        f"-c {cfg} --abort` (every host back on the release it ran before it); then deploy",
+        context={"deployment_id": last.id, "outcome": last.outcome, "fleet": on},
+    )
 
 
 def pool_problems(
@@ -148,23 +183,15 @@ def pool_problems(
 
 
 async def fallbacks_for(fleet: Fleet, release: str, actives: Mapping[str, str]) -> dict[str, str]:
-    """Each host's fallback: its active release, or, for hosts already on `release`, the
-    fleet's most common other release (else the host's previous installed release)."""
-    others = Counter(r for r in actives.values() if r != release)
-    common = others.most_common(1)[0][0] if others else None
-    out: dict[str, str] = {}
-    for h in fleet.hosts:
-        active = actives.get(h.name)
-        if active and active != release:
-            out[h.name] = active
-            continue
-        if common:
-            out[h.name] = common
-            continue
-        installed = [r for r in await fleet.driver.installed_releases(h) if r != release]
-        if installed:
-            out[h.name] = installed[-1]
-    return out
+    """Each host's fallback: the release it serves now, as the host reports it (observed at
+    the run's start), hosts already on `release` included (their revert leaves them there).
+
+    Never a release the host did not serve: not the fleet's most common other release, not
+    an earlier installed one (a revert that installed those put hosts on releases nobody had
+    judged, e.g. a rejected one left on a host by an interrupted deployment).
+    """
+    del release  # the fallback does not depend on what is rolled out
+    return {h.name: actives[h.name] for h in fleet.hosts if actives.get(h.name)}
 
 
 # -- the waves --------------------------------------------------------------------------
@@ -231,7 +258,8 @@ class Rollout:
                     **seen,
                 )
                 for name, said in self.fleet.signal_views.items():
-                    await run.rec.record("signal.checked", said, signal=name)
+                    # the sentence itself is journaled: the message goes to the sinks only
+                    await run.rec.record("signal.checked", said, signal=name, seen=said)
             await self._with_impact(self._waves(waves, abort))
         except (JournalError, LeaseLost):
             raise  # change nothing more
@@ -307,11 +335,21 @@ class Rollout:
                 break
             if i in view.passed_waves and not todo:
                 continue
+            names = {h.name for h in todo}
+            left = [h.name for h in self.cohorts().baseline if h.name not in names]
+            alone = (
+                ""
+                if left or (i == len(waves) and self.holdback is None)
+                else " (no host stays on the old release to compare with: the comparisons "
+                "are not judged, guard rails only)"
+            )
             await run.rec.record(
                 "wave.started",
-                f"wave {i}: {[h.name for h in todo]}",
+                f"wave {i}: {[h.name for h in todo]}{alone}",
                 wave=i,
                 hosts=[h.name for h in todo],
+                baseline=left,
+                **({"no_baseline": alone.strip(" ()")} if alone else {}),
             )
             last = i == len(waves)
             verdict, switch_error = await self._wave(i, todo, last)
@@ -460,6 +498,8 @@ class Rollout:
                 not first_in_at or self.fleet.clock.monotonic() - first_in_at[0] >= min_s
             )
 
+        names = {h.name for h in hosts}
+        baseline_left = [h for h in self.cohorts().baseline if h.name not in names]
         admit = run.on_stop(anyio.CancelScope())
         judging = run.on_stop(anyio.CancelScope())
         errors: list[ImmunityError] = []
@@ -502,10 +542,9 @@ class Rollout:
                 with judging:
                     if view.canary and not errors:
                         # the last wave has a baseline only when a holdback stays on the old
-                        # release
-                        relative = (not last or self.holdback is not None) and bool(
-                            self.cohorts().baseline
-                        )
+                        # release; a host of this wave is no baseline (it leaves the old
+                        # release now), so a wave that leaves none judges on guard rails only
+                        relative = (not last or self.holdback is not None) and bool(baseline_left)
                         verdict = await self._bake(i, relative=relative, may_pass=may_pass)
                 if verdict is None or verdict.outcome is Outcome.FAIL:
                     admit.cancel()  # start no more hosts of this wave

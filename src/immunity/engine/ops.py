@@ -103,6 +103,54 @@ async def status(fleet: Fleet) -> dict[str, Any]:
             "finished_at": record.finished_at.isoformat() if record.finished_at else None,
             "reason": record.reason,
         }
+    running = out["lease"] is not None and out["lease"]["holder_alive"] is not False
+    out["attention"] = attention(fleet, hosts, record, disagreements, running=running)
+    out["running"] = running
+    out["steady"] = not out["attention"]
+    return out
+
+
+def attention(
+    fleet: Fleet,
+    hosts: Sequence[dict[str, Any]],
+    record: DeploymentRecord | None,
+    disagreements: Sequence[str],
+    *,
+    running: bool,
+) -> list[str]:
+    """What keeps the fleet from being steady (one release, every host serving, the last
+    run finished), one line each with the way out; empty when steady. `hosts` are
+    `status`'s rows."""
+    cfg = fleet.loaded.path
+    out: list[str] = []
+    on: dict[str, list[str]] = {}
+    for h in hosts:
+        on.setdefault(h["active_release"] or "no release", []).append(h["name"])
+    if len(on) > 1:
+        out.append(
+            "the fleet is mixed: "
+            + "; ".join(f"{', '.join(names)} on {rel}" for rel, names in on.items())
+        )
+    for h in hosts:
+        if h["lb_state"] != "serving":
+            out.append(f"{h['name']} is not serving ({h['lb_state']})")
+    if record is not None and not running:
+        what = "rollback" if record.data.get("rollback") else "deployment"
+        if record.outcome in (None, "interrupted", "terminated"):
+            out.append(
+                f"the last {what}, {record.id} ({record.release}), is "
+                f"{record.outcome or 'unfinished'}: `immunity resume -c {cfg}` finishes it, "
+                f"`immunity resume -c {cfg} --abort` undoes it; a new deploy is refused until then"
+            )
+        elif record.outcome in ("revert_incomplete", "failed"):
+            out.append(
+                f"the last {what}, {record.id} ({record.release}), ended {record.outcome}: "
+                f"`immunity show -c {cfg} {record.id}` says what is left; `immunity rollback "
+                f"-c {cfg}` puts every host back on the release it ran before it"
+            )
+    if running:
+        out.append(f"a run is in progress ({record.id if record else 'lease held'})")
+    out.extend(f"disagreement: {d}" for d in disagreements)
     return out
 
 

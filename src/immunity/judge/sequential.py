@@ -358,6 +358,22 @@ def _z(num: FloatArray, var: FloatArray) -> FloatArray:
     return np.where(ok, num / np.sqrt(np.where(ok, var, 1.0)), -np.inf)
 
 
+NO_BASELINE = (
+    "no baseline requests yet: a comparison does not pass without its baseline (no data is "
+    "never a pass)"
+)
+
+
+def no_baseline_at_max(base_requests: int) -> str | None:
+    """Why a comparison cannot pass at max bake: no baseline request in the whole bake."""
+    if base_requests > 0:
+        return None
+    return (
+        "no baseline requests in the whole bake: nothing to compare the canary with (no host "
+        "left on the old release, or the signal does not see it); no data is never a pass"
+    )
+
+
 class ErrorsJudge:
     """Canary 5xx vs baseline 5xx: sequential FAIL / PASS tests plus the catastrophe tier."""
 
@@ -529,6 +545,8 @@ class ErrorsJudge:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         log_pass = self._log_e_pass()
         if t_s >= self.min_bake_s and log_pass >= self.pass_log_threshold:
+            if self.n_b == 0:  # the floor route alone: no comparison was made
+                return self._result(Outcome.CONTINUE, f"{self._rates()}: {NO_BASELINE}", t_s)
             return self._pass(
                 f"{self._rates()}: no regression of ×{self.config.error_bad:g} odds or more "
                 f"(pass e-value {evalue(log_pass)} ≥ {math.exp(self.pass_log_threshold):g}) "
@@ -593,6 +611,9 @@ class ErrorsJudge:
                 t_s,
             )
             return self.failed
+        empty = no_baseline_at_max(self.n_b)
+        if empty is not None:
+            return self._result(Outcome.INCONCLUSIVE, f"{self._rates()}: {empty}", t_s)
         log_pass = self._log_e_pass()
         if log_pass >= self.pass_log_threshold:
             return self._pass(
@@ -682,6 +703,7 @@ class LatencyJudge:
         ]
         self.freezers = [self._freezer(q) for q in self.quantiles]
         self.base_total = 0
+        self.base_seen = 0  # baseline requests of this bake (thresholds may be carried in)
         self.bounds: tuple[float, ...] = ()
         self.index: NDArray[np.intp] = np.zeros(self.k, dtype=np.intp)
         self.n_c = np.zeros(self.k, dtype=np.int64)
@@ -866,6 +888,7 @@ class LatencyJudge:
                 return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
             return self.passed
         if canary.available and baseline.available:
+            self.base_seen += max(baseline.requests, 0)
             self.blocked = self._add(t_s, dt, canary, baseline) or self.blocked
         log_fail = np.where(self.active, self.evidence.log_fail, -np.inf)
         worst = int(np.argmax(log_fail))
@@ -882,6 +905,8 @@ class LatencyJudge:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         log_pass, weakest = self._pass_level()
         if t_s >= self.min_bake_s and log_pass >= self.pass_log_threshold:
+            if self.base_seen == 0:  # thresholds carried from an earlier bake, no baseline now
+                return self._result(Outcome.CONTINUE, NO_BASELINE, t_s)
             return self._pass(
                 f"no latency regression of ×{self.config.latency_bad:g} odds or more at "
                 f"{self._thresholds_text()}; closest: {self._describe(weakest)} (pass e-value "
@@ -927,6 +952,9 @@ class LatencyJudge:
             return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
         active = self.active
         ev = self.evidence
+        empty = no_baseline_at_max(self.base_seen)
+        if empty is not None:
+            return self._result(Outcome.INCONCLUSIVE, empty, t_s)
         if not active.all():
             missing = [lb for lb, a in zip(self.labels, active, strict=True) if not a]
             return self._result(

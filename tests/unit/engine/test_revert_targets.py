@@ -1,0 +1,196 @@
+"""Revert targets are what each host served when the run started, observed; a deployment is
+refused over an unfinished one. In virtual time over the in-memory fleet; the fleet's own
+state (`World`) and every release the driver started are read back.
+
+Seen in a new-user trial: a deploy over an interrupted one took the bad release the
+interrupted run left on h1 for the fleet's "previous" release, and a later deploy's revert
+installed it on hosts the deployment never touched."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import anyio
+import pytest
+
+from immunity.domain import LbState
+from immunity.engine import ops
+from immunity.engine.deployment import deploy
+from immunity.engine.dryrun import dry_run
+from immunity.errors import PreflightError
+from immunity.testing import Behaviour, Latencies, VirtualClock, World, memory_fleet
+
+LAT = Latencies.realistic()
+RELEASES = {
+    "v12": Behaviour(error_rate=0.01),
+    "v13": Behaviour(error_rate=0.05),
+    "v14": Behaviour(error_rate=0.05),
+}
+CONFIG: dict[str, Any] = {
+    "waves": [1, "100%"],
+    "max_unavailable": 1,
+    "bake": {"min": 20, "max": 300, "interval": 1, "lag": 0},
+    "timeouts": {"drain": 30, "revert": 600},
+    "guard": {"duration": 0},
+}
+
+
+def fleet_on(
+    actives: dict[str, str], clock: VirtualClock
+) -> tuple[Any, World, list[tuple[str, str]]]:
+    """A fleet whose hosts run `actives`; the list records every (host, release) started."""
+    fleet, world = memory_fleet(
+        list(actives), clock=clock, latencies=LAT, releases=RELEASES, config=CONFIG
+    )
+    for name, rel in actives.items():
+        world.hosts[name].active = rel
+        world.hosts[name].installed = [rel]
+    started: list[tuple[str, str]] = []
+    start = fleet.driver.start
+
+    async def recording_start(host: Any, release: str) -> None:
+        started.append((host.name, release))
+        await start(host, release)
+
+    fleet.driver.start = recording_start  # type: ignore[method-assign]
+    return fleet, world, started
+
+
+def on(world: World) -> dict[str, tuple[str | None, LbState]]:
+    return {n: (s.active, s.lb) for n, s in world.hosts.items()}
+
+
+async def interrupted_deploy(fleet: Any, world: World, clock: VirtualClock, release: str) -> Any:
+    """Deploy `release` and SIGINT 4 s after its first canary is back in the pool."""
+
+    async def ctrl_c() -> None:
+        while not any(
+            s.active == release and s.lb is LbState.SERVING for s in world.hosts.values()
+        ):
+            await clock.sleep(0.5)
+        await clock.sleep(4)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ctrl_c)
+        return await deploy(fleet, release, handle_signals=True)
+
+
+def test_a_deploy_over_an_interrupted_one_is_refused_and_abort_restores_one_release() -> None:
+    """Finding 1/2: v13 interrupted in its wave-1 bake (h1 on v13); `deploy v14` and its
+    dry run are refused, nothing touched, naming the run, the fleet and the way out;
+    `resume --abort` puts every host back on v12; then a deploy is accepted again."""
+    clock = VirtualClock()
+    fleet, world, started = fleet_on({f"h{i}": "v12" for i in range(1, 6)}, clock)
+
+    async def main() -> tuple[Any, str, str, dict[str, Any], Any, Any]:
+        first = await interrupted_deploy(fleet, world, clock, "v13")
+        before = on(world), list(started)
+        refusals = []
+        for attempt in (deploy(fleet, "v14", handle_signals=False), dry_run(fleet, "v14")):
+            with pytest.raises(PreflightError) as exc:
+                await attempt
+            refusals.append(exc.value)
+        assert (on(world), started) == before  # nothing touched
+        status = await ops.status(fleet)
+        aborted = await ops.resume(fleet, abort=True)
+        after = await deploy(fleet, "v12", handle_signals=False)
+        return first, refusals[0].message, refusals[0].hint or "", status, aborted, after
+
+    first, message, hint, status, aborted, after = clock.run(main)
+    assert first.outcome == "interrupted", first.reason
+    assert first.deployment_id in message and "interrupted" in message
+    assert "mixed" in message and "h1 on v13" in message and "h2, h3, h4, h5 on v12" in message
+    assert "immunity resume" in hint and "--abort" in hint
+    assert status["steady"] is False
+    assert any("interrupted" in a for a in status["attention"])
+    assert any("mixed" in a for a in status["attention"])
+    assert aborted.outcome == "reverted", aborted.reason
+    assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 6)}
+    assert after.outcome == "deployed"  # nothing to switch, but no longer refused
+    assert ("h2", "v13") not in started and ("h1", "v14") not in started
+
+
+def test_a_crashed_run_is_refused_too_until_resumed() -> None:
+    """A run whose process died (no outcome, lease expired) refuses the next deploy the
+    same way; plain `resume` finishes it (here: v13 found worse, every host back on v12)."""
+    clock = VirtualClock()
+    fleet, _, started = fleet_on({f"h{i}": "v12" for i in range(1, 4)}, clock)
+
+    async def main() -> tuple[str, Any]:
+        rec = await fleet.journal.begin(fleet.app, "v13", {"fallbacks": {"h1": "v12"}})
+        del rec  # begun, never finished: the orchestrator died before its first step
+        with pytest.raises(PreflightError) as exc:
+            await deploy(fleet, "v14", handle_signals=False)
+        return exc.value.message, await ops.resume(fleet)
+
+    message, resumed = clock.run(main)
+    assert "unfinished" in message
+    assert resumed.outcome in ("reverted", "deployed")
+    assert ("h1", "v14") not in started
+
+
+def test_a_revert_puts_each_host_back_on_what_it_served_and_installs_nothing_else() -> None:
+    """Finding 1d: h1 on v13, h2..h5 on v12, `deploy v12`. h1's start fails; the revert puts
+    h1 back on v13 (what it served) and leaves h2..h5 on v12: v13 is started on no other
+    host. The wave had no host left on the old release: reported, guard rails only."""
+    clock = VirtualClock()
+    fleet, world, started = fleet_on({"h1": "v13", **{f"h{i}": "v12" for i in range(2, 6)}}, clock)
+    world.fail_once[("h1", "start")] = "exit 1"
+
+    async def main() -> tuple[Any, list[Any], dict[str, Any]]:
+        plan = await dry_run(fleet, "v12")
+        result = await deploy(fleet, "v12", handle_signals=False)
+        return result, list(await fleet.journal.entries(result.deployment_id)), plan
+
+    result, entries, plan = clock.run(main)
+    assert plan["fallbacks"] == {"h1": "v13", **{f"h{i}": "v12" for i in range(2, 6)}}
+    assert result.fallbacks == plan["fallbacks"]
+    assert result.outcome == "reverted", result.reason
+    assert world.hosts["h1"].active == "v13"  # what it served: its revert target, observed
+    for i in range(2, 6):
+        assert world.hosts[f"h{i}"].active == "v12"
+        assert (f"h{i}", "v13") not in started
+    wave1 = next(e for e in entries if e.kind == "wave.started")
+    assert wave1.data["baseline"] == [] and "guard rails only" in wave1.data["no_baseline"]
+
+
+def test_a_wave_without_a_baseline_left_judges_guard_rails_only_and_never_compares() -> None:
+    """Finding 3: the only host left on the old release is wave 1's. The bake is told so
+    (`relative` false) and no comparison check passes against an empty baseline."""
+    clock = VirtualClock()
+    fleet, world, _ = fleet_on({"h1": "v13", **{f"h{i}": "v12" for i in range(2, 6)}}, clock)
+
+    async def main() -> list[Any]:
+        result = await deploy(fleet, "v12", handle_signals=False)
+        return list(await fleet.journal.entries(result.deployment_id))
+
+    entries = clock.run(main)
+    bake = next(e for e in entries if e.kind == "bake.started")
+    assert bake.data["relative"] is False
+    for e in entries:
+        for c in (e.data.get("verdict") or {}).get("checks", []):
+            assert not (c.get("outcome") == "pass" and c.get("name") in ("errors", "latency")), c
+    assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 6)}
+
+
+def test_signal_checked_journals_what_the_signal_saw() -> None:
+    """Finding 4: the journal's `signal.checked` held only `{"signal": "lb"}`; the sentence
+    the signal's preflight returned (what it sees of current traffic) is journaled now."""
+    clock = VirtualClock()
+    fleet, _, _ = fleet_on({f"h{i}": "v12" for i in range(1, 4)}, clock)
+    said = "lb: access.log shows 412 request(s) in the last 60 s on h1, h2, h3"
+
+    async def preflight(hosts: Any) -> str:
+        return said
+
+    fleet.signals["lb"].preflight = preflight  # type: ignore[attr-defined]
+
+    async def main() -> list[Any]:
+        result = await deploy(fleet, "v13", handle_signals=False)
+        return list(await fleet.journal.entries(result.deployment_id))
+
+    checked = [e for e in clock.run(main) if e.kind == "signal.checked"]
+    assert [dict(e.data) for e in checked] == [{"signal": "lb", "seen": said}]
