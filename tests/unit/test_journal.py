@@ -204,3 +204,22 @@ def test_the_lease_rule_every_journal_applies(
     assert info.value.hint == (
         "wait for it to finish" if live else "run `immunity resume -c FILE` to finish or undo it"
     )
+
+
+@pytest.mark.anyio
+async def test_a_closed_journal_refuses_calls_and_closing_twice_is_harmless(
+    tmp_path: Path,
+) -> None:
+    """close() finishes what was asked, ends the writer thread; later calls raise
+    JournalError instead of waiting for a writer that is gone."""
+    j = SqliteJournal(tmp_path / "j.db")
+    d = await j.begin("shop", "v2", {})
+    await j.append(d.id, "deployment.started")
+    writer = j._writer
+    await j.close()
+    await j.close()
+    assert writer is not None and not writer.is_alive()
+    with pytest.raises(JournalError, match="closed"):
+        await j.append(d.id, "host.step_started")
+    with sqlite3.connect(tmp_path / "j.db") as c:
+        assert [k for (k,) in c.execute("SELECT kind FROM entries")] == ["deployment.started"]

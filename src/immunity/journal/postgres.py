@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -579,13 +578,7 @@ class PostgresJournal:
         """`fn(*args, **kw)` run on the journal's loop, awaited from the engine's loop without
         tying up a worker thread (so appends of many hosts reach the journal at once and
         share commits); shielded, and `JournalError` past the deadline."""
-        try:
-            caller = asyncio.get_running_loop()
-        except RuntimeError:  # another anyio backend: wait in a worker thread
-            with anyio.CancelScope(shield=True):
-                return await anyio.to_thread.run_sync(
-                    functools.partial(self._call, fn, *args, **kw)
-                )
+        caller = asyncio.get_running_loop()  # anyio on asyncio, as the engine runs
         done: asyncio.Future[T] = caller.create_future()
 
         async def run() -> T:

@@ -112,14 +112,13 @@ class _Call:
     """One journal call queued for the writer thread.
 
     `append` (an `_Append`) calls are grouped; `fn` calls run alone. The writer sets
-    `result` or `error` and then wakes the caller through `loop` (asyncio) or `done`.
+    `result` or `error` and then settles `future` on the caller's `loop`.
     """
 
     fn: Callable[[], Any] | None = None
     append: _Append | None = None
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[Any] | None = None
-    done: threading.Event | None = None
     result: Any = None
     error: BaseException | None = None
 
@@ -194,18 +193,7 @@ class SqliteJournal:
         if self._closed:
             raise JournalError(f"the journal {self.path} is closed")
         self._start()
-        try:
-            call.loop = asyncio.get_running_loop()
-        except RuntimeError:  # another anyio backend: wait for the writer in a worker thread
-            call.done = threading.Event()
-        if call.loop is None:
-            assert call.done is not None
-            self._queue.put(call)
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(call.done.wait)
-            if call.error is not None:
-                raise call.error
-            return call.result
+        call.loop = asyncio.get_running_loop()  # anyio on asyncio, as the engine runs
         call.future = call.loop.create_future()
         self._queue.put(call)
         with anyio.CancelScope(shield=True):  # asked for: it happens whole or raises
@@ -256,9 +244,7 @@ class SqliteJournal:
         """Wake every caller of `calls`: one hop per event loop, not one per call."""
         by_loop: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
         for c in calls:
-            if c.done is not None:
-                c.done.set()
-            elif c.loop is not None:
+            if c.loop is not None:
                 by_loop.setdefault(c.loop, []).append(c)
         for loop, cs in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
