@@ -293,3 +293,89 @@ def test_history_rate_counts_only_judged_releases_and_a_resumed_run_is_not_inter
     text = " ".join(history_lines(f, data["deployments"]).split())
     assert "change-failure rate 33% (1 of 3 judged found worse; 2 not judged" in text
     assert "1 interrupted (not finished); 1 resumed and finished" in text
+
+
+def _probe_view() -> tuple[LiveView, io.StringIO]:
+    buf = io.StringIO()
+    view = LiveView(
+        title="deploying v3",
+        hosts=HOSTS[:3],
+        live=False,
+        console=Console(file=buf, width=300, color_system=None),
+    )
+    names = ["errors", "error-rate-guard", "errors (probe)", "error-rate-guard (probe)"]
+    view(ev("bake.started", "wave 1", wave=1, bake=1, purpose="wave", checks=names,
+            kinds={n: "errors" if "guard" not in n else "error_rate_max" for n in names},
+            signals={n: "probe" if n.endswith("(probe)") else "lb" for n in names},
+            needed={n: {"e_fail_needed": 600, "e_pass_needed": 40} for n in names},
+            min_s=20, max_s=90))  # fmt: skip
+    return view, buf
+
+
+def _row(view: LiveView, name: str) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=200, color_system=None).print(view._checks_table(200))
+    return next(line for line in buf.getvalue().splitlines() if line.strip().startswith(name))
+
+
+def test_a_row_decided_by_the_probe_shows_the_probes_values_and_bars() -> None:
+    """Customers and probe both bring traffic; the probe certifies the pass (its e-value
+    651.9 ≥ 20, the customers' 20.8 < 40): the row shows the probe's counts and its bar,
+    as the verdict's sentence does ("on probe traffic: ..."), not the customers' 1.0/40."""
+    view, _ = _probe_view()
+    view(ev("bake.looked", "continue", look=30, t_s=30.0,
+            obs={"lb": {"canary": {"n": 40, "x": 0}, "baseline": {"n": 160, "x": 0}},
+                 "probe": {"canary": {"n": 366, "x": 0}, "baseline": {"n": 1464, "x": 0}}},
+            checks={"errors": {"o": "pass", "r": "on probe traffic: canary 5xx 0% ...",
+                               "s": {"e_fail": 1, "e_pass": 20.8,
+                                     "probe_e_fail": 0.03, "probe_e_pass": 651.9}},
+                    "error-rate-guard": {"o": "continue",
+                                         "s": {"e_fail": 1, "e_pass": 20.8,
+                                               "probe_e_fail": 1000, "probe_e_pass": 1}}},
+            outcome="continue"))  # fmt: skip
+    errors = _row(view, "errors")
+    assert "of 366 (probe)" in errors and "652/40" in errors and "pass" in errors, errors
+    # the customers brought traffic and speak for the guard: their numbers, their bars
+    guard = _row(view, "error-rate-guard")
+    assert "of 40" in guard and "(probe)" not in guard, guard
+    assert "1.0/600" in guard and "21/40" in guard, guard  # not the probe's 1k/600
+
+
+def test_a_decided_row_without_a_sentence_shows_the_side_that_reached_its_bar() -> None:
+    """No sentence journaled for the look: a pass whose customers' e-value (20.8) is under
+    its bar (40) while the probe's (651.9) is over it was the probe's; a fail whose
+    customers' e-value reached 600 was the customers'."""
+    view, _ = _probe_view()
+    view(ev("bake.looked", "x", look=30, t_s=30.0,
+            obs={"lb": {"canary": {"n": 40, "x": 0}, "baseline": {"n": 160, "x": 0}},
+                 "probe": {"canary": {"n": 366, "x": 9}, "baseline": {"n": 1464, "x": 0}}},
+            checks={"errors": {"o": "pass", "s": {"e_pass": 20.8, "probe_e_pass": 651.9}},
+                    "error-rate-guard": {"o": "fail",
+                                         "s": {"e_fail": 700, "probe_e_fail": 5000}}},
+            outcome="fail"))  # fmt: skip
+    assert "(probe)" in _row(view, "errors")
+    guard = _row(view, "error-rate-guard")
+    assert "(probe)" not in guard and "700/600" in guard, guard
+
+
+def test_resume_replays_the_bake_so_far_so_the_table_counts_what_the_judge_counts() -> None:
+    """`resume` takes up a bake whose looks are in the journal (the judges replay them): the
+    view, given those entries first, shows the checks with their kinds and the counts of
+    every look, before and after the resume ("420 vs 412 requests", not "no requests")."""
+    view = LiveView(title="resuming", hosts=HOSTS[:3], live=False,
+                    console=Console(file=io.StringIO(), width=200, color_system=None))  # fmt: skip
+    started = ev("bake.started", "", wave=1, bake=1, purpose="wave", checks=["errors"],
+                 kinds={"errors": "errors"}, signals={"errors": "lb"},
+                 needed={"errors": {"e_fail_needed": 300, "e_pass_needed": 40}},
+                 min_s=20, max_s=90)  # fmt: skip
+
+    def look(i: int, n_c: int, n_b: int) -> Event:
+        return ev("bake.looked", "", look=i, t_s=float(i), outcome="continue",
+                  obs={"lb": {"canary": {"n": n_c, "x": 1}, "baseline": {"n": n_b, "x": 0}}},
+                  checks={"errors": {"o": "continue", "s": {"e_fail": 2.0, "e_pass": 3.0}}})  # fmt: skip
+
+    view.replay([started, look(1, 200, 200), look(2, 200, 200)])
+    view(ev("bake.resumed", "", wave=1, bake=1, looks=2, t_s=2.0))
+    view(look(3, 20, 12))
+    row = _row(view, "errors")
+    assert "of 420" in row and "of 412" in row and "3.0/40" in row, row

@@ -299,6 +299,8 @@ def _run_reported(
             quantiles=_quantiles(fleet),
             live=live and rep is None,
         )
+        if title in ("resuming", "reverting"):
+            await _replay_journal(fleet, table)
         if show_table:
             fleet.sinks.append(table)
         fleet.sinks.append(_ReportPreload())
@@ -313,6 +315,40 @@ def _run_reported(
         rep,
         config,
         to_stderr=isinstance(rep, ci.JsonLinesReporter),
+    )
+
+
+async def _replay_journal(fleet: Fleet, table: Any) -> None:
+    """Show the interrupted deployment's state so far (hosts, the bake's checks and evidence)
+    before `resume` goes on; a journal that cannot be read here is read again by the run."""
+    from immunity.domain import Event
+
+    try:
+        record = await fleet.journal.deployments(fleet.app)
+        unfinished = [r for r in record if r.outcome != "rejected"]
+        if not unfinished:
+            return
+        last = unfinished[-1]
+        entries = await fleet.journal.entries(last.id)
+    except ImmunityError:
+        return
+    table.replay(
+        [
+            Event(
+                kind=e.kind,
+                app=fleet.app,
+                deployment_id=last.id,
+                release=last.release,
+                message="",
+                at=e.at,
+                data={
+                    **dict(e.data),
+                    **({"host": e.host} if e.host else {}),
+                    **({"step": e.step} if e.step else {}),
+                },
+            )
+            for e in entries
+        ]
     )
 
 

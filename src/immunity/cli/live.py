@@ -117,6 +117,9 @@ class _Check:
     lat: dict[str, list[float]] = field(default_factory=lambda: {"canary": [], "baseline": []})
     probed: bool = False
     """The check also judges probe traffic (its "(probe)" twin, merged into this row)."""
+    reason: str = ""
+    """The check's last journaled sentence (`r`): "on probe traffic: ..." when the probe
+    decided or speaks for it."""
     pn: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
     px: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
     plat: dict[str, list[float]] = field(default_factory=lambda: {"canary": [], "baseline": []})
@@ -174,6 +177,15 @@ class LiveView:
             self._live.refresh()
         else:
             self._print(event)
+
+    def replay(self, events: Sequence[Event]) -> None:
+        """Take up an interrupted run's journal before `resume` goes on: the bake's checks
+        (kinds, signals, bars) and the evidence of its looks so far, which the judges replay
+        too, so the table counts what the verdict line counts (it showed "no requests" and
+        empty bars next to "420 vs 412 requests"). Nothing is printed."""
+        for event in events:
+            self.apply(event)
+        self.verdict = ""
 
     def apply(self, event: Event) -> None:
         """Update the view's state from one event."""
@@ -264,6 +276,8 @@ class LiveView:
             chk = self.checks.setdefault(name, _Check(name))
             chk.state = str(c.get("o", chk.state))
             chk.stats = c.get("s") or chk.stats
+            if c.get("r") is not None or chk.state == "continue":
+                chk.reason = str(c.get("r") or "")
             sources = [(obs.get(chk.signal) or {}, chk.n, chk.x, chk.lat)]
             if chk.probed:
                 sources.append((obs.get(PROBE_SIGNAL) or {}, chk.pn, chk.px, chk.plat))
@@ -403,8 +417,8 @@ class LiveView:
                 Text(c.name),
                 Text(canary) if isinstance(canary, str) else canary,
                 Text(baseline) if isinstance(baseline, str) else baseline,
-                bar(_max_stat(c.stats, "e_fail"), _needed(c, "e_fail_needed"), bw),
-                bar(_min_stat(c.stats, "e_pass"), _needed(c, "e_pass_needed"), bw),
+                bar(_max_stat(c.stats, "e_fail", on_probe(c)), _needed(c, "e_fail_needed"), bw),
+                bar(_min_stat(c.stats, "e_pass", on_probe(c)), _needed(c, "e_pass_needed"), bw),
                 Text(c.state, style=STATE_STYLE.get(c.state, "")),
             )
         return t
@@ -412,16 +426,16 @@ class LiveView:
     def _values(self, c: _Check, *, wide: bool) -> tuple[str, str]:
         """The canary's and the baseline's value so far in this bake, in the check's terms."""
         out = []
+        probe_side = on_probe(c)
         for cohort in ("canary", "baseline"):
             n, x, lats = c.n[cohort], c.x[cohort], c.lat[cohort]
-            on_probe = c.probed and not n and c.pn[cohort] > 0
-            if on_probe:  # no customers: the values are the probe's
+            if probe_side:  # the probe speaks for the check: its values, as the summary's
                 n, x, lats = c.pn[cohort], c.px[cohort], c.plat[cohort]
             if c.kind in ("latency", "latency_max"):
                 qs_wanted = list(self.quantiles.get(c.name, ())) or [
-                    _q(lab) for lab in _labels(c.stats)
+                    _q(lab) for lab in _labels(_side(c.stats, probe_side))
                 ]
-                bounds = self.bounds.get(PROBE_SIGNAL if on_probe else c.signal, [])
+                bounds = self.bounds.get(PROBE_SIGNAL if probe_side else c.signal, [])
                 qs = [
                     f"p{100 * q:g} {ms_text(quantile(bounds, lats, q))}"
                     for q in (qs_wanted or [0.5])[: 3 if wide else 1]
@@ -430,7 +444,7 @@ class LiveView:
             else:
                 rate = f"{100 * x / n:.2f}%" if n else "–"
                 out.append(f"{rate} of {n:,.0f}" if n else "no requests")
-            if on_probe:
+            if probe_side:
                 out[-1] += " (probe)"
         if c.kind in ("error_rate_max", "latency_max"):
             out[1] = "(guard rail)"
@@ -454,13 +468,43 @@ def _labels(stats: Mapping[str, float]) -> list[str]:
     return seen
 
 
-def _max_stat(stats: Mapping[str, float], suffix: str) -> float | None:
-    vals = [float(v) for k, v in stats.items() if k == suffix or k.endswith("_" + suffix)]
+def on_probe(c: _Check) -> bool:
+    """Whether the probe's evidence speaks for check `c` now, by `judge.merge_probe`'s rule:
+    its sentence says so ("on probe traffic: ..."), or, before any sentence, the customers
+    brought the canary nothing while the probe did. The row's values and bars then show the
+    probe's side, as the verdict line does; otherwise the customers'."""
+    if not c.probed:
+        return False
+    if c.reason:
+        return c.reason.startswith(("on probe traffic", "probe traffic"))
+    if c.state in ("pass", "fail"):  # decided: by the side whose evidence reached its bar
+        key = "e_pass" if c.state == "pass" else "e_fail"
+        pick = _min_stat if c.state == "pass" else _max_stat
+        need = _needed(c, key + "_needed")
+        mine, probe = pick(c.stats, key, False), pick(c.stats, key, True)
+        if need and mine is not None and mine >= need:
+            return False
+        if need and probe is not None and probe >= need:
+            return True
+    return c.n["canary"] == 0 < c.pn["canary"]
+
+
+def _side(stats: Mapping[str, float], probe: bool) -> dict[str, float]:
+    """The customers' numbers (no `probe_` prefix) or the probe's (prefix dropped)."""
+    if probe:
+        return {k[len("probe_") :]: v for k, v in stats.items() if k.startswith("probe_")}
+    return {k: v for k, v in stats.items() if not k.startswith("probe_")}
+
+
+def _max_stat(stats: Mapping[str, float], suffix: str, probe: bool = False) -> float | None:
+    side = _side(stats, probe)
+    vals = [float(v) for k, v in side.items() if k == suffix or k.endswith("_" + suffix)]
     return max(vals) if vals else None
 
 
-def _min_stat(stats: Mapping[str, float], suffix: str) -> float | None:
-    vals = [float(v) for k, v in stats.items() if k == suffix or k.endswith("_" + suffix)]
+def _min_stat(stats: Mapping[str, float], suffix: str, probe: bool = False) -> float | None:
+    side = _side(stats, probe)
+    vals = [float(v) for k, v in side.items() if k == suffix or k.endswith("_" + suffix)]
     return min(vals) if vals else None
 
 

@@ -8,8 +8,9 @@
 * A source that cannot read its data says so (missing, or `SignalError`): never zeros that
   look like a pass.
 
-Windows are looked at as the bake looks at them: edges on multiples of the source's
-`resolution`, each window once its end plus the source's declared `delay` has passed.
+Windows are looked at as the bake looks at them: the source's `begin` hook called when the
+first one opens, edges on multiples of its `resolution`, each window once its end plus its
+declared `delay` has passed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import anyio
 
 from immunity.domain import Cohort, HostRef, Observation, utcnow
 from immunity.errors import SignalError
-from immunity.signals.base import SignalSource, delay_of, resolution_of, vet
+from immunity.signals.base import SignalSource, begin, delay_of, resolution_of, vet
 from immunity.testing.contracts.base import Contract
 
 Sent = Counter[tuple[str, bool]]
@@ -120,6 +121,7 @@ class SignalSourceContract(Contract):
         hosts answered; a latency histogram counts every request."""
         await harness.quiet()
         start = harness.edge()
+        await begin(harness.source, start)  # as the bake does before its first window
         await harness.sleep(harness.settle_s)
         sent = await harness.send(harness.requests)
         await harness.sleep(harness.settle_s)
@@ -139,6 +141,7 @@ class SignalSourceContract(Contract):
         bake would: together they count every request once per cohort."""
         await harness.quiet()
         start = harness.edge()
+        await begin(harness.source, start)  # as the bake does before its first window
         await harness.sleep(harness.settle_s)
         sent: Sent = Counter()
         looks: list[dict[Cohort, Observation]] = []
@@ -168,6 +171,7 @@ class SignalSourceContract(Contract):
         """A quiet window: no requests (or no data), never invented ones."""
         await harness.quiet()
         start = harness.edge()
+        await begin(harness.source, start)  # as the bake does before its first window
         await harness.sleep(harness.settle_s)
         obs = await self._look(harness, start, harness.edge())
         for o in obs.values():
