@@ -379,3 +379,35 @@ def test_resume_replays_the_bake_so_far_so_the_table_counts_what_the_judge_count
     view(look(3, 20, 12))
     row = _row(view, "errors")
     assert "of 420" in row and "of 412" in row and "3.0/40" in row, row
+
+
+def test_a_deployed_rows_reason_covers_every_wave_not_only_the_last_guard_rails() -> None:
+    """The record's reason is the last bake's (wave 3: the guard rails alone); history's
+    row names what passed in each wave, then that sentence."""
+    import datetime as dt
+
+    from immunity.engine.ops import _whole_reason
+    from immunity.journal.base import DeploymentRecord, JournalEntry
+
+    t = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+
+    def passed(seq: int, wave: int, names: list[str]) -> JournalEntry:
+        checks = [{"name": n, "outcome": "pass"} for n in names]
+        verdict = {"outcome": "pass", "checks": checks}
+        return JournalEntry(
+            seq, "d1", t, "verdict.reached", data={"wave": wave, "verdict": verdict}
+        )
+
+    entries = [
+        passed(1, 1, ["errors", "latency", "error-rate-guard"]),
+        passed(2, 2, ["errors", "latency", "error-rate-guard"]),
+        passed(3, 3, ["error-rate-guard"]),
+    ]
+    rec = DeploymentRecord("d1", "shop", "v2", t, t, "deployed", "error-rate-guard: 0% of 3,842")
+    text = _whole_reason(rec, entries) or ""
+    assert text.startswith("wave 1: errors, latency, error-rate-guard passed; wave 2: errors")
+    assert text.endswith(
+        "wave 3: error-rate-guard passed. Last verdict: error-rate-guard: 0% of 3,842"
+    )
+    reverted = DeploymentRecord("d2", "shop", "v3", t, t, "reverted", "errors: worse")
+    assert _whole_reason(reverted, entries) is None

@@ -261,13 +261,36 @@ def category(outcome: str | None, verdict: str | None) -> str:
     return "other"  # e.g. reverted by `resume --abort` or after an error: not a verdict
 
 
+def _whole_reason(record: DeploymentRecord, entries: Sequence[Any]) -> str | None:
+    """A deployed release's reason over every wave, not only the last bake's (whose checks
+    may be the guard rails alone): which checks passed in each wave, then the last verdict's
+    sentence; None for other outcomes (their reason is the deciding verdict's)."""
+    if record.outcome != "deployed":
+        return None
+    parts = []
+    for e in entries:
+        if e.kind != "verdict.reached":
+            continue
+        v = e.data.get("verdict") or {}
+        if v.get("outcome") != "pass":
+            continue
+        names = ", ".join(str(c.get("name")) for c in v.get("checks") or [])
+        where = "guard" if e.data.get("guard") else f"wave {e.data.get('wave')}"
+        parts.append(f"{where}: {names} passed" if names else f"{where} passed")
+    if len(parts) < 2:
+        return None
+    last = (record.reason or "").strip()
+    return "; ".join(parts) + (f". Last verdict: {last}" if last else "")
+
+
 async def history(fleet: Fleet) -> dict[str, Any]:
     recs: Sequence[DeploymentRecord] = await fleet.journal.deployments(fleet.app)
     rows: list[dict[str, Any]] = []
     for d in recs:
         res = d.data.get("result", {}) if isinstance(d.data, dict) else {}
         verdict = res.get("verdict") or {}
-        kinds = [e.kind for e in await fleet.journal.entries(d.id)]
+        entries = await fleet.journal.entries(d.id)
+        kinds = [e.kind for e in entries]
         rows.append(
             {
                 "id": d.id,
@@ -279,7 +302,7 @@ async def history(fleet: Fleet) -> dict[str, Any]:
                 "duration_s": round((d.finished_at - d.started_at).total_seconds(), 3)
                 if d.finished_at
                 else None,
-                "reason": d.reason or verdict.get("reason"),
+                "reason": _whole_reason(d, entries) or d.reason or verdict.get("reason"),
                 "detected_after_s": res.get("detected_after_s"),
                 "reverted_after_s": res.get("reverted_after_s"),
                 # a run that was stopped (signal, dead orchestrator) and taken up again
