@@ -39,10 +39,18 @@ def up(
         ),
     ] = None,
     app_name: Annotated[str, typer.Option("--app", help="App name in immunity.yaml.")] = "sandbox",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="HAProxy's access-log line: json (its log-format, the default) or httplog "
+            "(the standard `option httplog` line); immunity.yaml's haproxy signal reads it.",
+        ),
+    ] = "json",
 ) -> None:
     """Create DIR, install release v1 on N hosts, start them behind HAProxy, write immunity.yaml."""
     try:
-        info = fleet.create_sandbox(dir, hosts, base_port, app=app_name)
+        info = fleet.create_sandbox(dir, hosts, base_port, app=app_name, log_format=log_format)
     except ImmunityError as exc:
         raise _fail(exc) from None
     typer.echo(f"sandbox up in {info.dir}: {len(info.host_ports)} hosts on release v1")

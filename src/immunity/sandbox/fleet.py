@@ -52,6 +52,10 @@ LOG_FORMAT = (
     '{"ts":%Ts.%ms,"be":"%b","srv":"%s","st":%ST,"Th":%Th,"Ti":%Ti,"TR":%TR,"Tw":%Tw,'
     '"Tc":%Tc,"Tr":%Tr,"Ta":%Ta,"Tt":%Tt,"bytes":%B,"term":"%tsc"}'
 )
+LOG_FORMATS = ("json", "httplog")
+"""The access-log line formats `sandbox up --log-format` writes: `json` (`LOG_FORMAT` above,
+HAProxy's `log-format`) or `httplog` (HAProxy's standard `option httplog` line); the
+`haproxy` signal reads either (its `log_format`)."""
 # AF_UNIX paths are limited to 107 bytes on Linux.
 _MAX_SOCKET_PATH = 107
 
@@ -132,7 +136,15 @@ def add_release(
     return path
 
 
-def haproxy_config(socket_path: Path, port: int, servers: dict[str, int]) -> str:
+def haproxy_config(
+    socket_path: Path, port: int, servers: dict[str, int], log_format: str = "json"
+) -> str:
+    """haproxy.cfg for the sandbox; `log_format` (`LOG_FORMATS`) picks the access-log line."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(
+            f"log_format: expected one of {', '.join(LOG_FORMATS)}, got {log_format!r}"
+        )
+    log_line = f"    log-format '{LOG_FORMAT}'" if log_format == "json" else "    option httplog"
     lines = [
         "# Written by `immunity sandbox up`.",
         "global",
@@ -156,7 +168,7 @@ def haproxy_config(socket_path: Path, port: int, servers: dict[str, int]) -> str
         "",
         "frontend fe_web",
         f"    bind 127.0.0.1:{port}",
-        f"    log-format '{LOG_FORMAT}'",
+        log_line,
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",
@@ -169,7 +181,7 @@ def haproxy_config(socket_path: Path, port: int, servers: dict[str, int]) -> str
     return "\n".join(lines) + "\n"
 
 
-def immunity_yaml(app: str, servers: dict[str, int]) -> str:
+def immunity_yaml(app: str, servers: dict[str, int], log_format: str = "json") -> str:
     hosts = "\n".join(
         f"  - name: {name}\n    address: 127.0.0.1\n    port: {p}" for name, p in servers.items()
     )
@@ -193,6 +205,7 @@ signals:
     socket: haproxy/admin.sock
     backend: {BACKEND}
     access_log: haproxy/access.log
+    log_format: {log_format}
 checks:
   - name: errors
     signal: lb
@@ -277,13 +290,21 @@ def create_sandbox(
     *,
     app: str = "sandbox",
     ready_timeout: float = 30.0,
+    log_format: str = "json",
 ) -> SandboxInfo:
     """Create and start a fleet of `hosts` local hosts on release v1 behind HAProxy.
 
     Ports: the balancer on `base_port` and hosts on the next ones, or free ports when None.
-    Returns once HAProxy calls every server UP. Raises PreflightError for a bad folder or a
-    sandbox already running there.
+    HAProxy writes its access log as `log_format` lines (`LOG_FORMATS`: json or httplog);
+    the config's `haproxy` signal names that format. Returns once HAProxy calls every server
+    UP. Raises PreflightError for a bad folder, a sandbox already running there or an
+    unknown `log_format`.
     """
+    if log_format not in LOG_FORMATS:
+        raise PreflightError(
+            f"log format {log_format!r}: expected one of {', '.join(LOG_FORMATS)}",
+            hint="--log-format json (the default) or --log-format httplog",
+        )
     d = Path(dir).absolute()
     if hosts < 1:
         raise PreflightError(f"expected at least 1 host, got {hosts}")
@@ -321,7 +342,7 @@ def create_sandbox(
     tries = 3 if base_port is None else 1
     for attempt in range(1, tries + 1):
         try:
-            return _start(d, p, names, app, base_port, v1, ready_timeout)
+            return _start(d, p, names, app, base_port, v1, ready_timeout, log_format)
         except (BalancerError, HostError):
             if attempt == tries:
                 raise
@@ -336,6 +357,7 @@ def _start(
     base_port: int | None,
     v1: Path,
     ready_timeout: float,
+    log_format: str = "json",
 ) -> SandboxInfo:
     n = len(names)
     ports = free_ports(n + 1) if base_port is None else list(range(base_port, base_port + n + 1))
@@ -348,8 +370,8 @@ def _start(
     try:
         for name, port in servers.items():
             _start_host(d, name, port, v1)
-        _start_haproxy(d, lb_port, servers)
-        write_atomic(p["config"], immunity_yaml(app, servers))
+        _start_haproxy(d, lb_port, servers, log_format)
+        write_atomic(p["config"], immunity_yaml(app, servers, log_format))
         info = SandboxInfo(
             dir=d,
             url=f"http://127.0.0.1:{lb_port}",
@@ -404,9 +426,9 @@ def _start_host(d: Path, name: str, port: int, manifest: Path) -> None:
     write_atomic(folder / "app.pid", f"{proc.pid}\n")
 
 
-def _start_haproxy(d: Path, port: int, servers: dict[str, int]) -> None:
+def _start_haproxy(d: Path, port: int, servers: dict[str, int], log_format: str = "json") -> None:
     p = _paths(d)
-    write_atomic(p["cfg"], haproxy_config(p["socket"], port, servers))
+    write_atomic(p["cfg"], haproxy_config(p["socket"], port, servers, log_format))
     check = subprocess.run(
         ["haproxy", "-c", "-q", "-f", str(p["cfg"])], capture_output=True, text=True, check=False
     )

@@ -601,7 +601,16 @@ class HAProxySource:
         backend: str = "be_app"
         """The backend whose servers are the fleet; its requests are the ones counted."""
         access_log: str | None = None
-        """Access log file written by HAProxy or syslog (see the module docstring)."""
+        """Access log file written by HAProxy (`log stdout format raw` with `-db`) or a syslog
+        daemon, one line per request, as `log_format` says. `httplog`: HAProxy's `option
+        httplog` line, `%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B ...`, a syslog
+        prefix allowed, dates in `timezone`. `json`: one object per line whose keys `fields`
+        names; by default the sandbox's `log-format
+        '{"ts":%Ts.%ms,"be":"%b","srv":"%s","st":%ST,"Ta":%Ta,"Tt":%Tt,...}'` (ts in epoch
+        seconds; also HAProxy's date or ISO 8601). A request counts when it completes (its
+        date + `%Ta`), with latency `%Ta` ms; a status of 500 or more is an error; `<NOSRV>`,
+        status -1 and other backends are not counted. `immunity sandbox up --log-format
+        httplog` (or `json`, the default) writes either. Unset: counter mode (`socket`)."""
         log_format: LogFormat = "auto"
         """httplog (`option httplog` lines), json, or auto (either, line by line)."""
         fields: LogFields = Field(default_factory=LogFields)

@@ -169,3 +169,65 @@ async def test_a_late_onset_release_answers_500_only_after_its_delay(
             assert time.monotonic() - began >= 1.4
     finally:
         await driver.start(host, "v1")
+
+
+@pytest.mark.parametrize("log_format", ["httplog", "json"])
+def test_up_log_format_writes_that_access_log_line_and_the_signal_reads_it(
+    tmp_path: Path, log_format: str
+) -> None:
+    """`sandbox up --log-format httplog|json`: the real HAProxy writes every request as that
+    line (an httplog line is not JSON and vice versa), the written immunity.yaml names the
+    format, and the haproxy signal's parser for that format counts each request with its
+    server and status."""
+    import json
+    import time
+
+    import httpx
+
+    from immunity.signals.haproxy import LogParser, LogRecord
+
+    d = tmp_path / "f"
+    result = CliRunner().invoke(
+        sandbox_cli, ["up", "--dir", str(d), "--hosts", "2", "--log-format", log_format]
+    )
+    assert result.exit_code == 0, result.output
+    try:
+        url = result.output.split("balancer: ", 1)[1].split()[0]
+        with httpx.Client(timeout=5.0) as client:
+            statuses = [client.get(url + "/").status_code for _ in range(12)]
+        assert statuses == [200] * 12
+        log = d / "haproxy" / "access.log"
+        parser = LogParser(log_format)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 10.0
+        records: list[LogRecord] = []
+        while time.monotonic() < deadline:
+            lines = [ln for ln in log.read_text().splitlines() if "be_app" in ln]
+            records = [r for ln in lines if isinstance(r := parser.parse(ln), LogRecord)]
+            if len(records) >= 12:
+                break
+            time.sleep(0.2)
+        assert len(records) == 12, log.read_text()[-2000:]
+        assert {r.server for r in records} == {"h1", "h2"} and {r.status for r in records} == {200}
+        line = next(
+            ln for ln in log.read_text().splitlines() if isinstance(parser.parse(ln), LogRecord)
+        )
+        if log_format == "json":
+            assert json.loads(line[line.index("{") :])["srv"] in ("h1", "h2")
+        else:
+            assert not line.lstrip().startswith("{") and " be_app/h" in line, line
+        signal = load(str(d / "immunity.yaml")).config.signals[0]
+        assert getattr(signal, "log_format", None) == log_format or (
+            signal.model_dump().get("log_format") == log_format
+        )
+    finally:
+        fleet.teardown(d)
+
+
+def test_up_refuses_an_unknown_log_format(tmp_path: Path) -> None:
+    """`--log-format xml`: exit 2 naming the formats there are; nothing is started."""
+    result = CliRunner().invoke(
+        sandbox_cli, ["up", "--dir", str(tmp_path / "f"), "--log-format", "xml"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "httplog" in result.output and "json" in result.output
+    assert not (tmp_path / "f" / "pids" / "haproxy.pid").exists()
