@@ -97,6 +97,7 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
         actives[h.name] = await fleet.driver.active_release(h)
         if actives[h.name] is None:
             problems.append(f"{h.name} runs no release")
+    problems += mixed_baseline(fleet, release, actives)
     if not problems:  # each host's verify and warm-up paths, on the release it runs now
         problems += await fleet.prober.check_paths(fleet.hosts)
     if problems:
@@ -109,12 +110,33 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
     return await fallbacks_for(fleet, release, {k: v for k, v in actives.items() if v})
 
 
-UNFINISHED = (None, "interrupted", "terminated", "superseded")
+def mixed_baseline(fleet: Fleet, release: str, actives: Mapping[str, str | None]) -> list[str]:
+    """A problem when the hosts not on `release` run more than one release: the baseline
+    would mix them (a comparison against "the old release" that is two releases), and a
+    revert would leave the fleet mixed. Deploying one of them first (it switches only the
+    hosts on the others) brings the fleet to one release."""
+    on: dict[str, list[str]] = {}
+    for h in fleet.hosts:
+        active = actives.get(h.name)
+        if active and active != release:
+            on.setdefault(active, []).append(h.name)
+    if len(on) <= 1:
+        return []
+    which = "; ".join(f"{', '.join(names)} on {rel}" for rel, names in on.items())
+    common = max(on, key=lambda r: len(on[r]))
+    return [
+        f"the fleet is mixed ({which}): the baseline would mix {len(on)} releases; bring it "
+        f"to one first, e.g. `immunity deploy -c {fleet.loaded.path} --release {common}`"
+    ]
+
+
+UNFINISHED = (None, "interrupted", "terminated", "superseded", "held")
 
 
 async def refuse_over_unfinished(fleet: Fleet) -> None:
     """PreflightError when the app's last run (a deployment or a rollback) did not end: no
-    outcome (its process died), or stopped by a signal. A new deployment on top of it would
+    outcome (its process died), stopped by a signal, or held (`judge.on_inconclusive: hold`
+    paused it with the fleet mixed on purpose). A new deployment on top of it would
     take the hosts it left on its release for the fleet's "previous" release, and the
     interrupted run could no longer be resumed or aborted. The lease check comes first (a
     live holder is refused with LeaseHeld), so an unfinished record here has no live run.

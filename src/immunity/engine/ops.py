@@ -136,7 +136,7 @@ def attention(
             out.append(f"{h['name']} is not serving ({h['lb_state']})")
     if record is not None and not running:
         what = "rollback" if record.data.get("rollback") else "deployment"
-        if record.outcome in (None, "interrupted", "terminated"):
+        if record.outcome in (None, "interrupted", "terminated", "held"):
             out.append(
                 f"the last {what}, {record.id} ({record.release}), is "
                 f"{record.outcome or 'unfinished'}: `immunity resume -c {cfg}` finishes it, "
@@ -157,10 +157,11 @@ def attention(
 async def resumable(fleet: Fleet) -> DeploymentRecord:
     record = await last_deployment(fleet)
     if record is None or (
-        record.finished_at is not None and record.outcome not in ("interrupted", "terminated")
+        record.finished_at is not None
+        and record.outcome not in ("interrupted", "terminated", "held")
     ):
         raise NothingToResume(
-            f"no interrupted deployment of {fleet.app} to resume",
+            f"no interrupted or held deployment of {fleet.app} to resume",
             hint="`immunity status` shows the fleet; `immunity deploy` starts a new deployment",
         )
     return record

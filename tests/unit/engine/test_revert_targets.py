@@ -194,3 +194,54 @@ def test_signal_checked_journals_what_the_signal_saw() -> None:
 
     checked = [e for e in clock.run(main) if e.kind == "signal.checked"]
     assert [dict(e.data) for e in checked] == [{"signal": "lb", "seen": said}]
+
+
+def test_a_held_deployment_blocks_the_next_and_resume_judges_it_again() -> None:
+    """Another member of the kind: `judge.on_inconclusive: hold` ends with h1 on the new
+    release and says "continue with `immunity resume`", but `resume` refused it ("no
+    interrupted deployment") and a new deploy was accepted over the mixed fleet. Now the
+    deploy is refused and `resume` judges the held wave again (traffic is back: deployed)."""
+    clock = VirtualClock()
+    fleet, world = memory_fleet(
+        3,
+        clock=clock,
+        latencies=LAT,
+        releases={"v1": Behaviour(error_rate=0.01), "v2": Behaviour(error_rate=0.01)},
+        config={
+            **CONFIG,
+            "judge": {"on_inconclusive": "hold", "inconclusive_limit": "5s"},
+        },
+    )
+    world.rps_per_host = 0.0  # a quiet hour: nothing to judge, the rollout holds
+
+    async def main() -> tuple[Any, str, Any]:
+        held = await deploy(fleet, "v2", handle_signals=False)
+        with pytest.raises(PreflightError) as exc:
+            await deploy(fleet, "v3", handle_signals=False)
+        world.rps_per_host = 50.0
+        return held, exc.value.message, await ops.resume(fleet)
+
+    held, refused, resumed = clock.run(main)
+    assert held.outcome == "held", held.reason
+    assert "is held" in refused and "h1 on v2" in refused, refused
+    assert resumed.outcome == "deployed", resumed.reason
+    assert on(world) == {f"h{i}": ("v2", LbState.SERVING) for i in range(1, 4)}
+
+
+def test_a_fleet_on_two_old_releases_is_refused_and_one_of_them_is_accepted() -> None:
+    """The baseline would mix v12 and v13 (and a revert would leave the fleet mixed): exit 2
+    naming the hosts and the way out; deploying v12, which only h1 lacks, is accepted."""
+    clock = VirtualClock()
+    fleet, world, started = fleet_on({"h1": "v13", "h2": "v12", "h3": "v12"}, clock)
+
+    async def main() -> tuple[str, Any]:
+        with pytest.raises(PreflightError) as exc:
+            await deploy(fleet, "v14", handle_signals=False)
+        assert started == []
+        return exc.value.message, await deploy(fleet, "v12", handle_signals=False)
+
+    refused, repaired = clock.run(main)
+    assert "the fleet is mixed (h1 on v13; h2, h3 on v12)" in refused, refused
+    assert "--release v12" in refused
+    assert repaired.outcome == "deployed", repaired.reason
+    assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 4)}
