@@ -67,7 +67,7 @@ from immunity.judge.evidence import (
     stratified_upper_tail,
     thin,
 )
-from immunity.judge.wording import count, e_number, evalue, ms, pct, quantile_ms
+from immunity.judge.wording import count, e_number, evalue, ms, pct, quantile_ms, score
 
 FAIL_RATIOS = (1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 """Alternatives of the FAIL mixture, as multiples of the tolerance."""
@@ -653,8 +653,8 @@ class ErrorsJudge:
         return self._result(
             Outcome.INCONCLUSIVE,
             f"insufficient information at max bake: {self._rates()}, and even a canary like "
-            f"the baseline would not have been certified (score z {z_ideal:.2f} > "
-            f"-{self.pass_z:.2f}; bake longer or use a bigger wave)",
+            f"the baseline would not have been certified ({score(z_ideal, '>', -self.pass_z)}; "
+            "bake longer or use a bigger wave)",
             t_s,
         )
 
@@ -1009,7 +1009,7 @@ class LatencyJudge:
         return self._result(
             Outcome.INCONCLUSIVE,
             f"insufficient information at max bake: {self._describe(j)}, and even a canary "
-            f"like the baseline would not have been certified (score z "
-            f"{float(z_ideal[j]):.2f} > -{self.pass_z:.2f}; bake longer or use a bigger wave)",
+            f"like the baseline would not have been certified "
+            f"({score(float(z_ideal[j]), '>', -self.pass_z)}; bake longer or use a bigger wave)",
             t_s,
         )

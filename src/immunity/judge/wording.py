@@ -66,3 +66,13 @@ def seconds(value: float) -> str:
 def e_number(log_e: float) -> float:
     """The e-value as a float for `numbers` (capped so it stays finite)."""
     return math.exp(min(log_e, 700.0))
+
+
+def score(z: float, relation: str, bar: float) -> str:
+    """A score test's statistic against its bar, "score z -1.20 > -2.05"; in words when the
+    test has no variance to weigh (no event, a 5xx or a slow request, in either cohort, so
+    z is infinite): "no score: neither cohort had an event to compare (the bar is
+    z ≤ -2.05)", never "score z inf"."""
+    if math.isfinite(z):
+        return f"score z {z:.2f} {relation} {bar:.2f}"
+    return f"no score: neither cohort had an event to compare (the bar is z ≤ {bar:.2f})"

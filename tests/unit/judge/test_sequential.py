@@ -236,6 +236,18 @@ def test_final_with_too_little_traffic_is_inconclusive(stream: Stream) -> None:
     assert "insufficient information" in result.reason
 
 
+def test_final_without_any_error_says_why_there_is_no_score_in_words(stream: Stream) -> None:
+    """Thin traffic and no 5xx on either side: the score test has nothing to weigh (its z is
+    infinite); the reason says so in words, never "score z inf"."""
+    judge = ErrorsJudge("errors", JudgeConfig(), min_bake_s=60)
+    for t, canary, baseline in stream(13, seconds=120, rate=0.5):
+        judge.look(t, canary, baseline)
+    result = judge.final(120.0)
+    assert result.outcome is Outcome.INCONCLUSIVE, result.reason
+    assert "inf" not in result.reason.replace("information", ""), result.reason
+    assert "no score: neither cohort had an event to compare" in result.reason
+
+
 def test_final_in_the_grey_zone_passes_not_certified(stream: Stream) -> None:
     """Enough data but the canary between tolerance and bad: pass, and the reason says not certified."""
     config = JudgeConfig(error_tolerance=2.0, error_bad=2.1)
