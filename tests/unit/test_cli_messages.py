@@ -89,10 +89,15 @@ def test_an_inconclusive_end_says_what_would_get_the_release_judged() -> None:
         "on either cohort for 60 s (no customer traffic, or the signal cannot see it)"
     )
     no_probe = next_step("inconclusive", "c.yaml", reason=quiet)
-    assert "too little traffic to judge" in no_probe
+    assert "there was no traffic to judge" in no_probe and "bake.max" not in no_probe
+    thin = next_step("inconclusive", "c.yaml", reason="errors: insufficient information at max")
+    assert "too little traffic to judge" in thin and "lengthen bake.max" in thin
     assert "add a `probe` block to c.yaml" in no_probe and "rate: 10" in no_probe
     slow = next_step("inconclusive", "c.yaml", reason=quiet, probe=ProbeConfig(rate=4))
-    assert "even with the probe" in slow and "raise `probe.rate` (now 4 requests/s" in slow
+    assert (
+        "no traffic to judge, even with the probe" in slow
+        and "raise `probe.rate` (now 4 requests/s" in slow
+    )
     assert "max_share" not in slow
     capped = next_step(
         "inconclusive", "c.yaml", reason=quiet, probe=ProbeConfig(rate=4, max_share=0.2)

@@ -106,13 +106,15 @@ def evidence_step(reason: str, config: str, probe: Any = None) -> str:
                 else "; a `probe` block also sends requests straight to the hosts"
             )
         )
+    none = "no traffic" in reason  # none at all: a longer bake would not help
+    longer = "" if none else ", or lengthen bake.max"
     if probe is None:
         return (
-            "there was too little traffic to judge (no customers at this hour?): add a `probe` "
-            f"block to {config} (e.g. `probe: {{paths: [/], rate: 10}}`: immunity then sends "
-            "its own requests straight to the canary and baseline hosts during each bake; "
-            "docs/config.md, `probe`), or deploy when customers are there, or lengthen "
-            "bake.max; then deploy again"
+            f"there was {'no' if none else 'too little'} traffic to judge (no customers at "
+            f"this hour?): add a `probe` block to {config} (e.g. `probe: {{paths: [/], rate: "
+            "10}`: immunity then sends its own requests straight to the canary and baseline "
+            "hosts during each bake; docs/config.md, `probe`), or deploy when customers are "
+            f"there{longer}; then deploy again"
         )
     limits = [f"raise `probe.rate` (now {probe.rate:g} requests/s per host)"]
     if probe.max_share < 1.0:
@@ -121,9 +123,9 @@ def evidence_step(reason: str, config: str, probe: Any = None) -> str:
             "the probe send nothing)"
         )
     return (
-        "there was too little traffic to judge, even with the probe: "
+        f"there was {'no' if none else 'too little'} traffic to judge, even with the probe: "
         + ", ".join(limits)
-        + ", or lengthen bake.max; then deploy again"
+        + f"{longer}; then deploy again"
     )
 
 
