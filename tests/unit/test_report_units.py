@@ -133,3 +133,29 @@ def test_the_sentence_says_inconclusive_once(outcome: str) -> None:
     assert text.startswith("v6 could not be judged and the fleet was reverted: ") or (
         text.startswith("v6 was held: the verdict stayed inconclusive: ")
     )
+
+
+def test_a_resumed_wave_keeps_every_host_it_started_with() -> None:
+    """Wave 2 (h2, h3) was interrupted after h2 switched; `resume` starts wave 2 again with
+    h3 alone. The timeline (and so `show` and the summary after the run) says wave 2 was
+    h2 and h3, once, not "wave 2 (h3)"."""
+    from immunity.journal.base import JournalEntry
+    from immunity.report.data import timeline
+
+    t0 = dt.datetime(2026, 11, 30, 3, 0, tzinfo=dt.UTC)
+
+    def e(seq: int, kind: str, **data: object) -> JournalEntry:
+        return JournalEntry(seq, "d1", t0 + dt.timedelta(seconds=seq), kind, data=data)
+
+    entries = [
+        e(1, "wave.started", wave=1, hosts=["h1"]),
+        e(2, "wave.passed", wave=1),
+        e(3, "wave.started", wave=2, hosts=["h2", "h3"]),
+        e(4, "deployment.interrupted"),
+        e(5, "deployment.resumed"),
+        e(6, "wave.started", wave=2, hosts=["h3"]),
+        e(7, "wave.passed", wave=2),
+    ]
+    waves = timeline(entries, t0)["waves"]
+    assert [(w["wave"], w["hosts"]) for w in waves] == [(1, ["h1"]), (2, ["h2", "h3"])]
+    assert (waves[1]["start"], waves[1]["end"]) == (3.0, 7.0)

@@ -153,8 +153,14 @@ def timeline(entries: Sequence[JournalEntry], t0: dt.datetime) -> dict[str, Any]
                 r["end"] = t
                 r["ok"] = e.kind == "host.step_finished"
         elif e.kind == "wave.started":
-            waves.append({"wave": e.data.get("wave"), "start": t, "end": None, "hosts": []})
-            waves[-1]["hosts"] = list(e.data.get("hosts") or [])
+            named = list(e.data.get("hosts") or [])
+            same = next((w for w in waves if w["wave"] == e.data.get("wave")), None)
+            if same is None:
+                waves.append({"wave": e.data.get("wave"), "start": t, "end": None, "hosts": named})
+            else:  # a resumed wave names only the hosts it has left: the wave is all of them
+                same["hosts"] += [h for h in named if h not in same["hosts"]]
+                same["end"] = None
+                waves.append(waves.pop(waves.index(same)))
         elif e.kind in ("wave.passed", "verdict.failed") and waves:
             waves[-1]["end"] = t
         elif e.kind == "bake.started":
