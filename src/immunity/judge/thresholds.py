@@ -108,6 +108,21 @@ class _GuardRail:
         self.blocked: str | None = None
         self.failed: CheckResult | None = None
         self.passed = False
+        self.certified: tuple[float, float] | None = None
+        """(t_s, log pass e-value) when the check was first certified under the bar."""
+
+    def _certified(self, log_pass: float) -> str:
+        """ "certified under the bar (pass e-value X ≥ 20)" with the e-value that certified
+        it: a pass stays a pass, but its e-value may sink afterwards (more errors later in
+        the bake), and a sentence "pass e-value 2.63 ≥ 20" is not true."""
+        bar = 1 / self.config.beta
+        if self.certified is None or log_pass >= self.rate.pass_log_threshold:
+            return f"certified under the bar (pass e-value {evalue(log_pass)} ≥ {bar:g})"
+        t0, log0 = self.certified
+        return (
+            f"certified under the bar at {t0:.0f} s (pass e-value {evalue(log0)} ≥ {bar:g}; "
+            f"{evalue(log_pass)} now)"
+        )
 
     def _count(self, canary: Observation) -> tuple[int, int] | str:
         raise NotImplementedError
@@ -145,11 +160,10 @@ class _GuardRail:
         log_pass = self.rate.log_pass()
         if t_s >= self.min_bake_s and (self.passed or log_pass >= self.rate.pass_log_threshold):
             self.passed = True
+            if self.certified is None:
+                self.certified = (t_s, log_pass)
             return self._result(
-                Outcome.PASS,
-                f"{self._state()}: certified under the bar (pass e-value {evalue(log_pass)} ≥ "
-                f"{1 / beta:g}) after {t_s:.0f} s",
-                t_s,
+                Outcome.PASS, f"{self._state()}: {self._certified(log_pass)} after {t_s:.0f} s", t_s
             )
         return self._result(
             Outcome.CONTINUE,
@@ -166,12 +180,7 @@ class _GuardRail:
         beta = self.config.beta
         log_pass = self.rate.log_pass()
         if self.passed or log_pass >= self.rate.pass_log_threshold:
-            return self._result(
-                Outcome.PASS,
-                f"{self._state()}: certified under the bar (pass e-value {evalue(log_pass)} ≥ "
-                f"{1 / beta:g})",
-                t_s,
-            )
+            return self._result(Outcome.PASS, f"{self._state()}: {self._certified(log_pass)}", t_s)
         log_half = self.rate.log_half()
         if log_half >= self.rate.pass_log_threshold:
             return self._result(

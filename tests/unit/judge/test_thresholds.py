@@ -84,3 +84,24 @@ def test_histogram_quantile_interpolates_within_a_bucket() -> None:
     """Half-way through the (10, 20] bucket is 15 ms; the overflow is infinite."""
     assert histogram_quantile([10, 20], [10, 10, 0], 0.75) == pytest.approx(15.0)
     assert math.isinf(histogram_quantile([10, 20], [0, 0, 5], 0.5))
+
+
+def test_a_pass_whose_e_value_sank_later_says_the_value_that_certified_it() -> None:
+    """A guard rail certified at 20 s stays passed while later errors (under the bar) pull
+    its pass e-value below 20: the reason gives the e-value that certified it and when,
+    and today's value apart, never "pass e-value 17.8 ≥ 20"."""
+    judge = ErrorRateMax("guard", 0.02, JudgeConfig(), min_bake_s=20.0)
+    t, result = 0.0, None
+    for _ in range(40):
+        t += 1.0
+        result = judge.look(t, Observation(50, 0, hosts=1), Observation(0, 0))
+    assert result is not None and result.outcome is Outcome.PASS
+    while "now" not in result.reason and t < 400:
+        t += 1.0
+        result = judge.look(t, Observation(50, 2, hosts=1), Observation(0, 0))
+    assert result.outcome is Outcome.PASS, result.reason
+    assert "certified under the bar at 20 s (pass e-value" in result.reason, result.reason
+    now = float(result.reason.split("; ")[1].split(" now")[0])
+    assert now < 20 and f"{now:g} now" in result.reason
+    final = judge.final(t)
+    assert final.outcome is Outcome.PASS and "certified under the bar at 20 s" in final.reason
