@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@command -v $(PY) >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3 python3-venv; }
 	@[ -x $(VENV)/bin/python ] || $(PY) -m venv $(VENV) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv && $(PY) -m venv $(VENV); }
 	$(VENV)/bin/python -m pip install -q --upgrade pip uv
-	$(UV) pip sync -q --python $(VENV)/bin/python requirements.lock
+	$(UV) pip sync -q --compile-bytecode --python $(VENV)/bin/python requirements.lock
 	$(UV) pip install -q --python $(VENV)/bin/python --no-deps -e .
 	@touch $@
 
@@ -40,11 +40,17 @@ demo: setup
 check: setup
 	scripts/check
 
+# Bytecode is compiled ahead (the packages at install, src here): where PYTHONDONTWRITEBYTECODE
+# is set, as on our CI machine, every process the tests start (each immunity command, sandbox
+# host and load generator) would otherwise compile its imports from source again: 1.15 ->
+# 0.55 s of CPU for one `immunity status`.
 test: setup-test
 	scripts/check
+	$(VENV)/bin/python -m compileall -q -j 0 src
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 test-quick: setup-test
+	$(VENV)/bin/python -m compileall -q -j 0 src
 	$(VENV)/bin/pytest -q -m "not slow"
 
 bench: setup
