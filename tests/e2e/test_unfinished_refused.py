@@ -6,6 +6,7 @@ and the v13 deployment could no longer be resumed. Now the second deploy is refu
 nothing touched, naming the run and the way out) and `resume --abort` puts every host back
 on the release it served before. Real 3-host sandbox (HAProxy, local hosts) through the CLI;
 the assertions read HAProxy's `show servers state` and each host's own process.
+Beside it, finding 4: an access log that sees none of the traffic HAProxy serves is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import time
 
 import pytest
-from e2e_helpers import FAST, Sandbox
+from e2e_helpers import FAST, Load, Sandbox
 from test_lifecycle import ensure_on, wait_for
 
 pytestmark = pytest.mark.slow
@@ -67,3 +68,31 @@ def test_sigint_in_the_bake_then_a_new_deploy_is_refused_until_resume_abort(
     assert json.loads(st.stdout)["steady"] is True
     r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2", "--dry-run")
     assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
+
+
+def test_an_access_log_that_sees_none_of_the_pools_traffic_is_refused(fleet3: Sandbox) -> None:
+    """Finding 4: access_log pointed at an empty file while customers go through HAProxy.
+    With the signal's own socket, the signal refuses; without one, preflight asks the
+    balancer's counters (show stat lastsess) and refuses too: exit 2, nothing touched,
+    naming the file or the signal and the counts. The sandbox's own log passes."""
+    (fleet3.dir / "empty.log").write_text("")
+    lb = {"kind": "haproxy", "name": "lb", "backend": "be_app", "access_log": "empty.log"}
+    with_socket = fleet3.write_config(
+        "empty-log.yaml", signals=[{**lb, "socket": "haproxy/admin.sock"}]
+    )
+    no_socket = fleet3.write_config("empty-log-nosock.yaml", signals=[lb])
+    before = fleet3.releases_served(), fleet3.servers_state()
+    load = Load(fleet3, 40)
+    try:
+        time.sleep(2)
+        r = fleet3.run("deploy", "-c", str(with_socket), "--release", "v2", "--dry-run")
+        assert 2 == r.returncode, r.stdout + r.stderr[-2000:]
+        assert "empty.log shows no request" in r.stderr and "last session h1" in r.stderr
+        r = fleet3.run("deploy", "-c", str(no_socket), "--release", "v2")
+        assert 2 == r.returncode, r.stdout + r.stderr[-2000:]
+        assert "signal 'lb' saw no request" in r.stderr and "last session h1" in r.stderr
+        assert before == (fleet3.releases_served(), fleet3.servers_state())  # nothing touched
+        r = fleet3.run("deploy", "-c", str(fleet3.config), "--release", "v2", "--dry-run")
+        assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
+    finally:
+        load.stop()

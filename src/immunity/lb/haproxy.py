@@ -196,6 +196,22 @@ class HAProxyPool:
                 hint=f"servers in {self.backend}: {', '.join(sorted(stats))}",
             )
 
+    async def recent_sessions(self, hosts: Sequence[HostRef]) -> dict[str, tuple[int, int]]:
+        """HAProxy's own view of current traffic, for preflight's cross-check with the
+        signals: each host's (seconds since it was last given a session, requests in all),
+        from ``show stat`` (`lastsess`, `req_tot`); a host never given one is left out."""
+        stats = await self.client.show_stat(self.backend)
+        out: dict[str, tuple[int, int]] = {}
+        for h in hosts:
+            st = stats.get(h.balancer_id)
+            try:
+                last = int(st.raw.get("lastsess") or -1) if st is not None else -1
+            except ValueError:
+                last = -1
+            if st is not None and last >= 0:
+                out[h.name] = (last, st.req_tot)
+        return out
+
     async def aclose(self) -> None:
         return None
 

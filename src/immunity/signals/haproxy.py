@@ -688,6 +688,10 @@ class HAProxySource:
         """The access log counts in 0.1 s bins: window edges on bin edges, so a bin is
         never split between two windows (its later requests would be lost to both)."""
         self._lock = anyio.Lock()
+        self.recent_requests: int | None = None
+        """The hosts' requests the access log showed from the last `RECENT_TRAFFIC_S` at
+        preflight (None: not read, or counter mode); preflight cross-checks a 0 with the
+        balancer's own view."""
         # counter mode: (unix time, {server: (requests, errors)})
         self.snapshots: list[tuple[float, dict[str, tuple[int, int]]]] = []
         if self.tail is None and self.client is None:
@@ -732,6 +736,7 @@ class HAProxySource:
                     hint="check signals[].access_log and that HAProxy logs there",
                 ) from exc
         said, recent = self._judge_sample(sample, hosts)
+        self.recent_requests = recent
         if recent == 0 and self.client is not None:
             await self._cross_check(hosts)
         return said
