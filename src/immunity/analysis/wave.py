@@ -104,7 +104,8 @@ class BakeAnalysis:
         # the guard never certifies: its judges keep testing for a fail until it ends
         min_s = math.inf if purpose == "guard" else config.bake.min
         self.judges: list[tuple[str, str, Judge]] = [
-            (c.name, c.signal, build_judge(c, self.judge_config, min_s)) for c in self.checks
+            (c.name, c.signal, build_judge(c, self.judge_config, min_s, carried=self._carried(c)))
+            for c in self.checks
         ]
         self.empty_looks = 0
         self.inconclusive_since: float | None = None
@@ -114,6 +115,15 @@ class BakeAnalysis:
         self.baseline_seen: dict[str, tuple[int, int]] = {}
         self.requests_seen = 0
         """Requests the signals counted on either cohort in this bake (available answers)."""
+
+    def _carried(self, c: CheckConfig) -> bool:
+        """Whether latency check `c`'s thresholds are its quantiles' from an earlier bake."""
+        carried = self.carry.get(c.name)
+        return (
+            c.kind == "latency"
+            and carried is not None
+            and [float(x) for x in c.thresholds_ms or []] == [float(x) for x in carried]
+        )
 
     def need(
         self,

@@ -30,8 +30,13 @@ __all__ = [
 ]
 
 
-def build_judge(check: CheckConfig, judge: JudgeConfig, min_bake_s: float) -> Judge:
-    """A fresh judge for one check of one bake (judges keep running statistics)."""
+def build_judge(
+    check: CheckConfig, judge: JudgeConfig, min_bake_s: float, *, carried: bool = False
+) -> Judge:
+    """A fresh judge for one check of one bake (judges keep running statistics).
+
+    `carried`: a latency check's `thresholds_ms` are its quantiles' thresholds frozen by an
+    earlier bake, so its reasons name them by quantile ("p50"), not "configured"."""
     if check.kind == "errors":
         return ErrorsJudge(check.name, judge, min_bake_s)
     if check.kind == "latency":
@@ -41,6 +46,7 @@ def build_judge(check: CheckConfig, judge: JudgeConfig, min_bake_s: float) -> Ju
             min_bake_s,
             quantiles=tuple(check.quantiles),
             thresholds_ms=check.thresholds_ms,
+            labels=[f"p{q * 100:g}" for q in check.quantiles] if carried else None,
         )
     if check.max is None:
         unit = "a fraction such as 0.02 or 2%" if check.kind == "error_rate_max" else "ms"

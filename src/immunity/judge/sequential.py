@@ -678,7 +678,11 @@ class LatencyJudge:
         *,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         thresholds_ms: Sequence[float] | None = None,
+        labels: Sequence[str] | None = None,
     ) -> None:
+        """`labels` name the thresholds in reasons (one per threshold): by default the
+        quantiles' ("p90"), or "configured" for `thresholds_ms`; a later wave's thresholds
+        carried from the first bake's quantiles pass those quantiles' labels."""
         self.name = name
         self.config = config
         self.min_bake_s = min_bake_s
@@ -698,9 +702,11 @@ class LatencyJudge:
         self.rng = np.random.default_rng(THIN_SEED)
         self.thresholds: list[float | None] = [None] * self.k
         self.active = np.zeros(self.k, dtype=bool)
-        self.labels = [
-            f"p{q * 100:g}" if self.fixed is None else "configured" for q in self.quantiles
-        ]
+        self.labels = (
+            list(labels)
+            if labels is not None and len(labels) == self.k
+            else [f"p{q * 100:g}" if self.fixed is None else "configured" for q in self.quantiles]
+        )
         self.freezers = [self._freezer(q) for q in self.quantiles]
         self.base_total = 0
         self.base_seen = 0  # baseline requests of this bake (thresholds may be carried in)
