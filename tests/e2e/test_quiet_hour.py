@@ -51,6 +51,11 @@ def test_with_no_customers_a_good_release_deploys_on_probe_traffic(fleet3: Sandb
     assert result["outcome"] == "deployed"
     looks = probe_looks(fleet3, result["deployment_id"])
     assert looks and all(str(look.get("probe", "")).startswith("on ") for look in looks)
+    # why it runs: the customers' rate against what the checks need, derived from them (the
+    # latency check's quantiles: errors need the baseline's 5xx rate, which no customer shows)
+    derived = [str(look["probe"]) for look in looks if "what the checks need" in str(look["probe"])]
+    assert derived and all("customers bring 0.0 requests/s" in p for p in derived), looks[-1]
+    assert all("canary requests by bake.max" in p and "latency: p" in p for p in derived)
 
 
 def test_with_no_customers_a_release_with_5pct_errors_is_reverted_within_30_s(
