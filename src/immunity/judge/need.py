@@ -22,7 +22,9 @@ baseline's requests per canary request (baseline hosts / canary hosts at a fair 
 * PASS look: delta = ln(bad), z_a = z(1 - beta_fixed), z_b = z(1 - beta): a canary like the
   baseline is certified with probability 1 - beta.
 
-The check needs the larger n. The errors check can also pass through `error_floor` (an exact
+The check needs the larger n. (The latency check takes no fixed FAIL look, see
+`sequential.LATENCY_FIXED_LOOK`, and fails through its sequential test: sizing it at the
+look's level is a lower bound on what it needs.) The errors check can also pass through `error_floor` (an exact
 binomial test of "the canary's 5xx rate is below the floor"): with the baseline's rate p
 below the floor, its PASS need is the smaller of the two routes. For a quantile threshold
 the check needs the most of its thresholds. Per canary host and second: n_c / (canary hosts

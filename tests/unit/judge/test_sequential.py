@@ -425,4 +425,6 @@ def test_a_judge_that_never_certifies_takes_no_fixed_look_and_keeps_all_of_alpha
     assert ErrorsJudge("e", config, min_bake_s=120).fail_needed == pytest.approx(500.0)
     guard = LatencyJudge("l", config, min_bake_s=math.inf)
     assert guard.fail_needed == pytest.approx(300.0) and guard.fail_final_alpha == 0.0
-    assert LatencyJudge("l", config, min_bake_s=120).fail_final_alpha == pytest.approx(0.005 / 3)
+    # a bake's latency judge holds half back and takes no look (stalls would fail it)
+    bake = LatencyJudge("l", config, min_bake_s=120)
+    assert bake.fail_needed == pytest.approx(600.0) and bake.fail_final_alpha == 0.0
