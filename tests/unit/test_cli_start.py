@@ -133,3 +133,24 @@ def test_the_plain_histogram_quantile_is_the_judges_rule() -> None:
         q = rng.choice([0.0, 0.5, 0.9, 0.99, 1.0, rng.random()])
         a, b = plain(bounds, buckets, q), judges(bounds, buckets, q)
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b), (buckets, q)
+
+
+def test_a_deploy_loads_the_report_renderer_while_its_first_bake_waits() -> None:
+    """The report's charts need matplotlib (seconds to import on a busy machine, which the
+    user waited through after the fleet was back): the deploy's sink imports it in the
+    background once the first bake starts, not before, and not at all without a bake."""
+    code = """
+import sys, threading
+from immunity.cli.app import _ReportPreload
+from immunity.domain import Event
+sink = _ReportPreload()
+sink(Event("deployment.started", "shop", "d1", "v2", ""))
+before = "matplotlib" in sys.modules
+sink(Event("bake.started", "shop", "d1", "v2", ""))
+for t in threading.enumerate():
+    if t.name == "report-preload":
+        t.join(120)
+print(before, "matplotlib" in sys.modules, "immunity.report.html" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"], out.stderr
