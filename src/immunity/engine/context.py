@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import psutil
 
 from immunity import plugins
@@ -34,6 +35,10 @@ from immunity.signals.probe import ProbeSource
 log = logging.getLogger("immunity")
 
 EventSink = Callable[[Event], None]
+
+
+READ_CONCURRENCY = 64
+"""Hosts whose driver is asked at once when the engine reads the whole fleet."""
 
 
 @dataclass
@@ -68,17 +73,41 @@ class Fleet:
         balancer and the drivers report now; with `lenient`, a host whose driver does not
         answer runs None."""
         members = await self.lb.members(self.hosts)
+        actives = await self.active_releases(lenient=lenient)
         out: dict[str, tuple[LbState | None, str | None]] = {}
         for h in self.hosts:
-            try:
-                active = await self.driver.active_release(h)
-            except ImmunityError:
-                if not lenient:
-                    raise
-                active = None
             m = members.get(h.name)
-            out[h.name] = (m.state if m is not None else None, active)
+            out[h.name] = (m.state if m is not None else None, actives[h.name])
         return out
+
+    async def active_releases(self, *, lenient: bool = False) -> dict[str, str | None]:
+        """Each host's active release as its driver reports it, asked of up to
+        `READ_CONCURRENCY` hosts at a time (one after another, 10,000 hosts took 10,000
+        driver round trips in a row). Raises the first host's error (in `hosts` order), or
+        with `lenient` reads a host whose driver does not answer (ImmunityError) as None."""
+        limiter = anyio.CapacityLimiter(READ_CONCURRENCY)
+        got: dict[str, str | None] = {}
+        failed: dict[str, Exception] = {}
+
+        async def read(h: HostRef) -> None:
+            async with limiter:
+                try:
+                    got[h.name] = await self.driver.active_release(h)
+                except Exception as exc:  # raised below, the first in host order
+                    failed[h.name] = exc
+
+        async with anyio.create_task_group() as tg:
+            for h in self.hosts:
+                tg.start_soon(read, h)
+        for h in self.hosts:
+            exc = failed.get(h.name)
+            if exc is None:
+                continue
+            if lenient and isinstance(exc, ImmunityError):
+                got[h.name] = None
+            else:
+                raise exc
+        return {h.name: got[h.name] for h in self.hosts}
 
     async def aclose(self) -> None:
         closers: list[Any] = [

@@ -89,13 +89,12 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
     await cross_check_traffic(fleet)
     await fleet.driver.check_release(release)
     members = await fleet.lb.members(fleet.hosts)
-    actives: dict[str, str | None] = {}
     problems = pool_problems(fleet, members, await fleet.lb.pool_members())
+    actives = await fleet.active_releases()
     for h in fleet.hosts:
         m = members.get(h.name)
         if m is None:
             problems.append(f"{h.name} is not in the balancer's pool")
-        actives[h.name] = await fleet.driver.active_release(h)
         if actives[h.name] is None:
             problems.append(f"{h.name} runs no release")
     problems += mixed_baseline(fleet, release, actives)
