@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -218,18 +218,9 @@ class FleetState:
             if h.lb_state is not LbState.SERVING:
                 state = str(h.lb_state) if h.lb_state is not None else "out"
                 disagreements.append(f"{name}: balancer reports {state}, expected serving")
-        return FleetView(
-            hosts=hosts,
-            release=self.release,
-            passed_waves=frozenset(self.passed_waves),
-            reverting=self.reverting,
-            revert_reason=self.revert_reason,
-            last_verdict=self.last_verdict,
-            first_canary_at=self.first_canary_at,
-            began_at=self.began_at,
-            failed=frozenset(self.failed),
-            disagreements=tuple(disagreements),
-        )
+        facts = {f.name: getattr(self, f.name) for f in fields(FleetView)[1:-1]}
+        facts = {k: frozenset(v) if isinstance(v, set) else v for k, v in facts.items()}
+        return FleetView(hosts, disagreements=tuple(disagreements), **facts)
 
 
 def derive(
