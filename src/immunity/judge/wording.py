@@ -70,9 +70,10 @@ def e_number(log_e: float) -> float:
 
 def score(z: float, relation: str, bar: float) -> str:
     """A score test's statistic against its bar, "score z -1.20 > -2.05"; in words when the
-    test has no variance to weigh (no event, a 5xx or a slow request, in either cohort, so
-    z is infinite): "no score: neither cohort had an event to compare (the bar is
-    z ≤ -2.05)", never "score z inf"."""
+    test has too little variance to weigh (fewer events, 5xx or slow requests, in the two
+    cohorts than `MIN_SCORE_VARIANCE` needs, so z is infinite): "no score: too few events in
+    the two cohorts to weigh (the bar is z ≤ -2.05)", never "score z inf" and never "no
+    event" when the canary had a few."""
     if math.isfinite(z):
         return f"score z {z:.2f} {relation} {bar:.2f}"
-    return f"no score: neither cohort had an event to compare (the bar is z ≤ {bar:.2f})"
+    return f"no score: too few events in the two cohorts to weigh (the bar is z ≤ {bar:.2f})"
