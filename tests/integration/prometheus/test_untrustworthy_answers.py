@@ -48,7 +48,7 @@ def twice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twice]:
     doubled = MetricsApp("v1", error_rate=0.0, delay_s=0.0)
     doubled.start()
     stop = threading.Event()
-    loader = threading.Thread(target=_load, args=([doubled], stop), daemon=True)
+    loader = threading.Thread(target=_load, args=([doubled], stop, threading.Event()), daemon=True)
     loader.start()
     doomed_port = free_port()
     doomed_process = subprocess.Popen([sys.executable, "-c", DOOMED, str(doomed_port)])
