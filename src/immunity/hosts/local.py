@@ -214,8 +214,22 @@ class LocalDriver:
 
     # -- HostDriver --
 
+    def _existing(self, host: HostRef) -> Path:
+        """The host's folder; `HostError` naming the host when there is none (no such host:
+        not "nothing installed, nothing running", which would read as a stopped host)."""
+        folder = self.folder(host)
+        if not folder.is_dir():
+            raise HostError(
+                f"no host {host.name}: its folder {folder} does not exist",
+                adapter=ADAPTER,
+                host=host.name,
+                hint="create the fleet with `immunity sandbox up`, or fix the host's meta.folder",
+                context={"folder": str(folder)},
+            )
+        return folder
+
     async def installed_releases(self, host: HostRef) -> list[str]:
-        base = self.folder(host) / "releases"
+        base = self._existing(host) / "releases"
         try:
             found = [p.parent for p in base.glob("*/release.json")]
             found.sort(key=lambda p: ((p / "release.json").stat().st_mtime, p.name))
@@ -224,12 +238,15 @@ class LocalDriver:
         return [p.name for p in found]
 
     async def active_release(self, host: HostRef) -> str | None:
+        folder = self._existing(host)
         if self._running_pid(host) is None:
             return None
         try:
-            name = (self.folder(host) / "active").read_text().strip()
-        except OSError:
+            name = (folder / "active").read_text().strip()
+        except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise self._error(host, "cannot read the active release", exc) from exc
         return name or None
 
     async def install(self, host: HostRef, release: str) -> None:
