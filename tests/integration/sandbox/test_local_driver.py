@@ -1,4 +1,8 @@
-"""LocalDriver against real sample-app processes; assertions read the process and its answers."""
+"""LocalDriver against real sample-app processes; assertions read the process and its answers.
+
+What every host driver promises (install, switch, stop, idempotence, an unknown host) is
+checked by the HostDriver contract in test_local_contract.py; these are the local driver's
+own: one process per host, replaced on a switch, refusals and preflight."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pytest
 
 from immunity.domain import HostRef
 from immunity.errors import HostError, PreflightError
-from immunity.hosts.local import LocalDriver, port_open, read_pid
+from immunity.hosts.local import LocalDriver, read_pid
 from immunity.sandbox.fleet import add_release, free_ports
 
 pytestmark = pytest.mark.anyio
@@ -45,28 +49,6 @@ def _gone(pid: int) -> bool:
         return True
 
 
-async def test_install_copies_the_manifest_once(
-    local: tuple[LocalDriver, HostRef], tmp_path: Path
-) -> None:
-    """install() puts the release in the host folder; a second install is a no-op."""
-    driver, host = local
-    await driver.install(host, "v1")
-    await driver.install(host, "v1")
-    assert await driver.installed_releases(host) == ["v1"]
-    assert (tmp_path / "hosts/h1/releases/v1/release.json").is_file()
-
-
-async def test_start_serves_the_release_and_active_release_reads_it(
-    local: tuple[LocalDriver, HostRef],
-) -> None:
-    """start() launches the app on the host's port; it answers as that release."""
-    driver, host = local
-    await driver.install(host, "v1")
-    await driver.start(host, "v1")
-    assert await _release_served(host) == "v1"
-    assert await driver.active_release(host) == "v1"
-
-
 async def test_start_another_release_replaces_the_process(
     local: tuple[LocalDriver, HostRef], tmp_path: Path
 ) -> None:
@@ -83,22 +65,6 @@ async def test_start_another_release_replaces_the_process(
     assert await _release_served(host) == "v2"
     await driver.start(host, "v2")
     assert new == read_pid(tmp_path / "hosts/h1/app.pid")
-
-
-async def test_stop_closes_the_port_and_is_idempotent(
-    local: tuple[LocalDriver, HostRef], tmp_path: Path
-) -> None:
-    """After stop() nothing listens on the port, the process is gone, no release is active."""
-    driver, host = local
-    await driver.install(host, "v1")
-    await driver.start(host, "v1")
-    pid = read_pid(tmp_path / "hosts/h1/app.pid")
-    assert pid is not None
-    await driver.stop(host)
-    await driver.stop(host)
-    assert not port_open(host.address, host.port)
-    assert _gone(pid)
-    assert None is await driver.active_release(host)
 
 
 async def test_unknown_release_is_refused(local: tuple[LocalDriver, HostRef]) -> None:

@@ -7,10 +7,15 @@
 * A window without traffic counts none (no invented requests).
 * A source that cannot read its data says so (missing, or `SignalError`): never zeros that
   look like a pass.
+* A source with no per-host split (CloudWatch's target-group metrics: `split = False` in its
+  harness) answers the canary with the whole fleet's traffic and the baseline as missing,
+  never as zeros: a comparison on it can never pass.
 
 Windows are looked at as the bake looks at them: the source's `begin` hook called when the
 first one opens, edges on multiples of its `resolution`, each window once its end plus its
-declared `delay` has passed.
+declared `delay` has passed. A source that reads every window back in time by itself
+(CloudWatch's `delay`: the harness's `shift`) is asked for the traffic of [start, end) as
+the bake would ask it then, as [start + shift, end + shift), once that end has passed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ class SignalHarness(ABC):
     written, a scrape); the cases leave that much quiet before a window ends."""
     requests: int = 40
     """Requests per burst (spread over both cohorts; some of the canary's answer 5xx)."""
+    split: bool = True
+    """False for a source with no per-host split: it counts every host's traffic as the
+    canary's and answers the baseline as missing."""
+    shift: float = 0.0
+    """Seconds by which the source itself reads each window back in time: asked for
+    [start, end), it answers for the traffic of [start - shift, end - shift)."""
 
     @abstractmethod
     async def send(self, n: int) -> Sent:
@@ -80,9 +91,12 @@ def _cohorts(h: SignalHarness) -> dict[Cohort, Sequence[HostRef]]:
 
 
 def _expected(h: SignalHarness, sent: Sent) -> dict[Cohort, tuple[int, int]]:
+    """What each cohort must count; without a split, the canary counts every host's."""
     out = {}
     for cohort, hosts in _cohorts(h).items():
-        names = {x.name for x in hosts}
+        if not h.split and cohort is not Cohort.CANARY:
+            continue
+        names = {x.name for x in hosts} if h.split else {x.name for x, _ in _all(h)}
         out[cohort] = (
             sum(n for (host, _), n in sent.items() if host in names),
             sum(n for (host, err), n in sent.items() if host in names and err),
@@ -90,10 +104,26 @@ def _expected(h: SignalHarness, sent: Sent) -> dict[Cohort, tuple[int, int]]:
     return out
 
 
-def _counts(obs: dict[Cohort, Observation]) -> dict[Cohort, tuple[int, int]]:
+def _asked(h: SignalHarness, t: dt.datetime) -> dt.datetime:
+    """The bake's time at which the source reads the traffic of `t` (see `shift`)."""
+    return t + dt.timedelta(seconds=h.shift)
+
+
+def _all(h: SignalHarness) -> list[tuple[HostRef, Cohort]]:
+    return [(x, c) for c, hosts in _cohorts(h).items() for x in hosts]
+
+
+def _counts(h: SignalHarness, obs: dict[Cohort, Observation]) -> dict[Cohort, tuple[int, int]]:
+    """Each cohort's (requests, 5xx); a cohort a source without a split cannot answer must be
+    missing with a reason (never zeros), and is left out."""
+    out = {}
     for cohort, o in obs.items():
+        if not h.split and cohort is not Cohort.CANARY:
+            assert not o.available and o.detail, f"{cohort} without a split: {o}"
+            continue
         assert o.available, f"{cohort}: {o.status}: {o.detail}"
-    return {c: (o.requests, o.errors) for c, o in obs.items()}
+        out[cohort] = (o.requests, o.errors)
+    return out
 
 
 class SignalSourceContract(Contract):
@@ -102,7 +132,9 @@ class SignalSourceContract(Contract):
     async def _look(
         self, h: SignalHarness, start: dt.datetime, end: dt.datetime
     ) -> dict[Cohort, Observation]:
-        """Look at [start, end) as the bake does: once end + the source's delay has passed."""
+        """Look at the traffic of [start, end) as the bake does: once end + the source's
+        delay has passed (a source that shifts windows itself is asked shifted)."""
+        start, end = _asked(h, start), _asked(h, end)
         wait = (end - h.now()).total_seconds() + delay_of(h.source)
         if wait > 0:
             await h.sleep(wait)
@@ -121,16 +153,21 @@ class SignalSourceContract(Contract):
         hosts answered; a latency histogram counts every request."""
         await harness.quiet()
         start = harness.edge()
-        await begin(harness.source, start)  # as the bake does before its first window
+        await begin(harness.source, _asked(harness, start))  # as the bake does, first
         await harness.sleep(harness.settle_s)
         sent = await harness.send(harness.requests)
         await harness.sleep(harness.settle_s)
         obs = await self._look(harness, start, harness.edge())
         expected = _expected(harness, sent)
-        assert expected[Cohort.CANARY][1] > 0 and expected[Cohort.BASELINE][0] > 0
-        assert _counts(obs) == expected
+        canary = {x.name for x in harness.canary}
+        assert any(err and host in canary for host, err in sent)
+        assert any(host not in canary for host, _ in sent)
+        assert _counts(harness, obs) == expected
         for cohort, o in obs.items():
-            assert o.hosts == len(_cohorts(harness)[cohort])
+            if not o.available:
+                continue  # the baseline of a source without a split (checked by _counts)
+            hosts = len(_cohorts(harness)[cohort]) if harness.split else len(_all(harness))
+            assert o.hosts == hosts
             if o.latency_buckets:
                 assert sum(o.latency_buckets) == o.requests
 
@@ -141,7 +178,7 @@ class SignalSourceContract(Contract):
         bake would: together they count every request once per cohort."""
         await harness.quiet()
         start = harness.edge()
-        await begin(harness.source, start)  # as the bake does before its first window
+        await begin(harness.source, _asked(harness, start))  # as the bake does, first
         await harness.sleep(harness.settle_s)
         sent: Sent = Counter()
         looks: list[dict[Cohort, Observation]] = []
@@ -159,7 +196,7 @@ class SignalSourceContract(Contract):
         await harness.sleep(harness.settle_s)
         end = harness.edge()
         looks.append(await self._look(harness, edge, end))
-        first, second = (_counts(o) for o in looks)
+        first, second = (_counts(harness, o) for o in looks)
         together = {c: (first[c][0] + second[c][0], first[c][1] + second[c][1]) for c in first}
         expected = _expected(harness, sent)
         assert together == expected, (
@@ -171,7 +208,7 @@ class SignalSourceContract(Contract):
         """A quiet window: no requests (or no data), never invented ones."""
         await harness.quiet()
         start = harness.edge()
-        await begin(harness.source, start)  # as the bake does before its first window
+        await begin(harness.source, _asked(harness, start))  # as the bake does, first
         await harness.sleep(harness.settle_s)
         obs = await self._look(harness, start, harness.edge())
         for o in obs.values():
