@@ -25,9 +25,10 @@ from typing import Any
 import anyio
 import boto3
 import pytest
-from conftest import REGION, _free_port, isolate_aws_env
 
+from conftest import REGION, isolate_aws_env
 from immunity.domain import HostRef, utcnow
+from immunity.sandbox.fleet import free_ports
 from immunity.signals.base import SignalSource
 from immunity.signals.cloudwatch import NAMESPACE, CloudWatchSource
 from immunity.testing.contracts import SignalHarness, SignalSourceContract
@@ -112,7 +113,9 @@ class CloudWatchHarness(SignalHarness):
 
     async def broken(self) -> SignalSource:
         """Pointed at a port where no CloudWatch answers."""
-        return self._source(f"http://127.0.0.1:{_free_port()}", max_attempts=1, connect_timeout=1)
+        return self._source(
+            f"http://127.0.0.1:{free_ports(1)[0]}", max_attempts=1, connect_timeout=1
+        )
 
 
 class TestCloudWatchSource(SignalSourceContract):
