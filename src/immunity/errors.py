@@ -12,6 +12,7 @@ Exceptions mean "could not act or measure"; a bad release is a *verdict*, not an
     │   └── NotifyError                a notifier failed (journaled, never changes the outcome)
     ├── StepFailed                     a host step failed (verify, warm-up, drain timeout)
     ├── JournalError                   the journal could not be written/read: change nothing more
+    │   └── JournalLocked              another process holds the journal's lock past the deadline (exit 5)
     ├── LeaseHeld                      another deployment holds the app's lease (exit 5)
     ├── LeaseLost                      our fencing token is stale: another process took over
     └── CapacityExhausted              no host can leave the pool: every slot is held by a host
@@ -121,6 +122,17 @@ class JournalError(ImmunityError):
 
     reference = "journal-error"
     exit_code = 4
+
+
+class JournalLocked(JournalError):
+    """Another process held the journal's write lock (SQLite) or the rows a write needs
+    (PostgreSQL) past the deadline, e.g. a process stopped (SIGSTOP) inside a write. The
+    message names that process and its state when the journal can tell; reads still work.
+    Like any JournalError it means "change nothing more"; like LeaseHeld it is exit 5: another
+    process is in the way, and the hint says how to get it out of the way."""
+
+    reference = "journal-locked"
+    exit_code = 5
 
 
 class LeaseHeld(ImmunityError):

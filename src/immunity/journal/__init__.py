@@ -6,7 +6,7 @@ from pathlib import Path
 
 from immunity.errors import ConfigError
 from immunity.journal.base import DeploymentRecord, Journal, JournalEntry, Lease
-from immunity.journal.faults import with_kill_point
+from immunity.journal.faults import with_faults
 from immunity.journal.sqlite import SqliteJournal, new_deployment_id
 
 __all__ = [
@@ -22,12 +22,12 @@ __all__ = [
 
 def open_journal(path: Path, url: str | None = None) -> Journal:
     """The journal a config names: a shared PostgreSQL database (`url`) or a SQLite file,
-    with the fault suite's kill point when $IMMUNITY_FAULT_KILL_AT asks for one
-    (`journal.faults`).
+    with the fault suite's fault points when $IMMUNITY_FAULT_KILL_AT or
+    $IMMUNITY_FAULT_STOP_IN_WRITE asks for one (`journal.faults`).
 
     Raises ConfigError for a URL of another scheme, JournalError when it cannot be opened.
     """
-    return with_kill_point(_open(path, url))
+    return with_faults(_open(path, url))
 
 
 def _open(path: Path, url: str | None) -> Journal:

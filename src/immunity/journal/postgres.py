@@ -21,6 +21,17 @@ The schema is versioned (`immunity_schema`) and upgraded in place on open, under
 transaction-level advisory lock so that orchestrators starting at once upgrade it once; see
 docs/journal.md.
 
+**A session that stalls.** A process stopped (SIGSTOP) or stuck inside one of its
+transactions keeps that transaction's locks (the lease row `FOR SHARE` of an append). Reads
+never wait for it (MVCC). Our sessions set `idle_in_transaction_session_timeout`
+(`idle_s`): a transaction left idle that long (its process stopped between two statements)
+is ended by the server, which releases its locks; the stopped process's uncommitted write
+is rolled back and was never acknowledged. `acquire_lease` reads the lease first and
+refuses a held lease without waiting for any lock. A wait past `lock_timeout` (e.g. behind
+another tool's session, which our idle timeout does not cover) raises `JournalLocked`
+(exit 5) naming the session in the way (application, client, backend pid, state, since);
+a server that does not answer at all is a `JournalError` past the call's deadline.
+
 Errors: every psycopg error becomes `JournalError` naming the server (never the password);
 `LeaseHeld` / `LeaseLost` as in `Journal`.
 """
@@ -31,6 +42,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -44,7 +56,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from immunity.errors import JournalError
+from immunity.errors import JournalError, JournalLocked
 from immunity.journal.base import (
     DeploymentRecord,
     JournalEntry,
@@ -147,13 +159,20 @@ class AsyncPostgresJournal:
 
     Connects on first use (so it may be built outside any event loop) and again after the
     connection broke; all calls share one connection, one transaction at a time.
-    `timeout_s` bounds connecting and every statement (lock waits included).
+    `timeout_s` bounds connecting and every statement (lock waits included); `idle_s` is how
+    long the server lets one of our transactions sit idle (its process stalled) before it
+    ends it and releases its locks (below `timeout_s`, so a writer waiting on those locks
+    gets through).
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 15.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 15.0, idle_s: float = 5.0) -> None:
         self.url = url
         self.where = redact(url)
         self.timeout_s = timeout_s
+        self.idle_s = idle_s
+        self.in_write: Callable[[str], None] | None = None
+        """The fault suite's hook (`journal.faults`): called with each appended entry's
+        kind inside its transaction, before the commit. None otherwise."""
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._lock: asyncio.Lock | None = None
         self._group: list[_Append] = []  # appends asked for since the last call that wrote
@@ -173,14 +192,16 @@ class AsyncPostgresJournal:
     async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
-        ms = int(self.timeout_s * 1000)
+        ms = int(self.timeout_s * 1000)  # a lock wait ends first (JournalLocked names who)
+        idle_ms = int(self.idle_s * 1000)
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self.url,
                 autocommit=True,
                 connect_timeout=max(1, int(self.timeout_s)),
-                application_name="immunity",
-                options=f"-c statement_timeout={ms} -c lock_timeout={ms}",
+                application_name=f"immunity pid {os.getpid()}",
+                options=f"-c statement_timeout={ms + 2000} -c lock_timeout={ms} "
+                f"-c idle_in_transaction_session_timeout={idle_ms}",
             )
         except (psycopg.Error, OSError) as exc:
             raise self._error("connection", exc) from exc
@@ -193,7 +214,20 @@ class AsyncPostgresJournal:
         return conn
 
     async def _upgrade(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
-        """Bring the schema to SCHEMA_VERSION, one migration per transaction."""
+        """Bring the schema to SCHEMA_VERSION, one migration per transaction.
+
+        A schema already current is only read: no lock is taken, so a process stalled while
+        it opens the journal blocks no other from opening it."""
+        try:
+            cur = await conn.execute("SELECT to_regclass('immunity_schema') IS NOT NULL")
+            row = await cur.fetchone()
+            if row and row[0]:
+                cur = await conn.execute("SELECT max(version) FROM immunity_schema")
+                row = await cur.fetchone()
+                if row and row[0] is not None and int(row[0]) == SCHEMA_VERSION:
+                    return
+        except psycopg.Error as exc:
+            raise self._error("schema upgrade", exc) from exc
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -221,13 +255,54 @@ class AsyncPostgresJournal:
     @asynccontextmanager
     async def _tx(self, what: str = "write") -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
         """One transaction, alone, after every append asked for before this call."""
+        async with self._alone(what) as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def _alone(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+        """The connection, alone (autocommit), after every append asked for before this
+        call; psycopg errors mapped."""
         self._group = []  # appends asked for from now on commit after this call
         async with self._locked() as conn:
             try:
-                async with conn.transaction():
-                    yield conn
+                yield conn
+            except psycopg.errors.LockNotAvailable as exc:
+                raise await self._locked_error(conn, what) from exc
             except psycopg.Error as exc:
                 raise self._error(what, exc) from exc
+
+    async def _locked_error(
+        self, conn: psycopg.AsyncConnection[TupleRow], what: str
+    ) -> JournalLocked:
+        """What a statement that waited `lock_timeout` says: the sessions holding locks on
+        the lease rows (or the schema's advisory lock) in an open transaction, oldest
+        first, as far as the server lets us see them."""
+        sessions: list[str] = []
+        with contextlib.suppress(psycopg.Error):
+            cur = await conn.execute(
+                "SELECT DISTINCT a.pid, a.application_name, host(a.client_addr), a.state, "
+                "a.state_change, a.xact_start FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.granted AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL "
+                "AND (l.relation = to_regclass('leases') OR (l.locktype = 'advisory' "
+                "AND l.objid = %s)) ORDER BY a.xact_start LIMIT 3",
+                (_SCHEMA_LOCK,),
+            )
+            for pid, app, client, state, since, _ in await cur.fetchall():
+                when = f" since {since:%Y-%m-%d %H:%M:%S %Z}" if since else ""
+                sessions.append(
+                    f"backend pid {pid} ({app or 'no application name'}"
+                    f"{', client ' + client if client else ''}), {state or 'state unknown'}{when}"
+                )
+        who = "; ".join(sessions) if sessions else "a session this user cannot see"
+        first = sessions[0].split(" ", 3)[2] if sessions else "PID"
+        return JournalLocked(
+            f"journal {what} waited {self.timeout_s:g}s for a lock at {self.where}: held by {who}",
+            hint="if that session is stuck, end it (`SELECT pg_terminate_backend("
+            f"{first})` as a database superuser, or stop its process): its uncommitted "
+            "write is rolled back; then run the command again",
+            context={"journal": self.where},
+        )
 
     @asynccontextmanager
     async def _locked(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
@@ -371,22 +446,30 @@ class AsyncPostgresJournal:
                                 continue
                         written.append(a)
                     if written:
-                        async with c.cursor() as cur:
-                            await cur.executemany(
-                                "INSERT INTO entries(deployment_id, at, kind, host, step, data) "
-                                "VALUES (%s, clock_timestamp(), %s, %s, %s, %s) RETURNING seq, at",
-                                [
-                                    (a.deployment_id, a.kind, a.host, a.step, Jsonb(a.data))
-                                    for a in written
-                                ],
-                                returning=True,
-                            )
-                            while True:
-                                row = await cur.fetchone()
-                                assert row is not None
-                                rows.append((int(row[0]), row[1]))
-                                if not cur.nextset():
-                                    break
+                        # One statement, not `executemany`: a pipeline left between its
+                        # Sync and the COMMIT (the process stalled there) is a transaction
+                        # the server's idle_in_transaction_session_timeout never ends.
+                        cur = await c.execute(
+                            "INSERT INTO entries(deployment_id, at, kind, host, step, data) "
+                            "SELECT d, clock_timestamp(), k, h, s, x FROM unnest("
+                            "%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[]) "
+                            "WITH ORDINALITY AS u(d, k, h, s, x, n) ORDER BY n "
+                            "RETURNING seq, at",
+                            (
+                                [a.deployment_id for a in written],
+                                [a.kind for a in written],
+                                [a.host for a in written],
+                                [a.step for a in written],
+                                [Jsonb(a.data) for a in written],
+                            ),
+                        )
+                        # seq is drawn in insert order (ORDER BY n): sorted, rows follow `written`
+                        rows = sorted((int(r[0]), r[1]) for r in await cur.fetchall())
+                        if self.in_write is not None:
+                            for a in written:
+                                self.in_write(a.kind)
+            except psycopg.errors.LockNotAvailable as exc:
+                raise await self._locked_error(c, "write") from exc
             except psycopg.Error as exc:
                 raise self._error("write", exc) from exc
         except BaseException as exc:
@@ -427,21 +510,18 @@ class AsyncPostgresJournal:
         takeover: bool = False,
         holder_dead: bool = False,
     ) -> Lease:
-        """Take the app's lease (see `Journal.acquire_lease`); liveness by the server's clock."""
-        async with self._tx() as c:
-            await c.execute(
-                "INSERT INTO leases(app, token, released) VALUES (%s, 0, TRUE) "
-                "ON CONFLICT (app) DO NOTHING",
-                (app,),
-            )
-            cur = await c.execute(
-                "SELECT holder, deployment_id, token, acquired_at, heartbeat_at, released, "
-                "clock_timestamp() - heartbeat_at < make_interval(secs => ttl_s) "
-                "FROM leases WHERE app=%s FOR UPDATE",
-                (app,),
-            )
-            row = await cur.fetchone()
-            assert row is not None
+        """Take the app's lease (see `Journal.acquire_lease`); liveness by the server's clock.
+
+        The lease is read first, without a lock: a lease that is held is refused at once,
+        whatever locks its holder keeps (stopped inside a write), then checked again under
+        `FOR UPDATE` where it counts."""
+        sql = (
+            "SELECT holder, deployment_id, token, acquired_at, heartbeat_at, released, "
+            "clock_timestamp() - heartbeat_at < make_interval(secs => ttl_s) "
+            "FROM leases WHERE app=%s"
+        )
+
+        def check(row: Sequence[Any]) -> None:
             check_grant(
                 app,
                 row[0],
@@ -453,13 +533,27 @@ class AsyncPostgresJournal:
                 takeover=takeover,
                 holder_dead=holder_dead,
             )
-            cur = await c.execute(
-                "UPDATE leases SET holder=%s, deployment_id=%s, token=token+1, ttl_s=%s, "
-                "acquired_at=clock_timestamp(), heartbeat_at=clock_timestamp(), released=FALSE "
-                "WHERE app=%s RETURNING token, acquired_at",
-                (holder, deployment_id, float(ttl_s), app),
-            )
-            got = await cur.fetchone()
+
+        async with self._alone("write") as c:  # one turn: no append slips in between
+            seen = await (await c.execute(sql, (app,))).fetchone()
+            if seen is not None:
+                check(seen)
+            async with c.transaction():
+                await c.execute(
+                    "INSERT INTO leases(app, token, released) VALUES (%s, 0, TRUE) "
+                    "ON CONFLICT (app) DO NOTHING",
+                    (app,),
+                )
+                row = await (await c.execute(sql + " FOR UPDATE", (app,))).fetchone()
+                assert row is not None
+                check(row)
+                cur = await c.execute(
+                    "UPDATE leases SET holder=%s, deployment_id=%s, token=token+1, ttl_s=%s, "
+                    "acquired_at=clock_timestamp(), heartbeat_at=clock_timestamp(), "
+                    "released=FALSE WHERE app=%s RETURNING token, acquired_at",
+                    (holder, deployment_id, float(ttl_s), app),
+                )
+                got = await cur.fetchone()
         assert got is not None
         return Lease(app, holder, deployment_id, int(got[0]), got[1], got[1])
 
@@ -556,8 +650,8 @@ class PostgresJournal:
     (shielded, like every `Journal` call), so the database is never waited for on it.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 15.0) -> None:
-        self.aio = AsyncPostgresJournal(url, timeout_s=timeout_s)
+    def __init__(self, url: str, *, timeout_s: float = 15.0, idle_s: float = 5.0) -> None:
+        self.aio = AsyncPostgresJournal(url, timeout_s=timeout_s, idle_s=idle_s)
         self.url = url
         self.where = self.aio.where
         self._deadline = timeout_s * 2 + 5
@@ -611,6 +705,15 @@ class PostgresJournal:
             raise JournalError(
                 f"the journal at {self.where} did not answer within {self._deadline:.0f}s"
             ) from exc
+
+    @property
+    def in_write(self) -> Callable[[str], None] | None:
+        """The fault suite's hook (see `AsyncPostgresJournal.in_write`)."""
+        return self.aio.in_write
+
+    @in_write.setter
+    def in_write(self, hook: Callable[[str], None] | None) -> None:
+        self.aio.in_write = hook
 
     async def schema_version(self) -> int:
         return await self._acall(self.aio.schema_version)

@@ -19,6 +19,16 @@ settles (`call_soon_threadsafe`), shielded from cancellation once asked for (a w
 happens whole or raises). Leases live in the same file: one row per app, with a fencing
 token that grows at every acquisition; `append(..., token=t)` checks the token inside the
 write's transaction, so a process that lost its lease can change nothing more.
+
+**A writer that stalls.** A process stopped (SIGSTOP, a debugger) or stuck on its disk
+inside a write transaction keeps SQLite's write lock for as long as it stays so. WAL readers
+are never blocked by it (`status`, `history`, `show` and every read here work). Writers wait
+`lock_timeout_s` and then raise `JournalLocked` (exit 5) naming the process that holds the
+lock (from /proc/locks), its state (e.g. stopped) and the lease it holds, with the way out;
+never SQLite's bare "database is locked". `acquire_lease` reads the lease first and refuses a
+held lease without waiting for the write lock at all. Every call has a deadline
+(`call_timeout_s`): a writer thread stuck on a hung disk or file system makes calls raise
+`JournalError` instead of hanging, and `close` does not wait for it.
 """
 
 from __future__ import annotations
@@ -41,9 +51,10 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import psutil
 
 from immunity.domain import utcnow
-from immunity.errors import JournalError
+from immunity.errors import JournalError, JournalLocked
 from immunity.journal.base import (
     DeploymentRecord,
     JournalEntry,
@@ -103,6 +114,52 @@ def _parse(s: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(s) if s else None
 
 
+SQLITE_BUSY = 5  # primary result code of "database is locked" (extended codes: BUSY | n << 8)
+WAL_WRITE_LOCK_BYTE = 120
+"""The byte of the `-shm` file a WAL writer locks (SQLite's os_unix.c: UNIX_SHM_BASE =
+(22 + SQLITE_SHM_NLOCK) * 4, WAL_WRITE_LOCK = 0): who holds it is who holds the write lock."""
+
+
+def write_lock_holders(path: Path) -> list[int]:
+    """PIDs holding the WAL write lock of the SQLite file `path` (a POSIX write lock on
+    WAL_WRITE_LOCK_BYTE of `path`-shm), from Linux's /proc/locks; [] when none or when this
+    system cannot tell (not Linux, or the holder is on another machine of a shared file
+    system, whose locks /proc/locks does not list)."""
+    try:
+        st = os.stat(f"{path}-shm")
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    found: list[int] = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 8 or "->" in f or f[1] != "POSIX" or f[3] != "WRITE" or f[5] != where:
+            continue  # "->": a process waiting for the lock, not holding it
+        end = f[7]
+        try:
+            start, pid = int(f[6]), int(f[4])
+        except ValueError:
+            continue
+        if start <= WAL_WRITE_LOCK_BYTE and (end == "EOF" or WAL_WRITE_LOCK_BYTE <= int(end)):
+            found.append(pid)
+    return found
+
+
+def process_state(pid: int) -> str:
+    """`pid`'s state in words for an error message ("" when it cannot be read)."""
+    try:
+        status = psutil.Process(pid).status()
+    except (psutil.Error, OSError):
+        return ""
+    return {
+        psutil.STATUS_STOPPED: "is stopped (SIGSTOP or a debugger)",
+        psutil.STATUS_TRACING_STOP: "is stopped by a debugger",
+        psutil.STATUS_DISK_SLEEP: "is waiting on its disk",
+        psutil.STATUS_ZOMBIE: "has ended",
+    }.get(status, f"is {status}")
+
+
 MAX_BATCH = 4096
 """Most appends one transaction holds (a bound on one commit's size, not a wait)."""
 
@@ -137,6 +194,11 @@ class _Append:
 _CLOSE = _Call()
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    """Whether `exc` is SQLite's "database is locked" (SQLITE_BUSY and its extended codes)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_BUSY
+
+
 def _settle(calls: Sequence[_Call]) -> None:
     """On the caller's loop: hand each call its result (a caller gone away is skipped)."""
     for c in calls:
@@ -159,17 +221,39 @@ class SqliteJournal:
     transaction (see the module docstring).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lock_timeout_s: float = 10.0,
+        call_timeout_s: float | None = None,
+    ) -> None:
+        """`lock_timeout_s`: how long a write waits for another process's write lock before
+        `JournalLocked`; `call_timeout_s` (default `lock_timeout_s` + 20): how long any call
+        waits for the writer thread before `JournalError` (a stalled disk)."""
         self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.call_timeout_s = lock_timeout_s + 20.0 if call_timeout_s is None else call_timeout_s
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+                self.path, timeout=lock_timeout_s, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA busy_timeout={int(lock_timeout_s * 1000)}")
+            have = {
+                n for (n,) in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if not {"deployments", "entries", "leases"} <= have:  # else no write lock needed
+                self._db.executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == SQLITE_BUSY:
+                raise self._locked_error("opening it", exc) from exc
+            raise JournalError(
+                f"cannot open the journal {self.path}: {exc}",
+                hint="check journal.path in immunity.yaml and that its folder is writable",
+            ) from exc
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(
                 f"cannot open the journal {self.path}: {exc}",
@@ -179,8 +263,12 @@ class SqliteJournal:
         self._start_lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._closed = False
+        self._stuck: str | None = None  # why the writer thread is known stuck (a call timed out)
         self.commits = 0  # transactions committed by appends (for tests and benchmarks)
         self.appended = 0  # entries those transactions held
+        self.in_write: Callable[[str], None] | None = None
+        """The fault suite's hook (`journal.faults`): called on the writer thread with each
+        appended entry's kind, inside its transaction, before the commit. None otherwise."""
 
     # -- the writer thread -------------------------------------------------------------
 
@@ -192,12 +280,28 @@ class SqliteJournal:
     async def _submit(self, call: _Call) -> Any:
         if self._closed:
             raise JournalError(f"the journal {self.path} is closed")
+        if self._stuck is not None:  # fail at once: the calls before it are still waiting
+            raise self._stuck_error()
         self._start()
         call.loop = asyncio.get_running_loop()  # anyio on asyncio, as the engine runs
         call.future = call.loop.create_future()
         self._queue.put(call)
         with anyio.CancelScope(shield=True):  # asked for: it happens whole or raises
-            return await call.future
+            with anyio.move_on_after(self.call_timeout_s):
+                return await call.future
+        # The writer thread is stuck (a write that never returns: a hung disk or network
+        # file system). The call stays queued and may still happen; the caller is told it
+        # did not, and changes nothing more (JournalError).
+        self._stuck = f"no call finished within {self.call_timeout_s:.0f}s"
+        raise self._stuck_error()
+
+    def _stuck_error(self) -> JournalError:
+        return JournalError(
+            f"the journal {self.path} did not answer: {self._stuck} (its writer waits on the "
+            "disk or file system that holds it)",
+            hint=f"check the disk or mount of {self.path.parent} (a hung NFS mount, a full or "
+            "failing disk)",
+        )
 
     def _start(self) -> None:
         if self._writer is not None:
@@ -224,6 +328,7 @@ class SqliteJournal:
                     call.result = call.fn()
                 except BaseException as exc:  # handed to the caller, who raises it
                     call.error = exc
+                self._stuck = None  # the writer moves again
                 self._wake([call])
                 continue
             batch = [call]
@@ -237,6 +342,7 @@ class SqliteJournal:
                     break
                 batch.append(nxt)
             self._commit_appends(batch)
+            self._stuck = None
             self._wake(batch)
 
     @staticmethod
@@ -268,13 +374,56 @@ class SqliteJournal:
             if self._db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
+            if _busy(exc):
+                raise self._locked_error("writing", exc) from exc
             raise JournalError(f"journal write failed ({self.path}): {exc}") from exc
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return list(self._db.execute(sql, args).fetchall())
         except sqlite3.Error as exc:
+            if _busy(exc):
+                raise self._locked_error("reading", exc) from exc
             raise JournalError(f"journal read failed ({self.path}): {exc}") from exc
+
+    def _locked_error(self, doing: str, exc: sqlite3.Error) -> JournalLocked:
+        """What a write (or a read in WAL recovery) that waited `lock_timeout_s` for another
+        process's lock says: who holds it, in what state, and which lease it holds."""
+        pids = write_lock_holders(self.path)
+        waited = f"{self.lock_timeout_s:g}s"
+        if not pids:
+            return JournalLocked(
+                f"the journal {self.path} stayed locked by another process for {waited} while "
+                f"{doing} it ({exc}); this system cannot tell which process holds the lock",
+                hint=f"find the process using it (`fuser {self.path}`): if it is stuck, stop it "
+                "(a write it had not committed is rolled back; nothing it was told is written "
+                "is lost), then run the command again",
+                context={"journal": str(self.path)},
+            )
+        pid = pids[0]
+        state = process_state(pid)
+        me = " (this process)" if pid == os.getpid() else ""
+        lease = ""
+        with contextlib.suppress(sqlite3.Error):  # reads never wait for the write lock
+            for app, deployment_id, acquired_at in self._db.execute(
+                "SELECT app, deployment_id, acquired_at FROM leases "
+                "WHERE released=0 AND holder LIKE ?",
+                (f"%:{pid}",),
+            ):
+                lease = f"; it holds the lease of {app} since {acquired_at} (deployment {deployment_id})"
+        wake = f"resume it (`kill -CONT {pid}`) or stop it (`kill {pid}`)"
+        return JournalLocked(
+            f"the journal {self.path} stayed locked for {waited} while {doing} it: pid {pid}"
+            f"{me} holds its write lock{' and ' + state if state else ''}{lease}",
+            hint=(
+                wake
+                if "stopped" in state
+                else f"wait for it, or stop it if it is stuck (`kill {pid}`)"
+            )
+            + "; a write it had not committed is rolled back, nothing it was told is written is "
+            "lost; `immunity resume -c FILE` then finishes its run",
+            context={"journal": str(self.path), "pid": pid, "state": state},
+        )
 
     # -- deployments -------------------------------------------------------------------
 
@@ -360,6 +509,8 @@ class SqliteJournal:
                         "VALUES (?,?,?,?,?,?)",
                         (a.deployment_id, _ts(at), a.kind, a.host, a.step, payload),
                     )
+                    if self.in_write is not None:
+                        self.in_write(a.kind)
                     entry = JournalEntry(
                         int(cur.lastrowid or 0),
                         a.deployment_id,
@@ -422,27 +573,34 @@ class SqliteJournal:
         takeover: bool = False,
         holder_dead: bool = False,
     ) -> Lease:
+        sql = (
+            "SELECT holder, deployment_id, token, ttl_s, acquired_at, heartbeat_at, released "
+            "FROM leases WHERE app=?"
+        )
+
+        def check(row: tuple[Any, ...] | None, now: dt.datetime) -> int:
+            if row is None:
+                return 1
+            check_grant(
+                app,
+                row[0],
+                row[1],
+                _parse(row[4]),
+                _parse(row[5]),
+                released=bool(row[6]),
+                fresh=(now - dt.datetime.fromisoformat(row[5])).total_seconds() < row[3],
+                takeover=takeover,
+                holder_dead=holder_dead,
+            )
+            return int(row[2]) + 1
+
+        # A read first: a lease that is held is refused at once, without waiting for the
+        # write lock (which its holder, stopped inside a write, may keep for good).
+        rows = self._read(sql, (app,))
+        check(rows[0] if rows else None, utcnow())
         now = utcnow()
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT holder, deployment_id, token, ttl_s, acquired_at, heartbeat_at, released "
-                "FROM leases WHERE app=?",
-                (app,),
-            ).fetchone()
-            token = 1
-            if row is not None:
-                token = int(row[2]) + 1
-                check_grant(
-                    app,
-                    row[0],
-                    row[1],
-                    _parse(row[4]),
-                    _parse(row[5]),
-                    released=bool(row[6]),
-                    fresh=(now - dt.datetime.fromisoformat(row[5])).total_seconds() < row[3],
-                    takeover=takeover,
-                    holder_dead=holder_dead,
-                )
+        with self._tx() as db:  # and again where it counts, under the write lock
+            token = check(db.execute(sql, (app,)).fetchone(), now)
             db.execute(
                 "INSERT INTO leases(app, holder, deployment_id, token, ttl_s, acquired_at, heartbeat_at, released) "
                 "VALUES (?,?,?,?,?,?,?,0) ON CONFLICT(app) DO UPDATE SET holder=excluded.holder, "
@@ -631,5 +789,7 @@ class SqliteJournal:
             self._close_db()
             return
         self._queue.put(_CLOSE)
+        if self._stuck is not None:  # the writer waits on a stalled disk: do not wait for it
+            return
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(writer.join)
+            await anyio.to_thread.run_sync(writer.join, self.call_timeout_s)

@@ -104,7 +104,7 @@ async def test_the_journal_reconnects_after_its_connection_is_killed(pg_url: str
         with psycopg.connect(pg_url, autocommit=True) as c:
             c.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name='immunity'"
+                "WHERE application_name LIKE 'immunity%'"
             )
         with pytest.raises(JournalError):
             await j.append(d.id, "lost.maybe")
