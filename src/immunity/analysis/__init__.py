@@ -10,14 +10,15 @@ between the signals and that verdict:
 * `bake.bake`: the async loop that observes the signals every interval, feeds the analysis
   and journals every look's evidence before acting on it.
 * `evidence`: the journal format of that evidence (`bake.started`, `bake.looked`,
-  `bake.finished`; see docs/journal.md), read back by resume, reports and replay.
+  `bake.finished`; see docs/journal.md), read back by reports and replay, and folded by
+  `BakeLedger` (in the engine's fold of the run) into where a resumed bake continues.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from immunity.analysis.evidence import Look, ResumePoint, read_looks, resume_point
+from immunity.analysis.evidence import BakeLedger, Look, ResumePoint, read_looks, resume_point
 
 if TYPE_CHECKING:
     from immunity.analysis.bake import BakeResult, Cohorts, Record, bake
@@ -53,6 +54,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "GUARD_KINDS",
     "BakeAnalysis",
+    "BakeLedger",
     "BakeResult",
     "Cohorts",
     "Look",

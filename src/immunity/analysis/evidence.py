@@ -354,28 +354,54 @@ class ResumePoint:
     """Latency thresholds frozen by earlier bakes of the deployment."""
 
 
-def resume_point(entries: Sequence[Any], wave: int) -> ResumePoint:
-    """The bake of `wave` that `bake.started` opened and no `bake.finished` closed, with its
-    looks; else the next bake number. `entries` are one deployment's, in journal order."""
-    started: dict[int, int] = {}
-    carried: dict[int, dict[str, list[float]]] = {}
-    finished: set[int] = set()
+@dataclass
+class BakeLedger:
+    """A deployment's bakes as its journal says, folded one entry at a time (the engine's
+    `FleetState` hands it every entry it folds): the bake each `bake.started` opened and for
+    which wave, the latency thresholds frozen so far, and the looks of the bakes no
+    `bake.finished` closed yet (a finished bake's looks are let go). `point(wave)` is where
+    that wave's analysis stands: what a resumed run continues from."""
+
+    started: dict[int, int] = field(default_factory=dict)  # bake -> its wave
+    finished: set[int] = field(default_factory=set)
+    carried: dict[int, dict[str, list[float]]] = field(default_factory=dict)  # open bakes'
+    looks: dict[int, list[Mapping[str, Any]]] = field(default_factory=dict)  # open bakes'
+    carry: dict[str, list[float]] = field(default_factory=dict)
+
+    def apply(self, kind: str, data: Mapping[str, Any]) -> None:
+        if kind == BAKE_STARTED:
+            b = int(data.get("bake", 0))
+            self.started[b] = int(data.get("wave", 0))
+            self.carried[b] = _floats(data.get("carried", {}))
+        elif kind == BAKE_LOOKED:
+            self.looks.setdefault(int(data.get("bake", data.get("wave", 0))), []).append(data)
+            self.carry.update(_floats(data.get("frozen", {})))
+        elif kind == "bake.finished":
+            b = int(data.get("bake", 0))
+            self.finished.add(b)
+            self.looks.pop(b, None)
+            self.carried.pop(b, None)
+
+    def point(self, wave: int) -> ResumePoint:
+        """The bake of `wave` that `bake.started` opened and no `bake.finished` closed, with
+        its looks and the carry it started with (so the replay rebuilds the same judges);
+        else the next bake number and every threshold frozen so far."""
+        open_bakes = [b for b, w in self.started.items() if w == wave and b not in self.finished]
+        if open_bakes:
+            b = max(open_bakes)
+            reader = LookReader()
+            looks = [reader.decode(d) for d in self.looks.get(b, [])]
+            return ResumePoint(b, looks, self.carried.get(b, {}))
+        return ResumePoint(max(self.started, default=0) + 1, [], dict(self.carry))
+
+
+def _floats(data: Mapping[str, Any]) -> dict[str, list[float]]:
+    return {k: [float(x) for x in v] for k, v in dict(data).items()}
+
+
+def resume_point(entries: Iterable[Any], wave: int) -> ResumePoint:
+    """`BakeLedger.point(wave)` over one deployment's entries, in journal order."""
+    ledger = BakeLedger()
     for e in entries:
-        if e.kind == BAKE_STARTED:
-            b = int(e.data.get("bake", 0))
-            started[b] = int(e.data.get("wave", 0))
-            carried[b] = {
-                k: [float(x) for x in v] for k, v in dict(e.data.get("carried", {})).items()
-            }
-        elif e.kind == "bake.finished":
-            finished.add(int(e.data.get("bake", 0)))
-    looks = read_looks(entries)
-    carry: dict[str, list[float]] = {}
-    for lk in looks:
-        carry.update(lk.frozen)
-    open_bakes = [b for b, w in started.items() if w == wave and b not in finished]
-    if open_bakes:
-        b = max(open_bakes)
-        # the carry it started with, so the replay rebuilds exactly the same judges
-        return ResumePoint(b, [lk for lk in looks if lk.bake == b], carried.get(b, {}))
-    return ResumePoint(max(started, default=0) + 1, [], carry)
+        ledger.apply(e.kind, e.data)
+    return ledger.point(wave)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import anyio
 
-from immunity.analysis import Cohorts, resume_point
+from immunity.analysis import Cohorts
 from immunity.analysis.bake import bake
 from immunity.analysis.spending import bakes_of
 from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict
@@ -361,10 +361,9 @@ class Rollout:
             await probe.stop()
         if probe.started_at is None:
             return
-        entries = await self.fleet.journal.entries(self.run.record.id)
         impact = impact_phases(
             probe.records,
-            [(e.at, e.kind, e.data) for e in entries],
+            self.view.moments,
             probe.started_at,
             probe.stopped_at or clock.now().timestamp(),
             self.run.record.started_at,
@@ -510,8 +509,8 @@ class Rollout:
         purpose: Literal["wave", "guard"] = "wave",
     ) -> Verdict:
         run = self.run
-        # the journal says which bake this is, and, after a resume, its evidence so far
-        point = resume_point(await self.fleet.journal.entries(run.record.id), i)
+        # the run's fold says which bake this is, and, after a resume, its evidence so far
+        point = self.view.bakes.point(i)
         res = await bake(
             self.fleet.signals,
             self.fleet.config,

@@ -6,9 +6,12 @@
 `entries` are one run's journal entries (in order); `members` and `actives` are what the
 balancer and each host's driver report now. Each host gets a `HostPhase` (the states of
 docs/state-machine.md), the release the journal says it should serve, what it runs and
-whether it is in the pool. The view holds the waves that passed, whether a revert is in
-progress (and why), the last verdict, the hosts whose walk failed, the cohorts and the hosts
-out of the pool (the capacity in use); where the journal and the fleet disagree it says so.
+whether it is in the pool, and every step it took. The view holds the waves that passed,
+whether a revert is in progress (and why), the last verdict, how the run concluded, the hosts
+whose walk failed, the cohorts and the hosts out of the pool (the capacity in use); where the
+journal and the fleet disagree it says so. It is the one reader of what the journal means:
+the run's result (`RunResult.of`), its bakes' resume points (`FleetState.bakes`, the
+analysis's own fold of its entries) and the impact probe's phase boundaries come from it.
 
 `FleetState` is the same derivation folded one entry at a time: a run applies every entry it
 appends (the `Recorder` does), so the waves, the capacity guard and the cohorts read it at
@@ -20,13 +23,16 @@ state the run folded from the same entries.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+from immunity.analysis.evidence import BakeLedger
 from immunity.domain import HostRef, LbState, Member
+from immunity.impact import BOUNDARY_KINDS
 from immunity.journal.base import JournalEntry
 
 
@@ -58,6 +64,30 @@ Observed = Mapping[str, tuple[LbState | None, str | None]]
 
 
 @dataclass(frozen=True)
+class StepRow:
+    """One step of a host's walk, as `host.step_started` and its finish say."""
+
+    step: str
+    purpose: str | None
+    release: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    ok: bool | None = None  # None: started, never finished (unknown)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "step": self.step,
+            "purpose": self.purpose,
+            "release": self.release,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "ok": self.ok,
+        }
+        return out if self.ok is not False else {**out, "error": self.error}
+
+
+@dataclass(frozen=True)
 class HostView:
     name: str
     phase: HostPhase
@@ -65,6 +95,8 @@ class HostView:
     active: str | None  # what it runs (its driver's last report, or the journal since)
     lb_state: LbState | None  # in the pool or not (None: not in the balancer at all)
     step: str | None = None  # the step in flight or failed, if any
+    reached: str | None = None  # the release its last `host.switched` put it on
+    steps: tuple[StepRow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +110,10 @@ class FleetView:
     first_canary_at: dt.datetime | None = None  # since the run (or its resume) began
     began_at: dt.datetime | None = None
     failed: frozenset[str] = frozenset()
+    concluded: Mapping[str, Any] = field(default_factory=dict)  # the last `deployment.<outcome>`
+    waves: tuple[tuple[str, ...], ...] = ()  # the plan, as the run's last start journaled it
+    impact: Mapping[str, Any] | None = None  # `impact.measured`
+    moments: tuple[tuple[dt.datetime, str, Mapping[str, Any]], ...] = ()  # impact's boundaries
     disagreements: tuple[str, ...] = ()
 
     @property
@@ -112,13 +148,17 @@ class _Host:
     active: str | None = None
     lb_state: LbState | None = LbState.SERVING
     last: JournalEntry | None = None  # its last step entry since it last switched
+    reached: str | None = None
+    steps: list[StepRow] = field(default_factory=list)
+    open: dict[str, int] = field(default_factory=dict)  # step -> its row, while in flight
 
 
 @dataclass
 class FleetState:
     """The fold behind `derive`, applied one entry (or observation) at a time. `out`,
     `canary`, `baseline` and `failed` are kept as sets as each entry is applied (read them,
-    never change them); `view()` is the frozen `FleetView` (O(hosts))."""
+    never change them); `view()` is the frozen `FleetView` (O(hosts and their steps));
+    `bakes` is the analysis's fold of the same entries (`BakeLedger`)."""
 
     hosts: Sequence[HostRef]
     release: str | None = None
@@ -130,9 +170,14 @@ class FleetState:
     first_canary_at: dt.datetime | None = None
     began_at: dt.datetime | None = None
     failed: set[str] = field(default_factory=set)
+    concluded: Mapping[str, Any] = field(default_factory=dict)
+    waves: tuple[tuple[str, ...], ...] = ()
+    impact: Mapping[str, Any] | None = None
+    moments: list[tuple[dt.datetime, str, Mapping[str, Any]]] = field(default_factory=list)
     out: set[str] = field(default_factory=set)
     canary: set[str] = field(default_factory=set)
     baseline: set[str] = field(default_factory=set)
+    bakes: BakeLedger = field(default_factory=BakeLedger)
 
     def __post_init__(self) -> None:
         fb = self.fallbacks or {}
@@ -143,12 +188,22 @@ class FleetState:
         kind, data = e.kind, e.data
         if kind in ("deployment.started", "deployment.resumed"):
             self.began_at, self.first_canary_at = e.at, None
+            if "waves" in data:
+                self.waves = tuple(tuple(w) for w in data["waves"])
+        elif kind.startswith("deployment.") and "outcome" in data:
+            self.concluded = data
         if "observed" in data:
             self.observe(decode(data["observed"]))
-        if kind == "wave.passed":
+        if kind in BOUNDARY_KINDS:
+            self.moments.append((e.at, kind, data))
+        if kind.startswith("bake."):
+            self.bakes.apply(kind, data)
+        elif kind == "wave.passed":
             self.passed_waves.add(int(data.get("wave", -1)))
         elif kind in ("verdict.reached", "verdict.failed"):
-            self.last_verdict = data.get("verdict") or {}
+            self.last_verdict = data.get("verdict") or self.last_verdict
+        elif kind == "impact.measured":
+            self.impact = data
         if kind in ("immune.started", "verdict.failed"):
             self.reverting = True
             self.revert_reason = str(data.get("reason") or self.last_verdict.get("reason") or "")
@@ -157,6 +212,13 @@ class FleetState:
             return
         if kind in ("host.step_started", "host.step_finished", "host.step_failed"):
             h.last = e
+            if kind == "host.step_started" and e.step:
+                h.open[e.step] = len(h.steps)
+                h.steps.append(StepRow(e.step, data.get("purpose"), data.get("release"), e.at))
+            elif e.step in h.open:
+                i, ok = h.open.pop(e.step), kind == "host.step_finished"
+                error = None if ok else data.get("error")
+                h.steps[i] = dataclasses.replace(h.steps[i], finished_at=e.at, ok=ok, error=error)
             if kind == "host.step_failed":
                 self.failed.add(e.host)
             elif kind == "host.step_started" and e.step == "drain":
@@ -164,7 +226,7 @@ class FleetState:
             elif kind == "host.step_finished" and e.step in ("stop", "start"):
                 h.active = data.get("release") if e.step == "start" else None
         elif kind == "host.switched":
-            h.expected = h.active = data.get("release")
+            h.expected = h.active = h.reached = data.get("release")
             h.lb_state, h.last = LbState.SERVING, None
             self.failed.discard(e.host)
             if h.active == self.release and data.get("purpose") == "deploy":
@@ -210,6 +272,8 @@ class FleetState:
                 h.active,
                 h.lb_state,
                 step=step.step if step is not None else None,
+                reached=h.reached,
+                steps=tuple(h.steps),
             )
             if h.expected and h.active != h.expected:
                 disagreements.append(
@@ -219,7 +283,10 @@ class FleetState:
                 state = str(h.lb_state) if h.lb_state is not None else "out"
                 disagreements.append(f"{name}: balancer reports {state}, expected serving")
         facts = {f.name: getattr(self, f.name) for f in fields(FleetView)[1:-1]}
-        facts = {k: frozenset(v) if isinstance(v, set) else v for k, v in facts.items()}
+        facts = {
+            k: frozenset(v) if isinstance(v, set) else tuple(v) if isinstance(v, list) else v
+            for k, v in facts.items()
+        }
         return FleetView(hosts, disagreements=tuple(disagreements), **facts)
 
 

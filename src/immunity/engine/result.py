@@ -1,20 +1,20 @@
-"""How a run ended: the outcome enum and the frozen result, built from the journal.
+"""How a run ended: the outcome enum and the frozen result, built from the run's fold.
 
-Only `cli/` maps outcomes to exit codes. The result is read back from the journal entries
-of the run when it ends (the concluding `deployment.<outcome>` entry, the last verdict, each
-host's steps), never assembled by mutation along the way.
+Only `cli/` maps outcomes to exit codes. The result is what the run's `FleetView` says when
+it ends (the concluding `deployment.<outcome>` entry, the last verdict, each host's steps),
+never assembled by mutation along the way nor read back from the journal by hand.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from immunity.domain import HostRef
-from immunity.journal.base import DeploymentRecord, JournalEntry
+from immunity.engine.fleetview import FleetView
+from immunity.journal.base import DeploymentRecord
 
 
 class RunOutcome(StrEnum):
@@ -56,6 +56,42 @@ class RunResult:
     impact: Mapping[str, Any] | None = None
     """What customers saw per phase (the `impact` block's probe), see `immunity.impact`."""
 
+    @classmethod
+    def of(
+        cls,
+        view: FleetView,
+        record: DeploymentRecord,
+        *,
+        release: str,
+        default: tuple[RunOutcome, str],
+        now: dt.datetime,
+        final: bool = False,
+    ) -> RunResult:
+        """The result the run's view says. `default` is the outcome and reason when no
+        entry concluded the run; with `final` it is the outcome whatever was concluded (a
+        lost lease: the run's word no longer stands)."""
+        concluded = {} if final else view.concluded
+        outcome, reason = default
+        if concluded:
+            outcome = RunOutcome(concluded["outcome"])
+            reason = str(concluded.get("reason") or reason)
+        return cls(
+            outcome=outcome,
+            release=release,
+            deployment_id=record.id,
+            started_at=record.started_at,
+            finished_at=now,
+            reason=reason,
+            verdict=concluded.get("verdict", view.last_verdict or None),
+            detected_after_s=concluded.get("detected_after_s"),
+            reverted_after_s=concluded.get("reverted_after_s"),
+            needs_human=tuple(concluded.get("needs_human") or ()),
+            fallbacks={str(k): str(v) for k, v in dict(record.data.get("fallbacks", {})).items()},
+            waves=view.waves,
+            hosts=tuple(host_rows(view)),
+            impact=view.impact,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "outcome": str(self.outcome),
@@ -76,83 +112,9 @@ class RunResult:
         }
 
 
-def result_from_journal(
-    record: DeploymentRecord,
-    entries: Sequence[JournalEntry],
-    hosts: Sequence[HostRef],
-    *,
-    release: str,
-    default: tuple[RunOutcome, str],
-    now: dt.datetime,
-    final: bool = False,
-) -> RunResult:
-    """The run's result from its journal entries. `default` is the outcome and reason when
-    no entry concludes the run; with `final` it is the outcome whatever the entries say (a
-    lost lease: the entries after the takeover are another process's)."""
-    outcome, reason = default
-    concluded: Mapping[str, Any] = {}
-    verdict: Mapping[str, Any] | None = None
-    waves: tuple[tuple[str, ...], ...] = ()
-    impact: Mapping[str, Any] | None = None
-    for e in entries:
-        if e.kind == "impact.measured":
-            impact = e.data
-        if e.kind.startswith("deployment.") and "outcome" in e.data:
-            concluded = e.data
-        if e.kind in ("verdict.reached", "verdict.failed") and e.data.get("verdict"):
-            verdict = e.data["verdict"]
-        if "waves" in e.data and e.kind in ("deployment.started", "deployment.resumed"):
-            waves = tuple(tuple(w) for w in e.data["waves"])
-    if final:
-        concluded = {}
-    elif concluded:
-        outcome = RunOutcome(concluded["outcome"])
-        reason = str(concluded.get("reason") or reason)
-    return RunResult(
-        outcome=outcome,
-        release=release,
-        deployment_id=record.id,
-        started_at=record.started_at,
-        finished_at=now,
-        reason=reason,
-        verdict=concluded.get("verdict", verdict),
-        detected_after_s=concluded.get("detected_after_s"),
-        reverted_after_s=concluded.get("reverted_after_s"),
-        needs_human=tuple(concluded.get("needs_human") or ()),
-        fallbacks={str(k): str(v) for k, v in dict(record.data.get("fallbacks", {})).items()},
-        waves=waves,
-        hosts=tuple(host_steps(entries, hosts)),
-        impact=impact,
-    )
-
-
-def host_steps(entries: Sequence[JournalEntry], hosts: Sequence[HostRef]) -> list[dict[str, Any]]:
-    """Per host: its last release reached and every step with its times, from the journal."""
-    out: dict[str, dict[str, Any]] = {
-        h.name: {"name": h.name, "release": None, "steps": []} for h in hosts
-    }
-    open_steps: dict[tuple[str, str], dict[str, Any]] = {}
-    for e in entries:
-        if e.host not in out:
-            continue
-        if e.kind == "host.step_started" and e.step:
-            row = {
-                "step": e.step,
-                "purpose": e.data.get("purpose"),
-                "release": e.data.get("release"),
-                "started_at": e.at.isoformat(),
-                "finished_at": None,
-                "ok": None,
-            }
-            out[e.host]["steps"].append(row)
-            open_steps[(e.host, e.step)] = row
-        elif e.kind in ("host.step_finished", "host.step_failed") and e.step:
-            row2 = open_steps.pop((e.host, e.step), None)
-            if row2 is not None:
-                row2["finished_at"] = e.at.isoformat()
-                row2["ok"] = e.kind == "host.step_finished"
-                if e.kind == "host.step_failed":
-                    row2["error"] = e.data.get("error")
-        elif e.kind == "host.switched":
-            out[e.host]["release"] = e.data.get("release")
-    return list(out.values())
+def host_rows(view: FleetView) -> list[dict[str, Any]]:
+    """Per host: the last release a switch put it on and every step with its times."""
+    return [
+        {"name": n, "release": h.reached, "steps": [r.to_dict() for r in h.steps]}
+        for n, h in view.hosts.items()
+    ]

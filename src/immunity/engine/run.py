@@ -3,7 +3,7 @@
     async with Run(fleet, release, prepare=...) as run:   # lease, then prepare, then begin
         ...the body: waves, a revert, a rollback...        # heartbeat + signals run beside it
         run.conclude(RunOutcome.DEPLOYED, "...")           # journaled
-    result = run.result                                    # frozen, built from the journal
+    result = run.result                                    # frozen, from the run's fold
 
 Entering takes the app's lease (LeaseHeld, with a hint that matches the holder: "wait for
 it" only when it is alive, "resume" only when it is gone), runs `prepare` (e.g. preflight;
@@ -40,7 +40,7 @@ from immunity.engine.fleetview import FleetState
 from immunity.engine.host import HostSwitcher
 from immunity.engine.notifying import notify_all
 from immunity.engine.record import Recorder
-from immunity.engine.result import RunOutcome, RunResult, result_from_journal
+from immunity.engine.result import RunOutcome, RunResult
 from immunity.errors import ImmunityError, JournalError, LeaseHeld, LeaseLost
 from immunity.journal import new_deployment_id
 from immunity.journal.base import DeploymentRecord, Journal, Lease
@@ -107,8 +107,8 @@ class Run:
     async def conclude(
         self, outcome: RunOutcome, reason: str, *, message: str | None = None, **data: Any
     ) -> None:
-        """Journal how the run ends (`deployment.<outcome in the past>`); the result is read
-        back from this entry."""
+        """Journal how the run ends (`deployment.<outcome in the past>`); the result is
+        what the run's view says of this entry."""
         self._outcome = outcome
         await self.rec.record(
             f"deployment.{outcome.past}",
@@ -204,11 +204,9 @@ class Run:
 
     async def _end(self, outcome: RunOutcome, reason: str, *, write: bool) -> None:
         journal = self.fleet.journal
-        entries = await journal.entries(self.record.id)
-        self._result = result_from_journal(
+        self._result = RunResult.of(
+            self.view.view(),
             self.record,
-            entries,
-            self.fleet.hosts,
             release=self.release,
             default=(outcome, reason),
             now=self.fleet.clock.now(),

@@ -16,7 +16,8 @@ from typing import Any
 from immunity.domain import HostRef, utcnow
 from immunity.engine import ops
 from immunity.engine.context import Fleet
-from immunity.engine.result import host_steps
+from immunity.engine.fleetview import derive
+from immunity.engine.result import host_rows
 from immunity.errors import ImmunityError
 from immunity.journal.base import DeploymentRecord, JournalEntry
 
@@ -60,11 +61,9 @@ def stage(entries: Sequence[JournalEntry]) -> str:
 def host_phases(entries: Sequence[JournalEntry], fleet: Fleet) -> dict[str, str]:
     """Per host, the step it is in now (`deploy: install`), for hosts in an open step."""
     out: dict[str, str] = {}
-    for row in host_steps(entries, fleet.hosts):
-        steps = row["steps"]
-        if steps and steps[-1]["finished_at"] is None:
-            last = steps[-1]
-            out[row["name"]] = f"{last.get('purpose') or 'deploy'}: {last['step']}"
+    for name, h in derive(entries, None, None, fleet.hosts).hosts.items():
+        if h.steps and h.steps[-1].finished_at is None:
+            out[name] = f"{h.steps[-1].purpose or 'deploy'}: {h.steps[-1].step}"
     return out
 
 
@@ -196,7 +195,7 @@ async def deployment_view(fleet: Fleet, deployment_id: str) -> dict[str, Any] | 
         "detected_after_s": res.get("detected_after_s"),
         "reverted_after_s": res.get("reverted_after_s"),
         "needs_human": res.get("needs_human") or [],
-        "hosts": host_steps(entries, hosts),
+        "hosts": host_rows(derive(entries, None, None, hosts)),
         "entries": [
             {
                 "seq": e.seq,

@@ -199,3 +199,59 @@ def test_a_resumed_run_folds_the_journal_once_then_each_entry_and_equals_derive(
     assert live.view() == derive(
         entries, members, actives, hosts, release="v2", fallbacks=fallbacks
     )
+
+
+@pytest.mark.parametrize(
+    ("releases", "faults"),
+    [("good", {}), ("bad", {}), ("good", {("h2", "warmup"): "fail"})],
+    ids=["good", "bad", "h2-warmup-fails"],
+)
+def test_the_run_result_is_what_its_journal_says(
+    releases: str, faults: dict[tuple[str, str], str]
+) -> None:
+    """The result built from the run's fold says what its journal entries say, read here
+    naively: each host's steps (one row per start, closed by its finish or failure, the
+    error of a failed one), the release its last switch reached, the plan, the last verdict
+    and the concluding entry's outcome, reason and timings."""
+    clock = VirtualClock()
+    fleet, world = memory_fleet(
+        5, clock=clock, latencies=LAT, releases=RELEASES[releases], config=CONFIG
+    )
+    for key, mode in faults.items():
+        getattr(world, mode)[key] = "injected"
+
+    async def main() -> tuple[Any, list[JournalEntry]]:
+        result = await deploy(fleet, "v2", handle_signals=False)
+        return result, list(await fleet.journal.entries(result.deployment_id))
+
+    result, entries = clock.run(main)
+    for row in result.hosts:
+        mine = [e for e in entries if e.host == row["name"]]
+        starts = [e for e in mine if e.kind == "host.step_started"]
+        ends = [e for e in mine if e.kind in ("host.step_finished", "host.step_failed")]
+        assert [(e.step, e.at.isoformat()) for e in starts] == [
+            (s["step"], s["started_at"]) for s in row["steps"]
+        ]
+        assert [(e.at.isoformat(), e.kind == "host.step_finished") for e in ends] == [
+            (s["finished_at"], s["ok"]) for s in row["steps"] if s["ok"] is not None
+        ]
+        assert [e.data.get("error") for e in ends if e.kind == "host.step_failed"] == [
+            s["error"] for s in row["steps"] if s["ok"] is False
+        ]
+        switched = [e.data["release"] for e in mine if e.kind == "host.switched"]
+        assert (switched[-1] if switched else None) == row["release"]
+    [started] = [e for e in entries if e.kind == "deployment.started"]
+    assert tuple(tuple(w) for w in started.data["waves"]) == result.waves
+    verdicts = [e for e in entries if e.kind in ("verdict.reached", "verdict.failed")]
+    [concluded] = [e for e in entries if e.kind.startswith("deployment.") and "outcome" in e.data]
+    assert concluded.data.get("verdict", verdicts[-1].data["verdict"]) == result.verdict
+    assert (concluded.data["outcome"], concluded.data["reason"]) == (
+        str(result.outcome),
+        result.reason,
+    )
+    assert (concluded.data.get("detected_after_s"), concluded.data.get("reverted_after_s")) == (
+        result.detected_after_s,
+        result.reverted_after_s,
+    )
+    if faults:
+        assert any(s["ok"] is False for row in result.hosts for s in row["steps"])
