@@ -1,3 +1,3 @@
-from immunity.cli.app import main
+from immunity.cli import main
 
 main()

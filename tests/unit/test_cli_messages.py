@@ -150,3 +150,26 @@ def test_the_sandbox_config_satisfies_the_schema() -> None:
 
     data = yaml.safe_load(immunity_yaml("shop", {"h1": 18001, "h2": 18002, "h3": 18003}))
     jsonschema.validate(data, json_schema())
+
+
+def test_every_refusal_ends_with_one_next_line_never_a_hint(tmp_path: Path) -> None:
+    """A refused command (nothing to resume, nothing to show, a bad config, a sandbox that
+    does not exist) ends with one `next:` line, as every failed run does; none says
+    `hint:` (the refused deploy, `show`, `resume` and the sandbox commands did)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG + "journal: {path: journal.db}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG + "bogus_key: 1\n")
+    runs = [
+        ["resume", "-c", str(cfg)],
+        ["show", "-c", str(cfg)],
+        ["config", "validate", str(bad)],
+        ["sandbox", "release", "--dir", str(tmp_path / "nowhere"), "v9"],
+    ]
+    for args in runs:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert lines[-1].startswith("next: "), (args, r.output)
+        assert 1 == sum(line.startswith("next: ") for line in lines), (args, r.output)
+        assert "hint:" not in r.output, (args, r.output)

@@ -3,6 +3,7 @@ use them, so `--help`, `config validate` and the load generator start at once.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,41 @@ print(before, "matplotlib" in sys.modules, "immunity.report.html" in sys.modules
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True", "True"], out.stderr
+
+
+def test_version_is_answered_without_loading_the_command_line() -> None:
+    """`immunity --version` prints the version without importing typer, rich or the config
+    models (the whole CLI took 0.5 s of CPU, 2-3 s on a busy machine, to print one line)."""
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "immunity", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    from immunity import __version__
+
+    assert f"immunity {__version__}" == r.stdout.strip()
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()}
+    assert set() == loaded & {"typer", "rich", "immunity.cli.app", "immunity.config"}
+
+
+def test_status_with_the_balancers_socket_missing_shows_the_hosts_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """`status` reads: with the balancer's socket missing it no longer retries it for 10 s
+    and fails (exit 1, no host shown); it waits `STATUS_WAIT_S`, shows what each host's
+    driver says with the pool state `unknown`, names the balancer, and `--check` exits 4."""
+    (tmp_path / "c.yaml").write_text(READ_ONLY_CONFIG)
+    _journal_with_one_deployment(tmp_path / "journal.db")
+    r = subprocess.run(
+        [sys.executable, "-m", "immunity", "status", "-c", "c.yaml", "--json", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert 4 == r.returncode, r.stdout + r.stderr
+    data = json.loads(r.stdout)
+    assert ["unknown", "unknown"] == [h["lb_state"] for h in data["hosts"]]
+    assert "did not answer within" in data["balancer_error"]
+    assert data["steady"] is False
+    assert any("balancer unreadable" in a for a in data["attention"]), data["attention"]

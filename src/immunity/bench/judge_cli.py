@@ -74,7 +74,7 @@ def judge(
         err.print(f"[bold red]error[/] ({exc.reference}): ", end="")
         err.print(exc.message, markup=False, highlight=False)
         if exc.hint:
-            err.print("[yellow]hint[/]: ", end="")
+            err.print("[yellow]next[/]: ", end="")
             err.print(exc.hint, markup=False, highlight=False)
         raise typer.Exit(exc.exit_code) from None
     render(result, console)

@@ -43,14 +43,22 @@ def show_error(exc: ImmunityError, config: str | None = None) -> int:
     else:
         err.print(f"[bold red]error[/] [dim]({exc.reference})[/]: ", end="")
         err.print(exc.message, markup=False, highlight=False)
-    if exc.hint:
-        err.print("[yellow]hint[/]: " + escape(exc.hint), highlight=False)
     step = error_next_step(exc)
     if step and config:
         step = step.replace("<config>", config)
-    if step:
-        err.print("[yellow]next[/]: " + escape(step), highlight=False)
+    line = next_line(exc.hint, step)
+    if line:
+        err.print("[yellow]next[/]: " + escape(line), highlight=False)
     return exc.exit_code
+
+
+def next_line(hint: str | None, step: str = "") -> str:
+    """The one `next:` line that ends every refusal and failure: the error's hint (what to
+    fix, often with the command), then the generic step when the hint names no command."""
+    hint = (hint or "").strip()
+    if not hint or not step:
+        return hint or step
+    return hint + (" " if hint.endswith((".", "?", "!", ":")) else "; ") + step
 
 
 _ERROR_STEPS = {

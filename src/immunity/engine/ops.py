@@ -13,7 +13,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from immunity.domain import LbState
+import anyio
+
+from immunity.domain import LbState, Member
 from immunity.engine.context import Fleet, holder_alive, unknown_members
 from immunity.engine.fleetview import derive
 from immunity.engine.immune import revert
@@ -33,10 +35,29 @@ async def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
     return recs[-1] if recs else None
 
 
+STATUS_WAIT_S = 2.0
+"""How long `status` waits for the balancer: it only reads, so it does not ride out a long
+blip the way a deployment's steps do (the HAProxy adapter retries a socket for 10 s); a
+balancer that does not answer is said so, beside what the hosts report."""
+
+
+async def _members(fleet: Fleet) -> tuple[dict[str, Member], str | None]:
+    """The balancer's members, or none and why it could not say within `STATUS_WAIT_S`."""
+    try:
+        with anyio.fail_after(STATUS_WAIT_S):
+            return dict(await fleet.lb.members(fleet.hosts)), None
+    except ImmunityError as exc:
+        return {}, exc.message
+    except TimeoutError:
+        return {}, f"the balancer did not answer within {STATUS_WAIT_S:g} s"
+
+
 async def status(fleet: Fleet) -> dict[str, Any]:
     """Each host as the hosts, the balancer and the last run's journal say (a `FleetView`),
-    every disagreement between them, the lease and the last deployment."""
-    members = await fleet.lb.members(fleet.hosts)
+    every disagreement between them, the lease and the last deployment. A balancer that
+    does not answer within `STATUS_WAIT_S` leaves each host's pool state `unknown` and is
+    named in `balancer_error` and `attention`."""
+    members, lb_error = await _members(fleet)
     record = await last_deployment(fleet)
     actives: dict[str, str | None] = {}
     installed: dict[str, list[str]] = {}
@@ -57,31 +78,39 @@ async def status(fleet: Fleet) -> dict[str, Any]:
     hosts = []
     for h in fleet.hosts:
         v = view.hosts[h.name]
+        lb_state = str(v.lb_state) if v.lb_state is not None else "out"
         row: dict[str, Any] = {
             "name": h.name,
             "active_release": v.active,
             "installed_releases": installed[h.name],
-            "lb_state": str(v.lb_state) if v.lb_state is not None else "out",
+            "lb_state": "unknown" if lb_error else lb_state,
             "journal_release": v.expected,
             "phase": str(v.phase),
         }
         if h.name in errors:
             row["error"] = errors[h.name]
         hosts.append(row)
-    disagreements = list(view.disagreements)
+    # with no word from the balancer, "balancer reports out" would be the view's guess
+    disagreements = [d for d in view.disagreements if not (lb_error and ": balancer reports" in d)]
     try:
-        pool = await fleet.lb.pool_members()
+        if lb_error:
+            raise ImmunityError(lb_error)
+        with anyio.fail_after(STATUS_WAIT_S):
+            pool = await fleet.lb.pool_members()
         for name in unknown_members(fleet, pool):
             disagreements.append(
                 f"pool member {name} ({pool[name].detail or pool[name].state}) is not in the "
                 "config's hosts: it serves unseen by immunity"
             )
     except ImmunityError as exc:
-        disagreements.append(f"balancer pool unreadable: {exc.message}")
+        disagreements.append(f"balancer unreadable: {exc.message}")
+    except TimeoutError:
+        disagreements.append(f"balancer unreadable: no answer within {STATUS_WAIT_S:g} s")
     lease = await fleet.journal.current_lease(fleet.app)
     out: dict[str, Any] = {
         "app": fleet.app,
         "hosts": hosts,
+        "balancer_error": lb_error,
         "disagreements": disagreements,
         "lease": None,
         "last_deployment": None,
@@ -132,7 +161,7 @@ def attention(
             + "; ".join(f"{', '.join(names)} on {rel}" for rel, names in on.items())
         )
     for h in hosts:
-        if h["lb_state"] != "serving":
+        if h["lb_state"] not in ("serving", "unknown"):  # unknown: the balancer is named
             out.append(f"{h['name']} is not serving ({h['lb_state']})")
     if record is not None and not running:
         what = "rollback" if record.data.get("rollback") else "deployment"

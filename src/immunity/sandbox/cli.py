@@ -24,7 +24,7 @@ DirOpt = Annotated[Path, typer.Option("--dir", "-d", help="Sandbox folder.")]
 def _fail(exc: ImmunityError) -> typer.Exit:
     typer.echo(f"error: {exc.message}", err=True)
     if exc.hint:
-        typer.echo(f"hint: {exc.hint}", err=True)
+        typer.echo(f"next: {exc.hint}", err=True)
     return typer.Exit(exc.exit_code if exc.exit_code != 1 else 1)
 
 
@@ -85,7 +85,7 @@ def release(
     """Write the release manifest DIR/releases/NAME.json."""
     if not dir.is_dir():
         typer.echo(f"error: {dir} does not exist", err=True)
-        typer.echo("hint: create the sandbox with `immunity sandbox up --dir DIR`", err=True)
+        typer.echo("next: create the sandbox with `immunity sandbox up --dir DIR`", err=True)
         raise typer.Exit(2)
     try:
         path = fleet.add_release(dir, name, error_rate, latency_ms, cold_start_s, errors_after_s)
@@ -131,7 +131,7 @@ def load(
             raise _fail(exc) from None
         if not fleet.is_running(dir):
             typer.echo(f"error: the sandbox in {dir} is not running", err=True)
-            typer.echo(f"hint: start it with `immunity sandbox up --dir {dir}`", err=True)
+            typer.echo(f"next: start it with `immunity sandbox up --dir {dir}`", err=True)
             raise typer.Exit(2)
         target = info.url + path
 
