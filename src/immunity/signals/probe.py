@@ -198,7 +198,7 @@ class ProbeSource:
         last = time.monotonic()
         async with anyio.create_task_group() as tg:
             while True:
-                await anyio.sleep(TICK_S)
+                await anyio.sleep(self._tick())
                 now = time.monotonic()
                 elapsed, last = now - last, now
                 groups = cohorts()
@@ -227,6 +227,15 @@ class ProbeSource:
                             continue  # not keeping up: never queue, skip this one
                         self.in_flight[host.name] = self.in_flight.get(host.name, 0) + 1
                         tg.start_soon(self._one, client, limiter, cohorts, cohort, host, path)
+
+    def _tick(self) -> float:
+        """Seconds until the next round is due: `TICK_S`, or one round's interval at rates
+        above 1/`TICK_S`. Every request due since the last wake-up starts at once, so at 20 ms
+        a rate of 400/s sent each host 8 at the same instant: they queued at the host, and
+        past `MAX_IN_FLIGHT_PER_HOST` were skipped (no rate above 200/s per host was sent)."""
+        if not self.active or self.rate <= 0:
+            return TICK_S
+        return min(TICK_S, 1.0 / self.rate)
 
     async def _one(
         self,
