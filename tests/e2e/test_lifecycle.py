@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from e2e_helpers import FAST, Sandbox
 
@@ -179,21 +180,41 @@ def test_a_rollback_that_lost_its_lease_exits_5_at_once_and_resume_finishes_ever
 
 
 @pytest.mark.timeout(300)
-def test_a_frozen_rollback_is_not_taken_over_while_its_process_lives(sbx: Sandbox) -> None:
-    """A rollback stopped (SIGSTOP) past lease_ttl: `deploy` and `resume` exit 5 with the
-    hint to stop that process first; once it is gone, `resume` finishes the rollback."""
+def test_a_rollback_frozen_inside_a_journal_write_blocks_no_command_for_good(
+    sbx: Sandbox,
+) -> None:
+    """A rollback stopped (SIGSTOP) inside a journal write, holding SQLite's write lock
+    (IMMUNITY_FAULT_STOP_IN_WRITE: inside the transaction of its 2nd step's entry), past
+    lease_ttl: `status` and `history` answer at once (exit 0, the lease named); `deploy` and
+    `resume` exit 5 at once with the hint to stop that process, never exit 4 "database is
+    locked"; once it is gone, `resume` finishes the rollback. (Before the fix, once in two
+    runs of a randomly timed SIGSTOP, deploy waited 10 s and exited 4.)"""
     on_v2_from_v1(sbx)
     cfg = plain(sbx, lease_ttl="2s")
-    rb = sbx.start("rollback", "-c", str(cfg))
-    wait_for(lambda: holds_lease(sbx, rb.pid), "the rollback never took the lease", rb)
-    wait_for(lambda: 0 != sbx.servers_state()["h1"], "the rollback never drained h1", rb)
-    rb.send_signal(signal.SIGSTOP)
+    rb = sbx.start(
+        "rollback", "-c", str(cfg), env={"IMMUNITY_FAULT_STOP_IN_WRITE": "host.step_started:2"}
+    )
     try:
-        time.sleep(2.5)
+        proc = psutil.Process(rb.pid)
+        wait_for(lambda: proc.status() == psutil.STATUS_STOPPED, "the rollback never stopped", rb)
+        assert holds_lease(sbx, rb.pid)
+        time.sleep(2.5)  # past lease_ttl, without a heartbeat
+        for args in (("status", "--json"), ("history",)):
+            t0 = time.monotonic()
+            r = sbx.run(args[0], "-c", str(cfg), *args[1:])
+            assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
+            assert time.monotonic() - t0 < 10, f"{args[0]} waited for the stopped writer"
+        assert (
+            f":{rb.pid}"
+            in json.loads(sbx.run("status", "-c", str(cfg), "--json").stdout)["lease"]["holder"]
+        )
         for args in (("deploy", "--release", "v2"), ("resume",)):
+            t0 = time.monotonic()
             r = sbx.run(args[0], "-c", str(cfg), *args[1:])
             assert 5 == r.returncode, r.stdout + r.stderr[-2000:]
             assert f"kill {rb.pid}" in r.stderr, r.stderr
+            assert "database is locked" not in r.stderr
+            assert time.monotonic() - t0 < 10, f"{args[0]} waited for the stopped writer"
     finally:  # never leave a stopped process (and what it holds) to the next tests
         rb.kill()
         rb.wait(30)
