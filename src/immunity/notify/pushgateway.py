@@ -192,8 +192,13 @@ class PushgatewayNotifier:
         )
 
     async def notify(self, event: Event) -> None:
-        """Send `event`. Caller owns the deadline. Raises NotifyError."""
-        await anyio.to_thread.run_sync(partial(self._push, event))
+        """Send `event`. Caller owns the deadline. Raises NotifyError.
+
+        The read and the push run in a worker thread (prometheus_client is synchronous), which
+        the caller's deadline abandons: it ends there, not after up to two `timeout`s (the
+        engine's 10 s notification deadline waited for a Pushgateway that never answered).
+        An abandoned push may still land; it carries only this event's metrics."""
+        await anyio.to_thread.run_sync(partial(self._push, event), abandon_on_cancel=True)
 
     async def aclose(self) -> None:
         pass

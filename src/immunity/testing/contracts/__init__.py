@@ -2,7 +2,7 @@
 
 A suite states the role's promises as the engine relies on them, as a class of pytest
 cases: `LoadBalancerContract`, `HostDriverContract`, `SignalSourceContract`,
-`ProberContract`. To hold an adapter to one, subclass it in a test module as
+`ProberContract`, `NotifierContract`. To hold an adapter to one, subclass it in a test module as
 `Test<Adapter>` and give it a `harness` fixture that returns the role's harness: the adapter
 under test, the hosts, and ways to read the *server's own* view (never the adapter's
 answer) and to send the server real traffic::
@@ -27,6 +27,7 @@ from __future__ import annotations
 from immunity.testing.contracts.base import Contract, Unsupported
 from immunity.testing.contracts.hosts import HostDriverContract, HostHarness
 from immunity.testing.contracts.lb import BalancerHarness, LoadBalancerContract
+from immunity.testing.contracts.notify import NotifierContract, NotifierHarness
 from immunity.testing.contracts.probe import ProberContract, ProberHarness
 from immunity.testing.contracts.signals import SignalHarness, SignalSourceContract
 
@@ -36,6 +37,8 @@ __all__ = [
     "HostDriverContract",
     "HostHarness",
     "LoadBalancerContract",
+    "NotifierContract",
+    "NotifierHarness",
     "ProberContract",
     "ProberHarness",
     "SignalHarness",
