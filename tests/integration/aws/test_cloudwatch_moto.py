@@ -195,8 +195,9 @@ async def test_a_period_still_being_published_is_never_handed_out_half_counted(
 
     cw = aws_client("cloudwatch")
     now = dt.datetime.now(dt.UTC)
-    # the period after next: still open when the first look comes, however slow the server
-    period_start = now.replace(microsecond=0) + dt.timedelta(seconds=10 - now.second % 5)
+    # a 1 s period 3 s ahead: not final (it ends, plus complete_after) for 5 s, so still
+    # open when the first look comes, however slow the server
+    period_start = now.replace(microsecond=0) + dt.timedelta(seconds=3)
 
     def publish(value: float) -> None:
         cw.put_metric_data(
@@ -208,15 +209,15 @@ async def test_a_period_still_being_published_is_never_handed_out_half_counted(
                         {"Name": "LoadBalancer", "Value": LB},
                         {"Name": "TargetGroup", "Value": TG},
                     ],
-                    "Timestamp": period_start + dt.timedelta(seconds=1),
+                    "Timestamp": period_start + dt.timedelta(milliseconds=500),
                     "Value": value,
                     "StorageResolution": 1,
                 }
             ],
         )
 
-    src = _source(moto, period="5s", complete_after="1s")
-    window = (period_start, period_start + dt.timedelta(seconds=5))
+    src = _source(moto, period="1s", complete_after="1s")
+    window = (period_start, period_start + dt.timedelta(seconds=1))
     publish(100)
     early = await src.observe(COHORTS, *window)
     assert early[Cohort.CANARY].status is ObservationStatus.REJECTED

@@ -56,11 +56,16 @@ def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Cohort, Host
 
     async def start() -> None:
         driver = _driver(base)
+
+        async def one(cohort: Cohort, host: HostRef) -> None:
+            (base / "hosts" / host.name).mkdir(parents=True)
+            await driver.install(host, releases[cohort])
+            await driver.start(host, releases[cohort])
+
         with anyio.fail_after(30):
-            for cohort, host in hosts.items():
-                (base / "hosts" / host.name).mkdir(parents=True)
-                await driver.install(host, releases[cohort])
-                await driver.start(host, releases[cohort])
+            async with anyio.create_task_group() as tg:  # both processes start together
+                for cohort, host in hosts.items():
+                    tg.start_soon(one, cohort, host)
 
     async def stop() -> None:
         driver = _driver(base)

@@ -34,7 +34,7 @@ from immunity.errors import NotifyError
 from immunity.notify.base import Notifier
 from immunity.testing.contracts.base import Contract
 
-DEADLINE_S = 0.5
+DEADLINE_S = 0.3
 """The caller's deadline in the hanging-receiver case."""
 PROMPT_S = 2.0
 """How soon after it a cancelled `notify` must have returned."""
