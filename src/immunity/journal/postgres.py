@@ -689,8 +689,13 @@ class PostgresJournal:
             with anyio.move_on_after(self._deadline):
                 return await done
         fut.cancel()
-        raise JournalError(
-            f"the journal at {self.where} did not answer within {self._deadline:.0f}s"
+        raise self._no_answer()
+
+    def _no_answer(self) -> JournalError:
+        return JournalError(
+            f"the journal at {self.where} did not answer within {self._deadline:.0f}s",
+            hint="check that the PostgreSQL server answers (`pg_isready`, its load, its disk) "
+            "and the network to it; nothing more was changed",
         )
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
@@ -702,9 +707,7 @@ class PostgresJournal:
             return fut.result(timeout=self._deadline)
         except TimeoutError as exc:
             fut.cancel()
-            raise JournalError(
-                f"the journal at {self.where} did not answer within {self._deadline:.0f}s"
-            ) from exc
+            raise self._no_answer() from exc
 
     @property
     def in_write(self) -> Callable[[str], None] | None:

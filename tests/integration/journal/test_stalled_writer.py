@@ -23,6 +23,7 @@ import pytest
 from immunity.errors import JournalLocked, LeaseHeld
 from immunity.journal import open_journal
 from immunity.journal.sqlite import SqliteJournal
+from servers.postgres import PgCluster
 
 WRITER = """
 import anyio, os, sys
@@ -244,3 +245,38 @@ async def test_sqlite_a_writer_stuck_on_its_disk_makes_calls_fail_not_hang(tmp_p
         await other.close()
     finally:
         disk.set()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_postgres_a_server_that_stops_answering_is_a_journal_error_past_the_deadline(
+    pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """The PostgreSQL server stopped (SIGSTOP to the postmaster and every backend of this
+    test's cluster): a call ends with JournalError naming the server, with a hint, at the
+    journal's deadline (timeout_s * 2 + 5), not never; `close` does not wait for it; once the
+    server runs again the journal reconnects and writes."""
+    from immunity.errors import JournalError
+    from immunity.journal.postgres import PostgresJournal
+
+    j = PostgresJournal(pg_url, timeout_s=2)
+    d = await j.begin("shop", "v2", {})
+    postmaster = psutil.Process(int((pg_cluster.data / "postmaster.pid").read_text().split()[0]))
+    server = [postmaster, *postmaster.children(recursive=True)]
+    try:
+        for p in server:
+            p.suspend()
+        t0 = time.monotonic()
+        with pytest.raises(JournalError) as silent:
+            await j.append(d.id, "host.step_started")
+        assert 8 < time.monotonic() - t0 < 15
+        assert "did not answer within 9s" in silent.value.message
+        assert "pg_isready" in (silent.value.hint or "")
+    finally:
+        for p in server:
+            p.resume()
+    with anyio.fail_after(20):
+        await j.append(d.id, "host.step_finished")
+        assert [e.kind for e in await j.entries(d.id)][-1] == "host.step_finished"
+    with anyio.fail_after(5):
+        await j.close()
