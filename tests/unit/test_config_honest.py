@@ -424,3 +424,22 @@ def test_a_tolerance_at_or_above_bad_is_rejected() -> None:
     to catch: rejected at the judge block."""
     problems = _problems(BASE + "judge: {error_tolerance: 2.5}\n")
     assert len(problems) == 1 and "error_tolerance" in problems[0] and _line_of(problems[0]) == 12
+
+
+def test_a_cloudwatch_delay_shorter_than_a_final_period_is_refused_at_its_line() -> None:
+    """`delay: 60s` with 60 s periods final 60 s after they end: every look would hold a
+    period CloudWatch has not finished and be rejected, so the guard rail would never get
+    evidence (seen only at the end of the bake). Refused, at the signal's line; 2m passes."""
+    cw = (
+        "  - kind: cloudwatch\n"
+        "    name: cw\n"
+        "    load_balancer: app/web/50dc6c495c0c9188\n"
+        "    target_group: targetgroup/web/73e2d6bc24d8a067\n"
+        "    delay: 60s\n"
+    )
+    text = BASE.replace("signals:\n", "signals:\n" + cw)
+    (problem,) = _problems(text)
+    assert _line_of(problem) == 9  # the signal's block
+    assert "delay: expected at least period + complete_after = 120s" in problem
+    assert problem.endswith("got 60s")
+    parse(text.replace("delay: 60s", "delay: 2m"), "im.yaml")

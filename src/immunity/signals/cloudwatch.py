@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from immunity.clients.aws import AwsAccess, AwsApi
 from immunity.config.types import Duration, LatencyBounds
@@ -115,6 +115,21 @@ class CloudWatchSettings(AwsAccess):
         if v not in (1.0, 5.0, 10.0, 30.0) and (v < 60 or v % 60):
             raise ValueError("expected a CloudWatch period: 1s, 5s, 10s, 30s or a multiple of 60s")
         return v
+
+    @model_validator(mode="after")
+    def _final_in_time(self, info: ValidationInfo) -> CloudWatchSettings:
+        """From a config file: `delay` at least `period` + `complete_after`. A shorter one
+        puts, in every look, a period CloudWatch has not finished: each look is rejected and
+        the guard rail never gets evidence (found at the end of the bake, after the canary
+        was switched). Built in code (tests reading old datapoints), any delay is allowed."""
+        least = self.period + self.complete_after
+        if info.context and info.context.get("immunity.yaml") and self.delay < least:
+            raise ValueError(
+                f"delay: expected at least period + complete_after = {least:g}s (a shorter "
+                "delay puts a period CloudWatch has not finished in every look, and each look "
+                f"is rejected), got {self.delay:g}s"
+            )
+        return self
 
     @field_validator("latency_statistic")
     @classmethod
