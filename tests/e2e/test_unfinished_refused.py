@@ -11,9 +11,15 @@ Beside it, finding 4: an access log that sees none of the traffic HAProxy serves
 
 from __future__ import annotations
 
+import datetime as dt
+import http.server
 import json
 import signal
+import sqlite3
+import threading
 import time
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from e2e_helpers import FAST, Load, Sandbox
@@ -22,15 +28,51 @@ from test_lifecycle import ensure_on, wait_for
 pytestmark = pytest.mark.slow
 
 
+class _Hook(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver: every notification's kind and message."""
+
+    received: ClassVar[list[tuple[str, str]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.received.append((body["kind"], body["message"]))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @pytest.mark.timeout(300)
 def test_sigint_in_the_bake_then_a_new_deploy_is_refused_until_resume_abort(
     fleet3: Sandbox,
 ) -> None:
+    """Beside the refusal: the refusal ends with one `next:` line (it said `hint:`), and
+    `resume --abort` is its own outcome, `aborted`, exit 0 (it was exit 3 "release rejected"
+    and "after the verdict" with no verdict): in the terminal, the JSON, the notification,
+    `show` and `history`, which does not count it as a change failure."""
     ensure_on(fleet3, "v1")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     cfg = fleet3.write_config(
         "unfinished.yaml",
-        **{**FAST, "checks": [], "bake": {"min": "30s", "max": "60s", "interval": "500ms"}},
+        **{
+            **FAST,
+            "checks": [],
+            "bake": {"min": "30s", "max": "60s", "interval": "500ms"},
+            "notify": [{"kind": "webhook", "url": f"http://127.0.0.1:{server.server_port}/"}],
+        },
     )
+    try:
+        _refused_then_aborted(fleet3, cfg)
+    finally:
+        server.shutdown()
+    assert "deployment.aborted" in [k for k, _ in _Hook.received], _Hook.received
+    said = dict(_Hook.received)["deployment.aborted"]
+    assert "resume --abort" in said and "v3 was not judged" in said, said
+
+
+def _refused_then_aborted(fleet3: Sandbox, cfg: Path) -> None:
     p = fleet3.start("deploy", "-c", str(cfg), "--release", "v3")
     wait_for(
         lambda: fleet3.releases_served()["h1"] == "v3" and fleet3.servers_state()["h1"] == 0,
@@ -49,7 +91,10 @@ def test_sigint_in_the_bake_then_a_new_deploy_is_refused_until_resume_abort(
         r = fleet3.run("deploy", "-c", str(cfg), *args)
         assert 2 == r.returncode, r.stdout + r.stderr[-2000:]
         assert "interrupted" in r.stderr and "h1 on v3" in r.stderr, r.stderr
-        assert "immunity resume" in r.stderr and "--abort" in r.stderr, r.stderr
+        # one `next:` line (wrapped at the console's width) ends it; no `hint:`
+        assert 1 == r.stderr.count("next: ") and "hint:" not in r.stderr, r.stderr
+        last = r.stderr[r.stderr.index("\nnext: ") :]
+        assert "immunity resume" in last and "--abort" in last, r.stderr
         assert left == fleet3.releases_served()  # nothing touched
         assert {"h1": 0, "h2": 0, "h3": 0} == fleet3.servers_state()
 
@@ -59,10 +104,33 @@ def test_sigint_in_the_bake_then_a_new_deploy_is_refused_until_resume_abort(
     assert data["steady"] is False
     assert any("mixed" in a for a in data["attention"]), data["attention"]
 
-    r = fleet3.run("resume", "-c", str(cfg), "--abort")
-    assert 3 == r.returncode, r.stdout + r.stderr[-2000:]
+    r = fleet3.run("resume", "-c", str(cfg), "--abort", "--json", "abort.json")
+    assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
     assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
     assert {"h1": 0, "h2": 0, "h3": 0} == fleet3.servers_state()
+    result = json.loads((fleet3.dir / "abort.json").read_text())
+    assert ("aborted", 0, "abort") == (
+        result["outcome"],
+        result["exit_code"],
+        result["reverted_from"],
+    )
+    assert r.stdout.startswith("aborted v3"), r.stdout
+    for text in (r.stdout, fleet3.run("show", "-c", str(cfg)).stdout):
+        assert "after the verdict" not in text and "rejected" not in text, text
+        assert "after `resume --abort`" in text, text
+    assert (
+        "the deployment of v3 was aborted and the fleet reverted"
+        in fleet3.run("show", "-c", str(cfg)).stdout
+    )
+    hist = json.loads(fleet3.run("history", "-c", str(cfg), "--json").stdout)
+    assert ("aborted", "aborted") == (
+        hist["deployments"][-1]["outcome"],
+        hist["deployments"][-1]["category"],
+    )
+    assert hist["figures"]["aborted"] >= 1
+    assert hist["deployments"][-1]["id"] == result["deployment_id"]
+    assert "aborted (`resume --abort`)" in fleet3.run("history", "-c", str(cfg)).stdout
+
     st = fleet3.run("status", "-c", str(cfg), "--json", "--check")
     assert 0 == st.returncode, st.stdout + st.stderr
     assert json.loads(st.stdout)["steady"] is True
@@ -96,3 +164,45 @@ def test_an_access_log_that_sees_none_of_the_pools_traffic_is_refused(fleet3: Sa
         assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
     finally:
         load.stop()
+
+
+def _journal(
+    sbx: Sandbox, deployment_id: str
+) -> list[tuple[dt.datetime, str, str | None, dict[str, Any]]]:
+    with sqlite3.connect(sbx.dir / "journal.db") as db:
+        rows = db.execute(
+            "SELECT at, kind, host, data FROM entries WHERE deployment_id=? ORDER BY seq",
+            (deployment_id,),
+        ).fetchall()
+    return [(dt.datetime.fromisoformat(a), k, h, json.loads(d)) for a, k, h, d in rows]
+
+
+@pytest.mark.timeout(300)
+def test_detected_after_counts_from_the_first_canary_in_across_a_resume(fleet3: Sandbox) -> None:
+    """A bad release interrupted in its first bake and resumed 5 s later is caught after the
+    resume; `detected after` is from its first canary entering the pool (the journal's
+    `host.switched`) to the failing verdict, as the journal has them, not from the resume."""
+    ensure_on(fleet3, "v1")
+    cfg = fleet3.write_config("detected.yaml", **FAST)
+    p = fleet3.start("deploy", "-c", str(cfg), "--release", "bad")
+    wait_for(
+        lambda: fleet3.releases_served()["h1"] == "bad" and fleet3.servers_state()["h1"] == 0,
+        "h1 never came back on bad",
+        p,
+    )
+    p.send_signal(signal.SIGINT)  # in the bake, before a verdict on 12 probe requests/s
+    out, err = p.communicate(timeout=60)
+    assert 130 == p.returncode, out + err[-2000:]
+    time.sleep(5)
+    r = fleet3.run("resume", "-c", str(cfg), "--json", "detected.json")
+    assert 3 == r.returncode, r.stdout + r.stderr[-2000:]
+    result = json.loads((fleet3.dir / "detected.json").read_text())
+    entries = _journal(fleet3, result["deployment_id"])
+    first_in = next(a for a, k, h, d in entries if k == "host.switched" and d["release"] == "bad")
+    resumed = next(a for a, k, h, d in entries if k == "deployment.resumed")
+    verdict = next(a for a, k, h, d in entries if k == "verdict.failed")
+    assert (resumed - first_in).total_seconds() > 5
+    expected = (verdict - first_in).total_seconds()
+    assert expected == pytest.approx(result["detected_after_s"], abs=0.1), result
+    assert f"detected after {result['detected_after_s']:.1f}s" in r.stdout, r.stdout
+    assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()

@@ -1,6 +1,6 @@
 """The `immunity` command line: the only place that prints and maps errors to exit codes.
 
-Exit codes: 0 deployed; 2 config or preflight rejected, nothing touched; 3 release rejected,
+Exit codes: 0 deployed (also rolled back, and aborted by `resume --abort`); 2 config or preflight rejected, nothing touched; 3 release rejected,
 fleet reverted, team told; 4 revert incomplete, a human is needed; 5 another deployment holds
 the lease; 6 held (inconclusive, `hold` policy); 7 inconclusive, fleet reverted (`revert`
 policy); 130/143 interrupted after the shielded cleanup; 1 a bug (traceback kept).
@@ -145,6 +145,7 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
 EXIT_CODES = {
     "deployed": 0,
     "rolled_back": 0,
+    "aborted": 0,  # `resume --abort` did what was asked, as `rollback` does: not a rejection
     "reverted": 3,
     "revert_incomplete": 4,
     "superseded": 5,
@@ -199,8 +200,13 @@ def _finish(
     if result.detected_after_s is not None:
         con.print(f"  detected after {result.detected_after_s:.1f}s", highlight=False)
     if result.reverted_after_s is not None:
-        after = "in" if result.verdict is None else "after the verdict in"
-        con.print(f"  fleet reverted {after} {result.reverted_after_s:.1f}s", highlight=False)
+        from immunity.report.data import REVERTED_FROM
+
+        since = REVERTED_FROM.get(result.reverted_from or "", "")
+        con.print(
+            f"  fleet reverted in {result.reverted_after_s:.1f}s" + (f" {since}" if since else ""),
+            highlight=False,
+        )
     if result.needs_human:
         con.print(
             "  [bold red]a human is needed for[/] " + escape(", ".join(result.needs_human)),

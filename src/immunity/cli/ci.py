@@ -254,6 +254,7 @@ def summary_markdown(result: Mapping[str, Any], report_path: str | None) -> str:
         "deployed": "✅",
         "reverted": "🛑",
         "inconclusive": "❔",
+        "aborted": "↩️",
         "revert_incomplete": "🚨",
         "held": "⏸️",
     }
@@ -272,7 +273,10 @@ def summary_markdown(result: Mapping[str, Any], report_path: str | None) -> str:
     if result.get("detected_after_s") is not None:
         lines.append(f"| detected after | {result['detected_after_s']} s |")
     if result.get("reverted_after_s") is not None:
-        lines.append(f"| fleet reverted after the verdict | {result['reverted_after_s']} s |")
+        from immunity.report.data import reverted_from
+
+        since = f" ({reverted_from(result)})" if reverted_from(result) else ""
+        lines.append(f"| fleet reverted in | {result['reverted_after_s']} s{since} |")
     if report_path:
         lines.append(f"| report | `{_md(report_path)}` |")
     verdict = result.get("verdict") or {}

@@ -159,6 +159,8 @@ def next_step(
         "inconclusive": "the fleet serves its previous release; the release was not found "
         f"worse, only not judged (`immunity show {c}` says why); "
         + evidence_step(reason, config, probe),
+        "aborted": "every host serves the release it ran before; the release was not judged, "
+        f"not found worse: deploy when ready with `immunity deploy {c} --release NAME`",
         "superseded": f"another process took the deployment over; see it with "
         f"`immunity status {c}`",
         "held": f"continue with `immunity resume {c}` (judged again), or revert with "

@@ -97,10 +97,16 @@ def print_deployment(con: Console, data: Mapping[str, Any]) -> None:
     if revert:
         line = Text("revert: ", style="bold")
         line.append(f"started at {_secs(revert.get('start'))}")
+        for at in revert.get("resumed") or []:  # stopped by a signal, taken up by `resume`
+            line.append(f", resumed at {_secs(at)}")
         if revert.get("end") is not None:
             line.append(f", done at {_secs(revert.get('end'))}")
         if revert.get("reverted_after_s") is not None:
-            line.append(f" ({_secs(revert['reverted_after_s'])} after the verdict)")
+            since = revert.get("reverted_from")
+            if since is None:  # data written before `reverted_from`
+                since = "after the verdict" if data.get("verdict") else ""
+            took = f"fleet back in {_secs(revert['reverted_after_s'])} {since}".strip()
+            line.append(f" ({took})")
         moved = ", ".join(f"{h['host']}→{h['release']}" for h in revert.get("hosts") or [])
         if moved:
             line.append(f"; {moved}")
@@ -140,6 +146,7 @@ CATEGORY_WORDS = {
     "deployed": "deployed",
     "worse": "found worse",
     "inconclusive": "not judged",
+    "aborted": "aborted, not judged",
     "interrupted": "interrupted",
     "rollback": "rollback",
     "unfinished": "unfinished",
@@ -196,23 +203,23 @@ def print_history(con: Console, data: Mapping[str, Any]) -> None:
         line.append(f" ({f['deployments_per_day']:g} a day)")
     # the rate's denominator is the releases judged (deployed or found worse), as it says
     judged = int(f.get("judged", f.get("finished")) or 0)
-    if f.get("change_failure_rate") is not None and judged:
+    rated = f.get("change_failure_rate") is not None and judged
+    unjudged = f.get("not_judged") or f.get("no_verdict") or f.get("aborted")
+    if rated:
         line.append(
             f"; change-failure rate {100 * float(f['change_failure_rate']):.0f}% "
             f"({f['found_worse']} of {judged} judged found worse"
         )
-    elif f.get("not_judged") or f.get("no_verdict"):
+    elif unjudged:
         line.append("; no change-failure rate (no release judged yet")
-    if (
-        (f.get("change_failure_rate") is not None and judged)
-        or f.get("not_judged")
-        or f.get("no_verdict")
-    ):
+    if rated or unjudged:
         if f.get("not_judged"):
             line.append(f"; {f['not_judged']} not judged for lack of evidence")
+        if f.get("aborted"):
+            line.append(f"; {f['aborted']} aborted (`resume --abort`)")
         if f.get("no_verdict"):
             line.append(f"; {f['no_verdict']} reverted without a verdict")
-        if (f.get("not_judged") or f.get("no_verdict")) and judged:
+        if unjudged and judged:
             line.append(", not counted")
         line.append(")")
     if f.get("interrupted"):

@@ -6,8 +6,9 @@
                 parallel; the bake starts when the wave's first canary is back in the pool
                 and judges until a verdict. A host that fails past `max_failed_hosts` (or a
                 signal) stops admitting at once: no task waits for a slot that will not come.
-    outcome     a `RunOutcome`: deployed | reverted | revert_incomplete | held | interrupted |
-                terminated (see engine/run.py for superseded and failed).
+    outcome     a `RunOutcome`: deployed | reverted | inconclusive | aborted (`resume
+                --abort`) | revert_incomplete | held | interrupted | terminated (see
+                engine/run.py for superseded and failed).
 
 Everything is journaled before and after; `resume` continues from the journal.
 """
@@ -44,6 +45,9 @@ from immunity.journal.base import DeploymentRecord
 from immunity.judge import build_judge
 
 log = logging.getLogger("immunity.engine")
+
+ABORTED_BY = "aborted with `resume --abort`"
+"""How an aborted run's reason begins (the revert's reason, and the run's)."""
 
 
 async def deploy(fleet: Fleet, release: str, *, handle_signals: bool = True) -> RunResult:
@@ -383,9 +387,19 @@ class Rollout:
         # release are canaries; hosts out of the pool hold capacity until a walk puts them
         # back), which waves passed and whether a revert was under way
         if run.resumed and (abort or view.reverting):
-            reason = "resume --abort" if abort else view.revert_reason or "interrupted revert"
-            unjudged = view.last_verdict.get("outcome") in ("inconclusive", "error")
-            done = RunOutcome.INCONCLUSIVE if unjudged and not abort else RunOutcome.REVERTED
+            # a revert under way is finished for its own reason (a verdict stands, even
+            # with --abort); otherwise the user asked to undo it: not a verdict on the
+            # release, its own outcome (an abort's revert taken up again stays one)
+            reason = (view.revert_reason or "interrupted revert") if view.reverting else ""
+            if not reason or reason.startswith(ABORTED_BY):
+                held = view.last_verdict.get("reason") if run.record.outcome == "held" else None
+                reason = reason or f"{ABORTED_BY}; {self.release} was not judged" + (
+                    f" (it was held: {held})" if held else ""
+                )
+                done = RunOutcome.ABORTED
+            else:
+                unjudged = view.last_verdict.get("outcome") in ("inconclusive", "error")
+                done = RunOutcome.INCONCLUSIVE if unjudged else RunOutcome.REVERTED
             await revert(run, reason, self.fallbacks, done=done)
             return
         verdict: Verdict | None = None

@@ -107,7 +107,7 @@ class FleetView:
     reverting: bool = False  # the immune response (or a failed verdict) began
     revert_reason: str | None = None
     last_verdict: Mapping[str, Any] = field(default_factory=dict)  # the last verdict.reached/failed
-    first_canary_at: dt.datetime | None = None  # since the run (or its resume) began
+    first_canary_at: dt.datetime | None = None  # the deployment's first, resumes included
     began_at: dt.datetime | None = None
     failed: frozenset[str] = frozenset()
     concluded: Mapping[str, Any] = field(default_factory=dict)  # the last `deployment.<outcome>`
@@ -187,7 +187,8 @@ class FleetState:
         """Fold one journal entry (see docs/state-machine.md for what each kind says)."""
         kind, data = e.kind, e.data
         if kind in ("deployment.started", "deployment.resumed"):
-            self.began_at, self.first_canary_at = e.at, None
+            if kind == "deployment.started":  # a resume keeps both: the deployment's own
+                self.began_at, self.first_canary_at = e.at, None
             if "waves" in data:
                 self.waves = tuple(tuple(w) for w in data["waves"])
         elif kind.startswith("deployment.") and "outcome" in data:

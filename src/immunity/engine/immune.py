@@ -162,9 +162,10 @@ async def revert(
     verdict: Verdict | None = None,
 ) -> None:
     """The immune response as the rest of a run (a failed verdict, an abort, a rollback),
-    then how the run ends: `done` (REVERTED: found worse or asked to; INCONCLUSIVE: reverted
-    for lack of evidence; ROLLED_BACK), `revert_incomplete` naming the hosts a human must
-    mend, or interrupted / terminated by a signal with the hosts not reverted yet."""
+    then how the run ends: `done` (REVERTED: found worse; INCONCLUSIVE: reverted for lack
+    of evidence; ABORTED: `resume --abort`; ROLLED_BACK), `revert_incomplete` naming the
+    hosts a human must mend, or interrupted / terminated by a signal with the hosts not
+    reverted yet. `reverted_after_s` counts from this call, which `reverted_from` names."""
     t0 = run.fleet.clock.monotonic()
     admit = run.on_stop(anyio.CancelScope())
     try:
@@ -181,6 +182,14 @@ async def revert(
     finally:
         run.forget_stop(admit)
     extra: dict[str, Any] = {"verdict": verdict.to_dict()} if verdict is not None else {}
+    if verdict is not None:
+        since = "verdict"
+    elif done is RunOutcome.ABORTED:
+        since = "abort"
+    elif done is RunOutcome.ROLLED_BACK and not run.resumed:
+        since = "request"
+    else:
+        since = "resume"
     if report.failed:
         await run.conclude(
             RunOutcome.REVERT_INCOMPLETE,
@@ -206,5 +215,6 @@ async def revert(
             message=f"fleet back on its previous release: {reason}",
             detected_after_s=detected_after_s,
             reverted_after_s=round(run.fleet.clock.monotonic() - t0, 3),
+            reverted_from=since,
             **extra,
         )

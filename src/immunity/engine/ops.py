@@ -274,12 +274,12 @@ async def _rollback_body(run: Run) -> None:
 def category(outcome: str | None, verdict: str | None) -> str:
     """What a deployment says about its release, for `history`: `deployed`, `worse` (found
     worse: a failing check or host step; a change failure), `inconclusive` (ended for lack
-    of evidence: reverted or held, the release was not found worse), `interrupted`,
-    `rollback`, `unfinished`, or `other`."""
+    of evidence: reverted or held, the release was not found worse), `aborted` (reverted by
+    `resume --abort`: not judged), `interrupted`, `rollback`, `unfinished`, or `other`."""
     if outcome is None:
         return "unfinished"
-    if outcome == "deployed":
-        return "deployed"
+    if outcome in ("deployed", "aborted"):
+        return outcome
     if outcome == "rolled_back":
         return "rollback"
     if outcome in ("interrupted", "terminated", "superseded"):
@@ -288,7 +288,7 @@ def category(outcome: str | None, verdict: str | None) -> str:
         return "inconclusive"
     if outcome in ("reverted", "revert_incomplete") and verdict == "fail":
         return "worse"
-    return "other"  # e.g. reverted by `resume --abort` or after an error: not a verdict
+    return "other"  # e.g. reverted after an error: not a verdict
 
 
 def _whole_reason(record: DeploymentRecord, entries: Sequence[Any]) -> str | None:
@@ -347,8 +347,8 @@ async def history(fleet: Fleet) -> dict[str, Any]:
     ]
     finished = [r for r in real if r["finished_at"]]
     # a change failure is a release found worse, out of the releases judged (deployed or
-    # found worse): one that could not be judged, or was reverted without a verdict (an
-    # error, `resume --abort`), is in neither count
+    # found worse): one that could not be judged, was aborted (`resume --abort`) or was
+    # reverted without a verdict (an error) is in neither count
     failures = [r for r in finished if r["category"] == "worse"]
     judged = [r for r in finished if r["category"] in ("deployed", "worse")]
     # still stopped: a run taken up again by `resume` and finished is counted as resumed
@@ -379,6 +379,7 @@ async def history(fleet: Fleet) -> dict[str, Any]:
             "found_worse": len(failures),
             "not_judged": len([r for r in finished if r["category"] == "inconclusive"]),
             "no_verdict": len([r for r in finished if r["category"] == "other"]),
+            "aborted": len([r for r in finished if r["category"] == "aborted"]),
             "median_verdict_to_reverted_s": statistics.median(revert_times)
             if revert_times
             else None,

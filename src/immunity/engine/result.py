@@ -22,6 +22,7 @@ class RunOutcome(StrEnum):
     ROLLED_BACK = "rolled_back"
     REVERTED = "reverted"  # found worse (a check, a host step) or asked to: fleet reverted
     INCONCLUSIVE = "inconclusive"  # not enough evidence to judge: fleet reverted
+    ABORTED = "aborted"  # `resume --abort`: fleet reverted as asked, the release not judged
     REVERT_INCOMPLETE = "revert_incomplete"
     HELD = "held"
     INTERRUPTED = "interrupted"  # SIGINT, after the hosts in flight finished
@@ -49,6 +50,10 @@ class RunResult:
     verdict: Mapping[str, Any] | None = None
     detected_after_s: float | None = None
     reverted_after_s: float | None = None
+    reverted_from: str | None = None
+    """What `reverted_after_s` counts from: `verdict` (the failing or inconclusive verdict
+    of this process), `abort` (`resume --abort`), `resume` (a revert taken over by
+    `resume`) or `request` (a rollback)."""
     needs_human: tuple[str, ...] = ()
     fallbacks: Mapping[str, str] = field(default_factory=dict)
     waves: tuple[tuple[str, ...], ...] = ()
@@ -85,6 +90,7 @@ class RunResult:
             verdict=concluded.get("verdict", view.last_verdict or None),
             detected_after_s=concluded.get("detected_after_s"),
             reverted_after_s=concluded.get("reverted_after_s"),
+            reverted_from=concluded.get("reverted_from"),
             needs_human=tuple(concluded.get("needs_human") or ()),
             fallbacks={str(k): str(v) for k, v in dict(record.data.get("fallbacks", {})).items()},
             waves=view.waves,
@@ -104,6 +110,7 @@ class RunResult:
             "verdict": dict(self.verdict) if self.verdict else None,
             "detected_after_s": self.detected_after_s,
             "reverted_after_s": self.reverted_after_s,
+            "reverted_from": self.reverted_from,
             "needs_human": list(self.needs_human),
             "fallbacks": dict(self.fallbacks),
             "waves": [list(w) for w in self.waves],

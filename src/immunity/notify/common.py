@@ -3,8 +3,9 @@ with bounded retries whose errors never carry the URL (webhook URLs are secrets)
 
 Events that reach notifiers are the deployment's final outcome, `deployment.<outcome>`:
 `succeeded`, `reverted` (the release was found worse), `inconclusive` (not enough evidence to
-judge it: the fleet was reverted, but the release was not found worse), `revert_incomplete`,
-`held`, `interrupted`, `rolled_back`, `failed`.
+judge it: the fleet was reverted, but the release was not found worse), `aborted` (undone by
+`resume --abort`: the fleet was reverted as asked, the release not judged),
+`revert_incomplete`, `held`, `interrupted`, `rolled_back`, `failed`.
 Their `data` may hold `verdict` (`{"outcome", "reason", "checks": [...]}`), `fallbacks`
 (host -> previous release), `needs_human` (hosts), `hosts`, and timings ending in `_s`
 (`detected_after_s`, `reverted_after_s`, `duration_s`). Every key is optional.
@@ -137,6 +138,7 @@ _SEVERITY = {
     "deployment.rolled_back": Severity.GOOD,
     "deployment.reverted": Severity.WARNING,
     "deployment.inconclusive": Severity.WARNING,
+    "deployment.aborted": Severity.INFO,
     "deployment.held": Severity.WARNING,
     "deployment.interrupted": Severity.WARNING,
     "deployment.revert_incomplete": Severity.DANGER,
@@ -150,6 +152,8 @@ _TITLE = {
     "deployment.reverted": "{release} rejected: {app} reverted",
     "deployment.inconclusive": "{release} not judged (too little evidence): {app} reverted",
     "deployment.revert_incomplete": "{release} rejected: {app} revert INCOMPLETE, a human is needed",
+    "deployment.aborted": "{release} deployment to {app} aborted by `resume --abort`: "
+    "{app} back on its previous release (not judged)",
     "deployment.held": "{release} held on {app}: not judged (too little evidence)",
     "deployment.interrupted": "{release} deployment to {app} interrupted",
     "deployment.failed": "{release} deployment to {app} failed",

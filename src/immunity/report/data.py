@@ -170,6 +170,22 @@ def timeline(entries: Sequence[JournalEntry], t0: dt.datetime) -> dict[str, Any]
     return {"hosts": hosts, "waves": waves, "bakes": bakes}
 
 
+REVERTED_FROM = {
+    "verdict": "after the verdict",
+    "abort": "after `resume --abort`",
+    "resume": "after the resume that finished the revert",
+    "request": "after the request",
+}
+"""What `reverted_after_s` counts from (`RunResult.reverted_from`), in words."""
+
+
+def reverted_from(result: Mapping[str, Any]) -> str:
+    """`REVERTED_FROM`'s words for a result; journals written before `reverted_from` was
+    recorded counted from the verdict when the result has one."""
+    since = result.get("reverted_from") or ("verdict" if result.get("verdict") else "")
+    return REVERTED_FROM.get(str(since), "")
+
+
 def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str:
     """One sentence: what happened to the release, why (with the numbers), how fast."""
     outcome = record.outcome or "unfinished"
@@ -180,6 +196,8 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
         "revert_incomplete": f"{record.release} was rejected but the revert did not finish",
         "held": f"{record.release} was held: the verdict stayed inconclusive",
         "inconclusive": f"{record.release} could not be judged and the fleet was reverted",
+        "aborted": f"the deployment of {record.release} was aborted and the fleet reverted; "
+        f"{record.release} was not judged",
         "rolled_back": "the fleet was rolled back",
     }
     head = words.get(outcome, f"{record.release}: {outcome}")
@@ -188,11 +206,15 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
     for word in (outcome, "inconclusive"):
         if reason.lower().startswith(word + ": "):
             reason = reason[len(word) + 2 :]
+    if outcome == "aborted":  # the head says it; the reason adds only a held run's why
+        reason = reason.partition(" (it was held: ")[2].removesuffix(")")
+        reason = f"it was held: {reason}" if reason else ""
     tail = []
     if result.get("detected_after_s") is not None:
         tail.append(f"detected {float(result['detected_after_s']):.1f} s after the first canary")
     if result.get("reverted_after_s") is not None:
-        tail.append(f"fleet back {float(result['reverted_after_s']):.1f} s after the verdict")
+        since = reverted_from(result)
+        tail.append(f"fleet back in {float(result['reverted_after_s']):.1f} s {since}".strip())
     text = head + (f": {reason}" if reason else "")
     if tail:
         text += " (" + "; ".join(tail) + ")"
@@ -220,23 +242,10 @@ def build(record: DeploymentRecord, entries: Sequence[JournalEntry]) -> dict[str
         for e in entries
         if e.kind in ("verdict.reached", "verdict.failed")
     ]
-    revert: dict[str, Any] | None = None
-    for e in entries:
-        if e.kind == "immune.started":
-            revert = {"start": _secs(e.at, t0), "end": None, "hosts": [], "reason": ""}
-            revert["reason"] = str(e.data.get("reason") or "")
-        elif revert is not None and e.kind == "host.switched" and e.data.get("purpose") == "revert":
-            revert["hosts"].append(
-                {"host": e.host, "release": e.data.get("release"), "t": _secs(e.at, t0)}
-            )
-        elif revert is not None and e.kind in (
-            "deployment.reverted",
-            "deployment.revert_incomplete",
-        ):
-            revert["end"] = _secs(e.at, t0)
-            revert["incomplete"] = e.kind == "deployment.revert_incomplete"
+    revert = _revert(entries, t0)
     if revert is not None:
         revert["reverted_after_s"] = result.get("reverted_after_s")
+        revert["reverted_from"] = reverted_from(result)
         revert["needs_human"] = result.get("needs_human") or []
     end = record.finished_at or (entries[-1].at if entries else t0)
     return {
@@ -252,6 +261,7 @@ def build(record: DeploymentRecord, entries: Sequence[JournalEntry]) -> dict[str
         "duration_s": _secs(end, t0),
         "detected_after_s": result.get("detected_after_s"),
         "reverted_after_s": result.get("reverted_after_s"),
+        "reverted_from": reverted_from(result),
         "verdict": result.get("verdict"),
         "verdicts": verdicts,
         "timeline": timeline(entries, t0),
@@ -262,6 +272,35 @@ def build(record: DeploymentRecord, entries: Sequence[JournalEntry]) -> dict[str
         "impact": result.get("impact"),
         "fallbacks": result.get("fallbacks") or dict((record.data or {}).get("fallbacks") or {}),
     }
+
+
+def _revert(entries: Sequence[JournalEntry], t0: dt.datetime) -> dict[str, Any] | None:
+    """The immune response: when it began (its first `immune.started`: a revert that a
+    signal stopped and `resume` finished began once, and `resumed` says when it was taken
+    up again), each host it moved, and when the run it was part of concluded."""
+    revert: dict[str, Any] | None = None
+    for e in entries:
+        if e.kind == "immune.started":
+            if revert is None:
+                revert = {"start": _secs(e.at, t0), "end": None, "hosts": [], "resumed": []}
+                revert["reason"] = str(e.data.get("reason") or "")
+            else:
+                revert["resumed"].append(_secs(e.at, t0))
+                revert["end"] = None
+        elif revert is None:
+            continue
+        elif e.kind == "host.switched" and e.data.get("purpose") == "revert":
+            revert["hosts"].append(
+                {"host": e.host, "release": e.data.get("release"), "t": _secs(e.at, t0)}
+            )
+        elif e.kind.startswith("deployment.") and e.data.get("outcome") not in (
+            None,
+            "interrupted",
+            "terminated",
+        ):
+            revert["end"] = _secs(e.at, t0)
+            revert["incomplete"] = e.kind == "deployment.revert_incomplete"
+    return revert
 
 
 def _check_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[Any]]]:

@@ -16,7 +16,7 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 h1{font-size:22px;margin:0 0 6px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:3px}
 .verdict{font-size:17px;padding:12px 16px;border-radius:6px;margin:10px 0 16px;border-left:6px solid}
 .o-reverted,.o-revert_incomplete{background:#fdecea;border-color:#b00020}
-.o-deployed,.o-rolled_back{background:#e8f5e9;border-color:#2e7d32}
+.o-deployed,.o-rolled_back,.o-aborted{background:#e8f5e9;border-color:#2e7d32}
 .o-held,.o-unfinished,.o-interrupted,.o-terminated{background:#fff3e0;border-color:#ef6c00}
 table{border-collapse:collapse;margin:6px 0;font-size:13px} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -30,7 +30,7 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 <table class="kv">
 <tr><td>outcome</td><td><b>{{ d.outcome }}</b></td></tr>
 {% if d.detected_after_s is not none %}<tr><td>detected after</td><td>{{ "%.1f"|format(d.detected_after_s) }} s (from the first canary in the pool to the verdict)</td></tr>{% endif %}
-{% if d.reverted_after_s is not none %}<tr><td>fleet reverted</td><td>{{ "%.1f"|format(d.reverted_after_s) }} s after the verdict</td></tr>{% endif %}
+{% if d.reverted_after_s is not none %}<tr><td>fleet reverted</td><td>in {{ "%.1f"|format(d.reverted_after_s) }} s {{ d.reverted_from }}</td></tr>{% endif %}
 <tr><td>evidence</td><td>{{ d.looks }} look(s) recorded</td></tr>
 </table>
 {% if d.verdict and d.verdict.checks %}
@@ -64,7 +64,7 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 
 <h2>Revert</h2>
 {% if d.revert %}
-<p>The immune response began at {{ d.revert.start|num }} s{% if d.revert.reason %} ({{ d.revert.reason }}){% endif %}{% if d.revert.end is not none %} and ended at {{ d.revert.end|num }} s{% endif %}{% if d.revert.reverted_after_s is not none %}: the whole fleet was back {{ "%.1f"|format(d.revert.reverted_after_s) }} s after the verdict{% endif %}.</p>
+<p>The immune response began at {{ d.revert.start|num }} s{% if d.revert.reason %} ({{ d.revert.reason }}){% endif %}{% for r in d.revert.resumed %}, was taken up again by a resume at {{ r|num }} s{% endfor %}{% if d.revert.end is not none %} and ended at {{ d.revert.end|num }} s{% endif %}{% if d.revert.reverted_after_s is not none %}: the whole fleet was back {{ "%.1f"|format(d.revert.reverted_after_s) }} s {{ d.revert.reverted_from }}{% endif %}.</p>
 <table><tr><th>host</th><th>back on</th><th>at</th></tr>
 {% for h in d.revert.hosts %}<tr><td>{{ h.host }}</td><td>{{ h.release }}</td><td class="n">{{ h.t|num }} s</td></tr>{% endfor %}</table>
 {% if d.revert.needs_human %}<p class="fail">A human is needed for: {{ d.revert.needs_human|join(", ") }}</p>{% endif %}

@@ -107,7 +107,7 @@ def test_a_deploy_over_an_interrupted_one_is_refused_and_abort_restores_one_rele
     assert status["steady"] is False
     assert any("interrupted" in a for a in status["attention"])
     assert any("mixed" in a for a in status["attention"])
-    assert aborted.outcome == "reverted", aborted.reason
+    assert aborted.outcome == "aborted", aborted.reason
     assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 6)}
     assert after.outcome == "deployed"  # nothing to switch, but no longer refused
     assert ("h2", "v13") not in started and ("h1", "v14") not in started
