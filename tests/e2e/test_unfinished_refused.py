@@ -206,3 +206,44 @@ def test_detected_after_counts_from_the_first_canary_in_across_a_resume(fleet3: 
     assert expected == pytest.approx(result["detected_after_s"], abs=0.1), result
     assert f"detected after {result['detected_after_s']:.1f}s" in r.stdout, r.stdout
     assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
+
+
+@pytest.mark.timeout(300)
+def test_deploying_the_release_every_host_runs_touches_no_host_unless_forced(
+    fleet3: Sandbox,
+) -> None:
+    """Deploying v1 to a fleet all on v1 baked and ran the whole watch. Now it says so, exits
+    0 touching no host (the journal's record of the run holds no host step and no bake) and
+    is journaled `unchanged`: `history` lists it without counting it as a deployment, and
+    `rollback` still goes back past it. `--force` walks every host again."""
+    ensure_on(fleet3, "v1")
+    cfg = fleet3.write_config("same.yaml", **FAST)
+    figures = json.loads(fleet3.run("history", "-c", str(cfg), "--json").stdout)["figures"]
+    r = fleet3.run("deploy", "-c", str(cfg), "--release", "v1", "--json", "same.json")
+    assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
+    result = json.loads((fleet3.dir / "same.json").read_text())
+    assert "unchanged" == result["outcome"]
+    assert "every host already serves v1" in r.stdout and "--force" in r.stdout, r.stdout
+    kinds = [k for _, k, _, _ in _journal(fleet3, result["deployment_id"])]
+    assert [] == [k for k in kinds if k.startswith(("host.", "bake.", "guard.", "wave."))]
+    assert "deployment.unchanged" == kinds[-1]
+    assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
+    assert {"h1": 0, "h2": 0, "h3": 0} == fleet3.servers_state()
+    hist = json.loads(fleet3.run("history", "-c", str(cfg), "--json").stdout)
+    assert ("unchanged", "unchanged") == (
+        hist["deployments"][-1]["outcome"],
+        hist["deployments"][-1]["category"],
+    )
+    assert figures["deployments"] == hist["figures"]["deployments"]
+    assert 1 + (figures.get("unchanged") or 0) == hist["figures"]["unchanged"]
+
+    r = fleet3.run("deploy", "-c", str(cfg), "--release", "v1", "--force", "--json", "f.json")
+    assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
+    forced = json.loads((fleet3.dir / "f.json").read_text())
+    assert "deployed" == forced["outcome"]
+    drained = {
+        h for _, k, h, d in _journal(fleet3, forced["deployment_id"]) if k == "host.switched"
+    }
+    assert {"h1", "h2", "h3"} == drained
+    assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
+    assert {"h1": 0, "h2": 0, "h3": 0} == fleet3.servers_state()

@@ -146,6 +146,7 @@ EXIT_CODES = {
     "deployed": 0,
     "rolled_back": 0,
     "aborted": 0,  # `resume --abort` did what was asked, as `rollback` does: not a rejection
+    "unchanged": 0,  # every host already served the release: nothing to do
     "reverted": 3,
     "revert_incomplete": 4,
     "superseded": 5,
@@ -171,9 +172,10 @@ def _finish(
 ) -> None:
     code = exit_code(result)
     data = {**result.to_dict(), "exit_code": code}
-    # a run that lost its lease writes nothing more, its report neither: the new holder's is
+    # a run that lost its lease writes nothing more, its report neither: the new holder's is;
+    # a no-op has nothing to report (and would wait seconds for the charts' imports)
     report_path = None
-    if config and str(result.outcome) != "superseded":
+    if config and str(result.outcome) not in ("superseded", "unchanged"):
         # drawing the charts takes seconds on a busy machine: say so rather than sit silent
         # (on stderr: stdout may be the JSON result)
         err.print(
@@ -331,7 +333,7 @@ async def _replay_journal(fleet: Fleet, table: Any) -> None:
 
     try:
         record = await fleet.journal.deployments(fleet.app)
-        unfinished = [r for r in record if r.outcome != "rejected"]
+        unfinished = [r for r in record if r.outcome not in ("rejected", "unchanged")]
         if not unfinished:
             return
         last = unfinished[-1]
@@ -470,6 +472,15 @@ def deploy(
             "--dry-run", help="Preflight and print the whole plan; touch nothing (exit 0 or 2)."
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Redeploy when every host already serves RELEASE: walk each host again "
+            "(drain, restart, warm up, enable), baked on the guard rails. Without it such a "
+            "deploy touches no host and ends `unchanged` (exit 0).",
+        ),
+    ] = False,
 ) -> None:
     """Roll RELEASE over the fleet, wave by wave; revert the whole fleet when it is worse."""
     _check_release(release)
@@ -498,7 +509,7 @@ def deploy(
                 and (record.finished_at is None or record.outcome in ("interrupted", "terminated"))
             ):
                 return await ops.resume(fleet)
-        return await run_deploy(fleet, release)
+        return await run_deploy(fleet, release, force=force)
 
     _run_reported(config, f"deploying {release}", json_out, ci_kind, output_fmt, live, go)
 

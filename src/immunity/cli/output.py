@@ -217,6 +217,13 @@ def print_plan(plan: dict[str, Any]) -> None:
     )
     fb = ", ".join(f"{h}={plan['active'].get(h)}→{r}" for h, r in plan["fallbacks"].items())
     out.print(f"  now (host=active→fallback on revert): {fb}", highlight=False)
+    if plan["active"] and set(plan["active"].values()) == {plan["release"]}:
+        out.print(
+            f"  every host already serves {plan['release']}: `deploy` touches no host and ends "
+            "`unchanged` (exit 0); `--force` walks every host again",
+            markup=False,
+            highlight=False,
+        )
     if plan["already_on_release"]:
         out.print(
             f"  already on {plan['release']} (skipped): {', '.join(plan['already_on_release'])}",

@@ -147,6 +147,7 @@ CATEGORY_WORDS = {
     "worse": "found worse",
     "inconclusive": "not judged",
     "aborted": "aborted, not judged",
+    "unchanged": "no-op: already running",
     "interrupted": "interrupted",
     "rollback": "rollback",
     "unfinished": "unfinished",
@@ -224,6 +225,10 @@ def print_history(con: Console, data: Mapping[str, Any]) -> None:
         line.append(")")
     if f.get("interrupted"):
         line.append(f"; {f['interrupted']} interrupted (not finished)")
+    if f.get("unchanged"):
+        line.append(
+            f"; {f['unchanged']} no-op deploy(s) of the release already running, not counted"
+        )
     if f.get("resumed"):
         line.append(f"; {f['resumed']} resumed and finished")
     if f.get("median_verdict_to_reverted_s") is not None:

@@ -29,7 +29,7 @@ from immunity.engine.context import Fleet, unknown_members
 from immunity.engine.fleetview import encode
 from immunity.engine.immune import immune_response, revert
 from immunity.engine.plan import plan_waves, with_holdback
-from immunity.engine.result import RunOutcome, RunResult
+from immunity.engine.result import NOT_A_CHANGE, RunOutcome, RunResult
 from immunity.engine.run import Run, first_immunity_error
 from immunity.errors import (
     CapacityExhausted,
@@ -50,15 +50,20 @@ ABORTED_BY = "aborted with `resume --abort`"
 """How an aborted run's reason begins (the revert's reason, and the run's)."""
 
 
-async def deploy(fleet: Fleet, release: str, *, handle_signals: bool = True) -> RunResult:
+async def deploy(
+    fleet: Fleet, release: str, *, handle_signals: bool = True, force: bool = False
+) -> RunResult:
     """Roll `release` over the fleet. Raises PreflightError / LeaseHeld before anything is
-    touched; otherwise returns how the run ended."""
+    touched; otherwise returns how the run ended. When every host already serves `release`
+    (in the pool) the run ends `unchanged` at once, touching no host; with `force` every
+    host is walked again (drain, restart, warm up, enable) and baked on the guard rails
+    (there is no other release to compare with)."""
 
     async def prepare() -> dict[str, object]:
         return {"fallbacks": await preflight(fleet, release)}
 
     async with Run(fleet, release, prepare=prepare, handle_signals=handle_signals) as run:
-        await Rollout(run).go()
+        await Rollout(run, force=force).go()
     return run.result
 
 
@@ -184,7 +189,9 @@ async def refuse_over_unfinished(fleet: Fleet) -> None:
     interrupted run could no longer be resumed or aborted. The lease check comes first (a
     live holder is refused with LeaseHeld), so an unfinished record here has no live run.
     """
-    records = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome != "rejected"]
+    records = [
+        d for d in await fleet.journal.deployments(fleet.app) if d.outcome not in NOT_A_CHANGE
+    ]
     if not records or records[-1].outcome not in UNFINISHED:
         return
     last = records[-1]
@@ -265,8 +272,9 @@ async def fallbacks_for(fleet: Fleet, release: str, actives: Mapping[str, str]) 
 class Rollout:
     """The body of a deployment run: waves, bakes, the guard, and the immune response."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, *, force: bool = False) -> None:
         self.run = run
+        self.force = force  # walk hosts already on the release again (`deploy --force`)
         self.fleet = run.fleet
         self.release = run.release
         self.view = run.view  # the run's FleetState: every entry folded as it is appended
@@ -307,7 +315,8 @@ class Rollout:
             # observe: where the balancer and the hosts are now, journaled (and so folded
             # into the run's view over what the journal said before)
             seen: dict[str, Any] = {"holder": run.lease.holder, "waves": plan}
-            seen["observed"] = encode(await self.fleet.observe())
+            observed = await self.fleet.observe()
+            seen["observed"] = encode(observed)
             if run.resumed:
                 what = f"resuming {self.release}" + (" to abort it" if abort else "")
                 await run.rec.record(
@@ -325,6 +334,15 @@ class Rollout:
                 for name, said in self.fleet.signal_views.items():
                     # the sentence itself is journaled: the message goes to the sinks only
                     await run.rec.record("signal.checked", said, signal=name, seen=said)
+                if not self.force and all(
+                    v == (LbState.SERVING, self.release) for v in observed.values()
+                ):
+                    await run.conclude(
+                        RunOutcome.UNCHANGED,
+                        f"every host already serves {self.release}: nothing was deployed, no "
+                        "host touched (`deploy --force` walks every host again)",
+                    )
+                    return
             await self._with_impact(self._waves(waves, abort))
         except (JournalError, LeaseLost):
             raise  # change nothing more
@@ -404,7 +422,7 @@ class Rollout:
             return
         verdict: Verdict | None = None
         for i, wave in enumerate(waves, start=1):
-            todo = [h for h in wave if h.name not in view.canary]
+            todo = [h for h in wave if self.force or h.name not in view.canary]
             if run.stopping:
                 break
             if i in view.passed_waves and not todo:

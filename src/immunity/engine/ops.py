@@ -19,7 +19,7 @@ from immunity.domain import LbState, Member
 from immunity.engine.context import Fleet, holder_alive, unknown_members
 from immunity.engine.fleetview import derive
 from immunity.engine.immune import revert
-from immunity.engine.result import RunOutcome, RunResult
+from immunity.engine.result import NOT_A_CHANGE, RunOutcome, RunResult
 from immunity.engine.run import Run, ran_before
 from immunity.errors import ImmunityError
 from immunity.journal.base import DeploymentRecord
@@ -31,7 +31,7 @@ class NothingToResume(ImmunityError):
 
 
 async def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
-    recs = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome != "rejected"]
+    recs = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome not in NOT_A_CHANGE]
     return recs[-1] if recs else None
 
 
@@ -275,10 +275,11 @@ def category(outcome: str | None, verdict: str | None) -> str:
     """What a deployment says about its release, for `history`: `deployed`, `worse` (found
     worse: a failing check or host step; a change failure), `inconclusive` (ended for lack
     of evidence: reverted or held, the release was not found worse), `aborted` (reverted by
-    `resume --abort`: not judged), `interrupted`, `rollback`, `unfinished`, or `other`."""
+    `resume --abort`: not judged), `unchanged` (every host already served it: a no-op, not
+    a deployment), `interrupted`, `rollback`, `unfinished`, or `other`."""
     if outcome is None:
         return "unfinished"
-    if outcome in ("deployed", "aborted"):
+    if outcome in ("deployed", "aborted", "unchanged"):
         return outcome
     if outcome == "rolled_back":
         return "rollback"
@@ -342,8 +343,12 @@ async def history(fleet: Fleet) -> dict[str, Any]:
                 "resumed": kinds.count("deployment.resumed"),
             }
         )
+    # a no-op (every host already on the release) is listed but is no deployment: it
+    # changes neither the frequency nor the change-failure rate
     real = [
-        r for r in rows if not r["release"].startswith("rollback:") and r["outcome"] != "rejected"
+        r
+        for r in rows
+        if not r["release"].startswith("rollback:") and r["outcome"] not in NOT_A_CHANGE
     ]
     finished = [r for r in real if r["finished_at"]]
     # a change failure is a release found worse, out of the releases judged (deployed or
@@ -380,6 +385,7 @@ async def history(fleet: Fleet) -> dict[str, Any]:
             "not_judged": len([r for r in finished if r["category"] == "inconclusive"]),
             "no_verdict": len([r for r in finished if r["category"] == "other"]),
             "aborted": len([r for r in finished if r["category"] == "aborted"]),
+            "unchanged": len([r for r in rows if r["outcome"] == "unchanged"]),
             "median_verdict_to_reverted_s": statistics.median(revert_times)
             if revert_times
             else None,

@@ -23,6 +23,7 @@ class RunOutcome(StrEnum):
     REVERTED = "reverted"  # found worse (a check, a host step) or asked to: fleet reverted
     INCONCLUSIVE = "inconclusive"  # not enough evidence to judge: fleet reverted
     ABORTED = "aborted"  # `resume --abort`: fleet reverted as asked, the release not judged
+    UNCHANGED = "unchanged"  # every host already served the release: nothing done (a no-op)
     REVERT_INCOMPLETE = "revert_incomplete"
     HELD = "held"
     INTERRUPTED = "interrupted"  # SIGINT, after the hosts in flight finished
@@ -37,6 +38,12 @@ class RunOutcome(StrEnum):
             RunOutcome.DEPLOYED: "succeeded",
             RunOutcome.TERMINATED: "interrupted",
         }.get(self, self.value)
+
+
+NOT_A_CHANGE = ("rejected", "unchanged")
+"""Outcomes of records that changed nothing (a no-op deploy; `rejected`, older journals'
+refusals): `deploy`'s refusal, `status`, `resume` and `rollback` look past them to the
+last run that did change the fleet."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ with bounded retries whose errors never carry the URL (webhook URLs are secrets)
 Events that reach notifiers are the deployment's final outcome, `deployment.<outcome>`:
 `succeeded`, `reverted` (the release was found worse), `inconclusive` (not enough evidence to
 judge it: the fleet was reverted, but the release was not found worse), `aborted` (undone by
-`resume --abort`: the fleet was reverted as asked, the release not judged),
+`resume --abort`: the fleet was reverted as asked, the release not judged), `unchanged`
+(every host already served the release: nothing was done),
 `revert_incomplete`, `held`, `interrupted`, `rolled_back`, `failed`.
 Their `data` may hold `verdict` (`{"outcome", "reason", "checks": [...]}`), `fallbacks`
 (host -> previous release), `needs_human` (hosts), `hosts`, and timings ending in `_s`
@@ -139,6 +140,7 @@ _SEVERITY = {
     "deployment.reverted": Severity.WARNING,
     "deployment.inconclusive": Severity.WARNING,
     "deployment.aborted": Severity.INFO,
+    "deployment.unchanged": Severity.INFO,
     "deployment.held": Severity.WARNING,
     "deployment.interrupted": Severity.WARNING,
     "deployment.revert_incomplete": Severity.DANGER,
@@ -154,6 +156,7 @@ _TITLE = {
     "deployment.revert_incomplete": "{release} rejected: {app} revert INCOMPLETE, a human is needed",
     "deployment.aborted": "{release} deployment to {app} aborted by `resume --abort`: "
     "{app} back on its previous release (not judged)",
+    "deployment.unchanged": "{release} already on every host of {app}: nothing deployed",
     "deployment.held": "{release} held on {app}: not judged (too little evidence)",
     "deployment.interrupted": "{release} deployment to {app} interrupted",
     "deployment.failed": "{release} deployment to {app} failed",

@@ -199,6 +199,7 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
         "aborted": f"the deployment of {record.release} was aborted and the fleet reverted; "
         f"{record.release} was not judged",
         "rolled_back": "the fleet was rolled back",
+        "unchanged": f"{record.release} already ran on every host: nothing was deployed",
     }
     head = words.get(outcome, f"{record.release}: {outcome}")
     # a reason that starts with the outcome ("inconclusive: not enough evidence ...") would

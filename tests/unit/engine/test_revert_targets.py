@@ -27,6 +27,7 @@ RELEASES = {
     "v12": Behaviour(error_rate=0.01),
     "v13": Behaviour(error_rate=0.05),
     "v14": Behaviour(error_rate=0.05),
+    "v15": Behaviour(error_rate=0.01),
 }
 CONFIG: dict[str, Any] = {
     "waves": [1, "100%"],
@@ -109,7 +110,7 @@ def test_a_deploy_over_an_interrupted_one_is_refused_and_abort_restores_one_rele
     assert any("mixed" in a for a in status["attention"])
     assert aborted.outcome == "aborted", aborted.reason
     assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 6)}
-    assert after.outcome == "deployed"  # nothing to switch, but no longer refused
+    assert after.outcome == "unchanged"  # nothing to switch, but no longer refused
     assert ("h2", "v13") not in started and ("h1", "v14") not in started
 
 
@@ -244,4 +245,28 @@ def test_a_fleet_on_two_old_releases_is_refused_and_one_of_them_is_accepted() ->
     assert "the fleet is mixed (h1 on v13; h2, h3 on v12)" in refused, refused
     assert "--release v12" in refused
     assert repaired.outcome == "deployed", repaired.reason
+    assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 4)}
+
+
+def test_a_no_op_deploy_touches_no_host_and_rollback_goes_back_past_it() -> None:
+    """v15 deployed over v12, then `deploy v15` again: the second run ends `unchanged` with
+    no host started and no bake; `rollback` still takes every host back to v12 (the no-op's
+    record, whose fallbacks are v15, is not the deployment to roll back)."""
+    clock = VirtualClock()
+    fleet, world, started = fleet_on({f"h{i}": "v12" for i in range(1, 4)}, clock)
+
+    async def main() -> tuple[Any, Any, list[tuple[str, str]], Any]:
+        first = await deploy(fleet, "v15", handle_signals=False)
+        before = list(started)
+        again = await deploy(fleet, "v15", handle_signals=False)
+        touched = started[len(before) :]
+        entries = await fleet.journal.entries(again.deployment_id)
+        assert [] == [e.kind for e in entries if e.kind.startswith(("host.", "bake."))]
+        back = await ops.rollback(fleet, handle_signals=False)
+        return first, again, touched, back
+
+    first, again, touched, back = clock.run(main)
+    assert (first.outcome, again.outcome) == ("deployed", "unchanged"), first.reason
+    assert [] == touched
+    assert back.outcome == "rolled_back", back.reason
     assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 4)}
