@@ -165,6 +165,7 @@ def test_every_refusal_ends_with_one_next_line_never_a_hint(tmp_path: Path) -> N
         ["show", "-c", str(cfg)],
         ["config", "validate", str(bad)],
         ["sandbox", "release", "--dir", str(tmp_path / "nowhere"), "v9"],
+        ["report", "nosuch", "-c", str(cfg)],
     ]
     for args in runs:
         r = CliRunner().invoke(app, args)
@@ -172,4 +173,6 @@ def test_every_refusal_ends_with_one_next_line_never_a_hint(tmp_path: Path) -> N
         lines = [line for line in r.output.splitlines() if line.strip()]
         assert lines[-1].startswith("next: "), (args, r.output)
         assert 1 == sum(line.startswith("next: ") for line in lines), (args, r.output)
-        assert "hint:" not in r.output, (args, r.output)
+        assert "hint:" not in r.output and "<config>" not in r.output, (args, r.output)
+    # an unknown deployment's next step names the command that lists them, with this config
+    assert f"`immunity history -c {cfg}` lists every deployment" in r.output, r.output

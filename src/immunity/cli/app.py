@@ -770,7 +770,7 @@ def show(
 
         data = anyio.run(read)
     except ImmunityError as exc:
-        raise typer.Exit(show_error(exc)) from None
+        raise typer.Exit(show_error(exc, config=config)) from None
     if json_flag:
         write_json(data, "-")
         return
@@ -813,7 +813,7 @@ def report(
             return
         rpt.write(data, Path(html) if html else None, Path(json_file) if json_file else None)
     except ImmunityError as exc:
-        raise typer.Exit(show_error(exc)) from None
+        raise typer.Exit(show_error(exc, config=config)) from None
     for f in (html, json_file):
         if f:
             out.print(f"wrote {f} ({Path(f).stat().st_size} bytes)", markup=False)
@@ -854,7 +854,7 @@ def replay(
 
         data = anyio.run(read)
     except ImmunityError as exc:
-        raise typer.Exit(show_error(exc)) from None
+        raise typer.Exit(show_error(exc, config=config)) from None
     if json_flag:
         write_json(data, "-")
         return

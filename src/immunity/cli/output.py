@@ -43,9 +43,7 @@ def show_error(exc: ImmunityError, config: str | None = None) -> int:
     else:
         err.print(f"[bold red]error[/] [dim]({exc.reference})[/]: ", end="")
         err.print(exc.message, markup=False, highlight=False)
-    step = error_next_step(exc)
-    if step and config:
-        step = step.replace("<config>", config)
+    step = error_next_step(exc).replace("<config>", config or "FILE")
     line = next_line(exc.hint, step)
     if line:
         err.print("[yellow]next[/]: " + escape(line), highlight=False)
@@ -74,15 +72,28 @@ _ERROR_STEPS = {
     "-c <config>` shows what each host serves",
     "signal-error": "check the signal's settings and that its source answers",
     "step-failed": "see the fleet with `immunity status -c <config>`",
+    "capacity-exhausted": "see the fleet with `immunity status -c <config>`",
+    "adapter-error": "check the adapter named and that it answers; `immunity status -c "
+    "<config>` shows what each host serves",
+    "lease-lost": "nothing more: another process took the run over; `immunity status -c "
+    "<config>` shows it",
+    "notify-error": "check the notifier's settings (URL, token) and that its receiver answers",
+    "nothing-to-resume": "`immunity status -c <config>` shows the fleet, `immunity history -c "
+    "<config>` the deployments",
+    "unknown-deployment": "`immunity history -c <config>` lists every deployment with its id",
 }
 
 
 def error_next_step(exc: ImmunityError) -> str:
     """The next step for an error whose hint does not already give one ("" when it does, or
-    when the error says it itself, as config errors and lease errors do)."""
+    when the error says it itself, as config errors and lease errors do); an error of no
+    kind listed, with no hint, gets `status` (nothing else would end with a `next:` line)."""
     if exc.hint and ("`immunity " in exc.hint or "immunity config validate" in exc.hint):
         return ""
-    return _ERROR_STEPS.get(exc.reference, "")
+    step = _ERROR_STEPS.get(exc.reference, "")
+    if not step and not exc.hint:
+        step = "see the fleet with `immunity status -c <config>`"
+    return step
 
 
 _SIGNAL_FAILED = ("the signal failed", "is not evidence", "the signal has no data", "no evidence: ")
