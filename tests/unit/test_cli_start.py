@@ -92,11 +92,13 @@ def test_read_only_commands_load_no_numeric_or_plotting_library(
 def test_status_and_the_report_data_load_no_numeric_library() -> None:
     """`status` runs `engine.ops.status` over `engine.context`'s fleet; the report's data
     (`show`, `serve`) decodes the looks with `analysis.evidence`: none of them needs the
-    judges (numpy, scipy) or matplotlib, which load only to deploy or to draw charts."""
+    judges (numpy, scipy) or matplotlib, which load only to deploy or to draw charts, nor
+    aiohttp (the impact probe's load generator: 0.5 s of imports that the journal fold's
+    `immunity.impact` phase boundaries pulled into `status`)."""
     code = (
         "import sys, immunity.engine.ops, immunity.engine.context, immunity.report, "
         "immunity.cli.show, immunity.analysis; "
-        "print(','.join(sorted(m for m in ('numpy', 'scipy', 'matplotlib') "
+        "print(','.join(sorted(m for m in ('numpy', 'scipy', 'matplotlib', 'aiohttp') "
         "if m in sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

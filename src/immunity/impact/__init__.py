@@ -7,7 +7,8 @@ the deployment's journaled moments and summarizes each phase:
     before     probe start -> first `wave.started`
     wave N     `wave.started` -> `bake.started` of that wave (its first hosts switching)
     bake N     `bake.started` -> the next moment (the wave's verdict, the next wave...)
-    revert     `immune.started` -> `deployment.reverted` / `revert_incomplete`
+    revert     `immune.started` -> `deployment.reverted` / `inconclusive` / `aborted` /
+               `revert_incomplete`
     after      the run's last entry (`deployment.succeeded`, `.reverted`, ...) -> probe stop
 
 Per phase: requests, failed (no answer, or a status `impact.expect_status` does not allow),
@@ -36,6 +37,8 @@ BOUNDARY_KINDS = {
     "immune.started": "revert",
     "deployment.succeeded": "after",
     "deployment.reverted": "after",
+    "deployment.inconclusive": "after",
+    "deployment.aborted": "after",
     "deployment.revert_incomplete": "after",
     "deployment.held": "after",
     "deployment.interrupted": "after",

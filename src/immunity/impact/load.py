@@ -19,9 +19,10 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ async def run_load(
     is recorded as status 0 without being sent. `ok(status)` says which answers count as
     served (default: any but 5xx); every record is also appended to `records` when given.
     """
+    # imported here: `immunity.impact` (the journal fold's phase boundaries, `status`,
+    # `history`) must not pay aiohttp's half a second of imports for the generator
+    import aiohttp
+
     if rps <= 0 or duration <= 0:
         raise ValueError("rps and duration must be > 0")
     stop = stop_event or asyncio.Event()
