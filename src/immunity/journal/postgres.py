@@ -642,6 +642,20 @@ class AsyncPostgresJournal:
         return len(new)
 
 
+async def _again_if_ended_idle(fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+    """`fn(*args, **kw)`, once more on a new connection when the server ended the session
+    because this process stood still inside a transaction past `idle_s` (stopped, stalled):
+    the server rolled that transaction back, so nothing of the call happened and running it
+    again is running it once (tokens are checked again: a process whose lease was taken over
+    meanwhile gets LeaseLost, not a broken connection)."""
+    try:
+        return await fn(*args, **kw)
+    except JournalError as exc:
+        if not isinstance(exc.__cause__, psycopg.errors.IdleInTransactionSessionTimeout):
+            raise
+    return await fn(*args, **kw)
+
+
 class PostgresJournal:
     """The `Journal` over `AsyncPostgresJournal`, run on a loop of its own thread.
 
@@ -675,10 +689,9 @@ class PostgresJournal:
         caller = asyncio.get_running_loop()  # anyio on asyncio, as the engine runs
         done: asyncio.Future[T] = caller.create_future()
 
-        async def run() -> T:
-            return await fn(*args, **kw)
-
-        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+            _again_if_ended_idle(fn, *args, **kw), self._loop
+        )
 
         def relay(f: concurrent.futures.Future[T]) -> None:  # on the journal's thread
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed
@@ -699,10 +712,7 @@ class PostgresJournal:
         )
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
-        async def run() -> T:
-            return await fn(*args, **kw)
-
-        fut = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(_again_if_ended_idle(fn, *args, **kw), self._loop)
         try:
             return fut.result(timeout=self._deadline)
         except TimeoutError as exc:

@@ -133,8 +133,8 @@ async def test_postgres_a_writer_stopped_inside_a_write_blocks_no_reader_and_not
     row FOR SHARE), reads answer at once; a deploy's lease request is refused at once naming
     the stopped pid (not after lock_timeout); a takeover past lease_ttl gets through once the
     server ends the stopped session's idle transaction (`idle_in_transaction_session_timeout`,
-    5 s), and the stopped write is not in the journal. Woken, the stopped process can write
-    nothing more."""
+    5 s), and the stopped write is not in the journal. Woken, the stopped process writes it
+    again on a new connection and is refused: its lease was taken over (LeaseLost)."""
     proc = start_stopped(pg_url, stopped_writer)
     j = open_journal(Path("unused.db"), pg_url)
     try:
@@ -160,9 +160,33 @@ async def test_postgres_a_writer_stopped_inside_a_write_blocks_no_reader_and_not
         proc.resume()
         p = stopped_writer[0]
         out, err = p.communicate(timeout=60)
-        assert p.returncode != 0 and "journal write failed" in err, (out, err)
+        assert p.returncode != 0 and "LeaseLost: lease token 1 is stale" in err, (out, err)
         assert out.count("acked") == 2
         assert [e.kind for e in await j.entries(rec.id)] == ["host.step_started"] * 2
+    finally:
+        await j.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_postgres_a_writer_stopped_past_the_idle_timeout_goes_on_when_woken(
+    pg_url: str, stopped_writer: list[subprocess.Popen[str]]
+) -> None:
+    """The server ends the stopped writer's transaction after `idle_s`; woken with nobody
+    having taken its lease, the writer writes that entry again on a new connection and goes
+    on: every append acknowledged, each once, no JournalError for a process that was only
+    stopped for a while."""
+    proc = start_stopped(pg_url, stopped_writer)
+    await anyio.sleep(7)  # > idle_s (5 s): the server has ended its session
+    proc.resume()
+    p = stopped_writer[0]
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, (out, err)
+    assert out.count("acked") == 5
+    j = open_journal(Path("unused.db"), pg_url)
+    try:
+        (rec,) = await j.deployments("shop")
+        assert [e.host for e in await j.entries(rec.id)] == [f"h{i}" for i in range(5)]
     finally:
         await j.close()
 
