@@ -195,3 +195,40 @@ def test_status_with_the_balancers_socket_missing_shows_the_hosts_and_says_so(
     assert "did not answer within" in data["balancer_error"]
     assert data["steady"] is False
     assert any("balancer unreadable" in a for a in data["attention"]), data["attention"]
+
+
+def test_history_times_verdict_to_reverted_only_where_the_revert_followed_the_verdict(
+    tmp_path: Path,
+) -> None:
+    """`history`'s median verdict→fleet reverted: a revert that a signal stopped and `resume`
+    finished counts its `reverted_after_s` from the resume (`reverted_from: resume`), not
+    from the verdict, so it is left out (the median of 1.0 s and 50 s said 25.5 s)."""
+    import anyio
+
+    from immunity.journal import open_journal
+
+    async def write() -> None:
+        j = open_journal(tmp_path / "journal.db", None)
+        try:
+            for release, took, since in (("v2", 1.0, "verdict"), ("v3", 50.0, "resume")):
+                rec = await j.begin("shop", release, {"hosts": ["h1", "h2"]})
+                result = {
+                    "verdict": {"outcome": "fail", "reason": "errors: worse"},
+                    "reverted_after_s": took,
+                    "reverted_from": since,
+                }
+                await j.finish(rec.id, "reverted", "errors: worse", {"result": result})
+        finally:
+            await j.close()
+
+    anyio.run(write)
+    (tmp_path / "c.yaml").write_text(READ_ONLY_CONFIG)
+    r = subprocess.run(
+        [sys.executable, "-m", "immunity", "history", "-c", "c.yaml", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    figures = json.loads(r.stdout)["figures"]
+    assert (2, 1.0) == (figures["found_worse"], figures["median_verdict_to_reverted_s"])

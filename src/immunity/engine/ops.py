@@ -336,6 +336,7 @@ async def history(fleet: Fleet) -> dict[str, Any]:
                 "reason": _whole_reason(d, entries) or d.reason or verdict.get("reason"),
                 "detected_after_s": res.get("detected_after_s"),
                 "reverted_after_s": res.get("reverted_after_s"),
+                "reverted_from": res.get("reverted_from"),
                 # a run that was stopped (signal, dead orchestrator) and taken up again
                 "interrupted": "deployment.interrupted" in kinds
                 or "deployment.stopping" in kinds
@@ -358,7 +359,12 @@ async def history(fleet: Fleet) -> dict[str, Any]:
     judged = [r for r in finished if r["category"] in ("deployed", "worse")]
     # still stopped: a run taken up again by `resume` and finished is counted as resumed
     stopped = [r for r in real if r["category"] in ("interrupted", "unfinished")]
-    revert_times = [r["reverted_after_s"] for r in failures if r["reverted_after_s"] is not None]
+    # verdict -> fleet reverted: a revert finished by `resume` counted from the resume
+    revert_times = [
+        r["reverted_after_s"]
+        for r in failures
+        if r["reverted_after_s"] is not None and r["reverted_from"] in (None, "verdict")
+    ]
     # the period is from the first deployment to now; a daily rate over less than a day
     # says nothing (two deployments two minutes apart are not "2 a day")
     period_s = 0.0
