@@ -113,6 +113,48 @@ async def test_appends_made_at_once_share_a_commit_and_each_is_on_disk_when_it_r
     await j.close()
 
 
+@pytest.mark.anyio
+async def test_a_batch_larger_than_one_insert_with_stale_writers_in_it_keeps_each_entry_its_row(
+    tmp_path: Path,
+) -> None:
+    """A group commit writes its rows as several multi-row INSERTs: every returned entry's
+    seq is the row that holds exactly its data (host, kind, step, data), across statement
+    boundaries and with stale-token appends (refused, no row) interleaved in the batch."""
+    from immunity.errors import LeaseLost
+    from immunity.journal.sqlite import INSERT_ROWS
+
+    j = SqliteJournal(tmp_path / "j.db")
+    d = await j.begin("shop", "v2", {})
+    lease = await j.acquire_lease("shop", "a:1", d.id, 30)
+    n = 3 * INSERT_ROWS + 7
+    got: dict[int, object] = {}
+    refused: list[int] = []
+
+    async def one(i: int) -> None:
+        token = lease.token + 1 if i % 5 == 0 else lease.token
+        try:
+            got[i] = await j.append(
+                d.id, "host.step_started", host=f"h{i}", step=f"s{i}", data={"i": i}, token=token
+            )
+        except LeaseLost:
+            refused.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    assert sorted(refused) == [i for i in range(n) if i % 5 == 0]
+    with sqlite3.connect(tmp_path / "j.db") as c:
+        rows = {
+            seq: (h, s, data)
+            for seq, h, s, data in c.execute("SELECT seq, host, step, data FROM entries")
+        }
+    assert len(rows) == len(got) and j.commits < len(got) // 4, (j.commits, len(got))
+    for i, e in got.items():
+        assert (e.host, e.step, e.data) == (f"h{i}", f"s{i}", {"i": i})  # type: ignore[attr-defined]
+        assert rows[e.seq] == (f"h{i}", f"s{i}", f'{{"i": {i}}}'), (i, e.seq)  # type: ignore[attr-defined]
+    await j.close()
+
+
 KILL_SCRIPT = """
 import anyio, os, signal, sys
 from immunity.journal.sqlite import SqliteJournal
