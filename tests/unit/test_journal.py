@@ -265,3 +265,45 @@ async def test_a_closed_journal_refuses_calls_and_closing_twice_is_harmless(
         await j.append(d.id, "host.step_started")
     with sqlite3.connect(tmp_path / "j.db") as c:
         assert [k for (k,) in c.execute("SELECT kind FROM entries")] == ["deployment.started"]
+
+
+@pytest.mark.anyio
+async def test_append_many_writes_in_order_all_or_none(tmp_path: Path) -> None:
+    """`append_many`: its entries get consecutive seqs in the order given, each row holding
+    its own data; with a stale token none is written (LeaseLost), as one transaction."""
+    from immunity.errors import LeaseLost
+
+    j = SqliteJournal(tmp_path / "j.db")
+    d = await j.begin("shop", "v2", {})
+    lease = await j.acquire_lease("shop", "a:1", d.id, 30)
+    items = [
+        ("host.step_finished", "h1", "drain", {"seconds": 2.0}),
+        ("host.step_started", "h1", "stop", {"release": "v2"}),
+    ]
+    got = await j.append_many(d.id, items, token=lease.token)
+    assert [(e.kind, e.host, e.step, e.data) for e in got] == [tuple(i) for i in items]
+    assert got[1].seq == got[0].seq + 1
+    with pytest.raises(LeaseLost):
+        await j.append_many(d.id, items, token=lease.token + 1)
+    assert [(e.seq, e.kind, e.step) for e in await j.entries(d.id)] == [
+        (e.seq, e.kind, e.step) for e in got
+    ]
+    await j.close()
+
+
+@pytest.mark.anyio
+async def test_append_all_through_a_wrapper_is_one_append_at_a_time(tmp_path: Path) -> None:
+    """The fault suite's kill point forwards other attributes to the journal it wraps;
+    `append_all` must not reach the inner `append_many` through it (the kill point counts
+    single appends), so each item goes through the wrapper's own `append`."""
+    from immunity.journal.base import append_all
+    from immunity.journal.faults import KillPoint
+
+    inner = SqliteJournal(tmp_path / "j.db")
+    d = await inner.begin("shop", "v2", {})
+    wrapped = KillPoint(inner, "host.step_started", 10**9)
+    items = [("host.step_started", f"h{i}", "drain", {}) for i in range(3)]
+    entries = await append_all(wrapped, d.id, items)
+    assert wrapped._seen == 3
+    assert [e.host for e in entries] == ["h0", "h1", "h2"]
+    await inner.close()

@@ -19,7 +19,7 @@ import anyio
 from immunity.domain import HostRef, LbState
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet
-from immunity.engine.record import Recorder
+from immunity.engine.record import Entry, Recorder
 from immunity.errors import ImmunityError, StepFailed
 
 STEPS = ("drain", "stop", "install", "start", "verify", "warmup", "enable")
@@ -119,15 +119,16 @@ class HostSwitcher:
             steps.append(("warmup", cfg.warmup.timeout, lambda: probe.warm_up(host)))
         if self.do_drain:
             steps.append(("enable", t.enable, enable))
+        done: Entry | None = None  # the last step's finish, journaled with what comes next
         for name, timeout, action in steps:
-            await self._step(host, release, purpose, name, timeout, action)
-        await self.rec.record(
+            done = await self._step(host, release, purpose, name, timeout, action, done)
+        switched = Entry(
             "host.switched",
             f"{host.name} serves {release}",
-            host=host.name,
-            release=release,
-            purpose=purpose,
+            host.name,
+            data={"release": release, "purpose": purpose},
         )
+        await self.rec.record_all([done, switched] if done is not None else [switched])
 
     async def _drain_keeping_one_serving(self, host: HostRef) -> None:
         """Drain `host` once another pool member serves; wait (within the drain step's
@@ -212,20 +213,37 @@ class HostSwitcher:
         step: str,
         limit_s: float,
         action: Callable[[], Awaitable[None]],
-    ) -> None:
-        where = {"host": host.name, "step": step, "release": release, "purpose": purpose}
-        await self.rec.record("host.step_started", f"{host.name}: {step}", **where)
+        done: Entry | None = None,
+    ) -> Entry:
+        """Journal the step's start, run `action` within `limit_s`, and return its
+        `host.step_finished` for the caller to journal with what comes next. A failure
+        (StepFailed) is journaled here and raised.
+
+        `done`, the previous step's finish, is journaled in the same write as this start
+        (one durable round trip per step, not two; both on disk, in order, before the action
+        begins, exactly as two writes would leave them). At 10,000 hosts a walk's 15 writes
+        one after another were most of the time the orchestrator added to each switch.
+        """
+        where = {"release": release, "purpose": purpose}
+        start = Entry("host.step_started", f"{host.name}: {step}", host.name, step, where)
+        await self.rec.record_all([done, start] if done is not None else [start])
         started = self.fleet.clock.monotonic()
         try:
             with anyio.fail_after(limit_s):
                 await action()
         except (TimeoutError, ImmunityError) as exc:
             err = self._failure(host, step, limit_s, exc)
-            await self.rec.record("host.step_failed", str(err), error=str(err), **where)
+            await self.rec.record(
+                "host.step_failed", str(err), host=host.name, step=step, error=str(err), **where
+            )
             raise err from exc
         seconds = round(self.fleet.clock.monotonic() - started, 3)
-        await self.rec.record(
-            "host.step_finished", f"{host.name}: {step} done", seconds=seconds, **where
+        return Entry(
+            "host.step_finished",
+            f"{host.name}: {step} done",
+            host.name,
+            step,
+            {"seconds": seconds, **where},
         )
 
     def _failure(self, host: HostRef, step: str, limit_s: float, exc: Exception) -> StepFailed:

@@ -6,15 +6,28 @@ Journal kinds, log events and notifications share names (`noun.verb_past`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from immunity.domain import Event
 from immunity.engine.context import Fleet
 from immunity.engine.fleetview import FleetState
 from immunity.errors import LeaseLost
+from immunity.journal.base import append_all
 
 log = logging.getLogger("immunity.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry for `Recorder.record_all`: what `record` takes."""
+
+    kind: str
+    message: str = ""
+    host: str | None = None
+    step: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Recorder:
@@ -46,19 +59,37 @@ class Recorder:
     ) -> Event:
         """Journal `kind` durably (raises JournalError/LeaseLost), fold it into the run's
         `FleetState`, then tell the sinks."""
+        events = await self.record_all([Entry(kind, message, host, step, data)])
+        return events[0]
+
+    async def record_all(self, entries: Sequence[Entry]) -> list[Event]:
+        """`record` each of `entries` in order, with one durable write for them all where
+        the journal can (`append_all`: one commit and one wake-up instead of one each);
+        returns once every one is on disk, then folds and tells the sinks in order."""
+        items = [(e.kind, e.host, e.step, e.data) for e in entries]
         try:
-            entry = await self.fleet.journal.append(
-                self.deployment_id, kind, host=host, step=step, data=data, token=self.token
+            written = await append_all(
+                self.fleet.journal, self.deployment_id, items, token=self.token
             )
         except LeaseLost:
             if self.on_lost is not None:
                 self.on_lost()
             raise
-        if self.view is not None:
-            self.view.apply(entry)
+        events = []
+        for e, entry in zip(entries, written, strict=True):
+            if self.view is not None:
+                self.view.apply(entry)
+            events.append(self._tell(e))
+        return events
+
+    def _tell(self, e: Entry) -> Event:
+        host, step = e.host, e.step
         extra = {**({"host": host} if host else {}), **({"step": step} if step else {})}
-        event = self.event(kind, message, {**extra, **data})
-        log.info("%s %s", kind, message, extra={"event": kind, "host": host, "step": step})
+        event = self.event(e.kind, e.message, {**extra, **e.data})
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s", e.kind, e.message, extra={"event": e.kind, "host": host, "step": step}
+            )
         for sink in self.fleet.sinks:
             try:
                 sink(event)

@@ -112,6 +112,32 @@ class Journal(Protocol):
     async def close(self) -> None: ...
 
 
+EntryItem = tuple[str, str | None, str | None, Mapping[str, Any] | None]
+"""One entry to append: (kind, host, step, data)."""
+
+
+async def append_all(
+    journal: Journal, deployment_id: str, items: Sequence[EntryItem], *, token: int | None = None
+) -> list[JournalEntry]:
+    """Durably append `items` in order; returns once every one is on disk.
+
+    A journal whose class has `append_many` (SQLite) writes two or more in one transaction,
+    one commit and one wake-up for all; one item, or any other journal (and any wrapper, e.g. the fault
+    suite's kill points, which count single appends) gets one `append` after another. The
+    class is asked, not the object: a wrapper that forwards attributes to the journal it
+    wraps must not be bypassed.
+    """
+    if len(items) > 1 and getattr(type(journal), "append_many", None) is not None:
+        many: list[JournalEntry] = await journal.append_many(  # type: ignore[attr-defined]
+            deployment_id, items, token=token
+        )
+        return many
+    return [
+        await journal.append(deployment_id, kind, host=host, step=step, data=data, token=token)
+        for kind, host, step, data in items
+    ]
+
+
 def lease_held(
     app: str,
     holder: str | None,

@@ -57,6 +57,7 @@ from immunity.domain import utcnow
 from immunity.errors import JournalError, JournalLocked
 from immunity.journal.base import (
     DeploymentRecord,
+    EntryItem,
     JournalEntry,
     Lease,
     check_grant,
@@ -178,7 +179,8 @@ def _insert_sql(rows: int) -> str:
 class _Call:
     """One journal call queued for the writer thread.
 
-    `appends` calls (entries written in order, in one transaction, all or none) are grouped; `fn` calls run alone. The writer sets `result`
+    `appends` calls (one `append`, or one `append_many`: entries written in order, in one
+    transaction, all or none) are grouped; `fn` calls run alone. The writer sets `result`
     (the list of entries, for appends) or `error` and then settles `future` on the caller's
     `loop`.
     """
@@ -753,6 +755,30 @@ class SqliteJournal:
             _Call(appends=(_Append(deployment_id, kind, host, step, data, token, app),))
         )
         return entries[0]
+
+    async def append_many(
+        self,
+        deployment_id: str,
+        items: Sequence[EntryItem],
+        *,
+        token: int | None = None,
+        app: str | None = None,
+    ) -> list[JournalEntry]:
+        """Durably append `items` (kind, host, step, data) in order, in one transaction (all
+        or none; LeaseLost for all when the token is stale), grouped with the appends queued
+        beside them: one commit and one wake-up for what `append` would take one each.
+        Returns once that transaction has committed."""
+        if not items:
+            return []
+        entries: list[JournalEntry] = await self._submit(
+            _Call(
+                appends=tuple(
+                    _Append(deployment_id, kind, host, step, data, token, app)
+                    for kind, host, step, data in items
+                )
+            )
+        )
+        return entries
 
     async def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
         return await self._run(functools.partial(self._entries_sync, deployment_id))
