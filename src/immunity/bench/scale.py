@@ -7,10 +7,12 @@ drain, 0.2 s stop, 0.5 s install, 1 s start, 0.3 s verify, 1 s warm-up, 0.5 s he
 per read), journaled in SQLite (the default journal, WAL, synchronous=FULL) in a temp folder.
 
 Figures, per N, each run in a fresh process:
-* `cpu_ms_per_switch`: the process's CPU time (all threads) over the run / hosts switched;
+* `cpu_ms_per_switch`: the process's CPU time (all threads) from `deploy` called to
+  returned / hosts switched;
 * `peak_rss_mb`: the process's peak resident memory;
 * `journal_rows_per_s`: journal entries written / wall time;
-* `wall_s` against `configured_wait_s`: the same deployment (same seed, same signal draws)
+* `wall_s` (from `deploy` called to returned; the bench's own count of the rows comes
+  after it) against `configured_wait_s`: the same deployment (same seed, same signal draws)
   run first in virtual time, where the orchestrator's work takes no time, so its duration
   is exactly the sum of the waits the configuration and the judge's decisions impose.
 """
@@ -18,8 +20,10 @@ Figures, per N, each run in a fresh process:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import resource
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -91,17 +95,26 @@ def real_run(hosts: int, journal: str) -> dict[str, Any]:
         import anyio
 
         rows: list[int] = []
+        ended: list[float] = []
 
         async def main() -> str:
             result = await deploy(fleet, "v2", handle_signals=False)
-            rows.append(len(await j.entries(result.deployment_id)))
-            await j.close()
+            # the deployment ends when `deploy` returns; counting its rows (reading back
+            # every entry: 150,000 at 10,000 hosts, seconds of CPU) is the bench's own work
+            ended.extend((time.monotonic(), time.process_time()))
+            if isinstance(j, SqliteJournal):
+                await j.close()  # counted in SQL below: no 150,000 entries held in memory
+            else:
+                rows.append(len(await j.entries(result.deployment_id)))
             return str(result.outcome)
 
         cpu0, t0 = time.process_time(), time.monotonic()
         outcome = anyio.run(main)
-        wall = time.monotonic() - t0
-        cpu = time.process_time() - cpu0
+        wall = ended[0] - t0
+        cpu = ended[1] - cpu0
+        if not rows:
+            with contextlib.closing(sqlite3.connect(Path(d) / "journal.db")) as db:
+                rows.append(int(db.execute("SELECT count(*) FROM entries").fetchone()[0]))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "outcome": outcome,
