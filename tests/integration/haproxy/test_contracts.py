@@ -7,15 +7,19 @@ request counter, and the clients' record of who answered what."""
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 from hx_fleet import Fleet
+from log_haproxy import LoggingHAProxy, logging_haproxy
 
 from immunity.config.models import VerifyConfig, WarmupConfig
 from immunity.domain import HostRef, LbState
@@ -50,16 +54,18 @@ def haproxy_state(hx: Fleet, host: HostRef) -> LbState:
     return LbState.UNHEALTHY
 
 
-async def through_haproxy(hx: Fleet, n: int, path: str = "/") -> Counter[tuple[str, int]]:
-    """`n` requests through HAProxy's frontend; (answering host, status) -> count, read from
-    the X-Immunity-Host header the app sets."""
+async def through_haproxy(
+    hx: Fleet, n: int, path: str = "/", url: str | None = None
+) -> Counter[tuple[str, int]]:
+    """`n` requests through HAProxy's frontend (the sandbox's, or the one at `url`);
+    (answering host, status) -> count, read from the X-Immunity-Host header the app sets."""
     seen: Counter[tuple[str, int]] = Counter()
     limit = anyio.Semaphore(8)
     async with httpx.AsyncClient(timeout=10) as client:
 
         async def one() -> None:
             async with limit:
-                r = await client.get(hx.info.url + path)
+                r = await client.get((url or hx.info.url) + path)
                 seen[(r.headers.get("X-Immunity-Host", "?"), r.status_code)] += 1
 
         async with anyio.create_task_group() as tg:
@@ -174,6 +180,54 @@ class TestHAProxyLogSource(SignalSourceContract):
     @pytest.fixture
     async def harness(self, canary_release: Fleet) -> AsyncIterator[SignalHarness]:
         h = HAProxySignalHarness(canary_release, access_log="haproxy/access.log")
+        await h.source.preflight(canary_release.hosts)  # type: ignore[attr-defined]
+        yield h
+        await h.source.aclose()
+
+
+@pytest.fixture(scope="module")
+def httplog_haproxy(canary_release: Fleet) -> Iterator[LoggingHAProxy]:
+    """A second HAProxy in front of the same hosts writing HAProxy's standard `option
+    httplog` lines (accept date to the millisecond, timers) instead of the sandbox's JSON."""
+    d = Path(tempfile.mkdtemp(prefix="hxc"))  # short: the stats socket path has a limit
+    servers = {h.name: h.port for h in canary_release.hosts}
+    try:
+        with logging_haproxy(d, servers, log_line="option httplog") as lb:
+            yield lb
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class HttplogSignalHarness(HAProxySignalHarness):
+    """The httplog HAProxy's own access log; requests go through that HAProxy."""
+
+    def __init__(self, hx: Fleet, lb: LoggingHAProxy) -> None:
+        super().__init__(hx, access_log=str(lb.log), log_format="httplog")
+        self.lb = lb
+
+    async def send(self, n: int) -> Sent:
+        seen = await through_haproxy(self.hx, n, url=self.lb.url)
+        return Counter({(h, status >= 500): c for (h, status), c in seen.items()})
+
+    async def quiet(self) -> None:
+        """The requests sent for preflight end before the case's first window: more than one
+        bin (0.1 s) and the source's delay (0.25 s) ago."""
+        await anyio.sleep(0.4)
+
+    async def broken(self) -> SignalSource:
+        return HAProxySource(
+            HAProxySource.Settings(name="lb", access_log=str(self.lb.log) + ".nope"),
+            base_dir=self.hx.dir,
+        )
+
+
+class TestHAProxyHttplogSource(SignalSourceContract):
+    @pytest.fixture
+    async def harness(
+        self, canary_release: Fleet, httplog_haproxy: LoggingHAProxy
+    ) -> AsyncIterator[SignalHarness]:
+        h = HttplogSignalHarness(canary_release, httplog_haproxy)
+        await h.send(4)  # preflight reads recent lines: give it some
         await h.source.preflight(canary_release.hosts)  # type: ignore[attr-defined]
         yield h
         await h.source.aclose()
