@@ -92,6 +92,14 @@ def isolate_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
+@pytest.fixture(scope="module")
+def aws_module(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The moto server with the credential chain isolated for the module (as `aws_env`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_aws_env(mp, tmp_path_factory.mktemp("aws"))
+        yield moto_url
+
+
 def _reset(moto_url: str) -> None:
     req = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")
     with urllib.request.urlopen(req, timeout=10) as r:

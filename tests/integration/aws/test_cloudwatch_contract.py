@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ import anyio
 import boto3
 import pytest
 
-from conftest import REGION, isolate_aws_env
 from immunity.domain import HostRef, utcnow
 from immunity.sandbox.fleet import free_ports
 from immunity.signals.base import SignalSource
@@ -37,17 +36,10 @@ from immunity.testing.contracts.signals import Sent
 pytestmark = pytest.mark.timeout(90)
 
 LB = "app/immunity-lb/50dc6c495c0c9188"
+REGION = "us-east-1"
 PERIOD_S = 1.0
 COMPLETE_AFTER_S = 0.5  # the harness publishes a burst once it is sent: up to ~0.5 s late
 DELAY_S = PERIOD_S + COMPLETE_AFTER_S  # the least delay the source accepts as final
-
-
-@pytest.fixture(scope="module")
-def aws_module(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The moto server with the credential chain isolated for the module (as `aws_env`)."""
-    with pytest.MonkeyPatch.context() as mp:
-        isolate_aws_env(mp, tmp_path_factory.mktemp("aws"))
-        yield moto_url
 
 
 class CloudWatchHarness(SignalHarness):
