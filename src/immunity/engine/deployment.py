@@ -15,6 +15,7 @@ Everything is journaled before and after; `resume` continues from the journal.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -300,6 +301,21 @@ class Rollout:
         )
         return round(max(0.0, (self.fleet.clock.now() - since).total_seconds()), 3)
 
+    def detected_before_resume(self) -> float | None:
+        """`detected_after_s` of a failing verdict journaled before this run took the
+        revert over: from the first canary in (a host step's failure: from the start) to
+        the verdict's `decided_at`, as the journal has them; None without a failing one."""
+        v = self.view.last_verdict
+        decided = v.get("decided_at")
+        if v.get("outcome") != "fail" or not decided:
+            return None
+        host_steps = any(c.get("name") == "host-steps" for c in v.get("checks") or [])
+        since = (None if host_steps else self.view.first_canary_at) or self.view.began_at
+        if since is None:
+            return None
+        at = dt.datetime.fromisoformat(str(decided))
+        return round(max(0.0, (at - since).total_seconds()), 3)
+
     async def go(self, *, abort: bool = False) -> None:
         run, cfg = self.run, self.fleet.config
         waves, self.holdback = with_holdback(
@@ -418,7 +434,8 @@ class Rollout:
             else:
                 unjudged = view.last_verdict.get("outcome") in ("inconclusive", "error")
                 done = RunOutcome.INCONCLUSIVE if unjudged else RunOutcome.REVERTED
-            await revert(run, reason, self.fallbacks, done=done)
+            detected = self.detected_before_resume() if done is RunOutcome.REVERTED else None
+            await revert(run, reason, self.fallbacks, done=done, detected_after_s=detected)
             return
         verdict: Verdict | None = None
         for i, wave in enumerate(waves, start=1):
