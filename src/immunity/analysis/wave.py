@@ -73,6 +73,22 @@ def checks_for(
     return out
 
 
+def probe_twin(check: CheckConfig, carry: Mapping[str, Sequence[float]]) -> CheckConfig:
+    """`check`'s "(probe)" twin: the same check on the probe's observations.
+
+    A latency twin compares at its own baseline's quantiles, as the probe times them (from
+    this process, network and all: 100-500 ms where customers see 5 ms through the
+    balancer): the thresholds an earlier bake's twin froze (`carry` under the twin's name),
+    else frozen afresh from this bake's probe baseline. Never the customers' thresholds,
+    carried or configured: they are in another signal's terms, and a bar every probe request
+    exceeds on both cohorts separates nothing (the check could never decide)."""
+    name = f"{check.name} (probe)"
+    update: dict[str, object] = {"name": name, "signal": PROBE}
+    if check.kind == "latency":
+        update["thresholds_ms"] = list(carry[name]) if name in carry else None
+    return check.model_copy(update=update)
+
+
 class BakeAnalysis:
     """One bake's judges and the rules that turn their looks into the bake's verdict."""
 
@@ -95,10 +111,8 @@ class BakeAnalysis:
         # With probe traffic, every check also judges it: a "(probe)" twin on the probe's
         # observations, merged with its customer check into one result (`merge_probe`).
         self.twins: dict[str, str] = {}
-        for c in list(self.checks) if config.probe is not None else []:
-            twin = c.model_copy(update={"name": f"{c.name} (probe)", "signal": PROBE})
-            if c.kind == "latency" and c.thresholds_ms is None and twin.name in self.carry:
-                twin = twin.model_copy(update={"thresholds_ms": list(self.carry[twin.name])})
+        for c in checks_for(config, relative, {}) if config.probe is not None else []:
+            twin = probe_twin(c, self.carry)
             self.checks.append(twin)
             self.twins[c.name] = twin.name
         # the guard never certifies: its judges keep testing for a fail until it ends

@@ -98,6 +98,8 @@ def error_next_step(exc: ImmunityError) -> str:
 
 _SIGNAL_FAILED = ("the signal failed", "is not evidence", "the signal has no data", "no evidence: ")
 _STARVED = "the canary gets too little of the traffic"
+_SEPARATES_NOTHING = "the threshold separates almost none of the"
+"""`judge.sequential.SEPARATES_NOTHING_WORDS` (not imported: the judges load numpy and scipy)."""
 
 
 def evidence_step(reason: str, config: str, probe: Any = None) -> str:
@@ -105,8 +107,9 @@ def evidence_step(reason: str, config: str, probe: Any = None) -> str:
     run's `reason`) and the config's `probe` block (a `ProbeConfig`, or None when absent).
 
     A signal that could not be read needs fixing, not traffic; a canary starved by the
-    balancer needs its share; otherwise there was too little traffic: the probe (add it,
-    or raise its rate) or a longer bake."""
+    balancer needs its share; a latency threshold that separated almost none of plenty of
+    requests needs another threshold; otherwise there was too little traffic: the probe (add
+    it, or raise its rate) or a longer bake."""
     c = f"-c {config}"
     if any(s in reason for s in _SIGNAL_FAILED):
         return (
@@ -124,6 +127,14 @@ def evidence_step(reason: str, config: str, probe: Any = None) -> str:
                 if probe is not None
                 else "; a `probe` block also sends requests straight to the hosts"
             )
+        )
+    if _SEPARATES_NOTHING in reason:
+        return (
+            "a latency check counted plenty of requests, but nearly all of them (or none) on "
+            "both cohorts were slower than its threshold, so it could not tell them apart and "
+            "more traffic would not help: set the check's `thresholds_ms` within the latencies "
+            "its signal measures, or remove them to compare at the baseline's quantiles; "
+            "then deploy again"
         )
     none = "no traffic" in reason  # none at all: a longer bake would not help
     longer = "" if none else ", or lengthen bake.max"

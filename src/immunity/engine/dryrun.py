@@ -11,7 +11,6 @@ every adapter's own read-only `preflight`).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from immunity.analysis.spending import bakes_of, judge_for
@@ -28,12 +27,14 @@ NEEDS = {
 }
 
 
-def _baseline_requests_for(quantile: float) -> int:
-    """Baseline requests before a quantile's threshold can be set: about 25 above it.
+def _baseline_requests_for(quantile: float) -> str:
+    """What setting a quantile's threshold takes from the baseline, in the judge's own terms
+    (`judge.sequential.freeze_needs`): "500 baseline requests over 15 s" for p50 and p90,
+    2,500 for p99."""
+    from immunity.judge.sequential import freeze_needs  # numpy, scipy: only for a dry run
 
-    A p99 needs ~2,500 requests (25 / (1 - 0.99)); a p50 needs 50.
-    """
-    return math.ceil(round(25 / (1.0 - quantile), 6))
+    n, seconds = freeze_needs(quantile)
+    return f"{n:,} baseline requests over {seconds:g} s"
 
 
 def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
             q = max(c.quantiles)
             needs += (
                 f"; thresholds from the baseline's quantiles {c.quantiles}: "
-                f"~{_baseline_requests_for(q)} baseline requests to set p{q * 100:g}"
+                f"at least {_baseline_requests_for(q)} to set p{q * 100:g}"
             )
         checks.append(
             {

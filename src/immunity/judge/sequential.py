@@ -125,6 +125,12 @@ DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
 THIN_SEED = 20261130
 """Seed of the judges' thinning draws (see `evidence.thin`), fixed so that replaying the same
 looks gives the same verdicts."""
+SEPARATES_NOTHING = 0.01
+SEPARATES_NOTHING_MIN_REQUESTS = 200
+SEPARATES_NOTHING_WORDS = "the threshold separates almost none of the"
+"""A latency threshold that, at max bake, had at least 200 requests counted and at most 1%
+of them on the minority side of it (slower, or not) separated nothing: the reason says so
+(in these words, which `cli.output.evidence_step` reads), not "bake longer"."""
 FREEZE_BLOCKS = 5
 FREEZE_BLOCK_S = 3.0
 FREEZE_BLOCK_MIN_REQUESTS = 100
@@ -370,6 +376,14 @@ NO_BASELINE = (
     "no baseline requests yet: a comparison does not pass without its baseline (no data is "
     "never a pass)"
 )
+
+
+def freeze_needs(quantile: float) -> tuple[int, float]:
+    """(baseline requests, seconds) at the least before the threshold of `quantile` is set
+    from the baseline: `FREEZE_BLOCKS` blocks of >= `FREEZE_BLOCK_S` s and >= max(100,
+    5 / (1 - q)) requests each (p50 and p90: 500 requests and 15 s; p99: 2,500)."""
+    size = math.ceil(max(FREEZE_BLOCK_MIN_REQUESTS, FREEZE_BLOCK_MIN_EXCEEDING / (1 - quantile)))
+    return FREEZE_BLOCKS * size, FREEZE_BLOCKS * FREEZE_BLOCK_S
 
 
 def no_baseline_at_max(base_requests: int) -> str | None:
@@ -931,12 +945,7 @@ class LatencyJudge:
                 t_s,
             )
         if not self.active.any():
-            return self._result(
-                Outcome.CONTINUE,
-                f"waiting for enough baseline requests to set latency thresholds "
-                f"({count(self._base_total())} so far)",
-                t_s,
-            )
+            return self._result(Outcome.CONTINUE, self._setting(), t_s)
         return self._result(
             Outcome.CONTINUE,
             f"{self._describe(worst)} (fail e-value {evalue(float(log_fail[worst]))} of "
@@ -948,6 +957,37 @@ class LatencyJudge:
     def _pass(self, reason: str, t_s: float) -> CheckResult:
         self.passed = self._result(Outcome.PASS, reason, t_s)
         return self.passed
+
+    def _setting(self) -> str:
+        """Where setting the thresholds stands: the least advanced quantile's blocks."""
+        waiting = [i for i, t in enumerate(self.thresholds) if t is None]
+        if not waiting:
+            return "setting the latency thresholds from the baseline"
+        i = min(waiting, key=lambda i: len(self.freezers[i].cdfs))
+        f = self.freezers[i]
+        return (
+            f"setting the {self.labels[i]} latency threshold from the baseline: "
+            f"{min(len(f.cdfs), FREEZE_BLOCKS)} of {FREEZE_BLOCKS} blocks of ≥ "
+            f"{FREEZE_BLOCK_S:g} s and ≥ {count(f.size)} baseline requests so far "
+            f"({count(self._base_total())} baseline requests seen; no request is judged "
+            "before the thresholds are set)"
+        )
+
+    def _separates_nothing(self, i: int) -> str | None:
+        """Why threshold i could not decide though it counted plenty of requests: (nearly)
+        all of them, or none, on both cohorts were slower than it, so the comparison had
+        nothing to weigh and more of the same traffic would not help (None otherwise)."""
+        n = int(self.n_c[i] + self.n_b[i])
+        slow = int(self.x_c[i] + self.x_b[i])
+        if n < SEPARATES_NOTHING_MIN_REQUESTS or min(slow, n - slow) > SEPARATES_NOTHING * n:
+            return None
+        side = "slower" if 2 * slow > n else "no slower"
+        return (
+            f"{SEPARATES_NOTHING_WORDS} {count(n)} requests (nearly every one on both cohorts "
+            f"was {side} than {ms(float(self.thresholds[i] or math.nan))}), so more of the "
+            "same traffic would not help: the threshold does not fit the latencies this "
+            "signal measures"
+        )
 
     def _base_total(self) -> int:
         return self.base_total
@@ -1023,6 +1063,13 @@ class LatencyJudge:
                 t_s,
             )
         j = int(np.argmax(np.where(could, -np.inf, z_ideal)))
+        blind = self._separates_nothing(j)
+        if blind is not None:
+            return self._result(
+                Outcome.INCONCLUSIVE,
+                f"insufficient information at max bake: {self._describe(j)}: {blind}",
+                t_s,
+            )
         return self._result(
             Outcome.INCONCLUSIVE,
             f"insufficient information at max bake: {self._describe(j)}, and even a canary "

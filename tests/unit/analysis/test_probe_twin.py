@@ -1,0 +1,168 @@
+"""The probe's twins judge the probe's own traffic in its own terms: latency thresholds of the
+probe's baseline (never the customers'), and guard rails that the probe's timing (taken in
+this process, however busy it is) cannot fail on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.special import ndtr
+
+from immunity.analysis import BakeAnalysis
+from immunity.config.models import Config
+from immunity.domain import Cohort, Observation, Outcome
+from immunity.judge.sequential import LatencyJudge
+from immunity.signals.probe import LATENCY_BOUNDS_MS as PROBE_BOUNDS
+from immunity.signals.probe import NAME as PROBE
+
+LB_BOUNDS = (1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, 1000.0)
+
+
+def config(*checks: dict[str, Any], bake_max: str = "300s") -> Config:
+    return Config.model_validate(
+        {
+            "app": "shop",
+            "hosts": [{"name": f"h{i}", "port": 8000 + i} for i in range(5)],
+            "balancer": {"kind": "haproxy"},
+            "driver": {"kind": "local"},
+            "signals": [{"kind": "haproxy", "name": "lb"}],
+            "checks": list(checks),
+            "bake": {"min": "20s", "max": bake_max, "interval": "1s"},
+            "waves": [1, 2, "100%"],
+            "probe": {"rate": 40},
+        }
+    )
+
+
+LATENCY = {"name": "latency", "signal": "lb", "kind": "latency", "quantiles": [0.5, 0.9]}
+
+
+def probs(bounds: tuple[float, ...], median: float, sigma: float = 0.5) -> Any:
+    """Bucket probabilities of a lognormal latency (ms) over `bounds` plus the overflow."""
+    edges = np.log(np.asarray(bounds) / median) / sigma
+    return np.diff(np.concatenate([ndtr(edges), [1.0]]), prepend=0.0)
+
+
+def quiet_look(
+    rng: Any, median_c: float = 250.0, median_b: float = 250.0, rate: int = 40
+) -> dict[str, dict[Cohort | str, Observation]]:
+    """No customers; the probe's requests to 1 canary and 2 baseline hosts, as timed from a
+    busy orchestrator (hundreds of ms)."""
+    n_c, n_b = int(rng.poisson(rate)), int(rng.poisson(2 * rate))
+    return {
+        "lb": {
+            Cohort.CANARY: Observation(0, 0, hosts=1),
+            Cohort.BASELINE: Observation(0, 0, hosts=2),
+        },
+        PROBE: {
+            Cohort.CANARY: Observation(
+                n_c,
+                0,
+                PROBE_BOUNDS,
+                tuple(rng.multinomial(n_c, probs(PROBE_BOUNDS, median_c)).tolist()),
+                hosts=1,
+            ),
+            Cohort.BASELINE: Observation(
+                n_b,
+                0,
+                PROBE_BOUNDS,
+                tuple(rng.multinomial(n_b, probs(PROBE_BOUNDS, median_b)).tolist()),
+                hosts=2,
+            ),
+        },
+    }
+
+
+def twin(analysis: BakeAnalysis, name: str) -> Any:
+    return next(j for n, _, j in analysis.judges if n == name)
+
+
+def test_the_probe_twin_never_takes_the_customers_carried_thresholds() -> None:
+    """Trial 3, finding 1: customers froze p50/p90 at 5/7 ms through the balancer in wave 1,
+    then stopped coming in wave 3. The probe's twin judged its 100-500 ms requests against
+    5/7 ms called "(configured)": 100% of both cohorts slow, never decided, a good release
+    reverted. Now the twin freezes its own thresholds from its own baseline, names them by
+    quantile, and the good release passes on the probe."""
+    cfg = config(LATENCY)
+    wave3 = BakeAnalysis(cfg, relative=True, carry={"latency": [5.0, 7.0]}, bakes=4, bake_no=3)
+    judge = twin(wave3, "latency (probe)")
+    assert isinstance(judge, LatencyJudge)
+    assert judge.fixed is None and judge.labels == ["p50", "p90"]
+    rng = np.random.default_rng(7)
+    decision = None
+    for t in range(1, 301):
+        step = wave3.look(float(t), quiet_look(rng))
+        if step.decision is not None:
+            decision = step.decision
+            break
+    assert decision is not None and decision.outcome is Outcome.PASS, decision
+    assert all(t is not None and t >= 100 for t in judge.thresholds), judge.thresholds
+    assert "(configured)" not in decision.reason
+    assert "latency (probe)" in wave3.carry  # the twin's own, for the next waves
+    assert wave3.carry["latency"] == [5.0, 7.0]  # the customers' stay theirs
+
+
+def test_the_twin_carries_its_own_thresholds_to_later_waves() -> None:
+    """An earlier bake's twin froze 200/500 ms: the next bake's twin starts from them (named
+    p50/p90), and the customer check from the customers' 5/7 ms."""
+    cfg = config(LATENCY)
+    carry = {"latency": [5.0, 7.0], "latency (probe)": [200.0, 500.0]}
+    wave2 = BakeAnalysis(cfg, relative=True, carry=carry, bakes=4, bake_no=2)
+    mine, theirs = twin(wave2, "latency (probe)"), twin(wave2, "latency")
+    assert (mine.labels, theirs.labels) == (["p50", "p90"], ["p50", "p90"])
+    checks = {c.name: c for c in wave2.checks}
+    assert checks["latency (probe)"].thresholds_ms == [200.0, 500.0]
+    assert checks["latency"].thresholds_ms == [5.0, 7.0]
+
+
+def test_configured_thresholds_are_the_customers_signals_the_twin_uses_its_quantiles() -> None:
+    """`thresholds_ms: [5, 7]` is set for the balancer's timing; the probe's twin compares at
+    its own baseline's quantiles (the check's `quantiles`)."""
+    cfg = config({**LATENCY, "thresholds_ms": [5.0, 7.0]})
+    analysis = BakeAnalysis(cfg, relative=True, bakes=4, bake_no=1)
+    assert twin(analysis, "latency").labels == ["configured", "configured"]
+    mine = twin(analysis, "latency (probe)")
+    assert mine.fixed is None and mine.labels == ["p50", "p90"]
+
+
+def test_a_threshold_that_separates_nothing_is_said_and_not_called_too_little_traffic() -> None:
+    """Trial 3, finding 1's advice: a check that counted thousands of requests, every one
+    slower than its threshold on both cohorts, is not "too little traffic": its reason says
+    the threshold separates nothing, and `next:` says to fix the threshold, not to raise
+    `probe.rate`."""
+    from immunity.cli.output import next_step
+
+    cfg = config({**LATENCY, "thresholds_ms": [5.0, 7.0]}, bake_max="60s")
+    analysis = BakeAnalysis(cfg, relative=True, bakes=4, bake_no=3)
+    rng = np.random.default_rng(3)
+    decision = None
+    for t in range(1, 120):
+        looked = quiet_look(rng)
+        # customers at 250 ms too (a configured 5 ms bar below all of them); the probe has
+        # the same bar through no fault of its own: here it is the customers' check that
+        # cannot decide
+        looked["lb"] = looked[PROBE]
+        looked[PROBE] = {
+            Cohort.CANARY: Observation(0, 0, hosts=1),
+            Cohort.BASELINE: Observation(0, 0, hosts=2),
+        }
+        step = analysis.look(float(t), looked)
+        if step.decision is not None:
+            decision = step.decision
+            break
+    assert decision is not None and decision.outcome is Outcome.INCONCLUSIVE, decision
+    assert "the threshold separates almost none of the" in decision.reason, decision.reason
+    assert "bake longer" not in decision.reason
+    step_text = next_step("inconclusive", "c.yaml", reason=decision.reason, probe=cfg.probe)
+    assert "thresholds_ms" in step_text and "probe.rate" not in step_text, step_text
+    # too little traffic is still advised as such
+    thin = next_step(
+        "inconclusive",
+        "c.yaml",
+        reason="latency: insufficient information at max bake: canary 50% vs baseline 50% of "
+        "requests slower than 250 ms (p50) over 30 vs 60 requests, and even a canary like the "
+        "baseline would not have been certified",
+        probe=cfg.probe,
+    )
+    assert "raise `probe.rate`" in thin
