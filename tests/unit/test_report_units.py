@@ -159,3 +159,22 @@ def test_a_resumed_wave_keeps_every_host_it_started_with() -> None:
     waves = timeline(entries, t0)["waves"]
     assert [(w["wave"], w["hosts"]) for w in waves] == [(1, ["h1"]), (2, ["h2", "h3"])]
     assert (waves[1]["start"], waves[1]["end"]) == (3.0, 7.0)
+
+
+def test_an_incomplete_revert_is_called_a_rejection_only_after_a_failing_verdict() -> None:
+    """`revert_incomplete` ends a failed verdict's revert, but also an abort's, an
+    inconclusive run's or a rollback's: the sentence (the head of `show` and of the report)
+    and the notification's title said "v7 rejected" for all of them."""
+    from immunity.domain import Event
+    from immunity.journal.base import DeploymentRecord
+    from immunity.notify.common import summarize
+    from immunity.report.data import verdict_sentence
+
+    t = dt.datetime(2026, 11, 30, 3, 0, tzinfo=dt.UTC)
+    record = DeploymentRecord("d1", "shop", "v7", t, t, "revert_incomplete", "x")
+    aborted = verdict_sentence(record, {"reason": "aborted with `resume --abort`"})
+    failed = verdict_sentence(record, {"reason": "errors", "verdict": {"outcome": "fail"}})
+    assert aborted.startswith("the revert of v7 did not finish"), aborted
+    assert failed.startswith("v7 was rejected but the revert did not finish"), failed
+    title = summarize(Event("deployment.revert_incomplete", "shop", "d1", "v7", "")).title
+    assert "rejected" not in title and "INCOMPLETE" in title, title

@@ -153,7 +153,8 @@ _TITLE = {
     "deployment.rolled_back": "{app} rolled back to {release}",
     "deployment.reverted": "{release} rejected: {app} reverted",
     "deployment.inconclusive": "{release} not judged (too little evidence): {app} reverted",
-    "deployment.revert_incomplete": "{release} rejected: {app} revert INCOMPLETE, a human is needed",
+    # not "rejected": an inconclusive run's, an abort's or a rollback's revert can end so too
+    "deployment.revert_incomplete": "{app}: revert of {release} INCOMPLETE, a human is needed",
     "deployment.aborted": "{release} deployment to {app} aborted by `resume --abort`: "
     "{app} back on its previous release (not judged)",
     "deployment.unchanged": "{release} already on every host of {app}: nothing deployed",

@@ -201,6 +201,10 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
         "rolled_back": "the fleet was rolled back",
         "unchanged": f"{record.release} already ran on every host: nothing was deployed",
     }
+    verdict = result.get("verdict") or {}
+    if outcome == "revert_incomplete" and verdict.get("outcome") != "fail":
+        # reverted for lack of evidence, by `resume --abort` or by a rollback: not rejected
+        words[outcome] = f"the revert of {record.release} did not finish"
     head = words.get(outcome, f"{record.release}: {outcome}")
     # a reason that starts with the outcome ("inconclusive: not enough evidence ...") would
     # say it twice after the head ("v6: inconclusive: inconclusive: ...")
