@@ -41,6 +41,26 @@ READ_CONCURRENCY = 64
 """Hosts whose driver is asked at once when the engine reads the whole fleet."""
 
 
+@dataclass(frozen=True)
+class Sighting:
+    """The fleet as the balancer and the hosts' drivers report it now (`Fleet.observe`)."""
+
+    members: Mapping[str, Member]  # by host name; a host missing is not in the balancer
+    actives: Mapping[str, str | None]  # each host's active release, in `hosts` order
+    installed: Mapping[str, list[str]] = field(default_factory=dict)  # when asked for
+    errors: Mapping[str, str] = field(default_factory=dict)  # drivers that did not answer
+    balancer_error: str | None = None  # `observe(balancer_wait=)`: why there are no members
+
+    @property
+    def states(self) -> dict[str, tuple[LbState | None, str | None]]:
+        """Per host: its pool state (None: not in the balancer) and active release."""
+        out: dict[str, tuple[LbState | None, str | None]] = {}
+        for name, active in self.actives.items():
+            m = self.members.get(name)
+            out[name] = (m.state if m is not None else None, active)
+        return out
+
+
 @dataclass
 class Fleet:
     """The adapters of one app's fleet, built from its config."""
@@ -67,25 +87,28 @@ class Fleet:
         return str(self.loaded.config.app)
 
     async def observe(
-        self, *, lenient: bool = False
-    ) -> dict[str, tuple[LbState | None, str | None]]:
-        """Each host's pool state (None: not in the balancer) and active release, as the
-        balancer and the drivers report now; with `lenient`, a host whose driver does not
-        answer runs None."""
-        members = await self.lb.members(self.hosts)
-        actives = await self.active_releases(lenient=lenient)
-        out: dict[str, tuple[LbState | None, str | None]] = {}
-        for h in self.hosts:
-            m = members.get(h.name)
-            out[h.name] = (m.state if m is not None else None, actives[h.name])
-        return out
-
-    async def active_releases(self, *, lenient: bool = False) -> dict[str, str | None]:
-        """Each host's active release as its driver reports it, asked of up to
+        self, *, lenient: bool = False, installed: bool = False, balancer_wait: float | None = None
+    ) -> Sighting:
+        """What the balancer and the drivers report now: the pool's members, then each
+        host's active release (and with `installed` its installed releases), asked of up to
         `READ_CONCURRENCY` hosts at a time (one after another, 10,000 hosts took 10,000
-        driver round trips in a row). Raises the first host's error (in `hosts` order), or
-        with `lenient` reads a host whose driver does not answer (ImmunityError) as None."""
-        got: dict[str, str | None] = {}
+        driver round trips in a row). Raises the balancer's error, and the first host's (in
+        `hosts` order); with `lenient` a host whose driver does not answer (ImmunityError)
+        runs None, has nothing installed, and its error is in `errors`. With `balancer_wait`
+        (seconds) a balancer that raises or has not answered by then gives no members and
+        its `balancer_error` instead."""
+        members: Mapping[str, Member] = {}
+        lb_error: str | None = None
+        try:
+            with anyio.fail_after(balancer_wait):
+                members = await self.lb.members(self.hosts)
+        except (ImmunityError, TimeoutError) as lb_exc:
+            if balancer_wait is None:
+                raise
+            lb_error = lb_exc.message if isinstance(lb_exc, ImmunityError) else None
+            lb_error = lb_error or f"the balancer did not answer within {balancer_wait:g} s"
+        actives: dict[str, str | None] = {}
+        releases: dict[str, list[str]] = {}
         failed: dict[str, Exception] = {}
         todo = iter(self.hosts)
 
@@ -94,22 +117,30 @@ class Fleet:
             # limiter's wait) per host, which at 10,000 hosts cost the loop 1 s of CPU
             for h in todo:
                 try:
-                    got[h.name] = await self.driver.active_release(h)
+                    actives[h.name] = await self.driver.active_release(h)
+                    if installed:
+                        releases[h.name] = await self.driver.installed_releases(h)
                 except Exception as exc:  # raised below, the first in host order
                     failed[h.name] = exc
 
         async with anyio.create_task_group() as tg:
             for _ in range(min(READ_CONCURRENCY, len(self.hosts))):
                 tg.start_soon(reader)
+        errors: dict[str, str] = {}
         for h in self.hosts:
             exc = failed.get(h.name)
-            if exc is None:
-                continue
-            if lenient and isinstance(exc, ImmunityError):
-                got[h.name] = None
-            else:
+            if exc is not None and not (lenient and isinstance(exc, ImmunityError)):
                 raise exc
-        return {h.name: got[h.name] for h in self.hosts}
+            if isinstance(exc, ImmunityError):
+                actives[h.name], releases[h.name], errors[h.name] = None, [], exc.message
+        names = [h.name for h in self.hosts]
+        return Sighting(
+            members,
+            {n: actives[n] for n in names},
+            {n: releases[n] for n in names} if installed else {},
+            errors,
+            lb_error,
+        )
 
     async def aclose(self) -> None:
         closers: list[Any] = [

@@ -98,9 +98,9 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
                 fleet.signal_views[str(getattr(adapter, "name", "signal"))] = seen
     await cross_check_traffic(fleet)
     await fleet.driver.check_release(release)
-    members = await fleet.lb.members(fleet.hosts)
+    seen = await fleet.observe()
+    members, actives = seen.members, seen.actives
     problems = pool_problems(fleet, members, await fleet.lb.pool_members())
-    actives = await fleet.active_releases()
     for h in fleet.hosts:
         m = members.get(h.name)
         if m is None:
@@ -117,7 +117,10 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
             f"--release {release}` again; if a deployment was interrupted, "
             f"`immunity resume -c {fleet.loaded.path}` finishes it first",
         )
-    return await fallbacks_for(fleet, release, {k: v for k, v in actives.items() if v})
+    # each host's fallback: the release it serves now, as it reports it, hosts already on
+    # `release` included (their revert leaves them there); never one inferred from the fleet
+    # or an earlier installed one (a revert to those put hosts on releases nobody judged)
+    return {name: active for name, active in actives.items() if active}
 
 
 RECENT_S = 60.0  # the signals' "current traffic" window at preflight
@@ -199,12 +202,10 @@ async def refuse_over_unfinished(fleet: Fleet) -> None:
     what = "rollback" if last.data.get("rollback") else "deployment"
     state = last.outcome or "unfinished (its process ended without an outcome)"
     on: dict[str, list[str]] = {}
-    for h in fleet.hosts:
-        try:
-            active = await fleet.driver.active_release(h) or "no release"
-        except ImmunityError as exc:
-            active = f"unknown ({exc.message})"
-        on.setdefault(active, []).append(h.name)
+    seen = await fleet.observe(lenient=True)
+    for name, active in seen.actives.items():
+        error = seen.errors.get(name)
+        on.setdefault(f"unknown ({error})" if error else active or "no release", []).append(name)
     fleet_now = "; ".join(f"{', '.join(names)} on {rel}" for rel, names in on.items())
     mixed = "mixed: " if len(on) > 1 else ""
     cfg = fleet.loaded.path
@@ -253,18 +254,6 @@ def pool_problems(
                 f"with `immunity rollback -c {cfg}`, or return the host to the pool"
             )
     return out
-
-
-async def fallbacks_for(fleet: Fleet, release: str, actives: Mapping[str, str]) -> dict[str, str]:
-    """Each host's fallback: the release it serves now, as the host reports it (observed at
-    the run's start), hosts already on `release` included (their revert leaves them there).
-
-    Never a release the host did not serve: not the fleet's most common other release, not
-    an earlier installed one (a revert that installed those put hosts on releases nobody had
-    judged, e.g. a rejected one left on a host by an interrupted deployment).
-    """
-    del release  # the fallback does not depend on what is rolled out
-    return {h.name: actives[h.name] for h in fleet.hosts if actives.get(h.name)}
 
 
 # -- the waves --------------------------------------------------------------------------
@@ -331,7 +320,7 @@ class Rollout:
             # observe: where the balancer and the hosts are now, journaled (and so folded
             # into the run's view over what the journal said before)
             seen: dict[str, Any] = {"holder": run.lease.holder, "waves": plan}
-            observed = await self.fleet.observe()
+            observed = (await self.fleet.observe()).states
             seen["observed"] = encode(observed)
             if run.resumed:
                 what = f"resuming {self.release}" + (" to abort it" if abort else "")

@@ -153,10 +153,9 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
 
 async def dry_run(fleet: Fleet, release: str) -> dict[str, Any]:
     """Preflight (raises PreflightError/ConfigError, exit 2) then the plan; changes nothing."""
-    fallbacks = await preflight(fleet, release)
-    actives = {h.name: await fleet.driver.active_release(h) for h in fleet.hosts}
+    fallbacks = await preflight(fleet, release)  # what every host runs now (none runs nothing)
     # a host already on the release keeps its fallback for a revert but has nothing to switch
-    data = plan(fleet, release, {k: v for k, v in fallbacks.items() if actives.get(k) != release})
+    data = plan(fleet, release, {k: v for k, v in fallbacks.items() if v != release})
     data["fallbacks"] = fallbacks
-    data["active"] = actives
+    data["active"] = dict(fallbacks)
     return data

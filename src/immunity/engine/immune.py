@@ -142,7 +142,7 @@ async def _observe(fleet: Fleet, rec: Recorder) -> Observed:
     told = False
     while True:
         try:
-            return await fleet.observe(lenient=True)
+            return (await fleet.observe(lenient=True)).states
         except ImmunityError as exc:
             if not told:
                 await rec.record("immune.waiting", f"cannot read the fleet yet: {exc.message}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from immunity.domain import LbState, Member
+from immunity.domain import LbState
 from immunity.engine.context import Fleet, holder_alive, unknown_members
 from immunity.engine.fleetview import derive
 from immunity.engine.immune import revert
@@ -41,37 +41,18 @@ blip the way a deployment's steps do (the HAProxy adapter retries a socket for 1
 balancer that does not answer is said so, beside what the hosts report."""
 
 
-async def _members(fleet: Fleet) -> tuple[dict[str, Member], str | None]:
-    """The balancer's members, or none and why it could not say within `STATUS_WAIT_S`."""
-    try:
-        with anyio.fail_after(STATUS_WAIT_S):
-            return dict(await fleet.lb.members(fleet.hosts)), None
-    except ImmunityError as exc:
-        return {}, exc.message
-    except TimeoutError:
-        return {}, f"the balancer did not answer within {STATUS_WAIT_S:g} s"
-
-
 async def status(fleet: Fleet) -> dict[str, Any]:
     """Each host as the hosts, the balancer and the last run's journal say (a `FleetView`),
     every disagreement between them, the lease and the last deployment. A balancer that
     does not answer within `STATUS_WAIT_S` leaves each host's pool state `unknown` and is
     named in `balancer_error` and `attention`."""
-    members, lb_error = await _members(fleet)
+    seen = await fleet.observe(lenient=True, installed=True, balancer_wait=STATUS_WAIT_S)
+    lb_error = seen.balancer_error
     record = await last_deployment(fleet)
-    actives: dict[str, str | None] = {}
-    installed: dict[str, list[str]] = {}
-    errors: dict[str, str] = {}
-    for h in fleet.hosts:
-        try:
-            actives[h.name] = await fleet.driver.active_release(h)
-            installed[h.name] = await fleet.driver.installed_releases(h)
-        except ImmunityError as exc:
-            actives[h.name], installed[h.name], errors[h.name] = None, [], exc.message
     view = derive(
         await fleet.journal.entries(record.id) if record else [],
-        members,
-        actives,
+        seen.members,
+        seen.actives,
         fleet.hosts,
         fallbacks=ran_before(record) if record else None,
     )
@@ -82,13 +63,13 @@ async def status(fleet: Fleet) -> dict[str, Any]:
         row: dict[str, Any] = {
             "name": h.name,
             "active_release": v.active,
-            "installed_releases": installed[h.name],
+            "installed_releases": seen.installed[h.name],
             "lb_state": "unknown" if lb_error else lb_state,
             "journal_release": v.expected,
             "phase": str(v.phase),
         }
-        if h.name in errors:
-            row["error"] = errors[h.name]
+        if h.name in seen.errors:
+            row["error"] = seen.errors[h.name]
         hosts.append(row)
     # with no word from the balancer, "balancer reports out" would be the view's guess
     disagreements = [d for d in view.disagreements if not (lb_error and ": balancer reports" in d)]
@@ -217,7 +198,7 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     stay as they are. Without a journal record, the host's previously installed release.
     """
     record = await last_deployment(fleet)
-    observed = await fleet.observe()
+    observed = (await fleet.observe()).states
     actives = {name: active for name, (_, active) in observed.items()}
     targets: dict[str, str] = {}
     if record is not None:
