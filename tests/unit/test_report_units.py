@@ -178,3 +178,24 @@ def test_an_incomplete_revert_is_called_a_rejection_only_after_a_failing_verdict
     assert failed.startswith("v7 was rejected but the revert did not finish"), failed
     title = summarize(Event("deployment.revert_incomplete", "shop", "d1", "v7", "")).title
     assert "rejected" not in title and "INCOMPLETE" in title, title
+
+
+def test_a_revert_finished_by_resume_is_reverted_at_the_runs_end_not_verdict_plus_its_time() -> (
+    None
+):
+    """The CD outputs' `reverted_at` is the verdict's time plus `reverted_after_s`; for a
+    revert a resume finished (`reverted_from: resume`) that time counts from the resume,
+    so the sum fell between the verdict and the resume: it is the run's end instead."""
+    from immunity.cli.ci import outputs
+
+    result = {
+        "outcome": "reverted",
+        "detected_after_s": 20.5,
+        "reverted_after_s": 2.2,
+        "reverted_from": "resume",
+        "finished_at": "2026-11-30T07:39:35.324700+00:00",
+        "verdict": {"outcome": "fail", "decided_at": "2026-11-30T07:39:13.000000+00:00"},
+    }
+    assert "2026-11-30T07:39:35.324700+00:00" == outputs(result, None)["reverted_at"]
+    verdict = {**result, "reverted_from": "verdict"}
+    assert "2026-11-30T07:39:15.200000+00:00" == outputs(verdict, None)["reverted_at"]

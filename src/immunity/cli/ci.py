@@ -103,7 +103,9 @@ def outputs(result: Mapping[str, Any], report_path: str | None) -> dict[str, str
     """The values a CD tool gets: outcome, release, reason, detected/reverted times, report.
 
     `detected_at` is when the failing verdict was reached; `reverted_at` that moment plus
-    `reverted_after_s` (ISO 8601, UTC); empty when they did not happen.
+    `reverted_after_s` (ISO 8601, UTC), or the run's end when the revert was finished by a
+    resume (`reverted_from: resume`: it counts from the resume); empty when they did not
+    happen.
     """
     import datetime as dt
 
@@ -111,10 +113,13 @@ def outputs(result: Mapping[str, Any], report_path: str | None) -> dict[str, str
     decided = verdict.get("decided_at") if result.get("detected_after_s") is not None else None
     reverted_at = ""
     if decided and result.get("reverted_after_s") is not None:
-        reverted_at = (
-            dt.datetime.fromisoformat(decided)
-            + dt.timedelta(seconds=float(result["reverted_after_s"]))
-        ).isoformat()
+        if result.get("reverted_from") in (None, "verdict"):
+            reverted_at = (
+                dt.datetime.fromisoformat(decided)
+                + dt.timedelta(seconds=float(result["reverted_after_s"]))
+            ).isoformat()
+        else:
+            reverted_at = str(result.get("finished_at") or "")
 
     def num(key: str) -> str:
         return "" if result.get(key) is None else str(result[key])
