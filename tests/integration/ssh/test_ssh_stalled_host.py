@@ -30,7 +30,7 @@ async def test_a_stalled_ssh_host_is_named_at_the_read_deadline_not_waited_for(
     sshd: Sshd, tmp_path: Path
 ) -> None:
     """The driver's connection to box1 is up; then every sshd process serving it is stopped.
-    Reading the fleet raises HostError naming box1 after the 2 s read deadline (lenient: box1
+    Fleet.observe raises HostError naming box1 after the 2 s read deadline (lenient: box1
     reads as None), `status` answers with box1's error, and once sshd runs again the same
     driver reads again. (Without the deadline each of these waits for good.)"""
     lab = Lab(sshd, tmp_path)
@@ -39,7 +39,7 @@ async def test_a_stalled_ssh_host_is_named_at_the_read_deadline_not_waited_for(
         fleet, hosts=[lab.host], driver=ReadDeadline(lab.driver, adapter="ssh", limit_s=2)
     )
     try:
-        assert await fleet.active_releases() == {"box1": None}  # connected, nothing started
+        assert (await fleet.observe()).actives == {"box1": None}  # connected, nothing started
         listener = psutil.Process(int((sshd.folder / "sshd.pid").read_text()))
         stalled = listener.children(recursive=True)
         assert stalled, "no sshd process serves the driver's connection"
@@ -49,11 +49,12 @@ async def test_a_stalled_ssh_host_is_named_at_the_read_deadline_not_waited_for(
             with anyio.fail_after(20):
                 t0 = anyio.current_time()
                 with pytest.raises(HostError) as info:
-                    await fleet.active_releases()
+                    await fleet.observe()
                 assert 1.5 < anyio.current_time() - t0 < 6
                 assert "host box1 (127.0.0.1) did not answer within 2 s" in info.value.message
                 assert info.value.host == "box1"
-                assert await fleet.active_releases(lenient=True) == {"box1": None}
+                seen = await fleet.observe(lenient=True)
+                assert seen.actives == {"box1": None} and "box1" in seen.errors
                 st = await ops.status(fleet)
             (box1,) = st["hosts"]
             assert "did not answer within 2 s" in str(st), st
@@ -62,7 +63,7 @@ async def test_a_stalled_ssh_host_is_named_at_the_read_deadline_not_waited_for(
             for p in stalled:
                 p.resume()
         with anyio.fail_after(20):
-            assert await fleet.active_releases() == {"box1": None}
+            assert (await fleet.observe()).actives == {"box1": None}
     finally:
         await lab.aclose()
 
