@@ -134,23 +134,54 @@ def test_a_drain_that_fails_inside_a_multi_host_wave_reverts_the_fleet_instead_o
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_inside_a_multi_host_wave_ends_with_143_once_the_host_in_flight_is_back(
-    sbx: Sandbox,
+    sbx: Sandbox, sig: signal.Signals
 ) -> None:
     """A signal while hosts wait for a capacity slot starts no new host: exit 143, every
-    host in the pool, and `resume` finishes the deployment."""
+    host in the pool, and `resume` finishes the deployment. SIGHUP is what an operator's
+    dropped ssh session sends, with nobody left to read the output: both pipes are closed
+    before it (it used to kill the run mid-step, exit 129, h1 left out of the pool)."""
     ensure_on(sbx, "v1")
     cfg = plain(sbx, waves=["100%"])
     p = sbx.start("deploy", "-c", str(cfg), "--release", "v2")
     wait_for(lambda: sbx.servers_state()["h1"] != 0, "h1 never left the pool", p)
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=60)
+    if sig == signal.SIGHUP:
+        assert p.stdout is not None and p.stderr is not None
+        p.stdout.close()
+        p.stderr.close()
+        p.send_signal(sig)
+        out, err = "", ""
+        p.wait(timeout=60)
+    else:
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
     assert 143 == p.returncode, out + err[-2000:]
     assert {"h1": 0, "h2": 0, "h3": 0} == sbx.servers_state()
     assert "v1" == sbx.releases_served()["h3"]  # never started
     r = sbx.run("resume", "-c", str(cfg))
     assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
     assert_whole(sbx, "v2")
+
+
+@pytest.mark.timeout(300)
+def test_a_deploy_whose_output_reader_went_away_still_finishes_with_exit_0(sbx: Sandbox) -> None:
+    """`immunity deploy ... | head -3`: the reader exits after the first lines. The deployment
+    goes on to the end (every host on the release, in the pool) and exits 0, the outcome's
+    code; it used to stop at its next line of output with exit 1, h1 out of the pool."""
+    ensure_on(sbx, "v1")
+    cfg = plain(sbx)
+    p = sbx.start("deploy", "-c", str(cfg), "--release", "v2")
+    assert p.stdout is not None and p.stderr is not None
+    first = p.stdout.readline()
+    assert first, "deploy printed nothing"
+    p.stdout.close()
+    p.stderr.close()
+    p.wait(timeout=120)
+    assert 0 == p.returncode
+    assert_whole(sbx, "v2")
+    r = sbx.run("history", "-c", str(cfg), "--json")
+    assert json.loads(r.stdout)["deployments"][-1]["outcome"] == "deployed"
 
 
 @pytest.mark.timeout(300)

@@ -8,6 +8,9 @@ import sys
 
 def main() -> None:
     """Entry point of the `immunity` script and of `python -m immunity`."""
+    from immunity.cli.streams import protect_standard_streams
+
+    protect_standard_streams()  # a reader that goes away must not stop a deployment
     if sys.argv[1:] == ["--version"]:
         from immunity import __version__
 

@@ -27,7 +27,7 @@ class RunOutcome(StrEnum):
     REVERT_INCOMPLETE = "revert_incomplete"
     HELD = "held"
     INTERRUPTED = "interrupted"  # SIGINT, after the hosts in flight finished
-    TERMINATED = "terminated"  # SIGTERM, likewise
+    TERMINATED = "terminated"  # SIGTERM or SIGHUP (the terminal went away), likewise
     SUPERSEDED = "superseded"  # the lease was lost to another process
     FAILED = "failed"  # stopped by an unexpected error (a bug)
 

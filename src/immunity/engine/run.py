@@ -9,7 +9,7 @@ Entering takes the app's lease (LeaseHeld, with a hint that matches the holder: 
 it" only when it is alive, "resume" only when it is gone), runs `prepare` (e.g. preflight;
 the lease is released if it raises) and begins the journal record (or, for a resume, takes
 the record's lease over with a fresh fencing token). While the body runs, a heartbeat keeps
-the lease and SIGINT/SIGTERM ask the body to stop (`run.stopping`; scopes registered with
+the lease and SIGINT/SIGTERM/SIGHUP ask the body to stop (`run.stopping`; scopes registered with
 `run.on_stop` are cancelled: no new host is started, hosts in flight finish). Leaving
 journals nothing the body did not say, finishes the record with the outcome, notifies the
 team and releases the lease.
@@ -267,7 +267,9 @@ class Run:
             switcher.cancel_all()
 
     async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # SIGHUP (the operator's terminal or ssh session went away) ends the run as SIGTERM
+        # does: by default it would kill the process mid-step, a host out of the pool.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self.stopping:
