@@ -14,11 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import requests
 
@@ -170,3 +172,35 @@ class TestIisDriver(HostDriverContract):
     @pytest.fixture
     def harness(self) -> HostHarness:
         return IisHarness()
+
+
+class Hanging(StandInSession):
+    """A session whose `list` waits as a WinRM host that accepts and never answers would,
+    until pywinrm's read timeout (here 3 s)."""
+
+    def invoke(self, script_name: str, script: str, parameters: Mapping[str, Any]) -> PsReply:
+        if script_name == "list":
+            time.sleep(3.0)
+            raise requests.exceptions.ReadTimeout("read timed out")
+        return super().invoke(script_name, script, parameters)
+
+
+@pytest.mark.anyio
+async def test_a_read_ends_at_the_callers_deadline_and_its_session_is_not_reused() -> None:
+    """`active_release` on a host that never answers ends at the caller's 0.3 s deadline,
+    not at the read timeout (before: 3 s, the worker thread was waited for); the next read
+    opens a new session instead of sharing the abandoned one."""
+    h = IisHarness()
+    opened: list[StandInSession] = []
+
+    def factory(server: str) -> StandInSession:
+        opened.append((Hanging if not opened else StandInSession)(h.iis, server))
+        return opened[-1]
+
+    driver = IisDriver(h.driver.settings, base_dir=Path("/etc/immunity"), session_factory=factory)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError), anyio.fail_after(0.3):
+        await driver.active_release(h.host)
+    assert time.monotonic() - t0 < 1.5
+    assert await driver.installed_releases(h.host) == ["r1"]
+    assert [type(s) for s in opened] == [Hanging, StandInSession]

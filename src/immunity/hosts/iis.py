@@ -285,6 +285,13 @@ def releases_to_remove(releases: Sequence[IisRelease], keep: int, protect: set[s
 # -- the driver -----------------------------------------------------------------------------
 
 
+READ_SCRIPTS = frozenset({"list", "check_package"})
+"""Scripts that change nothing on the host. The caller's deadline abandons their worker
+thread (a WinRM host that accepts and never answers held a read for up to
+`operation_timeout` + 10 s past any deadline); a script that changes the host is waited for,
+so the host's lock is held until it is done and the next step never overlaps it."""
+
+
 class IisDriver:
     """`HostDriver` for IIS over WinRM; see the module docstring."""
 
@@ -359,8 +366,15 @@ class IisDriver:
             if session is None:
                 session = self._sessions[server] = self._factory(server)
             log.debug("iis %s: %s %s", server, name, dict(parameters))
+            read = name in READ_SCRIPTS
             try:
-                reply = await anyio.to_thread.run_sync(session.invoke, name, script, parameters)
+                reply = await anyio.to_thread.run_sync(
+                    session.invoke, name, script, parameters, abandon_on_cancel=read
+                )
+            except anyio.get_cancelled_exc_class():
+                if read:  # its thread still uses the session: never hand it out again
+                    self._sessions.pop(server, None)
+                raise
             except Exception as exc:
                 # a broken session is not reused: the next call reconnects
                 self._sessions.pop(server, None)
