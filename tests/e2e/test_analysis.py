@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.server
 import json
 import sqlite3
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,8 +18,6 @@ from e2e_helpers import FAST, Load, Sandbox
 from immunity.sandbox import fleet as sandbox
 
 pytestmark = pytest.mark.slow
-
-LONG_MAX = {**FAST["bake"], "max": "120s"}  # type: ignore[dict-item]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,14 @@ def entries(sbx: Sandbox, deployment: str | None = None) -> list[tuple[str, dict
             "SELECT kind, data FROM entries WHERE deployment_id = ? ORDER BY seq", (deployment,)
         ).fetchall()
     return [(k, json.loads(d)) for k, d in rows]
+
+
+def guard_starts(sbx: Sandbox) -> int:
+    """How many `guard.started` entries the journal holds, over every deployment."""
+    with sqlite3.connect(sbx.dir / "journal.db") as db:
+        return int(
+            db.execute("SELECT count(*) FROM entries WHERE kind = 'guard.started'").fetchone()[0]
+        )
 
 
 def test_a_release_judged_on_no_traffic_is_inconclusive_not_rejected(fleet3: Sandbox) -> None:
@@ -149,20 +157,33 @@ def test_a_bake_killed_mid_way_is_resumed_from_its_journaled_evidence(loaded: Sa
 
 
 def test_a_fault_that_starts_during_the_guard_reverts_the_whole_fleet(loaded: Sandbox) -> None:
-    """A release whose errors start 50 s after its process started passes both waves, then
-    fails in the guard period against the holdback (h3, still on the old release): exit 3,
-    every host back on the old release and in the pool, and the holdback never switched.
-    The config has no `guard` block: this is the watch a user gets by default (half of
-    `bake.max`, 60 s here)."""
-    sandbox.add_release(loaded.dir, "late", error_rate=0.5, errors_after_s=50)
+    """A release whose errors start once the guard has started (the test creates the fault's
+    file when the journal says `guard.started`) passes both waves, then fails in the guard
+    period against the holdback (h3, still on the old release): exit 3, every host back on
+    the old release and in the pool, and the holdback never switched. The config has no
+    `guard` block: this is the watch a user gets by default (half of `bake.max`, 30 s here)."""
+    fault = loaded.dir / "late-fault"
+    sandbox.add_release(loaded.dir, "late", error_rate=0.5, errors_from_file=fault)
     checks = [c for c in FAST["checks"] if c["kind"] != "latency"]  # type: ignore[union-attr]
     cfg = loaded.write_config(
         "analysis-guard.yaml",
-        **{**FAST, "checks": checks, "guard": None, "bake": LONG_MAX},
+        **{**FAST, "checks": checks, "guard": None},
     )
     assert "guard" not in yaml.safe_load(cfg.read_text())
     old = loaded.status(cfg)["hosts"][0]["active_release"]
-    r = loaded.run("deploy", "-c", str(cfg), "--release", "late", "--json", "late.json")
+    guards_before = guard_starts(loaded)
+    p = loaded.start("deploy", "-c", str(cfg), "--release", "late", "--json", "late.json")
+    try:
+        deadline = time.monotonic() + 240
+        while guard_starts(loaded) == guards_before:
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "the guard never started"
+            time.sleep(0.1)
+        fault.touch()
+        out, err = p.communicate(timeout=240)
+    finally:
+        p.kill()
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     assert r.returncode == 3, r.stdout + r.stderr[-2000:]
     result = json.loads((loaded.dir / "late.json").read_text())
     assert result["outcome"] == "reverted"
@@ -173,7 +194,7 @@ def test_a_fault_that_starts_during_the_guard_reverts_the_whole_fleet(loaded: Sa
     # both waves passed before the fault began; the guard caught it against the holdback
     assert [d["wave"] for k, d in journal if k == "wave.passed"] == [1, 2]
     guard = next(d for k, d in journal if k == "guard.started")
-    assert (guard["wave"], guard["holdback"], guard["duration_s"]) == (3, "h3", 60)
+    assert (guard["wave"], guard["holdback"], guard["duration_s"]) == (3, "h3", 30)
     started = [d for k, d in journal if k == "bake.started"]
     assert [(d["purpose"], d["relative"]) for d in started] == [
         ("wave", True),

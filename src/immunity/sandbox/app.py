@@ -2,13 +2,15 @@
 
 Run as ``python -m immunity.sandbox.app --host-name h1 --port 9001 --manifest PATH``.
 The manifest is JSON: ``{"name": "v2", "error_rate": 0.3, "latency_ms": 50, "cold_start_s": 25,
-"errors_after_s": 0}``.
+"errors_after_s": 0, "errors_from_file": null}``.
 
 Routes:
   ``/``            the app: answers 500 with probability `error_rate`, after ~2-5 ms of base
                    latency plus `latency_ms` (±20 %). With `errors_after_s` the errors begin
                    only that many seconds after the process started (a late-onset fault: a
-                   leak, a cache that fills, a cron-like job).
+                   leak, a cache that fills, a cron-like job). With `errors_from_file` (a
+                   path) they begin only once that file exists: a fault started by hand or
+                   by a test at the moment it chooses (``touch PATH``).
   ``/slow?ms=N``   like ``/`` but takes N ms (drain tests).
   ``/health``      always 200 at once, even during the cold start: like an IIS site whose
                    health page is static while the app pool warms on the first real request.
@@ -47,6 +49,8 @@ class SampleApp:
         self.latency_ms = float(manifest.get("latency_ms", 0.0))
         self.cold_start_s = float(manifest.get("cold_start_s", 0.0))
         self.errors_after_s = float(manifest.get("errors_after_s", 0.0))
+        trigger = manifest.get("errors_from_file")
+        self.errors_from_file = Path(trigger) if trigger else None
         self.started = time.monotonic()
         self.warm_at: float | None = None if self.cold_start_s > 0 else 0.0
         self.registry = CollectorRegistry()
@@ -78,7 +82,11 @@ class SampleApp:
         began = time.monotonic()
         await self._cold_start()
         await asyncio.sleep(random.uniform(0.002, 0.005) + extra_s)
-        failing = self.error_rate > 0 and time.monotonic() - self.started >= self.errors_after_s
+        failing = (
+            self.error_rate > 0
+            and time.monotonic() - self.started >= self.errors_after_s
+            and self._triggered()
+        )
         if failing and random.random() < self.error_rate:
             status, text = 500, f"{self.host_name} {self.release} error\n"
         else:
@@ -86,6 +94,12 @@ class SampleApp:
         self.requests.labels(code=str(status), release=self.release).inc()
         self.duration.labels(release=self.release).observe(time.monotonic() - began)
         return web.Response(status=status, text=text, headers=self.headers())
+
+    def _triggered(self) -> bool:
+        """Whether `errors_from_file` exists (always, without one); once seen, for good."""
+        if self.errors_from_file is not None and self.errors_from_file.exists():
+            self.errors_from_file = None
+        return self.errors_from_file is None
 
     async def index(self, request: web.Request) -> web.Response:
         extra = self.latency_ms * random.uniform(0.8, 1.2) / 1000.0 if self.latency_ms else 0.0

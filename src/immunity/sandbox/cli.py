@@ -81,6 +81,13 @@ def release(
             help="Errors begin this many seconds after the host's process started (late onset).",
         ),
     ] = 0.0,
+    errors_from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--errors-from-file",
+            help="Errors begin only once this file exists (start a fault with `touch FILE`).",
+        ),
+    ] = None,
 ) -> None:
     """Write the release manifest DIR/releases/NAME.json."""
     if not dir.is_dir():
@@ -88,7 +95,9 @@ def release(
         typer.echo("next: create the sandbox with `immunity sandbox up --dir DIR`", err=True)
         raise typer.Exit(2)
     try:
-        path = fleet.add_release(dir, name, error_rate, latency_ms, cold_start_s, errors_after_s)
+        path = fleet.add_release(
+            dir, name, error_rate, latency_ms, cold_start_s, errors_after_s, errors_from_file
+        )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -4,7 +4,7 @@ Layout of a sandbox folder::
 
     DIR/immunity.yaml                 config for `immunity deploy` against this fleet
     DIR/releases/<name>.json          release manifests (error_rate, latency_ms, cold_start_s,
-                                      errors_after_s)
+                                      errors_after_s, errors_from_file)
     DIR/hosts/<host>/...              one folder per host (see immunity.hosts.local)
     DIR/haproxy/haproxy.cfg           balancer config; runtime API at DIR/haproxy/admin.sock
     DIR/haproxy/access.log            HAProxy's stdout: one JSON line per request (+ state lines)
@@ -110,11 +110,14 @@ def add_release(
     latency_ms: float = 0.0,
     cold_start_s: float = 0.0,
     errors_after_s: float = 0.0,
+    errors_from_file: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write `DIR/releases/<name>.json` and return its path.
 
     `errors_after_s`: the release's errors begin that many seconds after its process started
-    on a host (a late-onset fault); 0 means from the first request.
+    on a host (a late-onset fault); 0 means from the first request. `errors_from_file`: they
+    begin only once that file exists (a fault started by creating it); a relative path is
+    taken from the current directory.
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"expected a release name such as v2, got {name!r}")
@@ -131,6 +134,7 @@ def add_release(
         "latency_ms": latency_ms,
         "cold_start_s": cold_start_s,
         "errors_after_s": errors_after_s,
+        "errors_from_file": str(Path(errors_from_file).resolve()) if errors_from_file else None,
     }
     write_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return path

@@ -171,6 +171,31 @@ async def test_a_late_onset_release_answers_500_only_after_its_delay(
         await driver.start(host, "v1")
 
 
+async def test_a_release_with_a_fault_file_answers_500_only_once_the_file_exists(
+    sandbox: fleet.SandboxInfo,
+) -> None:
+    """With errors_from_file, a release serves 200 until the file is created, then 500."""
+    trigger = sandbox.dir / "fault-now"
+    fleet.add_release(sandbox.dir, "armed", error_rate=1.0, errors_from_file=trigger)
+    driver = LocalDriver(LocalDriver.Settings(), base_dir=sandbox.dir)
+    host = HostRef("h1", "127.0.0.1", sandbox.host_ports["h1"])
+    await driver.install(host, "armed")
+    await driver.start(host, "armed")
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(20):
+                async with s.get(host.base_url + "/") as resp:
+                    assert resp.status == 200
+            trigger.touch()
+            async with s.get(host.base_url + "/") as resp:
+                assert resp.status == 500
+            trigger.unlink()  # once started, the fault stays
+            async with s.get(host.base_url + "/") as resp:
+                assert resp.status == 500
+    finally:
+        await driver.start(host, "v1")
+
+
 @pytest.mark.parametrize("log_format", ["httplog", "json"])
 def test_up_log_format_writes_that_access_log_line_and_the_signal_reads_it(
     tmp_path: Path, log_format: str
