@@ -1,7 +1,8 @@
-"""Shared pytest settings: anyio runs on asyncio only."""
+"""Shared pytest settings: anyio runs on asyncio only; under xdist, longest files first."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,3 +45,32 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("figures")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+DURATIONS = Path(__file__).parent / "durations.json"
+"""Seconds each test file took in a whole-suite run (`scripts/suite_durations` writes it)."""
+
+
+def _estimate_s(path: str, items: int) -> float:
+    """A file not in DURATIONS yet: whole deployments take tens of seconds a test."""
+    return items * (20.0 if path.startswith("tests/e2e/") else 0.5)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker, put the test files longest first (a stable sort: each file's own
+    order is kept). `make test` runs `--dist loadfile --no-loadscope-reorder`, which hands
+    whole files to the two workers in this order as each asks for more: the longest files
+    start first and the short ones fill the end, so neither worker is left alone with a
+    long file (longest-processing-time-first scheduling). Without the sort xdist hands them
+    out by number of tests, which put the few-test, minute-long e2e files last."""
+    if not hasattr(config, "workerinput"):
+        return
+    try:
+        known: dict[str, float] = json.loads(DURATIONS.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        known = {}
+    per_file: dict[str, int] = {}
+    for item in items:
+        per_file[item.nodeid.split("::")[0]] = per_file.get(item.nodeid.split("::")[0], 0) + 1
+    cost = {f: known.get(f, _estimate_s(f, n)) for f, n in per_file.items()}
+    items.sort(key=lambda item: -cost[item.nodeid.split("::")[0]])

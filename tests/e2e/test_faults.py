@@ -1,186 +1,31 @@
-"""Fault injection: the orchestrator killed at every step boundary, outside systems failing.
+"""Fault injection: the orchestrator killed and resumed or aborted, outside systems failing.
 
 After every fault the fleet must serve one release with every host in the pool, `status`
-must agree with the journal, and no lease may be left held.
+must agree with the journal, and no lease may be left held. The kill-point sweeps are in
+test_deploy_kill_sweep.py and test_revert_kill_sweep.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import yaml
-from e2e_helpers import FAST, Load, Sandbox
+from e2e_helpers import FAST, Sandbox
+from fault_helpers import STEPS_PER_HOST, assert_whole, current, plain, under_load
 
 pytestmark = pytest.mark.slow
-
-STEPS_PER_HOST = 7
-FULL_SWEEP = bool(os.environ.get("IMMUNITY_FULL_SWEEP"))
-# host.step_started ordinals of a 3-host deploy (waves [1, "100%"], one host at a time):
-# host i's step j (drain, stop, install, start, verify, warmup, enable) is 7*i + j + 1.
-# On the real sandbox the suite kills after each step kind once, spread over the 3 hosts and
-# both waves; every one of the 21 points (and 28 of a 4-host fleet, plus points inside the
-# bakes) is swept in virtual time by tests/unit/engine/test_virtual_engine.py
-# (test_a_crash_at_every_step_of_a_deployment_is_resumed_to_the_end).
-# IMMUNITY_FULL_SWEEP=1 kills after all 21 here too.
-DEPLOY_KILL_POINTS = (
-    list(range(1, 3 * STEPS_PER_HOST + 1)) if FULL_SWEEP else [1, 4, 7, 9, 12, 17, 20]
-)
-# The revert is h1's walk back: ordinals 8 (drain) to 14 (enable). The suite kills at its
-# drain, install and enable; test_a_crash_at_every_step_of_a_revert_is_resumed_and_the_revert_
-# finished sweeps all of them in virtual time; IMMUNITY_FULL_SWEEP=1 runs all 7 here.
-REVERT_KILL_POINTS = (
-    list(range(STEPS_PER_HOST + 1, 2 * STEPS_PER_HOST + 1)) if FULL_SWEEP else [8, 10, 14]
-)
 
 
 @pytest.fixture(scope="module")
 def loaded(fleet3: Sandbox) -> Iterator[Sandbox]:
-    """The fleet under steady customer load for the whole module (judges need traffic)."""
-    load = Load(fleet3, 40, "faults-load.jsonl")
-    try:
-        yield fleet3
-    finally:
-        load.stop()
-
-
-def plain(sbx: Sandbox) -> Path:
-    return sbx.write_config("faults-plain.yaml", **{**FAST, "checks": []})
-
-
-def judged(sbx: Sandbox) -> Path:
-    return sbx.write_config("faults-judged.yaml", **FAST)
-
-
-def current(sbx: Sandbox, cfg: Path) -> str:
-    """The one release every host's own process runs (`assert_whole` also asks `status`)."""
-    served = sbx.releases_served()
-    assert len(set(served.values())) == 1, served
-    return str(next(iter(served.values())))
-
-
-def assert_whole(sbx: Sandbox, cfg: Path, release: str) -> None:
-    """One release everywhere, every host serving, the journal agreeing, no lease held."""
-    st = sbx.status(cfg)
-    assert [release] * 3 == [h["active_release"] for h in st["hosts"]], st
-    assert [h["lb_state"] for h in st["hosts"]] == ["serving"] * 3, st
-    assert st["disagreements"] == []
-    assert st["lease"] is None
-    assert {0} == set(sbx.servers_state().values())
-
-
-@pytest.mark.timeout(900)
-def test_sigkill_at_every_step_of_a_deployment_then_resume_finishes_it(
-    loaded: Sandbox, record_property: Callable[[str, object], None]
-) -> None:
-    """Killed right after a step start of a 3-host deploy (each step kind once; all 21 with
-    IMMUNITY_FULL_SWEEP=1), `resume` completes it."""
-    cfg = loaded.write_config(
-        "faults-sweep.yaml", **{**FAST, "checks": [], "bake": {"min": "0s", "interval": "200ms"}}
-    )
-    covered = 0
-    release = current(loaded, cfg)
-    for k in DEPLOY_KILL_POINTS:
-        new = "v2" if release != "v2" else "v1"
-        r = loaded.run(
-            "deploy",
-            "-c",
-            str(cfg),
-            "--release",
-            new,
-            env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{k}"},
-        )
-        assert r.returncode == -9, (k, r.stdout, r.stderr[-1500:])
-        r = loaded.run("resume", "-c", str(cfg))
-        assert r.returncode == 0, (k, r.stdout, r.stderr[-1500:])
-        # the servers' own view: each host's process, HAProxy's admin state, the lease row
-        assert {"h1": new, "h2": new, "h3": new} == loaded.releases_served(), k
-        assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state(), k
-        assert not loaded.lease_held(), k
-        release = new
-        covered += 1
-    assert_whole(loaded, cfg, release)  # and `status` agrees with the journal
-    record_property("kill points covered (deployment)", covered)
-    assert covered == len(DEPLOY_KILL_POINTS)
-    assert {(k - 1) % STEPS_PER_HOST for k in DEPLOY_KILL_POINTS} == set(range(STEPS_PER_HOST))
-
-
-def test_sigkill_at_every_step_of_a_revert_then_resume_finishes_the_revert(
-    loaded: Sandbox, record_property: Callable[[str, object], None]
-) -> None:
-    """Killed at a step of the immune response's revert walk (drain, install, enable; all 7
-    with IMMUNITY_FULL_SWEEP=1), `resume` still reverts."""
-    cfg = judged(loaded)
-    covered = 0
-    old = current(loaded, cfg)
-    for k in REVERT_KILL_POINTS:
-        r = loaded.run(
-            "deploy",
-            "-c",
-            str(cfg),
-            "--release",
-            "bad",
-            env={"IMMUNITY_FAULT_KILL_AT": f"host.step_started:{k}"},
-        )
-        assert r.returncode == -9, (k, r.stdout, r.stderr[-1500:])
-        r = loaded.run("resume", "-c", str(cfg))
-        assert r.returncode == 3, (k, r.stdout, r.stderr[-1500:])
-        assert {"h1": old, "h2": old, "h3": old} == loaded.releases_served(), k
-        assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state(), k
-        assert not loaded.lease_held(), k
-        if k == REVERT_KILL_POINTS[0]:
-            _show_says_when_the_revert_began(loaded, cfg)
-        covered += 1
-    assert_whole(loaded, cfg, old)  # and `status` agrees with the journal
-    record_property("kill points covered (revert)", covered)
-    assert covered == len(REVERT_KILL_POINTS)
-
-
-def _show_says_when_the_revert_began(sbx: Sandbox, cfg: Path) -> None:
-    """`show` of a revert killed mid-way and finished by `resume`: it began at the first
-    `immune.started` (show said the resume's), was resumed at the second, and the fleet
-    was back counted from that resume (show said "after the verdict")."""
-    data = json.loads(sbx.run("show", "-c", str(cfg), "--json").stdout)
-    with sqlite3.connect(sbx.dir / "journal.db") as db:
-        began = [
-            row[0]
-            for row in db.execute(
-                "SELECT at FROM entries WHERE deployment_id=? AND kind='immune.started' "
-                "ORDER BY seq",
-                (data["deployment_id"],),
-            )
-        ]
-    assert 2 == len(began)
-    t0 = dt.datetime.fromisoformat(data["started_at"])
-    at = [round((dt.datetime.fromisoformat(b) - t0).total_seconds(), 3) for b in began]
-    revert = data["revert"]
-    assert (at[0], [at[1]]) == (revert["start"], revert["resumed"])
-    assert ["h1"] == [h["host"] for h in revert["hosts"]]
-    text = sbx.run("show", "-c", str(cfg)).stdout
-    assert f"revert: started at {at[0]:.1f}s, resumed at {at[1]:.1f}s" in text, text
-    assert "after the resume that finished the revert" in text, text
-    assert "after the verdict" not in text, text
-    # the verdict came before the kill: detected after is still from the first canary in
-    # to the failing verdict (the resumed revert's result had none)
-    with sqlite3.connect(sbx.dir / "journal.db") as db:
-        kinds = db.execute(
-            "SELECT at, kind, data FROM entries WHERE deployment_id=? AND kind IN "
-            "('host.switched', 'verdict.failed') ORDER BY seq",
-            (data["deployment_id"],),
-        ).fetchall()
-    first_in = next(dt.datetime.fromisoformat(a) for a, k, d in kinds if k == "host.switched")
-    failed = next(json.loads(d) for a, k, d in kinds if k == "verdict.failed")
-    decided = dt.datetime.fromisoformat(failed["verdict"]["decided_at"])
-    expected = round((decided - first_in).total_seconds(), 3)
-    assert expected == pytest.approx(data["detected_after_s"], abs=0.01), data
+    yield from under_load(fleet3)
 
 
 def test_resume_abort_reverts_an_interrupted_deployment(loaded: Sandbox) -> None:

@@ -289,10 +289,10 @@ def test_sigkill_at_step_boundaries_then_resume_finishes_it_on_postgres(
     """The kill-point sweep against the PostgreSQL journal, at 2 of the 21 step starts of a
     deploy (the first and the last) and 1 of a revert; `resume` completes each. A kill in
     wave 2 (h2's stop, point 9) resumed from another machine is
-    test_a_killed_orchestrator_is_resumed_from_another_machine_after_lease_ttl. (test_faults.py
-    kills after each step kind on the SQLite journal, test_virtual_engine at every point in
-    virtual time; this subset keeps the suite's time in check while every journal write path
-    is crossed on PostgreSQL.)"""
+    test_a_killed_orchestrator_is_resumed_from_another_machine_after_lease_ttl. (The sweeps in
+    test_deploy_kill_sweep.py and test_revert_kill_sweep.py kill after each step kind on the
+    SQLite journal, test_virtual_engine at every point in virtual time; this subset keeps the
+    suite's time in check while every journal write path is crossed on PostgreSQL.)"""
     m = Machine(loaded, tmp_path, "runner-a", pg_url, **PLAIN)
     covered = 0
     release = _current(loaded)

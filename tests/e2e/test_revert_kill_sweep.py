@@ -85,3 +85,16 @@ def _show_says_when_the_revert_began(sbx: Sandbox, cfg: Path) -> None:
     assert f"revert: started at {at[0]:.1f}s, resumed at {at[1]:.1f}s" in text, text
     assert "after the resume that finished the revert" in text, text
     assert "after the verdict" not in text, text
+    # the verdict came before the kill: detected after is still from the first canary in
+    # to the failing verdict (the resumed revert's result had none)
+    with sqlite3.connect(sbx.dir / "journal.db") as db:
+        kinds = db.execute(
+            "SELECT at, kind, data FROM entries WHERE deployment_id=? AND kind IN "
+            "('host.switched', 'verdict.failed') ORDER BY seq",
+            (data["deployment_id"],),
+        ).fetchall()
+    first_in = next(dt.datetime.fromisoformat(a) for a, k, d in kinds if k == "host.switched")
+    failed = next(json.loads(d) for a, k, d in kinds if k == "verdict.failed")
+    decided = dt.datetime.fromisoformat(failed["verdict"]["decided_at"])
+    expected = round((decided - first_in).total_seconds(), 3)
+    assert expected == pytest.approx(data["detected_after_s"], abs=0.01), data
