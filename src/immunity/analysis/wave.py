@@ -118,7 +118,17 @@ class BakeAnalysis:
         # the guard never certifies: its judges keep testing for a fail until it ends
         min_s = math.inf if purpose == "guard" else config.bake.min
         self.judges: list[tuple[str, str, Judge]] = [
-            (c.name, c.signal, build_judge(c, self.judge_config, min_s, carried=self._carried(c)))
+            (
+                c.name,
+                c.signal,
+                build_judge(
+                    c,
+                    self.judge_config,
+                    min_s,
+                    carried=self._carried(c),
+                    probe=c.signal == PROBE,
+                ),
+            )
             for c in self.checks
         ]
         self.empty_looks = 0

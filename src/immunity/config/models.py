@@ -428,7 +428,10 @@ class ImpactConfig(Strict):
 
 class ProbeConfig(Strict):
     """Probe traffic: identical requests straight to canary and baseline hosts during a bake,
-    judged by the same checks as customer traffic (see `immunity.signals.probe`)."""
+    judged by the same checks as customer traffic (see `immunity.signals.probe`), in the probe's
+    own terms: latency thresholds from the probe's baseline, and guard rails that the probe's
+    own timing cannot fail without its baseline (docs/judging.md, "Probe traffic when
+    customers are few")."""
 
     paths: list[str] = Field(default_factory=lambda: ["/"], min_length=1)
     """Request paths (with any query), sent in turn, the same ones to every host."""

@@ -16,7 +16,7 @@ from immunity.domain import CheckResult, Outcome, Verdict
 from immunity.errors import ConfigError
 from immunity.judge.base import Judge
 from immunity.judge.sequential import ErrorsJudge, LatencyJudge
-from immunity.judge.thresholds import ErrorRateMax, LatencyMax
+from immunity.judge.thresholds import ErrorRateMax, LatencyMax, ProbeGuardRail
 
 __all__ = [
     "ErrorRateMax",
@@ -24,6 +24,7 @@ __all__ = [
     "Judge",
     "LatencyJudge",
     "LatencyMax",
+    "ProbeGuardRail",
     "build_judge",
     "combine",
     "merge_probe",
@@ -31,9 +32,17 @@ __all__ = [
 
 
 def build_judge(
-    check: CheckConfig, judge: JudgeConfig, min_bake_s: float, *, carried: bool = False
+    check: CheckConfig,
+    judge: JudgeConfig,
+    min_bake_s: float,
+    *,
+    carried: bool = False,
+    probe: bool = False,
 ) -> Judge:
     """A fresh judge for one check of one bake (judges keep running statistics).
+
+    `probe`: the check judges probe traffic (a "(probe)" twin): a guard rail is then a
+    `ProbeGuardRail`, which the probe's own timing cannot fail (see there).
 
     `carried`: a latency check's `thresholds_ms` are its quantiles' thresholds frozen by an
     earlier bake, so its reasons name them by quantile ("p50"), not "configured"."""
@@ -60,14 +69,23 @@ def build_judge(
                 f"check {check.name!r}: error_rate_max `max` must lie between 0 and 1 "
                 f"(or 0% and 100%), got {check.max}"
             )
-        return ErrorRateMax(check.name, check.max, judge, min_bake_s)
+        rate = ErrorRateMax(check.name, check.max, judge, min_bake_s)
+        if probe:
+            return ProbeGuardRail(rate, ErrorsJudge(check.name, judge, min_bake_s))
+        return rate
     if not 0.0 < check.quantile < 1.0:
         raise ConfigError(
             f"check {check.name!r}: `quantile` must lie between 0 and 1, got {check.quantile}"
         )
     if check.max <= 0:
         raise ConfigError(f"check {check.name!r}: latency_max `max` must be > 0 ms")
-    return LatencyMax(check.name, check.max, check.quantile, judge, min_bake_s)
+    rail = LatencyMax(check.name, check.max, check.quantile, judge, min_bake_s)
+    if probe:
+        beside = LatencyJudge(
+            check.name, judge, min_bake_s, thresholds_ms=[check.max], labels=["the bar"]
+        )
+        return ProbeGuardRail(rail, beside)
+    return rail
 
 
 def combine(

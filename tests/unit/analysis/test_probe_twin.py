@@ -166,3 +166,65 @@ def test_a_threshold_that_separates_nothing_is_said_and_not_called_too_little_tr
         probe=cfg.probe,
     )
     assert "raise `probe.rate`" in thin
+
+
+P99_GUARD = {"name": "p99-guard", "signal": "lb", "kind": "latency_max", "max": 1000}
+ERRORS_GUARD = {"name": "error-rate-guard", "signal": "lb", "kind": "error_rate_max", "max": 0.02}
+
+
+def run(analysis: BakeAnalysis, looks: Any, until: int = 300) -> Any:
+    for t in range(1, until + 1):
+        step = analysis.look(float(t), looks())
+        if step.decision is not None:
+            return step.decision
+    return None
+
+
+def test_a_guard_rail_is_not_failed_by_the_probes_own_slowness() -> None:
+    """Trial 3, finding 4: on a CPU-starved orchestrator the probe timed p99 at ~1,500 ms
+    on both cohorts while customers saw 15-20 ms, over the sandbox's 1 s `latency_max`. The
+    probe twin failed the check on that alone (either twin failing fails it). Now it fails
+    only when the canary is also worse than the probe's own baseline; here it is not, and
+    the good release passes."""
+    cfg = config(P99_GUARD)
+    rng = np.random.default_rng(11)
+    analysis = BakeAnalysis(cfg, relative=True, bakes=4, bake_no=2)
+    decision = run(analysis, lambda: quiet_look(rng, 600.0, 600.0))
+    assert decision is not None and decision.outcome is Outcome.PASS, decision
+    (check,) = decision.checks
+    assert check.numbers["probe_canary_quantile_ms"] > 1000  # over the bar as timed here
+    assert "no worse than the probe's own baseline at the bar" in check.reason
+
+
+def test_a_release_that_is_slow_over_the_bar_still_fails_on_the_probe() -> None:
+    """The canary's probe requests over the bar and far slower than the baseline's: fail."""
+    cfg = config(P99_GUARD)
+    rng = np.random.default_rng(12)
+    analysis = BakeAnalysis(cfg, relative=True, bakes=4, bake_no=2)
+    decision = run(analysis, lambda: quiet_look(rng, 900.0, 250.0))
+    assert decision is not None and decision.outcome is Outcome.FAIL, decision
+    assert "worse than the probe's own baseline at the bar" in decision.reason
+
+
+def test_without_a_probe_baseline_the_probe_can_pass_a_guard_rail_but_not_fail_it() -> None:
+    """No host left on the old release (guard rails only): a canary under the bar on the
+    probe's timing passes (the host's own time is less); one over it cannot be told from a
+    slow probe, so it is not failed (inconclusive, never a pass)."""
+    cfg = config(P99_GUARD, ERRORS_GUARD)
+
+    def alone(median: float) -> Any:
+        rng = np.random.default_rng(13)
+
+        def looks() -> Any:
+            got = quiet_look(rng, median, median)
+            for signal in got.values():
+                signal[Cohort.BASELINE] = Observation(0, 0, hosts=0)
+            return got
+
+        return looks
+
+    fast = run(BakeAnalysis(cfg, relative=False, bakes=4, bake_no=4), alone(100.0))
+    assert fast is not None and fast.outcome is Outcome.PASS, fast
+    slow = run(BakeAnalysis(cfg, relative=False, bakes=4, bake_no=4), alone(600.0))
+    assert slow is not None and slow.outcome is Outcome.INCONCLUSIVE, slow
+    assert "over the bar on the probe's timing" in slow.reason
