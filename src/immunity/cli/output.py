@@ -99,7 +99,9 @@ def error_next_step(exc: ImmunityError) -> str:
 _SIGNAL_FAILED = ("the signal failed", "is not evidence", "the signal has no data", "no evidence: ")
 _STARVED = "the canary gets too little of the traffic"
 _SEPARATES_NOTHING = "the threshold separates almost none of the"
-"""`judge.sequential.SEPARATES_NOTHING_WORDS` (not imported: the judges load numpy and scipy)."""
+_DOES_NOT_FIT = "does not fit the latencies this signal measures"
+"""`judge.sequential.SEPARATES_NOTHING_WORDS` and `DOES_NOT_FIT` (not imported: the judges
+load numpy and scipy)."""
 
 
 def evidence_step(reason: str, config: str, probe: Any = None) -> str:
@@ -128,13 +130,20 @@ def evidence_step(reason: str, config: str, probe: Any = None) -> str:
                 else "; a `probe` block also sends requests straight to the hosts"
             )
         )
-    if _SEPARATES_NOTHING in reason:
+    if _SEPARATES_NOTHING in reason and _DOES_NOT_FIT in reason:
         return (
             "a latency check counted plenty of requests, but nearly all of them (or none) on "
-            "both cohorts were slower than its threshold, so it could not tell them apart and "
-            "more traffic would not help: set the check's `thresholds_ms` within the latencies "
-            "its signal measures, or remove them to compare at the baseline's quantiles; "
-            "then deploy again"
+            "both cohorts were slower than its configured threshold, so it could not tell them "
+            "apart and more traffic would not help: set the check's `thresholds_ms` within the "
+            "latencies its signal measures, or remove them to compare at the baseline's "
+            "quantiles; then deploy again"
+        )
+    if _SEPARATES_NOTHING in reason:
+        return (
+            "a latency check counted plenty of requests, but the latency of both cohorts moved "
+            "away from the threshold it set from the baseline early in the bake (nearly every "
+            "request on one side of it), so it could not tell them apart; this was not too "
+            "little traffic: deploy again when the fleet's latency is steady"
         )
     none = "no traffic" in reason  # none at all: a longer bake would not help
     longer = "" if none else ", or lengthen bake.max"

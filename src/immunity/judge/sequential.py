@@ -128,9 +128,13 @@ looks gives the same verdicts."""
 SEPARATES_NOTHING = 0.01
 SEPARATES_NOTHING_MIN_REQUESTS = 200
 SEPARATES_NOTHING_WORDS = "the threshold separates almost none of the"
+DOES_NOT_FIT = "does not fit the latencies this signal measures"
+MOVED = "moved away from it after it was set"
 """A latency threshold that, at max bake, had at least 200 requests counted and at most 1%
 of them on the minority side of it (slower, or not) separated nothing: the reason says so
-(in these words, which `cli.output.evidence_step` reads), not "bake longer"."""
+and why (a configured threshold that does not fit, or latencies that moved after it was set
+from the baseline), in these words, which `cli.output.evidence_step` reads; not "bake
+longer"."""
 FREEZE_BLOCKS = 5
 FREEZE_BLOCK_S = 3.0
 FREEZE_BLOCK_MIN_REQUESTS = 100
@@ -982,11 +986,15 @@ class LatencyJudge:
         if n < SEPARATES_NOTHING_MIN_REQUESTS or min(slow, n - slow) > SEPARATES_NOTHING * n:
             return None
         side = "slower" if 2 * slow > n else "no slower"
+        why = (
+            f"the configured threshold {DOES_NOT_FIT}"
+            if self.labels[i] == "configured"
+            else f"the latency of both cohorts {MOVED} from the baseline's {self.labels[i]}"
+        )
         return (
             f"{SEPARATES_NOTHING_WORDS} {count(n)} requests (nearly every one on both cohorts "
-            f"was {side} than {ms(float(self.thresholds[i] or math.nan))}), so more of the "
-            "same traffic would not help: the threshold does not fit the latencies this "
-            "signal measures"
+            f"was {side} than {ms(float(self.thresholds[i] or math.nan))}), so the comparison "
+            f"had almost nothing to weigh: {why}"
         )
 
     def _base_total(self) -> int:

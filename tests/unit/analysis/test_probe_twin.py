@@ -156,6 +156,17 @@ def test_a_threshold_that_separates_nothing_is_said_and_not_called_too_little_tr
     assert "bake longer" not in decision.reason
     step_text = next_step("inconclusive", "c.yaml", reason=decision.reason, probe=cfg.probe)
     assert "thresholds_ms" in step_text and "probe.rate" not in step_text, step_text
+    # a threshold set from the baseline that its latencies left: not traffic, not thresholds_ms
+    moved = next_step(
+        "inconclusive",
+        "c.yaml",
+        reason="latency (probe): insufficient information at max bake: canary 0.21% vs "
+        "baseline 0.21% of requests slower than 75 ms (p90) over 1,430 vs 2,860 requests: the "
+        "threshold separates almost none of the 4,290 requests (...): the latency of both "
+        "cohorts moved away from it after it was set from the baseline's p90",
+        probe=cfg.probe,
+    )
+    assert "moved" in moved and "probe.rate" not in moved and "thresholds_ms" not in moved
     # too little traffic is still advised as such
     thin = next_step(
         "inconclusive",
