@@ -249,6 +249,8 @@ class AsyncPostgresJournal:
                     await conn.execute(
                         "INSERT INTO immunity_schema(version) VALUES (%s)", (version,)
                     )
+        except psycopg.errors.LockNotAvailable as exc:  # another process stalled mid-upgrade
+            raise await self._locked_error(conn, "schema upgrade") from exc
         except psycopg.Error as exc:
             raise self._error("schema upgrade", exc) from exc
 

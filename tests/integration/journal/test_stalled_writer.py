@@ -304,3 +304,30 @@ async def test_postgres_a_server_that_stops_answering_is_a_journal_error_past_th
         assert [e.kind for e in await j.entries(d.id)][-1] == "host.step_finished"
     with anyio.fail_after(5):
         await j.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_postgres_a_session_stalled_inside_the_schema_upgrade_is_named(pg_url: str) -> None:
+    """A session holding the schema upgrade's advisory lock, idle in its transaction (a
+    process stopped mid-upgrade, or another tool): opening the journal on a fresh database,
+    which must upgrade, ends after `timeout_s` with JournalLocked naming that session; once
+    it ends, the journal opens."""
+    import psycopg
+
+    from immunity.journal.postgres import _SCHEMA_LOCK, PostgresJournal
+
+    with psycopg.connect(pg_url, application_name="stalled-upgrade") as other:
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        (pid,) = other.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
+        t0 = time.monotonic()
+        with pytest.raises(JournalLocked) as locked:
+            PostgresJournal(pg_url, timeout_s=2)
+        assert 1.5 < time.monotonic() - t0 < 8
+        assert f"backend pid {pid} (stalled-upgrade" in locked.value.message
+        other.rollback()
+    j = PostgresJournal(pg_url, timeout_s=2)
+    try:
+        assert await j.schema_version() >= 1
+    finally:
+        await j.close()
