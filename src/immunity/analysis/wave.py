@@ -302,12 +302,26 @@ class BakeAnalysis:
             if self.empty_looks
             else ""
         )
+        # Each check the guard watched to its end without a fail passed as watched (the
+        # guard never certifies, so its judges still say "continue"); one whose last look
+        # had no evidence keeps saying so.
+        checks = tuple(
+            CheckResult(
+                r.name,
+                Outcome.PASS,
+                f"watched {t_s:.0f} s, no regression found: {r.reason}",
+                r.numbers,
+            )
+            if r.outcome is Outcome.CONTINUE
+            else r
+            for r in verdict.checks
+        )
         return Verdict(
             Outcome.PASS,
             f"guard: watched {t_s:.0f} s after the last wave, no regression found "
             f"({len(verdict.checks)} check(s){', with a holdback' if self.relative else ', guard rails only'})"
             f"{blind}",
-            verdict.checks,
+            checks,
         )
 
     def final(self, t_s: float) -> Verdict:

@@ -35,7 +35,13 @@ def print_waves(con: Console, data: Mapping[str, Any]) -> None:
         head = Text("  ")
         guard = bool(v.get("guard")) or wave is None
         head.append("guard" if guard else f"wave {wave}", style="bold")
-        if guard:
+        held = list(v.get("held_back") or [])
+        if guard and held:
+            head.append(
+                f" (after the last wave: every host on the release but {', '.join(held)}, "
+                "held back on the old release)"
+            )
+        elif guard:
             head.append(" (every host on the release, after the last wave)")
         elif hosts:
             head.append(f" ({hosts})")

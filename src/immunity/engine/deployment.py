@@ -669,6 +669,7 @@ class Rollout:
                 + ("" if baseline else " (absolute guard rails only)"),
                 wave=i,
                 holdback=held_name,
+                held_back=[held_name] if baseline and held_name else [],
                 duration_s=cfg.guard.duration,
             )
             verdict: Verdict | None = None

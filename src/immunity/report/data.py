@@ -231,12 +231,27 @@ def build(record: DeploymentRecord, entries: Sequence[JournalEntry]) -> dict[str
     t0 = record.started_at
     result: dict[str, Any] = dict((record.data or {}).get("result") or {})
     rows = looks(entries, t0)
+    # the hosts the guard compared with (still on the old release), from its guard.started
+    # (journals before `held_back` name the holdback; the guard's reason says if it compared)
+    started = next((e.data for e in entries if e.kind == "guard.started"), {})
+    held_back = list(started.get("held_back") or []) or (
+        [str(started["holdback"])]
+        if "held_back" not in started
+        and started.get("holdback")
+        and any(
+            "with a holdback" in str((e.data.get("verdict") or {}).get("reason") or "")
+            for e in entries
+            if e.data.get("guard")
+        )
+        else []
+    )
     verdicts = [
         {
             "t": _secs(e.at, t0),
             "kind": e.kind,
             "wave": e.data.get("wave"),
             "guard": bool(e.data.get("guard")),  # the watch after the last wave
+            **({"held_back": held_back} if e.data.get("guard") else {}),
             "outcome": (e.data.get("verdict") or {}).get("outcome"),
             "reason": (e.data.get("verdict") or {}).get("reason") or "",
             "checks": [

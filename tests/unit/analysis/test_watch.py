@@ -86,6 +86,12 @@ def test_the_guard_watches_until_its_end_and_never_certifies() -> None:
     assert decided[0] == 60
     assert decided[1].outcome is Outcome.PASS
     assert "guard: watched 60 s after the last wave" in decided[1].reason
+    # each check passed as watched (trial 3, finding 9: every check said "continue" under a
+    # passing guard, with evidence far past the bar); `--json` and `show` print these
+    (errors,) = decided[1].checks
+    assert errors.outcome is Outcome.PASS
+    assert errors.reason.startswith("watched 60 s, no regression found: canary 5xx 0%")
+    assert decided[1].to_dict()["checks"][0]["outcome"] == "pass"
 
 
 def test_a_fault_that_starts_late_in_the_guard_fails_it() -> None:
