@@ -177,15 +177,29 @@ def test_github_gets_outputs_a_summary_one_error_and_masks_secrets(
     assert secret.encode() not in (fleet3.dir / "journal.db").read_bytes()
 
 
-def test_jsonl_prints_one_event_per_line_with_the_journal_names(fleet3: Sandbox) -> None:
+def test_jsonl_prints_one_event_per_line_with_the_journal_names(
+    fleet3: Sandbox, tmp_path: Path
+) -> None:
     """`--output jsonl`: stdout is JSON lines only (journal kinds, the result last), the
-    human output goes to stderr."""
+    human output goes to stderr. Under GitHub Actions the outputs and the step summary are
+    written too (they were silently dropped); with Octopus, whose service messages need
+    stdout, the pair is refused before anything is touched."""
     ensure_on_v1(fleet3)
     cfg = fleet3.write_config("jsonl.yaml", **GOOD)
     rc, stdout, stderr = run(
-        fleet3, "deploy", "-c", str(cfg), "--release", "v2", "--output", "jsonl", env={}
+        fleet3, "deploy", "-c", str(cfg), "--release", "v1", "--output", "jsonl",
+        env=OCTOPUS_ENV,
+    )  # fmt: skip
+    assert rc == 2, stdout + stderr
+    assert "Octopus" in stderr and stdout == ""
+    gh_out, gh_sum = tmp_path / "out", tmp_path / "summary.md"
+    gh = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(gh_out), "GITHUB_STEP_SUMMARY": str(gh_sum)}
+    rc, stdout, stderr = run(
+        fleet3, "deploy", "-c", str(cfg), "--release", "v2", "--output", "jsonl", env=gh
     )
     assert rc == 0, stdout + stderr
+    assert parse_github_output(gh_out.read_text())["outcome"] == "deployed"
+    assert "| check | verdict | why |" in gh_sum.read_text()
     events = [json.loads(line) for line in stdout.splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "deployment.started"

@@ -271,7 +271,12 @@ def _reporting(ci_kind: str, output_fmt: str, config: str) -> ci.Reporter | None
     if ci_kind not in ("auto", "octopus", "github", "none"):
         err.print(f"--ci: expected octopus, github, none or auto, got {ci_kind!r}", markup=False)
         raise typer.Exit(2)
-    rep = ci.reporter("jsonl" if output_fmt == "jsonl" else ci_kind)
+    try:
+        rep = ci.reporter(ci_kind, jsonl=output_fmt == "jsonl")
+    except ci.CannotCombine as exc:
+        err.print(f"error (usage): {exc}", markup=False)
+        err.print("next: run the same command with one of the two", markup=False)
+        raise typer.Exit(2) from None
     if rep is not None:
         try:
             text = Path(config).read_text(encoding="utf-8")
@@ -293,7 +298,8 @@ def _run_reported(
     """Run a deployment-like command with the live table, the CD reporter and the report."""
     rep = _reporting(ci_kind, output_fmt, config)
     # with a CD tool the log is the output: no live table; with jsonl stdout is the events'
-    show_table = rep is None or isinstance(rep, ci.GithubReporter)
+    jsonl = output_fmt == "jsonl"
+    show_table = not jsonl and (rep is None or isinstance(rep, ci.GithubReporter))
 
     async def run(fleet: Fleet) -> RunResult:
         from immunity.engine.plan import plan_waves
@@ -322,7 +328,7 @@ def _run_reported(
         json_out,
         rep,
         config,
-        to_stderr=isinstance(rep, ci.JsonLinesReporter),
+        to_stderr=jsonl,
     )
 
 

@@ -348,15 +348,58 @@ class JsonLinesReporter(Reporter):
         )
 
 
-def reporter(kind: str | None, env: Mapping[str, str] | None = None) -> Reporter | None:
-    """The reporter for `--ci KIND` (`auto` detects), or None."""
+class Both(Reporter):
+    """Several reporters fed the same events and result, in order."""
+
+    def __init__(self, *reporters: Reporter) -> None:
+        super().__init__()
+        self.reporters = reporters
+
+    def begin(self, secrets: Iterable[str]) -> None:
+        values = list(secrets)
+        for r in self.reporters:
+            r.begin(values)
+
+    def __call__(self, event: Event) -> None:
+        for r in self.reporters:
+            r(event)
+
+    def finish(
+        self, result: Mapping[str, Any], report_path: str | None, json_path: str | None
+    ) -> None:
+        for r in self.reporters:
+            r.finish(result, report_path, json_path)
+
+
+class CannotCombine(ValueError):
+    """`--output jsonl` with a CD tool that reads its own messages from stdout."""
+
+
+def reporter(
+    kind: str | None, env: Mapping[str, str] | None = None, *, jsonl: bool = False
+) -> Reporter | None:
+    """The reporter for `--ci KIND` (`auto` detects), or None; with `jsonl`, JSON lines on
+    stdout as well. GitHub's outputs and step summary are files, and the runner reads
+    workflow commands (`::add-mask::`, `::error`) from stderr too, so with JSON lines on
+    stdout GitHub's commands go to stderr. Octopus reads service messages from stdout only:
+    raises CannotCombine (the caller refuses before anything runs)."""
     env = os.environ if env is None else env
     if kind == "auto":
         kind = detect(env)
+    if kind == "jsonl":  # the old spelling of `--output jsonl` alone
+        kind, jsonl = None, True
+    if jsonl:
+        if kind == "octopus":
+            raise CannotCombine(
+                "--output jsonl writes JSON lines on stdout, where Octopus reads its service "
+                "messages (output variables, artifacts): use one of them (`--ci none` keeps "
+                "the JSON lines; dropping `--output jsonl` keeps Octopus's)"
+            )
+        if kind == "github":
+            return Both(JsonLinesReporter(), GithubReporter(env, stream=sys.stderr))
+        return JsonLinesReporter()
     if kind == "octopus":
         return OctopusReporter()
     if kind == "github":
         return GithubReporter(env)
-    if kind == "jsonl":
-        return JsonLinesReporter()
     return None
