@@ -193,7 +193,11 @@ def test_jsonl_prints_one_event_per_line_with_the_journal_names(
     assert rc == 2, stdout + stderr
     assert "Octopus" in stderr and stdout == ""
     gh_out, gh_sum = tmp_path / "out", tmp_path / "summary.md"
-    gh = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(gh_out), "GITHUB_STEP_SUMMARY": str(gh_sum)}
+    gh = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(gh_out),
+        "GITHUB_STEP_SUMMARY": str(gh_sum),
+    }
     rc, stdout, stderr = run(
         fleet3, "deploy", "-c", str(cfg), "--release", "v2", "--output", "jsonl", env=gh
     )
