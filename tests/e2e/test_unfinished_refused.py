@@ -179,7 +179,7 @@ def _journal(
 
 @pytest.mark.timeout(300)
 def test_detected_after_counts_from_the_first_canary_in_across_a_resume(fleet3: Sandbox) -> None:
-    """A bad release interrupted in its first bake and resumed 5 s later is caught after the
+    """A bad release interrupted in its first bake and resumed 3 s later is caught after the
     resume; `detected after` is from its first canary entering the pool (the journal's
     `host.switched`) to the failing verdict, as the journal has them, not from the resume."""
     ensure_on(fleet3, "v1")
@@ -193,7 +193,7 @@ def test_detected_after_counts_from_the_first_canary_in_across_a_resume(fleet3: 
     p.send_signal(signal.SIGINT)  # in the bake, before a verdict on 12 probe requests/s
     out, err = p.communicate(timeout=60)
     assert 130 == p.returncode, out + err[-2000:]
-    time.sleep(5)
+    time.sleep(3)
     r = fleet3.run("resume", "-c", str(cfg), "--json", "detected.json")
     assert 3 == r.returncode, r.stdout + r.stderr[-2000:]
     result = json.loads((fleet3.dir / "detected.json").read_text())
@@ -201,7 +201,7 @@ def test_detected_after_counts_from_the_first_canary_in_across_a_resume(fleet3: 
     first_in = next(a for a, k, h, d in entries if k == "host.switched" and d["release"] == "bad")
     resumed = next(a for a, k, h, d in entries if k == "deployment.resumed")
     verdict = next(a for a, k, h, d in entries if k == "verdict.failed")
-    assert (resumed - first_in).total_seconds() > 5
+    assert (resumed - first_in).total_seconds() > 3
     expected = (verdict - first_in).total_seconds()
     assert expected == pytest.approx(result["detected_after_s"], abs=0.1), result
     assert f"detected after {result['detected_after_s']:.1f}s" in r.stdout, r.stdout
@@ -209,13 +209,13 @@ def test_detected_after_counts_from_the_first_canary_in_across_a_resume(fleet3: 
 
 
 @pytest.mark.timeout(300)
-def test_deploying_the_release_every_host_runs_touches_no_host_unless_forced(
+def test_deploying_the_release_every_host_runs_touches_no_host(
     fleet3: Sandbox,
 ) -> None:
     """Deploying v1 to a fleet all on v1 baked and ran the whole watch. Now it says so, exits
     0 touching no host (the journal's record of the run holds no host step and no bake) and
-    is journaled `unchanged`: `history` lists it without counting it as a deployment, and
-    `rollback` still goes back past it. `--force` walks every host again."""
+    is journaled `unchanged`: `history` lists it without counting it as a deployment.
+    (`rollback` past it and `--force`: test_revert_targets, in virtual time.)"""
     ensure_on(fleet3, "v1")
     cfg = fleet3.write_config("same.yaml", **FAST)
     figures = json.loads(fleet3.run("history", "-c", str(cfg), "--json").stdout)["figures"]
@@ -236,14 +236,3 @@ def test_deploying_the_release_every_host_runs_touches_no_host_unless_forced(
     )
     assert figures["deployments"] == hist["figures"]["deployments"]
     assert 1 + (figures.get("unchanged") or 0) == hist["figures"]["unchanged"]
-
-    r = fleet3.run("deploy", "-c", str(cfg), "--release", "v1", "--force", "--json", "f.json")
-    assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
-    forced = json.loads((fleet3.dir / "f.json").read_text())
-    assert "deployed" == forced["outcome"]
-    drained = {
-        h for _, k, h, d in _journal(fleet3, forced["deployment_id"]) if k == "host.switched"
-    }
-    assert {"h1", "h2", "h3"} == drained
-    assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
-    assert {"h1": 0, "h2": 0, "h3": 0} == fleet3.servers_state()

@@ -180,9 +180,7 @@ def test_an_incomplete_revert_is_called_a_rejection_only_after_a_failing_verdict
     assert "rejected" not in title and "INCOMPLETE" in title, title
 
 
-def test_a_revert_finished_by_resume_is_reverted_at_the_runs_end_not_verdict_plus_its_time() -> (
-    None
-):
+def test_a_revert_finished_by_resume_is_reverted_at_the_runs_end() -> None:
     """The CD outputs' `reverted_at` is the verdict's time plus `reverted_after_s`; for a
     revert a resume finished (`reverted_from: resume`) that time counts from the resume,
     so the sum fell between the verdict and the resume: it is the run's end instead."""

@@ -683,7 +683,7 @@ class Rollout:
             if not await self._judged(i, verdict, guard=True):
                 return False
         held = self.holdback
-        if held is None or run.stopping or held.name in self.view.canary:
+        if held is None or run.stopping or (held.name in self.view.canary and not self.force):
             return True
         await run.rec.record(
             "wave.started", f"holdback: {[held.name]}", wave=i + 1, hosts=[held.name]
@@ -699,7 +699,7 @@ class Rollout:
         `h` is parked (out of the pool: the immune response takes it) and the error returned."""
         switcher = self.run.switcher
         try:
-            await switcher.switch(h, self.release)
+            await switcher.switch(h, self.release, restart=self.force)
             return None
         except StepFailed as exc:
             error = exc

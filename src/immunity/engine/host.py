@@ -66,24 +66,31 @@ class HostSwitcher:
             scope.cancel()
 
     async def switch(
-        self, host: HostRef, release: str, *, purpose: str = "deploy", shield: bool = True
+        self,
+        host: HostRef,
+        release: str,
+        *,
+        purpose: str = "deploy",
+        shield: bool = True,
+        restart: bool = False,
     ) -> None:
         """Move `host` to `release` and back into the pool. Raises StepFailed (the host keeps
         its capacity slot: the caller walks it back or parks it) or CapacityExhausted.
 
         With `shield` (the default) nothing outside can cancel the walk once it started;
         the immune response passes `shield=False` because it shields itself as a whole and
-        must be able to stop at its own deadline.
+        must be able to stop at its own deadline. With `restart` a host already running
+        `release` is walked all the same (drain, stop, install, start: `deploy --force`).
         """
         await self.capacity.take(host.name)
         if shield:
             with self.shielded():
-                await self._walk(host, release, purpose)
+                await self._walk(host, release, purpose, restart)
         else:
-            await self._walk(host, release, purpose)
+            await self._walk(host, release, purpose, restart)
         await self.capacity.give_back(host.name)
 
-    async def _walk(self, host: HostRef, release: str, purpose: str) -> None:
+    async def _walk(self, host: HostRef, release: str, purpose: str, restart: bool) -> None:
         cfg = self.fleet.config
         t = cfg.timeouts
         lb, drv = self.fleet.lb, self.fleet.driver
@@ -105,7 +112,7 @@ class HostSwitcher:
         except ImmunityError:
             running = None
         steps: list[tuple[str, float, Callable[[], Awaitable[None]]]] = []
-        if running != release:
+        if running != release or restart:
             if self.do_drain:
                 steps.append(("drain", t.drain, drain))
             steps += [

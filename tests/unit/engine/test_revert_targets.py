@@ -251,11 +251,12 @@ def test_a_fleet_on_two_old_releases_is_refused_and_one_of_them_is_accepted() ->
 def test_a_no_op_deploy_touches_no_host_and_rollback_goes_back_past_it() -> None:
     """v15 deployed over v12, then `deploy v15` again: the second run ends `unchanged` with
     no host started and no bake; `rollback` still takes every host back to v12 (the no-op's
-    record, whose fallbacks are v15, is not the deployment to roll back)."""
+    record, whose fallbacks are v15, is not the deployment to roll back). Then `deploy v12
+    --force` walks every host again (each one restarted on v12) and ends deployed."""
     clock = VirtualClock()
     fleet, world, started = fleet_on({f"h{i}": "v12" for i in range(1, 4)}, clock)
 
-    async def main() -> tuple[Any, Any, list[tuple[str, str]], Any]:
+    async def main() -> tuple[Any, Any, list[tuple[str, str]], Any, Any, list[tuple[str, str]]]:
         first = await deploy(fleet, "v15", handle_signals=False)
         before = list(started)
         again = await deploy(fleet, "v15", handle_signals=False)
@@ -263,10 +264,14 @@ def test_a_no_op_deploy_touches_no_host_and_rollback_goes_back_past_it() -> None
         entries = await fleet.journal.entries(again.deployment_id)
         assert [] == [e.kind for e in entries if e.kind.startswith(("host.", "bake."))]
         back = await ops.rollback(fleet, handle_signals=False)
-        return first, again, touched, back
+        before = list(started)
+        forced = await deploy(fleet, "v12", handle_signals=False, force=True)
+        return first, again, touched, back, forced, started[len(before) :]
 
-    first, again, touched, back = clock.run(main)
+    first, again, touched, back, forced, restarted = clock.run(main)
     assert (first.outcome, again.outcome) == ("deployed", "unchanged"), first.reason
     assert [] == touched
     assert back.outcome == "rolled_back", back.reason
+    assert forced.outcome == "deployed", forced.reason
+    assert [("h1", "v12"), ("h2", "v12"), ("h3", "v12")] == sorted(restarted)
     assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 4)}
