@@ -209,3 +209,9 @@ class Event:
     message: str
     at: dt.datetime = field(default_factory=utcnow)
     data: Mapping[str, Any] = field(default_factory=dict)
+
+
+NOT_A_CHANGE = ("rejected", "unchanged")
+"""Outcomes of records that changed nothing (a no-op deploy; `rejected`, older journals'
+refusals): `deploy`'s refusal, `status`, `resume`, `rollback` and `history` look past them to
+the last run that did change the fleet."""

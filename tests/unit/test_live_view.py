@@ -256,12 +256,11 @@ def test_history_rate_counts_only_judged_releases_and_a_resumed_run_is_not_inter
     change-failure rate is 1 of the 3 judged (not 1 of 6, nor of the 5 finished); only the
     run left stopped counts as interrupted; the resumed one counts as resumed."""
     import datetime as dt
-    from types import SimpleNamespace
 
     import anyio
 
-    from immunity.engine.ops import history
     from immunity.journal import open_journal
+    from immunity.report.history import history
 
     async def build() -> dict[str, Any]:
         j = open_journal(tmp_path / "journal.db", None)
@@ -281,8 +280,7 @@ def test_history_rate_counts_only_judged_releases_and_a_resumed_run_is_not_inter
                 if outcome is not None:
                     result = {"verdict": {"outcome": verdict}, "reverted_after_s": 3.0}
                     await j.finish(rec.id, outcome, f"{release} {outcome}", {"result": result})
-            clock = SimpleNamespace(now=lambda: dt.datetime.now(dt.UTC))
-            return await history(SimpleNamespace(journal=j, app="shop", clock=clock))  # type: ignore[arg-type]
+            return await history(j, "shop", dt.datetime.now(dt.UTC))
         finally:
             await j.close()
 
@@ -386,8 +384,8 @@ def test_a_deployed_rows_reason_covers_every_wave_not_only_the_last_guard_rails(
     row names what passed in each wave, then that sentence."""
     import datetime as dt
 
-    from immunity.engine.ops import _whole_reason
     from immunity.journal.base import DeploymentRecord, JournalEntry
+    from immunity.report.history import _whole_reason
 
     t = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
 

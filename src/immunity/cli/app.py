@@ -492,7 +492,7 @@ def deploy(
     _check_release(release)
     _setup_logging()
     if dry_run:
-        from immunity.engine.dryrun import dry_run as _dry_run
+        from immunity.cli.dryrun import dry_run as _dry_run
 
         async def plan(fleet: Fleet) -> dict[str, Any]:
             return await _dry_run(fleet, release)
@@ -622,10 +622,10 @@ def history(
     json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every deployment with its outcome and reason, and the deploy figures over time."""
-    from immunity.engine import ops
+    from immunity.report.history import history as read_history
 
     async def run(fleet: Fleet) -> dict[str, Any]:
-        return await ops.history(fleet)
+        return await read_history(fleet.journal, fleet.app, fleet.clock.now())
 
     data = _with_fleet(config, run)
     if json_flag:

@@ -25,12 +25,12 @@ import anyio
 from immunity.analysis import Cohorts
 from immunity.analysis.bake import bake
 from immunity.analysis.spending import bakes_of
-from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict
+from immunity.domain import NOT_A_CHANGE, CheckResult, HostRef, LbState, Member, Outcome, Verdict
 from immunity.engine.context import Fleet, unknown_members
 from immunity.engine.fleetview import encode
 from immunity.engine.immune import immune_response, revert
 from immunity.engine.plan import plan_waves, with_holdback
-from immunity.engine.result import NOT_A_CHANGE, RunOutcome, RunResult
+from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run, first_immunity_error
 from immunity.errors import (
     CapacityExhausted,

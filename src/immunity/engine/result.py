@@ -40,12 +40,6 @@ class RunOutcome(StrEnum):
         }.get(self, self.value)
 
 
-NOT_A_CHANGE = ("rejected", "unchanged")
-"""Outcomes of records that changed nothing (a no-op deploy; `rejected`, older journals'
-refusals): `deploy`'s refusal, `status`, `resume` and `rollback` look past them to the
-last run that did change the fleet."""
-
-
 @dataclass(frozen=True)
 class RunResult:
     outcome: RunOutcome

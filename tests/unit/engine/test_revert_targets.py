@@ -15,10 +15,10 @@ from typing import Any
 import anyio
 import pytest
 
+from immunity.cli.dryrun import dry_run
 from immunity.domain import LbState
 from immunity.engine import ops
 from immunity.engine.deployment import deploy
-from immunity.engine.dryrun import dry_run
 from immunity.errors import PreflightError
 from immunity.testing import Behaviour, Latencies, VirtualClock, World, memory_fleet
 

@@ -1,6 +1,8 @@
 """`deploy --dry-run`: preflight and the whole plan, touching nothing.
 
-The plan is what `Deployment.run` would do with the same config: the waves of
+What the CLI shows of a deployment before it runs (it orchestrates nothing, so it lives
+here, not in the engine). The plan is what the engine's `Rollout` would do with the same
+config: the waves of
 `plan_waves`, each wave's hosts switched at most `max_unavailable` at a time, the bake
 (relative checks only while a baseline is left, guard rails alone on the last wave), the
 guard period with its holdback (switched last), the false-alarm level of each bake, and
