@@ -6,16 +6,12 @@ plugin registry by `kind`.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import psutil
 
 from immunity import plugins
 from immunity.clock import Clock, SystemClock
@@ -208,41 +204,7 @@ def build_fleet(loaded: LoadedConfig, journal: Journal | None = None) -> Fleet:
     )
 
 
-def machine_name() -> str:
-    """This machine's name in leases: $IMMUNITY_MACHINE, else the host name.
-
-    Set IMMUNITY_MACHINE where host names say nothing (containers, CI runners with random
-    names) so that `exit 5` messages and `serve` name a machine people recognise. Only a
-    holder on *this* machine can be proven dead by its PID; any other waits for lease_ttl.
-    """
-    return os.environ.get("IMMUNITY_MACHINE") or socket.gethostname()
-
-
-def holder_name() -> str:
-    """Who holds a lease: machine name and PID (`machine:pid`), so a human can find it."""
-    return f"{machine_name()}:{os.getpid()}"
-
-
 def unknown_members(fleet: Fleet, pool: Mapping[str, Member]) -> list[str]:
     """Balancer ids of pool members that are neither hosts nor `unmanaged_members`."""
     known = {h.balancer_id for h in fleet.hosts} | set(fleet.config.unmanaged_members)
     return sorted(set(pool) - known)
-
-
-def holder_alive(holder: str, since: dt.datetime | None = None) -> bool | None:
-    """Whether a lease holder's process runs: True / False when it ran on this machine (its
-    PID is / is not alive, and started before `since`, the lease's acquisition: a recycled
-    PID is not the holder), None when it ran elsewhere (only its heartbeat can tell)."""
-    host, _, pid = holder.rpartition(":")
-    if host != machine_name() or not pid.isdigit():
-        return None
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        started = proc.create_time()
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-    return since is None or started <= since.timestamp() + 1.0

@@ -98,8 +98,8 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
                 fleet.signal_views[str(getattr(adapter, "name", "signal"))] = seen
     await cross_check_traffic(fleet)
     await fleet.driver.check_release(release)
-    seen = await fleet.observe()
-    members, actives = seen.members, seen.actives
+    now = await fleet.observe()
+    members, actives = now.members, now.actives
     problems = pool_problems(fleet, members, await fleet.lb.pool_members())
     for h in fleet.hosts:
         m = members.get(h.name)

@@ -14,12 +14,13 @@ from typing import Any
 import anyio
 
 from immunity.domain import NOT_A_CHANGE, LbState
-from immunity.engine.context import Fleet, holder_alive, unknown_members
+from immunity.engine.context import Fleet, unknown_members
 from immunity.engine.fleetview import derive
 from immunity.engine.immune import revert
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run, ran_before
 from immunity.errors import ImmunityError
+from immunity.journal import holder_alive
 from immunity.journal.base import DeploymentRecord
 
 

@@ -23,7 +23,6 @@ JournalError propagates (nothing more can be recorded). Any other error finishes
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -33,17 +32,16 @@ from typing import Any
 
 import anyio
 
-from immunity.domain import utcnow
 from immunity.engine.capacity import CapacityGuard
-from immunity.engine.context import Fleet, holder_alive, holder_name
+from immunity.engine.context import Fleet
 from immunity.engine.fleetview import FleetState
 from immunity.engine.host import HostSwitcher
 from immunity.engine.notifying import notify_all
 from immunity.engine.record import Recorder
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.errors import ImmunityError, JournalError, LeaseHeld, LeaseLost
-from immunity.journal import new_deployment_id
-from immunity.journal.base import DeploymentRecord, Journal, Lease
+from immunity.journal import explain_lease_held, holder_alive, holder_name, new_deployment_id
+from immunity.journal.base import DeploymentRecord, Lease
 
 log = logging.getLogger("immunity.engine")
 
@@ -296,41 +294,6 @@ def ran_before(record: DeploymentRecord) -> dict[str, str]:
     rollback, the releases it found (its fallbacks are where it goes, not where hosts are)."""
     key = "previous" if record.data.get("rollback") else "fallbacks"
     return {str(k): str(v) for k, v in dict(record.data.get(key, {})).items() if v}
-
-
-async def explain_lease_held(
-    journal: Journal, app: str, lease_ttl: float, exc: LeaseHeld
-) -> LeaseHeld:
-    """The journal's LeaseHeld with a state and hint that match the holder: alive and
-    heart-beating → wait; its process gone → resume; alive on this machine but silent past
-    `lease_ttl` → stop that process, then resume; silent on another machine → resume."""
-    lease = await journal.current_lease(app)
-    if lease is None:
-        return exc
-    machine, _, pid = lease.holder.rpartition(":")
-    who = f"pid {pid} on machine {machine}" if machine else f"holder {lease.holder}"
-    since = lease.acquired_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    beat = lease.heartbeat_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    silent = (utcnow() - lease.heartbeat_at).total_seconds() >= lease_ttl
-    alive = holder_alive(lease.holder, lease.acquired_at)
-    if alive is False:
-        state = "and its process is gone"
-        hint = "run `immunity resume -c FILE` to finish or undo it (`--abort` reverts)"
-    elif not silent:
-        state = "and it is alive and heart-beating"
-        hint = "wait for it to finish (`immunity status -c FILE` shows its progress)"
-    elif alive:
-        state = f"and its process is running but has not heart-beaten since {beat}"
-        hint = f"it may be stuck: stop it (kill {pid}), then run `immunity resume -c FILE`"
-    else:
-        state = f"and it has not heart-beaten since {beat}"
-        hint = "run `immunity resume -c FILE` to take it over and finish or undo it"
-    return LeaseHeld(
-        f"{app} is being deployed by another orchestrator: {who} holds the lease since "
-        f"{since} (deployment {lease.deployment_id}), {state}",
-        hint=hint,
-        context={**exc.context, "holder": lease.holder, "alive": alive},
-    )
 
 
 def first_immunity_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

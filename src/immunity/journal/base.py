@@ -149,7 +149,7 @@ def lease_held(
 ) -> LeaseHeld:
     """The refusal every journal raises: who holds `app`'s lease, on which machine, since when.
 
-    `holder` is `machine:pid` (see `engine.context.holder_name`).
+    `holder` is `machine:pid` (see `journal.holder.holder_name`).
     """
     machine, _, pid = (holder or "?").rpartition(":")
     who = f"pid {pid} on machine {machine}" if machine else f"holder {holder}"

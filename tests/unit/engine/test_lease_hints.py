@@ -10,8 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from immunity.engine.run import explain_lease_held
 from immunity.errors import LeaseHeld
+from immunity.journal.holder import explain_lease_held
 from immunity.journal.sqlite import SqliteJournal
 
 
