@@ -573,9 +573,9 @@ def status(
 
     Exits 0 once it could read the fleet, steady or not (its last line says which); with
     `--check`, 4 when the fleet needs attention and no run is in progress."""
-    from immunity.engine import ops
+    from immunity.cli.status import status as read_status
 
-    data: dict[str, Any] = _with_fleet(config, ops.status)
+    data: dict[str, Any] = _with_fleet(config, read_status)
     needs_human = check and not data["steady"] and not data["running"]
     if json_flag:
         write_json(data, "-")

@@ -8,7 +8,6 @@ release. (`history` only reads the journal: `immunity.report.history`.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -42,9 +41,10 @@ balancer that does not answer is said so, beside what the hosts report."""
 
 async def status(fleet: Fleet) -> dict[str, Any]:
     """Each host as the hosts, the balancer and the last run's journal say (a `FleetView`),
-    every disagreement between them, the lease and the last deployment. A balancer that
-    does not answer within `STATUS_WAIT_S` leaves each host's pool state `unknown` and is
-    named in `balancer_error` and `attention`."""
+    every disagreement between them, the lease, the last deployment and whether a run is in
+    progress. A balancer that does not answer within `STATUS_WAIT_S` leaves each host's pool
+    state `unknown` and is named in `balancer_error` (what the user is told to do about any
+    of it is the CLI's: `cli.status`)."""
     seen = await fleet.observe(lenient=True, installed=True, balancer_wait=STATUS_WAIT_S)
     lb_error = seen.balancer_error
     record = await last_deployment(fleet)
@@ -112,54 +112,7 @@ async def status(fleet: Fleet) -> dict[str, Any]:
             "finished_at": record.finished_at.isoformat() if record.finished_at else None,
             "reason": record.reason,
         }
-    running = out["lease"] is not None and out["lease"]["holder_alive"] is not False
-    out["attention"] = attention(fleet, hosts, record, disagreements, running=running)
-    out["running"] = running
-    out["steady"] = not out["attention"]
-    return out
-
-
-def attention(
-    fleet: Fleet,
-    hosts: Sequence[dict[str, Any]],
-    record: DeploymentRecord | None,
-    disagreements: Sequence[str],
-    *,
-    running: bool,
-) -> list[str]:
-    """What keeps the fleet from being steady (one release, every host serving, the last
-    run finished), one line each with the way out; empty when steady. `hosts` are
-    `status`'s rows."""
-    cfg = fleet.loaded.path
-    out: list[str] = []
-    on: dict[str, list[str]] = {}
-    for h in hosts:
-        on.setdefault(h["active_release"] or "no release", []).append(h["name"])
-    if len(on) > 1:
-        out.append(
-            "the fleet is mixed: "
-            + "; ".join(f"{', '.join(names)} on {rel}" for rel, names in on.items())
-        )
-    for h in hosts:
-        if h["lb_state"] not in ("serving", "unknown"):  # unknown: the balancer is named
-            out.append(f"{h['name']} is not serving ({h['lb_state']})")
-    if record is not None and not running:
-        what = "rollback" if record.data.get("rollback") else "deployment"
-        if record.outcome in (None, "interrupted", "terminated", "held"):
-            out.append(
-                f"the last {what}, {record.id} ({record.release}), is "
-                f"{record.outcome or 'unfinished'}: `immunity resume -c {cfg}` finishes it, "
-                f"`immunity resume -c {cfg} --abort` undoes it; a new deploy is refused until then"
-            )
-        elif record.outcome in ("revert_incomplete", "failed"):
-            out.append(
-                f"the last {what}, {record.id} ({record.release}), ended {record.outcome}: "
-                f"`immunity show -c {cfg} {record.id}` says what is left; `immunity rollback "
-                f"-c {cfg}` puts every host back on the release it ran before it"
-            )
-    if running:
-        out.append(f"a run is in progress ({record.id if record else 'lease held'})")
-    out.extend(f"disagreement: {d}" for d in disagreements)
+    out["running"] = out["lease"] is not None and out["lease"]["holder_alive"] is not False
     return out
 
 

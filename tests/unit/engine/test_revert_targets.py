@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from immunity.cli.dryrun import dry_run
+from immunity.cli.status import status as cli_status
 from immunity.domain import LbState
 from immunity.engine import ops
 from immunity.engine.deployment import deploy
@@ -95,7 +96,7 @@ def test_a_deploy_over_an_interrupted_one_is_refused_and_abort_restores_one_rele
                 await attempt
             refusals.append(exc.value)
         assert (on(world), started) == before  # nothing touched
-        status = await ops.status(fleet)
+        status = await cli_status(fleet)
         aborted = await ops.resume(fleet, abort=True)
         after = await deploy(fleet, "v12", handle_signals=False)
         return first, refusals[0].message, refusals[0].hint or "", status, aborted, after

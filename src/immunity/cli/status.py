@@ -1,0 +1,57 @@
+"""What `immunity status` tells the user: the engine's status, and what keeps the fleet
+from being steady, each with the command that mends it (`attention`, `steady`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from immunity.engine import ops
+from immunity.engine.context import Fleet
+
+
+async def status(fleet: Fleet) -> dict[str, Any]:
+    """`ops.status` with `attention` (one line each, empty when steady) and `steady`."""
+    data = await ops.status(fleet)
+    data["attention"] = attention(data, fleet.loaded.path)
+    data["steady"] = not data["attention"]
+    return data
+
+
+def attention(data: Mapping[str, Any], cfg: object) -> list[str]:
+    """What keeps the fleet from being steady (one release, every host serving, the last
+    run finished), one line each with the way out; empty when steady. `data` is
+    `engine.ops.status`'s; `cfg` the config's path, for the commands named."""
+    hosts: Sequence[dict[str, Any]] = data["hosts"]
+    running = bool(data["running"])
+    last = data["last_deployment"]
+    out: list[str] = []
+    on: dict[str, list[str]] = {}
+    for h in hosts:
+        on.setdefault(h["active_release"] or "no release", []).append(h["name"])
+    if len(on) > 1:
+        out.append(
+            "the fleet is mixed: "
+            + "; ".join(f"{', '.join(names)} on {rel}" for rel, names in on.items())
+        )
+    for h in hosts:
+        if h["lb_state"] not in ("serving", "unknown"):  # unknown: the balancer is named
+            out.append(f"{h['name']} is not serving ({h['lb_state']})")
+    if last is not None and not running:
+        what = "rollback" if last["release"].startswith("rollback:") else "deployment"
+        if last["outcome"] in ("unfinished", "interrupted", "terminated", "held"):
+            out.append(
+                f"the last {what}, {last['id']} ({last['release']}), is "
+                f"{last['outcome']}: `immunity resume -c {cfg}` finishes it, "
+                f"`immunity resume -c {cfg} --abort` undoes it; a new deploy is refused until then"
+            )
+        elif last["outcome"] in ("revert_incomplete", "failed"):
+            out.append(
+                f"the last {what}, {last['id']} ({last['release']}), ended {last['outcome']}: "
+                f"`immunity show -c {cfg} {last['id']}` says what is left; `immunity rollback "
+                f"-c {cfg}` puts every host back on the release it ran before it"
+            )
+    if running:
+        out.append(f"a run is in progress ({last['id'] if last else 'lease held'})")
+    out.extend(f"disagreement: {d}" for d in data["disagreements"])
+    return out
