@@ -187,9 +187,13 @@ class BakeConfig(Strict):
     """How long each wave's canaries are judged against the baseline."""
 
     min: Duration = 30.0
-    """No pass before this much judging (a fail may come sooner)."""
+    """No pass before every host of the wave has been judged this long: the bake passes at
+    the earliest this long after the wave's last host is back in the pool (a fail may come
+    sooner)."""
     max: PositiveDuration = 300.0
-    """Judging stops here; what is still undecided is inconclusive."""
+    """Judging stops here; what is still undecided is inconclusive. A wave whose last host
+    came back in the pool later than `max - min` into the bake is judged until that host
+    has had `min`."""
     interval: PositiveDuration = 1.0
     """Time between two looks at the signals."""
     settle: Duration = 0.0

@@ -574,7 +574,7 @@ class Rollout:
         Hosts already on the release (earlier waves) stay under the checks: when there are
         some, the bake starts with the wave instead of waiting for its first new canary, so
         no stretch of the deployment goes unwatched. Either way the bake may pass only once
-        every host of the wave is in and the wave's first canary has baked `bake.min`.
+        every host of the wave is in and the last of them has baked `bake.min`.
 
         Hosts are admitted one at a time, each once it holds a capacity slot (hosts already
         out of the pool first: they hold one). A host that fails past the budget, or a
@@ -586,14 +586,16 @@ class Rollout:
         capacity = run.capacity
         first_in = anyio.Event()
         switched = anyio.Event()
-        first_in_at: list[float] = []
+        last_in_at: list[float] = []  # when the wave's latest canary came back in the pool
         min_s = cfg.bake.min
 
         def may_pass() -> bool:
-            # no new canary at all (every switch of the wave put back within the budget, or
-            # a resume with the wave already in): the bake's own `bake.min` is enough
+            # every host of the wave is judged `bake.min` at least: the bake passes once
+            # the last one in has served that long (no new canary at all, every switch put
+            # back within the budget or a resume with the wave already in: the bake's own
+            # `bake.min` is enough)
             return switched.is_set() and (
-                not first_in_at or self.fleet.clock.monotonic() - first_in_at[0] >= min_s
+                not last_in_at or self.fleet.clock.monotonic() - last_in_at[0] >= min_s
             )
 
         names = {h.name for h in hosts}
@@ -610,8 +612,7 @@ class Rollout:
                 judging.cancel()
             if h.name not in view.canary:  # failed, or put back on its fallback
                 return
-            if not first_in_at:
-                first_in_at.append(self.fleet.clock.monotonic())
+            last_in_at[:] = [self.fleet.clock.monotonic()]
             first_in.set()
 
         async def admit_all() -> None:

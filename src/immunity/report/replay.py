@@ -74,6 +74,11 @@ def replay(
             bake_no=bake_no,
         )
         full = max((len(look.canary) for look in looks), default=0)
+        # as in the deployment: no pass before every host of the wave has been judged
+        # `bake.min` (from the first look that saw the last of them in the canary)
+        in_at = next((look.t_s for look in looks if len(look.canary) >= full), 0.0)
+        if looks and len(looks[0].canary) >= full:
+            in_at = 0.0  # the wave was in when the bake began
         decided: dict[str, Any] | None = None
         last = None
         for look in looks:
@@ -81,7 +86,7 @@ def replay(
                 look.t_s,
                 dict(look.observations),
                 errored=look.errored,
-                may_pass=len(look.canary) >= full,
+                may_pass=len(look.canary) >= full and look.t_s - in_at >= config.bake.min,
             )
             carry.update(step.frozen)
             last = step
