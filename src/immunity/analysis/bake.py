@@ -160,8 +160,7 @@ async def _bake(
         bars = check_started_data([j.final(0.0) for _, _, j in analysis.judges])  # no state
         await rec.record(
             BAKE_STARTED,
-            f"{'guard' if purpose == 'guard' else f'wave {wave}'}: judging "
-            f"{len(analysis.judges)} check(s)",
+            f"{'guard' if purpose == 'guard' else f'wave {wave}'}: {analysis.judging()}",
             wave=wave,
             bake=bake_no,
             purpose=purpose,

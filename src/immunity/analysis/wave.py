@@ -183,6 +183,12 @@ class BakeAnalysis:
                 needs.append(got)
         return max(needs, key=lambda n: n.rate, default=None)
 
+    def judging(self) -> str:
+        """What this bake judges, counted as its verdicts count checks (a check and its
+        probe twin are one): "judging 4 check(s) on customer and probe traffic"."""
+        both = " on customer and probe traffic" if self.twins else ""
+        return f"judging {len(self.judges) - len(self.twins)} check(s){both}"
+
     @property
     def signals(self) -> set[str]:
         return {s for _, s, _ in self.judges}

@@ -239,3 +239,13 @@ def test_without_a_probe_baseline_the_probe_can_pass_a_guard_rail_but_not_fail_i
     slow = run(BakeAnalysis(cfg, relative=False, bakes=4, bake_no=4), alone(600.0))
     assert slow is not None and slow.outcome is Outcome.INCONCLUSIVE, slow
     assert "over the bar on the probe's timing" in slow.reason
+
+
+def test_a_check_and_its_twin_are_counted_once_as_the_verdicts_count_them() -> None:
+    """Trial 3, finding 11: "judging 8 check(s)" then "all 4 check(s) passed"."""
+    cfg = config(LATENCY, P99_GUARD)
+    analysis = BakeAnalysis(cfg, relative=True, bakes=4, bake_no=1)
+    assert len(analysis.judges) == 4
+    assert analysis.judging() == "judging 2 check(s) on customer and probe traffic"
+    plain = Config.model_validate({**cfg.model_dump(exclude={"probe", "guard"}), "probe": None})
+    assert BakeAnalysis(plain, relative=True).judging() == "judging 2 check(s)"
