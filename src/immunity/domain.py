@@ -215,3 +215,19 @@ NOT_A_CHANGE = ("rejected", "unchanged")
 """Outcomes of records that changed nothing (a no-op deploy; `rejected`, older journals'
 refusals): `deploy`'s refusal, `status`, `resume`, `rollback` and `history` look past them to
 the last run that did change the fleet."""
+
+
+OUTCOME_WORDS = {
+    "deployed": "deployed",
+    "rolled_back": "rolled back",
+    "revert_incomplete": "revert incomplete",
+}
+"""A run's outcome (`RunOutcome`'s value, a journal record's `outcome`) as people read it;
+the value itself stays in JSON, the journal and CD outputs."""
+
+
+def outcome_words(outcome: str | None) -> str:
+    """`rolled_back` → "rolled back"; None (no outcome journaled) → "unfinished"."""
+    if not outcome:
+        return "unfinished"
+    return OUTCOME_WORDS.get(str(outcome), str(outcome).replace("_", " "))

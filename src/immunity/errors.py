@@ -32,6 +32,7 @@ class ImmunityError(Exception):
 
     reference = "immunity-error"
     exit_code = 1
+    label = "error"  # what the CLI calls it: "nothing to do" for a refusal with nothing to do
 
     def __init__(
         self,

@@ -33,6 +33,17 @@ def test_version_prints_the_package_version() -> None:
     assert (r.exit_code, r.output.strip()) == (0, f"immunity {__version__}")
 
 
+def test_help_shows_no_value_type_for_a_flag() -> None:
+    """Trial 3 finding 13: `--version <bool>` and `--help <bool>` read as if they took a
+    value; a flag shows none, an option with a value still shows its type."""
+    top = CliRunner().invoke(app, ["--help"], terminal_width=100)
+    deploy = CliRunner().invoke(app, ["deploy", "--help"], terminal_width=100)
+    assert 0 == top.exit_code == deploy.exit_code
+    assert "<bool>" not in top.output + deploy.output
+    assert "--version" in top.output and "--dry-run" in deploy.output
+    assert "<str>" in deploy.output  # --release takes a value
+
+
 def test_a_location_is_printed_verbatim_not_as_an_emoji(tmp_path: Path) -> None:
     """`file.yaml:100:1` stays as written (rich would turn `:100:` into an emoji)."""
     path = tmp_path / "c.yaml"

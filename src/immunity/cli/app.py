@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import typer
+from typer.core import TyperOption
 
 from immunity import config as cfgmod
 from immunity.cli import ci, output
 from immunity.cli.output import err, escape, out, plain, show_error, write_json
+from immunity.domain import outcome_words
 from immunity.errors import ConfigError, ImmunityError
 
 if TYPE_CHECKING:
@@ -30,6 +32,16 @@ if TYPE_CHECKING:
 
 # The engine (numpy, scipy, httpx) is imported inside the commands that need it, so that
 # `--help` and `config validate` start fast.
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """A flag takes no value: `--help`, `--version`, `--dry-run` show no `<bool>` type
+    (typer 0.29 shows one for every option)."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="immunity",
@@ -172,15 +184,17 @@ def _finish(
 ) -> None:
     code = exit_code(result)
     data = {**result.to_dict(), "exit_code": code}
+    said = outcome_words(str(result.outcome))  # "rolled back", not the enum's rolled_back
+    moved = result.release
+    if result.outcome == "rolled_back" and result.fallbacks:  # from the release it left
+        moved += " → " + ", ".join(sorted(set(result.fallbacks.values())))
     # a run that lost its lease writes nothing more, its report neither: the new holder's is;
     # a no-op has nothing to report (and would wait seconds for the charts' imports)
     report_path = None
     if config and str(result.outcome) not in ("superseded", "unchanged"):
         # drawing the charts takes seconds on a busy machine: say so rather than sit silent
         # (on stderr: stdout may be the JSON result)
-        err.print(
-            f"{result.outcome}: writing the report (charts) ...", style="dim", highlight=False
-        )
+        err.print(f"{said}: writing the report (charts) ...", style="dim", highlight=False)
         report_path = _write_report(config, result.deployment_id)
     data["report_path"] = report_path
     json_file = json_dest
@@ -192,13 +206,13 @@ def _finish(
     con = err if to_stderr else out
     style = {0: "green", 3: "yellow", 6: "yellow", 7: "yellow"}.get(code, "red")
     con.print(
-        f"[bold {style}]{result.outcome}[/] "
-        + escape(f"{result.release} ({result.deployment_id})"),
+        f"[bold {style}]{escape(said)}[/] " + escape(f"{moved} ({result.deployment_id})"),
         highlight=False,
     )
     if result.reason:
         con.print(f"  {result.reason}", markup=False, highlight=False)
-    _print_waves(con, report_path)
+    if result.outcome != "rolled_back":  # a rollback judges nothing: no "no verdict" line
+        _print_waves(con, report_path)
     if result.detected_after_s is not None:
         con.print(f"  detected after {result.detected_after_s:.1f}s", highlight=False)
     if result.reverted_after_s is not None:
@@ -495,7 +509,7 @@ def deploy(
         from immunity.cli.dryrun import dry_run as _dry_run
 
         async def plan(fleet: Fleet) -> dict[str, Any]:
-            return await _dry_run(fleet, release)
+            return await _dry_run(fleet, release, force=force)
 
         data = _with_fleet(config, plan)
         write_json(data, json_out)
@@ -604,7 +618,9 @@ def status(
         out.print(f"lease held by {lease['holder']} since {lease['since']}", markup=False)
     if data["last_deployment"]:
         d = data["last_deployment"]
-        out.print(f"last deployment: {d['release']} {d['outcome']} ({d['id']})", markup=False)
+        what = "run" if d.get("rollback") else "deployment"  # words: "rollback v5 → v4"
+        words = d.get("words") or f"{d['release']} {d['outcome']}"
+        out.print(f"last {what}: {words} ({d['id']})", markup=False)
     if data["steady"]:
         out.print("fleet: steady (one release, every host serving, the last run finished)")
     else:

@@ -39,8 +39,13 @@ def _baseline_requests_for(quantile: float) -> str:
     return f"{n:,} baseline requests over {seconds:g} s"
 
 
-def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any]:
+def plan(
+    fleet: Fleet, release: str, fallbacks: dict[str, str], *, walk_all: bool = False
+) -> dict[str, Any]:
     """The whole plan as data: `waves` (each with `hosts` and `moments`), `checks`, `bake`.
+
+    A host without a fallback already runs `release`: a canary from the start, skipped
+    unless `walk_all` (`deploy --force`: it is walked again, and stays a canary).
 
     Each moment is one batch of at most `max_unavailable` hosts out of the pool at once:
     `{"out": [...], "in_pool": int, "canary": int, "baseline": int}` (counts of hosts).
@@ -56,10 +61,16 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
     new = len(done)
     for i, wave in enumerate(waves, start=1):
         names = [h.name for h in wave]
-        todo = [h for h in names if h not in done]
+        todo = [h for h in names if walk_all or h not in done]
         moments = []
         for k in range(0, len(todo), cfg.max_unavailable):
             batch = todo[k : k + cfg.max_unavailable]
+            if walk_all and all(h in done for h in batch):  # canaries walked again
+                moments.append(
+                    {"out": batch, "in_pool": n - len(batch), "canary": new - len(batch)}
+                    | {"baseline": n - new}
+                )
+                continue
             moments.append(
                 {
                     "out": batch,
@@ -87,7 +98,7 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
     per_bake = [judge_for(cfg, bakes, b).alpha for b in range(1, bakes + 1)]
     guard: dict[str, Any] | None = None
     if cfg.guard.duration > 0:
-        compared = holdback is not None
+        compared = holdback is not None and holdback.name not in done
         guard = {
             "duration_s": cfg.guard.duration,
             "holdback": holdback.name if holdback is not None else None,
@@ -102,7 +113,7 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
                 "moments": [
                     {"out": [holdback.name], "in_pool": n - 1, "canary": n - 1, "baseline": 0}
                 ]
-                if holdback.name not in done
+                if walk_all or holdback.name not in done
                 else [],
                 "after": {"canary": n, "baseline": 0},
                 "relative": False,
@@ -153,11 +164,22 @@ def plan(fleet: Fleet, release: str, fallbacks: dict[str, str]) -> dict[str, Any
     }
 
 
-async def dry_run(fleet: Fleet, release: str) -> dict[str, Any]:
-    """Preflight (raises PreflightError/ConfigError, exit 2) then the plan; changes nothing."""
+async def dry_run(fleet: Fleet, release: str, *, force: bool = False) -> dict[str, Any]:
+    """Preflight (raises PreflightError/ConfigError, exit 2) then the plan; changes nothing.
+
+    When every host already serves `release` and not `force`, `deploy` would end `unchanged`
+    touching no host: the plan says so (`unchanged: True`) and plans no wave, bake or guard.
+    With `force` every host is walked again, so none is skipped."""
     fallbacks = await preflight(fleet, release)  # what every host runs now (none runs nothing)
+    unchanged = not force and bool(fallbacks) and set(fallbacks.values()) == {release}
     # a host already on the release keeps its fallback for a revert but has nothing to switch
-    data = plan(fleet, release, {k: v for k, v in fallbacks.items() if v != release})
+    data = plan(
+        fleet, release, {k: v for k, v in fallbacks.items() if v != release}, walk_all=force
+    )
     data["fallbacks"] = fallbacks
     data["active"] = dict(fallbacks)
+    data["unchanged"] = unchanged
+    data["force"] = force
+    if unchanged:  # nothing would be switched, baked or watched
+        data.update(waves=[], guard=None, bakes=0, alpha_per_bake=[])
     return data

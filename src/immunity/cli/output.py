@@ -41,7 +41,8 @@ def show_error(exc: ImmunityError, config: str | None = None) -> int:
         for p in exc.problems:
             err.print(p, markup=False, highlight=False)
     else:
-        err.print(f"[bold red]error[/] [dim]({exc.reference})[/]: ", end="")
+        style = "bold red" if exc.label == "error" else "bold yellow"
+        err.print(f"[{style}]{exc.label}[/] [dim]({exc.reference})[/]: ", end="")
         err.print(exc.message, markup=False, highlight=False)
     step = error_next_step(exc).replace("<config>", config or "FILE")
     line = next_line(exc.hint, step)
@@ -80,6 +81,8 @@ _ERROR_STEPS = {
     "notify-error": "check the notifier's settings (URL, token) and that its receiver answers",
     "nothing-to-resume": "`immunity status -c <config>` shows the fleet, `immunity history -c "
     "<config>` the deployments",
+    "nothing-to-roll-back": "`immunity status -c <config>` shows the fleet, `immunity history "
+    "-c <config>` the deployments",
     "unknown-deployment": "`immunity history -c <config>` lists every deployment with its id",
 }
 
@@ -248,14 +251,23 @@ def print_plan(plan: dict[str, Any]) -> None:
     )
     fb = ", ".join(f"{h}={plan['active'].get(h)}→{r}" for h, r in plan["fallbacks"].items())
     out.print(f"  now (host=active→fallback on revert): {fb}", highlight=False)
-    if plan["active"] and set(plan["active"].values()) == {plan["release"]}:
+    if plan.get("unchanged"):
         out.print(
-            f"  every host already serves {plan['release']}: `deploy` touches no host and ends "
-            "`unchanged` (exit 0); `--force` walks every host again",
+            f"  every host already serves {plan['release']}: nothing to do; `deploy` touches no "
+            "host, bakes nothing and ends `unchanged` (exit 0), journaled but not counted as a "
+            "deployment (`rollback` still goes back past it); `--force` walks every host again",
             markup=False,
             highlight=False,
         )
-    if plan["already_on_release"]:
+        return
+    if plan.get("force") and set(plan["active"].values()) == {plan["release"]}:
+        out.print(
+            f"  --force: every host already serves {plan['release']} and is walked again "
+            "(drain, restart, warm up, enable), baked on the guard rails",
+            markup=False,
+            highlight=False,
+        )
+    if plan["already_on_release"] and not plan.get("force"):
         out.print(
             f"  already on {plan['release']} (skipped): {', '.join(plan['already_on_release'])}",
             highlight=False,
@@ -293,6 +305,8 @@ def print_plan(plan: dict[str, Any]) -> None:
     if g:
         against = (
             f"against the holdback {g['holdback']} (on the old release)"
+            if g["holdback"] and g.get("relative", True)
+            else f"with the guard rails only ({g['holdback']} switched last)"
             if g["holdback"]
             else "with the guard rails only (no holdback)"
         )

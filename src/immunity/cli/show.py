@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from immunity.domain import outcome_words
+
 OUTCOME_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
 
 
@@ -156,6 +158,7 @@ CATEGORY_WORDS = {
     "unchanged": "no-op: already running",
     "interrupted": "interrupted",
     "rollback": "rollback",
+    "ended_by_rollback": "then rolled back",
     "unfinished": "unfinished",
     "other": "other",
 }
@@ -183,17 +186,20 @@ def print_history(con: Console, data: Mapping[str, Any]) -> None:
     t.add_column("reason", overflow="fold", ratio=1)
     for d in data["deployments"]:
         took = f"{d['duration_s']:.0f}s" if d.get("duration_s") is not None else ""
-        outcome = Text(str(d["outcome"]))
+        said = outcome_words(str(d["outcome"]))
+        outcome = Text(said)
         cat = CATEGORY_WORDS.get(str(d.get("category")), "")
-        if cat and cat != d["outcome"]:
+        if d.get("rollback"):
+            cat = ""  # its release column says it is one
+        if cat and cat not in (said, d["outcome"]):
             outcome.append(f" ({cat})", style="dim")
         if d.get("resumed"):
             outcome.append(f"\nresumed ×{d['resumed']}", style="yellow")
-        elif d.get("interrupted"):
+        elif d.get("interrupted") and d.get("outcome") not in ("interrupted", "terminated"):
             outcome.append("\ninterrupted", style="yellow")
         t.add_row(
             Text(str(d["started_at"])[:19].replace("T", " ")),
-            Text(str(d["release"])),
+            Text(str(d.get("label") or d["release"])),
             outcome,
             took,
             Text(str(d.get("reason") or "")),
@@ -205,7 +211,12 @@ def print_history(con: Console, data: Mapping[str, Any]) -> None:
         con.print("no deployments yet")
         return
     period = span(float(f.get("period_s") or 0.0))
-    line = Text(f"{n} deployment(s) over {period}")
+    rollbacks = int(f.get("rollbacks") or 0)
+    line = Text(
+        f"{n} deployment(s)"
+        + (f" and {rollbacks} rollback(s)" if rollbacks else "")
+        + f" over {period}"
+    )
     if f.get("deployments_per_day") is not None:
         line.append(f" ({f['deployments_per_day']:g} a day)")
     # the rate's denominator is the releases judged (deployed or found worse), as it says
@@ -231,6 +242,8 @@ def print_history(con: Console, data: Mapping[str, Any]) -> None:
         line.append(")")
     if f.get("interrupted"):
         line.append(f"; {f['interrupted']} interrupted (not finished)")
+    if f.get("ended_by_rollback"):
+        line.append(f"; {f['ended_by_rollback']} interrupted, then rolled back")
     if f.get("unchanged"):
         line.append(
             f"; {f['unchanged']} no-op deploy(s) of the release already running, not counted"

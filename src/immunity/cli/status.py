@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from immunity.domain import outcome_words
 from immunity.engine import ops
 from immunity.engine.context import Fleet
 
@@ -39,15 +40,17 @@ def attention(data: Mapping[str, Any], cfg: object) -> list[str]:
             out.append(f"{h['name']} is not serving ({h['lb_state']})")
     if last is not None and not running:
         what = "rollback" if last["release"].startswith("rollback:") else "deployment"
+        words = last.get("label") or last["release"]
         if last["outcome"] in ("unfinished", "interrupted", "terminated", "held"):
             out.append(
-                f"the last {what}, {last['id']} ({last['release']}), is "
+                f"the last {what}, {last['id']} ({words}), is "
                 f"{last['outcome']}: `immunity resume -c {cfg}` finishes it, "
                 f"`immunity resume -c {cfg} --abort` undoes it; a new deploy is refused until then"
             )
         elif last["outcome"] in ("revert_incomplete", "failed"):
             out.append(
-                f"the last {what}, {last['id']} ({last['release']}), ended {last['outcome']}: "
+                f"the last {what}, {last['id']} ({words}), ended "
+                f"{outcome_words(last['outcome'])}: "
                 f"`immunity show -c {cfg} {last['id']}` says what is left; `immunity rollback "
                 f"-c {cfg}` puts every host back on the release it ran before it"
             )

@@ -26,10 +26,39 @@ from immunity.journal.base import DeploymentRecord
 class NothingToResume(ImmunityError):
     reference = "nothing-to-resume"
     exit_code = 2
+    label = "nothing to do"
+
+
+class NothingToRollBack(NothingToResume):
+    """`rollback` found no host to move: each already serves the release it ran before the
+    last change (e.g. after a revert), or no host has a previous release."""
+
+    reference = "nothing-to-roll-back"
 
 
 async def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
     recs = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome not in NOT_A_CHANGE]
+    return recs[-1] if recs else None
+
+
+def restart_only(record: DeploymentRecord) -> bool:
+    """A finished deployment that moved no host to another release: every host already ran
+    it (`deploy --force` walks them again; its revert targets are the release itself)."""
+    before = set(ran_before(record).values())
+    return (
+        record.finished_at is not None
+        and not record.data.get("rollback")
+        and before == {record.release}
+    )
+
+
+async def last_change(fleet: Fleet) -> DeploymentRecord | None:
+    """The run `rollback` undoes: the last one that changed a host's release, past no-ops
+    (`unchanged`) and finished restarts of the running release (`deploy --force`), so a
+    redeploy never takes the release before it out of reach."""
+    recs = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome not in NOT_A_CHANGE]
+    while len(recs) > 1 and restart_only(recs[-1]):
+        recs.pop()
     return recs[-1] if recs else None
 
 
@@ -107,6 +136,9 @@ async def status(fleet: Fleet) -> dict[str, Any]:
         out["last_deployment"] = {
             "id": record.id,
             "release": record.release,
+            "rollback": record.rollback,
+            "label": record.release_words,  # a rollback's "rollback v5 → v4"
+            "words": record.words,  # with the outcome: "v5 reverted"
             "outcome": record.outcome or "unfinished",
             "started_at": record.started_at.isoformat(),
             "finished_at": record.finished_at.isoformat() if record.finished_at else None,
@@ -149,7 +181,7 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     there; after a rollback, the release it ran before that rollback). Hosts already on it
     stay as they are. Without a journal record, the host's previously installed release.
     """
-    record = await last_deployment(fleet)
+    record = await last_change(fleet)
     observed = (await fleet.observe()).states
     actives = {name: active for name, (_, active) in observed.items()}
     targets: dict[str, str] = {}
@@ -163,17 +195,25 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
             if installed:
                 targets[h.name] = installed[-1]
     if not targets:
-        raise NothingToResume("no host has a previous release to roll back to")
+        raise NothingToRollBack("nothing to roll back: no host has a previous release")
     if record is not None and all(
         observed.get(name) == (LbState.SERVING, release) for name, release in targets.items()
     ):
         # e.g. after a reverted deployment: the fleet already serves what it ran before it
-        on = ", ".join(sorted(set(targets.values())))
-        raise NothingToResume(
-            f"nothing to roll back: every host already serves the release it ran before the "
-            f"last deployment ({record.release}, {record.outcome or 'unfinished'}): {on}",
-            hint="`immunity history` lists the deployments; to go further back, deploy that "
-            "release: `immunity deploy -c FILE --release NAME`",
+        on: dict[str, list[str]] = {}
+        for name, release in targets.items():
+            on.setdefault(release, []).append(name)
+        where = (
+            next(iter(on))
+            if len(on) == 1
+            else "; ".join(f"{', '.join(n)} on {r}" for r, n in on.items())
+        )
+        what = "rollback" if record.data.get("rollback") else "deployment"
+        raise NothingToRollBack(
+            f"nothing to roll back: every host already serves {where}, as before the last "
+            f"{what} ({record.words}, {record.id})",
+            hint="`immunity history -c FILE` lists the deployments; to go further back, deploy "
+            "that release: `immunity deploy -c FILE --release NAME`",
         )
     current = next((r for r in actives.values() if r), "unknown")
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from immunity.domain import outcome_words
 from immunity.errors import LeaseHeld, LeaseLost
 
 
@@ -39,6 +40,28 @@ class DeploymentRecord:
     outcome: str | None  # None while running / interrupted
     reason: str | None
     data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def rollback(self) -> bool:
+        """A `rollback` run (its `release` is the label `rollback:<release it left>`)."""
+        return bool(self.data.get("rollback"))
+
+    @property
+    def release_words(self) -> str:
+        """What the run moved, as people read it: a deployment's release; a rollback's
+        "rollback v5 → v4" (from the release it found to its targets)."""
+        if not self.rollback:
+            return self.release
+        source = self.release.removeprefix("rollback:")
+        to = sorted({str(v) for v in dict(self.data.get("fallbacks", {})).values() if v})
+        return f"rollback {source} → {', '.join(to)}" if to else f"rollback of {source}"
+
+    @property
+    def words(self) -> str:
+        """`release_words` with the outcome in words: "v5 reverted", "rollback v5 → v4"."""
+        if self.rollback and self.outcome == "rolled_back":
+            return self.release_words
+        return f"{self.release_words} {outcome_words(self.outcome)}"
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,17 @@ from immunity.domain import NOT_A_CHANGE
 from immunity.journal import Journal
 from immunity.journal.base import DeploymentRecord
 
+STOPPED = ("interrupted", "unfinished")
+"""Categories of a run stopped and not taken up again (by `resume`, or ended by a rollback)."""
+
 
 def category(outcome: str | None, verdict: str | None) -> str:
     """What a deployment says about its release, for `history`: `deployed`, `worse` (found
     worse: a failing check or host step; a change failure), `inconclusive` (ended for lack
     of evidence: reverted or held, the release was not found worse), `aborted` (reverted by
     `resume --abort`: not judged), `unchanged` (every host already served it: a no-op, not
-    a deployment), `interrupted`, `rollback`, `unfinished`, or `other`."""
+    a deployment), `interrupted`, `rollback`, `unfinished`, or `other`. `history` files a
+    run stopped then undone by a rollback as `ended_by_rollback`."""
     if outcome is None:
         return "unfinished"
     if outcome in ("deployed", "aborted", "unchanged"):
@@ -73,6 +77,10 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
             {
                 "id": d.id,
                 "release": d.release,
+                "rollback": d.rollback,
+                # the release as people read it: a rollback's "rollback v5 → v4", not its
+                # record's label `rollback:v5`
+                "label": d.release_words,
                 "outcome": d.outcome or "unfinished",
                 "category": category(d.outcome, verdict.get("outcome")),
                 "started_at": d.started_at.isoformat(),
@@ -91,13 +99,22 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
                 "resumed": kinds.count("deployment.resumed"),
             }
         )
+    # a run left stopped (interrupted, or with no outcome) and then rolled back is ended by
+    # that rollback: nothing else can follow it (a deploy is refused over it), so the run
+    # before a rollback is the one it undid
+    before: dict[str, Any] | None = None
+    for r in rows:
+        if r["outcome"] in NOT_A_CHANGE:
+            continue
+        if r["rollback"] and before is not None and before["category"] in STOPPED:
+            before["ended_by"] = r["id"]
+            before["category"] = "ended_by_rollback"
+            r["ended"] = before["id"]
+        before = r
     # a no-op (every host already on the release) is listed but is no deployment: it
-    # changes neither the frequency nor the change-failure rate
-    real = [
-        r
-        for r in rows
-        if not r["release"].startswith("rollback:") and r["outcome"] not in NOT_A_CHANGE
-    ]
+    # changes neither the frequency nor the change-failure rate; nor is a rollback
+    real = [r for r in rows if not r["rollback"] and r["outcome"] not in NOT_A_CHANGE]
+    rollbacks = [r for r in rows if r["rollback"]]
     finished = [r for r in real if r["finished_at"]]
     # a change failure is a release found worse, out of the releases judged (deployed or
     # found worse): one that could not be judged, was aborted (`resume --abort`) or was
@@ -105,7 +122,7 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
     failures = [r for r in finished if r["category"] == "worse"]
     judged = [r for r in finished if r["category"] in ("deployed", "worse")]
     # still stopped: a run taken up again by `resume` and finished is counted as resumed
-    stopped = [r for r in real if r["category"] in ("interrupted", "unfinished")]
+    stopped = [r for r in real if r["category"] in STOPPED]
     # verdict -> fleet reverted: a revert finished by `resume` counted from the resume
     revert_times = [
         r["reverted_after_s"]
@@ -131,6 +148,8 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
             "deployments_per_day": per_day,
             "finished": len(finished),
             "interrupted": len(stopped),
+            "ended_by_rollback": len([r for r in real if r["category"] == "ended_by_rollback"]),
+            "rollbacks": len(rollbacks),
             "resumed": len([r for r in finished if r["resumed"] and r not in stopped]),
             "judged": len(judged),
             "change_failure_rate": round(len(failures) / len(judged), 4) if judged else None,

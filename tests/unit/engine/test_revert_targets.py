@@ -276,3 +276,74 @@ def test_a_no_op_deploy_touches_no_host_and_rollback_goes_back_past_it() -> None
     assert forced.outcome == "deployed", forced.reason
     assert [("h1", "v12"), ("h2", "v12"), ("h3", "v12")] == sorted(restarted)
     assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 4)}
+
+
+def test_a_forced_redeploy_keeps_the_rollback_target_and_a_no_op_dry_run_plans_nothing() -> None:
+    """Trial 3 finding 3: v15 over v12, then `deploy v15 --dry-run` plans no wave, bake or
+    guard (deploy would end `unchanged`); `--dry-run --force` walks every host on guard rails
+    only; `deploy v15 --force` restarts every host on v15, and `rollback` still goes back to
+    v12 (the restart moved no host to another release), not "nothing to roll back"."""
+    clock = VirtualClock()
+    fleet, world, _ = fleet_on({f"h{i}": "v12" for i in range(1, 4)}, clock)
+
+    async def main() -> tuple[Any, ...]:
+        first = await deploy(fleet, "v15", handle_signals=False)
+        noop_plan = await dry_run(fleet, "v15")
+        forced_plan = await dry_run(fleet, "v15", force=True)
+        forced = await deploy(fleet, "v15", handle_signals=False, force=True)
+        back = await ops.rollback(fleet, handle_signals=False)
+        return first, noop_plan, forced_plan, forced, back
+
+    first, noop_plan, forced_plan, forced, back = clock.run(main)
+    assert first.outcome == "deployed", first.reason
+    assert noop_plan["unchanged"] is True
+    assert (noop_plan["waves"], noop_plan["guard"], noop_plan["bakes"]) == ([], None, 0)
+    assert forced_plan["unchanged"] is False
+    walked = [h for w in forced_plan["waves"] for m in w["moments"] for h in m["out"]]
+    assert sorted(walked) == ["h1", "h2", "h3"]
+    assert not any(w["relative"] for w in forced_plan["waves"])  # v15 vs v15: guard rails
+    assert forced.outcome == "deployed", forced.reason
+    assert back.outcome == "rolled_back", back.reason
+    assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 4)}
+
+
+def test_an_interrupted_deploy_then_rollback_reads_as_ended_by_it_in_history_and_status() -> None:
+    """Trial 3 finding 7: v13 interrupted in its bake, then `rollback`. History files v13 as
+    interrupted then rolled back (not "interrupted (not finished)"), counts 2 deployments and
+    1 rollback for 3 rows, and names the rollback by the releases it moved, not
+    `rollback:v13`; status says it so. After a reverted v14, `rollback` has nothing to do
+    and says so in words (finding 13), not `error (nothing-to-resume)`."""
+    from immunity.report.history import history
+
+    clock = VirtualClock()
+    fleet, world, _ = fleet_on({f"h{i}": "v12" for i in range(1, 4)}, clock)
+
+    async def main() -> tuple[Any, ...]:
+        done = await deploy(fleet, "v15", handle_signals=False)
+        cut = await interrupted_deploy(fleet, world, clock, "v13")
+        back = await ops.rollback(fleet, handle_signals=False)
+        status = await ops.status(fleet)
+        hist = await history(fleet.journal, fleet.app, clock.now())
+        bad = await deploy(fleet, "v14", handle_signals=False)  # found worse: reverted
+        with pytest.raises(ops.NothingToResume) as again:
+            await ops.rollback(fleet, handle_signals=False)
+        return done, cut, back, (bad, again.value), status, hist
+
+    done, cut, back, again, status, hist = clock.run(main)
+    assert (done.outcome, cut.outcome, back.outcome) == ("deployed", "interrupted", "rolled_back")
+    assert on(world) == {f"h{i}": ("v15", LbState.SERVING) for i in range(1, 4)}
+    rows = {r["id"]: r for r in hist["deployments"]}
+    assert rows[cut.deployment_id]["category"] == "ended_by_rollback"
+    assert rows[cut.deployment_id]["ended_by"] == back.deployment_id
+    assert rows[back.deployment_id]["label"] == "rollback v13 → v15"
+    f = hist["figures"]
+    assert (f["deployments"], f["rollbacks"], f["interrupted"]) == (2, 1, 0)
+    assert f["ended_by_rollback"] == 1
+    assert status["last_deployment"]["words"] == "rollback v13 → v15"
+    bad, refused = again
+    assert bad.outcome == "reverted", bad.reason
+    assert refused.reference == "nothing-to-roll-back" and refused.label == "nothing to do"
+    assert (
+        f"every host already serves v15, as before the last deployment (v14 reverted, "
+        f"{bad.deployment_id})" in refused.message
+    )
