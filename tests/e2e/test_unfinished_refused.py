@@ -79,7 +79,7 @@ def _refused_then_aborted(fleet3: Sandbox, cfg: Path) -> None:
         "h1 never came back on v3",
         p,
     )
-    time.sleep(4)  # into the wave-1 bake
+    wait_for(lambda: _looks(fleet3) > 0, "wave 1 never baked", p)  # into the wave-1 bake
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert 130 == p.returncode, out + err[-2000:]
@@ -164,6 +164,17 @@ def test_an_access_log_that_sees_none_of_the_pools_traffic_is_refused(fleet3: Sa
         assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
     finally:
         load.stop()
+
+
+def _looks(sbx: Sandbox) -> int:
+    """How many looks the last deployment's bake journaled."""
+    with sqlite3.connect(sbx.dir / "journal.db") as db:
+        return int(
+            db.execute(
+                "SELECT count(*) FROM entries WHERE kind = 'bake.looked' AND deployment_id = "
+                "(SELECT id FROM deployments ORDER BY started_at DESC LIMIT 1)"
+            ).fetchone()[0]
+        )
 
 
 def _journal(
