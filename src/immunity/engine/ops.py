@@ -182,18 +182,13 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     stay as they are. Without a journal record, the host's previously installed release.
     """
     record = await last_change(fleet)
-    observed = (await fleet.observe()).states
-    actives = {name: active for name, (_, active) in observed.items()}
-    targets: dict[str, str] = {}
-    if record is not None:
-        targets = ran_before(record)
-    else:
-        for h in fleet.hosts:
-            installed = [
-                r for r in await fleet.driver.installed_releases(h) if r != actives[h.name]
-            ]
-            if installed:
-                targets[h.name] = installed[-1]
+    seen = await fleet.observe(installed=record is None)
+    observed, actives = seen.states, seen.actives
+    targets = ran_before(record) if record is not None else {}
+    for name, installed in seen.installed.items():  # no record: the one installed before
+        before = [r for r in installed if r != actives[name]]
+        if before:
+            targets[name] = before[-1]
     if not targets:
         raise NothingToRollBack("nothing to roll back: no host has a previous release")
     if record is not None and all(
