@@ -17,8 +17,8 @@ from immunity import plugins
 from immunity.clock import Clock, SystemClock
 from immunity.config import LoadedConfig, resolve_path
 from immunity.domain import Event, HostRef, LbState, Member
-from immunity.engine.deadlines import ReadDeadline
 from immunity.errors import ImmunityError
+from immunity.hosts import ReadDeadline
 from immunity.hosts.base import HostDriver
 from immunity.journal import Journal
 from immunity.journal import open_journal as _open
@@ -178,7 +178,7 @@ def build_fleet(loaded: LoadedConfig, journal: Journal | None = None) -> Fleet:
     base = loaded.base_dir
     cfg = loaded.config
     lb = plugins.adapter_class("lb", cfg.balancer.kind)(loaded.balancer, base_dir=base)
-    driver = ReadDeadline(  # a stalled host's read ends: engine/deadlines.py
+    driver = ReadDeadline(  # a stalled host's read ends: hosts/deadline.py
         plugins.adapter_class("hosts", cfg.driver.kind)(loaded.driver, base_dir=base),
         adapter=cfg.driver.kind,
     )

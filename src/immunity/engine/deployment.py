@@ -24,11 +24,13 @@ import anyio
 
 from immunity.analysis import Cohorts
 from immunity.analysis.bake import bake
+from immunity.analysis.preflight import cross_check_traffic
 from immunity.analysis.spending import bakes_of
-from immunity.domain import NOT_A_CHANGE, CheckResult, HostRef, LbState, Member, Outcome, Verdict
+from immunity.domain import CheckResult, HostRef, LbState, Member, Outcome, Verdict
 from immunity.engine.context import Fleet, unknown_members
 from immunity.engine.fleetview import encode
 from immunity.engine.immune import immune_response, revert
+from immunity.engine.ops import last_deployment
 from immunity.engine.plan import plan_waves, with_holdback
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run, first_immunity_error
@@ -96,7 +98,7 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
             if isinstance(seen, str) and adapter in fleet.signals.values():
                 # a signal says what it sees of the traffic now (or plainly that it sees none)
                 fleet.signal_views[str(getattr(adapter, "name", "signal"))] = seen
-    await cross_check_traffic(fleet)
+    await cross_check_traffic(fleet.lb, fleet.signals, fleet.hosts)
     await fleet.driver.check_release(release)
     now = await fleet.observe()
     members, actives = now.members, now.actives
@@ -121,45 +123,6 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
     # `release` included (their revert leaves them there); never one inferred from the fleet
     # or an earlier installed one (a revert to those put hosts on releases nobody judged)
     return {name: active for name, active in actives.items() if active}
-
-
-RECENT_S = 60.0  # the signals' "current traffic" window at preflight
-
-
-async def cross_check_traffic(fleet: Fleet) -> None:
-    """PreflightError when a signal saw no request of the hosts in the last minute while
-    the balancer's own counters say it gave them sessions meanwhile: the signal is not
-    looking at this fleet's traffic (an empty or wrong access log) and the judge would see
-    only the probe. Asked only of signals that say how many requests they saw
-    (`recent_requests`) and balancers that keep per-server counters (`recent_sessions`);
-    a balancer that cannot answer leaves the signal's word standing."""
-    ask = getattr(fleet.lb, "recent_sessions", None)
-    silent = [
-        (name, src)
-        for name, src in fleet.signals.items()
-        if getattr(src, "recent_requests", None) == 0
-    ]
-    if ask is None or not silent:
-        return
-    try:
-        seen: Mapping[str, tuple[int, int]] = await ask(fleet.hosts)
-    except ImmunityError:
-        return
-    served = {h: v for h, v in seen.items() if v[0] < RECENT_S}
-    if not served:
-        return
-    counts = ", ".join(
-        f"{h} {last} s ago ({total} requests in all)" for h, (last, total) in served.items()
-    )
-    names = ", ".join(repr(n) for n, _ in silent)
-    raise PreflightError(
-        f"preflight failed, nothing was touched: signal {names} saw no request of the hosts "
-        f"in the last {RECENT_S:g} s, but the balancer gave them requests meanwhile (its own "
-        f"counters: last session {counts}); the judge would never see the customers",
-        hint="point the signal at this fleet's traffic (for an access log: the file the "
-        "balancer writes this backend's requests to)",
-        context={"signals": [n for n, _ in silent], "served": dict(served)},
-    )
 
 
 def mixed_baseline(fleet: Fleet, release: str, actives: Mapping[str, str | None]) -> list[str]:
@@ -193,12 +156,9 @@ async def refuse_over_unfinished(fleet: Fleet) -> None:
     interrupted run could no longer be resumed or aborted. The lease check comes first (a
     live holder is refused with LeaseHeld), so an unfinished record here has no live run.
     """
-    records = [
-        d for d in await fleet.journal.deployments(fleet.app) if d.outcome not in NOT_A_CHANGE
-    ]
-    if not records or records[-1].outcome not in UNFINISHED:
+    last = await last_deployment(fleet)
+    if last is None or last.outcome not in UNFINISHED:
         return
-    last = records[-1]
     what = "rollback" if last.data.get("rollback") else "deployment"
     state = last.outcome or "unfinished (its process ended without an outcome)"
     on: dict[str, list[str]] = {}

@@ -17,8 +17,8 @@ from test_ssh_driver import Lab
 from immunity import config as cfgmod
 from immunity.engine import ops
 from immunity.engine.context import build_fleet
-from immunity.engine.deadlines import ReadDeadline
 from immunity.errors import HostError
+from immunity.hosts import ReadDeadline
 from immunity.testing import memory_fleet
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]

@@ -1,4 +1,6 @@
-"""Deadlines the engine puts on adapters' reads (the caller owns the deadline).
+"""A deadline on every read of a host's state, around any `HostDriver` (the caller owns the
+deadline: the engine wraps the configured driver in `ReadDeadline` in `build_fleet`, the way
+`journal.faults` wraps a journal).
 
 A host's driver read (its active release, its installed releases, whether a release can be
 installed) goes to the host: over SSH, WinRM, or to a local disk. A host that stalls (its
