@@ -147,6 +147,7 @@ def _watch(cfg: Config, rng: np.random.Generator, *, spend: bool) -> bool:
     return False
 
 
+@pytest.mark.slow  # 200 simulated deployments: tens of seconds
 def test_false_alarms_over_the_whole_watch_stay_under_alpha(record_property: Any) -> None:
     """Identical cohorts at the null's edge (tolerance 1, alpha 5%), watched by three wave
     bakes and a guard: with alpha spent over the four bakes, at most alpha of the deployments
