@@ -55,6 +55,27 @@ def attention(data: Mapping[str, Any], cfg: object) -> list[str]:
                 f"-c {cfg}` puts every host back on the release it ran before it"
             )
     if running:
-        out.append(f"a run is in progress ({last['id'] if last else 'lease held'})")
+        out.append(_running(data.get("lease"), last, cfg))
     out.extend(f"disagreement: {d}" for d in data["disagreements"])
     return out
+
+
+def _running(lease: Mapping[str, Any] | None, last: Mapping[str, Any] | None, cfg: object) -> str:
+    """The line for a run holding the lease: "in progress" while it heart-beats; silent past
+    `lease_ttl`, whether its process is stopped (SIGSTOP) and how to get past it."""
+    run = last["id"] if last else "lease held"
+    if not lease or not lease.get("silent"):
+        return f"a run is in progress ({run})"
+    pid = str(lease["holder"]).rpartition(":")[2]
+    if lease.get("holder_stopped"):
+        where = f"its process, pid {pid} on this machine, is stopped (SIGSTOP) and"
+        way = f"`kill -CONT {pid}` lets it go on; if it is stuck, stop it (`kill {pid}`), "
+    elif lease.get("holder_alive"):
+        where = f"its process, pid {pid} on this machine, runs but"
+        way = f"if it is stuck, stop it (`kill {pid}`), "
+    else:
+        where, way = f"its holder {lease['holder']}", ""
+    return (
+        f"a run holds the lease ({run}) and {where} has not heart-beaten since "
+        f"{lease['heartbeat_at']}: {way}then `immunity resume -c {cfg}` finishes it"
+    )

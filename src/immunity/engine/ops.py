@@ -12,14 +12,14 @@ from typing import Any
 
 import anyio
 
-from immunity.domain import NOT_A_CHANGE, LbState
+from immunity.domain import NOT_A_CHANGE, LbState, utcnow
 from immunity.engine.context import Fleet, unknown_members
 from immunity.engine.fleetview import derive
 from immunity.engine.immune import revert
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run, ran_before
 from immunity.errors import ImmunityError
-from immunity.journal import holder_alive
+from immunity.journal import holder_alive, holder_stopped
 from immunity.journal.base import DeploymentRecord
 
 
@@ -131,6 +131,8 @@ async def status(fleet: Fleet) -> dict[str, Any]:
             "since": lease.acquired_at.isoformat(),
             "heartbeat_at": lease.heartbeat_at.isoformat(),
             "holder_alive": holder_alive(lease.holder, lease.acquired_at),
+            "holder_stopped": holder_stopped(lease.holder),
+            "silent": (utcnow() - lease.heartbeat_at).total_seconds() >= fleet.config.lease_ttl,
         }
     if record:
         out["last_deployment"] = {

@@ -7,7 +7,7 @@ from pathlib import Path
 from immunity.errors import ConfigError
 from immunity.journal.base import DeploymentRecord, Journal, JournalEntry, Lease
 from immunity.journal.faults import with_faults
-from immunity.journal.holder import explain_lease_held, holder_alive, holder_name
+from immunity.journal.holder import explain_lease_held, holder_alive, holder_name, holder_stopped
 from immunity.journal.sqlite import SqliteJournal, new_deployment_id
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "explain_lease_held",
     "holder_alive",
     "holder_name",
+    "holder_stopped",
     "new_deployment_id",
     "open_journal",
 ]

@@ -52,6 +52,19 @@ def holder_alive(holder: str, since: dt.datetime | None = None) -> bool | None:
     return since is None or started <= since.timestamp() + 1.0
 
 
+def holder_stopped(holder: str) -> bool:
+    """Whether a lease holder's process runs on this machine but is stopped (SIGSTOP, a
+    debugger): alive, yet it will neither heart-beat nor finish until woken or killed."""
+    host, _, pid = holder.rpartition(":")
+    if host != machine_name() or not pid.isdigit():
+        return False
+    try:
+        status = psutil.Process(int(pid)).status()
+    except (psutil.Error, OSError):
+        return False
+    return status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
 async def explain_lease_held(
     journal: Journal, app: str, lease_ttl: float, exc: LeaseHeld
 ) -> LeaseHeld:
