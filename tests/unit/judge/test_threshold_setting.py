@@ -47,6 +47,6 @@ def test_the_dry_run_quotes_the_judges_rule() -> None:
     assert freeze_needs(0.5) == (500, 15.0)
     assert freeze_needs(0.9) == (500, 15.0)
     assert freeze_needs(0.99) == (2500, 15.0)
-    from immunity.engine.dryrun import _baseline_requests_for
+    from immunity.cli.dryrun import _baseline_requests_for
 
     assert _baseline_requests_for(0.9) == "500 baseline requests over 15 s"  # it said ~250
