@@ -16,6 +16,17 @@ from typing import Any
 from immunity.engine.fleetview import FleetView
 from immunity.journal.base import DeploymentRecord
 
+NOTIFIED = (
+    "outcome",
+    "release",
+    "detected_after_s",
+    "reverted_after_s",
+    "needs_human",
+    "duration_s",
+    "fallbacks",
+)
+"""The result's keys every notifier gets in a run's last event (with the verdict, if any)."""
+
 
 class RunOutcome(StrEnum):
     DEPLOYED = "deployed"

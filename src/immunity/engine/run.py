@@ -36,12 +36,12 @@ from immunity.engine.capacity import CapacityGuard
 from immunity.engine.context import Fleet
 from immunity.engine.fleetview import FleetState
 from immunity.engine.host import HostSwitcher
-from immunity.engine.notifying import notify_all
 from immunity.engine.record import Recorder
-from immunity.engine.result import RunOutcome, RunResult
+from immunity.engine.result import NOTIFIED, RunOutcome, RunResult
 from immunity.errors import ImmunityError, JournalError, LeaseHeld, LeaseLost
 from immunity.journal import explain_lease_held, holder_alive, holder_name, new_deployment_id
 from immunity.journal.base import DeploymentRecord, Lease
+from immunity.notify.base import notify_all
 
 log = logging.getLogger("immunity.engine")
 
@@ -221,8 +221,13 @@ class Run:
             )
 
     async def _close(self) -> None:
-        r = self.result
-        await notify_all(self.fleet, self.rec, r.outcome, r.reason, r.to_dict())
+        """Tell the team how the run ended (`deployment.<outcome>` with the result's
+        `NOTIFIED` keys and its verdict), then release the lease."""
+        r = self.result.to_dict()
+        data = {k: r[k] for k in NOTIFIED} | ({"verdict": r["verdict"]} if r["verdict"] else {})
+        past = self.result.outcome.past
+        event = self.rec.event(f"deployment.{past}", self.result.reason or r["outcome"], data)
+        await notify_all(self.fleet.notifiers, event, self.rec.record)
         await self.fleet.journal.release_lease(self.lease)
 
     async def _acquire(self, deployment_id: str, *, takeover: bool) -> Lease:

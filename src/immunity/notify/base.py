@@ -1,15 +1,25 @@
 """The `Notifier` role: telling the team and emitting deployment metrics.
 
-A notifier that fails raises `NotifyError`; the engine journals it and the outcome
+A notifier that fails raises `NotifyError`; `notify_all` journals it and the outcome
 of the deployment never changes because of it. Secrets (webhook URLs, keys) are never
 put in the error message.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
 
 from immunity.domain import Event
+from immunity.errors import ImmunityError
+
+log = logging.getLogger("immunity.notify")
+
+NOTIFY_TIMEOUT_S = 10.0
 
 
 @runtime_checkable
@@ -25,3 +35,33 @@ class Notifier(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def notify_all(
+    notifiers: Sequence[Notifier], event: Event, record: Callable[..., Awaitable[object]]
+) -> None:
+    """Tell every notifier that wants `event`, all in parallel, each within
+    `NOTIFY_TIMEOUT_S`, shielded from cancellation; `record(kind, message, **data)` journals
+    each one sent (`notify.sent`) or failed (`notify.failed`, never raised: a failing
+    notifier, or a journal failing too, never changes the outcome)."""
+    kind = event.kind
+
+    async def one(n: Any) -> None:
+        try:
+            if not n.wants(event):
+                return
+            with anyio.fail_after(NOTIFY_TIMEOUT_S):
+                await n.notify(event)
+            await record("notify.sent", f"{n.name}: {kind}", notifier=n.name, event=kind)
+        except (ImmunityError, TimeoutError, OSError) as exc:
+            msg = exc.message if isinstance(exc, ImmunityError) else type(exc).__name__
+            log.warning("notifier %s failed: %s", n.name, msg)
+            with contextlib.suppress(ImmunityError):  # the journal is failing too: keep going
+                await record(
+                    "notify.failed", f"{n.name}: {msg}", notifier=n.name, event=kind, error=msg
+                )
+
+    with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as tg:
+            for n in notifiers:
+                tg.start_soon(one, n)

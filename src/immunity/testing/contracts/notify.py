@@ -7,7 +7,7 @@
   agent's datagrams).
 * Every final outcome the engine sends (`deployment.<RunOutcome.past>`) is delivered with
   `data` as the engine builds it at the end of a run that stopped early: every key present
-  and None (`engine/notifying.py`), or no data at all.
+  and None (`engine/run.py`, `Run._close`), or no data at all.
 * A receiver that refuses or cannot be reached is a `NotifyError` (the engine journals it
   and carries on; any other exception would end the run's finish), and neither the error's
   message, its dict nor its traceback holds a secret (a webhook URL, a token, a password).
@@ -29,7 +29,7 @@ import anyio
 import pytest
 
 from immunity.domain import Event
-from immunity.engine.result import RunOutcome
+from immunity.engine.result import NOTIFIED, RunOutcome
 from immunity.errors import NotifyError
 from immunity.notify.base import Notifier
 from immunity.testing.contracts.base import Contract
@@ -40,17 +40,9 @@ PROMPT_S = 2.0
 """How soon after it a cancelled `notify` must have returned."""
 
 FINAL_KINDS = sorted({f"deployment.{o.past}" for o in RunOutcome})
-"""Every kind the engine sends a notifier (`engine/notifying.py`)."""
-ENGINE_KEYS = (
-    "outcome",
-    "release",
-    "detected_after_s",
-    "reverted_after_s",
-    "needs_human",
-    "duration_s",
-    "fallbacks",
-)
-"""The `data` keys the engine fills from a run's result (`engine/notifying.py`)."""
+"""Every kind the engine sends a notifier (`engine/run.py`, `Run._close`)."""
+ENGINE_KEYS = NOTIFIED
+"""The `data` keys the engine fills from a run's result (`engine/result.py`)."""
 
 
 def event(kind: str = "deployment.reverted", *, full: bool = True) -> Event:
