@@ -23,7 +23,6 @@ state the run folded from the same entries.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -219,7 +218,8 @@ class FleetState:
             elif e.step in h.open:
                 i, ok = h.open.pop(e.step), kind == "host.step_finished"
                 error = None if ok else data.get("error")
-                h.steps[i] = dataclasses.replace(h.steps[i], finished_at=e.at, ok=ok, error=error)
+                r = h.steps[i]  # not dataclasses.replace: 70,000 of these at 10,000 hosts
+                h.steps[i] = StepRow(r.step, r.purpose, r.release, r.started_at, e.at, ok, error)
             if kind == "host.step_failed":
                 self.failed.add(e.host)
             elif kind == "host.step_started" and e.step == "drain":

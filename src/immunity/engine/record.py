@@ -56,13 +56,12 @@ class Recorder:
         host: str | None = None,
         step: str | None = None,
         **data: Any,
-    ) -> Event:
+    ) -> None:
         """Journal `kind` durably (raises JournalError/LeaseLost), fold it into the run's
         `FleetState`, then tell the sinks."""
-        events = await self.record_all([Entry(kind, message, host, step, data)])
-        return events[0]
+        await self.record_all([Entry(kind, message, host, step, data)])
 
-    async def record_all(self, entries: Sequence[Entry]) -> list[Event]:
+    async def record_all(self, entries: Sequence[Entry]) -> None:
         """`record` each of `entries` in order, with one durable write for them all where
         the journal can (`append_all`: one commit and one wake-up instead of one each);
         returns once every one is on disk, then folds and tells the sinks in order."""
@@ -75,27 +74,26 @@ class Recorder:
             if self.on_lost is not None:
                 self.on_lost()
             raise
-        events = []
         for e, entry in zip(entries, written, strict=True):
             if self.view is not None:
                 self.view.apply(entry)
-            events.append(self._tell(e))
-        return events
+            self._tell(e)
 
-    def _tell(self, e: Entry) -> Event:
+    def _tell(self, e: Entry) -> None:
         host, step = e.host, e.step
-        extra = {**({"host": host} if host else {}), **({"step": step} if step else {})}
-        event = self.event(e.kind, e.message, {**extra, **e.data})
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "%s %s", e.kind, e.message, extra={"event": e.kind, "host": host, "step": step}
             )
+        if not self.fleet.sinks:  # the event is built only for someone to tell
+            return
+        extra = {**({"host": host} if host else {}), **({"step": step} if step else {})}
+        event = self.event(e.kind, e.message, {**extra, **e.data})
         for sink in self.fleet.sinks:
             try:
                 sink(event)
             except Exception:  # a display problem never changes a deployment
                 log.debug("event sink failed", exc_info=True)
-        return event
 
     def event(self, kind: str, message: str, data: Mapping[str, Any]) -> Event:
         return Event(

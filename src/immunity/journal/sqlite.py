@@ -299,9 +299,10 @@ class SqliteJournal:
         call.loop = asyncio.get_running_loop()  # anyio on asyncio, as the engine runs
         call.future = call.loop.create_future()
         self._queue.put(call)
-        with anyio.CancelScope(shield=True):  # asked for: it happens whole or raises
-            with anyio.move_on_after(self.call_timeout_s):
-                return await call.future
+        # asked for: it happens whole or raises (shielded), within the call's deadline (one
+        # scope for both: a shield around a `move_on_after` was two per call)
+        with anyio.move_on_after(self.call_timeout_s, shield=True):
+            return await call.future
         # The writer thread is stuck (a write that never returns: a hung disk or network
         # file system). The call stays queued and may still happen; the caller is told it
         # did not, and changes nothing more (JournalError).
