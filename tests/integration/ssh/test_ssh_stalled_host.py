@@ -1,6 +1,6 @@
 """A host whose ssh session stalls (its sshd processes stopped with SIGSTOP, as a frozen
 host would be) must not make `status`, preflight or a look at the fleet wait without end:
-the engine's read deadline (engine/deadlines.py) ends each read with a HostError naming the
+the engine's read deadline (hosts/deadline.py) ends each read with a HostError naming the
 host. Against the real sshd of this folder's conftest."""
 
 from __future__ import annotations
