@@ -443,3 +443,47 @@ def test_a_cloudwatch_delay_shorter_than_a_final_period_is_refused_at_its_line()
     assert "delay: expected at least period + complete_after = 120s" in problem
     assert problem.endswith("got 60s")
     parse(text.replace("delay: 60s", "delay: 2m"), "im.yaml")
+
+
+# -- trial 3 finding 12: the messages themselves ----------------------------------------
+
+
+def test_a_rule_over_a_whole_block_ends_without_got_a_mapping() -> None:
+    """`bake.max < bake.min` and a guard rail without `max` say what is wrong; the tail
+    "got a mapping" said nothing. The article fits the kind: "an error_rate_max check"."""
+    bake = _problems(BASE + "bake: {min: 120s, max: 90s}\n")
+    guard = _problems(BASE + "  - {name: cap, signal: lb, kind: error_rate_max}\n")
+    assert len(bake) == 1 == len(guard)
+    assert "got a mapping" not in bake[0] + guard[0]
+    assert "bake.max (90s) must be >= bake.min (120s)" in bake[0]
+    assert "an error_rate_max check needs `max`" in guard[0]
+
+
+def test_a_kind_typo_gets_did_you_mean_as_a_key_typo_does() -> None:
+    """`kind: latency-max` names the kinds and the likely one, in the loader's words."""
+    problems = _problems(BASE.replace("kind: errors}", "kind: latency-max, max: 500}"))
+    assert len(problems) == 1
+    assert "did you mean 'latency_max'?" in problems[0]
+    assert "Input should be" not in problems[0] and "got 'latency-max'" in problems[0]
+
+
+def test_a_bare_latency_bar_suggests_milliseconds() -> None:
+    """`warmup.latency_bar: 100` most likely meant 100ms (its default), not 100 minutes."""
+    problems = _problems(BASE + "warmup: {latency_bar: 100}\n")
+    assert len(problems) == 1 and '"100ms" or "100s"' in problems[0]
+
+
+def test_a_latency_bar_no_request_can_reach_is_rejected() -> None:
+    """`max: 1000s` on a p99 guard (1,000,000 ms) was accepted and guards nothing: past
+    60 s it is rejected at the value, with the ms it likely meant; a bar at or above the
+    probe's timeout is rejected too (the probe's requests end there, as errors)."""
+    huge = _problems(BASE + "  - {name: p99, signal: lb, kind: latency_max, max: 1000s}\n")
+    assert len(huge) == 1 and huge[0].startswith("im.yaml:12:")
+    assert "at most 60 s" in huge[0] and 'did you mean "1000ms"?' in huge[0]
+    assert parse(BASE + "  - {name: p99, signal: lb, kind: latency_max, max: 60s}\n", "im.yaml")
+    probe = _problems(
+        BASE + "  - {name: p99, signal: lb, kind: latency_max, max: 1500}\nprobe: {timeout: 1s}\n"
+    )
+    assert len(probe) == 1 and "probe.timeout (1s)" in probe[0] and "checks[1].max" in probe[0]
+    with pytest.raises(ValidationError):  # the model alone says the same
+        CheckConfig(name="p", signal="lb", kind="latency_max", max="1000s")  # type: ignore[arg-type]

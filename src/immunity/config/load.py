@@ -320,6 +320,15 @@ def _format(
                 f"got {word}, which YAML 1.1 reads as {str(err['input']).lower()}; if it is "
                 f"text quote it: {chr(34)}{word}{chr(34)}, else write the value meant"
             )
+        elif err["type"] == "literal_error":
+            choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+            given = str(err.get("input"))
+            close = difflib.get_close_matches(given.replace("-", "_").lower(), choices, n=1)
+            msg = f"expected one of {', '.join(choices)}, got {given!r}" + (
+                f"; did you mean {close[0]!r}?" if close else ""
+            )
+        elif isinstance(err.get("input"), dict) and pos.raw.get(loc) is None:
+            pass  # a rule over the whole block: its message says what is wrong
         elif "got" not in msg and "input" in err:
             shown = pos.raw.get(loc)
             got = shown if shown is not None else _input_text(err["input"])

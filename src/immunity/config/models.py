@@ -217,6 +217,12 @@ GUARD_KINDS = ("error_rate_max", "latency_max")
 """Check kinds that are absolute guard rails on the canary alone (no baseline needed)."""
 
 
+LATENCY_MAX_CEILING_MS = 60_000.0
+"""The highest `latency_max` bar accepted: 60 s. Requests end before that (HAProxy's
+`timeout server`, load balancers' idle timeouts and most clients' are at or under a minute),
+so a higher bar (`1000s` meant as `1000ms`) can never be crossed."""
+
+
 def _latency_ms(v: Any) -> Any:
     """A latency bound in ms from 250, "250ms" or "1.5s"."""
     if isinstance(v, str):
@@ -253,7 +259,9 @@ class CheckConfig(Strict):
     are guard rails on the canary alone."""
     max: Annotated[float | None, WithJsonSchema(_MAX_SCHEMA, mode="validation")] = None
     """Guard rails only: error_rate_max takes a fraction ("2%" or 0.02, above 0 and below
-    100%); latency_max a bound in ms (500, "500ms" or "1.5s") on the canary's `quantile`."""
+    100%); latency_max a bound in ms (500, "500ms" or "1.5s") on the canary's `quantile`,
+    at most 60 s (no request waits longer: `1000s` meant as ms is rejected) and, with a
+    `probe`, below `probe.timeout` (the probe's requests end there, as errors)."""
     quantile: float = Field(default=0.99, gt=0, lt=1)
     """latency_max only: the canary quantile bounded by `max` (0.99 = p99)."""
     thresholds_ms: list[float] | None = None
@@ -271,7 +279,22 @@ class CheckConfig(Strict):
         if kind == "latency_max":
             if isinstance(v, str) and v.strip().endswith("%"):
                 raise ValueError(f'latency_max takes a bound in ms (500 or "500ms"), got {v!r}')
-            return _latency_ms(v)
+            ms = _latency_ms(v)
+            if isinstance(ms, int | float) and ms > LATENCY_MAX_CEILING_MS:
+                said = f"{v!r} ({ms / 1000:,g} s)" if isinstance(v, str) else f"{ms:,g} ms"
+                mean = (
+                    f'; did you mean "{v.strip()[:-1].strip()}ms"?'
+                    if isinstance(v, str)
+                    and v.strip().endswith("s")
+                    and not v.strip().endswith("ms")
+                    else ""
+                )
+                raise ValueError(
+                    f"latency_max takes a bar requests can reach, at most "
+                    f"{LATENCY_MAX_CEILING_MS / 1000:g} s, got {said}: past any request "
+                    f"timeout, it would guard nothing{mean}"
+                )
+            return ms
         if isinstance(v, str) and v.strip().endswith("%"):
             try:
                 return float(v.strip()[:-1]) / 100.0
@@ -312,7 +335,8 @@ class CheckConfig(Strict):
         given = self.model_fields_set
         if self.kind in GUARD_KINDS and self.max is None:
             unit = '"2%" or 0.02' if self.kind == "error_rate_max" else "a bound in ms such as 500"
-            raise ValueError(f"a {self.kind} check needs `max` ({unit})")
+            article = "an" if self.kind[0] in "aeiou" else "a"
+            raise ValueError(f"{article} {self.kind} check needs `max` ({unit})")
         only = {
             "max": GUARD_KINDS,
             "quantile": ("latency_max",),
@@ -444,7 +468,8 @@ class ProbeConfig(Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     """Headers sent with every probe request (e.g. Host, or a synthetic-traffic marker)."""
     timeout: Duration = 2.0
-    """A probe request not answered within this is an error."""
+    """A probe request not answered within this is an error. A `latency_max` bar must be
+    below it."""
     max_share: Fraction = 1.0
     """The probe's requests never exceed this share of all the requests the fleet serves
     (customers' and the probe's). Below 100%, no customers means no probe traffic."""
@@ -638,6 +663,22 @@ class Config(Strict):
                     "its holder runs",
                 )
             )
+        if self.probe is not None:
+            for i, c in enumerate(self.checks):
+                if (
+                    c.kind == "latency_max"
+                    and c.max is not None
+                    and c.max >= self.probe.timeout * 1000
+                ):
+                    out.append(
+                        (
+                            ("checks", i, "max"),
+                            f"check {c.name!r}: its bar {c.max:,g} ms is at or above "
+                            f"probe.timeout ({self.probe.timeout:g}s): the probe gives up on a "
+                            "request then (an error), so on probe traffic this check never sees "
+                            "a request over its bar; lower max or raise probe.timeout",
+                        )
+                    )
         prev = 0
         for i, w in enumerate(self.waves):
             if isinstance(w, int):

@@ -170,7 +170,9 @@ def markdown() -> str:
         'Fractions are `0.05` or `"5%"`. `${VAR}` and `${VAR:-default}` are read from the',
         "environment. A key given twice is an error; YAML merge keys (`<<: *anchor`) work.",
         "`immunity config validate FILE` checks a file; `immunity config schema` prints the",
-        "JSON Schema for editors.",
+        "JSON Schema for editors. `validate` reads the file only, not what it points at (a",
+        "signal's access log in the wrong `log_format`, a socket that does not answer):",
+        "`immunity deploy --dry-run` runs the preflight, which reads them and touches nothing.",
         "",
     ]
     for path, model in core_models():

@@ -31,6 +31,19 @@ def _from_file(info: ValidationInfo | None) -> bool:
     return bool(info is not None and info.context and info.context.get("immunity.yaml"))
 
 
+SHORT_DURATIONS = frozenset({"latency_bar", "pause"})
+"""Duration fields measured in milliseconds (a request's latency, a pause between
+requests): a bare number there most likely meant ms."""
+
+
+def _units(number: str, info: ValidationInfo | None) -> str:
+    """The likely readings of a bare number, for the message: "100ms" or "100s" for a
+    short duration (see `SHORT_DURATIONS`), else "100s" or "100m"."""
+    if info is not None and info.field_name in SHORT_DURATIONS:
+        return f'"{number}ms" or "{number}s"'
+    return f'"{number}s" or "{number}m"'
+
+
 def parse_duration(v: Any, info: ValidationInfo | None = None) -> float:
     """Seconds as float from a string like "250ms", "30s", "5m", "1h" (or a number of
     seconds outside immunity.yaml). Raises ValueError for anything else, negative or
@@ -42,8 +55,8 @@ def parse_duration(v: Any, info: ValidationInfo | None = None) -> float:
             raise ValueError(f"expected a finite duration >= 0, got {v!r}")
         if v != 0 and _from_file(info):
             raise ValueError(
-                f'expected a duration with its unit such as "{v:g}s" or "{v:g}m", got {v!r}: '
-                "a bare number is ambiguous"
+                f"expected a duration with its unit such as {_units(f'{v:g}', info)}, got "
+                f"{v!r}: a bare number is ambiguous"
             )
         return float(v)
     if isinstance(v, str):
@@ -51,8 +64,8 @@ def parse_duration(v: Any, info: ValidationInfo | None = None) -> float:
         if m:
             if m.group(2) is None and float(m.group(1)) != 0:
                 raise ValueError(
-                    f'expected a duration with its unit such as "{m.group(1)}s" or '
-                    f'"{m.group(1)}m", got {v!r}: a bare number is ambiguous'
+                    f"expected a duration with its unit such as {_units(m.group(1), info)}, "
+                    f"got {v!r}: a bare number is ambiguous"
                 )
             return float(m.group(1)) * _UNIT[m.group(2)]
     raise ValueError(f'expected a duration such as "30s", "250ms" or "5m", got {v!r}')
