@@ -44,6 +44,37 @@ def test_help_shows_no_value_type_for_a_flag() -> None:
     assert "<str>" in deploy.output  # --release takes a value
 
 
+SERVED = """\
+app: shop
+hosts:
+  - {{name: h1, address: 127.0.0.1, port: 18001}}
+  - {{name: h2, address: 127.0.0.1, port: 18002}}
+balancer: {{kind: haproxy, socket: nowhere.sock, backend: be_app}}
+driver: {{kind: local, root: hosts, releases: releases}}
+signals:
+  - {{kind: haproxy, name: lb, socket: nowhere.sock, backend: be_app}}
+checks:
+  - {{name: errors, signal: lb, kind: errors}}
+journal: {{path: {journal}}}
+"""
+
+
+def test_serve_refuses_two_configs_of_the_same_app(tmp_path: Path) -> None:
+    """Trial 3 finding 13: two configs both `app: shop` showed two fleets and one list of
+    deployments nobody could tell apart ("serving shop, shop"); refused, exit 2, naming
+    both files and the way out, before anything is served."""
+    paths = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "immunity.yaml"
+        path.write_text(SERVED.format(journal=tmp_path / name / "journal.db"))
+        paths.append(str(path))
+    r = CliRunner().invoke(app, ["serve", "-c", paths[0], "-c", paths[1], "--port=-1"])
+    assert 2 == r.exit_code, r.output
+    assert "app 'shop' is named by 2 configs" in r.output
+    assert paths[0] in r.output and paths[1] in r.output and "own `app:` name" in r.output
+
+
 def test_a_location_is_printed_verbatim_not_as_an_emoji(tmp_path: Path) -> None:
     """`file.yaml:100:1` stays as written (rich would turn `:100:` into an emoji)."""
     path = tmp_path / "c.yaml"
@@ -187,3 +218,24 @@ def test_every_refusal_ends_with_one_next_line_never_a_hint(tmp_path: Path) -> N
         assert "hint:" not in r.output and "<config>" not in r.output, (args, r.output)
     # an unknown deployment's next step names the command that lists them, with this config
     assert f"`immunity history -c {cfg}` lists every deployment" in r.output, r.output
+
+
+def test_serve_lists_a_rollback_by_the_releases_it_moved_in_words() -> None:
+    """Trial 3 finding 7/13: the page's deployments list showed `rollback:v5` and
+    `rolled_back`; it reads "rollback v5 → v4" and "rolled back"."""
+    import datetime as dt
+
+    from immunity.journal.base import DeploymentRecord
+    from immunity.serve.views import deployment_row
+
+    at = dt.datetime(2026, 11, 30, 7, 47, tzinfo=dt.UTC)
+    rec = DeploymentRecord(
+        "d1", "shop", "rollback:v5", at, at, "rolled_back", "rollback requested",
+        {"rollback": True, "fallbacks": {"h1": "v4", "h2": "v4"}, "previous": {"h1": "v5"}},
+    )  # fmt: skip
+    row = deployment_row(rec)
+    assert (row["label"], row["said"], row["outcome"]) == (
+        "rollback v5 → v4",
+        "rolled back",
+        "rolled_back",
+    )

@@ -713,7 +713,7 @@ def serve(
     import uvicorn
 
     from immunity.engine.context import build_fleet
-    from immunity.serve import create_app, is_loopback
+    from immunity.serve import create_app, is_loopback, same_app
 
     token = os.environ.get(token_env) or None
     if not is_loopback(host) and not token:
@@ -723,17 +723,33 @@ def serve(
         )
         raise typer.Exit(2)
     fleets: list[Fleet] = []
+
+    async def close_all() -> None:
+        for f in fleets:
+            await f.journal.close()
+
     try:
         for path in config:
             fleets.append(build_fleet(cfgmod.load(path)))
     except ImmunityError as exc:
-
-        async def close_all() -> None:
-            for f in fleets:
-                await f.journal.close()
-
         anyio.run(close_all)
         raise typer.Exit(show_error(exc)) from None
+    clash = same_app(fleets)
+    if clash:
+        anyio.run(close_all)
+        err.print(
+            f"error: cannot serve these together: {clash}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        err.print(
+            "next: give each fleet its own `app:` name (an app is one lease and one deployment "
+            "history), or serve them one at a time",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(2)
     server = uvicorn.Server(
         uvicorn.Config(create_app(fleets, token=token), host=host, port=port, log_level="warning")
     )

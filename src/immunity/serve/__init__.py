@@ -6,6 +6,6 @@ A layer beside `cli`, above `engine`: it builds fleets from configs and reads th
 
 from __future__ import annotations
 
-from immunity.serve.app import create_app, is_loopback
+from immunity.serve.app import create_app, is_loopback, same_app
 
-__all__ = ["create_app", "is_loopback"]
+__all__ = ["create_app", "is_loopback", "same_app"]

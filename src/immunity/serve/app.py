@@ -99,10 +99,29 @@ async def _report_html(fleet: Fleet, deployment_id: str) -> str:
     return str(await anyio.to_thread.run_sync(report.render_html, data))
 
 
+def same_app(fleets: Sequence[Fleet]) -> str | None:
+    """Why `fleets` cannot be served together, or None: two configs naming the same `app`
+    would show two fleets and one list of deployments that cannot be told apart (an app is
+    one lease and one history; its deployments are looked up by app name)."""
+    paths: dict[str, list[str]] = {}
+    for f in fleets:
+        paths.setdefault(f.app, []).append(str(f.loaded.path))
+    twice = {app: p for app, p in paths.items() if len(p) > 1}
+    if not twice:
+        return None
+    return "; ".join(
+        f"app {app!r} is named by {len(p)} configs ({', '.join(p)})" for app, p in twice.items()
+    )
+
+
 def create_app(
     fleets: Sequence[Fleet], *, token: str | None = None, refresh_s: float = 1.0
 ) -> Starlette:
-    """The ASGI app over `fleets` (one per config). `token`: bearer token, None for none."""
+    """The ASGI app over `fleets` (one per config). `token`: bearer token, None for none.
+    Raises ValueError when two fleets have the same `app` (see `same_app`)."""
+    clash = same_app(fleets)
+    if clash:
+        raise ValueError(clash)
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
     )

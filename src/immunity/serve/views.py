@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from immunity.domain import HostRef, utcnow
+from immunity.domain import HostRef, outcome_words, utcnow
 from immunity.engine import ops
 from immunity.engine.context import Fleet
 from immunity.engine.fleetview import derive
@@ -133,7 +133,9 @@ def deployment_row(d: DeploymentRecord) -> dict[str, Any]:
         "id": d.id,
         "app": d.app,
         "release": d.release,
+        "label": d.release_words,  # a rollback's "rollback v5 → v4", not rollback:v5
         "outcome": d.outcome or "running or interrupted",
+        "said": outcome_words(d.outcome) if d.outcome else "running or interrupted",
         "finished": d.finished_at is not None,
         "reason": d.reason or verdict.get("reason") or "",
         "started_at": _iso(d.started_at),
