@@ -235,10 +235,12 @@ def test_a_rollback_frozen_inside_a_journal_write_blocks_no_command_for_good(
             r = sbx.run(args[0], "-c", str(cfg), *args[1:])
             assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
             assert time.monotonic() - t0 < 10, f"{args[0]} waited for the stopped writer"
-        assert (
-            f":{rb.pid}"
-            in json.loads(sbx.run("status", "-c", str(cfg), "--json").stdout)["lease"]["holder"]
-        )
+        st = json.loads(sbx.run("status", "-c", str(cfg), "--json").stdout)
+        assert st["lease"]["holder"].endswith(f":{rb.pid}"), st["lease"]
+        assert any(  # not "a run is in progress": stopped, and the way past it
+            f"pid {rb.pid} on this machine, is stopped" in a and f"kill -CONT {rb.pid}" in a
+            for a in st["attention"]
+        ), st["attention"]
         for args in (("deploy", "--release", "v2"), ("resume",)):
             t0 = time.monotonic()
             r = sbx.run(args[0], "-c", str(cfg), *args[1:])
