@@ -221,8 +221,9 @@ checks:
     # traffic it is watched by the absolute guard below instead
     quantiles: [0.5, 0.9]
   # a grossly slow release; the latency check above catches regressions against the
-  # baseline. 1 s leaves head-room for a busy laptop, where the probe's own requests (timed
-  # from immunity's process) wait for CPU too.
+  # baseline. On probe traffic, timed from immunity's process (which waits for CPU on a busy
+  # laptop), it passes under the bar but fails only when the canary is also slower than the
+  # baseline there: the probe's own slowness does not fail a release (docs/judging.md).
   - name: p99-guard
     signal: lb
     kind: latency_max
