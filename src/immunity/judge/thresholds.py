@@ -300,8 +300,9 @@ class ProbeGuardRail:
       cannot show the host's own figure against an absolute bar, only what the release adds.
     * FAIL only when both fail: the canary's probe requests are over the bar (`rail`) *and*
       worse than the baseline's at the bar (`relative`: the same conditional count test as the
-      `errors` and `latency` checks, at that bar, tolerance and all). Each fails a release no
-      worse than tolerated with probability at most alpha, so both together do too. A canary
+      `errors` and `latency` checks, at that bar, tolerance and all). The comparison fails a
+      release no worse than tolerated with probability at most alpha whatever the probe's
+      timing adds to both cohorts, so the pair does too (the bar alone does not). A canary
       over the bar only because the probe is slow shows the baseline just as slow, and does
       not fail; with no probe baseline (no host left on the old release) the probe cannot fail
       a guard rail at all, and one over the bar as timed here is inconclusive.
