@@ -94,16 +94,18 @@ def test_at_80x24_the_view_shows_wave_clock_and_checks_and_ends_on_the_revert(
     load = Load(fleet3, 60)
     try:
         s = tmux(deploy_cmd(str(cfg), "v3"), 80, 24, str(fleet3.dir))
+        # 80 columns: compact values ("4.55%/352"), whose traffic in the "from" column
         mid = wait_screen(
-            s, lambda ls: any(" errors " in f" {ln} " and "% of" in ln for ln in ls), 90
+            s, lambda ls: any(" errors " in f" {ln} " and "%/" in ln for ln in ls), 90
         )
         header = mid[0]
         assert "deploying v3" in header and "wave 1/2" in header
         assert "bake" in header and "min 0:20" in header
         assert all(len(line) <= 80 for line in mid)
         row = next(ln for ln in mid if ln.lstrip().startswith("errors"))
-        canary, baseline = [c for c in row.split("  ") if "% of" in c][:2]
+        canary, baseline = [c for c in row.split() if "%/" in c][:2]
         assert canary.strip() and baseline.strip()
+        assert row.split()[1] in ("real", "probe"), row  # whose numbers they are
         assert any(ln.lstrip().startswith("h1 ") for ln in mid)
         end = wait_screen(s, lambda ls: any(ln.startswith("EXIT=") for ln in ls), 120)
         assert "EXIT=3" in end

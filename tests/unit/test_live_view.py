@@ -98,8 +98,9 @@ def test_the_live_view_fits_the_terminal_and_shows_wave_clock_hosts_and_checks(
     assert "bake 0:0" in lines[0] and "min 0:30" in lines[0] and "max 10:00" in lines[0]
     assert "h2" in text and "drain" in text
     row = next(line for line in lines if line.lstrip().startswith("errors"))
-    assert "4.55% of 352" in row  # 16 of 352 over two looks
-    assert "0.00% of 728" in row
+    of = " of " if width >= 100 else "/"  # 80 columns: compact values, whose in "from"
+    assert f"4.55%{of}352" in row  # 16 of 352 over two looks
+    assert f"0.00%{of}728" in row
     assert "15/100" in row
     guard = next(line for line in lines if "error-rate" in line)
     assert "fail" in guard
@@ -409,3 +410,83 @@ def test_a_deployed_rows_reason_covers_every_wave_not_only_the_last_guard_rails(
     )
     reverted = DeploymentRecord("d2", "shop", "v3", t, t, "reverted", "errors: worse")
     assert _whole_reason(reverted, entries) is None
+
+
+def _quiet_hour_view(width: int = 80) -> LiveView:
+    """Five hosts, four checks each with its probe twin; the customers brought wave 3's
+    canary 4,503 requests, then stopped: the probe alone brings requests from look 2 on."""
+    view = LiveView(
+        title="deploying v7",
+        hosts=HOSTS[:5],
+        waves=3,
+        quantiles={"latency": [0.5, 0.9]},
+        live=False,
+        console=Console(file=io.StringIO(), width=300, color_system=None),
+    )
+    names = ["errors", "latency", "p99-guard", "error-rate-guard"]
+    kinds = dict(zip(names, ["errors", "latency", "latency_max", "error_rate_max"], strict=True))
+    every = names + [n + " (probe)" for n in names]
+    view(ev("wave.started", "wave 3", wave=3, hosts=["h4"]))
+    view(ev("bake.started", "wave 3", wave=3, bake=3, purpose="wave", checks=every,
+            kinds={n: kinds[n.removesuffix(" (probe)")] for n in every},
+            signals={n: "probe" if n.endswith("(probe)") else "lb" for n in every},
+            needed={n: {"e_fail_needed": 600, "e_pass_needed": 40} for n in every},
+            min_s=20, max_s=90))  # fmt: skip
+    bounds = {"probe": [5, 10, 100, 500, 1000], "lb": [5, 10, 100, 500, 1000]}
+    customers = {"canary": {"n": 4503, "x": 0, "lat": [4000, 503]},
+                 "baseline": {"n": 9000, "x": 0, "lat": [8000, 1000]}}  # fmt: skip
+    probe = {"canary": {"n": 1763, "x": 0, "lat": [0, 10, 500, 1200, 53]},
+             "baseline": {"n": 478, "x": 0, "lat": [0, 5, 100, 350, 23]}}  # fmt: skip
+    quiet = {"canary": {"n": 0, "x": 0}, "baseline": {"n": 0, "x": 0}}
+    for look, obs in ((1, {"lb": customers, "bounds": bounds}), (2, {"lb": quiet, "probe": probe})):
+        view(ev("bake.looked", "x", look=look, t_s=float(look), obs=obs, outcome="continue",
+                checks={n: {"o": "continue", "s": {"e_fail": 1, "e_pass": 1}} for n in names}))  # fmt: skip
+    return view
+
+
+def test_at_80_columns_check_names_and_whose_numbers_they_are_stay_visible() -> None:
+    """Trial 3 finding 11: at 80x24 "error-rate…" and "0.00% of 83 (…" were cut, so it was
+    not visible whether the numbers were the customers' or the probe's. The check column
+    keeps whole names, a "from" column says probe or real, the values are compact."""
+    view = _quiet_hour_view()
+    buf = io.StringIO()
+    Console(file=buf, width=80, height=24, color_system=None).print(view.render(80, 24))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in ("errors", "latency", "p99-guard", "error-rate-guard"):
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert "probe" in row and "…" not in row, row
+    guard = next(line for line in lines if line.startswith("error-rate-guard "))
+    assert "0.00%/1,763" in guard and "guard rail" in guard, guard
+
+
+def test_plain_lines_show_the_probes_numbers_once_it_takes_over() -> None:
+    """Trial 3 finding 11: after the customers stopped mid-wave, the timestamped bake.looked
+    lines kept repeating their frozen numbers ("canary 0.00% of 4,503"); once only the probe
+    brings the canary requests, a line shows the probe's."""
+    view = _quiet_hour_view()
+    buf = io.StringIO()
+    view.console = Console(file=buf, width=400, color_system=None)
+    view(ev("bake.looked", "x", look=30, t_s=30.0, outcome="continue",
+            obs={"lb": {"canary": {"n": 0, "x": 0}, "baseline": {"n": 0, "x": 0}},
+                 "probe": {"canary": {"n": 40, "x": 0}, "baseline": {"n": 40, "x": 0}}},
+            checks={"errors": {"o": "continue", "s": {"e_fail": 1, "e_pass": 1}}}))  # fmt: skip
+    line = buf.getvalue()
+    assert "errors continue (canary 0.00% of 1,803 (probe)" in line, line
+    assert "4,503" not in line
+
+
+def test_the_header_counts_planned_waves_only_and_drops_the_counter_at_the_end() -> None:
+    """Trial 3 finding 11: after success the header read "wave 5/3": the guard and the
+    holdback's switch go on counting waves past the plan. The holdback's switch reads
+    "holdback"; once the run ended, the outcome alone."""
+    view = _quiet_hour_view()
+    head = lambda: view._header(120).plain  # noqa: E731
+    assert "wave 3/3" in head()
+    view(ev("guard.started", "guard", wave=4, holdback="h5", held_back=["h5"]))
+    view(ev("bake.started", "guard", wave=4, bake=4, purpose="guard", checks=[], max_s=20))
+    assert "/3" not in head() and "guard" in head()
+    view(ev("wave.started", "wave 5", wave=5, hosts=["h5"]))
+    assert "holdback" in head() and "5/3" not in head()
+    view(ev("deployment.succeeded", "every host serves v7"))
+    assert "succeeded" in head() and "wave" not in head() and "holdback" not in head()

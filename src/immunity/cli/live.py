@@ -123,6 +123,9 @@ class _Check:
     pn: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
     px: dict[str, float] = field(default_factory=lambda: {"canary": 0.0, "baseline": 0.0})
     plat: dict[str, list[float]] = field(default_factory=lambda: {"canary": [], "baseline": []})
+    probe_now: bool = False
+    """At the last look only the probe brought the canary requests (the customers' signal
+    counted none): the probe has taken over, and its numbers are the ones that move."""
 
 
 class LiveView:
@@ -144,6 +147,7 @@ class LiveView:
         self.console = console
         self.waves = waves
         self.wave = 0
+        self.stage = ""  # "wave 2/3", "guard", "holdback", "" once the run ended
         self.phase = "preflight"
         self.hosts = {h: _Host(release=(releases or {}).get(h) or "") for h in hosts}
         self.checks: dict[str, _Check] = {}
@@ -209,6 +213,14 @@ class LiveView:
         elif kind == "wave.started":
             self.wave = int(d.get("wave", self.wave))
             self.phase = "switching"
+            # past the planned waves: the holdback's switch after the guard (the wave index
+            # goes on counting, so the header read "wave 5/3")
+            past = bool(self.waves) and self.wave > self.waves
+            self.stage = "holdback" if past else f"wave {self.wave}"
+            if self.waves and not past:
+                self.stage += f"/{self.waves}"
+        elif kind == "guard.started":
+            self.stage = ""  # the phase and the clock say "guard"
         elif kind == "bake.started":
             self.bake_at = time.monotonic()
             self.bake_t = 0.0
@@ -252,6 +264,7 @@ class LiveView:
                 self.phase = "stopping"
             elif kind != "deployment.resumed":
                 self.phase = kind.split(".", 1)[1].replace("_", " ")
+                self.stage = ""  # ended: the outcome alone, no wave counter
 
     def _host(self, row: _Host, kind: str, d: Mapping[str, Any], message: str) -> None:
         purpose = d.get("purpose")
@@ -281,6 +294,10 @@ class LiveView:
             sources = [(obs.get(chk.signal) or {}, chk.n, chk.x, chk.lat)]
             if chk.probed:
                 sources.append((obs.get(PROBE_SIGNAL) or {}, chk.pn, chk.px, chk.plat))
+                mine = float(((obs.get(chk.signal) or {}).get("canary") or {}).get("n", 0))
+                probe = float(((obs.get(PROBE_SIGNAL) or {}).get("canary") or {}).get("n", 0))
+                if mine or probe:  # a look that saw nothing changes nothing
+                    chk.probe_now = mine == 0 < probe
             for per, ns, xs, lats in sources:
                 for cohort in ("canary", "baseline"):
                     o = per.get(cohort) or {}
@@ -347,8 +364,10 @@ class LiveView:
     def _header(self, width: int) -> Text:
         t = Text()
         t.append(self.title, style="bold")
-        if self.waves:
-            t.append(f"  wave {self.wave or '–'}/{self.waves}")
+        if self.stage:
+            t.append(f"  {self.stage}")
+        elif self.waves and not self.wave:
+            t.append(f"  wave –/{self.waves}")
         t.append(f"  {self.phase}", style="cyan")
         if self.bake_at is not None:
             elapsed = time.monotonic() - self.bake_at
@@ -400,11 +419,20 @@ class LiveView:
 
     def _checks_table(self, width: int) -> Table:
         bw = 10 if width >= 140 else 4 if width >= 110 else 0
-        t = Table(box=box.SIMPLE_HEAD, expand=True, show_edge=False, padding=(0, 1))
+        # narrow (80 columns): whose numbers a row shows (the probe's or real traffic's)
+        # gets its own short column and the values are compact, so neither the check's
+        # name nor the probe's mark is cut off
+        narrow = width < 100
+        pad = (0, 1, 0, 0) if narrow else (0, 1)  # one space between columns, not two
+        t = Table(box=box.SIMPLE_HEAD, expand=True, show_edge=False, padding=pad)
         longest = max((len(n) for n in self.checks), default=5)
-        t.add_column(
-            "check", no_wrap=True, overflow="ellipsis", min_width=min(16, longest), ratio=3
-        )
+        if narrow:
+            t.add_column("check", no_wrap=True, overflow="ellipsis", width=min(18, longest))
+            t.add_column("from", no_wrap=True, width=5)
+        else:
+            t.add_column(
+                "check", no_wrap=True, overflow="ellipsis", min_width=min(16, longest), ratio=3
+            )
         t.add_column("canary", no_wrap=True, overflow="ellipsis", ratio=4)
         t.add_column("baseline", no_wrap=True, overflow="ellipsis", ratio=4)
         ew = bw + (1 if bw else 0) + (9 if width >= 110 else 8)  # bar, a space, "1.0k/100"
@@ -412,9 +440,11 @@ class LiveView:
         t.add_column("to pass", no_wrap=True, overflow="ellipsis", width=ew)
         t.add_column("state", no_wrap=True, overflow="ellipsis", width=12 if width >= 110 else 8)
         for c in self.checks.values():
-            canary, baseline = self._values(c, wide=width >= 120)
+            canary, baseline = self._values(c, wide=width >= 120, compact=narrow)
+            source = [Text("probe", style="magenta") if on_probe(c) else Text("real")]
             t.add_row(
                 Text(c.name),
+                *(source if narrow else []),
                 Text(canary) if isinstance(canary, str) else canary,
                 Text(baseline) if isinstance(baseline, str) else baseline,
                 bar(_max_stat(c.stats, "e_fail", on_probe(c)), _needed(c, "e_fail_needed"), bw),
@@ -423,8 +453,10 @@ class LiveView:
             )
         return t
 
-    def _values(self, c: _Check, *, wide: bool) -> tuple[str, str]:
-        """The canary's and the baseline's value so far in this bake, in the check's terms."""
+    def _values(self, c: _Check, *, wide: bool, compact: bool = False) -> tuple[str, str]:
+        """The canary's and the baseline's value so far in this bake, in the check's terms;
+        `compact` (a narrow table, whose check column carries the probe's mark): "0.00%/83",
+        "p50 162ms", no "(probe)" suffix."""
         out = []
         probe_side = on_probe(c)
         for cohort in ("canary", "baseline"):
@@ -440,14 +472,17 @@ class LiveView:
                     f"p{100 * q:g} {ms_text(quantile(bounds, lats, q))}"
                     for q in (qs_wanted or [0.5])[: 3 if wide else 1]
                 ]
+                if compact:
+                    qs = [v.replace(" ms", "ms").replace(" s", "s") for v in qs]
                 out.append(" ".join(qs) if n else "no requests")
             else:
                 rate = f"{100 * x / n:.2f}%" if n else "–"
-                out.append(f"{rate} of {n:,.0f}" if n else "no requests")
-            if probe_side:
+                joined = "/" if compact else " of "
+                out.append(f"{rate}{joined}{n:,.0f}" if n else "no requests")
+            if probe_side and not compact:
                 out[-1] += " (probe)"
         if c.kind in ("error_rate_max", "latency_max"):
-            out[1] = "(guard rail)"
+            out[1] = "guard rail" if compact else "(guard rail)"
         return out[0], out[1]
 
 
@@ -486,7 +521,9 @@ def on_probe(c: _Check) -> bool:
             return False
         if need and probe is not None and probe >= need:
             return True
-    return c.n["canary"] == 0 < c.pn["canary"]
+    # undecided: the probe speaks once it alone brings the canary requests, even after the
+    # customers brought some (their numbers froze when they stopped)
+    return c.probe_now or c.n["canary"] == 0 < c.pn["canary"]
 
 
 def _side(stats: Mapping[str, float], probe: bool) -> dict[str, float]:
