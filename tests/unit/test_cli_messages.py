@@ -174,10 +174,14 @@ def test_a_bad_release_name_exits_2_saying_what_a_name_may_be(tmp_path: Path) ->
 def test_errors_without_a_command_in_their_hint_get_a_next_step() -> None:
     """A journal error says what to run next; a config error's hint already names it."""
     from immunity.cli.output import error_next_step
-    from immunity.errors import ConfigError, JournalError, PreflightError
+    from immunity.errors import ConfigError, JournalError, JournalLocked, PreflightError
 
     assert "`immunity resume -c <config>`" in error_next_step(JournalError("disk full"))
     assert "nothing was touched" in error_next_step(PreflightError("h1 answers nothing"))
+    stuck = JournalLocked(  # PostgreSQL's hint names SQL, not a command of ours
+        "journal write waited 15s for a lock", hint="end it (`SELECT pg_terminate_backend(7)`)"
+    )
+    assert "run the same command again" in error_next_step(stuck)
     done = ConfigError(
         "x", hint="fix the lines above, then check again: immunity config validate c"
     )

@@ -65,6 +65,9 @@ _ERROR_STEPS = {
     "journal-error": "nothing more was changed: make the journal writable again (disk, "
     "permissions, database), then see the fleet with `immunity status -c <config>` and "
     "finish with `immunity resume -c <config>`",
+    "journal-locked": "nothing more was changed: once the process or session named is out of "
+    "the way (woken, stopped or ended), run the same command again; `immunity resume -c "
+    "<config>` finishes a run it left unfinished",
     "revert-incomplete": "see the fleet with `immunity status -c <config>`, then put it back "
     "with `immunity rollback -c <config>`",
     "balancer-error": "check the balancer settings and that it answers; `immunity status "
