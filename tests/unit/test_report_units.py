@@ -197,3 +197,25 @@ def test_a_revert_finished_by_resume_is_reverted_at_the_runs_end() -> None:
     assert "2026-11-30T07:39:35.324700+00:00" == outputs(result, None)["reverted_at"]
     verdict = {**result, "reverted_from": "verdict"}
     assert "2026-11-30T07:39:15.200000+00:00" == outputs(verdict, None)["reverted_at"]
+
+
+def test_a_rollbacks_report_names_the_releases_it_moved_in_words() -> None:
+    """Trial 3 finding 13: `show` of a rollback read "rollback:v5  rolled_back" and "the
+    fleet was rolled back"; it reads "rollback v5 → v4  rolled back" and says from what to
+    what."""
+    import io
+
+    from rich.console import Console
+
+    from immunity.cli.show import print_deployment
+    from immunity.journal.base import DeploymentRecord
+    from immunity.report.data import build, verdict_sentence
+
+    at = dt.datetime(2026, 11, 30, 7, 47, tzinfo=dt.UTC)
+    data = {"rollback": True, "fallbacks": {"h1": "v4", "h2": "v4"}, "previous": {"h1": "v5"}}
+    rec = DeploymentRecord("d1", "shop", "rollback:v5", at, at, "rolled_back", "rollback requested", data)  # fmt: skip
+    assert verdict_sentence(rec, {}).startswith("the fleet was rolled back from v5 to v4")
+    buf = io.StringIO()
+    print_deployment(Console(file=buf, width=200, color_system=None), build(rec, []))
+    head = buf.getvalue().splitlines()[0]
+    assert "rollback v5 → v4  rolled back" in head and "rolled_back" not in head, head

@@ -67,9 +67,9 @@ def print_deployment(con: Console, data: Mapping[str, Any]) -> None:
     """The whole deployment: header, sentence, waves, hosts' steps, customers, revert."""
     head = Text()
     head.append(str(data.get("deployment_id")), style="bold")
-    head.append(f"  {data.get('app')}  {data.get('release')}  ")
+    head.append(f"  {data.get('app')}  {data.get('label') or data.get('release')}  ")
     outcome = str(data.get("outcome"))
-    head.append(outcome, style={"deployed": "green"}.get(outcome, "yellow"))
+    head.append(outcome_words(outcome), style={"deployed": "green"}.get(outcome, "yellow"))
     head.append(f"  started {str(data.get('started_at') or '')[:19]}")
     head.append(f", {_secs(data.get('duration_s'))}")
     con.print(head)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from immunity.analysis.evidence import read_looks
-from immunity.domain import histogram_quantile
+from immunity.domain import histogram_quantile, outcome_words
 from immunity.journal.base import DeploymentRecord, JournalEntry
 
 SMOOTH_LOOKS = 5
@@ -190,6 +190,9 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
     """One sentence: what happened to the release, why (with the numbers), how fast."""
     outcome = record.outcome or "unfinished"
     reason = str(result.get("reason") or record.reason or "").strip().rstrip(".")
+    # a rollback: from the release it found (its record's label `rollback:v5`) to its targets
+    targets = sorted({str(v) for v in dict(record.data.get("fallbacks") or {}).values() if v})
+    moved = (record.release.removeprefix("rollback:"), ", ".join(targets))
     words = {
         "deployed": f"{record.release} was deployed to every host",
         "reverted": f"{record.release} was rejected and the whole fleet reverted",
@@ -198,7 +201,8 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
         "inconclusive": f"{record.release} could not be judged and the fleet was reverted",
         "aborted": f"the deployment of {record.release} was aborted and the fleet reverted; "
         f"{record.release} was not judged",
-        "rolled_back": "the fleet was rolled back",
+        "rolled_back": f"the fleet was rolled back from {moved[0]}"
+        + (f" to {moved[1]}" if moved[1] else ""),
         "unchanged": f"{record.release} already ran on every host: nothing was deployed",
     }
     verdict = result.get("verdict") or {}
@@ -273,7 +277,9 @@ def build(record: DeploymentRecord, entries: Sequence[JournalEntry]) -> dict[str
         "deployment_id": record.id,
         "app": record.app,
         "release": record.release,
+        "label": record.release_words,  # a rollback's "rollback v5 → v4"
         "outcome": record.outcome or "unfinished",
+        "outcome_words": outcome_words(record.outcome),  # "rolled back", not rolled_back
         "reason": result.get("reason") or record.reason or "",
         "sentence": verdict_sentence(record, result),
         "started_at": _iso(record.started_at),

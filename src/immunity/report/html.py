@@ -10,7 +10,7 @@ from immunity.report import charts
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>immunity: {{ d.app }} {{ d.release }} {{ d.outcome }} ({{ d.deployment_id }})</title>
+<title>immunity: {{ d.app }} {{ d.label or d.release }} {{ d.outcome_words or d.outcome }} ({{ d.deployment_id }})</title>
 <style>
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
 h1{font-size:22px;margin:0 0 6px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:3px}
@@ -24,11 +24,11 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .chart svg{max-width:100%;height:auto} .muted{color:#777} code{font-size:12px}
 .kv td:first-child{color:#555}
 </style></head><body>
-<h1>{{ d.app }}: release {{ d.release }} — {{ d.outcome }}</h1>
+<h1>{{ d.app }}: {% if d.label and d.label != d.release %}{{ d.label }}{% else %}release {{ d.release }}{% endif %} — {{ d.outcome_words or d.outcome }}</h1>
 <div class="muted">deployment <code>{{ d.deployment_id }}</code> · started {{ d.started_at }} · {{ "%.1f"|format(d.duration_s) }} s</div>
 <p class="verdict o-{{ d.outcome }}" id="verdict">{{ d.sentence }}</p>
 <table class="kv">
-<tr><td>outcome</td><td><b>{{ d.outcome }}</b></td></tr>
+<tr><td>outcome</td><td><b>{{ d.outcome_words or d.outcome }}</b></td></tr>
 {% if d.detected_after_s is not none %}<tr><td>detected after</td><td>{{ "%.1f"|format(d.detected_after_s) }} s (from the first canary in the pool to the verdict)</td></tr>{% endif %}
 {% if d.reverted_after_s is not none %}<tr><td>fleet reverted</td><td>in {{ "%.1f"|format(d.reverted_after_s) }} s {{ d.reverted_from }}</td></tr>{% endif %}
 <tr><td>evidence</td><td>{{ d.looks }} look(s) recorded</td></tr>
