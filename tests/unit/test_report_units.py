@@ -219,3 +219,13 @@ def test_a_rollbacks_report_names_the_releases_it_moved_in_words() -> None:
     print_deployment(Console(file=buf, width=200, color_system=None), build(rec, []))
     head = buf.getvalue().splitlines()[0]
     assert "rollback v5 → v4  rolled back" in head and "rolled_back" not in head, head
+
+
+def test_the_ci_step_summary_says_the_outcome_in_words() -> None:
+    """Trial 3 finding 13: the GitHub step summary's heading read "v5 rolled_back"; it reads
+    "rolled back", with the outcome's value beside it in the table for whoever greps it."""
+    md = ci.summary_markdown(
+        {"outcome": "rolled_back", "release": "v5", "exit_code": 0, "deployment_id": "d1"}, None
+    )
+    assert "immunity: v5 rolled back" in md.splitlines()[0]
+    assert "**rolled back** (`rolled_back`, exit 0)" in md

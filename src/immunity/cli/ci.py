@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from immunity.domain import Event
+from immunity.domain import Event, outcome_words
 
 # Environment variables that hold credentials when set (AWS's credential chain, proxies with
 # passwords are covered by the config's own ${NAME} references).
@@ -264,15 +264,16 @@ def summary_markdown(result: Mapping[str, Any], report_path: str | None) -> str:
         "held": "⏸️",
     }
     outcome = str(result.get("outcome"))
+    said = outcome_words(outcome)  # "rolled back"; the value itself beside it in the table
     lines = [
-        f"## {icon.get(outcome, 'ℹ️')} immunity: {_md(result.get('release'))} {outcome}",
+        f"## {icon.get(outcome, 'ℹ️')} immunity: {_md(result.get('release'))} {said}",
         "",
         f"{_md(result.get('reason') or '')}",
         "",
         "| | |",
         "| --- | --- |",
         f"| deployment | `{_md(result.get('deployment_id'))}` |",
-        f"| outcome | **{outcome}** (exit {_md(result.get('exit_code'))}) |",
+        f"| outcome | **{said}** (`{outcome}`, exit {_md(result.get('exit_code'))}) |",
         f"| duration | {_md(result.get('duration_s'))} s |",
     ]
     if result.get("detected_after_s") is not None:
