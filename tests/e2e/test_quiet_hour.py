@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
-from e2e_helpers import FAST, Sandbox
+from e2e_helpers import FAST, Load, Sandbox
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -75,3 +76,60 @@ def test_with_no_customers_a_release_with_5pct_errors_is_reverted_within_30_s(
     assert result["detected_after_s"] is not None and result["detected_after_s"] <= 30
     assert [h["active_release"] for h in fleet3.status()["hosts"]] == [old] * 3
     assert fleet3.servers_state() == {"h1": 0, "h2": 0, "h3": 0}
+
+
+def test_customers_who_leave_after_wave_1_leave_the_probe_its_own_thresholds(
+    fleet3: Sandbox,
+) -> None:
+    """Trial 3, finding 1: customers froze the latency thresholds through the balancer in
+    wave 1 (a few ms), then stopped coming. Wave 2's probe twin judged the probe's requests,
+    timed from immunity's process (tens to hundreds of ms), against those, "(configured)":
+    every request "slow" on both cohorts, never decided, a good release reverted with exit 7.
+    Now the twin compares at the probe's own thresholds and the release deploys (exit 0)."""
+    r = fleet3.run("sandbox", "release", "--dir", str(fleet3.dir), "v4")
+    assert r.returncode == 0, r.stderr
+    cfg = fleet3.write_config(
+        "leave.yaml",
+        **{**FAST, "bake": BAKE, "probe": PROBE, "waves": [1, 2, "100%"], "guard": {"duration": 0}},
+    )
+    after = last_seq(fleet3)
+    load = Load(fleet3, rps=60, name="leave-load.jsonl")
+    deploy = fleet3.start("deploy", "-c", str(cfg), "--release", "v4", "--json", "leave.json")
+    try:
+        deadline = time.monotonic() + 120
+        while not any(e["wave"] == 1 for e in entries(fleet3, "wave.passed", after)):
+            assert deploy.poll() is None, deploy.communicate()
+            assert time.monotonic() < deadline, "wave 1 did not pass within 120 s"
+            time.sleep(0.2)
+    finally:
+        load.stop()  # the customers go home
+    out, err = deploy.communicate(timeout=300)
+    assert deploy.returncode == 0, out + err[-2000:]
+    assert json.loads((fleet3.dir / "leave.json").read_text())["outcome"] == "deployed"
+    (wave2,) = [b for b in entries(fleet3, "bake.started", after) if b["wave"] == 2]
+    carried = dict(wave2["carried"])  # type: ignore[call-overload]
+    if "latency" in carried and "latency (probe)" in carried:  # each its own
+        assert carried["latency"] != carried["latency (probe)"], carried
+    (reached,) = [e for e in entries(fleet3, "verdict.reached", after) if e["wave"] == 2]
+    assert "(configured)" not in json.dumps(reached), reached
+
+
+def last_seq(sbx: Sandbox) -> int:
+    """The journal's last entry (0 before the sandbox's first deployment made it)."""
+    if not (sbx.dir / "journal.db").exists():
+        return 0
+    with sqlite3.connect(sbx.dir / "journal.db") as db:
+        return int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()[0])
+
+
+def entries(sbx: Sandbox, kind: str, after: int) -> list[dict[str, object]]:
+    """The data of every `kind` entry journaled after entry `after`, in order (none while
+    the deployment has not created the journal yet; read-only, so this never creates it)."""
+    try:
+        with sqlite3.connect(f"file:{sbx.dir / 'journal.db'}?mode=ro", uri=True) as db:
+            rows = db.execute(
+                "SELECT data FROM entries WHERE kind = ? AND seq > ? ORDER BY seq", (kind, after)
+            ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [json.loads(r[0]) for r in rows]
