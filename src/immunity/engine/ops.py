@@ -179,9 +179,11 @@ async def resume(fleet: Fleet, *, abort: bool = False) -> RunResult:
 async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     """Walk every host back to its previous release, by the same switch.
 
-    A host's previous release is the one it ran before the last deployment (its fallback
-    there; after a rollback, the release it ran before that rollback). Hosts already on it
-    stay as they are. Without a journal record, the host's previously installed release.
+    A host's previous release is the one it ran before the last change (`last_change`: its
+    fallback there; after a rollback, the release it ran before that rollback). Hosts already
+    on it stay as they are. Without a journal record, the host's previously installed
+    release. Raises NothingToRollBack when no host would move, and after a rollback that
+    found the fleet mixed (it ended an interrupted deployment): undoing it would mix it again.
     """
     record = await last_change(fleet)
     seen = await fleet.observe(installed=record is None)
@@ -193,6 +195,19 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
             targets[name] = before[-1]
     if not targets:
         raise NothingToRollBack("nothing to roll back: no host has a previous release")
+    if record is not None and record.rollback and len(set(targets.values())) > 1:
+        # a rollback that ended an interrupted deployment found the fleet mixed: undoing it
+        # would put the fleet back half on the interrupted release, never a release state
+        found: dict[str, list[str]] = {}
+        for name, release in targets.items():
+            found.setdefault(release, []).append(name)
+        was = "; ".join(f"{', '.join(n)} on {r}" for r, n in found.items())
+        raise NothingToRollBack(
+            f"nothing to roll back: the last run, {record.id} ({record.release_words}), found "
+            f"the fleet mixed ({was}); rolling it back would leave the fleet mixed again",
+            hint="to go on to another release, deploy it: `immunity deploy -c FILE --release "
+            "NAME` (`immunity history -c FILE` lists the deployments)",
+        )
     if record is not None and all(
         observed.get(name) == (LbState.SERVING, release) for name, release in targets.items()
     ):

@@ -324,6 +324,9 @@ def test_an_interrupted_deploy_then_rollback_reads_as_ended_by_it_in_history_and
         back = await ops.rollback(fleet, handle_signals=False)
         status = await ops.status(fleet)
         hist = await history(fleet.journal, fleet.app, clock.now())
+        with pytest.raises(ops.NothingToResume) as mixed:  # it would put h1 back on v13
+            await ops.rollback(fleet, handle_signals=False)
+        assert "mixed" in mixed.value.message and on(world)["h1"] == ("v15", LbState.SERVING)
         bad = await deploy(fleet, "v14", handle_signals=False)  # found worse: reverted
         with pytest.raises(ops.NothingToResume) as again:
             await ops.rollback(fleet, handle_signals=False)
