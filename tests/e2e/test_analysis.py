@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def loaded(fleet3: Sandbox) -> Iterator[Sandbox]:
     """The fleet under steady customer load for the whole module (judges need traffic)."""
-    load = Load(fleet3, 40, "analysis-load.jsonl")
+    load = Load(fleet3, 80, "analysis-load.jsonl")
     try:
         yield fleet3
     finally:
