@@ -54,7 +54,7 @@ def run(sbx: Sandbox, *args: str, env: dict[str, str]) -> tuple[int, str, str]:
 
 
 def run_cmd(sbx: Sandbox, cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    load = Load(sbx, 60)
+    load = Load(sbx, 120)
     try:
         r = subprocess.run(
             cmd,
@@ -259,7 +259,7 @@ def test_a_cancelled_github_workflow_leaves_the_fleet_on_one_release(fleet3: San
     inputs = {"config": str(cfg), "release": "v2", "immunity": EXE}
     script, step_env = github_step("deploy", inputs)
     env = {**_clean_env(), "GITHUB_ACTIONS": "true", **step_env}
-    load = Load(fleet3, 60)
+    load = Load(fleet3, 120)
     try:
         proc = subprocess.Popen(
             ["bash", "-e", "-c", script],
