@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from immunity.config import LoadedConfig, resolve_path
+from immunity.domain import NOT_A_CHANGE
 from immunity.errors import ImmunityError
 from immunity.journal import Journal, open_journal
 from immunity.journal.base import DeploymentRecord, JournalEntry
@@ -33,7 +34,21 @@ async def load(journal: Journal, deployment_id: str) -> dict[str, Any]:
     Raises UnknownDeployment (exit 2) naming the recent deployments when it is not found.
     """
     record, entries = await find(journal, deployment_id)
-    return build(record, entries)
+    data = build(record, entries)
+    if record.outcome in (None, "interrupted", "terminated") and not record.rollback:
+        # left stopped, then undone by a rollback (nothing else can follow it: a deploy is
+        # refused over it): say so, as `history` does
+        later = [
+            r
+            for r in await journal.deployments(record.app)
+            if r.started_at > record.started_at and r.outcome not in NOT_A_CHANGE
+        ]
+        if later and later[0].rollback:
+            data["ended_by"] = {"id": later[0].id, "label": later[0].release_words}
+            data["sentence"] = (
+                f"{data['sentence']} Then ended by {later[0].release_words} ({later[0].id})."
+            )
+    return data
 
 
 async def find(

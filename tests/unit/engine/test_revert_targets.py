@@ -313,6 +313,7 @@ def test_an_interrupted_deploy_then_rollback_reads_as_ended_by_it_in_history_and
     1 rollback for 3 rows, and names the rollback by the releases it moved, not
     `rollback:v13`; status says it so. After a reverted v14, `rollback` has nothing to do
     and says so in words (finding 13), not `error (nothing-to-resume)`."""
+    from immunity.report import load as report_load
     from immunity.report.history import history
 
     clock = VirtualClock()
@@ -324,6 +325,11 @@ def test_an_interrupted_deploy_then_rollback_reads_as_ended_by_it_in_history_and
         back = await ops.rollback(fleet, handle_signals=False)
         status = await ops.status(fleet)
         hist = await history(fleet.journal, fleet.app, clock.now())
+        shown = await report_load(fleet.journal, cut.deployment_id)  # what `show` prints
+        assert shown["ended_by"] == {"id": back.deployment_id, "label": "rollback v13 → v15"}
+        assert shown["sentence"].endswith(
+            f"Then ended by rollback v13 → v15 ({back.deployment_id})."
+        )
         with pytest.raises(ops.NothingToResume) as mixed:  # it would put h1 back on v13
             await ops.rollback(fleet, handle_signals=False)
         assert "mixed" in mixed.value.message and on(world)["h1"] == ("v15", LbState.SERVING)
