@@ -27,6 +27,12 @@ a tail-only regression (slow path 1% -> 4% at ×10), or a slow leak (median ×2 
 Late-onset faults start 200 s after the canary took traffic (a leak, a cache that fills, a
 cron-like job): errors ×5 (`late_err_x5`) or latency +50% (`late_lat_+50%`).
 `incident_err_x5` is errors ×5 with a shared incident as in `good_incident` on top.
+
+`good_drift` is a good release while the whole fleet's latency drifts for good, on *both*
+cohorts: from 30-150 s after warm-up, over a ramp of 10-60 s, every host's median moves by
+×0.5-0.7 (faster: a cache that warmed, load that moved away; two releases in three) or
+×1.5-2 (slower), and stays there. Latency thresholds frozen from the baseline early in the
+bake are then far from the baseline's quantiles (faster: almost no request exceeds them).
 """
 
 from __future__ import annotations
@@ -54,11 +60,13 @@ WATCH_S = 300
 """Data after the end of the bake: a release that passed stays watched until the end."""
 LATE_ONSET_S = 200
 """Late-onset faults start this many seconds after the canary took traffic."""
+DRIFT_COUNT = 100
+"""`good_drift` releases per rate (the other good kinds have 250 at 40 requests/s)."""
 CANARY_HOSTS = 1
 BASELINE_HOSTS = 9
 RATES = (40.0, 8.0, 2.0)
 
-GOOD_KINDS = ("good", "good_noisy", "good_incident", "no_traffic")
+GOOD_KINDS = ("good", "good_noisy", "good_incident", "good_drift", "no_traffic")
 BAD_KINDS = (
     "err_x1.5",
     "err_x2",
@@ -102,7 +110,7 @@ class ClassSpec:
 
 
 def default_classes(quick: bool = False) -> list[ClassSpec]:
-    """The default labelled set: 1,450 good releases (750 at 40 requests/s, 300 at 8, 300 at
+    """The default labelled set: 1,750 good releases (850 at 40 requests/s, 400 at 8, 400 at
     2, 100 without traffic) and 60-100 of each bad kind at each rate."""
     if quick:
         return [
@@ -118,7 +126,11 @@ def default_classes(quick: bool = False) -> list[ClassSpec]:
     out: list[ClassSpec] = []
     for rate in RATES:
         good = 250 if rate == RATES[0] else 100
-        out += [ClassSpec(kind, rate, good) for kind in GOOD_KINDS if kind != "no_traffic"]
+        out += [
+            ClassSpec(kind, rate, DRIFT_COUNT if kind == "good_drift" else good)
+            for kind in GOOD_KINDS
+            if kind != "no_traffic"
+        ]
         bad = 100 if rate == RATES[0] else 60
         out += [ClassSpec(kind, rate, bad) for kind in BAD_KINDS]
     out.append(ClassSpec("no_traffic", 0.0, 100))
@@ -260,6 +272,16 @@ def generate(spec: ClassSpec, index: int, seed: int) -> dict[str, Any]:
         p[:, a:b] += rng.uniform(0.05, 0.30)
         median[:, a:b] *= rng.uniform(2.0, 4.0)
         meta["incident_s"] = [a, b]
+    if kind == "good_drift":
+        # The whole fleet's latency moves for good (both cohorts alike), mid-bake.
+        a = WARMUP_S + int(rng.integers(30, 151))
+        ramp = int(rng.integers(10, 61))
+        f = rng.uniform(0.5, 0.7) if rng.uniform() < 2 / 3 else rng.uniform(1.5, 2.0)
+        shift = np.ones(t_len)
+        shift[a : a + ramp] = np.linspace(1.0, f, ramp + 1)[1:][: t_len - a]
+        shift[a + ramp :] = f
+        median *= shift[None, :]
+        meta["drift"] = {"from_s": a, "ramp_s": ramp, "factor": round(float(f), 3)}
     p = np.clip(p, 0.0, 1.0)
 
     timeouts = rng.binomial(requests, timeout)

@@ -128,6 +128,34 @@ def test_a_shared_incident_hits_both_cohorts_alike() -> None:
         assert rate_in > rate_out + 0.03
 
 
+def test_a_fleet_wide_latency_drift_moves_both_cohorts_for_good() -> None:
+    """good_drift: from its start, every host's latency moves by the same factor and stays
+    there; the canary's median moves with the baseline's (a good release)."""
+    from immunity.bench.generate import BOUNDS_MS, default_classes
+
+    assert any(c.kind == "good_drift" and c.label == "good" for c in default_classes())
+    moved = set()
+    for index in range(4):
+        s = build(ClassSpec("good_drift", 40.0, 4), index, seed=13)
+        drift = s.meta["drift"]
+        after = drift["from_s"] + drift["ramp_s"]
+        assert 60 <= drift["from_s"] <= 180
+        j = BOUNDS_MS.index(50)
+        shares = []
+        for cohort in (s.canary, s.baseline):
+            lat = cohort.latency
+            early = lat[40 : drift["from_s"]].sum(axis=0)
+            late = lat[after : after + 200].sum(axis=0)
+            shares.append((early[j + 1 :].sum() / early.sum(), late[j + 1 :].sum() / late.sum()))
+        (c0, c1), (b0, b1) = shares
+        faster = drift["factor"] < 1
+        moved.add(faster)
+        for before, later in shares:  # share of requests slower than 50 ms
+            assert (later < before - 0.15) if faster else (later > before + 0.15)
+        assert abs((c1 - c0) - (b1 - b0)) < 0.1
+    assert moved == {True, False}
+
+
 def test_classes_globs_pick_a_subset_and_a_typo_is_an_error(tmp_path: Path) -> None:
     """--classes 'err_gross@*,good@40rps': only those classes are judged, the result says
     which; a pattern that matches nothing names itself and the classes there are."""
