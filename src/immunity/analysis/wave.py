@@ -10,8 +10,9 @@ Rules, in the order they apply at each look:
 * Checks: every configured check when there is a baseline to compare with; only the
   absolute guard rails (`error_rate_max`, `latency_max`) when there is none (`relative=False`).
 * Threshold carry-over: latency thresholds frozen from the baseline in an earlier bake of the
-  same deployment are reused (the old release's latency does not change from wave to wave),
-  so a later bake with a smaller baseline need not freeze them again.
+  same deployment (as it last re-set them, when the baseline drifted) are where a later bake
+  starts, so one with a smaller baseline need not freeze them again; they still follow the
+  baseline if it drifts during that bake.
 * A signal that *errored* (raised, timed out) is not the same as one that saw too little
   traffic: its checks are not fed and say `error` for that look, and only
   `judge.consecutive_error_limit` errored looks in a row end the bake (`error`). A look with
@@ -198,12 +199,16 @@ class BakeAnalysis:
         return [n for n, _, _ in self.judges]
 
     def _frozen(self) -> dict[str, list[float]]:
-        """Thresholds frozen since the last call (remembered in `carry`)."""
+        """Thresholds frozen or re-set (the baseline drifted) since the last call,
+        remembered in `carry`: a later bake starts from the latest."""
         out: dict[str, list[float]] = {}
         for name, _, judge in self.judges:
             frozen = getattr(judge, "thresholds", None)
-            if frozen and all(t is not None for t in frozen) and name not in self.carry:
-                self.carry[name] = out[name] = [float(t) for t in frozen]
+            if not frozen or any(t is None for t in frozen):
+                continue
+            now = [float(t) for t in frozen]
+            if self.carry.get(name) != now:
+                self.carry[name] = out[name] = now
         return out
 
     def look(

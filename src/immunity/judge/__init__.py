@@ -44,18 +44,20 @@ def build_judge(
     `probe`: the check judges probe traffic (a "(probe)" twin): a guard rail is then a
     `ProbeGuardRail`, which the probe's own timing cannot fail (see there).
 
-    `carried`: a latency check's `thresholds_ms` are its quantiles' thresholds frozen by an
-    earlier bake, so its reasons name them by quantile ("p50"), not "configured"."""
+    `carried`: a latency check's `thresholds_ms` are its quantiles' thresholds as an
+    earlier bake left them: its reasons name them by quantile ("p50"), not "configured",
+    and they follow the baseline when it drifts, as thresholds frozen in this bake do."""
     if check.kind == "errors":
         return ErrorsJudge(check.name, judge, min_bake_s)
     if check.kind == "latency":
+        carry = carried and check.thresholds_ms is not None
         return LatencyJudge(
             check.name,
             judge,
             min_bake_s,
             quantiles=tuple(check.quantiles),
-            thresholds_ms=check.thresholds_ms,
-            labels=[f"p{q * 100:g}" for q in check.quantiles] if carried else None,
+            thresholds_ms=None if carry else check.thresholds_ms,
+            carried_ms=check.thresholds_ms if carry else None,
         )
     if check.max is None:
         unit = "a fraction such as 0.02 or 2%" if check.kind == "error_rate_max" else "ms"

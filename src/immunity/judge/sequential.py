@@ -6,10 +6,13 @@ interval's pooled count (Fisher's non-central hypergeometric law, see `evidence`
 baseline's own rate, however it moves with load, time of day or a shared incident, drops out.
 
 * `ErrorsJudge`: bad = 5xx.
-* `LatencyJudge`: bad = slower than a threshold; thresholds are the baseline's p50, p90 and
-  p99 snapped up to a histogram bucket bound, frozen from the baseline's own histogram
-  early in the bake (the median CDF of 5 blocks of >= 3 s, so one stalled baseline host
-  does not move them; only intervals after the freeze are tested), or configured bounds.
+* `LatencyJudge`: bad = slower than a threshold; thresholds are the bucket bounds closest
+  to the baseline's p50, p90 and p99, frozen from the baseline's own histogram early in the
+  bake (the median CDF of 5 blocks of >= 3 s, so one stalled baseline host does not move
+  them; only intervals after the freeze are tested) and re-set when the baseline drifts
+  far from them (the same median over its last 5 blocks; `DRIFT_ODDS`; each interval is
+  tested at a threshold chosen from earlier baseline data only, see `_follow`), or
+  configured bounds, which never move.
 
 Three tests run on every look (after Lindon & Malek's conditional count tests and Shin,
 Ramdas & Rinaldo's e-detectors; see the project's research notes on canary statistics, §5):
@@ -142,6 +145,18 @@ FREEZE_BLOCK_MIN_EXCEEDING = 5
 """A quantile's threshold is frozen from the element-wise median of the baseline's CDF over
 5 blocks of >= 3 s and >= max(100, 5 / (1 - q)) requests each: a stall on one baseline host
 or a short shared slowdown in one block does not move it."""
+DRIFT_ODDS = 3.0
+"""A threshold taken from a quantile is re-set when the baseline has drifted away from it:
+the median CDF of the baseline's last `FREEZE_BLOCKS` blocks puts the odds of a request
+exceeding it more than this factor from the quantile's (1 - q) : q, in either direction.
+Faster baseline, few or no events left to test (a p90 frozen at 7 ms on bounds 5, 7, 10 ms
+that 1.8% of requests exceed); slower, nearly every request exceeds it, which informs as
+little."""
+DRIFT_GAIN = 1.25
+"""...and another bound is closer to (1 - q) : q by at least this factor in odds (no
+flapping between two bounds about as far)."""
+LOG_DRIFT_ODDS = math.log(DRIFT_ODDS)
+LOG_DRIFT_GAIN = math.log(DRIFT_GAIN)
 
 
 @dataclass
@@ -149,7 +164,21 @@ class _Freezer:
     size: int
     hist: NDArray[np.int64] | None = None
     span: float = 0.0
-    cdfs: list[FloatArray] = field(default_factory=list)
+    cdfs: deque[FloatArray] = field(default_factory=lambda: deque(maxlen=FREEZE_BLOCKS))
+
+
+def _logit_distance(exceed: FloatArray, quantiles: Sequence[float]) -> FloatArray:
+    """|log odds(exceed) - log odds(1 - q)|, shape (quantiles, bounds): how far each bound's
+    share of slower requests is from each quantile's 1 - q. A bound that no request (or
+    every request) exceeds is as far as can be, except that when no bound is exceeded at all
+    the last is the closest."""
+    if exceed.max() <= 0.0:
+        exceed = np.zeros_like(exceed)
+        exceed[-1] = 0.5
+    e = np.clip(exceed, 1e-12, 1.0 - 1e-12)
+    lo = np.log(e / (1.0 - e))
+    q = np.asarray(quantiles, dtype=np.float64)
+    return np.asarray(np.abs(lo[None, :] - np.log((1.0 - q) / q)[:, None]), dtype=np.float64)
 
 
 def _dt(t_s: float, last: float) -> float:
@@ -705,14 +734,24 @@ class LatencyJudge:
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         thresholds_ms: Sequence[float] | None = None,
         labels: Sequence[str] | None = None,
+        carried_ms: Sequence[float] | None = None,
     ) -> None:
         """`labels` name the thresholds in reasons (one per threshold): by default the
-        quantiles' ("p90"), or "configured" for `thresholds_ms`; a later wave's thresholds
-        carried from the first bake's quantiles pass those quantiles' labels."""
+        quantiles' ("p90"), or "configured" for `thresholds_ms`.
+
+        `thresholds_ms` are configured bounds, kept for the whole bake. `carried_ms` (one per
+        quantile) are the quantiles' thresholds as an earlier bake of the deployment left
+        them: used from the first look, and re-set like frozen ones when the baseline drifts
+        away from them (see `DRIFT_ODDS`)."""
         self.name = name
         self.config = config
         self.min_bake_s = min_bake_s
         self.fixed = list(thresholds_ms) if thresholds_ms else None
+        self.carried = (
+            [float(t) for t in carried_ms]
+            if self.fixed is None and carried_ms and len(carried_ms) == len(quantiles)
+            else None
+        )
         self.quantiles = list(quantiles) if self.fixed is None else [math.nan] * len(self.fixed)
         self.k = len(self.quantiles)
         if self.k == 0:
@@ -737,6 +776,13 @@ class LatencyJudge:
             else [f"p{q * 100:g}" if self.fixed is None else "configured" for q in self.quantiles]
         )
         self.freezers = [self._freezer(q) for q in self.quantiles]
+        # thresholds taken from the baseline's quantiles follow it when it drifts: one block
+        # series for all of them, blocks as large as the most demanding quantile's
+        self.tracking = self.fixed is None
+        self.drift = _Freezer(size=max(f.size for f in self.freezers))
+        self.since: list[float | None] = [None] * self.k
+        """When each threshold was last re-set (None: as frozen or carried)."""
+        self.moved: list[str] = [""] * self.k
         self.base_total = 0
         self.base_seen = 0  # baseline requests of this bake (thresholds may be carried in)
         self.bounds: tuple[float, ...] = ()
@@ -762,6 +808,7 @@ class LatencyJudge:
             return "the latency histogram's bucket bounds changed during the bake"
         self.bounds = bounds
         self.freezers = [self._freezer(q) for q in self.quantiles]
+        self.drift = _Freezer(size=max(f.size for f in self.freezers))
         for i, t in enumerate(self.thresholds):
             if t is not None:
                 self.index[i] = bounds.index(t)
@@ -776,6 +823,13 @@ class LatencyJudge:
                 self.thresholds[i] = snapped
                 self.index[i] = bounds.index(snapped)
                 self.active[i] = True
+        if self.carried is not None and not self.active.any():
+            for i, want in enumerate(self.carried):
+                snapped = _snap_up(bounds, want)
+                if snapped is not None:  # else frozen afresh from this bake's baseline
+                    self.thresholds[i] = snapped
+                    self.index[i] = bounds.index(snapped)
+                    self.active[i] = True
         return None
 
     @staticmethod
@@ -783,36 +837,74 @@ class LatencyJudge:
         size = FREEZE_BLOCK_MIN_REQUESTS if math.isnan(q) else FREEZE_BLOCK_MIN_EXCEEDING / (1 - q)
         return _Freezer(size=math.ceil(max(FREEZE_BLOCK_MIN_REQUESTS, size)))
 
-    def _freeze(self, hist: NDArray[np.int64], dt: float) -> None:
-        """Fix thresholds for quantiles that now have enough baseline blocks behind them."""
+    @staticmethod
+    def _block(f: _Freezer, hist: NDArray[np.int64], dt: float) -> FloatArray | None:
+        """Add one look's baseline histogram to `f`'s block. When that completes a block and
+        `FREEZE_BLOCKS` are there: each bound's share of slower requests in the median CDF
+        of the last `FREEZE_BLOCKS` blocks; else None."""
+        if f.hist is None:
+            f.hist = hist.copy()
+        else:
+            f.hist += hist
+        f.span += dt
+        if f.span < FREEZE_BLOCK_S:
+            return None
+        total = int(f.hist.sum())
+        if total < f.size:
+            return None
+        f.cdfs.append(np.cumsum(f.hist[:-1]) / total)
+        f.hist, f.span = None, 0.0
+        if len(f.cdfs) < FREEZE_BLOCKS:
+            return None
+        return np.asarray(1.0 - np.median(np.stack(f.cdfs), axis=0), dtype=np.float64)
+
+    def _freeze(self, t_s: float, hist: NDArray[np.int64], dt: float) -> None:
+        """Fix thresholds for quantiles that now have enough baseline blocks behind them, and
+        re-set those the baseline has drifted away from (`_follow`)."""
         self.base_total += int(hist.sum())
         for i, q in enumerate(self.quantiles):
-            if self.thresholds[i] is not None:
+            if self.thresholds[i] is None:
+                exceed = self._block(self.freezers[i], hist, dt)
+                if exceed is not None:
+                    self._set_threshold(i, int(np.argmin(_logit_distance(exceed, [q])[0])))
+        if self.tracking and self.active.any():
+            exceed = self._block(self.drift, hist, dt)
+            if exceed is not None:
+                self._follow(t_s, exceed)
+
+    def _follow(self, t_s: float, exceed: FloatArray) -> None:
+        """Re-set each threshold the baseline has drifted away from (`DRIFT_ODDS`) to the
+        bound now closest to its quantile (`DRIFT_GAIN`).
+
+        Valid: the choice reads only the baseline's blocks up to this look and acts from the
+        next interval, so every interval is tested at a threshold fixed before its data (a
+        predictable choice). Under "the canary is no worse than tolerated at any threshold",
+        each interval's capped likelihood ratio keeps its conditional mean <= 1 whichever
+        threshold it uses, so the e-processes stay nonnegative supermartingales and Ville's
+        bound holds over the whole bake; the same holds for the PASS side at `bad`. The
+        fixed-horizon looks are stratified by interval, each stratum with its own threshold.
+        """
+        dist = _logit_distance(exceed, self.quantiles)
+        best = np.argmin(dist, axis=1)
+        for i in np.flatnonzero(self.active):
+            cur, j = int(self.index[i]), int(best[i])
+            d = float(dist[i, cur])
+            if j == cur or d < LOG_DRIFT_ODDS or d - float(dist[i, j]) < LOG_DRIFT_GAIN:
                 continue
-            f = self.freezers[i]
-            f.hist = hist.copy() if f.hist is None else f.hist + hist
-            f.span += dt
-            total = int(f.hist.sum())
-            if total < f.size or f.span < FREEZE_BLOCK_S:
-                continue
-            f.cdfs.append(np.cumsum(f.hist[:-1]) / total)
-            f.hist, f.span = None, 0.0
-            if len(f.cdfs) < FREEZE_BLOCKS:
-                continue
-            cdf = np.median(np.stack(f.cdfs), axis=0)
-            # The bound whose share of slower requests is closest (in log terms) to 1 - q.
-            # Taking the first bound at or above q instead collapses p50 and p90 onto one
-            # coarse bucket bound that almost nothing exceeds, which leaves the test blind.
-            exceed = 1.0 - cdf
-            usable = np.flatnonzero(exceed > 0)
-            if usable.size == 0:
-                j = len(self.bounds) - 1
-            else:
-                err = np.abs(np.log(exceed[usable]) - math.log(1.0 - q))
-                j = int(usable[int(np.argmin(err))])
-            self.thresholds[i] = float(self.bounds[j])
-            self.index[i] = j
-            self.active[i] = True
+            share = float(exceed[cur])
+            self._set_threshold(int(i), j)
+            self.since[i] = t_s
+            self.moved[i] = (
+                f"re-set at {t_s:.0f} s from {ms(float(self.bounds[cur]))}, which "
+                f"{pct(share)} of the baseline's requests exceeded"
+            )
+
+    def _set_threshold(self, i: int, j: int) -> None:
+        """Test quantile i at bound j from the next interval on (its counts start afresh)."""
+        self.thresholds[i] = float(self.bounds[j])
+        self.index[i] = j
+        self.active[i] = True
+        self.n_c[i] = self.x_c[i] = self.n_b[i] = self.x_b[i] = 0
 
     # -- evidence ---------------------------------------------------------------------------
 
@@ -857,8 +949,8 @@ class LatencyJudge:
             self.x_b += x_b
             self.hist_c = hc if self.hist_c is None else self.hist_c + hc
             self.hist_b = hb if self.hist_b is None else self.hist_b + hb
-        if not active.all():
-            self._freeze(hb, dt)
+        if self.tracking or not active.all():
+            self._freeze(t_s, hb, dt)
         return None
 
     # -- words ------------------------------------------------------------------------------
@@ -872,11 +964,14 @@ class LatencyJudge:
             qc = histogram_quantile(self.bounds, self.hist_c.tolist(), q)
             qb = histogram_quantile(self.bounds, self.hist_b.tolist(), q)
             values = f"{self.labels[i]} canary {quantile_ms(qc, self.bounds)} vs baseline {quantile_ms(qb, self.bounds)}: "
+        since = (
+            f" since {self.since[i]:.0f} s ({self.moved[i]})" if self.since[i] is not None else ""
+        )
         return (
             f"{values}canary {pct(self.x_c[i] / n_c if n_c else 0.0)} vs baseline "
             f"{pct(self.x_b[i] / n_b if n_b else 0.0)} of requests slower than "
             f"{ms(t if t is not None else math.nan)} ({self.labels[i]}) over {count(n_c)} vs "
-            f"{count(n_b)} requests"
+            f"{count(n_b)} requests{since}"
         )
 
     def _numbers(self, t_s: float) -> dict[str, float]:

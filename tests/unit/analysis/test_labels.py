@@ -43,3 +43,45 @@ def test_thresholds_set_in_the_config_are_called_configured() -> None:
         "configured",
         "configured",
     ]
+
+
+def test_a_threshold_re_set_by_drift_is_journaled_and_where_the_next_wave_starts() -> None:
+    """Wave 1 freezes p90 at 7 ms, the fleet gets faster, the judge re-sets it to 5 ms: the
+    look that does it says so (`Step.frozen`, journaled and carried), and wave 2's judge
+    starts from 5 ms, still named p90."""
+    import numpy as np
+    from scipy.special import ndtr
+
+    from immunity.domain import Cohort, Observation
+    from immunity.signals.probe import LATENCY_BOUNDS_MS as bounds
+
+    def probs(median: float) -> np.ndarray:
+        edges = np.log(np.asarray(bounds) / median) / 0.25
+        return np.diff(np.concatenate([ndtr(edges), [1.0]]), prepend=0.0)
+
+    cfg = _config({"quantiles": [0.9]})
+    wave1 = BakeAnalysis(cfg, relative=True, bakes=3, bake_no=1)
+    rng = np.random.default_rng(1)
+    changes: list[tuple[float, list[float]]] = []
+    for t in range(1, 80):
+        p = probs(5.5 if t <= 20 else 4.2)
+        n_c, n_b = int(rng.poisson(10)), int(rng.poisson(20))
+        obs = {
+            "lb": {
+                Cohort.CANARY: Observation(
+                    n_c, 0, bounds, rng.multinomial(n_c, p).tolist(), hosts=1
+                ),
+                Cohort.BASELINE: Observation(
+                    n_b, 0, bounds, rng.multinomial(n_b, p).tolist(), hosts=2
+                ),
+            }
+        }
+        step = wave1.look(float(t), obs)
+        if "latency" in step.frozen:
+            changes.append((float(t), step.frozen["latency"]))
+    assert [c[1] for c in changes] == [[7.0], [5.0]]
+    assert changes[1][0] > 20.0
+    wave2 = BakeAnalysis(cfg, relative=True, carry={"latency": [5.0]}, bakes=3, bake_no=2)
+    judge = next(j for name, _, j in wave2.judges if name == "latency")
+    assert isinstance(judge, LatencyJudge)
+    assert (judge.carried, judge.labels) == ([5.0], ["p90"])
