@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pytest
 from scipy.special import ndtr
 
 from immunity.config.models import CheckConfig, JudgeConfig
@@ -141,6 +142,7 @@ def test_configured_thresholds_never_move() -> None:
     assert judge.thresholds == [7.0]
 
 
+@pytest.mark.slow
 def test_re_set_thresholds_keep_false_alarms_under_alpha() -> None:
     """A/A bakes (tolerance 1, alpha 5%) whose fleet drifts back and forth, faster and
     slower, so thresholds are re-set several times each: at most alpha plus slack fail."""
