@@ -20,7 +20,8 @@ Ramdas & Rinaldo's e-detectors; see the project's research notes on canary stati
 * FAIL: H0 psi <= tolerance. A mixture over alternatives tolerance x {1.1 .. 30} of capped
   likelihood-ratio products; FAIL when it reaches K/(alpha (1 - share)) (K = number of
   thresholds; share = `ERRORS_FAIL_FINAL_SHARE`, or `FAIL_FINAL_SHARE` for latency, which
-  holds it back unspent: `LATENCY_FIXED_LOOK`). By Ville's inequality P(false FAIL) <= alpha (1 - share) at any
+  holds it back unspent: `LATENCY_FIXED_LOOK`; errors also leave `ERRORS_POSTPASS_SHARE`
+  of alpha to the post-pass detector, latency pays its own from the held-back half). By Ville's inequality P(false FAIL) <= alpha (1 - share) at any
   number of looks, as long as requests within an interval and cohort are conditionally
   independent with a common rate. The rest of alpha pays for one fixed-horizon FAIL look at
   max bake (`final`: the exact conditional test of a common odds ratio), so over both
@@ -29,9 +30,10 @@ Ramdas & Rinaldo's e-detectors; see the project's research notes on canary stati
   and every metric reaches 1/beta, so P(PASS | a regression of at least `bad`) <= beta.
   Errors also certify through an absolute route, "canary 5xx rate below `error_floor`",
   averaged with the relative one so beta still holds; it is what lets an app with almost no
-  errors pass. A PASS is final: afterwards only the catastrophe tier still watches, so a
-  host effect in the grey zone between tolerance and `bad` does not turn into a FAIL just
-  because another check is still baking.
+  errors pass. After a PASS the catastrophe tier and a post-pass detector of "odds >= `bad`"
+  (`PostPass`, its own share of alpha) still watch while another check is still baking: a
+  fault that starts then fails the wave, while a host effect in the grey zone between
+  tolerance and `bad` does not turn into a FAIL just because another check is baking.
 * Catastrophe (errors only): two CUSUM e-detectors at alpha_catastrophe, canary-alone
   "5xx rate > 20%" and relative "odds ratio > 5". FAIL when both alarm within 30 s: gross or
   intermittent outages fail within seconds, while a shared dependency outage (baseline
@@ -60,6 +62,7 @@ from scipy.special import ndtr, ndtri
 from immunity.config.models import JudgeConfig
 from immunity.domain import CheckResult, Observation, ObservationStatus, Outcome
 from immunity.judge.evidence import (
+    LOG_CAP_PER_SECOND,
     BinomialRatios,
     CappedMixture,
     Cusum,
@@ -111,6 +114,19 @@ are rare, so at thin traffic the errors check is the one starved of counts (the 
 is what decides it there), while where traffic is heavy its e-value outgrows the higher
 bar within seconds (log(1/(0.2 alpha)) against log(1/(0.5 alpha)): about 1.1 times the
 evidence at the default alpha spent over a deployment)."""
+POSTPASS = True
+"""Whether a check that passed keeps a post-pass detector for the rest of its bake (see
+`PostPass`). Off: a pass is final within the bake (only the catastrophe tier watches)."""
+ERRORS_POSTPASS_SHARE = 0.075
+"""Share of the errors check's alpha for its post-pass detector, taken from the sequential
+FAIL test's (0.2 -> 0.125 of alpha, bar 800 instead of 500 at alpha 1%; the fixed look keeps its 0.8): over the three,
+P(false FAIL) <= alpha (a union bound)."""
+LATENCY_POSTPASS_SHARE = 0.25
+"""Share of the latency check's alpha for its post-pass detector, taken from the half held
+back for the fixed look it does not take (`LATENCY_FIXED_LOOK`): its sequential bar does
+not move."""
+POSTPASS_STARTS = 3600
+"""Start times covered by the post-pass detector's union bound (an hour of 1-s looks)."""
 EXACT_MAX_SUPPORT = 4000
 """The fixed-horizon FAIL test is exact (`evidence.stratified_upper_tail`) while the support
 of the canary's summed count stays under this; beyond it (heavy traffic, where the normal
@@ -307,6 +323,10 @@ class RelativeEvidence:
             else None
         )
         self.cusum_alarm_at: float | None = None
+        self.fail_alts = fail_alts
+        self.last_fail_llr: FloatArray | None = None
+        """The last interval's log-likelihood ratios of the FAIL alternatives against the
+        tolerance, shape (K, J), or None when it carried no information."""
         self.log_fail: FloatArray = np.zeros(k)
         self.log_pass: FloatArray = np.zeros(k)
         self._bad = self.grid.index(bad)
@@ -334,6 +354,7 @@ class RelativeEvidence:
         x_b: Sequence[int],
     ) -> None:
         got = self.grid.llr(n_c, n_b, x_c, x_b)
+        self.last_fail_llr = None if got is None else got[0][0]
         if got is None:
             self.fail.add(t_s, dt, self.fail.zero)
         else:
@@ -392,6 +413,31 @@ class RelativeEvidence:
         return out
 
 
+class PostPass:
+    """After a check passed, for the rest of its bake: has the canary become worse by `bad`?
+
+    A CUSUM e-detector (Shin, Ramdas & Rinaldo) of H0 "odds ratio <= tolerance" against the
+    FAIL alternatives at or above `bad`, on the intervals after the pass only, each
+    interval's likelihood ratio capped at `LOG_CAP_PER_SECOND` (a capped ratio keeps its
+    mean <= 1 under H0, so one bad second is weak evidence). It alarms at
+    log(S J K / alpha): a union bound over `POSTPASS_STARTS` start times and the J K
+    (alternative, metric) pairs, so P(false alarm) <= alpha over a bake of up to S looks.
+    It starts at the pass (a stopping time), fresh: nothing before the pass counts for or
+    against it. A pass is otherwise final: a host effect in the grey zone between tolerance
+    and `bad` must persist at `bad` to alarm. Catches a fault that starts after this check
+    passed while another check of the wave still bakes.
+    """
+
+    def __init__(self, evidence: RelativeEvidence, alpha: float) -> None:
+        alts = np.asarray(evidence.fail_alts, dtype=np.float64)
+        self.sel = np.flatnonzero(alts >= evidence.bad * (1.0 - 1e-9))
+        self.cusum = Cusum(evidence.k * len(self.sel), alpha, POSTPASS_STARTS)
+
+    def add(self, llr: FloatArray) -> bool:
+        """One interval after the pass (`RelativeEvidence.last_fail_llr`); True on alarm."""
+        return self.cusum.add(np.minimum(llr[:, self.sel], LOG_CAP_PER_SECOND).ravel())
+
+
 def fixed_fail_share(min_bake_s: float, share: float = FAIL_FINAL_SHARE) -> float:
     """The share of alpha a judge keeps for its fixed-horizon FAIL look: `share`, or none
     for a judge that never certifies (`min_bake_s` infinite: the guard, which ends on a fail
@@ -437,7 +483,11 @@ class ErrorsJudge:
         self.config = config
         self.min_bake_s = min_bake_s
         share = fixed_fail_share(min_bake_s, ERRORS_FAIL_FINAL_SHARE)
-        self.fail_needed = 1.0 / (config.alpha * (1.0 - share))
+        # a judge that never certifies (the guard) has no post-pass phase to pay for
+        self.postpass_alpha = (
+            config.alpha * ERRORS_POSTPASS_SHARE if POSTPASS and math.isfinite(min_bake_s) else 0.0
+        )
+        self.fail_needed = 1.0 / (config.alpha * (1.0 - share) - self.postpass_alpha)
         self.fail_log_threshold = math.log(self.fail_needed)
         self.fail_final_alpha = config.alpha * share
         self.pass_log_threshold = math.log(1.0 / (config.beta * (1.0 - PASS_FINAL_SHARE)))
@@ -464,6 +514,8 @@ class ErrorsJudge:
         self.cat_abs_alarm_at: float | None = None
         self.guard = TrafficGuard(config.min_traffic_share)
         self.rng = np.random.default_rng(THIN_SEED)  # fixed: a replay of the looks is exact
+        self.postpass: PostPass | None = None
+        self.at_pass = (0, 0, 0, 0, 0.0)  # n_c, x_c, n_b, x_b, t_s when it passed
         self.recent: deque[tuple[float, int, int, int, int]] = deque()
         self.n_c = self.x_c = self.n_b = self.x_b = 0
         self.last_t = 0.0
@@ -562,7 +614,8 @@ class ErrorsJudge:
         if self.failed is not None:
             return self.failed
         self.blocked = self.guard.check(t_s, dt, canary, baseline)
-        if canary.available and baseline.available:
+        fed = canary.available and baseline.available
+        if fed:
             self._add(t_s, dt, canary, baseline)
         if self._catastrophe(t_s):
             n_c = sum(r[1] for r in self.recent)
@@ -580,9 +633,24 @@ class ErrorsJudge:
             )
             return self.failed
         if self.passed is not None:
-            # Certified: only the catastrophe tier still watches (a grey-zone host effect
-            # that keeps accumulating is not a regression of the release; later bakes and
-            # the guard, with fresh judges, watch for faults that start late).
+            # Certified: the catastrophe tier and the post-pass detector still watch (a
+            # grey-zone host effect that keeps accumulating is not a regression of the
+            # release; one at `bad` that starts after the pass is; later bakes and the
+            # guard, with fresh judges, watch for faults that start late too).
+            llr = self.relative.last_fail_llr
+            if fed and self.postpass is not None and llr is not None and self.postpass.add(llr):
+                n_c, x_c, n_b, x_b, at = self.at_pass
+                n_c, x_c, n_b, x_b = self.n_c - n_c, self.x_c - x_c, self.n_b - n_b, self.x_b - x_b
+                self.failed = self._result(
+                    Outcome.FAIL,
+                    f"canary 5xx {pct(x_c / n_c if n_c else 0.0)} vs baseline "
+                    f"{pct(x_b / n_b if n_b else 0.0)} over {count(n_c)} vs {count(n_b)} "
+                    f"requests since the check passed at {at:.0f} s (post-pass detector: odds "
+                    f"×{self.config.error_bad:g} or more, log e-value "
+                    f"{self.postpass.cusum.level:.1f} ≥ {self.postpass.cusum.threshold:.1f})",
+                    t_s,
+                )
+                return self.failed
             if self.blocked is not None:
                 return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
             return self.passed
@@ -618,6 +686,9 @@ class ErrorsJudge:
 
     def _pass(self, reason: str, t_s: float) -> CheckResult:
         self.passed = self._result(Outcome.PASS, reason, t_s)
+        if self.postpass_alpha > 0:
+            self.postpass = PostPass(self.relative, self.postpass_alpha)
+            self.at_pass = (self.n_c, self.x_c, self.n_b, self.x_b, t_s)
         return self.passed
 
     def final(self, t_s: float) -> CheckResult:
@@ -763,6 +834,14 @@ class LatencyJudge:
         # canary host's stalls (seconds of slow requests and timeouts) fail it on good
         # releases (see LATENCY_FIXED_LOOK). Its share is held back, unspent (conservative).
         self.fail_final_alpha = config.alpha * share / self.k if LATENCY_FIXED_LOOK else 0.0
+        # the post-pass detector is paid from the held-back half (none for the guard)
+        self.postpass_alpha = (
+            config.alpha * LATENCY_POSTPASS_SHARE
+            if POSTPASS and not LATENCY_FIXED_LOOK and math.isfinite(min_bake_s)
+            else 0.0
+        )
+        self.postpass: PostPass | None = None
+        self.passed_at = 0.0
         self.pass_log_threshold = math.log(1.0 / (config.beta * (1.0 - PASS_FINAL_SHARE)))
         self.pass_z = float(ndtri(1.0 - config.beta * PASS_FINAL_SHARE))
         self.evidence = RelativeEvidence(self.k, config.latency_tolerance, config.latency_bad)
@@ -1013,7 +1092,22 @@ class LatencyJudge:
             return self.failed
         self.blocked = self.guard.check(t_s, dt, canary, baseline)
         if self.passed is not None:
-            # Certified; see ErrorsJudge.look.
+            # Certified; see ErrorsJudge.look: only the post-pass detector still watches.
+            if self.postpass is not None and canary.available and baseline.available:
+                self.evidence.last_fail_llr = None
+                self.blocked = self._add(t_s, dt, canary, baseline) or self.blocked
+                llr = self.evidence.last_fail_llr
+                if llr is not None and self.postpass.add(llr):
+                    i = int(np.argmax(self.x_c - self.n_c * (self.x_b / np.maximum(self.n_b, 1))))
+                    self.failed = self._result(
+                        Outcome.FAIL,
+                        f"{self._describe(i)} since the check passed at {self.passed_at:.0f} s "
+                        f"(post-pass detector: odds ×{self.config.latency_bad:g} or more, log "
+                        f"e-value {self.postpass.cusum.level:.1f} ≥ "
+                        f"{self.postpass.cusum.threshold:.1f})",
+                        t_s,
+                    )
+                    return self.failed
             if self.blocked is not None:
                 return self._result(Outcome.INCONCLUSIVE, self.blocked, t_s)
             return self.passed
@@ -1055,6 +1149,11 @@ class LatencyJudge:
 
     def _pass(self, reason: str, t_s: float) -> CheckResult:
         self.passed = self._result(Outcome.PASS, reason, t_s)
+        if self.postpass_alpha > 0:
+            self.postpass = PostPass(self.evidence, self.postpass_alpha)
+            self.passed_at = t_s
+            # the reason's counts start at the pass (the detector's evidence does too)
+            self.n_c[:] = self.x_c[:] = self.n_b[:] = self.x_b[:] = 0
         return self.passed
 
     def _setting(self) -> str:
