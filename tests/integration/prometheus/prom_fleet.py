@@ -135,6 +135,21 @@ class Fleet:
     stop: threading.Event = field(default_factory=threading.Event)
     paused: threading.Event = field(default_factory=threading.Event)
     """Set: the load thread sends nothing (a test sends its own, counted traffic)."""
+    resumed_at: float = 0.0
+    """time.monotonic() when the load last resumed after a pause (`resume`)."""
+
+    def resume(self) -> None:
+        """The load thread sends again (after `paused` was set)."""
+        self.paused.clear()
+        self.resumed_at = time.monotonic()
+
+    def wait_steady(self, seconds: float, deadline_s: float = 30.0) -> None:
+        """Return once the load has run unpaused for `seconds` (a test reading the last few
+        seconds of data after another module's cases paused it); fail after `deadline_s`."""
+        deadline = time.monotonic() + deadline_s
+        while self.paused.is_set() or time.monotonic() - self.resumed_at < seconds:
+            assert time.monotonic() < deadline, "the fleet's load stayed paused"
+            time.sleep(0.05)
 
 
 def _load(apps: list[MetricsApp], stop: threading.Event, paused: threading.Event) -> None:

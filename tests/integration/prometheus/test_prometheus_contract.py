@@ -64,4 +64,4 @@ class TestPrometheusSource(SignalSourceContract):
             yield h
         finally:
             await h.source.aclose()
-            fleet.paused.clear()
+            fleet.resume()

@@ -21,6 +21,13 @@ def source(fleet_url: str, **kw: object) -> PrometheusSource:
     return PrometheusSource(PrometheusSource.Settings(url=fleet_url, **kw), base_dir=None)
 
 
+@pytest.fixture(autouse=True)
+def _steady_load(prometheus_with_data: Fleet) -> None:
+    """These tests read the last 5 s of the fleet's load: wait until it has run unpaused
+    that long plus a scrape (the contract cases, run first in the same process, pause it)."""
+    prometheus_with_data.wait_steady(6.0)
+
+
 def last(seconds: float) -> tuple[dt.datetime, dt.datetime]:
     end = dt.datetime.now(dt.UTC)
     return end - dt.timedelta(seconds=seconds), end
