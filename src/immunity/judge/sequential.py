@@ -117,10 +117,12 @@ evidence at the default alpha spent over a deployment)."""
 POSTPASS = True
 """Whether a check that passed keeps a post-pass detector for the rest of its bake (see
 `PostPass`). Off: a pass is final within the bake (only the catastrophe tier watches)."""
-ERRORS_POSTPASS_SHARE = 0.075
+ERRORS_POSTPASS_SHARE = 0.04
 """Share of the errors check's alpha for its post-pass detector, taken from the sequential
-FAIL test's (0.2 -> 0.125 of alpha, bar 800 instead of 500 at alpha 1%; the fixed look keeps its 0.8): over the three,
-P(false FAIL) <= alpha (a union bound)."""
+FAIL test's (0.2 -> 0.16 of alpha, bar 625 instead of 500 at alpha 1%; the fixed look keeps
+its 0.8): over the three, P(false FAIL) <= alpha (a union bound). Small on purpose: the
+detector's bar grows only with log(1 / share), the sequential test's speed with its share
+(at 0.075, bar 800, the sandbox's 5%-errors release was caught in 17-21 s instead of 16)."""
 LATENCY_POSTPASS_SHARE = 0.25
 """Share of the latency check's alpha for its post-pass detector, taken from the half held
 back for the fixed look it does not take (`LATENCY_FIXED_LOOK`): its sequential bar does

@@ -72,11 +72,11 @@ def test_a_passed_check_on_a_healthy_canary_stays_passed() -> None:
 
 
 def test_the_post_pass_detector_is_paid_for_and_the_guard_has_none() -> None:
-    """Its share comes out of the errors check's sequential alpha (bar 1/(0.125 alpha)), and
+    """Its share comes out of the errors check's sequential alpha (bar 1/(0.16 alpha)), and
     out of the latency check's held-back half (bar unchanged); a judge that never certifies
     (the guard) keeps its whole alpha."""
     cfg = JudgeConfig(alpha=0.01)
-    assert ErrorsJudge("e", cfg, 60).fail_needed == pytest.approx(800.0)
+    assert ErrorsJudge("e", cfg, 60).fail_needed == pytest.approx(625.0)
     assert LatencyJudge("l", cfg, 60).fail_needed == pytest.approx(3 / (0.01 * 0.5))
     assert ErrorsJudge("e", cfg, float("inf")).postpass_alpha == 0.0
     assert LatencyJudge("l", cfg, float("inf")).postpass_alpha == 0.0

@@ -168,10 +168,10 @@ def test_fail_reason_is_one_sentence_with_the_numbers(stream: Stream) -> None:
     n = result.numbers
     assert f"{n['canary_requests']:,.0f} vs {n['baseline_requests']:,.0f} requests" in result.reason
     assert "canary 5xx " in result.reason and "vs baseline " in result.reason
-    # alpha 1%: 0.125 to the sequential test (bar 800), 0.8 to the look at max bake, 0.075
+    # alpha 1%: 0.16 to the sequential test (bar 625), 0.8 to the look at max bake, 0.04
     # to the post-pass detector
-    assert "≥ 800" in result.reason
-    assert n["e_fail"] >= n["e_fail_needed"] == pytest.approx(800.0)
+    assert "≥ 625" in result.reason
+    assert n["e_fail"] >= n["e_fail_needed"] == pytest.approx(625.0)
     assert result.reason.count(". ") == 0
 
 
@@ -311,10 +311,10 @@ def test_the_exact_tail_matches_scipy_for_one_stratum_and_brute_force_for_two() 
 def test_a_judge_that_never_certifies_takes_no_fixed_look_and_keeps_all_of_alpha() -> None:
     """The guard's judges (min bake infinite) never reach `bake.max`, so they do not pay for
     a fixed look: their sequential bar is 1/alpha (K/alpha for latency), while a bake's is
-    1/(alpha x 0.125) for errors and twice K/alpha for latency."""
+    1/(alpha x 0.16) for errors and twice K/alpha for latency."""
     config = JudgeConfig(alpha=0.01)
     assert ErrorsJudge("e", config, min_bake_s=math.inf).fail_needed == pytest.approx(100.0)
-    assert ErrorsJudge("e", config, min_bake_s=120).fail_needed == pytest.approx(800.0)
+    assert ErrorsJudge("e", config, min_bake_s=120).fail_needed == pytest.approx(625.0)
     guard = LatencyJudge("l", config, min_bake_s=math.inf)
     assert guard.fail_needed == pytest.approx(300.0) and guard.fail_final_alpha == 0.0
     # a bake's latency judge holds half back and takes no look (stalls would fail it)
