@@ -238,7 +238,7 @@ def _finish(
         probe=_probe_of(config) if str(result.outcome) in ("inconclusive", "held") else None,
     )
     if step:
-        con.print("[yellow]next[/]: " + escape(step), highlight=False)
+        con.print("[yellow]next[/]: " + escape(step), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

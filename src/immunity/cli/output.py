@@ -39,15 +39,17 @@ def show_error(exc: ImmunityError, config: str | None = None) -> int:
     known); return its exit code."""
     if isinstance(exc, ConfigError):
         for p in exc.problems:
-            err.print(p, markup=False, highlight=False)
+            err.print(p, markup=False, highlight=False, soft_wrap=True)
     else:
         style = "bold red" if exc.label == "error" else "bold yellow"
         err.print(f"[{style}]{exc.label}[/] [dim]({exc.reference})[/]: ", end="")
-        err.print(exc.message, markup=False, highlight=False)
+        err.print(exc.message, markup=False, highlight=False, soft_wrap=True)
     step = error_next_step(exc).replace("<config>", config or "FILE")
     line = next_line(exc.hint, step)
     if line:
-        err.print("[yellow]next[/]: " + escape(line), highlight=False)
+        # one line however long (a path, a command to copy): the terminal wraps it, a log
+        # or a script reading the last line gets it whole
+        err.print("[yellow]next[/]: " + escape(line), highlight=False, soft_wrap=True)
     return exc.exit_code
 
 
