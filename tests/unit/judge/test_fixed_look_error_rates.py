@@ -12,11 +12,32 @@ import numpy as np
 import pytest
 
 from immunity.config.models import JudgeConfig
-from immunity.domain import Observation, Outcome
+from immunity.domain import CheckResult, Observation, Outcome
 from immunity.judge.sequential import ErrorsJudge
 
 # Hundreds of simulated bakes: tens of seconds each (`-m 'not slow'` leaves them out).
 pytestmark = pytest.mark.slow
+
+
+def _thin_bake(
+    config: JudgeConfig, rng: np.random.Generator, p_b: float, odds: float, seconds: int
+) -> CheckResult:
+    """One bake of `seconds` 1-s looks at 8 canary and 72 baseline requests/s (Poisson), the
+    baseline's 5xx rate `p_b` and the canary's at odds ratio `odds` to it; the verdict at
+    max bake."""
+    judge = ErrorsJudge("errors", config, min_bake_s=1e9)
+    p_c = odds * p_b / (1 - p_b + odds * p_b)
+    n_c = rng.poisson(8, seconds)
+    n_b = rng.poisson(72, seconds)
+    x_c = rng.binomial(n_c, p_c)
+    x_b = rng.binomial(n_b, p_b)
+    for t in range(seconds):
+        judge.look(
+            t + 1.0,
+            Observation(int(n_c[t]), int(x_c[t]), hosts=1),
+            Observation(int(n_b[t]), int(x_b[t]), hosts=9),
+        )
+    return judge.final(float(seconds))
 
 
 def test_the_fixed_horizon_pass_certifies_a_regression_of_bad_at_most_its_share_of_beta() -> None:
@@ -28,20 +49,7 @@ def test_the_fixed_horizon_pass_certifies_a_regression_of_bad_at_most_its_share_
     rng = np.random.default_rng(31)
     runs, seconds, certified = 300, 300, 0
     for _ in range(runs):
-        judge = ErrorsJudge("errors", config, min_bake_s=1e9)
-        p_b = rng.uniform(0.002, 0.01)
-        p_c = 2 * p_b / (1 - p_b + 2 * p_b)  # odds ratio exactly 2
-        n_c = rng.poisson(8, seconds)
-        n_b = rng.poisson(72, seconds)
-        x_c = rng.binomial(n_c, p_c)
-        x_b = rng.binomial(n_b, p_b)
-        for t in range(seconds):
-            judge.look(
-                t + 1.0,
-                Observation(int(n_c[t]), int(x_c[t]), hosts=1),
-                Observation(int(n_b[t]), int(x_b[t]), hosts=9),
-            )
-        result = judge.final(float(seconds))
+        result = _thin_bake(config, rng, rng.uniform(0.002, 0.01), 2.0, seconds)
         certified += result.outcome is Outcome.PASS and "at max bake (score z" in result.reason
     assert certified / runs <= config.beta * PASS_FINAL_SHARE + 0.02
 
@@ -58,19 +66,6 @@ def test_the_fixed_horizon_fail_look_fails_a_canary_at_tolerance_at_most_its_sha
     rng = np.random.default_rng(47)
     runs, seconds, failed = 400, 200, 0
     for _ in range(runs):
-        judge = ErrorsJudge("errors", config, min_bake_s=1e9)
-        p_b = rng.uniform(0.002, 0.02)
-        p_c = 1.25 * p_b / (1 - p_b + 1.25 * p_b)
-        n_c = rng.poisson(8, seconds)
-        n_b = rng.poisson(72, seconds)
-        x_c = rng.binomial(n_c, p_c)
-        x_b = rng.binomial(n_b, p_b)
-        for t in range(seconds):
-            judge.look(
-                t + 1.0,
-                Observation(int(n_c[t]), int(x_c[t]), hosts=1),
-                Observation(int(n_b[t]), int(x_b[t]), hosts=9),
-            )
-        result = judge.final(float(seconds))
+        result = _thin_bake(config, rng, rng.uniform(0.002, 0.02), 1.25, seconds)
         failed += result.outcome is Outcome.FAIL and "at max bake (one-sided p" in result.reason
     assert failed / runs <= config.alpha * ERRORS_FAIL_FINAL_SHARE + 0.03
