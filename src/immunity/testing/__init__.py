@@ -2,8 +2,9 @@
 
 * `VirtualClock`: runs the event loop in virtual time (`clock.run(main)`).
 * `World`, `Latencies`, `Behaviour`: the state the in-memory adapters share.
-* `MemoryBalancer`, `MemoryDriver`, `MemoryProber`, `MemorySignals`, `MemoryJournal`: one
-  adapter per role, each passing its role's contract suite (`immunity.testing.contracts`).
+* `MemoryBalancer`, `MemoryDriver`, `MemoryProber`, `MemorySignals`, `MemoryJournal`,
+  `MemoryNotifier`: one adapter per role, each passing its role's contract suite
+  (`immunity.testing.contracts`).
 * `memory_fleet(...)`: an engine `Fleet` over a new world.
 """
 
@@ -22,6 +23,7 @@ from immunity.testing.fleet import (
     memory_fleet,
 )
 from immunity.testing.journal import MemoryJournal, MemoryStore
+from immunity.testing.notify import MemoryNotifier
 
 __all__ = [
     "Behaviour",
@@ -29,6 +31,7 @@ __all__ = [
     "MemoryBalancer",
     "MemoryDriver",
     "MemoryJournal",
+    "MemoryNotifier",
     "MemoryProber",
     "MemorySignals",
     "MemoryStore",

@@ -1,304 +1,41 @@
-"""The `Journal` contract, passed by every journal: SQLite (a file), PostgreSQL (a real
-throwaway server) and the in-memory one of `immunity.testing`. Two journal objects on one
-store stand for two orchestrator processes.
+"""The `Journal` contract (`immunity.testing.contracts.JournalContract`) held against the
+real journals: SQLite (one file, several connections) and PostgreSQL (a real throwaway
+server, several sessions). The in-memory journal passes it in
+`tests/unit/testing/test_memory_contracts.py`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import anyio
 import pytest
 
-from immunity.errors import LeaseHeld, LeaseLost
 from immunity.journal import Journal, open_journal
-from immunity.journal.base import DeploymentRecord
-from immunity.testing import MemoryJournal, MemoryStore
+from immunity.journal.postgres import PostgresJournal
+from immunity.journal.sqlite import SqliteJournal
+from immunity.testing.contracts import JournalContract, JournalHarness
 
-Opener = Callable[[], Journal]
 
+class UrlHarness(JournalHarness):
+    """Each `connect` is `open_journal` on one URL, as a second `immunity` process would."""
 
-@pytest.fixture(params=["sqlite", "postgres", "memory"])
-async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    """Opens a new journal object on one shared store (each call: another 'process');
-    `memory` is immunity.testing's in-memory journal, held to the same contract."""
-    if request.param == "memory":
-        store = MemoryStore()
-        yield lambda: MemoryJournal(store)
-        return
-    if request.param == "sqlite":
-        url = f"sqlite:{tmp_path / 'journal.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    opened: list[Journal] = []
+    def __init__(self, url: str, tmp_path: Path, cls: type) -> None:
+        super().__init__()
+        self.url, self.tmp_path, self.cls = url, tmp_path, cls
 
-    def open_one() -> Journal:
-        j = open_journal(tmp_path / "unused.db", url)
-        opened.append(j)
+    def connect(self) -> Journal:
+        j = open_journal(self.tmp_path / "unused.db", self.url)
+        assert isinstance(j, self.cls), j  # the journal under test, not another
         return j
 
-    yield open_one
-    for j in opened:
-        await j.close()
+
+class TestSqliteJournal(JournalContract):
+    @pytest.fixture
+    def harness(self, tmp_path: Path) -> JournalHarness:
+        return UrlHarness(f"sqlite:{tmp_path / 'journal.db'}", tmp_path, SqliteJournal)
 
 
-@pytest.mark.anyio
-async def test_entries_come_back_in_order_from_another_connection(opener: Opener) -> None:
-    """What one journal object appended, a second one reads back, in order, data intact."""
-    a, b = opener(), opener()
-    d = await a.begin("shop", "v2", {"fallbacks": {"h1": "v1"}})
-    await a.append(
-        d.id, "host.step_started", host="h1", step="drain", data={"n": 1, "é": [1.5, None]}
-    )
-    await a.append(d.id, "host.step_finished", host="h1", step="drain")
-    got = list(await b.entries(d.id))
-    assert [(e.kind, e.host, e.step) for e in got] == [
-        ("host.step_started", "h1", "drain"),
-        ("host.step_finished", "h1", "drain"),
-    ]
-    assert got[0].seq < got[1].seq
-    assert got[0].data == {"n": 1, "é": [1.5, None]}
-    assert got[0].at.tzinfo is not None
-    assert (await b.deployments("shop"))[0].data["fallbacks"] == {"h1": "v1"}
-
-
-@pytest.mark.anyio
-async def test_deployments_are_per_app_in_start_order_and_finish_merges_data(
-    opener: Opener,
-) -> None:
-    """deployments(app) filters and orders; finish sets outcome/reason and merges data."""
-    j = opener()
-    d1 = await j.begin("shop", "v2", {"fallbacks": {"h1": "v1"}})
-    await j.begin("blog", "v9", {})
-    d3 = await j.begin("shop", "v3", {})
-    await j.finish(d1.id, "deployed", "all waves passed", {"result": {"exit": 0}})
-    shop = list(await j.deployments("shop"))
-    assert [d.id for d in shop] == [d1.id, d3.id]
-    assert {d.app for d in await j.deployments()} == {"shop", "blog"}
-    done = shop[0]
-    assert (done.outcome, done.reason) == ("deployed", "all waves passed")
-    assert done.data == {"fallbacks": {"h1": "v1"}, "result": {"exit": 0}}
-    assert done.finished_at is not None and done.finished_at >= done.started_at
-    assert shop[1].outcome is None and shop[1].finished_at is None
-
-
-@pytest.mark.anyio
-async def test_a_second_holder_is_refused_naming_holder_machine_and_since(opener: Opener) -> None:
-    """While the holder heart-beats, another process's acquire raises LeaseHeld (exit 5)."""
-    a, b = opener(), opener()
-    lease = await a.acquire_lease("shop", "runner-1:4242", "d1", 30)
-    with pytest.raises(LeaseHeld) as info:
-        await b.acquire_lease("shop", "runner-2:77", "d2", 30)
-    msg = info.value.message
-    assert "pid 4242" in msg and "machine runner-1" in msg and "d1" in msg
-    assert lease.acquired_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") in msg
-    assert info.value.exit_code == 5
-    current = await b.current_lease("shop")
-    assert current is not None and current.holder == "runner-1:4242"
-    assert current.token == lease.token
-
-
-@pytest.mark.anyio
-async def test_an_expired_lease_needs_takeover_and_gets_a_newer_token(opener: Opener) -> None:
-    """A holder that stopped heart-beating: refused without takeover, granted with it."""
-    a, b = opener(), opener()
-    first = await a.acquire_lease("shop", "a:1", "d1", 0.0)
-    with pytest.raises(LeaseHeld) as info:
-        await b.acquire_lease("shop", "b:2", "d2", 30)
-    assert "resume" in (info.value.hint or "")
-    second = await b.acquire_lease("shop", "b:2", "d1", 30, takeover=True)
-    assert second.token == first.token + 1
-
-
-@pytest.mark.anyio
-async def test_takeover_of_a_live_holder_is_refused_unless_it_is_proven_dead(
-    opener: Opener,
-) -> None:
-    """takeover waits for lease_ttl, unless the caller proved the holder's PID is gone."""
-    a, b = opener(), opener()
-    first = await a.acquire_lease("shop", "a:1", "d1", 30)
-    with pytest.raises(LeaseHeld):
-        await b.acquire_lease("shop", "b:2", "d1", 30, takeover=True)
-    assert (
-        await b.acquire_lease("shop", "b:2", "d1", 30, takeover=True, holder_dead=True)
-    ).token == (first.token + 1)
-
-
-@pytest.mark.anyio
-async def test_a_stale_token_can_change_nothing(opener: Opener) -> None:
-    """After a takeover, the old holder's append, heartbeat and finish raise LeaseLost and
-    leave the journal as it was."""
-    old_proc, new_proc = opener(), opener()
-    d = await old_proc.begin("shop", "v2", {})
-    old = await old_proc.acquire_lease("shop", "a:1", d.id, 0.0)
-    await old_proc.append(d.id, "deployment.started", token=old.token)
-    new = await new_proc.acquire_lease("shop", "b:2", d.id, 30, takeover=True)
-    with pytest.raises(LeaseLost):
-        await old_proc.append(d.id, "host.step_started", host="h1", step="drain", token=old.token)
-    with pytest.raises(LeaseLost):
-        await old_proc.heartbeat(old)
-    with pytest.raises(LeaseLost):
-        await old_proc.finish(d.id, "deployed", "stale", {}, token=old.token)
-    await old_proc.release_lease(old)  # a stale release frees nothing
-    assert [e.kind for e in await new_proc.entries(d.id)] == ["deployment.started"]
-    rec = (await new_proc.deployments("shop"))[0]
-    assert rec.outcome is None
-    cur = await new_proc.current_lease("shop")
-    assert cur is not None and cur.token == new.token
-    await new_proc.append(d.id, "deployment.resumed", token=new.token)
-    await new_proc.heartbeat(new)
-    await new_proc.finish(d.id, "deployed", "resumed", {}, token=new.token)
-    assert (await new_proc.deployments("shop"))[0].outcome == "deployed"
-
-
-@pytest.mark.anyio
-async def test_a_released_lease_is_free(opener: Opener) -> None:
-    """After release_lease a new deployment takes the lease at once, with a newer token."""
-    a, b = opener(), opener()
-    lease = await a.acquire_lease("shop", "a:1", "d1", 30)
-    await a.release_lease(lease)
-    assert await b.current_lease("shop") is None
-    assert (await b.acquire_lease("shop", "b:2", "d2", 30)).token == lease.token + 1
-
-
-@pytest.mark.anyio
-async def test_leases_of_different_apps_are_independent(opener: Opener) -> None:
-    """Two apps are leased at once by two processes."""
-    a, b = opener(), opener()
-    await a.acquire_lease("shop", "a:1", "d1", 30)
-    await b.acquire_lease("blog", "b:2", "d2", 30)
-    assert {(await a.current_lease(x)).holder for x in ("shop", "blog")} == {"a:1", "b:2"}  # type: ignore[union-attr]
-
-
-@pytest.mark.anyio
-async def test_racing_acquirers_get_exactly_one_grant(opener: Opener) -> None:
-    """Eight processes racing for one free lease: exactly one is granted, seven refused."""
-    journals = [opener() for _ in range(8)]
-    granted: list[int] = []
-    refused: list[str] = []
-
-    async def race(i: int) -> None:
-        try:
-            lease = await journals[i].acquire_lease("shop", f"m{i}:{i}", f"d{i}", 30)
-            granted.append(lease.token)
-        except LeaseHeld as exc:
-            refused.append(exc.message)
-
-    with anyio.fail_after(60):  # each journal's call runs in its own worker thread: a real race
-        async with anyio.create_task_group() as tg:
-            for i in range(len(journals)):
-                tg.start_soon(race, i)
-    assert len(granted) == 1 and len(refused) == 7
-    cur = await journals[0].current_lease("shop")
-    assert cur is not None and cur.token == granted[0]
-
-
-@pytest.mark.anyio
-async def test_import_deployment_is_idempotent_and_incremental(
-    opener: Opener, tmp_path: Path
-) -> None:
-    """Copying a deployment twice stores it once; entries appended since are added."""
-    src = open_journal(tmp_path / "src.db")
-    dst = opener()
-    try:
-        d = await src.begin("shop", "v2", {"fallbacks": {"h1": "v1"}})
-        await src.append(d.id, "deployment.started")
-        rec = (await src.deployments("shop"))[0]
-        assert await dst.import_deployment(rec, await src.entries(d.id)) == 1  # type: ignore[attr-defined]
-        await src.append(d.id, "host.step_started", host="h1", step="drain")
-        await src.finish(d.id, "deployed", "ok", {"result": {"exit": 0}})
-        rec = (await src.deployments("shop"))[0]
-        assert await dst.import_deployment(rec, await src.entries(d.id)) == 1  # type: ignore[attr-defined]
-        assert await dst.import_deployment(rec, await src.entries(d.id)) == 0  # type: ignore[attr-defined]
-        got: DeploymentRecord = (await dst.deployments("shop"))[0]
-        assert (got.id, got.outcome, got.started_at) == (d.id, "deployed", rec.started_at)
-        assert [e.kind for e in await dst.entries(d.id)] == [
-            "deployment.started",
-            "host.step_started",
-        ]
-        assert [e.at for e in await dst.entries(d.id)] == [e.at for e in await src.entries(d.id)]
-    finally:
-        await src.close()
-
-
-@pytest.mark.anyio
-async def test_appends_asked_for_at_once_are_each_stored_when_they_return(opener: Opener) -> None:
-    """100 appends at once (a group commit where the journal groups them): each entry is
-    readable by another process the moment its append returns, in the order asked for."""
-    a, b = opener(), opener()
-    d = await a.begin("shop", "v2", {})
-    lease = await a.acquire_lease("shop", "a:1", d.id, 30)
-    seqs: dict[int, int] = {}
-    missing: list[int] = []
-
-    async def one(i: int) -> None:
-        e = await a.append(d.id, "host.step_started", data={"i": i}, token=lease.token)
-        seqs[i] = e.seq
-        if e.seq not in {x.seq for x in await b.entries(d.id)}:
-            missing.append(i)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(100):
-            tg.start_soon(one, i)
-    assert missing == []
-    assert [seqs[i] for i in range(100)] == sorted(seqs.values())
-    assert [e.data["i"] for e in await b.entries(d.id)] == list(range(100))
-
-
-@pytest.mark.anyio
-async def test_in_a_batch_a_stale_token_refuses_only_its_own_appends(opener: Opener) -> None:
-    """Appends of two apps asked for at once (one group commit where the journal groups): those whose lease was taken over raise LeaseLost and
-    leave no row; the others are written."""
-    j = opener()
-    shop, blog = await j.begin("shop", "v2", {}), await j.begin("blog", "v9", {})
-    ok = await j.acquire_lease("shop", "a:1", shop.id, 30)
-    stale = await j.acquire_lease("blog", "a:1", blog.id, 30)
-    await j.acquire_lease("blog", "b:2", blog.id, 30, takeover=True, holder_dead=True)
-    lost: list[int] = []
-
-    async def one(i: int) -> None:
-        d, lease = (shop, ok) if i % 2 else (blog, stale)
-        try:
-            await j.append(d.id, "host.step_started", data={"i": i}, token=lease.token)
-        except LeaseLost:
-            lost.append(i)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(100):
-            tg.start_soon(one, i)
-    assert sorted(lost) == list(range(0, 100, 2))
-    assert [e.data["i"] for e in await j.entries(shop.id)] == list(range(1, 100, 2))
-    assert await j.entries(blog.id) == []
-
-
-@pytest.mark.anyio
-async def test_a_lease_write_is_never_batched_with_the_appends_around_it(opener: Opener) -> None:
-    """Appends asked for before a takeover are written under the old holder's token; those
-    asked for after it are refused, though all were queued together: the takeover runs alone,
-    in order, between two batches."""
-    j = opener()
-    d = await j.begin("shop", "v2", {})
-    old = await j.acquire_lease("shop", "a:1", d.id, 30)
-    outcome: dict[str, str] = {}
-
-    async def append(name: str) -> None:
-        try:
-            await j.append(d.id, "host.step_started", data={"name": name}, token=old.token)
-            outcome[name] = "written"
-        except LeaseLost:
-            outcome[name] = "refused"
-
-    async def takeover() -> None:
-        await j.acquire_lease("shop", "b:2", d.id, 30, takeover=True, holder_dead=True)
-
-    async with anyio.create_task_group() as tg:  # tasks start (and queue their call) in order
-        for i in range(50):
-            tg.start_soon(append, f"before{i}")
-        tg.start_soon(takeover)
-        for i in range(50):
-            tg.start_soon(append, f"after{i}")
-    assert {n for n, o in outcome.items() if o == "written"} == {f"before{i}" for i in range(50)}
-    assert {n for n, o in outcome.items() if o == "refused"} == {f"after{i}" for i in range(50)}
-    assert len(await j.entries(d.id)) == 50
+class TestPostgresJournal(JournalContract):
+    @pytest.fixture
+    def harness(self, pg_url: str, tmp_path: Path) -> JournalHarness:
+        return UrlHarness(pg_url, tmp_path, PostgresJournal)

@@ -5,32 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
-
-from immunity.domain import Event
 from immunity.engine.deployment import deploy
-from immunity.errors import NotifyError
 from immunity.notify.base import NOTIFY_TIMEOUT_S
-from immunity.testing import VirtualClock, memory_fleet
-
-
-class Receiver:
-    def __init__(self, name: str, how: str) -> None:
-        self.name, self.how = name, how
-        self.got: list[Event] = []
-
-    def wants(self, event: Event) -> bool:
-        return event.kind.startswith("deployment.")
-
-    async def notify(self, event: Event) -> None:
-        if self.how == "fails":
-            raise NotifyError("the webhook answered 500", adapter="webhook")
-        if self.how == "hangs":
-            await anyio.sleep_forever()
-        self.got.append(event)
-
-    async def aclose(self) -> None:
-        pass
+from immunity.testing import MemoryNotifier, VirtualClock, memory_fleet
 
 
 def test_a_failing_and_a_hung_notifier_are_journaled_and_the_run_still_deploys() -> None:
@@ -40,7 +17,9 @@ def test_a_failing_and_a_hung_notifier_are_journaled_and_the_run_still_deploys()
     NOTIFY_TIMEOUT_S of virtual time, as a TimeoutError)."""
     clock = VirtualClock()
     fleet, _ = memory_fleet(3, clock=clock, config={"guard": {"duration": 0}})
-    ok, bad, hung = Receiver("ok", "answers"), Receiver("bad", "fails"), Receiver("hung", "hangs")
+    ok = MemoryNotifier("ok")
+    bad = MemoryNotifier("bad", how="refuses", refusal="the webhook answered 500")
+    hung = MemoryNotifier("hung", how="hangs")
     fleet.notifiers.extend([ok, bad, hung])
 
     async def main() -> tuple[Any, list[Any]]:
@@ -50,7 +29,9 @@ def test_a_failing_and_a_hung_notifier_are_journaled_and_the_run_still_deploys()
 
     result, told = clock.run(main)
     assert "deployed" == result.outcome
-    [event] = ok.got
+    [event] = ok.delivered
+    assert [event] == bad.sent == hung.sent  # each was sent the one final outcome
+    assert [] == bad.delivered == hung.delivered
     assert ("deployment.succeeded", "deployed") == (event.kind, event.data["outcome"])
     assert {"release": "v2", "needs_human": []} == {
         k: event.data[k] for k in ("release", "needs_human")
@@ -58,7 +39,7 @@ def test_a_failing_and_a_hung_notifier_are_journaled_and_the_run_still_deploys()
     said = {(e.kind, e.data["notifier"]): e.data.get("error") for e in told}
     assert {
         ("notify.sent", "ok"): None,
-        ("notify.failed", "bad"): "the webhook answered 500",
+        ("notify.failed", "bad"): "bad: the webhook answered 500",
         ("notify.failed", "hung"): "TimeoutError",
     } == said
     at = {e.data["notifier"]: e.at for e in told}

@@ -14,26 +14,38 @@ import anyio
 import pytest
 
 from immunity.domain import Cohort, HostRef, LbState
+from immunity.errors import NotifyError
+from immunity.journal.base import Journal
+from immunity.notify.base import Notifier
 from immunity.probe.base import Prober
 from immunity.signals.base import SignalSource
 from immunity.testing import (
     Behaviour,
     MemoryBalancer,
     MemoryDriver,
+    MemoryJournal,
+    MemoryNotifier,
     MemoryProber,
     MemorySignals,
+    MemoryStore,
+    VirtualClock,
     World,
 )
 from immunity.testing.contracts import (
     BalancerHarness,
     HostDriverContract,
     HostHarness,
+    JournalContract,
+    JournalHarness,
     LoadBalancerContract,
+    NotifierContract,
+    NotifierHarness,
     ProberContract,
     ProberHarness,
     SignalHarness,
     SignalSourceContract,
 )
+from immunity.testing.contracts.notify import event as notify_event
 from immunity.testing.contracts.signals import Sent
 
 NAMES = ["h1", "h2", "h3"]
@@ -190,6 +202,66 @@ class TestMemoryProber(ProberContract):
     @pytest.fixture
     def harness(self) -> ProberHarness:
         return MemoryProberHarness()
+
+
+class MemoryJournalHarness(JournalHarness):
+    """Each `connect` is a new `MemoryJournal` on one `MemoryStore` (another process on
+    one database)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = MemoryStore()
+
+    def connect(self) -> Journal:
+        return MemoryJournal(self.store)
+
+
+class TestMemoryJournal(JournalContract):
+    @pytest.fixture
+    def harness(self) -> JournalHarness:
+        return MemoryJournalHarness()
+
+
+class MemoryNotifierHarness(NotifierHarness):
+    """The notifier's `delivered` list is the receiver's own record."""
+
+    def __init__(self) -> None:
+        self.notifier = self.memory = MemoryNotifier()
+
+    async def deliveries(self) -> list[str]:
+        return [f"{e.kind} {e.app} {e.release} {e.data}" for e in self.memory.delivered]
+
+    def with_events(self, events: list[str]) -> Notifier:
+        return MemoryNotifier(events=events)
+
+    def refusing(self) -> Notifier:
+        return MemoryNotifier(how="refuses")
+
+    def hanging(self) -> Notifier:
+        return MemoryNotifier(how="hangs")
+
+
+class TestMemoryNotifier(NotifierContract):
+    @pytest.fixture
+    def harness(self) -> NotifierHarness:
+        return MemoryNotifierHarness()
+
+
+def test_a_memory_notifier_ends_by_its_own_timeout_and_records_what_it_was_sent() -> None:
+    """`timeout_s` bounds a hanging receiver as a real notifier's per-attempt timeout does:
+    NotifyError after it (in virtual time), the event recorded as sent, not delivered."""
+    clock = VirtualClock()
+    n = MemoryNotifier(how="hangs", timeout_s=5.0)
+    ev = notify_event()
+
+    async def main() -> float:
+        t0 = anyio.current_time()
+        with pytest.raises(NotifyError, match="did not answer within 5 s"):
+            await n.notify(ev)
+        return anyio.current_time() - t0
+
+    assert clock.run(main) == pytest.approx(5.0)
+    assert (n.sent, n.delivered) == ([ev], [])
 
 
 def test_rps_traffic_of_consecutive_windows_adds_up_to_the_whole() -> None:

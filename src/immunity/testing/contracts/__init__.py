@@ -2,7 +2,7 @@
 
 A suite states the role's promises as the engine relies on them, as a class of pytest
 cases: `LoadBalancerContract`, `HostDriverContract`, `SignalSourceContract`,
-`ProberContract`, `NotifierContract`. To hold an adapter to one, subclass it in a test module as
+`ProberContract`, `NotifierContract`, `JournalContract`. To hold an adapter to one, subclass it in a test module as
 `Test<Adapter>` and give it a `harness` fixture that returns the role's harness: the adapter
 under test, the hosts, and ways to read the *server's own* view (never the adapter's
 answer) and to send the server real traffic::
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from immunity.testing.contracts.base import Contract, Unsupported
 from immunity.testing.contracts.hosts import HostDriverContract, HostHarness
+from immunity.testing.contracts.journal import JournalContract, JournalHarness
 from immunity.testing.contracts.lb import BalancerHarness, LoadBalancerContract
 from immunity.testing.contracts.notify import NotifierContract, NotifierHarness
 from immunity.testing.contracts.probe import ProberContract, ProberHarness
@@ -36,6 +37,8 @@ __all__ = [
     "Contract",
     "HostDriverContract",
     "HostHarness",
+    "JournalContract",
+    "JournalHarness",
     "LoadBalancerContract",
     "NotifierContract",
     "NotifierHarness",
