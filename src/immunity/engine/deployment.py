@@ -63,7 +63,9 @@ async def deploy(
     (there is no other release to compare with)."""
 
     async def prepare() -> dict[str, object]:
-        return {"fallbacks": await preflight(fleet, release)}
+        # `force` is journaled: a resume of an interrupted forced run walks the hosts it had
+        # not walked yet (they already serve the release, and would be skipped otherwise)
+        return {"fallbacks": await preflight(fleet, release)} | ({"force": True} if force else {})
 
     async with Run(fleet, release, prepare=prepare, handle_signals=handle_signals) as run:
         await Rollout(run, force=force).go()
@@ -75,7 +77,7 @@ async def continue_deployment(
 ) -> RunResult:
     """Take an interrupted deployment over (a fresh fencing token) and finish or undo it."""
     async with Run(fleet, record.release, resume=record) as run:
-        await Rollout(run).go(abort=abort)
+        await Rollout(run, force=bool(record.data.get("force"))).go(abort=abort)
     return run.result
 
 
@@ -224,7 +226,9 @@ class Rollout:
 
     def __init__(self, run: Run, *, force: bool = False) -> None:
         self.run = run
-        self.force = force  # walk hosts already on the release again (`deploy --force`)
+        # walk hosts already on the release again (`deploy --force`, journaled in the
+        # record's data: a resume honours it, walking each host this run has not switched)
+        self.force = force
         self.fleet = run.fleet
         self.release = run.release
         self.view = run.view  # the run's FleetState: every entry folded as it is appended
@@ -388,7 +392,7 @@ class Rollout:
             return
         verdict: Verdict | None = None
         for i, wave in enumerate(waves, start=1):
-            todo = [h for h in wave if self.force or h.name not in view.canary]
+            todo = [h for h in wave if not self._done(h.name)]
             if run.stopping:
                 break
             if i in view.passed_waves and not todo:
@@ -434,6 +438,13 @@ class Rollout:
             view.last_verdict.get("reason") or "every host serves the release",
             message=f"every host serves {self.release}",
         )
+
+    def _done(self, name: str) -> bool:
+        """Whether host `name` needs no walk: it serves the release in the pool (with
+        `force`: and this run, resumed or not, already switched it there)."""
+        if name not in self.view.canary:
+            return False
+        return not self.force or self.view.reached(name) == self.release
 
     async def _judged(self, i: int, verdict: Verdict, *, guard: bool = False) -> bool:
         """Journal a bake's verdict and act on it; True when the rollout goes on."""
@@ -644,7 +655,7 @@ class Rollout:
             if not await self._judged(i, verdict, guard=True):
                 return False
         held = self.holdback
-        if held is None or run.stopping or (held.name in self.view.canary and not self.force):
+        if held is None or run.stopping or self._done(held.name):
             return True
         await run.rec.record(
             "wave.started", f"holdback: {[held.name]}", wave=i + 1, hosts=[held.name]

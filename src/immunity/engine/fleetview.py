@@ -235,6 +235,11 @@ class FleetState:
                 self.first_canary_at = e.at if at is None else min(at, e.at)
         self._place(e.host, h)
 
+    def reached(self, name: str) -> str | None:
+        """The release the last `host.switched` of host `name` put it on (None: none yet)."""
+        h = self._hosts.get(name)
+        return h.reached if h is not None else None
+
     def observe(self, seen: Observed) -> None:
         """Fold what the balancer and the drivers report now."""
         for name, (lb_state, active) in seen.items():
