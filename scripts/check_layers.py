@@ -1,8 +1,10 @@
 """Import layering check: arrows point down only.
 
-cli -> engine -> report, analysis -> roles (lb, hosts, signals, judge, notify, journal, probe)
+cli -> engine -> fleet -> report, analysis -> roles (lb, hosts, signals, judge, notify, journal, probe)
 -> clients -> config -> domain, clock -> errors. Adapters never import the engine or the analysis; neither of those names a
-concrete adapter (they go through plugins and the roles' `base` Protocols). The analysis sits
+concrete adapter (they go through plugins and the roles' `base` Protocols). The fleet (the
+adapters built from the config, what they report, the preflight checks) sits below the engine:
+`status`, the dry-run and `serve` read it without the engine's run. The analysis sits
 between the engine (which asks it for a verdict) and the roles it uses (signals, judge). The report
 reads the journal (and re-judges with the analysis); the engine and the CLI write it.
 The one built-in source they name is `signals.probe`: it is configured by the top-level `probe`
@@ -34,13 +36,14 @@ RANK = {
     "probe": 4,
     "analysis": 5,
     "report": 5,
-    "engine": 6,
-    "sandbox": 7,
-    "testing": 7,
-    "bench": 8,
-    "cli": 9,
-    "serve": 9,
-    "__main__": 10,
+    "fleet": 6,
+    "engine": 7,
+    "sandbox": 8,
+    "testing": 8,
+    "bench": 9,
+    "cli": 10,
+    "serve": 10,
+    "__main__": 11,
     "__init__": 0,
 }
 ROLES = {"lb", "hosts", "signals", "judge", "notify", "journal", "probe"}
@@ -83,7 +86,7 @@ def main() -> int:
                         f"{path}:{node.lineno}: {mine} (layer {RANK.get(mine)}) imports {name} (layer {RANK.get(theirs)})"
                     )
                 if (
-                    mine in ("engine", "analysis")
+                    mine in ("engine", "fleet", "analysis")
                     and theirs in ROLES
                     and name.split(".")[-1] not in ("base", theirs)
                     and name != "immunity.signals.probe"

@@ -23,9 +23,9 @@ from rich.table import Table
 
 from immunity import config as cfgmod
 from immunity.engine.capacity import CapacityGuard
-from immunity.engine.context import build_fleet
 from immunity.engine.host import HostSwitcher
 from immunity.engine.record import Recorder
+from immunity.fleet.context import build_fleet
 from immunity.sandbox import fleet as sandbox
 from immunity.sandbox.scenario import LoadProcess, peak_rss_mb, phase
 

@@ -27,8 +27,8 @@ from immunity.errors import ConfigError, ImmunityError
 
 if TYPE_CHECKING:
     from immunity.domain import Event
-    from immunity.engine.context import Fleet
     from immunity.engine.result import RunResult
+    from immunity.fleet.context import Fleet
 
 # The engine (numpy, scipy, httpx) is imported inside the commands that need it, so that
 # `--help` and `config validate` start fast.
@@ -127,7 +127,7 @@ def _setup_logging() -> None:
 def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
     """Load the config, build the fleet, run `fn`, close everything; map errors to exits."""
 
-    from immunity.engine.context import build_fleet
+    from immunity.fleet.context import build_fleet
 
     try:
         loaded = cfgmod.load(path)
@@ -521,8 +521,9 @@ def deploy(
     async def go(fleet: Fleet) -> RunResult:
         if resume_unfinished:
             from immunity.engine import ops
+            from immunity.fleet.context import last_deployment
 
-            record = await ops.last_deployment(fleet)
+            record = await last_deployment(fleet)
             if (
                 record is not None
                 and record.release == release
@@ -712,7 +713,7 @@ def serve(
     _setup_logging()
     import uvicorn
 
-    from immunity.engine.context import build_fleet
+    from immunity.fleet.context import build_fleet
     from immunity.serve import create_app, is_loopback, same_app
 
     token = os.environ.get(token_env) or None
@@ -788,7 +789,7 @@ def show(
 
     try:
         loaded = cfgmod.load(config)
-        from immunity.engine.context import open_journal
+        from immunity.fleet.context import open_journal
 
         async def read() -> dict[str, Any]:
             journal = open_journal(loaded)
@@ -834,7 +835,7 @@ def report(
 
     try:
         loaded = cfgmod.load(config)
-        from immunity.engine.context import open_journal
+        from immunity.fleet.context import open_journal
 
         async def read() -> dict[str, Any]:
             journal = open_journal(loaded)
@@ -875,7 +876,7 @@ def replay(
     """Re-judge DEPLOYMENT's recorded evidence with the checks and thresholds of -c, and show
     what they would have decided and when, beside what happened. Touches no host."""
     from immunity import report as rpt
-    from immunity.engine.context import open_journal
+    from immunity.fleet.context import open_journal
     from immunity.report.replay import replay as _replay
 
     try:

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 
 def _deploy(config: Path, release: str) -> RunResult:
-    from immunity.engine.context import build_fleet
     from immunity.engine.deployment import deploy
+    from immunity.fleet.context import build_fleet
 
     loaded = cfgmod.load(config)
     fl = build_fleet(loaded)

@@ -17,9 +17,9 @@ from typing import Any
 
 from immunity.analysis.spending import bakes_of, judge_for
 from immunity.config.models import GUARD_KINDS
-from immunity.engine.context import Fleet
-from immunity.engine.deployment import preflight
 from immunity.engine.plan import plan_waves, with_holdback
+from immunity.fleet.context import Fleet
+from immunity.fleet.preflight import preflight
 
 NEEDS = {
     "errors": "request and 5xx counts per cohort; a baseline (not judged on the last wave)",

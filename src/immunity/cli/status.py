@@ -8,7 +8,7 @@ from typing import Any
 
 from immunity.domain import outcome_words
 from immunity.engine import ops
-from immunity.engine.context import Fleet
+from immunity.fleet.context import Fleet
 
 
 async def status(fleet: Fleet) -> dict[str, Any]:

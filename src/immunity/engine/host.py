@@ -18,9 +18,9 @@ import anyio
 
 from immunity.domain import HostRef, LbState
 from immunity.engine.capacity import CapacityGuard
-from immunity.engine.context import Fleet
 from immunity.engine.record import Entry, Recorder
 from immunity.errors import ImmunityError, StepFailed
+from immunity.fleet.context import Fleet
 
 STEPS = ("drain", "stop", "install", "start", "verify", "warmup", "enable")
 

@@ -12,13 +12,20 @@ from typing import Any
 
 import anyio
 
-from immunity.domain import NOT_A_CHANGE, LbState, utcnow
-from immunity.engine.context import Fleet, unknown_members
+from immunity.domain import LbState, utcnow
 from immunity.engine.fleetview import derive
 from immunity.engine.immune import revert
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run, ran_before
 from immunity.errors import ImmunityError
+from immunity.fleet.context import (
+    Fleet,
+    by_release,
+    changes,
+    last_deployment,
+    spelled,
+    unknown_members,
+)
 from immunity.journal import holder_alive, holder_stopped
 from immunity.journal.base import DeploymentRecord
 
@@ -36,11 +43,6 @@ class NothingToRollBack(NothingToResume):
     reference = "nothing-to-roll-back"
 
 
-async def last_deployment(fleet: Fleet) -> DeploymentRecord | None:
-    recs = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome not in NOT_A_CHANGE]
-    return recs[-1] if recs else None
-
-
 def restart_only(record: DeploymentRecord) -> bool:
     """A finished deployment that moved no host to another release: every host already ran
     it (`deploy --force` walks them again; its revert targets are the release itself)."""
@@ -56,7 +58,7 @@ async def last_change(fleet: Fleet) -> DeploymentRecord | None:
     """The run `rollback` undoes: the last one that changed a host's release, past no-ops
     (`unchanged`) and finished restarts of the running release (`deploy --force`), so a
     redeploy never takes the release before it out of reach."""
-    recs = [d for d in await fleet.journal.deployments(fleet.app) if d.outcome not in NOT_A_CHANGE]
+    recs = await changes(fleet)
     while len(recs) > 1 and restart_only(recs[-1]):
         recs.pop()
     return recs[-1] if recs else None
@@ -198,13 +200,9 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     if record is not None and record.rollback and len(set(targets.values())) > 1:
         # a rollback that ended an interrupted deployment found the fleet mixed: undoing it
         # would put the fleet back half on the interrupted release, never a release state
-        found: dict[str, list[str]] = {}
-        for name, release in targets.items():
-            found.setdefault(release, []).append(name)
-        was = "; ".join(f"{', '.join(n)} on {r}" for r, n in found.items())
         raise NothingToRollBack(
             f"nothing to roll back: the last run, {record.id} ({record.release_words}), found "
-            f"the fleet mixed ({was}); rolling it back would leave the fleet mixed again",
+            f"the fleet mixed ({spelled(by_release(targets))}); rolling it back would leave the fleet mixed again",
             hint="to go on to another release, deploy it: `immunity deploy -c FILE --release "
             "NAME` (`immunity history -c FILE` lists the deployments)",
         )
@@ -212,14 +210,8 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
         observed.get(name) == (LbState.SERVING, release) for name, release in targets.items()
     ):
         # e.g. after a reverted deployment: the fleet already serves what it ran before it
-        on: dict[str, list[str]] = {}
-        for name, release in targets.items():
-            on.setdefault(release, []).append(name)
-        where = (
-            next(iter(on))
-            if len(on) == 1
-            else "; ".join(f"{', '.join(n)} on {r}" for r, n in on.items())
-        )
+        on = by_release(targets)
+        where = next(iter(on)) if len(on) == 1 else spelled(on)
         what = "rollback" if record.data.get("rollback") else "deployment"
         raise NothingToRollBack(
             f"nothing to roll back: every host already serves {where}, as before the last "

@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from immunity import report
-from immunity.engine.context import Fleet
+from immunity.fleet.context import Fleet
 from immunity.serve import views
 
 HERE = Path(__file__).parent

@@ -15,10 +15,10 @@ from typing import Any
 
 from immunity.domain import HostRef, outcome_words, utcnow
 from immunity.engine import ops
-from immunity.engine.context import Fleet
 from immunity.engine.fleetview import derive
 from immunity.engine.result import host_rows
 from immunity.errors import ImmunityError
+from immunity.fleet.context import Fleet
 from immunity.journal.base import DeploymentRecord, JournalEntry
 
 # entry kinds that say where a running deployment is, in words

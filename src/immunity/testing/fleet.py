@@ -35,8 +35,8 @@ from immunity.clock import SYSTEM_CLOCK, Clock
 from immunity.config import LoadedConfig
 from immunity.config.models import Config
 from immunity.domain import Cohort, HostRef, LbState, Member, Observation
-from immunity.engine.context import Fleet
 from immunity.errors import BalancerError, HostError, PreflightError, SignalError, StepFailed
+from immunity.fleet.context import Fleet
 from immunity.journal.base import Journal
 from immunity.testing.journal import MemoryJournal
 

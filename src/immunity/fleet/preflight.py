@@ -1,0 +1,152 @@
+"""The checks before a deployment touches anything, and the refusals they give.
+
+    preflight(fleet, release) -> each host's fallback (the release it serves now)
+
+in order: the app's last run ended (`refuse_over_unfinished`), every check builds a judge,
+every adapter answers its own preflight (a signal says what it sees of the traffic), every
+signal sees the balancer's traffic (`analysis.preflight`), the release exists, every host is
+in the pool, serving and running a release (`pool_problems`), the hosts not on the release
+run one release (`mixed_baseline`), and each host's verify and warm-up paths answer. Raises
+PreflightError naming everything to fix; nothing is touched either way. The engine runs it
+inside the run's lease (`engine.deployment.deploy`); `deploy --dry-run` runs it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from immunity.analysis.preflight import cross_check_traffic
+from immunity.domain import LbState, Member
+from immunity.errors import PreflightError
+from immunity.fleet.context import Fleet, by_release, last_deployment, spelled, unknown_members
+from immunity.judge import build_judge
+
+
+async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
+    """Check everything before touching anything; return each host's current release.
+
+    Raises PreflightError naming what to fix.
+    """
+    cfg = fleet.config
+    await refuse_over_unfinished(fleet)
+    for check in cfg.checks:  # a check the judge cannot build is a config error, found now
+        build_judge(check, cfg.judge, cfg.bake.min)
+    for adapter in (fleet.lb, fleet.driver, *fleet.signals.values(), *fleet.notifiers):
+        check = getattr(adapter, "preflight", None)
+        if check is not None:
+            seen = await check(fleet.hosts)
+            if isinstance(seen, str) and adapter in fleet.signals.values():
+                # a signal says what it sees of the traffic now (or plainly that it sees none)
+                fleet.signal_views[str(getattr(adapter, "name", "signal"))] = seen
+    await cross_check_traffic(fleet.lb, fleet.signals, fleet.hosts)
+    await fleet.driver.check_release(release)
+    now = await fleet.observe()
+    members, actives = now.members, now.actives
+    problems = pool_problems(fleet, members, await fleet.lb.pool_members())
+    for h in fleet.hosts:
+        m = members.get(h.name)
+        if m is None:
+            problems.append(f"{h.name} is not in the balancer's pool")
+        if actives[h.name] is None:
+            problems.append(f"{h.name} runs no release")
+    problems += mixed_baseline(fleet, release, actives)
+    if not problems:  # each host's verify and warm-up paths, on the release it runs now
+        problems += await fleet.prober.check_paths(fleet.hosts)
+    if problems:
+        raise PreflightError(
+            "preflight failed, nothing was touched: " + "; ".join(problems),
+            hint=f"fix what is named, then run `immunity deploy -c {fleet.loaded.path} "
+            f"--release {release}` again; if a deployment was interrupted, "
+            f"`immunity resume -c {fleet.loaded.path}` finishes it first",
+        )
+    # each host's fallback: the release it serves now, as it reports it, hosts already on
+    # `release` included (their revert leaves them there); never one inferred from the fleet
+    # or an earlier installed one (a revert to those put hosts on releases nobody judged)
+    return {name: active for name, active in actives.items() if active}
+
+
+def mixed_baseline(fleet: Fleet, release: str, actives: Mapping[str, str | None]) -> list[str]:
+    """A problem when the hosts not on `release` run more than one release: the baseline
+    would mix them (a comparison against "the old release" that is two releases), and a
+    revert would leave the fleet mixed. Deploying one of them first (it switches only the
+    hosts on the others) brings the fleet to one release."""
+    on = by_release({h.name: a for h in fleet.hosts if (a := actives.get(h.name)) and a != release})
+    if len(on) <= 1:
+        return []
+    common = max(on, key=lambda r: len(on[r]))
+    return [
+        f"the fleet is mixed ({spelled(on)}): the baseline would mix {len(on)} releases; bring "
+        f"it to one first, e.g. `immunity deploy -c {fleet.loaded.path} --release {common}`"
+    ]
+
+
+UNFINISHED = (None, "interrupted", "terminated", "superseded", "held")
+
+
+async def refuse_over_unfinished(fleet: Fleet) -> None:
+    """PreflightError when the app's last run (a deployment or a rollback) did not end: no
+    outcome (its process died), stopped by a signal, or held (`judge.on_inconclusive: hold`
+    paused it with the fleet mixed on purpose). A new deployment on top of it would
+    take the hosts it left on its release for the fleet's "previous" release, and the
+    interrupted run could no longer be resumed or aborted. The lease check comes first (a
+    live holder is refused with LeaseHeld), so an unfinished record here has no live run.
+    """
+    last = await last_deployment(fleet)
+    if last is None or last.outcome not in UNFINISHED:
+        return
+    what = "rollback" if last.data.get("rollback") else "deployment"
+    state = last.outcome or "unfinished (its process ended without an outcome)"
+    seen = await fleet.observe(lenient=True)
+    on = by_release(
+        {
+            name: f"unknown ({seen.errors[name]})" if seen.errors.get(name) else active
+            for name, active in seen.actives.items()
+        }
+    )
+    mixed = "mixed: " if len(on) > 1 else ""
+    cfg = fleet.loaded.path
+    raise PreflightError(
+        f"preflight failed, nothing was touched: the last {what} of {fleet.app}, "
+        f"{last.id} ({last.release}), is {state}; the fleet is {mixed}{spelled(on)}",
+        hint=f"finish it with `immunity resume -c {cfg}`, or undo it with `immunity resume "
+        f"-c {cfg} --abort` (every host back on the release it ran before it); then deploy",
+        context={"deployment_id": last.id, "outcome": last.outcome, "fleet": on},
+    )
+
+
+def pool_problems(
+    fleet: Fleet, members: Mapping[str, Member], pool: Mapping[str, Member]
+) -> list[str]:
+    """What in the balancer's pool makes a deployment unsafe or dishonest, one line each.
+
+    * a member the config does not know: it would keep serving the old release while
+      immunity reports every host on the new one;
+    * a host the balancer reports unhealthy (DOWN): it serves nobody, so draining another
+      host could take the last serving one, and its drain has no DRAIN state to wait for;
+    * a host already out of the pool or draining: it already uses capacity that
+      `max_unavailable` would hand out again (and a wave waiting for that capacity would
+      wait for a host of a later wave). An interrupted deployment is finished by `resume`.
+    """
+    out = []
+    for name in unknown_members(fleet, pool):
+        member = pool[name]
+        out.append(
+            f"pool member {name} ({member.detail or member.state}) is not in the config's hosts: it "
+            "would keep serving its release unseen; add it to hosts, or to "
+            "unmanaged_members to leave it alone"
+        )
+    for h in fleet.hosts:
+        mine = members.get(h.name)
+        if mine is not None and mine.state is LbState.UNHEALTHY:
+            out.append(
+                f"{h.name} is unhealthy in the balancer ({mine.detail or mine.state}): bring it "
+                "back up (or take it out of hosts) before deploying"
+            )
+        elif mine is not None and mine.state in (LbState.OUT, LbState.DRAINING):
+            cfg = fleet.loaded.path
+            out.append(
+                f"{h.name} is out of the pool ({mine.detail or mine.state}): finish an "
+                f"interrupted deployment with `immunity resume -c {cfg}`, put the fleet back "
+                f"with `immunity rollback -c {cfg}`, or return the host to the pool"
+            )
+    return out
