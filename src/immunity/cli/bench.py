@@ -70,7 +70,11 @@ def scale(
         str, typer.Option(help="Fleet sizes: one number or a comma list (100,1000,10000).")
     ] = "100,1000",
     journal: Annotated[
-        str, typer.Option(help="sqlite (the default journal, on disk) or memory.")
+        str,
+        typer.Option(
+            help="sqlite (the default journal, on disk), memory, or a postgresql://... URL "
+            "of a database the bench may write a deployment to."
+        ),
     ] = "sqlite",
     json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
 ) -> None:
@@ -82,10 +86,13 @@ def scale(
         sizes = [int(x.replace("_", "")) for x in hosts.split(",") if x.strip()]
     except ValueError:
         sizes = []
-    if not sizes or any(n < 1 for n in sizes) or journal not in ("sqlite", "memory"):
+    pg = journal.startswith(("postgresql://", "postgres://"))
+    if not sizes or any(n < 1 for n in sizes) or not (pg or journal in ("sqlite", "memory")):
+        from immunity.bench.scale import journal_name
+
         out.print(
-            f"--hosts {hosts!r} --journal {journal!r}: expected counts >= 1 like 100,1000 "
-            "and a journal of sqlite or memory",
+            f"--hosts {hosts!r} --journal {journal_name(journal)!r}: expected counts >= 1 "
+            "like 100,1000 and a journal of sqlite, memory or postgresql://USER@HOST:PORT/DB",
             markup=False,
         )
         raise typer.Exit(2)
