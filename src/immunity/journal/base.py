@@ -144,9 +144,10 @@ async def append_all(
 ) -> list[JournalEntry]:
     """Durably append `items` in order; returns once every one is on disk.
 
-    A journal whose class has `append_many` (SQLite) writes two or more in one transaction,
-    one commit and one wake-up for all; one item, or any other journal (and any wrapper, e.g. the fault
-    suite's kill points, which count single appends) gets one `append` after another. The
+    A journal whose class has `append_many` (SQLite, PostgreSQL) writes two or more in one
+    transaction, one commit and one wake-up for all; one item, or any other journal (and any
+    wrapper, e.g. the fault suite's kill points, which count single appends) gets one
+    `append` after another. The
     class is asked, not the object: a wrapper that forwards attributes to the journal it
     wraps must not be bypassed.
     """

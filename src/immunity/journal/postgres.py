@@ -4,8 +4,11 @@
 write is committed (`synchronous_commit=on`, the server default) before the call returns.
 Calls take the connection one at a time, in the order they were asked for. Appends use
 **group commit**: the appends asked for since the last other call form a group, the first
-of them to get the connection writes the whole group in one transaction (one round trip,
-`executemany` in pipeline mode, one WAL flush), and each returns once that commit is done.
+of them to get the connection writes the whole group in one transaction (one
+`INSERT … SELECT FROM unnest` statement, one WAL flush), and each returns once that commit
+is done. `append_many` joins a group with several entries at once, next to each other and
+in order (the engine writes a step's finish with the next step's start that way: one commit
+wait per step).
 `PostgresJournal` is the `Journal` the engine uses: it runs the async journal on an event
 loop of its own thread (so one connection serves every event loop of the process); the
 engine's loop awaits each call's future there without tying up a worker thread.
@@ -59,6 +62,7 @@ from psycopg.types.json import Jsonb
 from immunity.errors import JournalError, JournalLocked
 from immunity.journal.base import (
     DeploymentRecord,
+    EntryItem,
     JournalEntry,
     Lease,
     check_grant,
@@ -148,6 +152,12 @@ def _copy_outcome(src: concurrent.futures.Future[T], dst: asyncio.Future[T]) -> 
         dst.set_exception(exc)
     else:
         dst.set_result(src.result())
+
+
+def _json(data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`data` as JSON would give it back (what a reader of the entry gets)."""
+    out: dict[str, Any] = json.loads(json.dumps(dict(data or {}), default=str))
+    return out
 
 
 def _record(r: Sequence[Any]) -> DeploymentRecord:
@@ -412,19 +422,45 @@ class AsyncPostgresJournal:
         writes the whole group in one transaction, and every append of the group returns
         once that transaction has committed (or raises what it raised: none of the group
         is then written)."""
-        payload = json.loads(json.dumps(dict(data or {}), default=str))
-        mine = _Append(deployment_id, kind, host, step, payload, token)
+        (entry,) = await self._join([_Append(deployment_id, kind, host, step, _json(data), token)])
+        return entry
+
+    async def append_many(
+        self,
+        deployment_id: str,
+        items: Sequence[EntryItem],
+        *,
+        token: int | None = None,
+    ) -> list[JournalEntry]:
+        """Durably append `items` (kind, host, step, data) in order, in one transaction and
+        one round trip, all or none (with a stale `token`, LeaseLost and none written),
+        grouped with the appends asked for beside them: one commit wait for what `append`
+        would take one each. Their seqs increase in the order given (consecutive unless
+        another process appends to the same database at that instant). Returns once that
+        transaction has committed."""
+        if not items:
+            return []
+        return await self._join(
+            [_Append(deployment_id, k, h, s, _json(d), token) for k, h, s, d in items]
+        )
+
+    async def _join(self, mine: list[_Append]) -> list[JournalEntry]:
+        """Add `mine` (next to each other, in order) to the group being formed and wait for
+        its commit: the first of the group to get the connection writes the whole group."""
         group = self._group
-        group.append(mine)
+        group.extend(mine)
         async with self._locked() as conn:
-            if not mine.done:
+            if not mine[0].done:
                 if self._group is group:
                     self._group = []  # later appends form the next group
                 await self._commit_group(conn, group)
-        if mine.error is not None:
-            raise mine.error
-        assert mine.entry is not None
-        return mine.entry
+        entries: list[JournalEntry] = []
+        for a in mine:
+            if a.error is not None:
+                raise a.error
+            assert a.entry is not None
+            entries.append(a.entry)
+        return entries
 
     async def _commit_group(
         self, c: psycopg.AsyncConnection[TupleRow], group: list[_Append]
@@ -765,6 +801,16 @@ class PostgresJournal:
         return await self._acall(
             self.aio.append, deployment_id, kind, host=host, step=step, data=data, token=token
         )
+
+    async def append_many(
+        self,
+        deployment_id: str,
+        items: Sequence[EntryItem],
+        *,
+        token: int | None = None,
+    ) -> list[JournalEntry]:
+        """See `AsyncPostgresJournal.append_many`: one transaction, one commit wait."""
+        return await self._acall(self.aio.append_many, deployment_id, items, token=token)
 
     async def entries(self, deployment_id: str) -> Sequence[JournalEntry]:
         return await self._acall(self.aio.entries, deployment_id)

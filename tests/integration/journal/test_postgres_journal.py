@@ -131,3 +131,44 @@ async def test_appends_asked_for_at_once_share_commits(pg_url: str) -> None:
         assert j.aio.commits < 200 // 4, j.aio.commits
     finally:
         await j.close()
+
+
+@pytest.mark.anyio
+async def test_a_host_switch_is_one_transaction_per_step_on_the_server(pg_url: str) -> None:
+    """Three hosts switched at once over the PostgreSQL journal: each step's start goes in
+    the transaction of the previous step's finish (`append_many`), so each host's 15 entries
+    are 8 transactions as the server records them (distinct `xmin` of its rows; 15 with one
+    append per entry), in walk order, under the lease's token."""
+    from immunity.domain import LbState
+    from immunity.engine.capacity import CapacityGuard
+    from immunity.engine.fleetview import FleetState
+    from immunity.engine.host import STEPS, HostSwitcher
+    from immunity.engine.record import Recorder
+    from immunity.testing import Behaviour, memory_fleet
+
+    j = PostgresJournal(pg_url)
+    good = {"v1": Behaviour(error_rate=0.01), "v2": Behaviour(error_rate=0.01)}
+    fleet, world = memory_fleet(3, releases=good, journal=j)
+    fallbacks = {h.name: "v1" for h in fleet.hosts}
+    try:
+        record = await j.begin(fleet.app, "v2", {"fallbacks": fallbacks})
+        lease = await j.acquire_lease(fleet.app, "t:1", record.id, 30)
+        view = FleetState(fleet.hosts, release="v2", fallbacks=fallbacks)
+        rec = Recorder(fleet, record.id, "v2", lease.token, view=view)
+        switcher = HostSwitcher(fleet, rec, CapacityGuard(3, view.out))
+        async with anyio.create_task_group() as tg:
+            for h in fleet.hosts:
+                tg.start_soon(switcher.switch, h, "v2")
+    finally:
+        await j.close()
+    assert {(s.active, s.lb) for s in world.hosts.values()} == {("v2", LbState.SERVING)}
+    want = [(k, s) for s in STEPS for k in ("host.step_started", "host.step_finished")]
+    with psycopg.connect(pg_url) as c:
+        for h in fleet.hosts:
+            rows = c.execute(
+                "SELECT kind, step, xmin::text FROM entries WHERE deployment_id=%s AND host=%s "
+                "ORDER BY seq",
+                (record.id, h.name),
+            ).fetchall()
+            assert [(k, s) for k, s, _ in rows] == [*want, ("host.switched", None)], h.name
+            assert len({x for _, _, x in rows}) == len(STEPS) + 1, (h.name, rows)

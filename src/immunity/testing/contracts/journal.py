@@ -15,6 +15,9 @@
   readable by another process when their `append` returns, in the order asked for; a
   stale token in such a batch refuses only its own appends; a lease write is never
   batched with the appends around it.
+* Entries written together (`append_all`: a step's finish with the next step's start) come
+  back in the order given, all or none under a stale token; where the journal has
+  `append_many` they are one transaction, next to each other.
 * `import_deployment` (optional: `immunity journal copy` needs it) stores a deployment
   once and adds the entries appended since, keeping their times.
 
@@ -33,7 +36,7 @@ import anyio
 import pytest
 
 from immunity.errors import LeaseHeld, LeaseLost
-from immunity.journal.base import DeploymentRecord, Journal
+from immunity.journal.base import DeploymentRecord, EntryItem, Journal, append_all
 from immunity.testing.contracts.base import Contract
 from immunity.testing.journal import MemoryJournal
 
@@ -330,3 +333,64 @@ class JournalContract(Contract):
         assert written == {f"before{i}" for i in range(50)}
         assert refused == {f"after{i}" for i in range(50)}
         assert len(await j.entries(d.id)) == 50
+
+    async def test_entries_written_together_come_back_in_order_all_or_none(
+        self, journals: JournalHarness
+    ) -> None:
+        """`append_all` as the engine writes a step's finish with the next step's start
+        (`append_many` on the journals that have it, one `append` after another on the
+        others): 40 hosts' batches at once, beside single appends and beside batches of an
+        app whose lease was taken over. Each batch is readable by another process when it
+        returns, its entries in the order given with their own data (next to each other
+        where the journal has `append_many`: one transaction); a stale token's batch raises
+        LeaseLost and leaves none of its entries."""
+        a, b = journals.open(), journals.open()
+        shop, blog = await a.begin("shop", "v2", {}), await a.begin("blog", "v9", {})
+        ok = await a.acquire_lease("shop", "a:1", shop.id, 30)
+        stale = await a.acquire_lease("blog", "a:1", blog.id, 30)
+        await a.acquire_lease("blog", "b:2", blog.id, 30, takeover=True, holder_dead=True)
+        batches: dict[str, list[int]] = {}
+        unread: list[str] = []
+        lost: list[str] = []
+
+        async def walk(i: int) -> None:
+            host = f"h{i}"
+            items: list[EntryItem] = [
+                ("host.step_finished", host, "drain", {"i": i, "seconds": 2.0}),
+                ("host.step_started", host, "stop", {"i": i, "release": "v2"}),
+                ("host.step_finished", host, "stop", {"i": i, "seconds": 0.2}),
+            ]
+            d, lease = (blog, stale) if i % 4 == 3 else (shop, ok)
+            try:
+                got = await append_all(a, d.id, items, token=lease.token)
+            except LeaseLost:
+                lost.append(host)
+                return
+            assert [(e.kind, e.host, e.step, dict(e.data)) for e in got] == list(items)
+            batches[host] = [e.seq for e in got]
+            if not {e.seq for e in got} <= {e.seq for e in await b.entries(d.id)}:
+                unread.append(host)
+
+        async def single(i: int) -> None:
+            await a.append(shop.id, "verdict.looked", data={"look": i}, token=ok.token)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(walk, i)
+                tg.start_soon(single, i)
+        assert unread == []
+        assert sorted(lost) == sorted(f"h{i}" for i in range(3, 40, 4))
+        assert await b.entries(blog.id) == []
+        stored = list(await b.entries(shop.id))
+        assert len(stored) == 30 * 3 + 40
+        assert [e.seq for e in stored] == sorted(e.seq for e in stored)
+        by_host: dict[str, list[int]] = {}
+        for e in stored:
+            if e.host:
+                by_host.setdefault(e.host, []).append(e.seq)
+        assert by_host == batches
+        if getattr(type(a), "append_many", None) is not None:  # one transaction per batch
+            position = {e.seq: n for n, e in enumerate(stored)}
+            for host, seqs in batches.items():
+                at = [position[s] for s in seqs]
+                assert at == list(range(at[0], at[0] + 3)), (host, at)
