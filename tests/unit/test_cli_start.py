@@ -4,6 +4,7 @@ use them, so `--help`, `config validate` and the load generator start at once.""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,50 @@ def test_history_times_verdict_to_reverted_only_where_the_revert_followed_the_ve
     )
     figures = json.loads(r.stdout)["figures"]
     assert (2, 1.0) == (figures["found_worse"], figures["median_verdict_to_reverted_s"])
+
+
+LOADED_BY = """\
+import sys
+from immunity.cli import main
+sys.argv[0] = "immunity"
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+heavy = ("pydantic", "immunity.config.models", "httpx", "psutil", "tenacity", "asyncio")
+print("LOADED=" + ",".join(m for m in heavy if m in sys.modules))
+print("EXIT=" + str(code))
+"""
+
+
+def _loaded_by(args: list[str], cwd: Path) -> tuple[str, str]:
+    r = subprocess.run(
+        [sys.executable, "-c", LOADED_BY, *args], capture_output=True, text=True, cwd=cwd
+    )
+    lines = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line[:8])
+    return lines.get("LOADED", "?"), lines.get("EXIT", "?") + r.stderr[-2000:]
+
+
+def test_help_prints_the_commands_without_the_config_models_http_or_the_sandbox(
+    tmp_path: Path,
+) -> None:
+    """`immunity --help` lists every command (sandbox, demo and bench included) without
+    importing pydantic and the config models, httpx, psutil, tenacity or asyncio (the
+    commands import them when they run: half of the 0.6-0.8 s of CPU `--help` took)."""
+    loaded, code = _loaded_by(["--help"], tmp_path)
+    assert (loaded, code) == ("", "0")
+    r = subprocess.run(
+        [sys.executable, "-c", LOADED_BY, "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("deploy", "status", "sandbox", "demo", "bench", "report", "show"):
+        assert re.search(rf"│ {command} ", r.stdout), r.stdout
+
+
+def test_status_reads_the_fleet_without_loading_an_http_client(tmp_path: Path) -> None:
+    """`status` with a `probe` block builds the probe's signal and the warm-up prober but
+    sends no request: httpx (a tenth of a second of imports) loads only in a command that
+    sends one. The balancer's socket is missing here, so status says so and exits non-zero."""
+    (tmp_path / "c.yaml").write_text(READ_ONLY_CONFIG + "probe: {paths: [/], rate: 10}\n")
+    loaded, code = _loaded_by(["status", "-c", "c.yaml"], tmp_path)
+    assert "httpx" not in loaded.split(","), code
+    assert "immunity.config.models" in loaded.split(",")  # the config was read

@@ -15,23 +15,38 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import anyio
 import typer
 from typer.core import TyperOption
 
-from immunity import config as cfgmod
-from immunity.cli import ci, output
+from immunity.cli import output
 from immunity.cli.output import err, escape, out, plain, show_error, write_json
 from immunity.domain import outcome_words
 from immunity.errors import ConfigError, ImmunityError
 
 if TYPE_CHECKING:
+    from immunity.cli import ci
+    from immunity.config import LoadedConfig
     from immunity.domain import Event
     from immunity.engine.result import RunResult
     from immunity.fleet.context import Fleet
 
-# The engine (numpy, scipy, httpx) is imported inside the commands that need it, so that
-# `--help` and `config validate` start fast.
+# The engine (numpy, scipy, httpx), the config models (pydantic: a quarter of a second),
+# anyio, the CD reporters and the sandbox are imported inside the commands that need them,
+# so that `--help` and `--version` start fast (scripts/bench_startup.py measures it).
+
+
+def _load(path: str) -> LoadedConfig:
+    """`immunity.config.load(path)`, the config models imported on first use."""
+    from immunity.config import load
+
+    return load(path)
+
+
+def _run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`anyio.run(fn, *args)`, anyio imported on first use."""
+    import anyio
+
+    return anyio.run(fn, *args)
 
 
 def _flag_type(self: TyperOption, ctx: Any) -> str | None:
@@ -130,7 +145,7 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
     from immunity.fleet.context import build_fleet
 
     try:
-        loaded = cfgmod.load(path)
+        loaded = _load(path)
         fleet = build_fleet(loaded)
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc, config=path)) from None
@@ -143,7 +158,7 @@ def _with_fleet(path: str, fn: Callable[[Fleet], Awaitable[T]]) -> T:
             await fleet.journal.close()
 
     try:
-        return anyio.run(main)
+        return _run(main)
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc, config=path)) from None
     except KeyboardInterrupt:
@@ -247,7 +262,7 @@ def _probe_of(config: str | None) -> Any:
     if not config:
         return None
     try:
-        return cfgmod.load(config).config.probe
+        return _load(config).config.probe
     except ImmunityError:
         return None
 
@@ -270,8 +285,8 @@ def _write_report(config: str, deployment_id: str) -> str | None:
     try:
         from immunity.report import write_default
 
-        loaded = cfgmod.load(config)
-        return str(anyio.run(write_default, loaded, deployment_id))
+        loaded = _load(config)
+        return str(_run(write_default, loaded, deployment_id))
     except Exception as exc:  # a report never changes a deployment's outcome
         logging.getLogger("immunity").warning("the report could not be written: %s", exc)
         return None
@@ -279,6 +294,8 @@ def _write_report(config: str, deployment_id: str) -> str | None:
 
 def _reporting(ci_kind: str, output_fmt: str, config: str) -> ci.Reporter | None:
     """The CD reporter for --ci/--output, told the secrets to mask before anything runs."""
+    from immunity.cli import ci
+
     if output_fmt not in ("text", "jsonl"):
         err.print(f"--output: expected text or jsonl, got {output_fmt!r}", markup=False)
         raise typer.Exit(2)
@@ -310,6 +327,8 @@ def _run_reported(
     go: Callable[[Fleet], Awaitable[RunResult]],
 ) -> None:
     """Run a deployment-like command with the live table, the CD reporter and the report."""
+    from immunity.cli import ci
+
     rep = _reporting(ci_kind, output_fmt, config)
     # with a CD tool the log is the output: no live table; with jsonl stdout is the events'
     jsonl = output_fmt == "jsonl"
@@ -428,7 +447,7 @@ async def _actives(fleet: Fleet) -> dict[str, str | None]:
 def config_validate(file: Annotated[str, typer.Argument(help="immunity.yaml to check.")]) -> None:
     """Exit 0 when FILE is valid, else 2 with every problem as file:line:col field: message."""
     try:
-        loaded = cfgmod.load(file)
+        loaded = _load(file)
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc)) from None
     c = loaded.config
@@ -684,7 +703,7 @@ def journal_copy(
             await src.close()
 
     try:
-        data = anyio.run(main)
+        data = _run(main)
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc)) from None
     write_json(data, json_out)
@@ -731,13 +750,13 @@ def serve(
 
     try:
         for path in config:
-            fleets.append(build_fleet(cfgmod.load(path)))
+            fleets.append(build_fleet(_load(path)))
     except ImmunityError as exc:
-        anyio.run(close_all)
+        _run(close_all)
         raise typer.Exit(show_error(exc)) from None
     clash = same_app(fleets)
     if clash:
-        anyio.run(close_all)
+        _run(close_all)
         err.print(
             f"error: cannot serve these together: {clash}",
             markup=False,
@@ -768,7 +787,7 @@ def serve(
         f"{', bearer token required' if token else ''}); Ctrl-C to stop",
         highlight=False,
     )
-    anyio.run(main)
+    _run(main)
     if not server.started:
         raise typer.Exit(2)
 
@@ -788,7 +807,7 @@ def show(
     from immunity.cli.show import print_deployment
 
     try:
-        loaded = cfgmod.load(config)
+        loaded = _load(config)
         from immunity.fleet.context import open_journal
 
         async def read() -> dict[str, Any]:
@@ -807,7 +826,7 @@ def show(
             finally:
                 await journal.close()
 
-        data = anyio.run(read)
+        data = _run(read)
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc, config=config)) from None
     if json_flag:
@@ -834,7 +853,7 @@ def report(
     from immunity import report as rpt
 
     try:
-        loaded = cfgmod.load(config)
+        loaded = _load(config)
         from immunity.fleet.context import open_journal
 
         async def read() -> dict[str, Any]:
@@ -844,7 +863,7 @@ def report(
             finally:
                 await journal.close()
 
-        data = anyio.run(read)
+        data = _run(read)
         if html is None and json_file is None:
             h = rpt.default_path(loaded, data["deployment_id"])
             rpt.write(data, h, h.with_suffix(".json"))
@@ -880,8 +899,8 @@ def replay(
     from immunity.report.replay import replay as _replay
 
     try:
-        loaded = cfgmod.load(config)
-        source = cfgmod.load(journal_config) if journal_config else loaded
+        loaded = _load(config)
+        source = _load(journal_config) if journal_config else loaded
 
         async def read() -> dict[str, Any]:
             journal = open_journal(source)
@@ -891,7 +910,7 @@ def replay(
                 await journal.close()
             return _replay(record, entries, loaded.config)
 
-        data = anyio.run(read)
+        data = _run(read)
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc, config=config)) from None
     if json_flag:

@@ -14,11 +14,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import anyio
 import typer
 from rich.table import Table
 
-from immunity import config as cfgmod
 from immunity.cli.output import live_view, out, show_error
 from immunity.errors import ImmunityError
 
@@ -27,6 +25,9 @@ if TYPE_CHECKING:
 
 
 def _deploy(config: Path, release: str) -> RunResult:
+    import anyio
+
+    from immunity import config as cfgmod
     from immunity.engine.deployment import deploy
     from immunity.fleet.context import build_fleet
 

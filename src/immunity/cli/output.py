@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from immunity.cli.live import LiveView
 from immunity.errors import ConfigError, ImmunityError
+
+if TYPE_CHECKING:  # the live view (rich.live) is imported by the commands that draw it
+    from immunity.cli.live import LiveView
 
 # Text from users, configs and adapters is printed as it is: no emoji codes (`:100:` in
 # `file.yaml:100:10` would become an emoji) and no highlighting; styles come only from
@@ -236,6 +238,8 @@ def live_view(
     live: bool = True,
 ) -> LiveView:
     """The live view on stderr: redrawn in place on a terminal, plain lines elsewhere."""
+    from immunity.cli.live import LiveView
+
     return LiveView(
         title=title,
         hosts=hosts,

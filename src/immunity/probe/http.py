@@ -10,14 +10,16 @@ redirect, or a 4xx other than 408/429) raise `StepFailed` at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import httpx
+from typing import TYPE_CHECKING
 
 from immunity.clock import SYSTEM_CLOCK, Clock
 from immunity.config.models import VerifyConfig, WarmupConfig
 from immunity.config.types import status_ok
 from immunity.domain import HostRef
 from immunity.errors import StepFailed
+
+if TYPE_CHECKING:  # httpx is imported where a request is sent: `status` never sends one
+    import httpx
 
 VERIFY_REQUEST_TIMEOUT_S = 5.0
 VERIFY_PAUSE_S = 0.05
@@ -41,6 +43,8 @@ class HttpProber:
 
     @property
     def http(self) -> httpx.AsyncClient:
+        import httpx
+
         if self._http is None:  # built on first use, inside the event loop that uses it
             self._http = httpx.AsyncClient(verify=self.verify_config.tls_verify)
         return self._http
@@ -52,6 +56,8 @@ class HttpProber:
         switch, and the revert's warm-up too: it is a config problem, found before anything
         is touched. Hosts that do not answer at all are left to the steps' own deadlines.
         """
+        import httpx
+
         out = []
         warm_best: dict[str, float] = {}  # host -> fastest expected warm-up answer (s)
         w = self.warmup_config
@@ -87,6 +93,8 @@ class HttpProber:
 
     async def _best_latency(self, host: HostRef, first: float) -> float:
         """The fastest of a few warm-up requests to a host that is already warm (seconds)."""
+        import httpx
+
         best = first
         url = host.base_url + self.warmup_config.path
         for _ in range(WARM_BAR_TRIES - 1):
@@ -106,6 +114,8 @@ class HttpProber:
     async def verify(self, host: HostRef) -> None:
         """The host serves its health URL directly (retried until the step's deadline) with
         one of `verify.expect_status`."""
+        import httpx
+
         v = self.verify_config
         url = host.base_url + v.path
         self._last.pop(host.name, None)
@@ -129,6 +139,8 @@ class HttpProber:
         cold start explains (a redirect, or a 4xx other than 408/429): the warm-up path is
         wrong, and counting such answers as warm would send customers to a cold host.
         """
+        import httpx
+
         w = self.warmup_config
         url = host.base_url + w.path
         want = "/".join(w.expect_status)

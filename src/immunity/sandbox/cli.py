@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +9,9 @@ from typing import Annotated
 import typer
 
 from immunity.errors import ImmunityError
-from immunity.sandbox import fleet
+
+# `fleet` (HAProxy client, psutil, tenacity) is imported in the commands: `immunity --help`
+# mounts this app and should not pay for it.
 
 app = typer.Typer(
     name="sandbox",
@@ -49,6 +50,8 @@ def up(
     ] = "json",
 ) -> None:
     """Create DIR, install release v1 on N hosts, start them behind HAProxy, write immunity.yaml."""
+    from immunity.sandbox import fleet
+
     try:
         info = fleet.create_sandbox(dir, hosts, base_port, app=app_name, log_format=log_format)
     except ImmunityError as exc:
@@ -90,6 +93,8 @@ def release(
     ] = None,
 ) -> None:
     """Write the release manifest DIR/releases/NAME.json."""
+    from immunity.sandbox import fleet
+
     if not dir.is_dir():
         typer.echo(f"error: {dir} does not exist", err=True)
         typer.echo("next: create the sandbox with `immunity sandbox up --dir DIR`", err=True)
@@ -122,6 +127,9 @@ def load(
 ) -> None:
     """Play customers at a constant rate through a sandbox's balancer (or any --url); record
     every response. The same generator measures a deployment's `impact`."""
+    import asyncio
+
+    from immunity.sandbox import fleet
     from immunity.sandbox.load import run_load
 
     if (dir is None) == (url is None):
@@ -158,6 +166,8 @@ def load(
 @app.command()
 def down(dir: DirOpt) -> None:
     """Stop every process the sandbox started (HAProxy and every host's app); keep the files."""
+    from immunity.sandbox import fleet
+
     if not dir.is_dir():
         typer.echo(f"error: {dir} does not exist", err=True)
         raise typer.Exit(2)

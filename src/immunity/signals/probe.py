@@ -48,12 +48,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 from immunity.config.models import ProbeConfig
 from immunity.domain import PROBE_SIGNAL, Cohort, HostRef, Observation
 
 if TYPE_CHECKING:
+    import httpx  # imported where requests are sent: `status` builds this source, sends none
+
     from immunity.judge.need import Need  # scipy: only the bake, which has it, passes one
 
 log = logging.getLogger("immunity.signals.probe")
@@ -179,6 +180,8 @@ class ProbeSource:
                 tg.cancel_scope.cancel()
 
     def _http(self) -> httpx.AsyncClient:
+        import httpx
+
         if self._client is None:
             cfg = self.config
             self._client = httpx.AsyncClient(
@@ -246,6 +249,8 @@ class ProbeSource:
         host: HostRef,
         path: str,
     ) -> None:
+        import httpx
+
         try:
             async with limiter:
                 self.sent[host.name] = self.sent.get(host.name, 0) + 1
