@@ -4,12 +4,12 @@ code written against it."""
 from immunity.fleet.context import (
     READ_CONCURRENCY,
     Fleet,
-    Sighting,
     build_fleet,
     host_refs,
     open_journal,
     unknown_members,
 )
+from immunity.fleet.state import Sighting
 
 __all__ = [
     "READ_CONCURRENCY",

@@ -27,7 +27,6 @@ from immunity.analysis import Cohorts
 from immunity.analysis.bake import bake
 from immunity.analysis.spending import bakes_of
 from immunity.domain import CheckResult, HostRef, LbState, Outcome, Verdict
-from immunity.engine.fleetview import encode
 from immunity.engine.immune import immune_response, revert
 from immunity.engine.plan import plan_waves, with_holdback
 from immunity.engine.result import RunOutcome, RunResult
@@ -41,6 +40,7 @@ from immunity.errors import (
 )
 from immunity.fleet.context import Fleet
 from immunity.fleet.preflight import preflight
+from immunity.fleet.state import encode
 from immunity.impact import ImpactProbe
 from immunity.impact import phases as impact_phases
 from immunity.journal.base import DeploymentRecord

@@ -17,13 +17,13 @@ from typing import Any
 import anyio
 
 from immunity.domain import HostRef, LbState, Verdict
-from immunity.engine.fleetview import Observed, encode
 from immunity.engine.host import HostSwitcher
 from immunity.engine.record import Recorder
 from immunity.engine.result import RunOutcome
 from immunity.engine.run import Run
 from immunity.errors import CapacityExhausted, ImmunityError, JournalError, LeaseLost
 from immunity.fleet.context import Fleet
+from immunity.fleet.state import Observed, encode
 
 log = logging.getLogger("immunity.engine")
 

@@ -13,7 +13,6 @@ from typing import Any
 import anyio
 
 from immunity.domain import LbState, utcnow
-from immunity.engine.fleetview import derive
 from immunity.engine.immune import revert
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run, ran_before
@@ -26,6 +25,7 @@ from immunity.fleet.context import (
     spelled,
     unknown_members,
 )
+from immunity.fleet.state import derive
 from immunity.journal import holder_alive, holder_stopped
 from immunity.journal.base import DeploymentRecord
 
@@ -81,8 +81,7 @@ async def status(fleet: Fleet) -> dict[str, Any]:
     record = await last_deployment(fleet)
     view = derive(
         await fleet.journal.entries(record.id) if record else [],
-        seen.members,
-        seen.actives,
+        seen,
         fleet.hosts,
         fallbacks=ran_before(record) if record else None,
     )

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from immunity.domain import Event
-from immunity.engine.fleetview import FleetState
 from immunity.errors import LeaseLost
 from immunity.fleet.context import Fleet
+from immunity.fleet.state import FleetState
 from immunity.journal.base import append_all
 
 log = logging.getLogger("immunity.engine")

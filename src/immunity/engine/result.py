@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from immunity.engine.fleetview import FleetView
+from immunity.fleet.state import FleetView
 from immunity.journal.base import DeploymentRecord
 
 NOTIFIED = (

@@ -33,12 +33,12 @@ from typing import Any
 import anyio
 
 from immunity.engine.capacity import CapacityGuard
-from immunity.engine.fleetview import FleetState
 from immunity.engine.host import HostSwitcher
 from immunity.engine.record import Recorder
 from immunity.engine.result import NOTIFIED, RunOutcome, RunResult
 from immunity.errors import ImmunityError, JournalError, LeaseHeld, LeaseLost
 from immunity.fleet.context import Fleet
+from immunity.fleet.state import FleetState
 from immunity.journal import explain_lease_held, holder_alive, holder_name, new_deployment_id
 from immunity.journal.base import DeploymentRecord, Lease
 from immunity.notify.base import notify_all

@@ -18,8 +18,9 @@ import anyio
 from immunity import plugins
 from immunity.clock import Clock, SystemClock
 from immunity.config import LoadedConfig, resolve_path
-from immunity.domain import NOT_A_CHANGE, Event, HostRef, LbState, Member
+from immunity.domain import NOT_A_CHANGE, Event, HostRef, Member
 from immunity.errors import ImmunityError
+from immunity.fleet.state import Sighting
 from immunity.hosts import ReadDeadline
 from immunity.hosts.base import HostDriver
 from immunity.journal import Journal
@@ -39,26 +40,6 @@ EventSink = Callable[[Event], None]
 
 READ_CONCURRENCY = 64
 """Hosts whose driver is asked at once when the engine reads the whole fleet."""
-
-
-@dataclass(frozen=True)
-class Sighting:
-    """The fleet as the balancer and the hosts' drivers report it now (`Fleet.observe`)."""
-
-    members: Mapping[str, Member]  # by host name; a host missing is not in the balancer
-    actives: Mapping[str, str | None]  # each host's active release, in `hosts` order
-    installed: Mapping[str, list[str]] = field(default_factory=dict)  # when asked for
-    errors: Mapping[str, str] = field(default_factory=dict)  # drivers that did not answer
-    balancer_error: str | None = None  # `observe(balancer_wait=)`: why there are no members
-
-    @property
-    def states(self) -> dict[str, tuple[LbState | None, str | None]]:
-        """Per host: its pool state (None: not in the balancer) and active release."""
-        out: dict[str, tuple[LbState | None, str | None]] = {}
-        for name, active in self.actives.items():
-            m = self.members.get(name)
-            out[name] = (m.state if m is not None else None, active)
-        return out
 
 
 @dataclass

@@ -15,10 +15,10 @@ from typing import Any
 
 from immunity.domain import HostRef, outcome_words, utcnow
 from immunity.engine import ops
-from immunity.engine.fleetview import derive
 from immunity.engine.result import host_rows
 from immunity.errors import ImmunityError
 from immunity.fleet.context import Fleet
+from immunity.fleet.state import derive
 from immunity.journal.base import DeploymentRecord, JournalEntry
 
 # entry kinds that say where a running deployment is, in words
@@ -61,7 +61,7 @@ def stage(entries: Sequence[JournalEntry]) -> str:
 def host_phases(entries: Sequence[JournalEntry], fleet: Fleet) -> dict[str, str]:
     """Per host, the step it is in now (`deploy: install`), for hosts in an open step."""
     out: dict[str, str] = {}
-    for name, h in derive(entries, None, None, fleet.hosts).hosts.items():
+    for name, h in derive(entries, None, fleet.hosts).hosts.items():
         if h.steps and h.steps[-1].finished_at is None:
             out[name] = f"{h.steps[-1].purpose or 'deploy'}: {h.steps[-1].step}"
     return out
@@ -197,7 +197,7 @@ async def deployment_view(fleet: Fleet, deployment_id: str) -> dict[str, Any] | 
         "detected_after_s": res.get("detected_after_s"),
         "reverted_after_s": res.get("reverted_after_s"),
         "needs_human": res.get("needs_human") or [],
-        "hosts": host_rows(derive(entries, None, None, hosts)),
+        "hosts": host_rows(derive(entries, None, hosts)),
         "entries": [
             {
                 "seq": e.seq,

@@ -14,6 +14,7 @@ from immunity.engine import run as run_module
 from immunity.engine.deployment import deploy
 from immunity.engine.fleetview import FleetState, HostPhase, derive
 from immunity.engine.host import STEPS
+from immunity.fleet.state import Sighting
 from immunity.journal.base import JournalEntry
 from immunity.testing import Behaviour, Latencies, VirtualClock, memory_fleet
 
@@ -43,8 +44,7 @@ def test_a_step_started_and_never_finished_is_that_step_in_flight() -> None:
     )
     view = derive(
         entries,
-        members(b=LbState.OUT),
-        {"a": "v2", "b": "v1", "c": "v1"},
+        Sighting(members(b=LbState.OUT), {"a": "v2", "b": "v1", "c": "v1"}),
         HOSTS,
         release="v2",
         fallbacks={"a": "v1", "b": "v1", "c": "v1"},
@@ -68,7 +68,9 @@ def test_a_failed_step_and_a_failed_verdict_say_failed_host_and_revert_in_progre
         ("host.step_failed", "b", "warmup", {}),
         ("verdict.failed", None, None, {}),
     )
-    view = derive(entries, members(b=LbState.OUT), {"a": "v1", "b": "v2", "c": "v1"}, HOSTS)
+    view = derive(
+        entries, Sighting(members(b=LbState.OUT), {"a": "v1", "b": "v2", "c": "v1"}), HOSTS
+    )
     assert HostPhase.FAILED == view.hosts["b"].phase
     assert frozenset({"b"}) == view.failed
     assert view.reverting
@@ -77,7 +79,7 @@ def test_a_failed_step_and_a_failed_verdict_say_failed_host_and_revert_in_progre
 def test_the_journal_disagreeing_with_a_host_is_named() -> None:
     """The journal says c serves v2; c's driver says it runs v1."""
     entries = journal(("host.switched", "c", None, {"release": "v2"}))
-    view = derive(entries, members(), {"a": "v1", "b": "v1", "c": "v1"}, HOSTS)
+    view = derive(entries, Sighting(members(), {"a": "v1", "b": "v1", "c": "v1"}), HOSTS)
     assert ("c: journal says v2, host runs v1",) == view.disagreements
 
 
@@ -169,13 +171,13 @@ def test_the_view_a_run_folds_entry_by_entry_equals_derive_over_its_journal(
     [live] = Checked.made
     assert live.folded == len(entries)
     fallbacks = {h.name: "v1" for h in fleet.hosts}
-    assert live.view() == derive(
-        entries, None, None, fleet.hosts, release="v2", fallbacks=fallbacks
-    )
+    assert live.view() == derive(entries, None, fleet.hosts, release="v2", fallbacks=fallbacks)
     if outcome in ("deployed", "reverted"):
         members = {n: Member(n, s.lb) for n, s in world.hosts.items()}
         actives = {n: s.active for n, s in world.hosts.items()}
-        now = derive(entries, members, actives, fleet.hosts, release="v2", fallbacks=fallbacks)
+        now = derive(
+            entries, Sighting(members, actives), fleet.hosts, release="v2", fallbacks=fallbacks
+        )
         assert live.view() == now, outcome
         assert () == now.disagreements
 
@@ -195,9 +197,9 @@ def test_a_resumed_run_folds_the_journal_once_then_each_entry_and_equals_derive(
     fallbacks = {h.name: "v1" for h in hosts}
     members = {n: Member(n, s.lb) for n, s in world.hosts.items()}
     actives = {n: s.active for n, s in world.hosts.items()}
-    assert live.view() == derive(entries, None, None, hosts, release="v2", fallbacks=fallbacks)
+    assert live.view() == derive(entries, None, hosts, release="v2", fallbacks=fallbacks)
     assert live.view() == derive(
-        entries, members, actives, hosts, release="v2", fallbacks=fallbacks
+        entries, Sighting(members, actives), hosts, release="v2", fallbacks=fallbacks
     )
 
 

@@ -68,6 +68,4 @@ def test_a_switch_is_one_write_per_step_and_the_journal_says_the_same(tmp_path: 
         assert all(e.data["release"] == "v2" and e.data["seconds"] >= 0 for e in finished)
     assert [e.seq for e in entries] == sorted(e.seq for e in entries)
     # what the run folded as it wrote equals the fold of what is on disk
-    assert view.view() == derive(
-        entries, None, None, fleet.hosts, release="v2", fallbacks=fallbacks
-    )
+    assert view.view() == derive(entries, None, fleet.hosts, release="v2", fallbacks=fallbacks)
