@@ -28,7 +28,9 @@ restart of immunity); set ``port`` when targets listen on a port other than the 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,6 +132,7 @@ class AlbTargetGroup:
         )
         # ports seen at drain time, so enable puts the host back where it was
         self._ports: dict[str, list[int]] = {}
+        self._dims: list[dict[str, str]] | None = None
 
     # -- reading ----------------------------------------------------------------------
 
@@ -311,6 +314,78 @@ class AlbTargetGroup:
                 context={"adapter": ADAPTER, "hosts": [h.name for h in missing]},
             )
 
+    async def requests_between(
+        self, hosts: Sequence[HostRef], start: dt.datetime, end: dt.datetime
+    ) -> int | None:
+        """The target group's own ``RequestCount`` (CloudWatch, ``AWS/ApplicationELB``,
+        dimensions ``LoadBalancer`` + ``TargetGroup``, Sum per 60 s) over the whole periods
+        inside [start, end): the ALB counts per target group, never per target, so `hosts`
+        is the whole pool. None when no whole period fits in the window or CloudWatch has no
+        datapoint for them (no traffic, or not published yet: ALB publishes a period only
+        when it had requests, a minute or more late). Raises BalancerError."""
+        lo, hi = _ceil_minute(start), _floor_minute(end)
+        if hi <= lo:
+            return None
+        dims = await self._dimensions()
+        reply = await self._api.call(
+            "cloudwatch",
+            "GetMetricData",
+            resource=self._arn,
+            MetricDataQueries=[
+                {
+                    "Id": "requests",
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": "AWS/ApplicationELB",
+                            "MetricName": "RequestCount",
+                            "Dimensions": dims,
+                        },
+                        "Period": 60,
+                        "Stat": "Sum",
+                    },
+                    "ReturnData": True,
+                }
+            ],
+            StartTime=lo,
+            EndTime=hi,
+        )
+        values = [
+            float(v)
+            for r in reply.get("MetricDataResults", [])
+            for v in r.get("Values", [])
+            if v is not None and math.isfinite(v)
+        ]
+        return round(sum(values)) if values else None
+
+    async def _dimensions(self) -> list[dict[str, str]]:
+        """CloudWatch's ``LoadBalancer`` and ``TargetGroup`` dimensions of this target group
+        (its first load balancer's, from ``DescribeTargetGroups``), read once."""
+        if self._dims is None:
+            reply = await self._api.call(
+                "elbv2", "DescribeTargetGroups", resource=self._arn, TargetGroupArns=[self._arn]
+            )
+            groups = reply.get("TargetGroups", [])
+            arns = groups[0].get("LoadBalancerArns", []) if groups else []
+            if not arns:
+                raise BalancerError(
+                    f"alb: target group {self._arn} is not attached to a load balancer, so "
+                    "CloudWatch has no RequestCount for it",
+                    adapter=ADAPTER,
+                )
+            self._dims = [
+                {"Name": "LoadBalancer", "Value": arns[0].split(":loadbalancer/", 1)[-1]},
+                {"Name": "TargetGroup", "Value": self._arn.rsplit(":", 1)[-1]},
+            ]
+        return self._dims
+
     async def aclose(self) -> None:
         """Close the boto3 client's connection pool. Idempotent."""
         await self._api.aclose()
+
+
+def _floor_minute(t: dt.datetime) -> dt.datetime:
+    return dt.datetime.fromtimestamp(math.floor(t.timestamp() / 60) * 60, dt.UTC)
+
+
+def _ceil_minute(t: dt.datetime) -> dt.datetime:
+    return dt.datetime.fromtimestamp(math.ceil(t.timestamp() / 60) * 60, dt.UTC)

@@ -6,6 +6,7 @@ Adapters map their foreign errors into `BalancerError` naming the adapter and ho
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -48,4 +49,33 @@ class LoadBalancer(Protocol):
 
     async def aclose(self) -> None:
         """Release connections. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class SessionCounters(Protocol):
+    """A balancer that keeps per-server counters of its own (HAProxy's ``show stat``).
+
+    Optional: preflight uses it to check a signal that saw no traffic against what the
+    balancer itself served (`analysis.preflight.cross_check_traffic`)."""
+
+    async def recent_sessions(self, hosts: Sequence[HostRef]) -> dict[str, tuple[int, int]]:
+        """Each host's (whole seconds since it was last given a session, requests given in
+        all); a host never given one is left out. Raises BalancerError."""
+        ...
+
+
+@runtime_checkable
+class TrafficHistory(Protocol):
+    """A balancer whose own request counts can be read for past windows (an ALB's
+    ``RequestCount`` in CloudWatch).
+
+    Optional: preflight uses it as `SessionCounters` (`cross_check_traffic`)."""
+
+    async def requests_between(
+        self, hosts: Sequence[HostRef], start: dt.datetime, end: dt.datetime
+    ) -> int | None:
+        """Requests the balancer gave `hosts` (or the whole pool, when it counts no finer)
+        over [start, end) by its own count; None when it has no count for that window (not
+        published yet, or no datapoint). Raises BalancerError."""
         ...

@@ -18,9 +18,39 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from immunity.domain import Cohort, HostRef, Observation
+
+
+@dataclass(frozen=True)
+class RecentTraffic:
+    """What a source counted of the hosts' current traffic at preflight, kept as the
+    source's `recent_traffic` attribute for preflight's cross-check with the balancer's own
+    counters (`analysis.preflight.cross_check_traffic`).
+
+    `requests`: the hosts' requests over [`start`, `end`) (aware UTC, the time the requests
+    happened: a source that reads windows back in time gives the window it read), None when
+    it had no count at all (no series, no documents). `settle_s`: how long after a request
+    the source surely counts it, for a fresh look (its delay, bins, scrape interval); None
+    when that is longer than a preflight can wait (CloudWatch's publication lag)."""
+
+    requests: int | None
+    start: dt.datetime
+    end: dt.datetime
+    settle_s: float | None
+
+    @property
+    def silent(self) -> bool:
+        """No request counted (zero, or no count at all)."""
+        return not self.requests
+
+
+def recent_traffic(source: object) -> RecentTraffic | None:
+    """A source's `recent_traffic` as its preflight left it, or None (not said)."""
+    seen = getattr(source, "recent_traffic", None)
+    return seen if isinstance(seen, RecentTraffic) else None
 
 
 @runtime_checkable

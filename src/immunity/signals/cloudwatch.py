@@ -55,6 +55,7 @@ from immunity.clients.aws import AwsAccess, AwsApi
 from immunity.config.types import Duration, LatencyBounds
 from immunity.domain import Cohort, HostRef, Observation, utcnow
 from immunity.errors import PreflightError, SignalError
+from immunity.signals.base import RecentTraffic
 
 ADAPTER = "cloudwatch"
 NAMESPACE = "AWS/ApplicationELB"
@@ -188,6 +189,8 @@ class CloudWatchSource:
         """`client` injects a cloudwatch client (tests)."""
         self._s = settings
         self.name = settings.name
+        self.recent_traffic: RecentTraffic | None = None
+        """What preflight counted of the target group's last ten minutes (cross-check)."""
         self._api = AwsApi(
             settings,
             adapter=ADAPTER,
@@ -382,6 +385,10 @@ class CloudWatchSource:
             for v in r.get("Values", [])
             if v is not None and math.isfinite(v)
         ]
+        # the window it read: minutes back, so a fresh look cannot be waited for
+        self.recent_traffic = RecentTraffic(
+            round(sum(values)) if values else None, lo, hi, settle_s=None
+        )
         if not values or sum(values) <= 0:
             return (
                 f"{self.name}: CloudWatch shows no request for {self._s.target_group} between "

@@ -59,6 +59,7 @@ from immunity.config.types import Duration
 from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import PreflightError, SignalError
 from immunity.signals._gather import gather
+from immunity.signals.base import RecentTraffic
 
 _TAIL = 600  # characters of stderr kept in an error
 RECENT_TRAFFIC_S = 60.0
@@ -212,6 +213,8 @@ class CommandSource:
         self.delay = settings.delay
         self.resolution = 1.0
         """Windows are whole seconds (see the module docstring)."""
+        self.recent_traffic: RecentTraffic | None = None
+        """What preflight counted of the hosts' last minute (for the cross-check)."""
         self.base_dir = base_dir or Path.cwd()
         argv = list(settings.command)
         if "/" in argv[0] and not os.path.isabs(argv[0]):
@@ -312,6 +315,7 @@ class CommandSource:
             message, hint = problem
             raise PreflightError(f"{self.name}: {message}", hint=hint)
         end = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.settings.delay)
+        end = end.replace(microsecond=0)  # windows are whole seconds
         start = end - dt.timedelta(seconds=RECENT_TRAFFIC_S)
         try:
             obs = await self._observe_one(Cohort.BASELINE, hosts, start, end)
@@ -321,6 +325,12 @@ class CommandSource:
                 f"last {RECENT_TRAFFIC_S:g} s)",
                 hint="run it by hand as docs/adapters/command.md shows ('Try it by hand')",
             ) from exc
+        self.recent_traffic = RecentTraffic(
+            obs.requests if obs.available else None,
+            start,
+            end,
+            settle_s=self.settings.delay + self.resolution + 1.0,
+        )
         if not obs.available:
             return f"{self.name}: the command cannot tell what the hosts serve now: {obs.detail}"
         if obs.requests == 0:

@@ -54,11 +54,15 @@ from immunity.config import resolve_path
 from immunity.config.types import Duration, LatencyBounds
 from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import ImmunityError, PreflightError, SignalError
+from immunity.signals.base import RecentTraffic
 
 ADAPTER = "elasticsearch"
 log = logging.getLogger("immunity.signals.elasticsearch")
 
 RECENT_TRAFFIC_S = 60.0
+ES_REFRESH_S = 1.0
+"""Elasticsearch's default `index.refresh_interval`: a document is searchable that long
+after it is indexed (on top of the shipper's lag, which `delay` covers)."""
 """Preflight reports the traffic of this last stretch."""
 # latency_unit -> how many field units make one millisecond
 _PER_MS = {"ms": 1.0, "s": 0.001, "us": 1000.0, "ns": 1_000_000.0}
@@ -193,6 +197,8 @@ class ElasticsearchSource:
         self._base_dir = base_dir
         self._url = _safe_url(settings.url)
         self.delay = settings.delay
+        self.recent_traffic: RecentTraffic | None = None
+        """What preflight counted of the hosts' last minute (for the cross-check)."""
         self._es: AsyncElasticsearch | None = None
         self._secrets = [
             s.get_secret_value() for s in (settings.api_key, settings.password) if s is not None
@@ -506,6 +512,12 @@ class ElasticsearchSource:
                 context={"adapter": ADAPTER},
             ) from exc
         obs = got[Cohort.BASELINE]
+        self.recent_traffic = RecentTraffic(
+            obs.requests if obs.available else None,
+            start,
+            end,
+            settle_s=self._s.delay + ES_REFRESH_S,
+        )
         if not obs.available:
             return f"{self.name}: {self._s.index} cannot say what the hosts serve now: {obs.detail}"
         if obs.requests == 0:

@@ -85,6 +85,7 @@ from immunity.config import resolve_path
 from immunity.config.types import Duration, LatencyBounds
 from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import BalancerError, PreflightError, SignalError
+from immunity.signals.base import RecentTraffic
 
 ADAPTER = "haproxy"
 log = logging.getLogger("immunity.signals.haproxy")
@@ -688,10 +689,10 @@ class HAProxySource:
         """The access log counts in 0.1 s bins: window edges on bin edges, so a bin is
         never split between two windows (its later requests would be lost to both)."""
         self._lock = anyio.Lock()
-        self.recent_requests: int | None = None
+        self.recent_traffic: RecentTraffic | None = None
         """The hosts' requests the access log showed from the last `RECENT_TRAFFIC_S` at
-        preflight (None: not read, or counter mode); preflight cross-checks a 0 with the
-        balancer's own view."""
+        preflight (None: not read, or counter mode: the counters are the balancer's own
+        view); preflight cross-checks a 0 with the balancer's counters."""
         # counter mode: (unix time, {server: (requests, errors)})
         self.snapshots: list[tuple[float, dict[str, tuple[int, int]]]] = []
         if self.tail is None and self.client is None:
@@ -725,6 +726,7 @@ class HAProxySource:
                 f"({total} requests so far); no latency without an access log"
             )
         tail = self.tail
+        read_at = dt.datetime.now(dt.UTC)
         async with self._lock:
             try:
                 sample = await anyio.to_thread.run_sync(sample_recent, tail.path, self.parser)
@@ -736,7 +738,13 @@ class HAProxySource:
                     hint="check signals[].access_log and that HAProxy logs there",
                 ) from exc
         said, recent = self._judge_sample(sample, hosts)
-        self.recent_requests = recent
+        end = read_at - dt.timedelta(seconds=self.delay)  # lines written by the read
+        self.recent_traffic = RecentTraffic(
+            recent,
+            end - dt.timedelta(seconds=RECENT_TRAFFIC_S),
+            end,
+            settle_s=self.delay + self.resolution + 0.5,
+        )
         if recent == 0 and self.client is not None:
             await self._cross_check(hosts)
         return said

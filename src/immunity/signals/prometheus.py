@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,7 @@ from immunity.config.types import Duration
 from immunity.domain import Cohort, HostRef, Observation
 from immunity.errors import PreflightError, SignalError
 from immunity.signals._gather import gather
+from immunity.signals.base import RecentTraffic
 
 Mode = Literal["delta", "increase"]
 
@@ -161,6 +163,20 @@ def fill(template: str, *, hosts: str, host_label: str, window: str) -> str:
     )
 
 
+DEFAULT_SCRAPE_S = 60.0
+"""Prometheus's default `scrape_interval`, when the targets do not say theirs."""
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _seconds(duration: str) -> float | None:
+    """A Prometheus duration (`15s`, `1m30s`, `500ms`) in seconds, or None."""
+    parts = _DURATION_PART.findall(duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        return None
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
 def promql_duration(seconds: float) -> str:
     """A PromQL duration for `seconds`, at millisecond precision (`5000ms`), at least 1ms."""
     return f"{max(1, round(seconds * 1000))}ms"
@@ -261,6 +277,8 @@ class PrometheusSource:
         self.settings = settings
         self.name = settings.name
         self.delay = settings.delay
+        self.recent_traffic: RecentTraffic | None = None
+        """What preflight counted of the hosts' last minute (for the cross-check)."""
         self._ends: dict[tuple[str, float], dict[Labels, float]] = {}
         self._client: httpx.AsyncClient | None = None
         self._transport: httpx.AsyncBaseTransport | None = None  # tests may swap it
@@ -502,10 +520,37 @@ class PrometheusSource:
                 ) from exc
         return await self._current_traffic(hosts)
 
+    async def _scrape_interval(self, hosts: Sequence[HostRef]) -> float:
+        """The longest scrape interval of the active targets that are these hosts
+        (`/api/v1/targets`, `scrapeInterval`), of every active target when none is (the
+        labels may be wrong), or Prometheus's default of 60 s when it cannot be read: how
+        long after a request a scrape surely holds it."""
+        values = {
+            self.settings.host_value.format(
+                name=h.name, address=h.address, port=h.port, lb_id=h.balancer_id
+            )
+            for h in hosts
+        }
+        try:
+            resp = await self._get("/api/v1/targets", {"state": "active"})
+            targets = resp.json()["data"]["activeTargets"]
+            every = [(t["labels"], _seconds(str(t["scrapeInterval"]))) for t in targets]
+        except (SignalError, ValueError, KeyError, TypeError):
+            return DEFAULT_SCRAPE_S
+        ours = [s for labels, s in every if s and labels.get(self.settings.host_label) in values]
+        known = ours or [s for _, s in every if s]
+        return max(known) if known else DEFAULT_SCRAPE_S
+
     async def _current_traffic(self, hosts: Sequence[HostRef]) -> str:
         end = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self.settings.delay)
         start = end - dt.timedelta(seconds=RECENT_TRAFFIC_S)
         obs = await self._observe_one(hosts, start, end)
+        self.recent_traffic = RecentTraffic(
+            obs.requests if obs.available else None,
+            start,
+            end,
+            settle_s=self.settings.delay + await self._scrape_interval(hosts),
+        )
         where = _where(self.settings.url)
         if not obs.available:
             return (
