@@ -1,4 +1,4 @@
-"""What `immunity status` tells the user: the engine's status, and what keeps the fleet
+"""What `immunity status` tells the user: what `immunity.fleet.status` reads, and what keeps the fleet
 from being steady, each with the command that mends it (`attention`, `steady`)."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from immunity.domain import outcome_words
-from immunity.engine import ops
-from immunity.fleet.context import Fleet
+from immunity.fleet import status as read
+from immunity.fleet.context import Fleet, by_release, spelled
 
 
 async def status(fleet: Fleet) -> dict[str, Any]:
-    """`ops.status` with `attention` (one line each, empty when steady) and `steady`."""
-    data = await ops.status(fleet)
+    """`fleet.status.status` with `attention` (one line each, empty when steady) and `steady`."""
+    data = await read.status(fleet)
     data["attention"] = attention(data, fleet.loaded.path)
     data["steady"] = not data["attention"]
     return data
@@ -22,19 +22,14 @@ async def status(fleet: Fleet) -> dict[str, Any]:
 def attention(data: Mapping[str, Any], cfg: object) -> list[str]:
     """What keeps the fleet from being steady (one release, every host serving, the last
     run finished), one line each with the way out; empty when steady. `data` is
-    `engine.ops.status`'s; `cfg` the config's path, for the commands named."""
+    `fleet.status.status`'s; `cfg` the config's path, for the commands named."""
     hosts: Sequence[dict[str, Any]] = data["hosts"]
     running = bool(data["running"])
     last = data["last_deployment"]
     out: list[str] = []
-    on: dict[str, list[str]] = {}
-    for h in hosts:
-        on.setdefault(h["active_release"] or "no release", []).append(h["name"])
+    on = by_release({h["name"]: h["active_release"] for h in hosts})
     if len(on) > 1:
-        out.append(
-            "the fleet is mixed: "
-            + "; ".join(f"{', '.join(names)} on {rel}" for rel, names in on.items())
-        )
+        out.append(f"the fleet is mixed: {spelled(on)}")
     for h in hosts:
         if h["lb_state"] not in ("serving", "unknown"):  # unknown: the balancer is named
             out.append(f"{h['name']} is not serving ({h['lb_state']})")

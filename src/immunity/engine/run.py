@@ -37,7 +37,7 @@ from immunity.engine.host import HostSwitcher
 from immunity.engine.record import Recorder
 from immunity.engine.result import NOTIFIED, RunOutcome, RunResult
 from immunity.errors import ImmunityError, JournalError, LeaseHeld, LeaseLost
-from immunity.fleet.context import Fleet
+from immunity.fleet.context import Fleet, ran_before
 from immunity.fleet.state import FleetState
 from immunity.journal import explain_lease_held, holder_alive, holder_name, new_deployment_id
 from immunity.journal.base import DeploymentRecord, Lease
@@ -292,13 +292,6 @@ class Run:
                 )
                 for scope in list(self._stop_scopes):
                     scope.cancel()
-
-
-def ran_before(record: DeploymentRecord) -> dict[str, str]:
-    """What each host ran when `record`'s run began: a deployment's fallbacks; for a
-    rollback, the releases it found (its fallbacks are where it goes, not where hosts are)."""
-    key = "previous" if record.data.get("rollback") else "fallbacks"
-    return {str(k): str(v) for k, v in dict(record.data.get(key, {})).items() if v}
 
 
 def first_immunity_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

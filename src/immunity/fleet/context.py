@@ -216,3 +216,10 @@ def by_release(actives: Mapping[str, str | None]) -> dict[str, list[str]]:
 def spelled(on: Mapping[str, list[str]]) -> str:
     """`by_release`'s groups as words: "h1, h2 on v1; h3 on v2"."""
     return "; ".join(f"{', '.join(names)} on {release}" for release, names in on.items())
+
+
+def ran_before(record: DeploymentRecord) -> dict[str, str]:
+    """What each host ran when `record`'s run began: a deployment's fallbacks; for a
+    rollback, the releases it found (its fallbacks are where it goes, not where hosts are)."""
+    key = "previous" if record.data.get("rollback") else "fallbacks"
+    return {str(k): str(v) for k, v in dict(record.data.get(key, {})).items() if v}

@@ -2,7 +2,7 @@
 phase), its deployments, and one deployment's steps and verdict.
 
 The hosts' releases and pool states come from the hosts and the balancer themselves
-(`engine.ops.status`); a host's *phase* is derived from the running deployment's journal
+(`fleet.status`); a host's *phase* is derived from the running deployment's journal
 entries: the step it is in (`deploy: install`, `revert: drain`), else `serving` or `out`.
 Nothing here writes anything, and nothing from the config is shown but app and host names.
 """
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from immunity.domain import HostRef, outcome_words, utcnow
-from immunity.engine import ops
 from immunity.engine.result import host_rows
 from immunity.errors import ImmunityError
+from immunity.fleet import status as read
 from immunity.fleet.context import Fleet
 from immunity.fleet.state import derive
 from immunity.journal.base import DeploymentRecord, JournalEntry
@@ -70,7 +70,7 @@ def host_phases(entries: Sequence[JournalEntry], fleet: Fleet) -> dict[str, str]
 async def app_view(fleet: Fleet) -> dict[str, Any]:
     """One app: its hosts as the hosts and balancer report them, and what runs right now."""
     try:
-        st = await ops.status(fleet)
+        st = await read.status(fleet)
     except ImmunityError as exc:
         return {"app": fleet.app, "error": exc.message, "hosts": [], "running": None}
     running: dict[str, Any] | None = None
