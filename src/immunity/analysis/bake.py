@@ -33,7 +33,7 @@ from immunity.analysis.evidence import (
 from immunity.analysis.wave import BakeAnalysis, Step
 from immunity.clock import SYSTEM_CLOCK, Clock
 from immunity.config.models import Config
-from immunity.domain import Cohort, HostRef, Observation, Verdict
+from immunity.domain import Cohort, HostRef, Observation, ObservationStatus, Verdict
 from immunity.errors import ImmunityError
 from immunity.signals.base import SignalSource, begin, delay_of, resolution_of, vet
 from immunity.signals.probe import NAME as PROBE
@@ -198,21 +198,34 @@ async def _bake(
         n: began if not evidence else began - dt.timedelta(seconds=d) for n, d in delays.items()
     }
     window_start = began if not evidence else began - dt.timedelta(seconds=b.lag)
+    asked = dict(starts)  # each signal's last window end asked for, read or errored
     while True:
         await clock.sleep(max(0.0, b.interval - ((clock.monotonic() - t0) % b.interval)))
         # bake time is kept to the millisecond, as journaled, so a replay is exact
         t_s = round(clock.monotonic() - t0, 3)
         wall = clock.now()
         end = wall - dt.timedelta(seconds=b.lag)
-        windows = {
-            n: (starts[n], _align(wall - dt.timedelta(seconds=d), resolution_of(signals[n])))
-            for n, d in delays.items()
-        }
+        windows = {}
+        for n, d in delays.items():
+            hi = _align(wall - dt.timedelta(seconds=d), resolution_of(signals[n]))
+            # due once its end passed the last end it was asked for (a whole step of its
+            # resolution later); not due: a window that ends before it starts
+            windows[n] = (starts[n] if hi > asked[n] else asked[n], hi)
         now = cohorts()
         observations, errored = await _observe_all(
             signals, analysis.signals, now, windows, b.interval
         )
         for n, (lo, hi) in windows.items():
+            if hi <= lo:
+                continue  # not due: not asked
+            asked[n] = hi
+            # a read that errored (raised, timed out, or answered `failed`) fed the judge
+            # nothing: the next look asks again from the same start, so that window's
+            # requests reach the judge once (never lost, never counted twice)
+            if n in errored or any(
+                o.status is ObservationStatus.FAILED for o in observations.get(n, {}).values()
+            ):
+                continue
             starts[n] = max(lo, hi)
         if probe is not None:
             need = analysis.need(observations, len(now.canary), len(now.baseline))

@@ -7,6 +7,7 @@ real sources' answers are tested against their real servers in tests/integration
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -110,8 +111,8 @@ async def test_a_whole_second_source_is_asked_only_for_whole_seconds_and_keeps_i
     None
 ):
     """With looks every 0.2 s, a source of resolution 1 s is asked for whole-second windows
-    only, and a failing one still reaches the consecutive-error limit (looks it was not asked
-    at neither count nor reset the streak)."""
+    only (once a second, a failing one too), and a failing one still reaches the
+    consecutive-error limit (looks it was not asked at neither count nor reset the streak)."""
 
     def answer(c: Cohort, start: dt.datetime, end: dt.datetime) -> Observation:
         return Observation.failed("the metrics API is down")
@@ -122,8 +123,13 @@ async def test_a_whole_second_source_is_asked_only_for_whole_seconds_and_keeps_i
         {"lb": src}, config(max="10s"), Journal(), cohorts, wave=1, bake_no=1, relative=True
     )
     assert result.verdict.outcome is Outcome.ERROR
-    assert all(start.microsecond == 0 or i == 0 for i, (start, _, _) in enumerate(src.windows))
+    # every read failed: each window starts where the bake's first did (the errored windows
+    # are asked again), and ends a whole second later than the one before
+    first = src.windows[0][0]
+    assert all(start == first for start, _, _ in src.windows)
     assert all(end.microsecond == 0 for _, end, _ in src.windows)
+    ends = [end for _, end, _ in src.windows]
+    assert all((b - a).total_seconds() >= 1.0 for a, b in itertools.pairwise(ends))
 
 
 async def test_a_source_that_cannot_be_read_is_an_error_not_thin_traffic() -> None:
@@ -191,3 +197,42 @@ async def test_a_source_is_told_when_the_bake_begins_and_a_failing_begin_only_co
         assert len(src.begun) == 1 and src.windows, fail
         assert src.begun[0] <= src.windows[0][0]
         assert result.verdict.outcome is not Outcome.ERROR
+
+
+async def test_a_look_whose_read_errored_leaves_its_window_to_the_next_look() -> None:
+    """The source raises at look 2 and answers `failed` at look 4: the next look that reads
+    asks again from where the last read window ended, so the windows the judge was fed tile
+    the bake with neither a gap (requests lost) nor an overlap (requests counted twice).
+    (The window start moved on past an errored look: its requests never reached the judge.)"""
+    from immunity.errors import SignalError
+
+    class Flaky(Source):
+        def __init__(self) -> None:
+            super().__init__(self.count)
+            self.asked = 0
+            self.fed: list[tuple[dt.datetime, dt.datetime]] = []
+
+        @staticmethod
+        def count(c: Cohort, start: dt.datetime, end: dt.datetime) -> Observation:
+            ms = round((end - start).total_seconds() * 1000)
+            return Observation(ms, 0, hosts=1 if c is Cohort.CANARY else 2)
+
+        async def observe(
+            self, cohorts: Mapping[Cohort, Sequence[HostRef]], start: dt.datetime, end: dt.datetime
+        ) -> dict[Cohort, Observation]:
+            self.asked += 1
+            if self.asked == 2:
+                raise SignalError("runtime API down", adapter="test")
+            if self.asked == 4:
+                return {c: Observation.failed("log unreadable") for c in cohorts}
+            self.fed.append((start, end))
+            return await super().observe(cohorts, start, end)
+
+    src = Flaky()
+    journal = Journal()
+    await bake({"lb": src}, config(max="3s"), journal, cohorts, wave=1, bake_no=1, relative=True)
+    assert src.asked >= 6, src.asked
+    fed = src.fed
+    assert len(fed) == src.asked - 2
+    for (_, end), (start, _) in itertools.pairwise(fed):
+        assert start == end, f"a gap or overlap between {end} and {start}: {fed}"
