@@ -14,10 +14,14 @@ install, start) have their own deadlines (`timeouts.*`, engine/host.py).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from immunity.domain import HostRef
 from immunity.errors import HostError
@@ -28,6 +32,36 @@ T = TypeVar("T")
 HOST_READ_S = 15.0
 """Most seconds one read of one host's state may take (a host that takes longer does not
 answer). Well above an SSH connection's own `connect_timeout` (10 s)."""
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a thread of its own, so that the event loop (and any deadline around
+    this call) goes on while it blocks, e.g. on a file of a hung disk or a stalled mount.
+
+    Cancelled (a deadline), the call returns at once and the thread is abandoned: it ends
+    whenever `fn` does, and being a daemon thread it never keeps the process from exiting
+    (anyio's worker threads would: a read stuck for good would hang the process at exit).
+    Raises what `fn` raises."""
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller, whatever it is
+            box["error"] = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(
+        target=work, name=f"off-loop {getattr(fn, '__name__', fn)}", daemon=True
+    ).start()
+    await done.wait()
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
 
 
 class ReadDeadline:

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from immunity.config import resolve_path
 from immunity.domain import HostRef
 from immunity.errors import HostError, PreflightError
+from immunity.hosts.deadline import off_loop
 
 ADAPTER = "local"
 APP_MODULE = "immunity.sandbox.app"
@@ -228,7 +229,14 @@ class LocalDriver:
             )
         return folder
 
+    # Every file read and write runs off the event loop (`off_loop`): a hung local disk or
+    # mount blocks a thread, never the loop, so the engine's read deadline (ReadDeadline)
+    # and each step's deadline still end the call.
+
     async def installed_releases(self, host: HostRef) -> list[str]:
+        return await off_loop(self._installed_releases, host)
+
+    def _installed_releases(self, host: HostRef) -> list[str]:
         base = self._existing(host) / "releases"
         try:
             found = [p.parent for p in base.glob("*/release.json")]
@@ -238,6 +246,9 @@ class LocalDriver:
         return [p.name for p in found]
 
     async def active_release(self, host: HostRef) -> str | None:
+        return await off_loop(self._active_release, host)
+
+    def _active_release(self, host: HostRef) -> str | None:
         folder = self._existing(host)
         if self._running_pid(host) is None:
             return None
@@ -250,6 +261,9 @@ class LocalDriver:
         return name or None
 
     async def install(self, host: HostRef, release: str) -> None:
+        await off_loop(self._install, host, release)
+
+    def _install(self, host: HostRef, release: str) -> None:
         target = self._installed(host, release)
         if target.is_file():
             return
@@ -268,7 +282,7 @@ class LocalDriver:
             raise self._error(host, f"cannot install release {release}", exc) from exc
 
     async def stop(self, host: HostRef) -> None:
-        pid = self._running_pid(host)
+        pid = await off_loop(self._running_pid, host)
         if pid is not None:
             await self._terminate(pid, self._markers(host))
         # A stray copy of our app still on the port (pid file lost): stop it too.
@@ -284,12 +298,11 @@ class LocalDriver:
                     hint="stop whatever listens on that port, or give the host another port",
                 )
             await anyio.sleep(0.05)
-        with contextlib.suppress(OSError):
-            (self.folder(host) / "app.pid").unlink()
+        await off_loop(_unlink, self.folder(host) / "app.pid")
 
     async def start(self, host: HostRef, release: str) -> None:
         manifest = self._installed(host, release)
-        if not manifest.is_file():
+        if not await off_loop(manifest.is_file):
             raise HostError(
                 f"release {release} is not installed on {host.name}",
                 adapter=ADAPTER,
@@ -301,12 +314,7 @@ class LocalDriver:
         await self.stop(host)
         folder = self.folder(host)
         try:
-            write_atomic(folder / "active", release + "\n")
-            proc = spawn_detached(
-                app_command(host.name, host.address, host.port, manifest.resolve()),
-                folder / "app.log",
-            )
-            write_atomic(folder / "app.pid", f"{proc.pid}\n")
+            proc = await off_loop(self._launch, host, release, manifest)
         except OSError as exc:
             raise self._error(host, f"cannot start release {release}", exc) from exc
         self._children[proc.pid] = proc
@@ -315,9 +323,10 @@ class LocalDriver:
         while not port_open(host.address, host.port):
             if proc.poll() is not None:
                 self._children.pop(proc.pid, None)
+                tail = await off_loop(_tail, folder / "app.log")
                 raise HostError(
                     f"release {release} on {host.name} exited with code {proc.returncode} at start: "
-                    f"{_tail(folder / 'app.log')}",
+                    f"{tail}",
                     adapter=ADAPTER,
                     host=host.name,
                     hint=f"see {folder / 'app.log'}",
@@ -325,6 +334,9 @@ class LocalDriver:
             await anyio.sleep(0.05)
 
     async def check_release(self, release: str) -> None:
+        await off_loop(self._check_release, release)
+
+    def _check_release(self, release: str) -> None:
         if not self._manifest(release).is_file():
             known = self.known_releases()
             raise PreflightError(
@@ -334,7 +346,7 @@ class LocalDriver:
             )
 
     async def preflight(self, hosts: Sequence[HostRef]) -> None:
-        missing = [h.name for h in hosts if not self.folder(h).is_dir()]
+        missing = await off_loop(lambda: [h.name for h in hosts if not self.folder(h).is_dir()])
         if missing:
             raise PreflightError(
                 f"local host folders missing under {self.root}: {', '.join(missing)}",
@@ -356,6 +368,17 @@ class LocalDriver:
 
     # -- helpers --
 
+    def _launch(self, host: HostRef, release: str, manifest: Path) -> subprocess.Popen[bytes]:
+        """Mark `release` active and spawn its app process (blocking file I/O: off the loop)."""
+        folder = self.folder(host)
+        write_atomic(folder / "active", release + "\n")
+        proc = spawn_detached(
+            app_command(host.name, host.address, host.port, manifest.resolve()),
+            folder / "app.log",
+        )
+        write_atomic(folder / "app.pid", f"{proc.pid}\n")
+        return proc
+
     async def _terminate(self, pid: int, markers: list[str]) -> None:
         send_signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.stop_grace
@@ -376,6 +399,11 @@ class LocalDriver:
             host=host.name,
             context={"folder": str(self.folder(host))},
         )
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _tail(path: Path, lines: int = 3) -> str:

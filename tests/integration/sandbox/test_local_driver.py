@@ -6,15 +6,21 @@ own: one process per host, replaced on a switch, refusals and preflight."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import anyio
 import psutil
 import pytest
 
 from immunity.domain import HostRef
 from immunity.errors import HostError, PreflightError
+from immunity.hosts import ReadDeadline
 from immunity.hosts.local import LocalDriver, read_pid
 from immunity.sandbox.fleet import add_release, free_ports
 
@@ -95,3 +101,52 @@ async def test_preflight_names_hosts_not_answering(local: tuple[LocalDriver, Hos
     await driver.install(host, "v1")
     await driver.start(host, "v1")
     await driver.preflight([host])
+
+
+async def test_a_read_on_a_hung_disk_is_cut_off_by_the_read_deadline(
+    local: tuple[LocalDriver, HostRef], tmp_path: Path
+) -> None:
+    """h1's pid file is a FIFO nobody writes to: opening it blocks, as a read on a hung disk
+    or a stalled mount would. Behind the engine's ReadDeadline (1 s here), `active_release`
+    and `installed_releases` end at the deadline with a HostError naming h1, and the event
+    loop keeps running meanwhile. (The driver read files on the event loop: the deadline
+    could not fire and the call returned only when a writer came, here after 8 s.)"""
+    driver, host = local
+    fifo = tmp_path / "hosts" / "h1" / "app.pid"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def writer() -> None:  # unblocks the reader in the end (the old code's call, too)
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    bounded = ReadDeadline(driver, adapter="local", limit_s=1)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.05)
+            ticks += 1
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tick)
+            t0 = time.monotonic()
+            with pytest.raises(HostError) as info:
+                await bounded.active_release(host)
+            took = time.monotonic() - t0
+            tg.cancel_scope.cancel()
+        assert took < 3, f"the read took {took:.1f} s past a 1 s deadline"
+        assert "host h1 (127.0.0.1) did not answer within 1 s" in info.value.message
+        assert ticks >= 10, "the event loop was blocked during the read"
+    finally:
+        stop.set()
+        t.join(10)
+        fifo.unlink()
