@@ -1,14 +1,20 @@
 """Failure paths at the edges of a run, on a real 3-host sandbox (HAProxy, local hosts)
-through the CLI: an interrupted `deploy --force` resumed. Assertions read the fleet's own
-view (each host's app process, HAProxy's `show servers state`) and the journal.
+through the CLI: a signal during preflight, an interrupted `deploy --force` resumed.
+Assertions read the fleet's own view (each host's app process, HAProxy's `show servers
+state`) and the journal.
 """
 
 from __future__ import annotations
 
+import json
+import signal
 import sqlite3
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+import yaml
 from e2e_helpers import FAST, Sandbox
 
 from immunity.sandbox.fleet import read_pid
@@ -68,3 +74,88 @@ def test_an_interrupted_forced_redeploy_resumed_restarts_the_hosts_it_had_not_wa
             "SELECT outcome FROM deployments ORDER BY started_at DESC LIMIT 1"
         ).fetchone()
     assert ("deployed",) == outcome
+
+
+SLOW_SIGNAL = """#!/bin/sh
+# a command signal whose every run takes 60 s: preflight runs it once, and waits
+echo $$ > "$MARK"
+sleep 60
+echo '{"requests": 0, "errors": 0}'
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("sig", "code", "outcome"),
+    [
+        (signal.SIGTERM, 143, "terminated"),
+        (signal.SIGINT, 130, "interrupted"),
+        (signal.SIGHUP, 143, "terminated"),
+    ],
+    ids=["SIGTERM", "SIGINT", "SIGHUP"],
+)
+def test_a_signal_during_preflight_ends_the_run_with_the_lease_released_and_journaled(
+    fleet3: Sandbox, sig: signal.Signals, code: int, outcome: str
+) -> None:
+    """A signal while preflight waits on a slow signal source (the lease already taken):
+    the run ends at once with the interruption's exit code, the lease released, the journal
+    saying it stopped before any host was touched, the source's command killed; no host was
+    touched and the next deploy is not refused over it. (SIGTERM and SIGHUP used to kill the
+    process, its lease left to a dead pid; SIGINT left no word in the journal.)"""
+    ensure_on(fleet3, "v1")
+    script = fleet3.dir / "slow-signal.sh"
+    script.write_text(SLOW_SIGNAL)
+    script.chmod(0o755)
+    mark = fleet3.dir / f"slow-signal-{sig.name}.started"
+    mark.unlink(missing_ok=True)
+    base = plain(fleet3)
+    cfg = fleet3.write_config(
+        "early-slow.yaml",
+        **{
+            **FAST,
+            "checks": [],
+            "signals": [
+                *yaml.safe_load(base.read_text())["signals"],
+                {
+                    "kind": "command",
+                    "name": "slow",
+                    "command": [str(script)],
+                    "timeout": "120s",
+                    "env": {"MARK": str(mark)},
+                },
+            ],
+        },
+    )
+    p = fleet3.start("deploy", "-c", str(cfg), "--release", "v2")
+    deadline = time.monotonic() + 60
+    while not (mark.exists() and mark.read_text().strip()):
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "preflight never ran the slow signal"
+        time.sleep(0.05)
+    sleeper = int(mark.read_text())
+    assert fleet3.lease_held()
+    t0 = time.monotonic()
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert code == p.returncode, out + err[-2000:]
+    assert time.monotonic() - t0 < 15
+    assert "before any host was touched" in out, out
+    assert "resume" not in out.split("next")[-1], out  # nothing to resume
+    assert not fleet3.lease_held()
+    assert not psutil.pid_exists(sleeper) or psutil.Process(sleeper).status() == "zombie"
+    assert fleet3.serves("v1")  # no host touched: every one on v1, in the pool
+    with sqlite3.connect(fleet3.dir / "journal.db") as db:
+        rec_id, got, data = db.execute(
+            "SELECT id, outcome, data FROM deployments ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
+        kinds = [
+            k
+            for (k,) in db.execute(
+                "SELECT kind FROM entries WHERE deployment_id=? ORDER BY seq", (rec_id,)
+            )
+        ]
+    assert outcome == got
+    assert "preflight" == json.loads(data)["stopped_in"]
+    assert ["deployment.stopping", "deployment.interrupted"] == kinds
+    st = fleet3.status(base)  # the stopped run is no unfinished deployment
+    assert st["steady"], st["attention"]

@@ -206,7 +206,7 @@ def _finish(
     # a run that lost its lease writes nothing more, its report neither: the new holder's is;
     # a no-op has nothing to report (and would wait seconds for the charts' imports)
     report_path = None
-    if config and str(result.outcome) not in ("superseded", "unchanged"):
+    if config and str(result.outcome) not in ("superseded", "unchanged") and not result.stopped_in:
         # drawing the charts takes seconds on a busy machine: say so rather than sit silent
         # (on stderr: stdout may be the JSON result)
         err.print(f"{said}: writing the report (charts) ...", style="dim", highlight=False)
@@ -252,6 +252,10 @@ def _finish(
         reason=result.reason,
         probe=_probe_of(config) if str(result.outcome) in ("inconclusive", "held") else None,
     )
+    if result.stopped_in:  # nothing to resume: no host was touched
+        step = (
+            "nothing was touched and the lease is released: run the same command again when ready"
+        )
     if step:
         con.print("[yellow]next[/]: " + escape(step), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -372,7 +376,7 @@ async def _replay_journal(fleet: Fleet, table: Any) -> None:
 
     try:
         record = await fleet.journal.deployments(fleet.app)
-        unfinished = [r for r in record if r.outcome not in ("rejected", "unchanged")]
+        unfinished = [r for r in record if not r.changed_nothing]
         if not unfinished:
             return
         last = unfinished[-1]

@@ -156,6 +156,7 @@ CATEGORY_WORDS = {
     "inconclusive": "not judged",
     "aborted": "aborted, not judged",
     "unchanged": "no-op: already running",
+    "before_start": "stopped in preflight, no host touched",
     "interrupted": "interrupted",
     "rollback": "rollback",
     "ended_by_rollback": "then rolled back",

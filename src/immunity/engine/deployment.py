@@ -30,7 +30,7 @@ from immunity.domain import CheckResult, HostRef, LbState, Outcome, Verdict
 from immunity.engine.immune import immune_response, revert
 from immunity.engine.plan import plan_waves, with_holdback
 from immunity.engine.result import RunOutcome, RunResult
-from immunity.engine.run import Run, first_immunity_error
+from immunity.engine.run import Run, StoppedBeforeStart, first_immunity_error
 from immunity.errors import (
     CapacityExhausted,
     ImmunityError,
@@ -65,8 +65,11 @@ async def deploy(
         # not walked yet (they already serve the release, and would be skipped otherwise)
         return {"fallbacks": await preflight(fleet, release)} | ({"force": True} if force else {})
 
-    async with Run(fleet, release, prepare=prepare, handle_signals=handle_signals) as run:
-        await Rollout(run, force=force).go()
+    try:
+        async with Run(fleet, release, prepare=prepare, handle_signals=handle_signals) as run:
+            await Rollout(run, force=force).go()
+    except StoppedBeforeStart as stopped:  # a signal during preflight: nothing touched
+        return stopped.result
     return run.result
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from immunity.domain import LbState
 from immunity.engine.immune import revert
 from immunity.engine.result import RunOutcome, RunResult
-from immunity.engine.run import Run
+from immunity.engine.run import Run, StoppedBeforeStart
 from immunity.errors import ImmunityError
 from immunity.fleet.context import (
     Fleet,
@@ -133,14 +133,17 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     async def prepare() -> dict[str, Any]:
         return {"fallbacks": targets, "rollback": True, "previous": actives}
 
-    async with Run(
-        fleet,
-        current,
-        label=f"rollback:{current}",
-        prepare=prepare,
-        handle_signals=handle_signals,
-    ) as run:
-        await _rollback_body(run)
+    try:
+        async with Run(
+            fleet,
+            current,
+            label=f"rollback:{current}",
+            prepare=prepare,
+            handle_signals=handle_signals,
+        ) as run:
+            await _rollback_body(run)
+    except StoppedBeforeStart as stopped:  # a signal before its first step: nothing touched
+        return stopped.result
     return run.result
 
 

@@ -72,6 +72,8 @@ class RunResult:
     hosts: tuple[Mapping[str, Any], ...] = ()
     impact: Mapping[str, Any] | None = None
     """What customers saw per phase (the `impact` block's probe), see `immunity.impact`."""
+    stopped_in: str | None = None
+    """`preflight` when a signal ended the run before it touched any host, else None."""
 
     @classmethod
     def of(
@@ -108,6 +110,7 @@ class RunResult:
             waves=view.waves,
             hosts=tuple(host_rows(view)),
             impact=view.impact,
+            stopped_in=concluded.get("stopped_in"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +131,7 @@ class RunResult:
             "waves": [list(w) for w in self.waves],
             "hosts": [dict(h) for h in self.hosts],
             "impact": dict(self.impact) if self.impact is not None else None,
+            "stopped_in": self.stopped_in,
         }
 
 

@@ -47,6 +47,18 @@ log = logging.getLogger("immunity.engine")
 
 Prepare = Callable[[], Awaitable[Mapping[str, Any]]]
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that end a run (SIGINT: interrupted; SIGTERM, SIGHUP: terminated)."""
+
+
+class StoppedBeforeStart(Exception):
+    """Raised on entering a `Run` that a signal stopped during `prepare` (preflight): the
+    record is journaled and finished, the lease released; `result` is how the run ended."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
 
 class Run:
     """See the module docstring. `release` is what the run rolls out (for a rollback, the
@@ -69,6 +81,7 @@ class Run:
         self._prepare = prepare
         self._resume = resume
         self.stopping: RunOutcome | None = None  # INTERRUPTED | TERMINATED once signalled
+        self._signal_name: str | None = None
         self._stop_scopes: set[anyio.CancelScope] = set()
         self._outcome: RunOutcome | None = None
         self._result: RunResult | None = None
@@ -139,6 +152,20 @@ class Run:
 
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[Run]:
+        # the signal handlers are installed before the lease is taken and removed only after
+        # it is released: no signal kills the process while it holds the lease (preflight,
+        # the journal's finish and the notifications included)
+        receiver = (
+            anyio.open_signal_receiver(*STOP_SIGNALS)
+            if self.handle_signals
+            else contextlib.nullcontext(None)
+        )
+        with receiver as signals:
+            async with self._held(signals) as run:
+                yield run
+
+    @asynccontextmanager
+    async def _held(self, signals: AsyncIterator[int] | None) -> AsyncIterator[Run]:
         fleet = self.fleet
         journal = fleet.journal
         cfg = fleet.config
@@ -146,11 +173,13 @@ class Run:
             deployment_id = new_deployment_id()
             self.lease = await self._acquire(deployment_id, takeover=False)
             try:
-                data = dict(await self._prepare()) if self._prepare else {}
+                data = await self._prepared(signals)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await journal.release_lease(self.lease)
                 raise
+            if self.stopping:  # a signal during preflight: nothing was touched
+                data = {"stopped_in": "preflight"}
             self.record = await journal.begin(
                 fleet.app, self.label, data, deployment_id=deployment_id
             )
@@ -171,12 +200,14 @@ class Run:
         )
         self.capacity = CapacityGuard(cfg.max_unavailable, self.view.out)
         self.switcher = HostSwitcher(fleet, self.rec, self.capacity)
+        if self.stopping:
+            await self._stopped_before_start()
         try:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._heartbeat)
-                    if self.handle_signals:
-                        tg.start_soon(self._signals)
+                    if signals is not None:
+                        tg.start_soon(self._signals, signals)
                     try:
                         yield self
                     finally:
@@ -199,6 +230,49 @@ class Run:
             await self.conclude(RunOutcome.FAILED, "the run ended without an outcome")
         await self._end(self._outcome or RunOutcome.FAILED, "", write=True)
         await self._close()
+
+    async def _prepared(self, signals: AsyncIterator[int] | None) -> dict[str, Any]:
+        """`prepare`'s data, with the lease kept (heartbeat) and signals heard meanwhile: a
+        signal cancels it (`stopping` set, {} returned; it only reads, nothing is touched)."""
+        data: dict[str, Any] = {}
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat)
+                if signals is not None:
+
+                    async def stop_on_signal() -> None:
+                        async for signum in signals:
+                            self._stop_by(signum)
+                            tg.cancel_scope.cancel()
+                            return
+
+                    tg.start_soon(stop_on_signal)
+                data = dict(await self._prepare()) if self._prepare else {}
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise only_error(group) from None
+        return {} if self.stopping else data
+
+    async def _stopped_before_start(self) -> None:
+        """Journal a run stopped by a signal in its preflight (`deployment.stopping`, then
+        `deployment.interrupted` with `stopped_in: preflight`), finish the record, release
+        the lease and raise StoppedBeforeStart with the result. Nobody is notified: nothing
+        happened to the fleet."""
+        assert self.stopping is not None
+        name = self._signal_name or "a signal"
+        await self.rec.record(
+            "deployment.stopping",
+            f"{name} during preflight: stopping before any host is touched",
+            signal=name,
+        )
+        await self.conclude(
+            self.stopping,
+            f"{self.stopping} by {name} during preflight, before any host was touched",
+            stopped_in="preflight",
+        )
+        await self._end(self.stopping, "", write=True)
+        await self.fleet.journal.release_lease(self.lease)
+        raise StoppedBeforeStart(self.result)
 
     async def _end(self, outcome: RunOutcome, reason: str, *, write: bool) -> None:
         journal = self.fleet.journal
@@ -269,29 +343,38 @@ class Run:
         if switcher is not None:
             switcher.cancel_all()
 
-    async def _signals(self) -> None:
+    def _stop_by(self, signum: int) -> None:
+        """Ask the run to stop: SIGINT interrupts it, SIGTERM and SIGHUP terminate it."""
+        self._signal_name = signal.Signals(signum).name
+        self.stopping = RunOutcome.INTERRUPTED if signum == signal.SIGINT else RunOutcome.TERMINATED
+
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
         # SIGHUP (the operator's terminal or ssh session went away) ends the run as SIGTERM
         # does: by default it would kill the process mid-step, a host out of the pool.
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if self.stopping:
-                    await self.rec.record(
-                        "deployment.signal_repeated",
-                        f"{name} again: still finishing the hosts in flight",
-                        signal=name,
-                    )
-                    continue
-                self.stopping = (
-                    RunOutcome.INTERRUPTED if signum == signal.SIGINT else RunOutcome.TERMINATED
-                )
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if self.stopping:
                 await self.rec.record(
-                    "deployment.stopping",
-                    f"{name}: starting no new work, finishing hosts in flight",
+                    "deployment.signal_repeated",
+                    f"{name} again: still finishing the hosts in flight",
                     signal=name,
                 )
-                for scope in list(self._stop_scopes):
-                    scope.cancel()
+                continue
+            self._stop_by(signum)
+            await self.rec.record(
+                "deployment.stopping",
+                f"{name}: starting no new work, finishing hosts in flight",
+                signal=name,
+            )
+            for scope in list(self._stop_scopes):
+                scope.cancel()
+
+
+def only_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a task group raised (`first_immunity_error` when there are more)."""
+    if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+        return group.exceptions[0]
+    return first_immunity_error(group)
 
 
 def first_immunity_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

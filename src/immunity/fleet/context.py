@@ -18,7 +18,7 @@ import anyio
 from immunity import plugins
 from immunity.clock import Clock, SystemClock
 from immunity.config import LoadedConfig, resolve_path
-from immunity.domain import NOT_A_CHANGE, Event, HostRef, Member
+from immunity.domain import Event, HostRef, Member
 from immunity.errors import ImmunityError
 from immunity.fleet.state import Sighting
 from immunity.hosts import ReadDeadline
@@ -195,8 +195,9 @@ def unknown_members(fleet: Fleet, pool: Mapping[str, Member]) -> list[str]:
 
 
 async def changes(fleet: Fleet) -> list[DeploymentRecord]:
-    """The app's runs, oldest first, past those that changed nothing (`NOT_A_CHANGE`)."""
-    return [d for d in await fleet.journal.deployments(fleet.app) if d.outcome not in NOT_A_CHANGE]
+    """The app's runs, oldest first, past those that changed nothing (a no-op, a run stopped
+    in its preflight: `DeploymentRecord.changed_nothing`)."""
+    return [d for d in await fleet.journal.deployments(fleet.app) if not d.changed_nothing]
 
 
 async def last_deployment(fleet: Fleet) -> DeploymentRecord | None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from immunity.domain import outcome_words
+from immunity.domain import NOT_A_CHANGE, outcome_words
 from immunity.errors import LeaseHeld, LeaseLost
 
 
@@ -45,6 +45,13 @@ class DeploymentRecord:
     def rollback(self) -> bool:
         """A `rollback` run (its `release` is the label `rollback:<release it left>`)."""
         return bool(self.data.get("rollback"))
+
+    @property
+    def changed_nothing(self) -> bool:
+        """A record of a run that touched no host: a no-op (`unchanged`, older journals'
+        `rejected`) or a run stopped by a signal in its preflight (`stopped_in: preflight`).
+        `deploy`'s refusal, `status`, `resume`, `rollback` and `history` look past it."""
+        return self.outcome in NOT_A_CHANGE or self.data.get("stopped_in") == "preflight"
 
     @property
     def release_words(self) -> str:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from immunity.config import LoadedConfig, resolve_path
-from immunity.domain import NOT_A_CHANGE
 from immunity.errors import ImmunityError
 from immunity.journal import Journal, open_journal
 from immunity.journal.base import DeploymentRecord, JournalEntry
@@ -41,7 +40,7 @@ async def load(journal: Journal, deployment_id: str) -> dict[str, Any]:
         later = [
             r
             for r in await journal.deployments(record.app)
-            if r.started_at > record.started_at and r.outcome not in NOT_A_CHANGE
+            if r.started_at > record.started_at and not r.changed_nothing
         ]
         if later and later[0].rollback:
             data["ended_by"] = {"id": later[0].id, "label": later[0].release_words}

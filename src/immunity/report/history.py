@@ -11,7 +11,6 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from immunity.domain import NOT_A_CHANGE
 from immunity.journal import Journal
 from immunity.journal.base import DeploymentRecord
 
@@ -25,7 +24,8 @@ def category(outcome: str | None, verdict: str | None) -> str:
     of evidence: reverted or held, the release was not found worse), `aborted` (reverted by
     `resume --abort`: not judged), `unchanged` (every host already served it: a no-op, not
     a deployment), `interrupted`, `rollback`, `unfinished`, or `other`. `history` files a
-    run stopped then undone by a rollback as `ended_by_rollback`."""
+    run stopped then undone by a rollback as `ended_by_rollback`, and one stopped by a signal
+    in its preflight as `before_start` (no host touched: not a deployment)."""
     if outcome is None:
         return "unfinished"
     if outcome in ("deployed", "aborted", "unchanged"):
@@ -82,7 +82,10 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
                 # record's label `rollback:v5`
                 "label": d.release_words,
                 "outcome": d.outcome or "unfinished",
-                "category": category(d.outcome, verdict.get("outcome")),
+                "category": "before_start"
+                if d.data.get("stopped_in") == "preflight"
+                else category(d.outcome, verdict.get("outcome")),
+                "changed_nothing": d.changed_nothing,
                 "started_at": d.started_at.isoformat(),
                 "finished_at": d.finished_at.isoformat() if d.finished_at else None,
                 "duration_s": round((d.finished_at - d.started_at).total_seconds(), 3)
@@ -104,7 +107,7 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
     # before a rollback is the one it undid
     before: dict[str, Any] | None = None
     for r in rows:
-        if r["outcome"] in NOT_A_CHANGE:
+        if r["changed_nothing"]:
             continue
         if r["rollback"] and before is not None and before["category"] in STOPPED:
             before["ended_by"] = r["id"]
@@ -113,7 +116,7 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
         before = r
     # a no-op (every host already on the release) is listed but is no deployment: it
     # changes neither the frequency nor the change-failure rate; nor is a rollback
-    real = [r for r in rows if not r["rollback"] and r["outcome"] not in NOT_A_CHANGE]
+    real = [r for r in rows if not r["rollback"] and not r["changed_nothing"]]
     rollbacks = [r for r in rows if r["rollback"]]
     finished = [r for r in real if r["finished_at"]]
     # a change failure is a release found worse, out of the releases judged (deployed or
