@@ -30,6 +30,10 @@ MAX_SETTLE_S = 75.0
 Prometheus scraping every minute, its default); a source that needs longer (CloudWatch)
 is not asked for one, and its word stands unless the balancer can count its window."""
 
+FRESH_GRACE_S = 30.0
+"""Beyond `FRESH_S` + `MAX_SETTLE_S`, how long the fresh look's own calls (the balancer's
+counters, the signal's answers) may take before it gives up and proves nothing."""
+
 
 @dataclass(frozen=True)
 class _Contradiction:
@@ -128,9 +132,11 @@ async def _contradiction(
     if any(seen.start <= last[h] <= late for h in served):
         return _Contradiction(name, f"last session {counts}", dict(served))
     # Served only since the window's end: the signal may just not have seen it yet.
-    given = await _fresh_look(lb, hosts, src, seen)
+    given = None
+    with anyio.move_on_after(FRESH_S + MAX_SETTLE_S + FRESH_GRACE_S):
+        given = await _fresh_look(lb, hosts, src, seen)
     if not given:
-        return None
+        return None  # it counts them, or could not be asked in time: no proof
     n, t0, t1 = given
     return _Contradiction(
         name,
@@ -150,11 +156,18 @@ async def _fresh_look(
     observe = getattr(src, "observe", None)
     if settle is None or settle > MAX_SETTLE_S or observe is None:
         return None
+    # Wall time measured on the event loop's clock from one reading of the wall clock,
+    # so the waits and the windows agree (and run in virtual time under a VirtualClock).
+    wall0, loop0 = utcnow(), anyio.current_time()
+
+    def now() -> dt.datetime:
+        return wall0 + dt.timedelta(seconds=anyio.current_time() - loop0)
+
     before = await lb.recent_sessions(hosts)
-    t0 = utcnow()
+    t0 = now()
     await anyio.sleep(FRESH_S)
     after = await lb.recent_sessions(hosts)
-    t1 = utcnow()
+    t1 = now()
     given = sum(total - before.get(h, (0, 0))[1] for h, (_, total) in after.items())
     if given <= 0:
         return None  # nothing given meanwhile either: no proof
@@ -162,8 +175,8 @@ async def _fresh_look(
     delay = delay_of(src)
     stop_at = t1 + dt.timedelta(seconds=max(settle, delay))
     while True:
-        now = utcnow()
-        end = now - dt.timedelta(seconds=delay)  # what the source holds by now
+        at = now()
+        end = at - dt.timedelta(seconds=delay)  # what the source holds by now
         if res > 0:
             end = dt.datetime.fromtimestamp(math.floor(end.timestamp() / res) * res, dt.UTC)
         if end > t1:
@@ -171,6 +184,6 @@ async def _fresh_look(
             obs = got[Cohort.BASELINE]
             if obs.available and obs.requests > 0:
                 return None  # it sees the traffic now: it had not yet
-        if now >= stop_at:
+        if at >= stop_at:
             return given, t0, t1
-        await anyio.sleep(min(1.0, max(0.05, (stop_at - now).total_seconds())))
+        await anyio.sleep(min(1.0, max(0.05, (stop_at - at).total_seconds())))
