@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -231,3 +232,57 @@ def outcome_words(outcome: str | None) -> str:
     if not outcome:
         return "unfinished"
     return OUTCOME_WORDS.get(str(outcome), str(outcome).replace("_", " "))
+
+
+_PASSED_ALL = re.compile(r"all \d+ check\(s\) passed after \d+ s(?=: )")
+
+
+def brief(reason: str) -> str:
+    """A verdict reason as the terminal, the report, notifications and CD outputs show it.
+
+    What goes: a check judged on probe traffic carries what customer traffic said beside it,
+    "on probe traffic: canary 5xx 0% … (customers: the signal sees no traffic on either
+    cohort for 32 s (…))" (`judge.merge_probe`): every "(customers: …)" aside is dropped, to
+    its matching parenthesis; and a pass of every check, "all 4 check(s) passed after 32 s:
+    errors: …; latency: …" (`judge.combine`), keeps its head (each check's own reason is
+    shown beside it). The journal, `show` and the JSON result keep the whole reason.
+    """
+    text = str(reason)
+    passed = _PASSED_ALL.search(text)
+    if passed:  # "wave 1 passed: all 4 check(s) passed after 32 s: errors: …; …"
+        return text[: passed.end()]
+    out = []
+    i = 0
+    while True:
+        start = text.find(" (customers: ", i)
+        if start < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:start])
+        depth, j = 0, start + 1
+        while j < len(text):
+            depth += {"(": 1, ")": -1}.get(text[j], 0)
+            j += 1
+            if depth == 0:
+                break
+        i = j
+    return "".join(out)
+
+
+def reason_beside(outcome: str | None, reason: str) -> str:
+    """`reason` as shown right after its outcome's words ("interrupted v4", a history row's
+    outcome column, a report's "… was held"): an opening that says the outcome again, as
+    journals write some reasons ("held: …", "inconclusive: …", "aborted with `resume
+    --abort`; …", "interrupted by signal; …" before the signal was named), is left out, so no
+    line says it twice."""
+    text = str(reason).strip()
+    for word in {outcome_words(outcome), str(outcome or "")}:
+        if not word:
+            continue
+        if text.lower().startswith(f"{word}: "):
+            return text[len(word) + 2 :]
+        if text.lower().startswith(f"{word} with "):  # "aborted with `resume --abort`; …"
+            return text[len(word) + 1 :]
+        if text.lower().startswith(f"{word} by signal"):  # now "SIGINT received; …"
+            return "a signal received" + text[len(word) + len(" by signal") :]
+    return text

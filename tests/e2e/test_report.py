@@ -97,6 +97,12 @@ def test_the_report_shows_the_verdict_the_canary_above_the_baseline_and_the_reve
     assert "canary error rate" in text and "baseline error rate" in text
     assert re.search(r"verdict: fail at \d+\.\ds", text)
     assert "What customers saw" in text and "longest stall" in text
+    # each check's figures, labelled and with units, not a key=value dump of its numbers
+    figures = " ".join(text.split())
+    assert "canary_requests=" not in figures and "e_fail_needed" not in figures
+    assert re.search(r"errors \d[\d.]*% vs \d[\d.]*% baseline \([\d,]+ of [\d,]+ vs", figures)
+    assert re.search(r"p90 [\d,.]+ ms vs [\d,.]+ ms baseline: ", figures), figures
+    assert re.search(r"evidence to fail [\d,.]+ of [\d,.]+", figures)
     assert "The immune response began" in text
     data = json.loads(data_json.read_text())
     assert data["looks"] > 0
@@ -195,3 +201,20 @@ def test_replay_of_a_check_on_an_unrecorded_signal_exits_2(
     r = fleet3.run("replay", rejected["result"]["deployment_id"], "-c", str(cfg))
     assert r.returncode == 2
     assert "other" in r.stderr and "no observation" in r.stderr
+
+
+def test_a_report_without_an_impact_block_says_why_and_how_to_measure_it(
+    fleet3: Sandbox, tmp_path: Path
+) -> None:
+    """A deployment whose config has no `impact` block (the sandbox's as `sandbox up` writes
+    it): the page's "What customers saw" says it was not measured, why, and the block that
+    measures it, rather than standing empty."""
+    cfg = fleet3.write_config("no-impact.yaml", **{**FAST, "checks": []})
+    r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2", "--json", "plain.json")
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    html = Path(json.loads((fleet3.dir / "plain.json").read_text())["report_path"])
+    text = " ".join(re.sub(r"<[^>]+>", " ", _render(html, tmp_path / "shot.png")).split())
+    section = text.split("What customers saw", 1)[1].split("Revert", 1)[0]
+    assert "Not measured: immunity.yaml has no impact block" in section
+    assert 'impact: {url: "https://shop.example.com", rps: 5}' in section
+    assert "immunity sandbox up --impact" in section

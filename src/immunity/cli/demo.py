@@ -70,7 +70,7 @@ def demo(
         f"[bold]immunity demo[/]: {hosts} hosts behind HAProxy in {d}, {rps:g} customer req/s"
     )
     try:
-        info = sandbox.create_sandbox(d, hosts)
+        info = sandbox.create_sandbox(d, hosts, impact=True)  # reports show what customers saw
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc)) from None
     sandbox.add_release(d, "v2", cold_start_s=cold_start_s)

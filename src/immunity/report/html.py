@@ -6,7 +6,9 @@ from typing import Any
 
 import jinja2
 
+from immunity.domain import brief
 from immunity.report import charts
+from immunity.report.figures import figures
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -35,10 +37,10 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 </table>
 {% if d.verdict and d.verdict.checks %}
 <h2>Verdict per check</h2>
-<table><tr><th>check</th><th>verdict</th><th>why</th><th>numbers</th></tr>
-{% for c in d.verdict.checks %}<tr><td>{{ c.name }}</td><td class="{{ c.outcome }}">{{ c.outcome }}</td><td>{{ c.reason }}</td>
-<td><code>{% for k, v in c.numbers.items() %}{{ k }}={{ v|num }} {% endfor %}</code></td></tr>{% endfor %}
-</table>{% endif %}
+<table class="checks"><tr><th>check</th><th>verdict</th><th>why</th><th>figures (canary vs baseline)</th></tr>
+{% for c in d.verdict.checks %}<tr><td>{{ c.name }}</td><td class="{{ c.outcome }}">{{ c.outcome }}</td><td>{{ c.reason|brief }}</td>
+<td class="figures">{% for source, text in c.numbers|figures(c.outcome) %}<div><span class="muted">{{ source }}:</span> {{ text }}</div>{% endfor %}</td></tr>{% endfor %}
+</table><p class="muted">Evidence is an e-value: the check fails (or passes) when it reaches the bar after "of". Every raw number is in the report's JSON beside this page.</p>{% endif %}
 
 <h2>Timeline</h2>
 <div class="chart" id="timeline">{{ timeline|safe }}</div>
@@ -50,7 +52,7 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 {% if signals %}{% for name, svg in signals %}<div class="chart signal" id="signal-{{ name }}">{{ svg|safe }}</div>{% endfor %}
 {% else %}<p class="muted">No per-look evidence was journaled for this deployment (no bake ran, or the journal predates per-look evidence).</p>{% endif %}
 {% if d.verdicts %}<table><tr><th>at</th><th>wave</th><th>verdict</th><th>reason</th></tr>
-{% for v in d.verdicts %}<tr><td class="n">{{ v.t|num }} s</td><td>{{ "guard" if v.guard else v.wave }}</td><td class="{{ v.outcome }}">{{ v.outcome }}</td><td>{{ v.reason }}</td></tr>{% endfor %}
+{% for v in d.verdicts %}<tr><td class="n">{{ v.t|num }} s</td><td>{{ "guard" if v.guard else v.wave }}</td><td class="{{ v.outcome }}">{{ v.outcome }}</td><td>{{ v.reason|brief }}</td></tr>{% endfor %}
 </table>{% endif %}
 
 <h2>What customers saw</h2>
@@ -60,11 +62,11 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 {% for p in d.impact.phases %}<tr><td>{{ p.phase }}</td><td class="n">{{ p.start|num }}</td><td class="n">{{ p.end|num }}</td><td class="n">{{ p.requests }}</td><td class="n{% if p.failed %} fail{% endif %}">{{ p.failed }}</td>
 <td class="n">{{ "%.1f"|format(p.p50_ms) }}</td><td class="n">{{ "%.1f"|format(p.p99_ms) }}</td><td class="n">{{ "%.1f"|format(p.max_ms) }}</td><td class="n">{{ "%.2f"|format(p.longest_stall_s) }}</td></tr>{% endfor %}
 </table><p class="muted">A probe of {{ d.impact.rps|num }} requests/s to {{ d.impact.url }} through the public address, for the whole deployment. Failed: no answer or a status not in {{ d.impact.expect_status|join(", ") }}.</p>
-{% else %}<p class="muted">No <code>impact</code> block was configured, so immunity did not measure what customers saw.</p>{% endif %}
+{% else %}<p class="muted" id="no-impact">Not measured: immunity.yaml has no <code>impact</code> block, so nothing stood in for the customers during this deployment. To see here what customers saw in each phase (before, each wave, its bake, the revert, after), add a probe through the public address, e.g. <code>impact: {url: "https://shop.example.com", rps: 5}</code> (see <code>impact</code> in docs/config.md); on the sandbox, <code>immunity sandbox up --impact</code> writes one.</p>{% endif %}
 
 <h2>Revert</h2>
 {% if d.revert %}
-<p>The immune response began at {{ d.revert.start|num }} s{% if d.revert.reason %} ({{ d.revert.reason }}){% endif %}{% for r in d.revert.resumed %}, was taken up again by a resume at {{ r|num }} s{% endfor %}{% if d.revert.end is not none %} and ended at {{ d.revert.end|num }} s{% endif %}{% if d.revert.reverted_after_s is not none %}: the whole fleet was back {{ "%.1f"|format(d.revert.reverted_after_s) }} s {{ d.revert.reverted_from }}{% endif %}.</p>
+<p>The immune response began at {{ d.revert.start|num }} s{% if d.revert.reason %} ({{ d.revert.reason|brief }}){% endif %}{% for r in d.revert.resumed %}, was taken up again by a resume at {{ r|num }} s{% endfor %}{% if d.revert.end is not none %} and ended at {{ d.revert.end|num }} s{% endif %}{% if d.revert.reverted_after_s is not none %}: the whole fleet was back {{ "%.1f"|format(d.revert.reverted_after_s) }} s {{ d.revert.reverted_from }}{% endif %}.</p>
 <table><tr><th>host</th><th>back on</th><th>at</th></tr>
 {% for h in d.revert.hosts %}<tr><td>{{ h.host }}</td><td>{{ h.release }}</td><td class="n">{{ h.t|num }} s</td></tr>{% endfor %}</table>
 {% if d.revert.needs_human %}<p class="fail">A human is needed for: {{ d.revert.needs_human|join(", ") }}</p>{% endif %}
@@ -82,6 +84,8 @@ def _num(v: Any) -> str:
 
 _env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 _env.filters["num"] = _num
+_env.filters["figures"] = figures
+_env.filters["brief"] = brief  # the journal, `show` and the JSON keep reasons whole
 _template = _env.from_string(TEMPLATE)
 
 

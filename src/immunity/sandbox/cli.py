@@ -48,12 +48,23 @@ def up(
             "(the standard `option httplog` line); immunity.yaml's haproxy signal reads it.",
         ),
     ] = "json",
+    impact: Annotated[
+        bool,
+        typer.Option(
+            "--impact",
+            help="Measure what customers saw in every deployment (immunity.yaml's `impact` "
+            "block: 5 requests/s through the balancer, which the `lb` signal counts as "
+            "customers'). Without it the block is written commented out.",
+        ),
+    ] = False,
 ) -> None:
     """Create DIR, install release v1 on N hosts, start them behind HAProxy, write immunity.yaml."""
     from immunity.sandbox import fleet
 
     try:
-        info = fleet.create_sandbox(dir, hosts, base_port, app=app_name, log_format=log_format)
+        info = fleet.create_sandbox(
+            dir, hosts, base_port, app=app_name, log_format=log_format, impact=impact
+        )
     except ImmunityError as exc:
         raise _fail(exc) from None
     typer.echo(f"sandbox up in {info.dir}: {len(info.host_ports)} hosts on release v1")

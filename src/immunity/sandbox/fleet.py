@@ -185,10 +185,42 @@ def haproxy_config(
     return "\n".join(lines) + "\n"
 
 
-def immunity_yaml(app: str, servers: dict[str, int], log_format: str = "json") -> str:
+def immunity_yaml(
+    app: str,
+    servers: dict[str, int],
+    log_format: str = "json",
+    *,
+    lb_port: int | None = None,
+    impact: bool = False,
+) -> str:
+    """The sandbox's immunity.yaml. With `lb_port`, an `impact` block through the balancer
+    (`impact`: on; otherwise written commented out, with why and how to turn it on)."""
     hosts = "\n".join(
         f"  - name: {name}\n    address: 127.0.0.1\n    port: {p}" for name, p in servers.items()
     )
+    return _config_text(app, hosts, log_format) + (
+        _impact_text(lb_port, impact) if lb_port is not None else ""
+    )
+
+
+def _impact_text(lb_port: int, on: bool) -> str:
+    why = (
+        "# What customers saw (the report's section of that name, and `impact` in the JSON\n"
+        "# result): a few requests/s through the balancer for the whole deployment, cut at\n"
+        "# each phase (before, each wave, its bake, the revert, after).\n"
+    )
+    block = f"impact:\n  url: http://127.0.0.1:{lb_port}\n  rps: 5\n  before: 5s\n  after: 5s\n"
+    if on:
+        return why + block
+    return (
+        why + "# Off here: its requests go through the balancer, so the `lb` signal counts them\n"
+        "# as customers' and a quiet hour would not be quiet. `immunity sandbox up --impact`\n"
+        "# (and `immunity demo`) write it on; or remove the `# ` below:\n"
+        + "".join(f"# {line}\n" for line in block.splitlines())
+    )
+
+
+def _config_text(app: str, hosts: str, log_format: str) -> str:
     return f"""\
 # Written by `immunity sandbox up`: deploy to this local fleet with
 #   immunity deploy -c immunity.yaml --release <name>
@@ -297,8 +329,12 @@ def create_sandbox(
     app: str = "sandbox",
     ready_timeout: float = 30.0,
     log_format: str = "json",
+    impact: bool = False,
 ) -> SandboxInfo:
     """Create and start a fleet of `hosts` local hosts on release v1 behind HAProxy.
+
+    immunity.yaml's `impact` block (customers' view through the balancer, in every report) is
+    on with `impact`, else written commented out.
 
     Ports: the balancer on `base_port` and hosts on the next ones, or free ports when None.
     HAProxy writes its access log as `log_format` lines (`LOG_FORMATS`: json or httplog);
@@ -348,7 +384,7 @@ def create_sandbox(
     tries = 3 if base_port is None else 1
     for attempt in range(1, tries + 1):
         try:
-            return _start(d, p, names, app, base_port, v1, ready_timeout, log_format)
+            return _start(d, p, names, app, base_port, v1, ready_timeout, log_format, impact)
         except (BalancerError, HostError):
             if attempt == tries:
                 raise
@@ -364,6 +400,7 @@ def _start(
     v1: Path,
     ready_timeout: float,
     log_format: str = "json",
+    impact: bool = False,
 ) -> SandboxInfo:
     n = len(names)
     ports = free_ports(n + 1) if base_port is None else list(range(base_port, base_port + n + 1))
@@ -377,7 +414,8 @@ def _start(
         for name, port in servers.items():
             _start_host(d, name, port, v1)
         _start_haproxy(d, lb_port, servers, log_format)
-        write_atomic(p["config"], immunity_yaml(app, servers, log_format))
+        text = immunity_yaml(app, servers, log_format, lb_port=lb_port, impact=impact)
+        write_atomic(p["config"], text)
         info = SandboxInfo(
             dir=d,
             url=f"http://127.0.0.1:{lb_port}",

@@ -256,3 +256,32 @@ def test_up_refuses_an_unknown_log_format(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "httplog" in result.output and "json" in result.output
     assert not (tmp_path / "f" / "pids" / "haproxy.pid").exists()
+
+
+def test_up_with_impact_measures_customers_through_the_balancer(tmp_path: Path) -> None:
+    """`sandbox up --impact` writes an `impact` block aimed at the sandbox's own balancer (a
+    request to it is answered by a host); without the flag the block is there commented out,
+    saying why it is off and how to turn it on, and the config has no impact."""
+    import httpx
+
+    d = tmp_path / "f"
+    result = CliRunner().invoke(sandbox_cli, ["up", "--dir", str(d), "--hosts", "2", "--impact"])
+    try:
+        assert result.exit_code == 0, result.output
+        impact = load(d / "immunity.yaml").config.impact
+        assert impact is not None and impact.rps == 5
+        balancer = result.output.split("balancer: ")[1].split()[0]
+        assert impact.url == balancer
+        assert httpx.get(impact.url + impact.paths[0], timeout=5).status_code == 200
+    finally:
+        CliRunner().invoke(sandbox_cli, ["down", "--dir", str(d)])
+    plain = tmp_path / "g"
+    result = CliRunner().invoke(sandbox_cli, ["up", "--dir", str(plain), "--hosts", "2"])
+    try:
+        assert result.exit_code == 0, result.output
+        assert load(plain / "immunity.yaml").config.impact is None
+        text = (plain / "immunity.yaml").read_text()
+        assert "# impact:\n#   url: http://127.0.0.1:" in text
+        assert "immunity sandbox up --impact" in text
+    finally:
+        CliRunner().invoke(sandbox_cli, ["down", "--dir", str(plain)])
