@@ -285,4 +285,6 @@ def reason_beside(outcome: str | None, reason: str) -> str:
             return text[len(word) + 1 :]
         if text.lower().startswith(f"{word} by signal"):  # now "SIGINT received; …"
             return "a signal received" + text[len(word) + len(" by signal") :]
+        if text.lower().startswith(f"{word} by "):  # "interrupted by SIGINT during preflight"
+            return text[len(word) + len(" by ") :]
     return text

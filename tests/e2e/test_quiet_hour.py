@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +18,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 PROBE = {"paths": ["/"], "rate": 20, "timeout": "2s"}
 # Long enough for 40 baseline probe requests/s to set the p50/p90 thresholds and certify.
 BAKE = {**FAST["bake"], "max": "90s"}
+
+
+def _render(html: Path) -> str:
+    """The page's text as headless Chromium parsed it (`--dump-dom`, tags removed)."""
+    exe = shutil.which("chromium")
+    assert exe, "Debian's chromium is needed (make apt-test installs it)"
+    args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", html.as_uri()]
+    dom = subprocess.run(args, capture_output=True, text=True, timeout=90, check=True).stdout
+    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
 
 
 def quiet(sbx: Sandbox, name: str) -> Path:
@@ -39,11 +51,28 @@ def probe_looks(sbx: Sandbox, deployment_id: str) -> list[dict[str, object]]:
 
 
 def test_with_no_customers_a_good_release_deploys_on_probe_traffic(fleet3: Sandbox) -> None:
-    """No load at all: exit 0, every host on v2 and serving, the verdict decided by the probe."""
+    """No load at all: exit 0, every host on v2 and serving, the verdict decided by the probe.
+    What people read (the terminal, GitHub's outputs and step summary, the HTML report as
+    Chromium renders it) gives the probe's reasons without what customer traffic said beside
+    them, "(customers: the signal sees no traffic …)"; the JSON result and `show` keep it."""
     ensure_on_v1(fleet3)
+    gh_out, gh_sum = fleet3.dir / "gh-output", fleet3.dir / "gh-summary.md"
+    env = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(gh_out),
+        "GITHUB_STEP_SUMMARY": str(gh_sum),
+    }
     r = fleet3.run("deploy", "-c", str(quiet(fleet3, "quiet.yaml")), "--release", "v2",
-                   "--json", "quiet-good.json")  # fmt: skip
+                   "--json", "quiet-good.json", env=env)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    terminal = r.stdout + r.stderr
+    assert "on probe traffic" in terminal and "(customers:" not in terminal
+    assert "wave 1 passed: all 3 check(s) passed after " in terminal  # not every reason again
+    assert "(customers:" not in gh_out.read_text() + gh_sum.read_text()
+    report = _render(Path(json.loads((fleet3.dir / "quiet-good.json").read_text())["report_path"]))
+    assert "on probe traffic" in report and "(customers:" not in report
+    full = fleet3.run("show", "-c", str(quiet(fleet3, "quiet.yaml")))
+    assert full.returncode == 0 and "(customers: " in " ".join(full.stdout.split())
     hosts = fleet3.status()["hosts"]
     assert [h["active_release"] for h in hosts] == ["v2"] * 3
     assert fleet3.servers_state() == {"h1": 0, "h2": 0, "h3": 0}

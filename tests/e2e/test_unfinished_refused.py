@@ -83,6 +83,15 @@ def _refused_then_aborted(fleet3: Sandbox, cfg: Path) -> None:
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert 130 == p.returncode, out + err[-2000:]
+    # every place that says how the run ended says "interrupted" once, and what was received
+    assert out.startswith("interrupted v3 (") and "\n  SIGINT received; hosts in flight" in out
+    show = fleet3.run("show", "-c", str(cfg)).stdout.splitlines()
+    assert show[1].startswith("the deployment of v3 was interrupted: SIGINT received; "), show
+    history = fleet3.run("history", "-c", str(cfg)).stdout
+    row = next(line for line in history.splitlines() if "│ v3 " in line)
+    assert row.count("interrupted") == 1 and "SIGINT received" in row, history
+    for text in (out, *show, *history.splitlines()):
+        assert "interrupted: interrupted" not in text and "interrupted by signal" not in text
     left = {"h1": "v3", "h2": "v1", "h3": "v1"}
     assert left == fleet3.releases_served()
     assert {"h1": 0, "h2": 0, "h3": 0} == fleet3.servers_state()

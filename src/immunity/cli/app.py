@@ -20,7 +20,7 @@ from typer.core import TyperOption
 
 from immunity.cli import output
 from immunity.cli.output import err, escape, out, plain, show_error, write_json
-from immunity.domain import outcome_words
+from immunity.domain import brief, outcome_words, reason_beside
 from immunity.errors import ConfigError, ImmunityError
 
 if TYPE_CHECKING:
@@ -224,8 +224,11 @@ def _finish(
         f"[bold {style}]{escape(said)}[/] " + escape(f"{moved} ({result.deployment_id})"),
         highlight=False,
     )
-    if result.reason:
-        con.print(f"  {result.reason}", markup=False, highlight=False)
+    if result.reason:  # whole in the JSON result, the journal and `show`
+        said_why = brief(
+            reason_beside(str(result.outcome), result.reason)
+        )  # not "interrupted" twice
+        con.print(f"  {said_why}", markup=False, highlight=False)
     if result.outcome != "rolled_back":  # a rollback judges nothing: no "no verdict" line
         _print_waves(con, report_path)
     if result.detected_after_s is not None:
@@ -281,7 +284,7 @@ def _print_waves(con: Any, report_path: str | None) -> None:
         return
     from immunity.cli.show import print_waves
 
-    print_waves(con, data)
+    print_waves(con, data, short=True)
 
 
 def _write_report(config: str, deployment_id: str) -> str | None:

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from immunity.domain import Event, outcome_words
+from immunity.domain import Event, brief, outcome_words, reason_beside
 
 # Environment variables that hold credentials when set (AWS's credential chain, proxies with
 # passwords are covered by the config's own ${NAME} references).
@@ -96,7 +96,9 @@ def gh_escape_property(text: str) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """One line, and a verdict reason as `domain.brief` gives it (the JSON result keeps it
+    whole)."""
+    return " ".join(brief(str(text)).split())
 
 
 def outputs(result: Mapping[str, Any], report_path: str | None) -> dict[str, str]:
@@ -129,7 +131,7 @@ def outputs(result: Mapping[str, Any], report_path: str | None) -> dict[str, str
         "exit_code": num("exit_code"),
         "release": str(result.get("release", "")),
         "deployment_id": str(result.get("deployment_id", "")),
-        "reason": str(result.get("reason") or ""),
+        "reason": brief(str(result.get("reason") or "")),  # whole in the JSON result
         "detected_after_s": num("detected_after_s"),
         "detected_at": str(decided or ""),
         "reverted_after_s": num("reverted_after_s"),
@@ -245,7 +247,7 @@ class GithubReporter(Reporter):
             level = "warning" if result.get("outcome") == "inconclusive" else "error"
             self._print(
                 f"::{level} title={gh_escape_property(title)}::"
-                f"{gh_escape_data(str(result.get('reason') or result.get('outcome')))}"
+                f"{gh_escape_data(brief(str(result.get('reason') or result.get('outcome'))))}"
             )
 
 
@@ -268,7 +270,7 @@ def summary_markdown(result: Mapping[str, Any], report_path: str | None) -> str:
     lines = [
         f"## {icon.get(outcome, 'ℹ️')} immunity: {_md(result.get('release'))} {said}",
         "",
-        f"{_md(result.get('reason') or '')}",
+        f"{_md(reason_beside(outcome, str(result.get('reason') or '')))}",
         "",
         "| | |",
         "| --- | --- |",

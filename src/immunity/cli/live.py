@@ -26,7 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from immunity.domain import PROBE_SIGNAL, Event, histogram_quantile
+from immunity.domain import PROBE_SIGNAL, Event, brief, histogram_quantile
 
 PROBE_SUFFIX = " (probe)"
 """A check's twin on probe traffic is named after it with this suffix (`analysis.wave`)."""
@@ -251,14 +251,14 @@ class LiveView:
             self.phase = "baking"
         elif kind == "bake.looked":
             self._look(d)
-            self.verdict = event.message or self.verdict
+            self.verdict = brief(event.message) or self.verdict
         elif kind in ("bake.finished", "verdict.reached", "verdict.failed"):
-            self.verdict = event.message or self.verdict
+            self.verdict = brief(event.message) or self.verdict
             self.bake_at = None
             self.phase = "decided"
         elif kind == "immune.started":
             self.phase = "reverting"
-            self.verdict = event.message or self.verdict
+            self.verdict = brief(event.message) or self.verdict
         elif kind.startswith("deployment.") and kind not in ("deployment.started",):
             if kind in ("deployment.stopping", "deployment.signal_repeated"):
                 self.phase = "stopping"
@@ -290,7 +290,7 @@ class LiveView:
             chk.state = str(c.get("o", chk.state))
             chk.stats = c.get("s") or chk.stats
             if c.get("r") is not None or chk.state == "continue":
-                chk.reason = str(c.get("r") or "")
+                chk.reason = brief(str(c.get("r") or ""))
             sources = [(obs.get(chk.signal) or {}, chk.n, chk.x, chk.lat)]
             if chk.probed:
                 sources.append((obs.get(PROBE_SIGNAL) or {}, chk.pn, chk.px, chk.plat))
@@ -315,7 +315,7 @@ class LiveView:
         kind = event.kind
         if kind in ("host.step_finished", "signal.checked"):
             return
-        message = event.message
+        message = brief(event.message)  # the journal and `show` keep the whole reason
         if kind == "bake.looked":
             outcome = str(event.data.get("outcome", ""))
             look = int(event.data.get("look", 0))

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from immunity.domain import outcome_words
+from immunity.domain import brief, outcome_words, reason_beside
 
 OUTCOME_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
 
@@ -24,8 +24,11 @@ def _secs(v: Any) -> str:
     return f"{float(v):.1f}s" if v is not None else "–"
 
 
-def print_waves(con: Console, data: Mapping[str, Any]) -> None:
-    """Each wave's (and the guard's) verdict, with every check's outcome and sentence."""
+def print_waves(con: Console, data: Mapping[str, Any], *, short: bool = False) -> None:
+    """Each wave's (and the guard's) verdict, with every check's outcome and sentence;
+    `short`: each sentence as `domain.brief` gives it (the deployment's closing summary;
+    `show` prints them whole)."""
+    said = brief if short else str
     waves = {w.get("wave"): w for w in (data.get("timeline") or {}).get("waves") or []}
     verdicts: Sequence[Mapping[str, Any]] = data.get("verdicts") or []
     if not verdicts:
@@ -53,13 +56,13 @@ def print_waves(con: Console, data: Mapping[str, Any]) -> None:
         con.print(head)
         checks = v.get("checks") or []
         if not checks:
-            con.print(Text("    " + str(v.get("reason") or ""), style="dim"))
+            con.print(Text("    " + said(str(v.get("reason") or "")), style="dim"))
         for c in checks:
             line = Text("    ")
             line.append(f"{c.get('name')}: ", style="bold")
             o = str(c.get("outcome") or "")
             line.append(o, style=OUTCOME_STYLE.get(o, ""))
-            line.append(f" — {c.get('reason') or ''}")
+            line.append(f" — {said(str(c.get('reason') or ''))}")
             con.print(line)
 
 
@@ -203,7 +206,7 @@ def print_history(con: Console, data: Mapping[str, Any]) -> None:
             Text(str(d.get("label") or d["release"])),
             outcome,
             took,
-            Text(str(d.get("reason") or "")),
+            Text(reason_beside(str(d["outcome"]), str(d.get("reason") or ""))),
         )
     con.print(t)
     f = data["figures"]

@@ -293,7 +293,7 @@ class Rollout:
         if run.stopping:
             await run.conclude(
                 run.stopping,
-                f"{run.stopping} by signal; hosts in flight finished, fleet in the pool",
+                f"{run.stopped_by} received; hosts in flight finished, fleet in the pool",
                 serving_new=sorted(view.canary),
             )
             return

@@ -202,7 +202,7 @@ async def revert(
     elif report.not_started and run.stopping:
         await run.conclude(
             run.stopping,
-            f"{run.stopping} by signal during the revert ({reason}); hosts in flight finished, "
+            f"{run.stopped_by} received during the revert ({reason}); hosts in flight finished, "
             f"{report.not_started} not reverted yet: `immunity resume` finishes the revert",
             not_started=report.not_started,
             detected_after_s=detected_after_s,

@@ -253,6 +253,12 @@ class Run:
             raise only_error(group) from None
         return {} if self.stopping else data
 
+    @property
+    def stopped_by(self) -> str:
+        """The signal that stopped the run ("SIGINT", "SIGTERM", "SIGHUP"): the reasons name
+        it rather than say the outcome again ("interrupted" … "interrupted by signal")."""
+        return self._signal_name or "a signal"
+
     async def _stopped_before_start(self) -> None:
         """Journal a run stopped by a signal in its preflight (`deployment.stopping`, then
         `deployment.interrupted` with `stopped_in: preflight`), finish the record, release

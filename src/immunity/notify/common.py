@@ -33,7 +33,7 @@ from tenacity import (
 )
 
 from immunity.config.types import Duration
-from immunity.domain import Event
+from immunity.domain import Event, brief, reason_beside
 from immunity.errors import NotifyError
 
 DEFAULT_EVENTS = ("deployment.*",)
@@ -195,7 +195,11 @@ def summarize(event: Event) -> Summary:
     reason = ""
     if isinstance(verdict, Mapping):
         reason = str(verdict.get("reason") or "")
-    reason = reason or event.message or event.kind
+    # short (whole in the journal), and not restating the outcome the title gives
+    outcome = (
+        event.kind.removeprefix("deployment.") if event.kind.startswith("deployment.") else None
+    )
+    reason = brief(reason_beside(outcome, reason or event.message or event.kind))
     hosts = host_names(data)
     facts: list[tuple[str, str]] = [("App", event.app), ("Release", event.release)]
     previous = sorted(set(_str_values(data.get("fallbacks"))))

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from immunity.analysis.evidence import read_looks
-from immunity.domain import histogram_quantile, outcome_words
+from immunity.domain import brief, histogram_quantile, outcome_words, reason_beside
 from immunity.journal.base import DeploymentRecord, JournalEntry
 
 SMOOTH_LOOKS = 5
@@ -189,7 +189,7 @@ def reverted_from(result: Mapping[str, Any]) -> str:
 def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str:
     """One sentence: what happened to the release, why (with the numbers), how fast."""
     outcome = record.outcome or "unfinished"
-    reason = str(result.get("reason") or record.reason or "").strip().rstrip(".")
+    reason = brief(str(result.get("reason") or record.reason or "")).strip().rstrip(".")
     # a rollback: from the release it found (its record's label `rollback:v5`) to its targets
     targets = sorted({str(v) for v in dict(record.data.get("fallbacks") or {}).values() if v})
     moved = (record.release.removeprefix("rollback:"), ", ".join(targets))
@@ -204,17 +204,21 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
         "rolled_back": f"the fleet was rolled back from {moved[0]}"
         + (f" to {moved[1]}" if moved[1] else ""),
         "unchanged": f"{record.release} already ran on every host: nothing was deployed",
+        # stopped runs: the head says how, the reason what was received and where it stands
+        "interrupted": f"the deployment of {record.release} was interrupted",
+        "terminated": f"the deployment of {record.release} was stopped",
+        "superseded": f"the deployment of {record.release} lost its lease to another run",
+        "failed": f"the deployment of {record.release} failed",
+        "unfinished": f"the deployment of {record.release} has not finished",
     }
     verdict = result.get("verdict") or {}
     if outcome == "revert_incomplete" and verdict.get("outcome") != "fail":
         # reverted for lack of evidence, by `resume --abort` or by a rollback: not rejected
         words[outcome] = f"the revert of {record.release} did not finish"
     head = words.get(outcome, f"{record.release}: {outcome}")
-    # a reason that starts with the outcome ("inconclusive: not enough evidence ...") would
-    # say it twice after the head ("v6: inconclusive: inconclusive: ...")
-    for word in (outcome, "inconclusive"):
-        if reason.lower().startswith(word + ": "):
-            reason = reason[len(word) + 2 :]
+    # a reason that starts with the outcome ("inconclusive: not enough evidence ...",
+    # "interrupted by signal; ...") would say it twice after the head
+    reason = reason_beside("inconclusive", reason_beside(outcome, reason))
     if outcome == "aborted":  # the head says it; the reason adds only a held run's why
         reason = reason.partition(" (it was held: ")[2].removesuffix(")")
         reason = f"it was held: {reason}" if reason else ""

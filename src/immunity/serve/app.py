@@ -33,6 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from immunity import report
+from immunity.domain import brief
 from immunity.fleet.context import Fleet
 from immunity.serve import views
 
@@ -125,6 +126,7 @@ def create_app(
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
     )
+    env.filters["brief"] = brief  # reasons as the report shows them; the journal's rows whole
     by_app = {f.app: f for f in fleets}
 
     async def look_apps() -> list[dict[str, Any]]:

@@ -1,0 +1,78 @@
+"""Verdict reasons as people read them: short where they are shown (terminal, report,
+notifications, CD outputs), whole in the journal and `show`; the outcome said once."""
+
+from __future__ import annotations
+
+import json
+
+from immunity.domain import CheckResult, Event, Outcome, brief, reason_beside
+from immunity.judge import combine, merge_probe
+from immunity.notify.slack import slack_payload
+
+CUSTOMERS = CheckResult(
+    "errors",
+    Outcome.CONTINUE,
+    "the signal sees no traffic on either cohort for 32 s (no customer traffic, or the signal "
+    "cannot see it)",
+    {"canary_requests": 0.0},
+)
+PROBE = CheckResult(
+    "errors",
+    Outcome.PASS,
+    "canary 5xx 0% vs baseline 0% over 736 vs 1,473 requests: no regression of ×2 odds or "
+    "more (pass e-value 327 ≥ 40) after 20 s",
+    {"canary_requests": 736.0},
+)
+
+
+def test_a_check_passed_on_probe_traffic_reads_without_the_customers_aside() -> None:
+    """`merge_probe`'s pass carries "(customers: …)" in the journal; `brief` gives the
+    probe's reason alone, nested parentheses and all."""
+    merged = merge_probe(CUSTOMERS, PROBE)
+    assert "(customers: the signal sees no traffic" in merged.reason
+    assert f"on probe traffic: {PROBE.reason}" == brief(merged.reason)
+
+
+def test_a_pass_of_every_check_reads_as_its_head() -> None:
+    """`combine`'s "all N check(s) passed after T s: errors: …; latency: …" keeps its head
+    wherever it is quoted ("wave 1 passed: …"): each check's reason is shown beside it."""
+    other = CheckResult("latency", Outcome.PASS, "no latency regression (pass e-value 50 ≥ 40)")
+    verdict = combine([merge_probe(CUSTOMERS, PROBE), other], 32.0)
+    assert "all 2 check(s) passed after 32 s" == brief(verdict.reason)
+    assert "wave 1 passed: all 2 check(s) passed after 32 s" == brief(
+        f"wave 1 passed: {verdict.reason}"
+    )
+
+
+def test_a_slack_message_carries_the_short_reason() -> None:
+    """The Slack body for a verdict judged on probe traffic has no "(customers: …)" aside: a
+    failed check's probe reason, a pass's head."""
+    failed = CheckResult("errors", Outcome.FAIL, merge_probe(CUSTOMERS, PROBE).reason)
+    for v, said in (
+        (combine([merge_probe(CUSTOMERS, PROBE)], 20.0), "all 1 check(s) passed after 20 s"),
+        (combine([failed], 20.0), "errors: on probe traffic: canary 5xx 0% vs baseline 0%"),
+    ):
+        event = Event(
+            "verdict.reached", "shop", "d1", "v2", v.reason, data={"verdict": v.to_dict()}
+        )
+        body = json.dumps(slack_payload(event), ensure_ascii=False)
+        assert said in body and "(customers:" not in body, body
+
+
+def test_a_reason_that_restates_its_outcome_loses_the_restatement() -> None:
+    """After "interrupted v4", "held v5", "aborted v3" the reason does not say it again."""
+    assert "SIGINT received; hosts in flight finished" == reason_beside(
+        "interrupted", "SIGINT received; hosts in flight finished"
+    )
+    assert "a signal received; hosts in flight finished, fleet in the pool" == reason_beside(
+        "interrupted", "interrupted by signal; hosts in flight finished, fleet in the pool"
+    )
+    assert "a signal received during the revert (x)" == reason_beside(
+        "terminated", "terminated by signal during the revert (x)"
+    )
+    assert "latency: p90 over" == reason_beside("held", "held: latency: p90 over")
+    assert "with `resume --abort`; v3 was not judged" == reason_beside(
+        "aborted", "aborted with `resume --abort`; v3 was not judged"
+    )
+    assert "x" == reason_beside("rolled_back", "rolled back: x")
+    assert "errors: canary 5xx 4%" == reason_beside("reverted", "errors: canary 5xx 4%")
