@@ -70,6 +70,9 @@ def test_a_reason_that_restates_its_outcome_loses_the_restatement() -> None:
     assert "a signal received during the revert (x)" == reason_beside(
         "terminated", "terminated by signal during the revert (x)"
     )
+    assert "SIGINT during preflight, before any host was touched" == reason_beside(
+        "interrupted", "interrupted by SIGINT during preflight, before any host was touched"
+    )
     assert "latency: p90 over" == reason_beside("held", "held: latency: p90 over")
     assert "with `resume --abort`; v3 was not judged" == reason_beside(
         "aborted", "aborted with `resume --abort`; v3 was not judged"
