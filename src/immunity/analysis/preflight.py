@@ -107,13 +107,15 @@ async def _contradiction(
     lb: object, hosts: Sequence[HostRef], name: str, src: object, seen: RecentTraffic
 ) -> _Contradiction | None:
     if isinstance(lb, TrafficHistory):
-        n = await lb.requests_between(hosts, seen.start, seen.end)
+        # the part of the window the signal surely counted (a scrape interval before its end)
+        end = seen.end - dt.timedelta(seconds=seen.settle_s or 0.0)
+        n = await lb.requests_between(hosts, seen.start, end)
         if n:
             return _Contradiction(
                 name,
-                f"{n} requests between {seen.start:%H:%M:%S} and {seen.end:%H:%M:%S} UTC, the "
+                f"{n} requests between {seen.start:%H:%M:%S} and {end:%H:%M:%S} UTC, in the "
                 "window the signal counted",
-                {"requests": n, "start": seen.start.isoformat(), "end": seen.end.isoformat()},
+                {"requests": n, "start": seen.start.isoformat(), "end": end.isoformat()},
             )
         if n == 0 or not isinstance(lb, SessionCounters):
             return None
