@@ -12,7 +12,8 @@ Exceptions mean "could not act or measure"; a bad release is a *verdict*, not an
     │   └── NotifyError                a notifier failed (journaled, never changes the outcome)
     ├── StepFailed                     a host step failed (verify, warm-up, drain timeout)
     ├── JournalError                   the journal could not be written/read: change nothing more
-    │   └── JournalLocked              another process holds the journal's lock past the deadline (exit 5)
+    │   ├── JournalLocked              another process holds the journal's lock past the deadline (exit 5)
+    │   └── JournalUnavailable         the journal could not be opened (server, password, database): nothing touched
     ├── LeaseHeld                      another deployment holds the app's lease (exit 5)
     ├── LeaseLost                      our fencing token is stale: another process took over
     └── CapacityExhausted              no host can leave the pool: every slot is held by a host
@@ -123,6 +124,14 @@ class JournalError(ImmunityError):
 
     reference = "journal-error"
     exit_code = 4
+
+
+class JournalUnavailable(JournalError):
+    """The journal could not be opened at all (its server refused or did not answer the
+    connection, refused the password, has no such database): this process touched nothing.
+    Exit 4, like any JournalError; the hint names what to check and the command to check it."""
+
+    reference = "journal-unavailable"
 
 
 class JournalLocked(JournalError):

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import psycopg
 
+PASSWORD_ROLE = "alice"
+ROLE_PASSWORD = "right-pw-8c1f"
+
 
 def pg_bin() -> Path:
     found = sorted(
@@ -52,10 +55,15 @@ class PgCluster:
         if self._as_postgres:
             shutil.chown(self.dir, "postgres")
         self._run(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
+        # one role that must give a password (every other connects by trust), for the tests
+        # of a refused password: see `password_role`
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         opts = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c max_connections=200"
         )
+        self._opts = opts
         self._run(
             [
                 "pg_ctl",
@@ -80,8 +88,40 @@ class PgCluster:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:2])} failed: {proc.stderr.strip()[-500:]}")
 
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (`-m fast`: every session is told and ended), keep it down
+        `down_s` seconds (connections refused), start it again on the same port."""
+        import time
+
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        time.sleep(down_s)
+        self._run(
+            [
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-o",
+                self._opts,
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "start",
+            ]
+        )
+
     def url(self, db: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def password_role(self, db: str) -> str:
+        """Creates (once) `PASSWORD_ROLE`, whose password is `ROLE_PASSWORD` and who must give
+        it, and makes it the owner of `db`; returns the URL of `db` as that role, without the
+        password."""
+        with psycopg.connect(self.url(), autocommit=True) as c:
+            exists = c.execute("SELECT 1 FROM pg_roles WHERE rolname=%s", (PASSWORD_ROLE,))
+            if exists.fetchone() is None:
+                c.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
+            c.execute(f'ALTER DATABASE "{db}" OWNER TO {PASSWORD_ROLE}')  # may create tables
+        return f"postgresql://{PASSWORD_ROLE}@127.0.0.1:{self.port}/{db}"
 
     def new_database(self) -> str:
         """A fresh, empty database; its URL."""

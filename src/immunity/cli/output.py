@@ -69,6 +69,8 @@ _ERROR_STEPS = {
     "journal-error": "nothing more was changed: make the journal writable again (disk, "
     "permissions, database), then see the fleet with `immunity status -c <config>` and "
     "finish with `immunity resume -c <config>`",
+    "journal-unavailable": "nothing was touched: once the journal answers, run the same "
+    "command again",
     "journal-locked": "nothing more was changed: once the process or session named is out of "
     "the way (woken, stopped or ended), run the same command again; `immunity resume -c "
     "<config>` finishes a run it left unfinished",

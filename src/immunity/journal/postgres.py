@@ -35,6 +35,19 @@ another tool's session, which our idle timeout does not cover) raises `JournalLo
 (exit 5) naming the session in the way (application, client, backend pid, state, since);
 a server that does not answer at all is a `JournalError` past the call's deadline.
 
+**A half-open session** (its client's machine gone mid-answer: the server keeps it
+"active", blocked sending, holding the lease row; no server timeout ends it): a lease grant
+waiting for the row looks at who holds it every second and ends (`pg_terminate_backend`) a
+session that is ours and `orphaned` (its holder's lease expired or was released, or its
+process on this machine is gone), journaling `journal.session_ended` in the grant's
+transaction; any other session is named, with the command that ends it.
+
+**A server restarted mid-run** (upgrade, failover, a session terminated): a session the
+server ended while idle is noticed before a call sends anything (`_ended`) and the call runs
+on a new connection, tried for up to `timeout_s` while the server refuses connections. The
+first connection is not tried again: a wrong URL, port, password or database is
+`JournalUnavailable` at once, saying which.
+
 Errors: every psycopg error becomes `JournalError` naming the server (never the password);
 `LeaseHeld` / `LeaseLost` as in `Journal`.
 """
@@ -44,8 +57,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime as dt
 import json
-import os
+import logging
+import select
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -58,8 +73,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from immunity.errors import JournalError, JournalLocked
+from immunity.errors import JournalError, JournalLocked, JournalUnavailable
 from immunity.journal.base import (
     DeploymentRecord,
     EntryItem,
@@ -69,9 +85,11 @@ from immunity.journal.base import (
     lease_taken_over,
     stale_token,
 )
+from immunity.journal.holder import holder_alive, holder_name
 from immunity.journal.sqlite import new_deployment_id
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Each migration takes the schema from version i to i+1; never edit one that has shipped,
 # add the next. The newest version is len(MIGRATIONS).
@@ -113,6 +131,7 @@ MIGRATIONS: list[str] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _SCHEMA_LOCK = 0x1A3E_7A11  # advisory lock key of schema upgrades
+_LOOK_S = 1.0  # a lease grant waiting for the lease row looks at who holds it this often
 
 _DEPLOYMENT_COLS = "id, app, release, started_at, finished_at, outcome, reason, data"
 
@@ -126,6 +145,69 @@ def redact(url: str) -> str:
     host = p.get("host") or "localhost"
     port = p.get("port") or "5432"
     return f"{host}:{port}/{p.get('dbname') or p.get('user') or ''}"
+
+
+APP_PREFIX = "immunity "
+
+
+def application_name() -> str:
+    """Our sessions' `application_name`: `immunity machine:pid`, the lease holder's name
+    (`journal.holder.holder_name`), so a session can be tied to the lease it writes under.
+    PostgreSQL keeps 63 bytes of it."""
+    return (APP_PREFIX + holder_name()).encode()[:63].decode(errors="ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A server session that holds a lock we wait for, as `pg_stat_activity` shows it."""
+
+    pid: int
+    application: str
+    client: str | None
+    state: str | None
+    since: dt.datetime | None
+    backend_start: dt.datetime | None
+
+    def words(self) -> str:
+        when = f" since {self.since:%Y-%m-%d %H:%M:%S %Z}" if self.since else ""
+        client = f", client {self.client}" if self.client else ""
+        return (
+            f"backend pid {self.pid} ({self.application or 'no application name'}{client}), "
+            f"{self.state or 'state unknown'}{when}"
+        )
+
+    @property
+    def holder(self) -> str | None:
+        """The lease holder (`machine:pid`) whose immunity process opened it; None for a
+        session of another tool."""
+        if not self.application.startswith(APP_PREFIX):
+            return None
+        return self.application[len(APP_PREFIX) :] or None
+
+
+def orphaned(session: Session, lease: Sequence[Any] | None) -> str | None:
+    """Why `session` may be ended without asking anyone, or None when it may not.
+
+    Only an immunity session qualifies, and only when the process it serves can no longer
+    use it: that process ran on this machine and is gone (`holder_alive` False: its client
+    end is dead, the server has not noticed yet), or it holds the lease we are granted over
+    and has stopped heart-beating past `lease_ttl` or released it (`lease`: holder, ...,
+    released at 5, fresh at 6, as `acquire_lease` reads it). Whatever it was writing was
+    never acknowledged; had it gone on, its fencing token would be refused anyway. A session
+    of another tool, or of a live holder, is never ended by us."""
+    holder = session.holder
+    if holder is None:
+        return None
+    if holder_alive(holder, session.backend_start) is False:
+        return f"its immunity process ({holder}) is gone"
+    if lease is not None and lease[0] == holder:
+        if lease[5]:
+            return f"it belongs to {holder}, which released the lease"
+        if not lease[6]:
+            return (
+                f"it belongs to {holder}, whose lease has expired (no heartbeat within lease_ttl)"
+            )
+    return None
 
 
 @dataclass(eq=False, slots=True)
@@ -152,6 +234,29 @@ def _copy_outcome(src: concurrent.futures.Future[T], dst: asyncio.Future[T]) -> 
         dst.set_exception(exc)
     else:
         dst.set_result(src.result())
+
+
+def _ended(conn: psycopg.AsyncConnection[TupleRow]) -> bool:
+    """Whether the server ended `conn` while it sat idle between our calls.
+
+    A server that restarts, fails over or terminates the session sends its FATAL message
+    and closes the socket, which the client reads only at its next statement: that
+    statement would fail although nothing of it reached the server. Between our calls the
+    socket has nothing to read, so anything readable (that message, or the end of the
+    stream) means the session is over, and the call may safely run on a new connection.
+    One `select` with no wait: a few microseconds a call."""
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
+def retry_if_exception_cause_type(
+    types: tuple[type[BaseException], ...],
+) -> retry_if_exception:
+    """tenacity: retry a `JournalError` whose cause is one of `types`."""
+    return retry_if_exception(lambda exc: isinstance(exc.__cause__, types))
 
 
 def _json(data: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -184,6 +289,7 @@ class AsyncPostgresJournal:
         """The fault suite's hook (`journal.faults`): called with each appended entry's
         kind inside its transaction, before the commit. None otherwise."""
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._connected_once = False
         self._lock: asyncio.Lock | None = None
         self._group: list[_Append] = []  # appends asked for since the last call that wrote
         self.commits = 0  # transactions committed by appends (for tests and benchmarks)
@@ -191,37 +297,128 @@ class AsyncPostgresJournal:
 
     # -- connection --------------------------------------------------------------------
 
+    def _parts(self) -> dict[str, Any]:
+        """The URL's connection parameters (`host`, `port`, `user`, `dbname`...); {} when
+        it cannot be read."""
+        try:
+            return dict(conninfo_to_dict(self.url))
+        except psycopg.Error:
+            return {}
+
     def _error(self, what: str, exc: BaseException) -> JournalError:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = detail.removeprefix("connection failed: ")
+        if what == "connection" and not self._connected_once:
+            return self._unavailable(detail)
+        if what == "connection":  # lost mid-run, and not back within timeout_s
+            p = self._parts()
+            host, port = p.get("host") or "localhost", p.get("port") or "5432"
+            return JournalError(
+                f"the journal at {self.where} went away and did not come back within "
+                f"{self.timeout_s:g}s: {detail}",
+                hint=f"start the PostgreSQL server again (`pg_isready -h {host} -p {port}` "
+                "says when it answers)",
+                context={"journal": self.where},
+            )
         return JournalError(
             f"journal {what} failed ({self.where}): {detail}",
             hint="check journal.url (the server must be reachable; the password comes from "
             "${ENV} in the URL, PGPASSWORD or ~/.pgpass)",
         )
 
-    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
-            return self._conn
-        ms = int(self.timeout_s * 1000)  # a lock wait ends first (JournalLocked names who)
-        idle_ms = int(self.idle_s * 1000)
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=max(1, int(self.timeout_s)),
-                application_name=f"immunity pid {os.getpid()}",
-                options=f"-c statement_timeout={ms + 2000} -c lock_timeout={ms} "
-                f"-c idle_in_transaction_session_timeout={idle_ms}",
+    def _unavailable(self, detail: str) -> JournalUnavailable:
+        """Why the first connection failed, in words, with the command that checks it."""
+        p = self._parts()
+        host, port = str(p.get("host") or "localhost"), str(p.get("port") or "5432")
+        user = str(p.get("user") or "")
+        target = f"postgresql://{user + '@' if user else ''}{self.where}"
+        check = f'`psql "{target}" -c "SELECT 1"`'
+        low = detail.lower()
+        if "password" in low or "authentication failed" in low:
+            what = f"the server refused the password of user {user or '(default)'}"
+            hint = (
+                "set the right password (from ${ENV} in journal.url, PGPASSWORD or ~/.pgpass) "
+                f"and check it with {check}"
             )
-        except (psycopg.Error, OSError) as exc:
-            raise self._error("connection", exc) from exc
+        elif "does not exist" in low and "database" in low:
+            what = f"the server has no database {p.get('dbname') or ''}".rstrip()
+            hint = (
+                f"create it (`createdb -h {host} -p {port}"
+                f"{' -U ' + user if user else ''} {p.get('dbname') or ''}`) or fix journal.url"
+            )
+        elif "refused" in low or "no such file" in low:
+            what = f"nothing accepts connections at {host}:{port}"
+            hint = (
+                "start the PostgreSQL server or fix the host and port in journal.url; "
+                f"`pg_isready -h {host} -p {port}` says when it answers"
+            )
+        elif "timeout" in low or "timed out" in low:
+            what = f"the server at {host}:{port} did not answer within {self.timeout_s:g}s"
+            hint = (
+                f"check the network and firewall to {host}:{port} "
+                f"(`pg_isready -h {host} -p {port}`)"
+            )
+        else:
+            what = "the connection failed"
+            hint = f"check journal.url and the server with {check}"
+        return JournalUnavailable(
+            f"the journal at {self.where} could not be opened: {what} ({detail})",
+            hint=hint,
+            context={"journal": self.where},
+        )
+
+    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
+        """The connection, (re)opened when there is none, it broke, or the server ended it
+        while it was idle (a restart, a failover, `pg_terminate_backend`: see `_ended`).
+
+        The first connection fails at once (a wrong URL, port or password is said at
+        start). A reconnection is tried again for up to `timeout_s` (a server restarting
+        refuses connections for a few seconds), then `JournalError`."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken and not _ended(conn):
+            return conn
+        if conn is not None:
+            self._conn = None
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+        if not self._connected_once:
+            conn = await self._open()
+        else:
+            retrying = AsyncRetrying(
+                stop=stop_after_delay(self.timeout_s),
+                wait=wait_exponential(multiplier=0.1, max=1.0),
+                retry=retry_if_exception_cause_type((psycopg.OperationalError, OSError)),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    conn = await self._open()
+        assert conn is not None
         try:
             await self._upgrade(conn)
         except BaseException:
             await conn.close()
             raise
         self._conn = conn
+        self._connected_once = True
         return conn
+
+    async def _open(self) -> psycopg.AsyncConnection[TupleRow]:
+        ms = int(self.timeout_s * 1000)  # a lock wait ends first (JournalLocked names who)
+        idle_ms = int(self.idle_s * 1000)
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, int(self.timeout_s)),
+                application_name=application_name(),
+                options=f"-c statement_timeout={ms + 2000} -c lock_timeout={ms} "
+                f"-c idle_in_transaction_session_timeout={idle_ms}",
+            )
+        except (psycopg.Error, OSError) as exc:
+            if self._connected_once:
+                log.info("journal reconnection failed (%s), trying again: %s", self.where, exc)
+            raise self._error("connection", exc) from exc
 
     async def _upgrade(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         """Bring the schema to SCHEMA_VERSION, one migration per transaction.
@@ -283,37 +480,52 @@ class AsyncPostgresJournal:
             except psycopg.Error as exc:
                 raise self._error(what, exc) from exc
 
-    async def _locked_error(
-        self, conn: psycopg.AsyncConnection[TupleRow], what: str
-    ) -> JournalLocked:
-        """What a statement that waited `lock_timeout` says: the sessions holding locks on
-        the lease rows (or the schema's advisory lock) in an open transaction, oldest
-        first, as far as the server lets us see them."""
-        sessions: list[str] = []
+    async def _lockers(self, conn: psycopg.AsyncConnection[TupleRow]) -> list[Session]:
+        """The sessions that may hold what we wait for: those with a row lock (or stronger)
+        on `leases`, or the schema's advisory lock, in an open transaction, oldest first, as
+        far as the server lets us see them (a plain reader's lock blocks nobody: left out)."""
         with contextlib.suppress(psycopg.Error):
             cur = await conn.execute(
                 "SELECT DISTINCT a.pid, a.application_name, host(a.client_addr), a.state, "
-                "a.state_change, a.xact_start FROM pg_locks l "
+                "a.state_change, a.xact_start, a.backend_start FROM pg_locks l "
                 "JOIN pg_stat_activity a ON a.pid = l.pid "
                 "WHERE l.granted AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL "
-                "AND (l.relation = to_regclass('leases') OR (l.locktype = 'advisory' "
-                "AND l.objid = %s)) ORDER BY a.xact_start LIMIT 3",
+                "AND ((l.relation = to_regclass('leases') AND l.mode <> 'AccessShareLock') "
+                "OR (l.locktype = 'advisory' AND l.objid = %s)) ORDER BY a.xact_start LIMIT 5",
                 (_SCHEMA_LOCK,),
             )
-            for pid, app, client, state, since, _ in await cur.fetchall():
-                when = f" since {since:%Y-%m-%d %H:%M:%S %Z}" if since else ""
-                sessions.append(
-                    f"backend pid {pid} ({app or 'no application name'}"
-                    f"{', client ' + client if client else ''}), {state or 'state unknown'}{when}"
-                )
-        who = "; ".join(sessions) if sessions else "a session this user cannot see"
-        first = sessions[0].split(" ", 3)[2] if sessions else "PID"
+            return [
+                Session(int(pid), app or "", client, state, since, started)
+                for pid, app, client, state, since, _, started in await cur.fetchall()
+            ]
+        return []
+
+    def terminate_command(self, pid: int | str) -> str:
+        """The command that ends backend `pid` on this journal's server (no password)."""
+        p = self._parts()
+        user = f"{p['user']}@" if p.get("user") else ""
+        target = f"postgresql://{user}{self.where}"
+        return f'psql "{target}" -c "SELECT pg_terminate_backend({pid})"'
+
+    async def _locked_error(
+        self,
+        conn: psycopg.AsyncConnection[TupleRow],
+        what: str,
+        sessions: list[Session] | None = None,
+    ) -> JournalLocked:
+        """What a statement that waited `lock_timeout` says: the sessions holding locks on
+        the lease rows (or the schema's advisory lock) in an open transaction, and the
+        command that ends the first (none of them is one we may end ourselves)."""
+        if sessions is None:
+            sessions = await self._lockers(conn)
+        who = "; ".join(x.words() for x in sessions) or "a session this user cannot see"
+        first: int | str = sessions[0].pid if sessions else "PID"
         return JournalLocked(
             f"journal {what} waited {self.timeout_s:g}s for a lock at {self.where}: held by {who}",
-            hint="if that session is stuck, end it (`SELECT pg_terminate_backend("
-            f"{first})` as a database superuser, or stop its process): its uncommitted "
-            "write is rolled back; then run the command again",
-            context={"journal": self.where},
+            hint="if that session is stuck, end it as a database superuser or its owner: "
+            f"`{self.terminate_command(first)}` (pg_terminate_backend({first})); its "
+            "uncommitted write is rolled back; then run the command again",
+            context={"journal": self.where, "backend_pids": [x.pid for x in sessions]},
         )
 
     @asynccontextmanager
@@ -572,28 +784,110 @@ class AsyncPostgresJournal:
                 holder_dead=holder_dead,
             )
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        ended: list[dict[str, Any]] = []
         async with self._alone("write") as c:  # one turn: no append slips in between
-            seen = await (await c.execute(sql, (app,))).fetchone()
-            if seen is not None:
-                check(seen)
-            async with c.transaction():
-                await c.execute(
-                    "INSERT INTO leases(app, token, released) VALUES (%s, 0, TRUE) "
-                    "ON CONFLICT (app) DO NOTHING",
-                    (app,),
-                )
-                row = await (await c.execute(sql + " FOR UPDATE", (app,))).fetchone()
-                assert row is not None
-                check(row)
-                cur = await c.execute(
-                    "UPDATE leases SET holder=%s, deployment_id=%s, token=token+1, ttl_s=%s, "
-                    "acquired_at=clock_timestamp(), heartbeat_at=clock_timestamp(), "
-                    "released=FALSE WHERE app=%s RETURNING token, acquired_at",
-                    (holder, deployment_id, float(ttl_s), app),
-                )
-                got = await cur.fetchone()
+            while True:
+                seen = await (await c.execute(sql, (app,))).fetchone()
+                if seen is not None:
+                    check(seen)
+                wait_ms = max(1, int(min(_LOOK_S, deadline - loop.time()) * 1000))
+                try:
+                    got = await self._grant(
+                        c, sql, check, app, holder, deployment_id, ttl_s, wait_ms, ended
+                    )
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    sessions = await self._lockers(c)
+                    ended_one = await self._end_orphans(c, sessions, seen, ended)
+                    if not ended_one and loop.time() >= deadline:
+                        raise await self._locked_error(c, "write", sessions) from None
         assert got is not None
         return Lease(app, holder, deployment_id, int(got[0]), got[1], got[1])
+
+    async def _grant(
+        self,
+        c: psycopg.AsyncConnection[TupleRow],
+        sql: str,
+        check: Callable[[Sequence[Any]], None],
+        app: str,
+        holder: str,
+        deployment_id: str,
+        ttl_s: float,
+        wait_ms: int,
+        ended: list[dict[str, Any]],
+    ) -> Sequence[Any] | None:
+        """The granting transaction: the lease row `FOR UPDATE` (waiting at most `wait_ms`
+        for it: LockNotAvailable), checked again, granted; the sessions `ended` to get it
+        journaled in the same transaction under the deployment (when it exists)."""
+        async with c.transaction():
+            await c.execute("SELECT set_config('lock_timeout', %s, true)", (f"{wait_ms}ms",))
+            await c.execute(
+                "INSERT INTO leases(app, token, released) VALUES (%s, 0, TRUE) "
+                "ON CONFLICT (app) DO NOTHING",
+                (app,),
+            )
+            row = await (await c.execute(sql + " FOR UPDATE", (app,))).fetchone()
+            assert row is not None
+            check(row)
+            for x in ended:
+                await c.execute(
+                    "INSERT INTO entries(deployment_id, at, kind, data) "
+                    "SELECT %s, clock_timestamp(), 'journal.session_ended', %s "
+                    "WHERE EXISTS (SELECT 1 FROM deployments WHERE id=%s)",
+                    (deployment_id, Jsonb(x), deployment_id),
+                )
+            cur = await c.execute(
+                "UPDATE leases SET holder=%s, deployment_id=%s, token=token+1, ttl_s=%s, "
+                "acquired_at=clock_timestamp(), heartbeat_at=clock_timestamp(), "
+                "released=FALSE WHERE app=%s RETURNING token, acquired_at",
+                (holder, deployment_id, float(ttl_s), app),
+            )
+            return await cur.fetchone()
+
+    async def _end_orphans(
+        self,
+        c: psycopg.AsyncConnection[TupleRow],
+        sessions: list[Session],
+        lease: Sequence[Any] | None,
+        ended: list[dict[str, Any]],
+    ) -> bool:
+        """End (`pg_terminate_backend`) those of `sessions` that are `orphaned`; say so in
+        the log (the terminal) and in `ended` (the journal). Whether any was ended."""
+        any_ended = False
+        for x in sessions:
+            why = orphaned(x, lease)
+            if why is None or any(e["backend_pid"] == x.pid for e in ended):
+                continue
+            try:
+                cur = await c.execute("SELECT pg_terminate_backend(%s)", (x.pid,))
+                row = await cur.fetchone()
+                done = bool(row and row[0])
+            except psycopg.Error as exc:  # not allowed (another role): named instead
+                log.warning("could not end PostgreSQL session %s: %s", x.words(), exc)
+                continue
+            if not done:
+                continue
+            any_ended = True
+            ended.append(
+                {
+                    "backend_pid": x.pid,
+                    "application": x.application,
+                    "client": x.client,
+                    "state": x.state,
+                    "since": x.since.isoformat() if x.since else None,
+                    "why": why,
+                }
+            )
+            log.warning(
+                "ended PostgreSQL session %s at %s, which held the lease row: %s; "
+                "its uncommitted write is rolled back",
+                x.words(),
+                self.where,
+                why,
+            )
+        return any_ended
 
     async def heartbeat(self, lease: Lease) -> None:
         async with self._tx() as c:

@@ -11,7 +11,7 @@ import anyio
 import psycopg
 import pytest
 
-from immunity.errors import ConfigError, JournalError
+from immunity.errors import ConfigError, JournalError, JournalUnavailable
 from immunity.journal import open_journal
 from immunity.journal.postgres import SCHEMA_VERSION, PostgresJournal
 from servers.postgres import PgCluster
@@ -88,6 +88,63 @@ async def test_an_unreachable_server_is_a_journal_error_without_the_password(
 
 
 @pytest.mark.anyio
+async def test_a_journal_that_cannot_be_opened_says_why_and_how_to_check_without_the_secret(
+    pg_cluster: PgCluster, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At start, each way the journal cannot be opened is JournalUnavailable (exit 4,
+    "nothing was touched"), at once, naming host:port/db and the user, saying why in words
+    and giving the command that checks it: a password the server refuses (in the URL or
+    PGPASSWORD), a database that does not exist, nothing listening. The password is never
+    in the message, hint or context; the right one opens it."""
+    import time
+
+    from servers.postgres import ROLE_PASSWORD
+
+    db = pg_url.rsplit("/", 1)[1]
+    as_alice = pg_cluster.password_role(db)
+    where = f"127.0.0.1:{pg_cluster.port}/{db}"
+    cases = {
+        "password in the URL": (as_alice.replace("alice@", "alice:wrong-pw-in-url@"), None),
+        "PGPASSWORD": (as_alice, "wrong-pw-in-env"),
+        "no such database": (as_alice.replace(f"/{db}", "/nodb"), ROLE_PASSWORD),
+        "nothing listening": (pg_url.replace(str(pg_cluster.port), str(pg_cluster.port + 1)), None),
+    }
+    said: dict[str, JournalUnavailable] = {}
+    for name, (url, env) in cases.items():
+        if env is None:
+            monkeypatch.delenv("PGPASSWORD", raising=False)
+        else:
+            monkeypatch.setenv("PGPASSWORD", env)
+        t0 = time.monotonic()
+        with pytest.raises(JournalUnavailable) as info:
+            PostgresJournal(url, timeout_s=5)
+        assert time.monotonic() - t0 < 3, name
+        said[name] = info.value
+        text = info.value.message + (info.value.hint or "") + repr(info.value.context)
+        assert "wrong-pw" not in text and ROLE_PASSWORD not in text, text
+        assert info.value.exit_code == 4 and info.value.reference == "journal-unavailable"
+    for name in ("password in the URL", "PGPASSWORD"):
+        assert f"the journal at {where} could not be opened: the server refused the " in (
+            said[name].message
+        )
+        assert "password of user alice" in said[name].message
+        assert f'psql "postgresql://alice@{where}" -c "SELECT 1"' in (said[name].hint or "")
+    assert "has no database nodb" in said["no such database"].message
+    assert f"createdb -h 127.0.0.1 -p {pg_cluster.port} -U alice nodb" in (
+        said["no such database"].hint or ""
+    )
+    assert f"nothing accepts connections at 127.0.0.1:{pg_cluster.port + 1}" in (
+        said["nothing listening"].message
+    )
+    assert f"pg_isready -h 127.0.0.1 -p {pg_cluster.port + 1}" in (
+        said["nothing listening"].hint or ""
+    )
+    monkeypatch.setenv("PGPASSWORD", ROLE_PASSWORD)
+    j = PostgresJournal(as_alice)
+    await j.close()
+
+
+@pytest.mark.anyio
 async def test_a_url_of_another_scheme_is_a_config_error(tmp_path: Path) -> None:
     """journal.url: mysql://... is rejected as config, not tried."""
     with pytest.raises(ConfigError) as info:
@@ -96,20 +153,66 @@ async def test_a_url_of_another_scheme_is_a_config_error(tmp_path: Path) -> None
 
 
 @pytest.mark.anyio
-async def test_the_journal_reconnects_after_its_connection_is_killed(pg_url: str) -> None:
-    """A connection the server ended fails one call with JournalError; the next reconnects."""
+async def test_a_session_the_server_ended_while_idle_is_replaced_before_the_next_call(
+    pg_url: str,
+) -> None:
+    """The server ends the journal's session between two calls (`pg_terminate_backend`, as
+    an administrator or a failover would): the next call sees it before sending anything
+    and runs on a new session, so no call fails and every entry is written once (the old
+    journal failed that call with JournalError)."""
     j = PostgresJournal(pg_url)
     try:
         d = await j.begin("shop", "v2", {})
         with psycopg.connect(pg_url, autocommit=True) as c:
-            c.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name LIKE 'immunity%'"
-            )
-        with pytest.raises(JournalError):
-            await j.append(d.id, "lost.maybe")
-        await j.append(d.id, "written.after")
-        assert [e.kind for e in await j.entries(d.id)] == ["written.after"]
+            (before,) = c.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'immunity %'"
+            ).fetchone()  # type: ignore[misc]
+            c.execute("SELECT pg_terminate_backend(%s, 5000)", (before,))
+        await j.append(d.id, "written.after.the.kill")
+        await j.append(d.id, "and.the.next")
+        assert [e.kind for e in await j.entries(d.id)] == ["written.after.the.kill", "and.the.next"]
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            now = c.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'immunity %'"
+            ).fetchall()
+        assert len(now) == 1 and now[0][0] != before
+    finally:
+        await j.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_server_restarted_mid_run_costs_no_call(pg_cluster: PgCluster, pg_url: str) -> None:
+    """The server restarted between two appends (down 2 s: connections refused meanwhile),
+    as in a minor upgrade or a failover: the next append waits for it within `timeout_s`
+    and is written; a server that stays down longer than `timeout_s` is a JournalError
+    naming it, not a hang (and a journal that never connected fails at once: see
+    `test_an_unreachable_server_is_a_journal_error_without_the_password`)."""
+    import time
+
+    j = PostgresJournal(pg_url, timeout_s=5)
+    try:
+        d = await j.begin("shop", "v2", {})
+        await j.append(d.id, "before.restart")
+        await anyio.to_thread.run_sync(pg_cluster.restart, 2.0)
+        await j.append(d.id, "after.restart")
+        assert [e.kind for e in await j.entries(d.id)] == ["before.restart", "after.restart"]
+        stopped = threading.Thread(target=pg_cluster.restart, args=(9.0,))
+        stopped.start()
+        try:
+            await anyio.sleep(1.0)
+            t0 = time.monotonic()
+            with pytest.raises(JournalError) as down:
+                await j.append(d.id, "while.down")
+            assert 4 < time.monotonic() - t0 < 8, time.monotonic() - t0
+            assert f"127.0.0.1:{pg_cluster.port}" in down.value.message
+            assert "went away and did not come back within 5s" in down.value.message
+            assert not isinstance(down.value, JournalUnavailable)  # things may have changed
+            assert f"pg_isready -h 127.0.0.1 -p {pg_cluster.port}" in (down.value.hint or "")
+        finally:
+            await anyio.to_thread.run_sync(stopped.join, 60)
+        await j.append(d.id, "after.the.long.one")
+        assert [e.kind for e in await j.entries(d.id)][-1] == "after.the.long.one"
     finally:
         await j.close()
 

@@ -8,6 +8,7 @@ it was told is written is lost.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -330,4 +331,205 @@ async def test_postgres_a_session_stalled_inside_the_schema_upgrade_is_named(pg_
     try:
         assert await j.schema_version() >= 1
     finally:
+        await j.close()
+
+
+HALF_OPEN = """
+import os, signal, sys, psycopg
+c = psycopg.connect(sys.argv[1], application_name=sys.argv[2])
+c.execute("SELECT token FROM leases WHERE app='shop' FOR SHARE")
+# a result far larger than the socket buffers, never read: the server blocks sending it
+c.pgconn.send_query(b"SELECT repeat('x', 1000000) FROM generate_series(1, 500)")
+c.pgconn.flush()
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def _session(url: str, application: str) -> tuple[int, str, str | None] | None:
+    import psycopg
+
+    with psycopg.connect(url) as c:
+        row = c.execute(
+            "SELECT pid, state, wait_event FROM pg_stat_activity WHERE application_name=%s",
+            (application,),
+        ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]), row[2])
+
+
+def wait_sleeping(url: str, applications: list[str]) -> list[int]:
+    """The backend pids of the sessions of `applications`, once each is in its pg_sleep."""
+    deadline = time.monotonic() + 30
+    while True:
+        seen = [_session(url, a) for a in applications]
+        if all(s is not None and s[2] == "PgSleep" for s in seen):
+            return [s[0] for s in seen if s is not None]
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.05)
+
+
+def dead_pid() -> int:
+    """The PID of a process that ran on this machine and is gone."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait(30)
+    return p.pid
+
+
+def start_half_open(url: str, application: str, procs: list[subprocess.Popen[str]]) -> int:
+    """A client that holds the `shop` lease row FOR SHARE, asks for a large result and is
+    SIGSTOPped before reading it (as a machine that dropped off the network mid-answer):
+    its server session stays "active", blocked sending (ClientWrite), holding the row, and
+    no timeout of the server's ends it. Returns the session's backend pid."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", HALF_OPEN, url, application],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    procs.append(p)
+    deadline = time.monotonic() + 30
+    while True:
+        seen = _session(url, application)
+        if seen and seen[1] == "active" and seen[2] == "ClientWrite":
+            assert psutil.Process(p.pid).status() == psutil.STATUS_STOPPED
+            return seen[0]
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, f"no half-open session: {seen}"
+        time.sleep(0.05)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_postgres_a_half_open_session_of_an_expired_holder_is_ended_and_journaled(
+    pg_url: str, stopped_writer: list[subprocess.Popen[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lease's holder on another machine (`far-away:4242`) dropped off mid-answer: its
+    session is "active" (the server blocked sending to it) holding the lease row FOR SHARE,
+    which no server timeout ends. Once its lease has expired, a takeover (resume) ends that
+    session with pg_terminate_backend in about a second, not after timeout_s; the journal
+    (`journal.session_ended`, written with the grant) and the log say which session and
+    why; the server no longer has it."""
+    from immunity.journal.postgres import PostgresJournal
+
+    j = PostgresJournal(pg_url, timeout_s=6)
+    try:
+        d = await j.begin("shop", "v2", {})
+        await j.acquire_lease("shop", "far-away:4242", d.id, 1.0)
+        pid = start_half_open(pg_url, "immunity far-away:4242", stopped_writer)
+        await anyio.sleep(1.2)  # past its lease_ttl
+        t0 = time.monotonic()
+        with caplog.at_level("WARNING", logger="immunity.journal.postgres"):
+            got = await j.acquire_lease("shop", "here:1", d.id, 30, takeover=True)
+        assert got.token == 2 and time.monotonic() - t0 < 4
+        assert _session(pg_url, "immunity far-away:4242") is None
+        (ended,) = [e for e in await j.entries(d.id) if e.kind == "journal.session_ended"]
+        assert ended.data["backend_pid"] == pid and ended.data["state"] == "active"
+        assert "far-away:4242, whose lease has expired" in ended.data["why"]
+        assert f"ended PostgreSQL session backend pid {pid}" in caplog.text
+        await j.append(d.id, "deployment.resumed", token=got.token)
+    finally:
+        await j.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_postgres_a_session_of_a_gone_immunity_process_is_ended(pg_url: str) -> None:
+    """An immunity session whose process on this machine is gone (its PID not alive) but
+    which the server still runs, in a statement holding the lease row: a grant ends it
+    (its client can never read the answer) and goes on; the lease it blocked was released."""
+    import threading
+
+    import psycopg
+
+    from immunity.journal.holder import machine_name
+    from immunity.journal.postgres import PostgresJournal
+
+    application = f"immunity {machine_name()}:{dead_pid()}"
+    j = PostgresJournal(pg_url, timeout_s=6)
+    errors: list[BaseException] = []
+    try:
+        d = await j.begin("shop", "v2", {})
+        await j.release_lease(await j.acquire_lease("shop", "gone:1", d.id, 30))
+
+        def hold() -> None:
+            try:
+                with psycopg.connect(pg_url, application_name=application) as c:
+                    c.execute("SELECT token FROM leases WHERE app='shop' FOR SHARE")
+                    c.execute("SELECT pg_sleep(60)")
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=hold, daemon=True)
+        t.start()
+        (blocker,) = wait_sleeping(pg_url, [application])
+        t0 = time.monotonic()
+        got = await j.acquire_lease("shop", "here:1", d.id, 30)
+        assert time.monotonic() - t0 < 4
+        t.join(10)
+        assert _session(pg_url, application) is None
+        assert errors and "terminat" in str(errors[0]).lower()
+        (ended,) = [e for e in await j.entries(d.id) if e.kind == "journal.session_ended"]
+        assert ended.data["backend_pid"] == blocker and "is gone" in ended.data["why"]
+        assert got.token == 2
+    finally:
+        await j.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_postgres_a_stuck_session_not_ours_to_end_is_named_with_the_command(
+    pg_url: str, pg_cluster: PgCluster
+) -> None:
+    """Sessions stuck "active" holding the lease row that we may not end: another tool's
+    (`dba-console`), and an immunity session of a process that is not the lease's holder
+    and not provably gone. A takeover waits `timeout_s`, then JournalLocked (exit 5) names
+    them and gives the exact command that ends the first (the URL without its password);
+    both sessions still run."""
+    import threading
+
+    import psycopg
+
+    from immunity.journal.postgres import PostgresJournal
+
+    j = PostgresJournal(pg_url.replace("postgres@", "postgres:s3cret-pw@"), timeout_s=3)
+    try:
+        d = await j.begin("shop", "v2", {})
+        await j.acquire_lease("shop", "far-away:4242", d.id, 0.5)
+
+        def hold(application: str) -> None:
+            with (
+                contextlib.suppress(psycopg.Error),
+                psycopg.connect(pg_url, application_name=application) as c,
+            ):
+                c.execute("SELECT token FROM leases WHERE app='shop' FOR SHARE")
+                c.execute("SELECT pg_sleep(30)")
+
+        apps = ["dba-console", "immunity elsewhere:77"]
+        threads = [threading.Thread(target=hold, args=(a,), daemon=True) for a in apps]
+        for t in threads:
+            t.start()
+        pids = wait_sleeping(pg_url, apps)
+        await anyio.sleep(0.6)  # the holder's lease has expired: a takeover may go ahead
+        t0 = time.monotonic()
+        with pytest.raises(JournalLocked) as locked:
+            await j.acquire_lease("shop", "here:1", d.id, 30, takeover=True)
+        assert 2.5 < time.monotonic() - t0 < 7
+        msg, hint = locked.value.message, locked.value.hint or ""
+        for pid, app in zip(pids, apps, strict=True):
+            assert f"backend pid {pid} ({app}, client 127.0.0.1), active" in msg, msg
+        first = min(pids, key=lambda p: msg.index(f"backend pid {p} "))
+        want = (
+            f'psql "postgresql://postgres@127.0.0.1:{pg_cluster.port}/{pg_url.rsplit("/", 1)[1]}" '
+            f'-c "SELECT pg_terminate_backend({first})"'
+        )
+        assert want in hint, hint
+        assert "s3cret-pw" not in msg + hint + repr(locked.value.context)
+        assert locked.value.exit_code == 5
+        assert all(_session(pg_url, a) is not None for a in apps)
+        assert [e.kind for e in await j.entries(d.id)] == []
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            c.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = ANY(%s)",
+                (["dba-console", "immunity elsewhere:77"],),
+            )
         await j.close()
