@@ -159,3 +159,31 @@ def test_a_signal_during_preflight_ends_the_run_with_the_lease_released_and_jour
     assert ["deployment.stopping", "deployment.interrupted"] == kinds
     st = fleet3.status(base)  # the stopped run is no unfinished deployment
     assert st["steady"], st["attention"]
+
+
+@pytest.mark.timeout(300)
+def test_a_missing_haproxy_socket_is_named_at_once_with_the_way_out(fleet3: Sandbox) -> None:
+    """The balancer's socket path holds no socket (moved away): `status` names the cause
+    ("No such file or directory: <path>") with a next: line and the hosts' own view; `deploy`
+    is refused at preflight naming it (exit 2, nothing touched, no lease left). (status said
+    only "did not answer within 2 s"; deploy waited out 10 s of retries first.)"""
+    ensure_on(fleet3, "v1")
+    cfg = plain(fleet3)
+    sock = fleet3.dir / "haproxy" / "admin.sock"
+    away = sock.with_name("admin.sock.away")
+    sock.rename(away)  # HAProxy keeps listening on it: renamed back below
+    try:
+        r = fleet3.run("status", "-c", str(cfg))
+        assert 0 == r.returncode, r.stdout + r.stderr[-1500:]
+        assert f"No such file or directory: {sock}" in r.stdout, r.stdout
+        nxt = [line for line in r.stdout.splitlines() if line.startswith("next: ")]
+        assert nxt and "stats socket" in nxt[0], r.stdout
+        assert "did not answer within" not in r.stdout
+        r = fleet3.run("deploy", "-c", str(cfg), "--release", "v2")
+        assert 2 == r.returncode, r.stdout + r.stderr[-1500:]
+        assert f"unreachable: No such file or directory: {sock}" in r.stderr, r.stderr
+        assert "for 10s" not in r.stderr
+        assert not fleet3.lease_held()
+    finally:
+        away.rename(sock)
+    assert fleet3.serves("v1")

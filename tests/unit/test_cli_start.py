@@ -180,8 +180,10 @@ def test_status_with_the_balancers_socket_missing_shows_the_hosts_and_says_so(
     tmp_path: Path,
 ) -> None:
     """`status` reads: with the balancer's socket missing it no longer retries it for 10 s
-    and fails (exit 1, no host shown); it waits `STATUS_WAIT_S`, shows what each host's
-    driver says with the pool state `unknown`, names the balancer, and `--check` exits 4."""
+    and fails (exit 1, no host shown); it shows what each host's driver says with the pool
+    state `unknown`, names the balancer's cause at once (no such file, the path: it used to
+    say only that the balancer did not answer within `STATUS_WAIT_S`) and what to do, and
+    `--check` exits 4."""
     (tmp_path / "c.yaml").write_text(READ_ONLY_CONFIG)
     _journal_with_one_deployment(tmp_path / "journal.db")
     r = subprocess.run(
@@ -193,7 +195,8 @@ def test_status_with_the_balancers_socket_missing_shows_the_hosts_and_says_so(
     assert 4 == r.returncode, r.stdout + r.stderr
     data = json.loads(r.stdout)
     assert ["unknown", "unknown"] == [h["lb_state"] for h in data["hosts"]]
-    assert "did not answer within" in data["balancer_error"]
+    assert f"No such file or directory: {tmp_path}" in data["balancer_error"]
+    assert "stats socket" in data["balancer_hint"]
     assert data["steady"] is False
     assert any("balancer unreadable" in a for a in data["attention"]), data["attention"]
 

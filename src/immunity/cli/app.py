@@ -655,6 +655,12 @@ def status(
         for line in data["attention"]:
             if not line.startswith("disagreement: "):  # printed above
                 out.print("  " + escape(line), highlight=False)
+    if data["balancer_error"]:  # the cause is in the disagreement line above; the way out:
+        step = data.get("balancer_hint") or (
+            f"check that the balancer answers (`balancer:` in {config}); the hosts' own view "
+            "is above"
+        )
+        out.print("[yellow]next[/]: " + escape(step), highlight=False, soft_wrap=True)
     if needs_human:
         raise typer.Exit(4)
 

@@ -6,7 +6,9 @@ command, the command line plus ``\\n``, then the answer read to EOF. Commands us
 drain|maint|ready``, ``show info``.
 
 Transient socket errors (refused, reset, timeout) are retried a few times with backoff and
-jitter. A retried ``set`` may have worked although its answer was lost: every ``set`` is
+jitter; but until the socket has answered once, a socket that is not there (no such file,
+nothing listening, not allowed) is named at once: a wrong path or a stopped HAProxy is not
+a blip to ride out, and `status` or a preflight should say so, not wait. A retried ``set`` may have worked although its answer was lost: every ``set`` is
 idempotent, and callers read the state back instead of trusting the answer. Every foreign
 error leaves this module as `BalancerError(adapter="haproxy")`.
 """
@@ -97,6 +99,28 @@ class _Transient(Exception):
         self.exc = exc
 
 
+class _Unreachable(Exception):
+    """The socket is not there (never answered yet): not retried."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+UNREACHABLE_HINTS: dict[type[OSError], str] = {
+    FileNotFoundError: "no socket at that path: is HAProxy running, with `stats socket <path> "
+    "level admin` in its config, and is the path in immunity.yaml right (relative to its "
+    "folder)?",
+    ConnectionRefusedError: "nothing listens on that socket (a file left by an HAProxy that "
+    "stopped): start HAProxy, or fix the path in immunity.yaml",
+    PermissionError: "this user may not open the socket: give it access (the socket's `mode`, "
+    "`user` or `group` in HAProxy's `stats socket` line)",
+    NotADirectoryError: "a part of the socket's path is not a folder: fix the path in "
+    "immunity.yaml",
+}
+"""A socket that cannot be reached at all, and what to do about it."""
+
+
 class HAProxyClient:
     """Async client of one HAProxy runtime API socket."""
 
@@ -115,6 +139,7 @@ class HAProxyClient:
         self.timeout = timeout
         self.attempts = attempts
         self.retry_for = retry_for
+        self.answered = False  # the socket answered once: from then on a missing one is a blip
 
     async def command(self, line: str, *, host: str | None = None) -> str:
         """Send one command and return its whole answer. Retries transient socket errors."""
@@ -130,7 +155,19 @@ class HAProxyClient:
                 reraise=True,
             ):
                 with attempt:
-                    return await self._once(line)
+                    answer = await self._once(line)
+                    self.answered = True
+                    return answer
+        except _Unreachable as exc:
+            gone = exc.exc
+            raise BalancerError(
+                f"HAProxy runtime API unreachable: {gone.strerror or type(gone).__name__}: "
+                f"{self.socket_path}",
+                adapter=ADAPTER,
+                host=host,
+                hint=UNREACHABLE_HINTS.get(type(gone), UNREACHABLE_HINTS[FileNotFoundError]),
+                context={"socket": self.socket_path, "command": line},
+            ) from gone
         except _Transient as exc:
             cause = exc.exc
             what = type(cause).__name__
@@ -160,6 +197,10 @@ class HAProxyClient:
                 await writer.drain()
                 data = await reader.read()  # to EOF: HAProxy closes after one command
             return data.decode(errors="replace")
+        except tuple(UNREACHABLE_HINTS) as exc:
+            if not self.answered:  # never reached: a wrong path or no HAProxy, not a blip
+                raise _Unreachable(exc) from exc
+            raise _Transient(exc) from exc
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             raise _Transient(exc) from exc
         finally:

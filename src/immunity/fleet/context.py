@@ -80,6 +80,7 @@ class Fleet:
         its `balancer_error` instead."""
         members: Mapping[str, Member] = {}
         lb_error: str | None = None
+        lb_hint: str | None = None
         try:
             with anyio.fail_after(balancer_wait):
                 members = await self.lb.members(self.hosts)
@@ -87,6 +88,7 @@ class Fleet:
             if balancer_wait is None:
                 raise
             lb_error = lb_exc.message if isinstance(lb_exc, ImmunityError) else None
+            lb_hint = lb_exc.hint if isinstance(lb_exc, ImmunityError) else None
             lb_error = lb_error or f"the balancer did not answer within {balancer_wait:g} s"
         actives: dict[str, str | None] = {}
         releases: dict[str, list[str]] = {}
@@ -121,6 +123,7 @@ class Fleet:
             {n: releases[n] for n in names} if installed else {},
             errors,
             lb_error,
+            lb_hint,
         )
 
     async def aclose(self) -> None:

@@ -72,6 +72,7 @@ class Sighting:
     installed: Mapping[str, list[str]] = field(default_factory=dict)  # when asked for
     errors: Mapping[str, str] = field(default_factory=dict)  # drivers that did not answer
     balancer_error: str | None = None  # `observe(balancer_wait=)`: why there are no members
+    balancer_hint: str | None = None  # and what to do about it, when the balancer's error says
 
     @property
     def states(self) -> dict[str, tuple[LbState | None, str | None]]:

@@ -74,6 +74,7 @@ async def status(fleet: Fleet) -> dict[str, Any]:
         "app": fleet.app,
         "hosts": hosts,
         "balancer_error": lb_error,
+        "balancer_hint": seen.balancer_hint,
         "disagreements": disagreements,
         "lease": None,
         "last_deployment": None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import aiohttp
@@ -125,9 +126,12 @@ async def test_unknown_server_is_an_error(hx: Fleet) -> None:
 
 
 async def test_a_socket_gone_for_a_moment_is_retried_until_it_is_back(hx: Fleet) -> None:
-    """The runtime socket renamed away for 1 s: a command issued meanwhile still succeeds."""
+    """The runtime socket (which answered before) renamed away for 1 s: a command issued
+    meanwhile still succeeds."""
     sock = hx.dir / "haproxy" / "admin.sock"
     hidden = sock.with_name("admin.sock.away")
+    lb = pool(hx)
+    await lb.members(hx.hosts)  # it answered: from now on a missing socket is a blip
     sock.rename(hidden)
 
     async def put_back() -> None:
@@ -136,8 +140,41 @@ async def test_a_socket_gone_for_a_moment_is_retried_until_it_is_back(hx: Fleet)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(put_back)
-        members = await pool(hx).members(hx.hosts)
+        members = await lb.members(hx.hosts)
     assert {h.name for h in hx.hosts} == set(members)
+
+
+async def test_a_socket_never_reached_is_named_at_once_not_retried(
+    hx: Fleet, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Before it ever answered, a socket that is not there is no blip: the pool's first
+    command fails at once (no 10 s of retries), naming the cause and the path; likewise a
+    socket file nothing listens on (refused). (Both were retried for retry_for, and the
+    cause was lost when a caller's shorter deadline came first, e.g. `status`'s 2 s.)"""
+    sock = hx.dir / "haproxy" / "admin.sock"
+    hidden = sock.with_name("admin.sock.away")
+    sock.rename(hidden)
+    try:
+        t0 = time.monotonic()
+        with anyio.fail_after(5), pytest.raises(BalancerError) as info:
+            await pool(hx).members(hx.hosts)
+        assert time.monotonic() - t0 < 5
+        assert f"unreachable: No such file or directory: {sock}" in info.value.message
+        assert "stats socket" in (info.value.hint or "")
+    finally:
+        hidden.rename(sock)
+    # a short path: a unix socket's path is limited to ~107 bytes
+    stale = tmp_path_factory.mktemp("s") / "stale.sock"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(stale))  # bound, never listening: a connect is refused
+    try:
+        with anyio.fail_after(5), pytest.raises(BalancerError) as info:
+            await pool(hx, socket=str(stale)).members(hx.hosts)
+        assert f"unreachable: Connection refused: {stale}" in info.value.message
+        assert "nothing listens" in (info.value.hint or "")
+    finally:
+        left.close()
+    assert {h.name for h in hx.hosts} == set(await pool(hx).members(hx.hosts))
 
 
 async def test_dead_socket_is_a_balancer_error(hx: Fleet) -> None:
