@@ -137,6 +137,13 @@ def _refused_then_aborted(fleet3: Sandbox, cfg: Path) -> None:
         hist["deployments"][-1]["category"],
     )
     assert hist["figures"]["aborted"] >= 1
+    # the aborted run's row and the figures say "aborted" once, and do not count the abort as
+    # a run "resumed and finished"
+    human = fleet3.run("history", "-c", str(cfg)).stdout
+    row = next(line for line in human.splitlines() if "│ v3 " in line)
+    assert "aborted (not judged)" in row and "(aborted," not in row, human
+    assert "resumed ×" not in human.split(row, 1)[1].split("│ 20")[0], human
+    assert "resumed and finished" not in human.splitlines()[-1] + human.splitlines()[-2], human
     assert hist["deployments"][-1]["id"] == result["deployment_id"]
     assert "aborted (`resume --abort`)" in fleet3.run("history", "-c", str(cfg)).stdout
 
@@ -256,3 +263,8 @@ def test_deploying_the_release_every_host_runs_touches_no_host(
     )
     assert figures["deployments"] == hist["figures"]["deployments"]
     assert 1 + (figures.get("unchanged") or 0) == hist["figures"]["unchanged"]
+    # `show` says it once: not "nothing was deployed: every host already serves v1: nothing
+    # was deployed, ..."
+    said = fleet3.run("show", "-c", str(cfg)).stdout.splitlines()[1]
+    assert said.startswith("v1 already ran on every host: nothing was deployed, no host"), said
+    assert 1 == said.count("nothing was deployed") and "already serves" not in said, said

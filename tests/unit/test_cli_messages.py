@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jsonschema
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -243,3 +244,23 @@ def test_serve_lists_a_rollback_by_the_releases_it_moved_in_words() -> None:
         "rolled back",
         "rolled_back",
     )
+
+
+def test_a_next_line_names_the_config_the_command_was_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Hints written below the CLI say `immunity resume -c FILE` (the journal's lease holder,
+    `rollback`'s refusals); the `next:` line names the config the command was run with."""
+    from immunity.cli.output import show_error
+    from immunity.errors import ImmunityError
+
+    class Held(ImmunityError):
+        reference = "lease-held"
+        exit_code = 5
+
+    hint = "run `immunity resume -c FILE` to take it over (`immunity status -c FILE` shows it)"
+    code = show_error(Held("the lease is held by pid 4242 (dead)", hint=hint), "/srv/shop.yaml")
+    said = " ".join(capsys.readouterr().err.split())
+    assert 5 == code
+    assert "`immunity resume -c /srv/shop.yaml` to take it over" in said, said
+    assert "`immunity status -c /srv/shop.yaml` shows it" in said and "FILE" not in said, said

@@ -47,7 +47,10 @@ def show_error(exc: ImmunityError, config: str | None = None) -> int:
         err.print(f"[{style}]{exc.label}[/] [dim]({exc.reference})[/]: ", end="")
         err.print(exc.message, markup=False, highlight=False, soft_wrap=True)
     step = error_next_step(exc).replace("<config>", config or "FILE")
-    line = next_line(exc.hint, step)
+    hint = exc.hint
+    if hint and config:  # adapters and the engine do not know the path: "-c FILE" in theirs
+        hint = hint.replace("-c FILE", f"-c {config}").replace("-c <config>", f"-c {config}")
+    line = next_line(hint, step)
     if line:
         # one line however long (a path, a command to copy): the terminal wraps it, a log
         # or a script reading the last line gets it whole

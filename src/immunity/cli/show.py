@@ -195,9 +195,10 @@ def print_history(con: Console, data: Mapping[str, Any]) -> None:
         cat = CATEGORY_WORDS.get(str(d.get("category")), "")
         if d.get("rollback"):
             cat = ""  # its release column says it is one
+        cat = cat.removeprefix(f"{said}, ")  # "aborted (not judged)", not "aborted (aborted, …)"
         if cat and cat not in (said, d["outcome"]):
             outcome.append(f" ({cat})", style="dim")
-        if d.get("resumed"):
+        if d.get("resumed") and d.get("category") != "aborted":  # its abort was the resume
             outcome.append(f"\nresumed ×{d['resumed']}", style="yellow")
         elif d.get("interrupted") and d.get("outcome") not in ("interrupted", "terminated"):
             outcome.append("\ninterrupted", style="yellow")

@@ -38,6 +38,7 @@ class NothingToRollBack(NothingToResume):
     last change (e.g. after a revert), or no host has a previous release."""
 
     reference = "nothing-to-roll-back"
+    label = "nothing to roll back"  # what the CLI prints first: the messages do not repeat it
 
 
 def restart_only(record: DeploymentRecord) -> bool:
@@ -105,12 +106,12 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
         if before:
             targets[name] = before[-1]
     if not targets:
-        raise NothingToRollBack("nothing to roll back: no host has a previous release")
+        raise NothingToRollBack("no host has a previous release")
     if record is not None and record.rollback and len(set(targets.values())) > 1:
         # a rollback that ended an interrupted deployment found the fleet mixed: undoing it
         # would put the fleet back half on the interrupted release, never a release state
         raise NothingToRollBack(
-            f"nothing to roll back: the last run, {record.id} ({record.release_words}), found "
+            f"the last run, {record.id} ({record.release_words}), found "
             f"the fleet mixed ({spelled(by_release(targets))}); rolling it back would leave the fleet mixed again",
             hint="to go on to another release, deploy it: `immunity deploy -c FILE --release "
             "NAME` (`immunity history -c FILE` lists the deployments)",
@@ -123,7 +124,7 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
         where = next(iter(on)) if len(on) == 1 else spelled(on)
         what = "rollback" if record.data.get("rollback") else "deployment"
         raise NothingToRollBack(
-            f"nothing to roll back: every host already serves {where}, as before the last "
+            f"every host already serves {where}, as before the last "
             f"{what} ({record.words}, {record.id})",
             hint="`immunity history -c FILE` lists the deployments; to go further back, deploy "
             "that release: `immunity deploy -c FILE --release NAME`",

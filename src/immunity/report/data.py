@@ -219,6 +219,9 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
     # a reason that starts with the outcome ("inconclusive: not enough evidence ...",
     # "interrupted by signal; ...") would say it twice after the head
     reason = reason_beside("inconclusive", reason_beside(outcome, reason))
+    if outcome == "unchanged":  # the head says it; the reason only says it again
+        head = f"{head}, no host touched (`deploy --force` walks every host again)"
+        reason = ""
     if outcome == "aborted":  # the head says it; the reason adds only a held run's why
         reason = reason.partition(" (it was held: ")[2].removesuffix(")")
         reason = f"it was held: {reason}" if reason else ""

@@ -153,7 +153,14 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
             "interrupted": len(stopped),
             "ended_by_rollback": len([r for r in real if r["category"] == "ended_by_rollback"]),
             "rollbacks": len(rollbacks),
-            "resumed": len([r for r in finished if r["resumed"] and r not in stopped]),
+            # `resume --abort` ends a run as `aborted`, counted apart: not "resumed and finished"
+            "resumed": len(
+                [
+                    r
+                    for r in finished
+                    if r["resumed"] and r not in stopped and r["category"] != "aborted"
+                ]
+            ),
             "judged": len(judged),
             "change_failure_rate": round(len(failures) / len(judged), 4) if judged else None,
             "found_worse": len(failures),

@@ -351,7 +351,7 @@ def test_an_interrupted_deploy_then_rollback_reads_as_ended_by_it_in_history_and
     assert status["last_deployment"]["words"] == "rollback v13 → v15"
     bad, refused = again
     assert bad.outcome == "reverted", bad.reason
-    assert refused.reference == "nothing-to-roll-back" and refused.label == "nothing to do"
+    assert refused.reference == "nothing-to-roll-back" and refused.label == "nothing to roll back"
     assert (
         f"every host already serves v15, as before the last deployment (v14 reverted, "
         f"{bad.deployment_id})" in refused.message
