@@ -1,12 +1,13 @@
 """Import layering check: arrows point down only.
 
-cli -> engine -> fleet -> report, analysis -> roles (lb, hosts, signals, judge, notify, journal, probe)
+cli -> engine -> report -> fleet -> analysis -> roles (lb, hosts, signals, judge, notify, journal, probe)
 -> clients -> config -> domain, clock -> errors. Adapters never import the engine or the analysis; neither of those names a
 concrete adapter (they go through plugins and the roles' `base` Protocols). The fleet (the
 adapters built from the config, what they report, the preflight checks) sits below the engine:
 `status`, the dry-run and `serve` read it without the engine's run. The analysis sits
 between the engine (which asks it for a verdict) and the roles it uses (signals, judge). The report
-reads the journal (and re-judges with the analysis); the engine and the CLI write it.
+reads the journal through the fleet's fold (and re-judges with the analysis); the engine and
+the CLI write it.
 The one built-in source they name is `signals.probe`: it is configured by the top-level `probe`
 block, not chosen by `kind`, and the bake steers the traffic it sends.
 sandbox and bench sit beside cli (they drive the engine like a user would).
@@ -35,15 +36,15 @@ RANK = {
     "impact": 4,
     "probe": 4,
     "analysis": 5,
-    "report": 5,
     "fleet": 6,
-    "engine": 7,
-    "sandbox": 8,
-    "testing": 8,
-    "bench": 9,
-    "cli": 10,
-    "serve": 10,
-    "__main__": 11,
+    "report": 7,
+    "engine": 8,
+    "sandbox": 9,
+    "testing": 9,
+    "bench": 10,
+    "cli": 11,
+    "serve": 11,
+    "__main__": 12,
     "__init__": 0,
 }
 ROLES = {"lb", "hosts", "signals", "judge", "notify", "journal", "probe"}

@@ -109,6 +109,16 @@ class StepRow:
 
 
 @dataclass(frozen=True)
+class Pass:
+    """A passing verdict (`verdict.reached`): its wave, whether it closed the guard period,
+    and the checks it names."""
+
+    wave: Any  # the entry's `wave` (an int; as journaled)
+    guard: bool
+    checks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class HostView:
     name: str
     phase: HostPhase
@@ -135,6 +145,9 @@ class FleetView:
     waves: tuple[tuple[str, ...], ...] = ()  # the plan, as the run's last start journaled it
     impact: Mapping[str, Any] | None = None  # `impact.measured`
     moments: tuple[tuple[dt.datetime, str, Mapping[str, Any]], ...] = ()  # impact's boundaries
+    passes: tuple[Pass, ...] = ()  # every passing verdict, in order
+    stopped: bool = False  # a signal stopped the run at some point (`deployment.stopping`)
+    resumes: int = 0  # how often `resume` took it over (`deployment.resumed`)
     disagreements: tuple[str, ...] = ()
 
     @property
@@ -195,6 +208,9 @@ class FleetState:
     waves: tuple[tuple[str, ...], ...] = ()
     impact: Mapping[str, Any] | None = None
     moments: list[tuple[dt.datetime, str, Mapping[str, Any]]] = field(default_factory=list)
+    passes: list[Pass] = field(default_factory=list)
+    stopped: bool = False
+    resumes: int = 0
     out: set[str] = field(default_factory=set)
     canary: set[str] = field(default_factory=set)
     baseline: set[str] = field(default_factory=set)
@@ -210,6 +226,8 @@ class FleetState:
         if kind in ("deployment.started", "deployment.resumed"):
             if kind == "deployment.started":  # a resume keeps both: the deployment's own
                 self.began_at, self.first_canary_at = e.at, None
+            else:
+                self.resumes += 1
             if "waves" in data:
                 self.waves = tuple(tuple(w) for w in data["waves"])
         elif kind.startswith("deployment.") and "outcome" in data:
@@ -223,7 +241,13 @@ class FleetState:
         elif kind == "wave.passed":
             self.passed_waves.add(int(data.get("wave", -1)))
         elif kind in ("verdict.reached", "verdict.failed"):
-            self.last_verdict = data.get("verdict") or self.last_verdict
+            verdict = data.get("verdict") or {}
+            self.last_verdict = verdict or self.last_verdict
+            if kind == "verdict.reached" and verdict.get("outcome") == "pass":
+                checks = tuple(str(c.get("name")) for c in verdict.get("checks") or [])
+                self.passes.append(Pass(data.get("wave"), bool(data.get("guard")), checks))
+        elif kind in ("deployment.stopping", "deployment.interrupted"):
+            self.stopped = True
         elif kind == "impact.measured":
             self.impact = data
         if kind in ("immune.started", "verdict.failed"):

@@ -1,6 +1,8 @@
 """`immunity history`: every deployment of an app and the deploy figures, from the journal.
 
-Read-only: the change-failure rate counts releases found worse out of the releases judged
+Read-only: each run's journal is read through the same fold as the engine's
+(`immunity.fleet.state`: its passing verdicts, whether a signal stopped it, its resumes).
+The change-failure rate counts releases found worse out of the releases judged
 (deployed or found worse); a run stopped and not taken up again counts as interrupted.
 """
 
@@ -11,8 +13,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from immunity.fleet.state import FleetView, derive
 from immunity.journal import Journal
-from immunity.journal.base import DeploymentRecord
+from immunity.journal.base import DeploymentRecord, JournalEntry
 
 STOPPED = ("interrupted", "unfinished")
 """Categories of a run stopped and not taken up again (by `resume`, or ended by a rollback)."""
@@ -41,21 +44,18 @@ def category(outcome: str | None, verdict: str | None) -> str:
     return "other"  # e.g. reverted after an error: not a verdict
 
 
-def _whole_reason(record: DeploymentRecord, entries: Sequence[Any]) -> str | None:
+def _whole_reason(record: DeploymentRecord, run: FleetView | Sequence[JournalEntry]) -> str | None:
     """A deployed release's reason over every wave, not only the last bake's (whose checks
-    may be the guard rails alone): which checks passed in each wave, then the last verdict's
-    sentence; None for other outcomes (their reason is the deciding verdict's)."""
+    may be the guard rails alone): which checks passed in each wave (the `passes` of the
+    run's fold, given or folded from its entries), then the last verdict's sentence; None
+    for other outcomes (their reason is the deciding verdict's)."""
     if record.outcome != "deployed":
         return None
+    view = run if isinstance(run, FleetView) else derive(run, None, ())
     parts = []
-    for e in entries:
-        if e.kind != "verdict.reached":
-            continue
-        v = e.data.get("verdict") or {}
-        if v.get("outcome") != "pass":
-            continue
-        names = ", ".join(str(c.get("name")) for c in v.get("checks") or [])
-        where = "guard" if e.data.get("guard") else f"wave {e.data.get('wave')}"
+    for p in view.passes:
+        names = ", ".join(p.checks)
+        where = "guard" if p.guard else f"wave {p.wave}"
         parts.append(f"{where}: {names} passed" if names else f"{where} passed")
     if len(parts) < 2:
         return None
@@ -71,8 +71,8 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
     for d in recs:
         res = d.data.get("result", {}) if isinstance(d.data, dict) else {}
         verdict = res.get("verdict") or {}
-        entries = await journal.entries(d.id)
-        kinds = [e.kind for e in entries]
+        # the run's journal as the engine folds it (immunity.fleet.state), hosts aside
+        view = derive(await journal.entries(d.id), None, ())
         rows.append(
             {
                 "id": d.id,
@@ -91,15 +91,13 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
                 "duration_s": round((d.finished_at - d.started_at).total_seconds(), 3)
                 if d.finished_at
                 else None,
-                "reason": _whole_reason(d, entries) or d.reason or verdict.get("reason"),
+                "reason": _whole_reason(d, view) or d.reason or verdict.get("reason"),
                 "detected_after_s": res.get("detected_after_s"),
                 "reverted_after_s": res.get("reverted_after_s"),
                 "reverted_from": res.get("reverted_from"),
                 # a run that was stopped (signal, dead orchestrator) and taken up again
-                "interrupted": "deployment.interrupted" in kinds
-                or "deployment.stopping" in kinds
-                or "deployment.resumed" in kinds,
-                "resumed": kinds.count("deployment.resumed"),
+                "interrupted": view.stopped or view.resumes > 0,
+                "resumed": view.resumes,
             }
         )
     # a run left stopped (interrupted, or with no outcome) and then rolled back is ended by
