@@ -42,7 +42,9 @@ class HostSwitcher:
         self.do_drain = drain
         self.last_answer: dict[str, str] = {}  # host -> why its drain waits
         # Hosts this switcher has asked the balancer to drain and not yet seen healthy
-        # again: the balancer may still call them serving for a moment.
+        # again: the balancer may still call them serving for a moment. Not the fold's
+        # `out`: a host is out there from its journaled drain start, also while its drain
+        # waits, and two waiting drains would each wait on the other (docs/state-machine.md)
         self._leaving: dict[str, str] = {}  # host name -> its balancer id
         self._drain_lock = anyio.Lock()
         self._witness: HostRef | None = None  # see _another_serves
