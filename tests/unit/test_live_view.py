@@ -490,3 +490,51 @@ def test_the_header_counts_planned_waves_only_and_drops_the_counter_at_the_end()
     assert "holdback" in head() and "5/3" not in head()
     view(ev("deployment.succeeded", "every host serves v7"))
     assert "succeeded" in head() and "wave" not in head() and "holdback" not in head()
+
+
+def test_a_latency_guard_rail_is_shown_at_its_own_quantile_without_configured_quantiles() -> None:
+    """`immunity demo` draws the view without the config's quantiles: a p99 guard rail's
+    canary value is its p99 (from the judge's `bar`, 1%), not a p50 under a p99 check's name
+    (the demo printed "p99-guard continue (canary p50 8.3 ms, …)")."""
+    buf = io.StringIO()
+    view = LiveView(
+        title="deploying v2",
+        hosts=["h1", "h2"],
+        live=False,
+        console=Console(file=buf, width=200, color_system=None),
+    )
+    view(ev("wave.started", "wave 1", wave=1, hosts=["h1"]))
+    view(
+        ev(
+            "bake.started",
+            "wave 1: judging 1 check(s)",
+            wave=1,
+            bake=1,
+            purpose="wave",
+            checks=["p99-guard"],
+            kinds={"p99-guard": "latency_max"},
+            signals={"p99-guard": "lb"},
+            needed={"p99-guard": {"e_fail_needed": 400, "e_pass_needed": 20}},
+            min_s=2,
+            max_s=60,
+        )
+    )
+    view(
+        ev(
+            "bake.looked",
+            "",
+            look=1,
+            t_s=1.0,
+            obs={
+                "lb": {
+                    "canary": {"n": 100, "x": 0, "lat": [50, 40, 9, 1]},
+                    "baseline": {"n": 200, "x": 0, "lat": [100, 80, 20]},
+                },
+                "bounds": {"lb": [5, 10, 25]},
+            },
+            checks={"p99-guard": {"o": "continue", "s": {"bar": 0.01, "e_fail": 1.0}}},
+            outcome="continue",
+        )
+    )
+    line = next(x for x in buf.getvalue().splitlines() if "bake.looked" in x)
+    assert "p99-guard continue (canary p99 " in line and "p50" not in line, line

@@ -464,9 +464,13 @@ class LiveView:
             if probe_side:  # the probe speaks for the check: its values, as the summary's
                 n, x, lats = c.pn[cohort], c.px[cohort], c.plat[cohort]
             if c.kind in ("latency", "latency_max"):
-                qs_wanted = list(self.quantiles.get(c.name, ())) or [
-                    _q(lab) for lab in _labels(_side(c.stats, probe_side))
-                ]
+                side = _side(c.stats, probe_side)
+                qs_wanted = list(self.quantiles.get(c.name, ())) or (
+                    # a guard rail's quantile is 1 - its `bar` (p99: 0.01), not a label
+                    [round(1.0 - float(side["bar"]), 6)]
+                    if c.kind == "latency_max" and "bar" in side
+                    else [_q(lab) for lab in _labels(side)]
+                )
                 bounds = self.bounds.get(PROBE_SIGNAL if probe_side else c.signal, [])
                 qs = [
                     f"p{100 * q:g} {ms_text(quantile(bounds, lats, q))}"
