@@ -7,6 +7,7 @@ import json
 
 from immunity.domain import CheckResult, Event, Outcome, brief, reason_beside
 from immunity.judge import combine, merge_probe
+from immunity.notify.common import event_dict
 from immunity.notify.slack import slack_payload
 
 CUSTOMERS = CheckResult(
@@ -79,3 +80,16 @@ def test_a_reason_that_restates_its_outcome_loses_the_restatement() -> None:
     )
     assert "x" == reason_beside("rolled_back", "rolled back: x")
     assert "errors: canary 5xx 4%" == reason_beside("reverted", "errors: canary 5xx 4%")
+
+
+def test_a_webhook_body_has_the_short_message_and_the_whole_verdict() -> None:
+    """The webhook's `message` is short; its `data` keeps the journaled verdict, reasons whole."""
+    failed = CheckResult("errors", Outcome.FAIL, merge_probe(CUSTOMERS, PROBE).reason)
+    v = combine([failed], 20.0)
+    body = event_dict(
+        Event("verdict.failed", "shop", "d1", "v2", v.reason, data={"verdict": v.to_dict()})
+    )
+    assert "(customers:" not in body["message"] and "on probe traffic" in body["message"]
+    assert (
+        "(customers: the signal sees no traffic" in body["data"]["verdict"]["checks"][0]["reason"]
+    )

@@ -255,13 +255,14 @@ def _short_list(items: Sequence[str], limit: int = 20) -> str:
 
 
 def event_dict(event: Event) -> dict[str, Any]:
-    """The event as JSON-ready data (timestamps as ISO 8601 UTC)."""
+    """The event as JSON-ready data (timestamps as ISO 8601 UTC); `message` as people read
+    it (`domain.brief`), `data` as journaled (a verdict's reasons whole)."""
     return {
         "kind": event.kind,
         "app": event.app,
         "deployment_id": event.deployment_id,
         "release": event.release,
-        "message": event.message,
+        "message": brief(event.message),
         "at": event.at.astimezone(dt.UTC).isoformat(),
         "data": _jsonable(event.data),
     }

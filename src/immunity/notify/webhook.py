@@ -4,7 +4,8 @@ Speaks plain HTTP: `POST <url>` with the body
 
     {"kind", "app", "deployment_id", "release", "message", "at", "data"}
 
-(`at` is ISO 8601 UTC; `data` as the engine recorded it) and the headers
+(`at` is ISO 8601 UTC; `message` short, without the "(customers: …)" asides of checks judged
+on probe traffic; `data` as the engine recorded it, reasons whole) and the headers
 
     Content-Type: application/json
     X-Immunity-Event: <kind>
