@@ -24,6 +24,14 @@ if TYPE_CHECKING:
     from immunity.engine.result import RunResult
 
 
+def _said(r: RunResult) -> str:
+    """ "reverted: errors: canary 5xx …", the reason as the result line gives it (short, the
+    outcome not said twice)."""
+    from immunity.domain import brief, outcome_words, reason_beside
+
+    return f"{outcome_words(str(r.outcome))}: {brief(reason_beside(str(r.outcome), r.reason))}"
+
+
 def _deploy(config: Path, release: str) -> RunResult:
     import anyio
 
@@ -90,7 +98,7 @@ def demo(
         r = _deploy(info.config_path, "v2")
         marks.append(("during v2 rollout", t0, time.time()))
         results.append(r)
-        out.print(f"   → {r.outcome}: {r.reason}", markup=False)
+        out.print(f"   → {_said(r)}", markup=False)
         ok &= r.outcome == "deployed"
         t1 = time.time()
         time.sleep(5)
@@ -101,7 +109,7 @@ def demo(
             r = _deploy(info.config_path, "v3")
             marks.append(("during v3 canary + revert", t2, time.time()))
             results.append(r)
-            out.print(f"   → {r.outcome}: {r.reason}", markup=False)
+            out.print(f"   → {_said(r)}", markup=False)
             if r.detected_after_s is not None and r.reverted_after_s is not None:
                 out.print(
                     f"   detected {r.detected_after_s:.1f}s after the first canary took traffic; "
