@@ -168,6 +168,22 @@ INSERT_ROWS = 128
 """Most rows one INSERT statement writes (6 parameters each: 768, under any SQLite's limit)."""
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _read_back(data: Mapping[str, Any] | None, payload: str) -> dict[str, Any]:
+    """The data a read of `payload` (`data` as JSON) gives back: a copy of `data` when it is
+    flat (str keys; str, int, float, bool or None values: JSON gives exactly those back),
+    else `json.loads(payload)`. A step's entry is flat; decoding it took most of the writer
+    thread's time holding the GIL (150,000 entries at 10,000 hosts)."""
+    if data is None:
+        return {}
+    if all(type(k) is str and type(v) in _PLAIN for k, v in data.items()):
+        return dict(data)
+    out: dict[str, Any] = json.loads(payload)
+    return out
+
+
 @functools.cache
 def _insert_sql(rows: int) -> str:
     return "INSERT INTO entries(deployment_id, at, kind, host, step, data) VALUES " + ",".join(
@@ -546,7 +562,7 @@ class SqliteJournal:
                                 a.kind,
                                 a.host,
                                 a.step,
-                                json.loads(payload),
+                                _read_back(a.data, payload),
                             )
                         )
         except BaseException as exc:
