@@ -72,7 +72,7 @@ class VirtualClock:
     """A `Clock` whose time moves only when every task waits (see the module docstring).
 
     `monotonic()` is virtual seconds since the clock was made, `now()` is `start` plus
-    that. `sleep` is `anyio.sleep` (virtual inside `run`). Outside `run` the time stands still.
+    that. `sleep` is `asyncio.sleep` (virtual inside `run`). Outside `run` the time stands still.
     """
 
     def __init__(self, start: dt.datetime = EPOCH, *, hang_after_s: float = 5.0) -> None:
@@ -88,7 +88,7 @@ class VirtualClock:
         return self.start + dt.timedelta(seconds=self._t)
 
     async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
+        await asyncio.sleep(seconds)  # as `SystemClock.sleep` (virtual inside `run`)
 
     def advance(self, seconds: float) -> None:
         """Move time forward (the loop does this itself; tests may too, outside `run`)."""
