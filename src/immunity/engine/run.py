@@ -23,10 +23,12 @@ JournalError propagates (nothing more can be recorded). Any other error finishes
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -160,7 +162,7 @@ class Run:
             if self.handle_signals
             else contextlib.nullcontext(None)
         )
-        with receiver as signals:
+        with run_collector(), receiver as signals:
             async with self._held(signals) as run:
                 yield run
 
@@ -303,7 +305,7 @@ class Run:
     async def _close(self) -> None:
         """Tell the team how the run ended (`deployment.<outcome>` with the result's
         `NOTIFIED` keys and its verdict), then release the lease."""
-        r = self.result.to_dict()
+        r = self.result.to_dict(hosts=False)  # not every host's steps again
         data = {k: r[k] for k in NOTIFIED} | ({"verdict": r["verdict"]} if r["verdict"] else {})
         past = self.result.outcome.past
         event = self.rec.event(f"deployment.{past}", self.result.reason or r["outcome"], data)
@@ -381,6 +383,42 @@ def only_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
         return group.exceptions[0]
     return first_immunity_error(group)
+
+
+RUN_GC_THRESHOLD = (10_000, 10, 10)
+"""The cyclic garbage collector's thresholds while a run goes on (Python's: 700, 10, 10)."""
+
+_collector_runs = 0  # runs in this process inside `run_collector` now
+_collector_saved: tuple[int, int, int] | None = None
+_collector_lock = threading.Lock()
+
+
+@contextmanager
+def run_collector() -> Iterator[None]:
+    """Inside: the objects alive when the first run began (modules, the config, the fleet:
+    128,000 at 10,000 hosts) are left out of the cyclic collector's passes (`gc.freeze`),
+    and a collection starts after 10,000 new objects, not 700. Restored when the last run
+    of the process ends (`gc.unfreeze`: those objects are collected as before).
+
+    Reference counting still frees almost everything at once; the cyclic collector only
+    finds cycles. At 10,000 hosts, with Python's thresholds, it ran 2,600 times for 7 s of
+    a run's 26 s of CPU (a full pass: 155 ms of CPU), mostly while 1,000 walks crossed a
+    step boundary together, every walk waiting for it."""
+    global _collector_runs, _collector_saved
+    with _collector_lock:
+        if _collector_runs == 0:
+            _collector_saved = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(*RUN_GC_THRESHOLD)
+        _collector_runs += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _collector_runs -= 1
+            if _collector_runs == 0 and _collector_saved is not None:
+                gc.set_threshold(*_collector_saved)
+                gc.unfreeze()
 
 
 def first_immunity_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
