@@ -64,6 +64,26 @@ def journal(
         raise typer.Exit(1)
 
 
+@bench_app.command("journal-writes")
+def journal_writes(
+    url: Annotated[str, typer.Option(help="postgresql://... of a database the bench may use.")],
+    hosts: Annotated[int, typer.Option(help="Hosts switched.", min=1)] = 1000,
+    parallel: Annotated[int, typer.Option(help="Hosts switched at a time.", min=1)] = 100,
+    sqlite: Annotated[
+        str | None, typer.Option(help="SQLite file for the comparison (default: a temp file).")
+    ] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
+) -> None:
+    """A host switch's journal writes, ours (a step's finish with the next start: 8 writes)
+    against one append per entry (15), on PostgreSQL and SQLite: writes and commits per
+    switch, rows/s, CPU ms per switch, p50/p99 write latency, load average."""
+    from immunity.bench.journal_writes import render, run
+
+    result = run(url, hosts=hosts, parallel=parallel, sqlite_path=sqlite)
+    render(result, out)
+    write_json(result, json_out)
+
+
 @bench_app.command("scale")
 def scale(
     hosts: Annotated[
