@@ -113,6 +113,16 @@ def histogram_quantile(bounds: Sequence[float], buckets: Sequence[int], q: float
 
 
 @dataclass(frozen=True)
+class HostCounts:
+    """What one host of a cohort did over a window: `requests`, `errors` (5xx) and, when the
+    source has latency, `latency_buckets` on the cohort's bounds (one overflow bucket)."""
+
+    requests: int
+    errors: int
+    latency_buckets: Sequence[int] = ()
+
+
+@dataclass(frozen=True)
 class Observation:
     """What one cohort did over one window.
 
@@ -120,6 +130,9 @@ class Observation:
     with one more bucket at the end for the overflow. Empty when the source has no latency.
     `requests == 0` with `available=False` means the source could not say (never a pass);
     `status` says why (`available` is False exactly when `status` is not ``ok``).
+    `by_host`: the same counts host by host, in the order of the cohort's hosts, when the
+    source can tell the hosts apart (empty otherwise); the judge measures the baseline's
+    host-to-host spread from it (`judge.spread`).
     """
 
     requests: int
@@ -130,6 +143,7 @@ class Observation:
     hosts: int = 0
     detail: str = ""
     status: ObservationStatus = ObservationStatus.OK
+    by_host: Sequence[HostCounts] = ()
 
     def __post_init__(self) -> None:
         if not self.available and self.status is ObservationStatus.OK:

@@ -83,8 +83,8 @@ def encode_observation(obs: Observation) -> dict[str, Any]:
     """An observation without its bounds (kept per signal) and without default fields."""
     out: dict[str, Any] = {}
     for name in _OBS_FIELDS:
-        if name == "latency_bounds_ms":
-            continue
+        if name in ("latency_bounds_ms", "by_host"):
+            continue  # by_host: the cohorts stay aggregated (see the module's docstring)
         value = getattr(obs, name)
         if name == "latency_buckets":
             buckets = [int(b) for b in value]

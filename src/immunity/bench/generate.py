@@ -293,6 +293,7 @@ def generate(spec: ClassSpec, index: int, seed: int) -> dict[str, Any]:
 
     canary = Series(requests[0], errors[0], latency[0])
     baseline = Series(requests[1:].sum(axis=0), errors[1:].sum(axis=0), latency[1:].sum(axis=0))
+    by_host = tuple(Series(requests[h], errors[h], latency[h]) for h in range(1, hosts))
     scenario = Scenario(
         id=f"{spec.name}#{index}",
         label=spec.label,
@@ -303,6 +304,7 @@ def generate(spec: ClassSpec, index: int, seed: int) -> dict[str, Any]:
         canary=canary,
         baseline=baseline,
         meta=meta,
+        baseline_by_host=by_host,
     )
     return scenario.to_obj()
 

@@ -54,7 +54,7 @@ from immunity.bench.scenarios import (
     write_scenarios,
 )
 from immunity.config.models import CheckConfig, JudgeConfig
-from immunity.domain import Observation, Outcome, Verdict
+from immunity.domain import HostCounts, Observation, Outcome, Verdict
 from immunity.judge import build_judge, combine
 
 JUDGES = ("immunity", "fixed-threshold", "mann-whitney")
@@ -82,9 +82,19 @@ class Judged:
     bake_at_s: float
 
 
-def _observations(s: Scenario, header: Header, i: int) -> tuple[Observation, Observation]:
+def _observations(
+    s: Scenario, header: Header, i: int, by_host: bool = True
+) -> tuple[Observation, Observation]:
     c, b = s.canary, s.baseline
     bounds = header.bounds_ms
+    hosts = (
+        tuple(
+            HostCounts(int(h.requests[i]), int(h.errors[i]), h.latency[i].tolist())
+            for h in s.baseline_by_host
+        )
+        if by_host
+        else ()
+    )
     return (
         Observation(
             int(c.requests[i]), int(c.errors[i]), bounds, c.latency[i].tolist(), True,
@@ -92,7 +102,7 @@ def _observations(s: Scenario, header: Header, i: int) -> tuple[Observation, Obs
         ),
         Observation(
             int(b.requests[i]), int(b.errors[i]), bounds, b.latency[i].tolist(), True,
-            s.baseline_hosts,
+            s.baseline_hosts, by_host=hosts,
         ),
     )  # fmt: skip
 

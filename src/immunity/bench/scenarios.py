@@ -11,6 +11,10 @@ Each further line, one release:
 
 where COHORT is {"requests": [int per interval], "errors": [int per interval],
 "latency": [[count per bucket, one more than the bounds for the overflow] per interval]}.
+An optional "baseline_by_host": [COHORT, ...] holds the baseline's hosts one by one
+(`baseline_hosts` of them, adding up to "baseline"): judges then see each baseline host's
+counts too (`Observation.by_host`), from which immunity measures the fleet's host-to-host
+spread.
 An optional "meta" object is carried along untouched (the generator records what it did
 there; judges never read it). Judges see nothing but these numbers.
 """
@@ -78,6 +82,7 @@ class Scenario:
     canary: Series
     baseline: Series
     meta: Mapping[str, Any] = field(default_factory=dict)
+    baseline_by_host: tuple[Series, ...] = ()
 
     @property
     def intervals(self) -> int:
@@ -94,6 +99,8 @@ class Scenario:
             "canary": self.canary.to_obj(),
             "baseline": self.baseline.to_obj(),
         }
+        if self.baseline_by_host:
+            out["baseline_by_host"] = [h.to_obj() for h in self.baseline_by_host]
         if self.meta:
             out["meta"] = dict(self.meta)
         return out
@@ -195,6 +202,7 @@ def parse_scenario(obj: Any, header: Header, where: str) -> Scenario:
     baseline = _series(obj.get("baseline"), where, "baseline", buckets)
     if len(canary.requests) != len(baseline.requests):
         raise _fail(where, "canary and baseline must have the same number of intervals")
+    by_host = _by_host(obj.get("baseline_by_host"), where, obj["baseline_hosts"], baseline)
     meta = obj.get("meta") or {}
     return Scenario(
         id=str(obj["id"]),
@@ -206,7 +214,31 @@ def parse_scenario(obj: Any, header: Header, where: str) -> Scenario:
         canary=canary,
         baseline=baseline,
         meta=meta if isinstance(meta, dict) else {},
+        baseline_by_host=by_host,
     )
+
+
+def _by_host(value: Any, where: str, hosts: int, baseline: Series) -> tuple[Series, ...]:
+    """The optional per-host baseline series: `hosts` of them, adding up to `baseline`."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) != hosts:
+        raise _fail(
+            where, f"baseline_by_host: expected a list of {hosts} cohorts (one per baseline host)"
+        )
+    buckets = baseline.latency.shape[1]
+    series = tuple(
+        _series(v, where, f"baseline_by_host[{i}]", buckets) for i, v in enumerate(value)
+    )
+    for name in ("requests", "errors", "latency"):
+        total = sum(getattr(h, name) for h in series)
+        if getattr(total, "shape", None) != getattr(baseline, name).shape or not np.array_equal(
+            total, getattr(baseline, name)
+        ):
+            raise _fail(
+                where, f"baseline_by_host: the hosts' {name} do not add up to the baseline's"
+            )
+    return series
 
 
 def _json(line: str, where: str) -> Any:

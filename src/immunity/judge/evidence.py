@@ -73,8 +73,9 @@ def fnch_stats(
     n_c: int, n_b: int, events: Sequence[int], log_psi: FloatArray
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """(log Z, mean, variance) of Fisher's non-central hypergeometric law of the canary's
-    count, each of shape (len(events), len(log_psi)); see `fnch_logz`. The mean and
-    variance are exact sums over the support (they feed the fixed-horizon score test).
+    count, each of shape (len(events), P) for `log_psi` of shape (P,) (the same odds ratios
+    for every metric) or (len(events), P) (each metric its own); see `fnch_logz`. The mean
+    and variance are exact sums over the support (they feed the fixed-horizon score test).
 
     All metrics at once, on the union of their supports (each row's terms outside its own
     support are -inf): one set of array operations per interval instead of one per metric.
@@ -86,7 +87,10 @@ def fnch_stats(
     first, last = int(lo.min()), int(hi.max())
     if len(ev) > 1 and len(ev) * len(log_psi) * (last - first + 1) > VECTOR_MAX_CELLS:
         # huge counts: one metric at a time, on its own support (bounded memory)
-        parts = [fnch_stats(n_c, n_b, [int(e)], log_psi) for e in ev]
+        parts = [
+            fnch_stats(n_c, n_b, [int(e)], log_psi[i : i + 1] if log_psi.ndim == 2 else log_psi)
+            for i, e in enumerate(ev)
+        ]
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
     lf = _log_factorials(max(n_c, n_b, int(ev.max()) if len(ev) else 0))
     ui = np.arange(first, last + 1)
@@ -98,7 +102,8 @@ def fnch_stats(
     )
     outside = (ui[None, :] < lo[:, None]) | (ui[None, :] > hi[:, None])
     lc[outside] = -np.inf
-    terms = lc[:, None, :] + log_psi[None, :, None] * u[None, None, :]
+    lp = log_psi if log_psi.ndim == 2 else log_psi[None, :]
+    terms = lc[:, None, :] + lp[:, :, None] * u[None, None, :]
     m = terms.max(axis=2)
     w = np.exp(terms - m[..., None])
     total = w.sum(axis=2)
@@ -124,29 +129,54 @@ class OddsRatioGrid:
     l(psi_alt : psi_null) for the observed canary counts and one for the count an identical
     canary would show on average (the central hypergeometric mean E n_c / (n_c + n_b)),
     which tells "not enough information" from "not certified".
+
+    Group `scaled` (if any) can be moved per metric by `shift`: its alternatives and null are
+    multiplied by exp(shift[k]) for metric k (the FAIL group when a metric's tolerance
+    widens to the baseline's host spread, `judge.spread`); its likelihood ratios' steps
+    (alternative over null) do not change.
     """
 
-    def __init__(self, groups: Sequence[tuple[Sequence[float], float]]) -> None:
-        values = sorted({v for alts, null in groups for v in (*alts, null)})
-        self.log_psi = np.log(np.array(values, dtype=np.float64))
+    def __init__(
+        self, groups: Sequence[tuple[Sequence[float], float]], scaled: int | None = None
+    ) -> None:
+        values: list[float] = []
         alt: list[int] = []
         null: list[int] = []
+        mask: list[bool] = []
         self.slices: list[slice] = []
-        for alts, n in groups:
+        self.nulls: list[int] = []
+        for g, (alts, n) in enumerate(groups):
             start = len(alt)
-            alt += [values.index(a) for a in alts]
-            null += [values.index(n)] * len(alts)
+            for a in alts:
+                alt.append(len(values))
+                values.append(float(a))
+            null += [len(values)] * len(alts)
+            self.nulls.append(len(values))
+            values.append(float(n))
+            mask += [g == scaled] * (len(alts) + 1)
             self.slices.append(slice(start, len(alt)))
+        self.base_log_psi = np.log(np.array(values, dtype=np.float64))
+        self.log_psi: FloatArray = self.base_log_psi
+        self.mask = np.array(mask, dtype=np.float64)
         self.alt = np.array(alt, dtype=np.intp)
         self.null = np.array(null, dtype=np.intp)
-        self.step = (self.log_psi[self.alt] - self.log_psi[self.null])[None, :]
+        self.step = (self.base_log_psi[self.alt] - self.base_log_psi[self.null])[None, :]
         self.values = values
         self.mean: FloatArray = np.zeros((0, len(values)))
         self.var: FloatArray = np.zeros((0, len(values)))
 
-    def index(self, psi: float) -> int:
-        """Column of `psi` in `mean` and `var` (psi must be one of the grid's values)."""
-        return self.values.index(psi)
+    def null_of(self, group: int) -> int:
+        """Column of group `group`'s null in `mean` and `var`."""
+        return self.nulls[group]
+
+    def shift(self, delta: FloatArray) -> None:
+        """Move the scaled group by exp(delta[k]) for metric k, shape (K,); all zeros puts
+        it back where it was built."""
+        d = np.asarray(delta, dtype=np.float64)
+        if not d.any():
+            self.log_psi = self.base_log_psi
+        else:
+            self.log_psi = self.base_log_psi[None, :] + d[:, None] * self.mask[None, :]
 
     def llr(
         self, n_c: int, n_b: int, x_c: Sequence[int], x_b: Sequence[int]
@@ -314,10 +344,15 @@ def fnch_pmf(n_c: int, n_b: int, events: int, log_psi: float) -> tuple[int, Floa
 
 
 def stratified_upper_tail(
-    strata: Sequence[tuple[int, int, int]], log_psi: float, observed: int
+    strata: Sequence[tuple[int, int, int]],
+    log_psi: float,
+    observed: int,
+    shifts: Sequence[float] | None = None,
 ) -> float:
     """P(S >= observed) for S the sum over `strata` (n_c, n_b, events) of independent
-    canary counts, each Fisher non-central hypergeometric at odds ratio exp(`log_psi`).
+    canary counts, each Fisher non-central hypergeometric at odds ratio exp(`log_psi`)
+    (times exp(`shifts[s]`) for stratum s when given: a stratum tested at a wider
+    tolerance, `judge.spread`).
 
     The exact conditional test of a common odds ratio in stratified 2x2 tables (Cox 1970,
     *Analysis of Binary Data* §4; Mehta, Patel & Gray 1985 compute it by the same
@@ -328,10 +363,10 @@ def stratified_upper_tail(
     """
     lo_total = 0
     pmf = np.ones(1)
-    for n_c, n_b, e in strata:
+    for s, (n_c, n_b, e) in enumerate(strata):
         if n_c <= 0 or n_b <= 0 or e <= 0:
             continue
-        lo, p = fnch_pmf(n_c, n_b, e, log_psi)
+        lo, p = fnch_pmf(n_c, n_b, e, log_psi + (shifts[s] if shifts is not None else 0.0))
         lo_total += lo
         pmf = np.convolve(pmf, p) if len(p) > 1 else pmf
     k = observed - lo_total

@@ -60,7 +60,7 @@ from numpy.typing import NDArray
 from scipy.special import ndtr, ndtri
 
 from immunity.config.models import JudgeConfig
-from immunity.domain import CheckResult, Observation, ObservationStatus, Outcome
+from immunity.domain import CheckResult, HostCounts, Observation, ObservationStatus, Outcome
 from immunity.judge.evidence import (
     LOG_CAP_PER_SECOND,
     BinomialRatios,
@@ -74,6 +74,7 @@ from immunity.judge.evidence import (
     stratified_upper_tail,
     thin,
 )
+from immunity.judge.spread import MIN_HOSTS, REFRESH_S, HostSpread, spread_tolerance
 from immunity.judge.wording import count, e_number, evalue, ms, pct, quantile_ms, score
 
 FAIL_RATIOS = (1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -310,12 +311,15 @@ class RelativeEvidence:
     ) -> None:
         self.k = k
         self.tolerance, self.bad = tolerance, bad
+        self.tolerances: FloatArray = np.full(k, tolerance)
+        """Each metric's tolerance now: `tolerance`, or wider on a fleet whose baseline hosts
+        spread more (`set_tolerances`, `judge.spread`)."""
         fail_alts = [tolerance * r for r in FAIL_RATIOS]
         pass_alts = sorted({bad / q for q in PASS_RATIOS} | ({1.0} if bad > 1.0 else set()))
         groups: list[tuple[Sequence[float], float]] = [(fail_alts, tolerance), (pass_alts, bad)]
         if catastrophe_alpha is not None:
             groups.append((CATASTROPHE_ODDS_ALTS, CATASTROPHE_ODDS))
-        self.grid = OddsRatioGrid(groups)
+        self.grid = OddsRatioGrid(groups, scaled=0)
         self.fail = CappedMixture(k, len(fail_alts))
         self.passing = Mixture(k, len(pass_alts))
         self.identical = Mixture(k, len(pass_alts))
@@ -331,7 +335,7 @@ class RelativeEvidence:
         tolerance, shape (K, J), or None when it carried no information."""
         self.log_fail: FloatArray = np.zeros(k)
         self.log_pass: FloatArray = np.zeros(k)
-        self._bad = self.grid.index(bad)
+        self._bad = self.grid.null_of(1)
         # Fixed-horizon score-test sums: observed canary count, its conditional mean and
         # variance at `bad`, and an identical canary's mean.
         self.x = np.zeros(k)
@@ -340,11 +344,27 @@ class RelativeEvidence:
         self.mean_identical = np.zeros(k)
         # Fixed-horizon FAIL test at `tolerance`: the score sums, and the strata (n_c, n_b,
         # events per metric) for the exact test while their summed support stays small.
-        self._tol = self.grid.index(tolerance)
+        self._tol = self.grid.null_of(0)
         self.mean_tol = np.zeros(k)
         self.var_tol = np.zeros(k)
         self.strata: list[tuple[int, int, tuple[int, ...]]] | None = []
+        self.shifts: list[FloatArray] = []
+        """Per stratum, each metric's log(tolerance / `tolerance`) it was tested at."""
         self.support = [0] * k
+
+    def set_tolerances(self, tolerances: FloatArray) -> None:
+        """Test the next intervals at these tolerances, one per metric (>= `tolerance`):
+        the FAIL alternatives and the fixed look's null move with them. Call it before
+        `add`, with what was known before the interval (a predictable choice)."""
+        tol = np.maximum(np.asarray(tolerances, dtype=np.float64), self.tolerance)
+        if np.array_equal(tol, self.tolerances):
+            return
+        self.tolerances = tol
+        self.grid.shift(np.log(tol / self.tolerance))
+
+    def widened(self) -> bool:
+        """Whether any metric is tested at more than the configured tolerance now."""
+        return bool((self.tolerances > self.tolerance * (1.0 + 1e-9)).any())
 
     def add(
         self,
@@ -381,6 +401,7 @@ class RelativeEvidence:
                     self.strata = None  # every metric is on the normal approximation now
                 elif any(e):
                     self.strata.append((n_c, n_b, e))
+                    self.shifts.append(np.log(self.tolerances / self.tolerance))
         if got is not None and self.cusum is not None and self.cusum.add(got[0][2][0]):
             self.cusum_alarm_at = t_s
         self.log_fail = self.fail.log_e()
@@ -402,13 +423,17 @@ class RelativeEvidence:
         hypergeometric laws at psi = tolerance (`evidence.stratified_upper_tail`). Beyond it,
         the conditional score test (Mantel-Haenszel under the same laws; normal
         approximation with continuity correction), or 1 without `MIN_SCORE_VARIANCE`.
+        Each stratum at the tolerance its interval was tested at (`set_tolerances`).
         """
         out = np.ones(self.k)
         log_tol = math.log(self.tolerance)
         for i in range(self.k):
             if self.strata is not None and int(self.support[i]) <= EXACT_MAX_SUPPORT:
                 cells = [(n_c, n_b, e[i]) for n_c, n_b, e in self.strata]
-                out[i] = stratified_upper_tail(cells, log_tol, round(float(self.x[i])))
+                shifts = [float(d[i]) for d in self.shifts]
+                out[i] = stratified_upper_tail(
+                    cells, log_tol, round(float(self.x[i])), shifts if any(shifts) else None
+                )
             elif self.var_tol[i] >= MIN_SCORE_VARIANCE:
                 z = (self.x[i] - self.mean_tol[i] - 0.5) / math.sqrt(float(self.var_tol[i]))
                 out[i] = float(ndtr(-z))
@@ -477,6 +502,27 @@ def no_baseline_at_max(base_requests: int) -> str | None:
     )
 
 
+def tolerance_words(configured: float, tolerance: float) -> str:
+    """ "×1.25 odds", or, widened to the baseline hosts' own spread, "×1.41 odds (the
+    baseline hosts' own spread; ×1.25 configured)"."""
+    if tolerance > configured * (1.0 + 1e-9):
+        return f"×{tolerance:.3g} odds (the baseline hosts' own spread; ×{configured:g} configured)"
+    return f"×{configured:g} odds"
+
+
+def baseline_hosts(baseline: Observation) -> Sequence[HostCounts] | None:
+    """The baseline's hosts one by one when the source told them apart and they add up to
+    the cohort's counts (`Observation.by_host`), else None: no spread is measured."""
+    hosts = baseline.by_host
+    if len(hosts) < MIN_HOSTS:
+        return None
+    if sum(h.requests for h in hosts) != baseline.requests:
+        return None
+    if sum(h.errors for h in hosts) != baseline.errors:
+        return None
+    return hosts
+
+
 class ErrorsJudge:
     """Canary 5xx vs baseline 5xx: sequential FAIL / PASS tests plus the catastrophe tier."""
 
@@ -516,6 +562,9 @@ class ErrorsJudge:
         self.cat_abs_alarm_at: float | None = None
         self.guard = TrafficGuard(config.min_traffic_share)
         self.rng = np.random.default_rng(THIN_SEED)  # fixed: a replay of the looks is exact
+        self.spread = HostSpread(1)
+        self.canary_hosts = 1
+        self.tolerance_at = -math.inf
         self.postpass: PostPass | None = None
         self.at_pass = (0, 0, 0, 0, 0.0)  # n_c, x_c, n_b, x_b, t_s when it passed
         self.recent: deque[tuple[float, int, int, int, int]] = deque()
@@ -541,7 +590,13 @@ class ErrorsJudge:
         # memory and time bounded whatever the counts: a random subset beyond MAX_EXACT
         ok_c, bad_c = thin((n_c - x_c, x_c), self.rng)
         ok_b, bad_b = thin((n_b - x_b, x_b), self.rng)
+        # the tolerance from the baseline hosts' spread over the looks before this one
+        self._retolerate(t_s)
         self.relative.add(t_s, dt, ok_c + bad_c, (bad_c,), ok_b + bad_b, (bad_b,))
+        hosts = baseline_hosts(baseline)
+        if hosts is not None:
+            self.spread.add([h.requests for h in hosts], np.array([[h.errors] for h in hosts]))
+        self.canary_hosts = max(1, canary.hosts)
         if n_c > 0:
             if self.floor_ratios is not None:
                 self.floor_pass.add(self.floor_ratios(n_c, x_c)[None, :])
@@ -551,6 +606,26 @@ class ErrorsJudge:
                 self.cat_abs_alarm_at = t_s
         self.log_fail = float(self.relative.log_fail[0])
         self.log_pass = self._either(self.relative.log_pass[0], self.floor_pass.log_e()[0])
+
+    def _spread_tolerances(self) -> FloatArray:
+        c = self.config
+        return spread_tolerance(
+            c.error_tolerance,
+            c.error_bad,
+            self.spread.tau(),
+            self.canary_hosts,
+            self.spread.hosts(),
+        )
+
+    def _retolerate(self, t_s: float) -> None:
+        """Before an interval's evidence: its tolerance, from the looks before it (once per
+        `REFRESH_S` of bake time)."""
+        if self.spread.n is not None and t_s >= self.tolerance_at + REFRESH_S:
+            self.tolerance_at = t_s
+            self.relative.set_tolerances(self._spread_tolerances())
+
+    def _tolerance(self) -> str:
+        return tolerance_words(self.config.error_tolerance, float(self.relative.tolerances[0]))
 
     def _either(self, relative: float, floor: float) -> float:
         """The mean of the relative and the absolute pass e-values (the relative one alone
@@ -596,6 +671,9 @@ class ErrorsJudge:
             "catastrophe_abs_log_e": self.cat_abs.level,
             "catastrophe_rel_log_e": cusum.level if cusum else 0.0,
             "catastrophe_log_e_needed": self.cat_abs.threshold,
+            **(
+                {"tolerance": float(self.relative.tolerances[0])} if self.relative.widened() else {}
+            ),
         }
 
     def _rates(self) -> str:
@@ -661,8 +739,7 @@ class ErrorsJudge:
             self.failed = self._result(
                 Outcome.FAIL,
                 f"{self._rates()} (e-value {evalue(log_fail)} ≥ "
-                f"{self.fail_needed:g}, tolerance "
-                f"×{self.config.error_tolerance:g} odds)",
+                f"{self.fail_needed:g}, tolerance {self._tolerance()})",
                 t_s,
             )
             return self.failed
@@ -732,8 +809,8 @@ class ErrorsJudge:
             self.failed = self._result(
                 Outcome.FAIL,
                 f"{self._rates()} at max bake (one-sided p {p_fail:.2g} ≤ "
-                f"{self.fail_final_alpha:.2g} that the canary is no worse than ×"
-                f"{self.config.error_tolerance:g} odds: exact conditional test on the whole "
+                f"{self.fail_final_alpha:.2g} that the canary is no worse than "
+                f"{self._tolerance()}: exact conditional test on the whole "
                 f"bake; fail e-value {evalue(self._log_e_fail())} of "
                 f"{self.fail_needed:g})",
                 t_s,
@@ -849,6 +926,9 @@ class LatencyJudge:
         self.evidence = RelativeEvidence(self.k, config.latency_tolerance, config.latency_bad)
         self.guard = TrafficGuard(config.min_traffic_share)
         self.rng = np.random.default_rng(THIN_SEED)
+        self.spread = HostSpread(self.k)
+        self.canary_hosts = 1
+        self.tolerance_at = -math.inf
         self.thresholds: list[float | None] = [None] * self.k
         self.active = np.zeros(self.k, dtype=bool)
         self.labels = (
@@ -986,6 +1066,30 @@ class LatencyJudge:
         self.index[i] = j
         self.active[i] = True
         self.n_c[i] = self.x_c[i] = self.n_b[i] = self.x_b[i] = 0
+        self.spread.reset(i)  # the hosts' spread at the new threshold starts afresh
+
+    def _spread_tolerances(self) -> FloatArray:
+        c = self.config
+        return spread_tolerance(
+            c.latency_tolerance,
+            c.latency_bad,
+            self.spread.tau(),
+            self.canary_hosts,
+            self.spread.hosts(),
+        )
+
+    def _measure(self, baseline: Observation) -> None:
+        """Add the baseline hosts' counts at the active thresholds to their spread."""
+        hosts = baseline_hosts(baseline)
+        width = len(self.bounds) + 1
+        if hosts is None or any(len(h.latency_buckets) != width for h in hosts):
+            return
+        hist = np.asarray([list(h.latency_buckets) for h in hosts], dtype=np.int64)
+        tail = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]
+        on = self.active[None, :]
+        x = np.where(on, tail[:, self.index + 1], 0)
+        n = np.where(on, tail[:, :1], 0)
+        self.spread.add(n, x)
 
     # -- evidence ---------------------------------------------------------------------------
 
@@ -1016,6 +1120,10 @@ class LatencyJudge:
             # the test sees a random subset when the counts are huge (bounded memory)
             sc = np.cumsum(np.asarray(thin(hc.tolist(), self.rng), dtype=np.int64)[::-1])[::-1]
             sb = np.cumsum(np.asarray(thin(hb.tolist(), self.rng), dtype=np.int64)[::-1])[::-1]
+            # each threshold's tolerance from the baseline hosts' spread before this look
+            if self.spread.n is not None and t_s >= self.tolerance_at + REFRESH_S:
+                self.tolerance_at = t_s
+                self.evidence.set_tolerances(self._spread_tolerances())
             self.evidence.add(
                 t_s,
                 dt,
@@ -1030,6 +1138,8 @@ class LatencyJudge:
             self.x_b += x_b
             self.hist_c = hc if self.hist_c is None else self.hist_c + hc
             self.hist_b = hb if self.hist_b is None else self.hist_b + hb
+            self._measure(baseline)
+            self.canary_hosts = max(1, canary.hosts)
         if self.tracking or not active.all():
             self._freeze(t_s, hb, dt)
         return None
@@ -1082,7 +1192,13 @@ class LatencyJudge:
                     v = histogram_quantile(self.bounds, hist.tolist(), q)
                     if math.isfinite(v):
                         out[f"{key}_{cohort}_ms"] = float(v)
+            tol = float(self.evidence.tolerances[i])
+            if tol > self.config.latency_tolerance * (1.0 + 1e-9):
+                out[f"{key}_tolerance"] = tol
         return out
+
+    def _tolerance(self, i: int) -> str:
+        return tolerance_words(self.config.latency_tolerance, float(self.evidence.tolerances[i]))
 
     def _result(self, outcome: Outcome, reason: str, t_s: float) -> CheckResult:
         return CheckResult(self.name, outcome, reason, self._numbers(t_s))
@@ -1130,8 +1246,7 @@ class LatencyJudge:
             self.failed = self._result(
                 Outcome.FAIL,
                 f"{self._describe(worst)} (e-value {evalue(float(log_fail[worst]))} ≥ "
-                f"{self.fail_needed:g}, tolerance "
-                f"×{self.config.latency_tolerance:g} odds)",
+                f"{self.fail_needed:g}, tolerance {self._tolerance(worst)})",
                 t_s,
             )
             return self.failed
@@ -1238,8 +1353,8 @@ class LatencyJudge:
             self.failed = self._result(
                 Outcome.FAIL,
                 f"{self._describe(worst)} at max bake (one-sided p {float(p_fail[worst]):.2g} ≤ "
-                f"{self.fail_final_alpha:.2g} that the canary is no worse than ×"
-                f"{self.config.latency_tolerance:g} odds: conditional test on the whole bake; "
+                f"{self.fail_final_alpha:.2g} that the canary is no worse than "
+                f"{self._tolerance(worst)}: conditional test on the whole bake; "
                 f"fail e-value {evalue(float(ev.log_fail[worst]))} of "
                 f"{self.fail_needed:g})",
                 t_s,

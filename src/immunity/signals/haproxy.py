@@ -83,7 +83,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from immunity.clients.haproxy import HAProxyClient
 from immunity.config import resolve_path
 from immunity.config.types import Duration, LatencyBounds
-from immunity.domain import Cohort, HostRef, Observation
+from immunity.domain import Cohort, HostCounts, HostRef, Observation
 from immunity.errors import BalancerError, PreflightError, SignalError
 from immunity.signals.base import RecentTraffic
 
@@ -929,19 +929,23 @@ class HAProxySource:
         for cohort, hosts in cohorts.items():
             buckets = [0] * (len(self.bounds) + 1)
             requests = errors = 0
+            by_host: list[HostCounts] = []
             for h in hosts:
                 c = counts.get(h.balancer_id)
                 if c is None:
+                    by_host.append(HostCounts(0, 0, (0,) * len(buckets)))
                     continue
                 requests += c.requests
                 errors += c.errors
                 buckets = [a + b for a, b in zip(buckets, c.buckets, strict=True)]
+                by_host.append(HostCounts(c.requests, c.errors, tuple(c.buckets)))
             out[cohort] = Observation(
                 requests=requests,
                 errors=errors,
                 latency_bounds_ms=tuple(self.bounds),
                 latency_buckets=tuple(buckets),
                 hosts=len(hosts),
+                by_host=tuple(by_host),
                 detail=f"access log, {total} requests in window"
                 + (
                     f" ({tail.duplicated} duplicate lines dropped so far)"
@@ -1013,19 +1017,24 @@ class HAProxySource:
         out: dict[Cohort, Observation] = {}
         for cohort, hosts in cohorts.items():
             requests = errors = 0
+            by_host: list[HostCounts] = []
             for h in hosts:
                 cur = now.get(h.balancer_id)
                 old = base[1].get(h.balancer_id, (0, 0))
                 if cur is None:
+                    by_host.append(HostCounts(0, 0))
                     continue
                 # Counters reset when a server is re-added: count from zero then.
                 dr, de = cur[0] - old[0], cur[1] - old[1]
-                requests += cur[0] if dr < 0 else dr
-                errors += cur[1] if de < 0 else de
+                n, x = (cur[0] if dr < 0 else dr), (cur[1] if de < 0 else de)
+                requests += n
+                errors += x
+                by_host.append(HostCounts(n, min(x, n)))
             out[cohort] = Observation(
                 requests=requests,
                 errors=min(errors, requests) if requests else errors,
                 hosts=len(hosts),
+                by_host=tuple(by_host),
                 detail="show stat counters",
             )
         return out

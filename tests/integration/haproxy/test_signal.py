@@ -211,3 +211,32 @@ async def test_an_access_log_that_sees_none_of_the_traffic_haproxy_serves_is_ref
     )
     said = await right.preflight(hx.hosts)
     assert "request(s) in the last 60 s" in said
+
+
+@pytest.mark.parametrize("mode", ["access_log", "socket"])
+async def test_each_host_of_a_cohort_is_counted_on_its_own(
+    canary_on_h2: Fleet, tmp_path: Path, mode: str
+) -> None:
+    """`by_host` holds each server's own requests and 5xx, in the cohort's order, as the
+    customers saw them (what the judge measures the baseline's host spread from), and they
+    add up to the cohort's counts; in the access log with each server's latency histogram."""
+    hx = canary_on_h2
+    settings = (
+        HAProxySource.Settings(name="lb", access_log="haproxy/access.log")
+        if mode == "access_log"
+        else HAProxySource.Settings(name="lb", socket="haproxy/admin.sock")
+    )
+    src = HAProxySource(settings, base_dir=hx.dir)
+    await src.preflight(hx.hosts)
+    start, end, seen = await _traffic(hx, tmp_path / "load.jsonl")
+    obs = await src.observe({Cohort.BASELINE: [hx.hosts[1], hx.hosts[0]]}, start, end)
+    cohort = obs[Cohort.BASELINE]
+    got = [(h.requests, h.errors) for h in cohort.by_host]
+    assert got == [
+        (seen[("h2", False)] + seen[("h2", True)], seen[("h2", True)]),
+        (seen[("h1", False)], 0),
+    ]
+    assert sum(n for n, _ in got) == cohort.requests
+    assert sum(x for _, x in got) == cohort.errors
+    if mode == "access_log":
+        assert [sum(h.latency_buckets) for h in cohort.by_host] == [n for n, _ in got]
