@@ -192,3 +192,30 @@ def test_good_releases_carry_their_canary_hosts_own_effect() -> None:
     assert 0.0 <= entry["host_beyond_tolerance"] <= 1.0
     assert entry["n_within_tolerance"] + round(2 * entry["host_beyond_tolerance"]) == 2
     assert any(t["target"].startswith("(diagnosis)") for t in result["targets"])
+
+
+def test_generated_scenarios_carry_each_baseline_host_adding_up_to_the_baseline() -> None:
+    """The generated set keeps the nine baseline hosts one by one (`baseline_by_host`): they
+    add up to the baseline cohort, and they differ as the class's host spread says."""
+    s = build(ClassSpec("good_noisy", 40.0, 1), 0, seed=6)
+    assert len(s.baseline_by_host) == s.baseline_hosts == 9
+    for name in ("requests", "errors", "latency"):
+        total = sum(getattr(h, name) for h in s.baseline_by_host)
+        assert np.array_equal(total, getattr(s.baseline, name))
+
+
+def test_baseline_hosts_that_do_not_add_up_are_rejected(tmp_path: Path) -> None:
+    """`baseline_by_host` must hold `baseline_hosts` cohorts adding up to "baseline": else
+    the file is refused at its line, naming what does not add up."""
+    path = tmp_path / "s.jsonl"
+    header = {"format": "immunity-judge-scenarios/1", "interval_s": 1, "latency_buckets_ms": [10]}
+    cohort = {"requests": [2, 2], "errors": [0, 1], "latency": [[2, 0], [1, 1]]}
+    host = {"requests": [1, 1], "errors": [0, 0], "latency": [[1, 0], [1, 0]]}
+    line = {"id": "x", "label": "good", "class": "c", "canary_hosts": 1, "baseline_hosts": 2,
+            "warmup_s": 0, "canary": cohort, "baseline": cohort,
+            "baseline_by_host": [host, host]}  # fmt: skip
+    path.write_text(json.dumps(header) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(
+        ScenarioError, match=r"s\.jsonl:2: baseline_by_host: the hosts' errors do not add up"
+    ):
+        read_scenarios(path)
