@@ -136,12 +136,13 @@ def decode_observation(data: Mapping[str, Any], bounds: Sequence[float]) -> Obse
 
 
 def _stat_key(key: str) -> bool:
-    """The statistics worth a line per look: e-values and frozen thresholds, not counts
-    (those follow from the observations) nor constants (the `*_needed` bars)."""
+    """The statistics worth a line per look: e-values, frozen thresholds and a tolerance
+    widened to the baseline hosts' spread, not counts (those follow from the observations)
+    nor constants (the `*_needed` bars)."""
     if key.endswith("_needed") or key == "t_s":
         return False
     return (
-        key.endswith(("e_fail", "e_pass", "_log_e", "threshold_ms", "quantile_ms"))
+        key.endswith(("e_fail", "e_pass", "_log_e", "threshold_ms", "quantile_ms", "tolerance"))
         or key == "e_fail"
         or key == "e_pass"
     )
