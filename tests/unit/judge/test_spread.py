@@ -204,3 +204,25 @@ def test_a_canary_as_slow_as_the_fleets_slower_hosts_is_not_a_latency_regression
     assert _latency_verdict(latency_stream(4, 55.0), hosts=True) == "no fail"
     slow = _latency_verdict(latency_stream(4, 75.0), hosts=True)
     assert slow.startswith("fail"), slow
+
+
+def test_a_wider_tolerance_never_adds_fail_evidence() -> None:
+    """On the same counts, every interval's capped FAIL evidence at a wider tolerance is at
+    most the configured one's (Fisher's non-central hypergeometric law is an exponential
+    family in log psi: the log-likelihood ratio of r psi0 against psi0 falls as psi0 grows),
+    and the fixed look's p-value is at least as large: widening can only remove fails."""
+    from immunity.judge.sequential import RelativeEvidence
+
+    rng = np.random.default_rng(9)
+    narrow = RelativeEvidence(1, 1.25, 2.0)
+    wide = RelativeEvidence(1, 1.25, 2.0)
+    for t in range(1, 301):
+        wide.set_tolerances(np.array([1.25 + 0.3 * rng.uniform()]))
+        n_c, n_b = int(rng.poisson(40)), int(rng.poisson(360))
+        x_c, x_b = int(rng.binomial(n_c, 0.03)), int(rng.binomial(n_b, 0.01))
+        narrow.add(float(t), 1.0, n_c, (x_c,), n_b, (x_b,))
+        wide.add(float(t), 1.0, n_c, (x_c,), n_b, (x_b,))
+        assert wide.log_fail[0] <= narrow.log_fail[0] + 1e-9
+        assert wide.log_pass[0] == pytest.approx(narrow.log_pass[0])  # `bad` does not move
+    assert narrow.log_fail[0] > math.log(100)  # x3 the odds: plenty of evidence at x1.25
+    assert wide.p_fail()[0] >= narrow.p_fail()[0]
