@@ -38,7 +38,7 @@ a server that does not answer at all is a `JournalError` past the call's deadlin
 **A half-open session** (its client's machine gone mid-answer: the server keeps it
 "active", blocked sending, holding the lease row; no server timeout ends it): a lease grant
 waiting for the row looks at who holds it every second and ends (`pg_terminate_backend`) a
-session that is ours and `orphaned` (its holder's lease expired or was released, or its
+session that is ours and `orphaned` (its holder's lease expired, or its
 process on this machine is gone), journaling `journal.session_ended` in the grant's
 transaction; any other session is named, with the command that ends it.
 
@@ -191,8 +191,9 @@ def orphaned(session: Session, lease: Sequence[Any] | None) -> str | None:
     Only an immunity session qualifies, and only when the process it serves can no longer
     use it: that process ran on this machine and is gone (`holder_alive` False: its client
     end is dead, the server has not noticed yet), or it holds the lease we are granted over
-    and has stopped heart-beating past `lease_ttl` or released it (`lease`: holder, ...,
-    released at 5, fresh at 6, as `acquire_lease` reads it). Whatever it was writing was
+    and has stopped heart-beating past `lease_ttl` (`lease`: holder, ..., released at 5,
+    fresh at 6, as `acquire_lease` reads it). A released lease's holder may be starting its
+    next run: only its death counts then. Whatever it was writing was
     never acknowledged; had it gone on, its fencing token would be refused anyway. A session
     of another tool, or of a live holder, is never ended by us."""
     holder = session.holder
@@ -200,13 +201,8 @@ def orphaned(session: Session, lease: Sequence[Any] | None) -> str | None:
         return None
     if holder_alive(holder, session.backend_start) is False:
         return f"its immunity process ({holder}) is gone"
-    if lease is not None and lease[0] == holder:
-        if lease[5]:
-            return f"it belongs to {holder}, which released the lease"
-        if not lease[6]:
-            return (
-                f"it belongs to {holder}, whose lease has expired (no heartbeat within lease_ttl)"
-            )
+    if lease is not None and lease[0] == holder and not lease[5] and not lease[6]:
+        return f"it belongs to {holder}, whose lease has expired (no heartbeat within lease_ttl)"
     return None
 
 
