@@ -100,7 +100,9 @@ def _latency(n: Mapping[str, float], side: str) -> list[str]:
         # a quantile's label ("p90"); a configured or guard-rail threshold's ("t0") says nothing
         name = f"{label} " if label.startswith("p") else ""
         if cn == 0 and bn == 0:
-            out.append(f"{name}no requests".strip())
+            # nothing counted: a threshold not set yet counts none (the reason says why)
+            said = "threshold not set yet" if threshold is None else "no requests"
+            out.append(f"{name}{said}".strip())
             continue
         head = name
         if f"{label}_canary_ms" in n and f"{label}_baseline_ms" in n:
@@ -116,8 +118,9 @@ def _latency(n: Mapping[str, float], side: str) -> list[str]:
             f"{head}{pct(slow_c)} vs {pct(slow_b)} of requests over {ms(threshold)} "
             f"({count(cn)} vs {count(bn)} requests)" + (f"; {evidence}" if evidence else "")
         )
-    if out and all(line.endswith("no requests") for line in out):
-        return ["no requests"]  # not once per quantile
+    for said, whole in (("no requests", "no requests"), ("not set yet", "thresholds not set yet")):
+        if out and all(line.endswith(said) for line in out):
+            return [whole]  # not once per quantile
     return out
 
 
