@@ -34,7 +34,9 @@ from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshabl
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectTimeoutError,
     CredentialRetrievalError,
+    EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
     NoRegionError,
@@ -247,6 +249,14 @@ class AwsApi:
             read_timeout=settings.read_timeout,
             user_agent_extra="immunity",
         )
+        # Until a service's endpoint has answered once, a connection that cannot be made at
+        # all (refused, no such host) is a wrong endpoint_url or region or no network, not a
+        # blip: it is named at once instead of retried max_attempts times with backoff (tens
+        # of seconds, and `status`'s shorter wait hid the cause). Such a first call goes out
+        # without retries; any other error on it is retried as usual.
+        self._first_config = self._config.merge(BotoConfig(retries={"max_attempts": 1}))
+        self._first: dict[str, Any] = {}
+        self._answered: set[str] = set()
 
     # -- building (sync, runs in a worker thread) --------------------------------------
 
@@ -286,11 +296,13 @@ class AwsApi:
         core._credentials = creds  # type: ignore[attr-defined]
         return boto3.session.Session(botocore_session=core, region_name=base.region_name)
 
-    def _build_client(self, service: str) -> Any:
+    def _build_client(self, service: str, *, first: bool = False) -> Any:
         if self._session is None:
             self._session = self._build_session()
         return self._session.client(  # type: ignore[call-overload]
-            service, endpoint_url=self._settings.endpoint_url, config=self._config
+            service,
+            endpoint_url=self._settings.endpoint_url,
+            config=self._first_config if first else self._config,
         )
 
     def _resolve_credentials(self) -> None:
@@ -346,6 +358,10 @@ class AwsApi:
         Reads are abandoned on cancellation (the answer no longer matters); writes are waited
         for, so a cancelled caller never leaves a register/deregister in doubt in this process.
         """
+        if service not in self._answered and not self._injected and not write:
+            first = await self._first_call(service, operation, host, resource, preflight, params)
+            if first is not None:
+                return first
         client = await self.client(service, preflight=preflight)
         method = getattr(client, xform_name(operation))
         log.debug("%s: %s %s", self._adapter, operation, host or resource or "")
@@ -355,6 +371,39 @@ class AwsApi:
             )
         except (BotoCoreError, ClientError) as exc:
             raise self._map(exc, service, operation, host, resource, preflight) from exc
+        self._answered.add(service)
+        return dict(reply)
+
+    async def _first_call(
+        self,
+        service: str,
+        operation: str,
+        host: str | None,
+        resource: str | None,
+        preflight: bool,
+        params: Mapping[str, Any],
+    ) -> dict[str, Any] | None:
+        """`operation` once, without retries, before `service` ever answered: its reply;
+        the mapped error at once when the endpoint cannot be reached at all; None for any
+        other error (the caller makes the call again, retried as usual)."""
+        async with self._lock:
+            if service not in self._first:
+                try:
+                    self._first[service] = await anyio.to_thread.run_sync(
+                        functools.partial(self._build_client, service, first=True)
+                    )
+                except (BotoCoreError, ClientError) as exc:
+                    raise self._map(exc, service, "CreateClient", None, None, preflight) from exc
+        method = getattr(self._first[service], xform_name(operation))
+        try:
+            reply = await anyio.to_thread.run_sync(
+                functools.partial(method, **params), abandon_on_cancel=True
+            )
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:  # never connected
+            raise self._map(exc, service, operation, host, resource, preflight) from exc
+        except (BotoCoreError, ClientError):
+            return None
+        self._answered.add(service)
         return dict(reply)
 
     def _map(
@@ -381,7 +430,8 @@ class AwsApi:
     async def aclose(self) -> None:
         """Close the HTTP connection pools of the clients built here. Idempotent."""
         clients, self._clients = self._clients, {}
-        for c in clients.values():
+        first, self._first = self._first, {}
+        for c in [*clients.values(), *first.values()]:
             close = getattr(c, "close", None)
             if close is not None:
                 await anyio.to_thread.run_sync(close)

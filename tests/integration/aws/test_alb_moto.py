@@ -182,6 +182,27 @@ async def test_role_arn_is_assumed_through_sts(moto: str, alb: Any) -> None:
     await lb.aclose()
 
 
+async def test_an_endpoint_never_reached_is_named_at_once_not_retried(moto: str, alb: Any) -> None:
+    """With the default retries (8 attempts), an endpoint nothing listens on is named at
+    the first call (no backoff over 8 attempts, which took tens of seconds and made
+    `status` say only that the balancer did not answer within 2 s); once the endpoint
+    answered, the adapter's calls are retried as before (a registered target is read)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    lb = _balancer(dead, alb.target_group_arn)
+    # one refused connection takes well under a second; 8 attempts with backoff took
+    # 8-35 s (random), past any wait of a reader like `status`
+    with anyio.fail_after(5), pytest.raises(BalancerError) as err:
+        await lb.members(_hosts(alb.instance_ids))
+    assert "EndpointConnectionError" in err.value.message and dead in err.value.message
+    assert err.value.hint is not None and "endpoint" in err.value.hint
+    await lb.aclose()
+    live = _balancer(moto, alb.target_group_arn)
+    assert set(await live.members(_hosts(alb.instance_ids)))
+    await live.aclose()
+
+
 async def test_unreachable_endpoint_is_a_balancer_error_with_a_network_hint(alb: Any) -> None:
     """A closed port maps to BalancerError naming the operation, with a network hint."""
     with socket.socket() as s:
