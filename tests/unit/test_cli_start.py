@@ -283,3 +283,45 @@ def test_status_reads_the_fleet_without_loading_an_http_client(tmp_path: Path) -
     loaded, code = _loaded_by(["status", "-c", "c.yaml"], tmp_path)
     assert "httpx" not in loaded.split(","), code
     assert "immunity.config.models" in loaded.split(",")  # the config was read
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("sig", "code"), [("SIGHUP", 129), ("SIGINT", 130)])
+def test_serve_ends_cleanly_when_its_terminal_goes_away(
+    tmp_path: Path, sig: str, code: int
+) -> None:
+    """`serve` stops gracefully on SIGHUP (the ssh session that started it went away), exit
+    129, as it does on Ctrl-C (130); SIGHUP used to kill it at once (exit -1, requests in
+    flight cut, the journals not closed). (SIGTERM: uvicorn's own graceful stop, 143.)"""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    (tmp_path / "c.yaml").write_text(READ_ONLY_CONFIG)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "immunity", "serve", "-c", "c.yaml", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert p.poll() is None, p.communicate()
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "serve never answered"
+                time.sleep(0.2)
+        p.send_signal(getattr(signal, sig))
+        _, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert code == p.returncode, err[-2000:]

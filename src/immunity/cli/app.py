@@ -787,9 +787,28 @@ def serve(
         uvicorn.Config(create_app(fleets, token=token), host=host, port=port, log_level="warning")
     )
 
+    hung_up: list[bool] = []
+
     async def main() -> None:
+        import signal
+
+        import anyio
+
+        async def hang_up() -> None:
+            # uvicorn shuts down gracefully on SIGINT and SIGTERM (then exits 130/143);
+            # SIGHUP (the terminal or ssh session went away) killed the process with
+            # requests in flight: it stops the same way, then exits 129
+            with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+                async for _ in signals:
+                    hung_up.append(True)
+                    server.should_exit = True
+                    return
+
         try:
-            await server.serve()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hang_up)
+                await server.serve()
+                tg.cancel_scope.cancel()
         finally:
             for f in fleets:
                 await f.aclose()
@@ -801,6 +820,8 @@ def serve(
         highlight=False,
     )
     _run(main)
+    if hung_up:
+        raise typer.Exit(129)
     if not server.started:
         raise typer.Exit(2)
 
