@@ -71,7 +71,8 @@ class HAProxyPool:
         """Per-command socket timeout."""
         retry_for: Duration = 10.0
         """How long one command is retried while the socket does not answer (a reload, a
-        blip); the step's own deadline still bounds it."""
+        blip); the step's own deadline still bounds it. A socket that never answered and is
+        not there (no such file, refused) is named at once instead."""
 
     def __init__(self, settings: HAProxyPool.Settings, *, base_dir: Path) -> None:
         self.settings = settings
