@@ -93,3 +93,42 @@ def test_a_webhook_body_has_the_short_message_and_the_whole_verdict() -> None:
     assert (
         "(customers: the signal sees no traffic" in body["data"]["verdict"]["checks"][0]["reason"]
     )
+
+
+def test_the_reports_sentence_says_each_outcome_once() -> None:
+    """The report's and `show`'s sentence for every outcome whose reason restates it (as the
+    engine writes them, and as older journals did) names the outcome once."""
+    import datetime as dt
+
+    from immunity.journal.base import DeploymentRecord
+    from immunity.report.data import verdict_sentence
+
+    at = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+    cases = {
+        ("interrupted", "interrupted by signal; hosts in flight finished, fleet in the pool"): (
+            "the deployment of v4 was interrupted: a signal received; hosts in flight finished, "
+            "fleet in the pool."
+        ),
+        ("interrupted", "SIGINT received; hosts in flight finished, fleet in the pool"): (
+            "the deployment of v4 was interrupted: SIGINT received; hosts in flight finished, "
+            "fleet in the pool."
+        ),
+        ("terminated", "SIGTERM received; hosts in flight finished, fleet in the pool"): (
+            "the deployment of v4 was terminated: SIGTERM received; hosts in flight finished, "
+            "fleet in the pool."
+        ),
+        ("held", "held: latency: p90 over"): (
+            "v4 was held: the verdict stayed inconclusive: latency: p90 over."
+        ),
+        (
+            "unchanged",
+            "every host already serves v4: nothing was deployed, no host touched (`deploy "
+            "--force` walks every host again)",
+        ): (
+            "v4 already ran on every host: nothing was deployed, no host touched (`deploy "
+            "--force` walks every host again)."
+        ),
+    }
+    for (outcome, reason), said in cases.items():
+        record = DeploymentRecord("d1", "shop", "v4", at, at, outcome, reason)
+        assert said == verdict_sentence(record, {"reason": reason})

@@ -206,7 +206,7 @@ def verdict_sentence(record: DeploymentRecord, result: Mapping[str, Any]) -> str
         "unchanged": f"{record.release} already ran on every host: nothing was deployed",
         # stopped runs: the head says how, the reason what was received and where it stands
         "interrupted": f"the deployment of {record.release} was interrupted",
-        "terminated": f"the deployment of {record.release} was stopped",
+        "terminated": f"the deployment of {record.release} was terminated",
         "superseded": f"the deployment of {record.release} lost its lease to another run",
         "failed": f"the deployment of {record.release} failed",
         "unfinished": f"the deployment of {record.release} has not finished",
