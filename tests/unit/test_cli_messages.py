@@ -264,3 +264,23 @@ def test_a_next_line_names_the_config_the_command_was_given(
     assert 5 == code
     assert "`immunity resume -c /srv/shop.yaml` to take it over" in said, said
     assert "`immunity status -c /srv/shop.yaml` shows it" in said and "FILE" not in said, said
+
+
+def test_a_stopped_revert_or_rollback_is_finished_by_resume_not_deployed_further() -> None:
+    """Trial 4 finding 14: Ctrl-C during `resume --abort` advised "finish the deployment with
+    `immunity resume`", read as "go forward"; now the revert (or rollback) is what `resume`
+    finishes, as `show` says, with the hosts in words (the engine's reason, not a list)."""
+    abort = (
+        "SIGINT received during the revert (aborted with `resume --abort`; v8 was not "
+        "judged); hosts in flight finished, h3, h4 not reverted yet: `immunity resume` "
+        "finishes the revert"
+    )
+    said = next_step("interrupted", "c.yaml", reason=abort)
+    assert said.startswith("`immunity resume -c c.yaml` finishes the revert"), said
+    assert "finish the deployment" not in said and "--abort" not in said
+    rolled = "SIGTERM received during the revert (rollback requested); hosts in flight ..."
+    said = next_step("terminated", "c.yaml", reason=rolled)
+    assert said.startswith("`immunity resume -c c.yaml` finishes the rollback"), said
+    assert "finish the deployment with `immunity resume -c c.yaml`" in next_step(
+        "interrupted", "c.yaml", reason="SIGINT received; hosts in flight finished"
+    )

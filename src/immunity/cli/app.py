@@ -20,6 +20,7 @@ from typer.core import TyperOption
 
 from immunity.cli import output
 from immunity.cli.output import err, escape, out, plain, show_error, write_json
+from immunity.cli.paths import cannot_write, writable, wrote
 from immunity.domain import brief, outcome_words, reason_beside
 from immunity.errors import ConfigError, ImmunityError
 
@@ -110,7 +111,10 @@ T = TypeVar("T")
 
 ConfigOpt = Annotated[str, typer.Option("-c", "--config", help="Path of immunity.yaml.")]
 JsonOpt = Annotated[
-    str | None, typer.Option("--json", help="Write the JSON result to FILE ('-' for stdout).")
+    str | None,
+    typer.Option(
+        "--json", help="Write the JSON result to FILE ('-' for stdout).", callback=writable
+    ),
 ]
 CiOpt = Annotated[
     str,
@@ -315,6 +319,22 @@ def _reporting(ci_kind: str, output_fmt: str, config: str) -> ci.Reporter | None
         err.print(f"error (usage): {exc}", markup=False)
         err.print("next: run the same command with one of the two", markup=False)
         raise typer.Exit(2) from None
+    if isinstance(rep, ci.GithubReporter):  # the runner's files, checked before anything runs
+        for env, dest in (
+            ("GITHUB_OUTPUT", rep.output_file),
+            ("GITHUB_STEP_SUMMARY", rep.summary_file),
+        ):
+            problem = cannot_write(Path(dest)) if dest else None
+            if problem:
+                err.print(
+                    f"error (usage): ${env} {dest}: {problem}; nothing was touched", markup=False
+                )
+                err.print(
+                    f"next: run in a GitHub Actions job whose ${env} can be written, or pass "
+                    "`--ci none`",
+                    markup=False,
+                )
+                raise typer.Exit(2)
     if rep is not None:
         try:
             text = Path(config).read_text(encoding="utf-8")
@@ -469,7 +489,8 @@ def config_validate(file: Annotated[str, typer.Argument(help="immunity.yaml to c
 @config_app.command("docs")
 def config_docs(
     output_file: Annotated[
-        str | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")
+        str | None,
+        typer.Option("--output", "-o", help="Write to FILE instead of stdout.", callback=writable),
     ] = None,
 ) -> None:
     """Print the immunity.yaml reference (docs/config.md), generated from the config models."""
@@ -479,7 +500,7 @@ def config_docs(
     if output_file:
         from pathlib import Path
 
-        Path(output_file).write_text(text)
+        wrote("the reference", output_file, lambda: Path(output_file).write_text(text))
     else:
         out.print(text, markup=False, highlight=False, soft_wrap=True, end="")
 
@@ -487,7 +508,8 @@ def config_docs(
 @config_app.command("schema")
 def config_schema(
     output_file: Annotated[
-        str | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")
+        str | None,
+        typer.Option("--output", "-o", help="Write to FILE instead of stdout.", callback=writable),
     ] = None,
 ) -> None:
     """Print the JSON Schema of immunity.yaml (for editors: completion and checking)."""
@@ -874,10 +896,12 @@ def report(
     deployment: Annotated[str, typer.Argument(help="Deployment id (a unique prefix will do).")],
     config: ConfigOpt,
     html: Annotated[
-        str | None, typer.Option("--html", help="Write the HTML report to FILE.")
+        str | None,
+        typer.Option("--html", help="Write the HTML report to FILE.", callback=writable),
     ] = None,
     json_file: Annotated[
-        str | None, typer.Option("--json", help="Write the report's data as JSON to FILE.")
+        str | None,
+        typer.Option("--json", help="Write the report's data as JSON to FILE.", callback=writable),
     ] = None,
 ) -> None:
     """Write DEPLOYMENT's report: one self-contained HTML file (and its data as JSON).
@@ -900,10 +924,20 @@ def report(
         data = _run(read)
         if html is None and json_file is None:
             h = rpt.default_path(loaded, data["deployment_id"])
-            rpt.write(data, h, h.with_suffix(".json"))
+            if not wrote(
+                "the report", h, lambda: rpt.write(data, h, h.with_suffix(".json")), late=False
+            ):
+                raise typer.Exit(2)
             out.print(f"report: {h} (and {h.with_suffix('.json').name})", markup=False)
             return
-        rpt.write(data, Path(html) if html else None, Path(json_file) if json_file else None)
+        html_path, json_path = Path(html) if html else None, Path(json_file) if json_file else None
+        if not wrote(
+            "the report",
+            html or json_file,
+            lambda: rpt.write(data, html_path, json_path),
+            late=False,
+        ):
+            raise typer.Exit(2)
     except ImmunityError as exc:
         raise typer.Exit(show_error(exc, config=config)) from None
     for f in (html, json_file):

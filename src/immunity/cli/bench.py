@@ -8,6 +8,7 @@ import typer
 
 from immunity.bench.judge_cli import app as judge_app
 from immunity.cli.output import out, write_json
+from immunity.cli.paths import writable
 
 bench_app = typer.Typer(no_args_is_help=True)
 
@@ -17,7 +18,9 @@ def rollout(
     hosts: Annotated[int, typer.Option(help="Hosts in the sandbox.")] = 6,
     rps: Annotated[float, typer.Option(help="Customer requests per second.")] = 200.0,
     cold_start_s: Annotated[float, typer.Option(help="Cold start of the new release.")] = 3.0,
-    json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write JSON to FILE.", callback=writable)
+    ] = None,
 ) -> None:
     """Roll the same release three ways (immunity, naive, drain_only) under the same load."""
     from immunity.bench.rollout import render, run
@@ -32,7 +35,9 @@ def logtail(
     seconds: Annotated[int, typer.Option(help="Seconds of traffic in the log.")] = 100,
     rps: Annotated[int, typer.Option(help="Requests per second in the log.")] = 2000,
     servers: Annotated[int, typer.Option(help="HAProxy servers answering.")] = 6,
-    json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write JSON to FILE.", callback=writable)
+    ] = None,
 ) -> None:
     """Parse throughput and per-look cost of the haproxy signal's access-log tail vs re-reading."""
     from immunity.bench.logtail import render, run
@@ -51,7 +56,9 @@ def journal(
     sqlite: Annotated[
         str | None, typer.Option(help="SQLite file for the comparison (default: a temp file).")
     ] = None,
-    json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write JSON to FILE.", callback=writable)
+    ] = None,
 ) -> None:
     """Many orchestrators on one journal: wrong lease grants (must be 0), writes/s, p50/p99
     write latency, PostgreSQL beside SQLite, and the naive lease for contrast."""
@@ -72,7 +79,9 @@ def journal_writes(
     sqlite: Annotated[
         str | None, typer.Option(help="SQLite file for the comparison (default: a temp file).")
     ] = None,
-    json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write JSON to FILE.", callback=writable)
+    ] = None,
 ) -> None:
     """A host switch's journal writes, ours (a step's finish with the next start: 8 writes)
     against one append per entry (15), on PostgreSQL and SQLite: writes and commits per
@@ -96,7 +105,9 @@ def scale(
             "of a database the bench may write a deployment to."
         ),
     ] = "sqlite",
-    json_out: Annotated[str | None, typer.Option("--json", help="Write JSON to FILE.")] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write JSON to FILE.", callback=writable)
+    ] = None,
 ) -> None:
     """The orchestrator's own cost on N in-memory hosts: CPU per host switch, peak RSS,
     journal rows/s, wall time against the configured waits (the same run in virtual time)."""

@@ -233,14 +233,20 @@ class GithubReporter(Reporter):
         values = outputs(result, report_path)
         if json_path:
             values["result_path"] = str(Path(json_path).resolve())
+        from immunity.cli.paths import wrote  # a late failure: one line, the same exit
+
         if self.output_file:
-            with open(self.output_file, "a", encoding="utf-8") as f:
-                for key, value in values.items():
-                    delim = f"ghadelimiter_{uuid.uuid4()}"
-                    f.write(f"{key}<<{delim}\n{value}\n{delim}\n")
+            text = "".join(
+                f"{key}<<{delim}\n{value}\n{delim}\n"
+                for key, value in values.items()
+                for delim in (f"ghadelimiter_{uuid.uuid4()}",)
+            )
+            wrote("the GitHub outputs", self.output_file, lambda: _append(self.output_file, text))
         if self.summary_file:
-            with open(self.summary_file, "a", encoding="utf-8") as f:
-                f.write(summary_markdown(result, report_path))
+            summary = summary_markdown(result, report_path)
+            wrote(
+                "the step summary", self.summary_file, lambda: _append(self.summary_file, summary)
+            )
         if result.get("outcome") in ("reverted", "revert_incomplete", "held", "inconclusive"):
             title = f"immunity: {result.get('release')} {result.get('outcome')}"
             # not judged for lack of evidence is a warning, not a release found worse
@@ -249,6 +255,12 @@ class GithubReporter(Reporter):
                 f"::{level} title={gh_escape_property(title)}::"
                 f"{gh_escape_data(brief(str(result.get('reason') or result.get('outcome'))))}"
             )
+
+
+def _append(path: str | None, text: str) -> None:
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
 
 
 def _md(text: Any) -> str:

@@ -197,6 +197,18 @@ def next_step(
     None) say what would get the release judged (`evidence_step`)."""
     c = f"-c {config}"
     hosts = ", ".join(needs_human or []) or "the hosts named above"
+    if " during the revert (rollback requested)" in reason:  # engine.immune.revert's words
+        stopped = f"`immunity resume {c}` finishes the rollback (the hosts not rolled back yet)"
+    elif " during the revert (" in reason:  # a revert (verdict, `resume --abort`) stopped
+        stopped = (
+            f"`immunity resume {c}` finishes the revert (every host back on the release it "
+            "ran before); the release is not deployed further"
+        )
+    else:
+        stopped = (
+            f"finish the deployment with `immunity resume {c}`, or revert it with "
+            f"`immunity resume {c} --abort`"
+        )
     steps = {
         "reverted": f"the fleet serves its previous release; see why with `immunity history {c}`, "
         "fix the release and deploy a new one",
@@ -211,10 +223,8 @@ def next_step(
         f"`immunity status {c}`",
         "held": f"continue with `immunity resume {c}` (judged again), or revert with "
         f"`immunity resume {c} --abort`; " + evidence_step(reason, config, probe),
-        "interrupted": f"finish the deployment with `immunity resume {c}`, or revert it with "
-        f"`immunity resume {c} --abort`",
-        "terminated": f"finish the deployment with `immunity resume {c}`, or revert it with "
-        f"`immunity resume {c} --abort`",
+        "interrupted": stopped,
+        "terminated": stopped,
         "failed": f"the fleet was reverted to one release before the error was reported; see "
         f"`immunity status {c}` and the traceback, then deploy again or `immunity rollback {c}`",
     }
@@ -229,8 +239,10 @@ def write_json(data: Any, dest: str | None) -> None:
     if dest == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
-    else:
-        Path(dest).write_text(text)
+    else:  # checked before the command ran (cli.paths.writable); a late failure: one line
+        from immunity.cli.paths import wrote
+
+        wrote("the JSON result", dest, lambda: Path(dest).write_text(text, encoding="utf-8"))
 
 
 def live_view(

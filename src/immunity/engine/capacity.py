@@ -48,7 +48,7 @@ class CapacityGuard:
             ):
                 if not self._walking:
                     raise CapacityExhausted(
-                        f"cannot take {host} out of the pool: {sorted(self.out)} "
+                        f"cannot take {host} out of the pool: {', '.join(sorted(self.out))} "
                         f"already out and not coming back in this run "
                         f"(max_unavailable {self.max_unavailable})",
                         hint="put those hosts back in the pool (or `immunity rollback`), then retry",

@@ -271,7 +271,7 @@ class Rollout:
             )
             await run.rec.record(
                 "wave.started",
-                f"wave {i}: {[h.name for h in todo]}{alone}",
+                f"wave {i}: {', '.join(h.name for h in todo)}{alone}",
                 wave=i,
                 hosts=[h.name for h in todo],
                 baseline=left,
@@ -522,7 +522,7 @@ class Rollout:
         if held is None or run.stopping or self._done(held.name):
             return True
         await run.rec.record(
-            "wave.started", f"holdback: {[held.name]}", wave=i + 1, hosts=[held.name]
+            "wave.started", f"holdback: {held.name}", wave=i + 1, hosts=[held.name]
         )
         error = await self._switch(held)
         if error is not None:

@@ -129,7 +129,7 @@ async def immune_response(
             failed.extend(sorted(pending))
             await rec.record(
                 "immune.timed_out",
-                f"revert deadline {deadline:g}s passed with {sorted(pending)} unfinished",
+                f"revert deadline {deadline:g}s passed with {', '.join(sorted(pending))} unfinished",
                 hosts=sorted(pending),
             )
     return RevertReport(sorted(failed), not_started)
@@ -194,7 +194,7 @@ async def revert(
         await run.conclude(
             RunOutcome.REVERT_INCOMPLETE,
             reason,
-            message=f"could not revert {report.failed}: a human is needed",
+            message=f"could not revert {', '.join(report.failed)}: a human is needed",
             needs_human=report.failed,
             detected_after_s=detected_after_s,
             **extra,
@@ -203,7 +203,8 @@ async def revert(
         await run.conclude(
             run.stopping,
             f"{run.stopped_by} received during the revert ({reason}); hosts in flight finished, "
-            f"{report.not_started} not reverted yet: `immunity resume` finishes the revert",
+            f"{', '.join(report.not_started)} not reverted yet: `immunity resume` finishes the "
+            "revert",
             not_started=report.not_started,
             detected_after_s=detected_after_s,
             **extra,

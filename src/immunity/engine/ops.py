@@ -8,6 +8,8 @@ undoes it. `rollback` walks every host back to its previous release. (`status` o
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from immunity.domain import LbState
@@ -56,10 +58,72 @@ async def last_change(fleet: Fleet) -> DeploymentRecord | None:
     """The run `rollback` undoes: the last one that changed a host's release, past no-ops
     (`unchanged`) and finished restarts of the running release (`deploy --force`), so a
     redeploy never takes the release before it out of reach."""
-    recs = await changes(fleet)
+    return _last_change(await changes(fleet))
+
+
+def _last_change(recs: list[DeploymentRecord]) -> DeploymentRecord | None:
+    recs = list(recs)
     while len(recs) > 1 and restart_only(recs[-1]):
         recs.pop()
     return recs[-1] if recs else None
+
+
+TAKEN_OFF = {
+    "reverted": "found worse and reverted",
+    "inconclusive": "reverted unjudged (inconclusive)",
+    "aborted": "aborted with `resume --abort`",
+    "revert_incomplete": "found worse and reverted (its revert did not finish)",
+}
+"""A deployment's outcomes that took its release off the fleet, in words."""
+
+
+def taken_away(recs: list[DeploymentRecord]) -> dict[str, DeploymentRecord]:
+    """Each release the journal's last word about took off the fleet, with that run: a
+    rollback (interrupted or not) takes away the releases it found that are not its
+    targets; a deployment whose outcome is in `TAKEN_OFF` its release; a deployment that
+    ended `deployed` gives its release back (it was judged again). `recs`: oldest first."""
+    gone: dict[str, DeploymentRecord] = {}
+    for rec in recs:
+        if rec.rollback:
+            kept = {str(v) for v in dict(rec.data.get("fallbacks", {})).values()}
+            for release in set(ran_before(rec).values()) - kept:
+                gone[release] = rec
+        elif rec.outcome in TAKEN_OFF:
+            gone[rec.release] = rec
+        elif rec.outcome == "deployed":
+            gone.pop(rec.release, None)
+    return gone
+
+
+def _at(rec: DeploymentRecord) -> str:
+    return (rec.finished_at or rec.started_at).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def refuse_taken_away(
+    targets: dict[str, str], actives: Mapping[str, str | None], recs: list[DeploymentRecord]
+) -> None:
+    """NothingToRollBack when a rollback would put a host on a release that a rollback,
+    a revert or an abort took off the fleet and no deployment has judged since: rolling
+    back twice would roll the fleet forward, unjudged, to the release just taken away."""
+    gone = taken_away(recs)
+    bad = sorted({r for r in targets.values() if r in gone})
+    if not bad:
+        return
+    release, rec = bad[0], gone[bad[0]]
+    on = by_release(actives)
+    now = next(iter(on)) if len(on) == 1 else spelled(on)
+    if rec.rollback:
+        how = f"rolled back from {release} at {_at(rec)} ({rec.id})"
+    else:
+        how = f"{release} was {TAKEN_OFF[rec.outcome or '']} at {_at(rec)} ({rec.id})"
+    raise NothingToRollBack(
+        f"the fleet is already on {now}, {how}; rolling back would put "
+        f"{', '.join(n for n, r in targets.items() if r == release)} back on {release}, unjudged",
+        hint=f"deploy {release} again to go forward: `immunity deploy -c FILE --release "
+        f"{release}` (judged wave by wave); to go further back, deploy that release "
+        "(`immunity history -c FILE` lists the deployments)",
+        context={"release": release, "deployment_id": rec.id},
+    )
 
 
 async def resumable(fleet: Fleet) -> DeploymentRecord:
@@ -92,12 +156,16 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
     """Walk every host back to its previous release, by the same switch.
 
     A host's previous release is the one it ran before the last change (`last_change`: its
-    fallback there; after a rollback, the release it ran before that rollback). Hosts already
-    on it stay as they are. Without a journal record, the host's previously installed
-    release. Raises NothingToRollBack when no host would move, and after a rollback that
-    found the fleet mixed (it ended an interrupted deployment): undoing it would mix it again.
+    fallback there). Hosts already on it stay as they are. Without a journal record, the
+    host's previously installed release. Raises NothingToRollBack when no host would move;
+    after a rollback that found the fleet mixed (it ended an interrupted deployment):
+    undoing it would mix it again; and when a host would go to a release a rollback, a
+    revert or an abort took off the fleet and no deployment judged since (`taken_away`):
+    a second `rollback` right after one would roll the fleet forward, unjudged, to the
+    release just rolled back (deploying it again goes forward, judged).
     """
-    record = await last_change(fleet)
+    recs = await changes(fleet)
+    record = _last_change(recs)
     seen = await fleet.observe(installed=record is None)
     observed, actives = seen.states, seen.actives
     targets = ran_before(record) if record is not None else {}
@@ -116,6 +184,8 @@ async def rollback(fleet: Fleet, *, handle_signals: bool = True) -> RunResult:
             hint="to go on to another release, deploy it: `immunity deploy -c FILE --release "
             "NAME` (`immunity history -c FILE` lists the deployments)",
         )
+    if record is not None:
+        refuse_taken_away(targets, actives, recs)
     if record is not None and all(
         observed.get(name) == (LbState.SERVING, release) for name, release in targets.items()
     ):
@@ -152,10 +222,14 @@ async def _rollback_body(run: Run) -> None:
     targets = {str(k): str(v) for k, v in dict(run.data.get("fallbacks", {})).items()}
     if run.resumed:
         await run.rec.record(
-            "rollback.resumed", f"resuming the rollback to {targets}", targets=targets
+            "rollback.resumed",
+            f"resuming the rollback to {spelled(by_release(targets))}",
+            targets=targets,
         )
     else:
         await run.rec.record(
-            "rollback.started", f"rolling back to {sorted(set(targets.values()))}", targets=targets
+            "rollback.started",
+            f"rolling back to {', '.join(sorted(set(targets.values())))}",
+            targets=targets,
         )
     await revert(run, "rollback requested", targets, done=RunOutcome.ROLLED_BACK, all_hosts=True)

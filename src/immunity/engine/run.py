@@ -40,6 +40,7 @@ from immunity.engine.record import Recorder
 from immunity.engine.result import NOTIFIED, RunOutcome, RunResult
 from immunity.errors import ImmunityError, JournalError, LeaseHeld, LeaseLost
 from immunity.fleet.context import Fleet, ran_before
+from immunity.fleet.preflight import refuse_over_unfinished
 from immunity.fleet.state import FleetState
 from immunity.journal import explain_lease_held, holder_alive, holder_name, new_deployment_id
 from immunity.journal.base import DeploymentRecord, Lease
@@ -331,9 +332,14 @@ class Run:
                 holder_dead=alive is False,
             )
         except LeaseHeld as exc:
-            raise await explain_lease_held(
+            explained = await explain_lease_held(
                 fleet.journal, fleet.app, fleet.config.lease_ttl, exc
-            ) from exc
+            )
+            if not takeover and not explained.context.get("running", True):
+                # nobody runs it any more: not "another orchestrator deploys" (exit 5, which
+                # CI retries) but an unfinished deployment to resume or abort (exit 2)
+                await refuse_over_unfinished(fleet)
+            raise explained from exc
 
     async def _heartbeat(self) -> None:
         every = max(0.2, self.fleet.config.lease_ttl / 3)

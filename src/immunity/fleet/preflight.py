@@ -17,8 +17,9 @@ from collections.abc import Mapping
 
 from immunity.analysis.preflight import cross_check_traffic
 from immunity.domain import LbState, Member
-from immunity.errors import PreflightError
+from immunity.errors import LeaseHeld, PreflightError
 from immunity.fleet.context import Fleet, by_release, last_deployment, spelled, unknown_members
+from immunity.journal import explain_lease_held
 from immunity.judge import build_judge
 
 
@@ -88,14 +89,25 @@ async def refuse_over_unfinished(fleet: Fleet) -> None:
     outcome (its process died), stopped by a signal, or held (`judge.on_inconclusive: hold`
     paused it with the fleet mixed on purpose). A new deployment on top of it would
     take the hosts it left on its release for the fleet's "previous" release, and the
-    interrupted run could no longer be resumed or aborted. The lease check comes first (a
-    live holder is refused with LeaseHeld), so an unfinished record here has no live run.
+    interrupted run could no longer be resumed or aborted.
+
+    A run whose lease is still held by a live holder (heart-beating, or its process
+    running on this machine) is not unfinished but running: LeaseHeld (exit 5) naming it,
+    as `deploy` says. `deploy --dry-run` takes no lease and learns it here; a `deploy`
+    whose lease was refused because the holder's process is gone is told the run is
+    unfinished (exit 2), not that another orchestrator deploys.
     """
     last = await last_deployment(fleet)
     if last is None or last.outcome not in UNFINISHED:
         return
+    lease = await fleet.journal.current_lease(fleet.app)
+    if lease is not None and lease.deployment_id == last.id:
+        held = LeaseHeld(f"{fleet.app}'s lease is held by {lease.holder}")
+        explained = await explain_lease_held(fleet.journal, fleet.app, fleet.config.lease_ttl, held)
+        if explained.context.get("running", True):
+            raise explained
     what = "rollback" if last.data.get("rollback") else "deployment"
-    state = last.outcome or "unfinished (its process ended without an outcome)"
+    state = last.outcome or "unfinished (its orchestrator ended without an outcome)"
     seen = await fleet.observe(lenient=True)
     on = by_release(
         {

@@ -70,7 +70,10 @@ async def explain_lease_held(
 ) -> LeaseHeld:
     """The journal's LeaseHeld with a state and hint that match the holder: alive and
     heart-beating → wait; its process gone → resume; alive on this machine but silent past
-    `lease_ttl` → stop that process, then resume; silent on another machine → resume."""
+    `lease_ttl` → stop that process, then resume; silent on another machine → resume.
+    Its context's `running` says whether a process still runs the deployment (alive, or
+    heart-beating): when not, the deployment is unfinished rather than held (see
+    `fleet.preflight.refuse_over_unfinished`)."""
     lease = await journal.current_lease(app)
     if lease is None:
         return exc
@@ -96,5 +99,10 @@ async def explain_lease_held(
         f"{app} is being deployed by another orchestrator: {who} holds the lease since "
         f"{since} (deployment {lease.deployment_id}), {state}",
         hint=hint,
-        context={**exc.context, "holder": lease.holder, "alive": alive},
+        context={
+            **exc.context,
+            "holder": lease.holder,
+            "alive": alive,
+            "running": bool(alive) or (alive is None and not silent),
+        },
     )

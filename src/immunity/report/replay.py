@@ -53,8 +53,8 @@ def replay(
     unknown = sorted({c.signal for c in config.checks} - recorded)
     if looks_by and unknown:
         raise ConfigError(
-            f"the new checks read signal(s) {unknown} that deployment {record.id} has no "
-            f"observation of (recorded: {sorted(recorded)})",
+            f"the new checks read signal(s) {', '.join(unknown)} that deployment {record.id} has no "
+            f"observation of (recorded: {', '.join(sorted(recorded))})",
             hint="replay re-judges recorded evidence: a check must read a signal that was observed",
         )
     carry: dict[str, list[float]] = {}

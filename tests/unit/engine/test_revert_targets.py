@@ -356,3 +356,60 @@ def test_an_interrupted_deploy_then_rollback_reads_as_ended_by_it_in_history_and
         f"every host already serves v15, as before the last deployment (v14 reverted, "
         f"{bad.deployment_id})" in refused.message
     )
+
+
+def test_a_second_rollback_refuses_to_put_back_the_release_just_rolled_back() -> None:
+    """Trial 4 finding 7: v15 deployed over v12, `rollback` (v15 → v12), then `rollback`
+    again rolled the fleet forward to v15, unjudged, exit 0. Now the second one, and one
+    after `deploy v12 --force` (a restart moves no host), are refused naming the release and
+    the way forward, no host started; deploying v15 again (judged) makes it rollbackable."""
+    clock = VirtualClock()
+    fleet, world, started = fleet_on({f"h{i}": "v12" for i in range(1, 4)}, clock)
+
+    async def main() -> tuple[Any, ...]:
+        await deploy(fleet, "v15", handle_signals=False)
+        back = await ops.rollback(fleet, handle_signals=False)
+        before = list(started)
+        with pytest.raises(ops.NothingToRollBack) as twice:
+            await ops.rollback(fleet, handle_signals=False)
+        assert started == before and on(world)["h1"] == ("v12", LbState.SERVING)
+        forced = await deploy(fleet, "v12", handle_signals=False, force=True)
+        with pytest.raises(ops.NothingToRollBack) as after_force:
+            await ops.rollback(fleet, handle_signals=False)
+        again = await deploy(fleet, "v15", handle_signals=False)
+        last = await ops.rollback(fleet, handle_signals=False)
+        return back, twice.value, forced, after_force.value, again, last
+
+    back, twice, forced, after_force, again, last = clock.run(main)
+    assert back.outcome == "rolled_back", back.reason
+    assert twice.exit_code == 2 and twice.reference == "nothing-to-roll-back"
+    assert "the fleet is already on v12, rolled back from v15 at " in twice.message
+    assert f"({back.deployment_id})" in twice.message
+    assert "would put h1, h2, h3 back on v15, unjudged" in twice.message
+    assert "deploy v15 again to go forward" in (twice.hint or "")
+    assert forced.outcome == "deployed", forced.reason
+    assert "rolled back from v15" in after_force.message
+    assert (again.outcome, last.outcome) == ("deployed", "rolled_back"), last.reason
+    assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 4)}
+
+
+def test_a_rollback_never_puts_a_host_back_on_a_reverted_release() -> None:
+    """Another member of finding 7's kind: v13 reverted with its revert incomplete leaves h1
+    on v13; `deploy v12` mends h1 (its fallback v13); `rollback` would put h1 back on the
+    release the revert took off the fleet. Refused, naming v13 as reverted."""
+    clock = VirtualClock()
+    fleet, world, _ = fleet_on({"h1": "v13", "h2": "v12", "h3": "v12"}, clock)
+
+    async def main() -> tuple[Any, Any]:
+        bad = await fleet.journal.begin(fleet.app, "v13", {"fallbacks": {"h1": "v12"}})
+        await fleet.journal.finish(bad.id, "revert_incomplete", "h1: revert failed", {})
+        mended = await deploy(fleet, "v12", handle_signals=False)
+        with pytest.raises(ops.NothingToRollBack) as refused:
+            await ops.rollback(fleet, handle_signals=False)
+        return mended, refused.value
+
+    mended, refused = clock.run(main)
+    assert mended.outcome == "deployed", mended.reason
+    assert "v13 was found worse and reverted (its revert did not finish) at " in refused.message
+    assert "would put h1 back on v13, unjudged" in refused.message, refused.message
+    assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 4)}
