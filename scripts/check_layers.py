@@ -24,6 +24,7 @@ RANK = {
     "errors": 0,
     "domain": 1,
     "clock": 1,
+    "files": 1,
     "config": 2,
     "plugins": 2,
     "clients": 3,

@@ -284,3 +284,39 @@ def test_a_stopped_revert_or_rollback_is_finished_by_resume_not_deployed_further
     assert "finish the deployment with `immunity resume -c c.yaml`" in next_step(
         "interrupted", "c.yaml", reason="SIGINT received; hosts in flight finished"
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["config", "schema", "-o", "{bad}"],
+        ["config", "docs", "-o", "{bad}"],
+        ["bench", "judge", "--quick", "--json", "{bad}"],
+        ["bench", "judge", "--quick", "--write-scenarios", "{bad}"],
+        ["bench", "scale", "--hosts", "10", "--json", "{bad}"],
+        ["sandbox", "load", "--dir", "{tmp}", "--out", "{bad}"],
+        ["journal", "copy", "--from", "{tmp}/j.db", "--to", "{tmp}/k.db", "--json", "{bad}"],
+        ["report", "x", "-c", "{tmp}/none.yaml", "--html", "{bad}"],
+        ["report", "x", "-c", "{tmp}/none.yaml", "--json", "{missing}"],
+    ],
+)
+def test_every_output_file_option_refuses_an_unwritable_path_before_running(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """Trial 4 finding 13's kind: a path through a file, or into a directory that does not
+    exist, is refused at once (exit 2, naming the path and why), with no traceback, no
+    directory created and nothing run."""
+    (tmp_path / "a-file").write_text("")
+    subs = {
+        "{bad}": str(tmp_path / "a-file" / "x.out"),
+        "{missing}": str(tmp_path / "no" / "dir" / "x.json"),
+        "{tmp}": str(tmp_path),
+    }
+    argv = [next((v for k, v in subs.items() if a == k), a) for a in args]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 2, (argv, r.output)
+    said = r.output + (r.stderr if r.stderr_bytes is not None else "")
+    assert "a-file is a file, not a directory" in said or "/no/dir does not exist" in said, said
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert not (tmp_path / "no").exists() and not (tmp_path / "j.db").exists()

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from immunity.bench import DEFAULT_SEED
 from immunity.errors import ImmunityError
+from immunity.files import writable
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -26,7 +27,10 @@ def judge(
         ),
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write the JSON result to FILE.", dir_okay=False)
+        Path | None,
+        typer.Option(
+            "--json", help="Write the JSON result to FILE.", dir_okay=False, callback=writable
+        ),
     ] = None,
     write_scenarios: Annotated[
         Path | None,
@@ -34,6 +38,7 @@ def judge(
             "--write-scenarios",
             help="Also write the generated scenarios to FILE (same format as --scenarios).",
             dir_okay=False,
+            callback=writable,
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated set.")] = DEFAULT_SEED,

@@ -116,10 +116,16 @@ def refuse_taken_away(
         how = f"rolled back from {release} at {_at(rec)} ({rec.id})"
     else:
         how = f"{release} was {TAKEN_OFF[rec.outcome or '']} at {_at(rec)} ({rec.id})"
+    stopped = rec.rollback and rec.outcome in (None, "interrupted", "terminated", "superseded")
     raise NothingToRollBack(
         f"the fleet is already on {now}, {how}; rolling back would put "
         f"{', '.join(n for n, r in targets.items() if r == release)} back on {release}, unjudged",
-        hint=f"deploy {release} again to go forward: `immunity deploy -c FILE --release "
+        hint=(
+            "that rollback did not finish: `immunity resume -c FILE` finishes it; "
+            if stopped
+            else ""
+        )
+        + f"deploy {release} again to go forward: `immunity deploy -c FILE --release "
         f"{release}` (judged wave by wave); to go further back, deploy that release "
         "(`immunity history -c FILE` lists the deployments)",
         context={"release": release, "deployment_id": rec.id},

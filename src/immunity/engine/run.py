@@ -339,6 +339,20 @@ class Run:
                 # nobody runs it any more: not "another orchestrator deploys" (exit 5, which
                 # CI retries) but an unfinished deployment to resume or abort (exit 2)
                 await refuse_over_unfinished(fleet)
+                held = await fleet.journal.current_lease(fleet.app)
+                ran = {d.id for d in await fleet.journal.deployments(fleet.app)}
+                if held is not None and held.deployment_id not in ran:
+                    # its holder ended in its preflight (SIGKILL, a crash) before journaling a
+                    # run: it only read, there is nothing to resume, and `resume` would find
+                    # nothing; the lease is taken over instead of refusing every deploy for good
+                    return await fleet.journal.acquire_lease(
+                        fleet.app,
+                        holder_name(),
+                        deployment_id,
+                        fleet.config.lease_ttl,
+                        takeover=True,
+                        holder_dead=explained.context.get("alive") is False,
+                    )
             raise explained from exc
 
     async def _heartbeat(self) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from immunity.errors import ImmunityError
+from immunity.files import writable
 
 # `fleet` (HAProxy client, psutil, tenacity) is imported in the commands: `immunity --help`
 # mounts this app and should not pay for it.
@@ -131,9 +132,9 @@ def load(
     ] = None,
     rps: Annotated[float, typer.Option("--rps", min=0.1, help="Requests per second.")] = 50.0,
     duration: Annotated[float, typer.Option("--duration", min=0.1, help="Seconds.")] = 30.0,
-    out: Annotated[Path, typer.Option("--out", help="JSON lines, one per request.")] = Path(
-        "load.jsonl"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="JSON lines, one per request.", callback=writable)
+    ] = Path("load.jsonl"),
     path: Annotated[str, typer.Option("--path", help="Request path.")] = "/",
 ) -> None:
     """Play customers at a constant rate through a sandbox's balancer (or any --url); record

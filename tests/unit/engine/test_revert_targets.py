@@ -413,3 +413,58 @@ def test_a_rollback_never_puts_a_host_back_on_a_reverted_release() -> None:
     assert "v13 was found worse and reverted (its revert did not finish) at " in refused.message
     assert "would put h1 back on v13, unjudged" in refused.message, refused.message
     assert on(world) == {f"h{i}": ("v12", LbState.SERVING) for i in range(1, 4)}
+
+
+def test_a_lease_left_by_a_run_killed_in_its_preflight_does_not_block_the_app() -> None:
+    """Another member of trial 4 finding 11's kind: an orchestrator SIGKILLed in its
+    preflight leaves the lease (its holder's process gone) on a run it never journaled.
+    `deploy` answered exit 5 "its process is gone; run `immunity resume`", and `resume`
+    "nothing to resume", for good. Now the next deploy takes the lease over and deploys."""
+    import subprocess
+    import sys
+
+    from immunity.journal import holder_name
+
+    clock = VirtualClock()
+    fleet, world, _ = fleet_on({f"h{i}": "v12" for i in range(1, 4)}, clock)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    machine = holder_name().rpartition(":")[0]
+
+    async def main() -> Any:
+        await fleet.journal.acquire_lease(fleet.app, f"{machine}:{gone.pid}", "never-begun", 30)
+        return await deploy(fleet, "v15", handle_signals=False)
+
+    done = clock.run(main)
+    assert done.outcome == "deployed", done.reason
+    assert on(world) == {f"h{i}": ("v15", LbState.SERVING) for i in range(1, 4)}
+
+
+def test_a_rollback_over_a_stopped_rollback_is_refused_and_points_to_resume() -> None:
+    """Finding 7's kind: a rollback of v15 stopped by a signal with h1 back on v12 and h2,
+    h3 still on v15; `rollback` again took the stopped one's "previous" (v15) for where to
+    go and moved h1 forward to v15. Refused now: `resume` finishes the stopped rollback."""
+    clock = VirtualClock()
+    fleet, world, started = fleet_on({"h1": "v12", "h2": "v15", "h3": "v15"}, clock)
+
+    async def main() -> Any:
+        rec = await fleet.journal.begin(
+            fleet.app,
+            "rollback:v15",
+            {
+                "rollback": True,
+                "previous": {f"h{i}": "v15" for i in range(1, 4)},
+                "fallbacks": {f"h{i}": "v12" for i in range(1, 4)},
+            },
+        )
+        await fleet.journal.finish(rec.id, "interrupted", "SIGINT received during the revert", {})
+        with pytest.raises(ops.NothingToRollBack) as refused:
+            await ops.rollback(fleet, handle_signals=False)
+        return refused.value
+
+    refused = clock.run(main)
+    assert "the fleet is already on h1 on v12; h2, h3 on v15, rolled back from v15" in (
+        refused.message
+    ), refused.message
+    assert (refused.hint or "").startswith("that rollback did not finish: `immunity resume")
+    assert started == [] and on(world)["h1"] == ("v12", LbState.SERVING)
