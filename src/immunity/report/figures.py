@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Mapping
 
-from immunity.judge.wording import count, ms, pct
+from immunity.judge.wording import count, evalue, ms, pct
 
 SOURCES = (("", "customers"), ("probe_vs_baseline_", "probe vs baseline"), ("probe_", "probe"))
 """Key prefix → where the figures come from (longest prefix first)."""
@@ -51,9 +51,9 @@ def _evidence(n: Mapping[str, float], prefix: str = "", side: str = "fail") -> s
 
 
 def _e(v: float) -> str:
-    if v >= 100:
-        return f"{v:,.0f}"
-    return f"{v:.3g}"
+    """An e-value as the reasons write it: "327", "1.2 million", "below 0.01" (never a
+    300-digit number: the judges cap e-values at e^700)."""
+    return evalue(math.log(v)) if v > 0 else "0"
 
 
 def _errors(n: Mapping[str, float]) -> str:
