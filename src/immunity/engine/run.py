@@ -14,6 +14,14 @@ the lease and SIGINT/SIGTERM/SIGHUP ask the body to stop (`run.stopping`; scopes
 journals nothing the body did not say, finishes the record with the outcome, notifies the
 team and releases the lease.
 
+The signal handlers are installed before the lease is taken and removed after it is
+released: no signal kills the process while it holds the lease. During `prepare` the lease
+is heart-beaten too, and a signal cancels `prepare` (it only reads): the run is journaled
+as stopped before any host was touched (`stopped_in: preflight`, a record that changed
+nothing), the lease released, and entering raises `StoppedBeforeStart` with the result
+(exit 130/143 in the CLI). Signals while the record is finished and the team notified are
+held (those end within their own deadlines).
+
 A lost lease (the heartbeat or any journal write finds the fencing token stale) stops every
 walk at once, shielded or not, and ends the run `superseded` without another write. A
 JournalError propagates (nothing more can be recorded). Any other error finishes the run
