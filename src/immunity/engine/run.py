@@ -349,17 +349,20 @@ class Run:
                 await refuse_over_unfinished(fleet)
                 held = await fleet.journal.current_lease(fleet.app)
                 ran = {d.id for d in await fleet.journal.deployments(fleet.app)}
-                if held is not None and held.deployment_id not in ran:
+                dead = explained.context.get("alive") is False
+                if dead and held is not None and held.deployment_id not in ran:
                     # its holder ended in its preflight (SIGKILL, a crash) before journaling a
                     # run: it only read, there is nothing to resume, and `resume` would find
-                    # nothing; the lease is taken over instead of refusing every deploy for good
+                    # nothing; the lease is taken over instead of refusing every deploy for
+                    # good. Only a holder proven dead (its PID on this machine): one silent
+                    # on another machine may be a live run cut off, refused (exit 5) as before
                     return await fleet.journal.acquire_lease(
                         fleet.app,
                         holder_name(),
                         deployment_id,
                         fleet.config.lease_ttl,
                         takeover=True,
-                        holder_dead=explained.context.get("alive") is False,
+                        holder_dead=True,
                     )
             raise explained from exc
 
