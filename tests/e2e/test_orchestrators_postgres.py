@@ -26,6 +26,7 @@ import yaml
 from e2e_helpers import FAST, IMMUNITY, Load, Sandbox
 
 from immunity.sandbox import fleet as sandbox
+from servers.postgres import PgCluster
 
 pytestmark = pytest.mark.slow
 
@@ -319,3 +320,58 @@ def test_sigkill_at_step_boundaries_then_resume_finishes_it_on_postgres(
         covered += 1
     record_property("kill points covered (postgres journal)", covered)
     assert covered == 3
+
+
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP: state T in /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+@pytest.mark.timeout(300)
+def test_the_journal_lost_mid_switch_puts_the_host_back_serving_and_resume_finishes(
+    loaded: Sandbox, pg_cluster: PgCluster, pg_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL stops in the middle of h1's switch (the orchestrator held inside the
+    write of h1's `start` step: drained, stopped, the new release installed), and stays
+    away past the journal's timeout_s. The run exits 4, and after it HAProxy has every
+    host in the pool and every host's own process serves the release it served before,
+    h1 included (the old code left h1 stopped and out of the pool); the output names h1 as
+    put back unjournaled. With the server back, `resume` journals what it found
+    (`put_back`) and finishes the deployment."""
+    m = Machine(loaded, tmp_path, "runner-a", pg_url, **PLAIN)
+    old = _current(loaded)
+    new = "v2" if old != "v2" else "v1"
+    proc = m.start(
+        "deploy",
+        "--release",
+        new,
+        "--no-live",
+        env={"IMMUNITY_FAULT_STOP_IN_WRITE": "host.step_started:4"},
+    )
+    try:
+        _wait_for(lambda: _stopped(proc.pid), "the write of h1's start step", proc)
+        # mid-switch: h1 runs nothing and is out of the pool
+        assert loaded.releases_served()["h1"] is None
+        assert loaded.servers_state()["h1"] != 0
+        pg_cluster.halt()
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait(10)
+        pg_cluster.resume()
+    text = " ".join((out + err).split())
+    assert proc.returncode == 4, text[-2000:]
+    # HAProxy's own view and each host's own process: the fleet serves one release, nobody
+    # out of the pool (the old code: h1 ran nothing, HAProxy had it in maintenance)
+    assert {"h1": old, "h2": old, "h3": old} == loaded.releases_served(), text[-2000:]
+    assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state(), text[-2000:]
+    assert f"h1 put back serving {old} and in the pool, unjournaled" in text, text[-2000:]
+    r = m.run("resume")
+    assert r.returncode == 0, r.stdout + r.stderr[-1500:]
+    _assert_whole(loaded, new, pg_url)
+    found = _rows(pg_url, "SELECT data->'put_back' FROM entries WHERE kind='deployment.resumed'")
+    assert found == [({"h1": old},)], found

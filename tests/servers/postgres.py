@@ -52,6 +52,7 @@ class PgCluster:
         self.data = self.dir / "data"
         self.port = _free_port()
         self._as_postgres = os.geteuid() == 0
+        self.down = False  # stopped by `halt`
         if self._as_postgres:
             shutil.chown(self.dir, "postgres")
         self._run(["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
@@ -93,8 +94,21 @@ class PgCluster:
         `down_s` seconds (connections refused), start it again on the same port."""
         import time
 
-        self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        self.halt()
         time.sleep(down_s)
+        self.resume()
+
+    def halt(self) -> None:
+        """Stop the server (`-m fast`: every session is told and ended); `resume` starts it
+        again on the same port."""
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        self.down = True
+
+    def resume(self) -> None:
+        """Start the server `halt` stopped, on the same port (no-op when it runs)."""
+        if not self.down:
+            return
+        self.down = False
         self._run(
             [
                 "pg_ctl",

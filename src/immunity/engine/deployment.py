@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -40,7 +40,7 @@ from immunity.errors import (
 )
 from immunity.fleet.context import Fleet
 from immunity.fleet.preflight import preflight
-from immunity.fleet.state import encode
+from immunity.fleet.state import FleetView, HostPhase, encode
 from immunity.impact import ImpactProbe
 from immunity.impact import phases as impact_phases
 from immunity.journal.base import DeploymentRecord
@@ -152,6 +152,14 @@ class Rollout:
             seen["observed"] = encode(observed)
             if run.resumed:
                 what = f"resuming {self.release}" + (" to abort it" if abort else "")
+                back = put_back(run.view.view(), observed)
+                if back:  # what a run that lost its journal did unjournaled, said now
+                    seen["put_back"] = back
+                    what += "; " + "; ".join(
+                        f"{h} found serving {r} in the pool though its journaled walk stopped "
+                        "mid-step (put back unjournaled by the run whose journal failed)"
+                        for h, r in sorted(back.items())
+                    )
                 await run.rec.record(
                     "deployment.resumed", what, token=run.lease.token, abort=abort, **seen
                 )
@@ -547,3 +555,22 @@ class Rollout:
                 error = exc2
         await self.run.capacity.give_back(h.name, parked=True)
         return error
+
+
+_IN_FLIGHT = frozenset(HostPhase) - {HostPhase.SERVING, HostPhase.FAILED, HostPhase.OUT}
+
+
+def put_back(
+    view: FleetView, observed: Mapping[str, tuple[LbState | None, str | None]]
+) -> dict[str, str]:
+    """Hosts the journal says are mid-walk (a step started, its walk not ended) that the
+    fleet reports serving in the pool: host name -> the release each serves. A run whose
+    journal failed mid-walk puts its hosts in flight back unjournaled
+    (`HostSwitcher._restore`); `resume` journals what it finds with its `deployment.resumed`
+    (`put_back`), then walks them again as any host whose walk did not end."""
+    out: dict[str, str] = {}
+    for name, hv in view.hosts.items():
+        state, release = observed.get(name, (None, None))
+        if hv.phase in _IN_FLIGHT and state is LbState.SERVING and release is not None:
+            out[name] = str(release)
+    return out

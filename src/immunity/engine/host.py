@@ -7,10 +7,18 @@ Each step is idempotent and journaled before and after (`host.step_started`,
 `host.step_finished` or `host.step_failed`); the caller owns no deadline here because each
 step has its own from `timeouts`. A switch, once started, is shielded from cancellation:
 Ctrl-C or a failing sibling never leaves a host half-way without the journal saying so.
+
+A journal write that fails mid-walk (JournalError: PostgreSQL away past its `timeout_s`,
+SQLite's disk full or stalled past its deadline) ends the walk: nothing more can be
+journaled, so no next step is taken. The host is put back as it was when its walk began
+(the release it served started again if it was stopped, proven healthy, back in the pool)
+within the steps' own deadlines, and the switcher keeps what it did unjournaled
+(`restored`, `not_restored`) for the run to say and to journal once it can.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
@@ -19,8 +27,10 @@ import anyio
 from immunity.domain import HostRef, LbState
 from immunity.engine.capacity import CapacityGuard
 from immunity.engine.record import Entry, Recorder
-from immunity.errors import ImmunityError, StepFailed
+from immunity.errors import ImmunityError, JournalError, StepFailed
 from immunity.fleet.context import Fleet
+
+log = logging.getLogger("immunity.engine")
 
 STEPS = ("drain", "stop", "install", "start", "verify", "warmup", "enable")
 
@@ -50,6 +60,10 @@ class HostSwitcher:
         self._witness: HostRef | None = None  # see _another_serves
         self._by_id = {h.balancer_id: h for h in fleet.hosts}
         self._shields: set[anyio.CancelScope] = set()
+        # hosts put back unjournaled after a journal write failed mid-walk: name -> the
+        # release each serves again; and those that could not be (name -> why)
+        self.restored: dict[str, str] = {}
+        self.not_restored: dict[str, str] = {}
 
     @contextmanager
     def shielded(self) -> Iterator[anyio.CancelScope]:
@@ -129,15 +143,69 @@ class HostSwitcher:
         if self.do_drain:
             steps.append(("enable", t.enable, enable))
         done: Entry | None = None  # the last step's finish, journaled with what comes next
-        for name, timeout, action in steps:
-            done = await self._step(host, release, purpose, name, timeout, action, done)
-        switched = Entry(
-            "host.switched",
-            f"{host.name} serves {release}",
+        try:
+            for name, timeout, action in steps:
+                done = await self._step(host, release, purpose, name, timeout, action, done)
+            switched = Entry(
+                "host.switched",
+                f"{host.name} serves {release}",
+                host.name,
+                data={"release": release, "purpose": purpose},
+            )
+            await self.rec.record_all([done, switched] if done is not None else [switched])
+        except JournalError:
+            # nothing more can be journaled: take no next step, put the host back as it was
+            await self._restore(host, running)
+            raise
+
+    async def _restore(self, host: HostRef, before: str | None) -> None:
+        """Put `host` back serving `before` (what it ran when its walk began) and into the
+        pool, unjournaled: the journal just failed. Each action is idempotent and has its
+        step's deadline; the whole is shielded (a failing sibling, the heartbeat's own
+        JournalError, never leaves it half done) and records the outcome in `restored` or
+        `not_restored`. A host seen serving `before` in the pool is left as it is."""
+        cfg = self.fleet.config
+        t = cfg.timeouts
+        lb, drv = self.fleet.lb, self.fleet.driver
+        self._leaving.pop(host.name, None)
+        if before is None:
+            self.not_restored[host.name] = "it ran no release when its walk began"
+            return
+        budget = t.stop + t.install + t.start + t.verify + t.enable
+        try:
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + budget) as scope:
+                try:
+                    running: str | None = await drv.active_release(host)
+                except ImmunityError:
+                    running = None
+                member = (await lb.members([host])).get(host.name)
+                if running == before and member is not None and member.state is LbState.SERVING:
+                    return  # nothing of the walk was done to it (or it is undone)
+                if running != before:
+                    with anyio.fail_after(t.stop):
+                        await drv.stop(host)
+                    with anyio.fail_after(t.install):
+                        await drv.install(host, before)  # installed already: a no-op
+                    with anyio.fail_after(t.start):
+                        await drv.start(host, before)
+                with anyio.fail_after(t.verify):
+                    await self.fleet.prober.verify(host)
+                with anyio.fail_after(t.enable):
+                    await lb.enable(host)
+                    await lb.wait_healthy(host)
+            if scope.cancelled_caught:
+                raise TimeoutError
+        except (TimeoutError, ImmunityError) as exc:
+            why = str(exc) or f"not back within {budget:g}s"
+            self.not_restored[host.name] = why
+            log.error("%s: could not be put back on %s: %s", host.name, before, why)
+            return
+        self.restored[host.name] = before
+        log.warning(
+            "%s: the journal failed mid-walk; put back serving %s, in the pool (unjournaled)",
             host.name,
-            data={"release": release, "purpose": purpose},
+            before,
         )
-        await self.rec.record_all([done, switched] if done is not None else [switched])
 
     async def _drain_keeping_one_serving(self, host: HostRef) -> None:
         """Drain `host` once another pool member serves; wait (within the drain step's

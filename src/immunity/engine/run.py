@@ -24,7 +24,8 @@ held (those end within their own deadlines).
 
 A lost lease (the heartbeat or any journal write finds the fencing token stale) stops every
 walk at once, shielded or not, and ends the run `superseded` without another write. A
-JournalError propagates (nothing more can be recorded). Any other error finishes the run
+JournalError propagates (nothing more can be recorded): the walks in flight have put their
+hosts back on the release they served (`HostSwitcher._restore`), and the error says which. Any other error finishes the run
 `failed`, notifies, releases the lease and propagates (a bug: exit 1).
 """
 
@@ -229,7 +230,8 @@ class Run:
             log.error("%s", exc.message)
             await self._end(RunOutcome.SUPERSEDED, exc.message, write=False)
             return  # the run is over; nothing more is written
-        except JournalError:
+        except JournalError as exc:
+            self._say_restored(exc)
             raise
         except Exception as exc:
             with contextlib.suppress(ImmunityError):
@@ -241,6 +243,30 @@ class Run:
             await self.conclude(RunOutcome.FAILED, "the run ended without an outcome")
         await self._end(self._outcome or RunOutcome.FAILED, "", write=True)
         await self._close()
+
+    def _say_restored(self, exc: JournalError) -> None:
+        """Add to `exc` what the walks in flight did unjournaled once the journal failed
+        (`HostSwitcher.restored` / `not_restored`): exactly which hosts were put back, on
+        which release, and which could not be. `resume` journals what it then finds."""
+        switcher = getattr(self, "switcher", None)
+        if switcher is None or not (switcher.restored or switcher.not_restored):
+            return
+        said: list[str] = []
+        by_release: dict[str, list[str]] = {}
+        for host, release in sorted(switcher.restored.items()):
+            by_release.setdefault(release, []).append(host)
+        for release, hosts in by_release.items():
+            said.append(
+                f"{', '.join(hosts)} put back serving {release} and in the pool, unjournaled "
+                "(the step in flight was not journaled, so no next step was taken)"
+            )
+        for host, why in sorted(switcher.not_restored.items()):
+            said.append(f"{host} could not be put back ({why}): it may be out of the pool")
+        exc.message = f"{exc.message}; {'; '.join(said)}"
+        exc.context["restored_unjournaled"] = ", ".join(sorted(switcher.restored)) or "none"
+        if switcher.not_restored:
+            exc.context["not_restored"] = ", ".join(sorted(switcher.not_restored))
+        log.error("journal lost mid-run: %s", "; ".join(said))
 
     async def _prepared(self, signals: AsyncIterator[int] | None) -> dict[str, Any]:
         """`prepare`'s data, with the lease kept (heartbeat) and signals heard meanwhile: a
