@@ -159,3 +159,19 @@ class CapacityExhausted(ImmunityError):
     """Every `max_unavailable` slot is held by a host whose walk failed and that stays out."""
 
     reference = "capacity-exhausted"
+
+
+class NothingToResume(ImmunityError):
+    """`resume` found no interrupted, unfinished or held run of the app to take over."""
+
+    reference = "nothing-to-resume"
+    exit_code = 2
+    label = "nothing to do"
+
+
+class NothingToRollBack(NothingToResume):
+    """`rollback` found no host to move: each already serves the release it ran before the
+    last change (e.g. after a revert), or no host has a previous release."""
+
+    reference = "nothing-to-roll-back"
+    label = "nothing to roll back"  # what the CLI prints first: the messages do not repeat it

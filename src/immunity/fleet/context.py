@@ -227,3 +227,29 @@ def ran_before(record: DeploymentRecord) -> dict[str, str]:
     rollback, the releases it found (its fallbacks are where it goes, not where hosts are)."""
     key = "previous" if record.data.get("rollback") else "fallbacks"
     return {str(k): str(v) for k, v in dict(record.data.get(key, {})).items() if v}
+
+
+def restart_only(record: DeploymentRecord) -> bool:
+    """A finished deployment that moved no host to another release: every host already ran
+    it (`deploy --force` walks them again; its revert targets are the release itself)."""
+    before = set(ran_before(record).values())
+    return (
+        record.finished_at is not None
+        and not record.data.get("rollback")
+        and before == {record.release}
+    )
+
+
+async def last_change(fleet: Fleet) -> DeploymentRecord | None:
+    """The run `rollback` undoes: the last one that changed a host's release, past no-ops
+    (`unchanged`) and finished restarts of the running release (`deploy --force`), so a
+    redeploy never takes the release before it out of reach."""
+    return last_change_in(await changes(fleet))
+
+
+def last_change_in(recs: list[DeploymentRecord]) -> DeploymentRecord | None:
+    """`last_change` of `recs` (oldest first), already read."""
+    recs = list(recs)
+    while len(recs) > 1 and restart_only(recs[-1]):
+        recs.pop()
+    return recs[-1] if recs else None

@@ -9,17 +9,33 @@ in the pool, serving and running a release (`pool_problems`), the hosts not on t
 run one release (`mixed_baseline`), and each host's verify and warm-up paths answer. Raises
 PreflightError naming everything to fix; nothing is touched either way. The engine runs it
 inside the run's lease (`engine.deployment.deploy`); `deploy --dry-run` runs it alone.
+
+Before a resume or a rollback: `resumable` (the run `resume` takes over, or
+NothingToResume) and `rollback_preflight` (where each host goes, or NothingToRollBack: no
+host would move, undoing the last rollback would leave the fleet mixed, or a host would go
+back to a release taken off the fleet and not judged since).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 
 from immunity.analysis.preflight import cross_check_traffic
 from immunity.domain import LbState, Member
-from immunity.errors import LeaseHeld, PreflightError
-from immunity.fleet.context import Fleet, by_release, last_deployment, spelled, unknown_members
+from immunity.errors import LeaseHeld, NothingToResume, NothingToRollBack, PreflightError
+from immunity.fleet.context import (
+    Fleet,
+    by_release,
+    changes,
+    last_change_in,
+    last_deployment,
+    ran_before,
+    spelled,
+    unknown_members,
+)
 from immunity.journal import explain_lease_held
+from immunity.journal.base import DeploymentRecord
 from immunity.judge import build_judge
 
 
@@ -162,3 +178,131 @@ def pool_problems(
                 f"with `immunity rollback -c {cfg}`, or return the host to the pool"
             )
     return out
+
+
+# -- before a resume or a rollback --------------------------------------------------------
+
+
+async def resumable(fleet: Fleet) -> DeploymentRecord:
+    """The run `resume` takes over: the app's last one, unfinished, interrupted or held.
+    Raises NothingToResume otherwise."""
+    record = await last_deployment(fleet)
+    if record is None or (
+        record.finished_at is not None
+        and record.outcome not in ("interrupted", "terminated", "held")
+    ):
+        raise NothingToResume(
+            f"no interrupted or held deployment of {fleet.app} to resume",
+            hint="`immunity status` shows the fleet; `immunity deploy` starts a new deployment",
+        )
+    return record
+
+
+async def rollback_preflight(fleet: Fleet) -> tuple[dict[str, str], dict[str, str | None]]:
+    """Where `rollback` takes each host, before anything is touched: each host's target (the
+    release it ran before the last change, `last_change`; without a record, the one
+    installed before its active one) and each host's active release now. Raises
+    NothingToRollBack when no host would move, after a rollback that found the fleet mixed
+    (undoing it would mix it again), and when a host would go to a release taken off the
+    fleet and not judged since (`refuse_taken_away`)."""
+    recs = await changes(fleet)
+    record = last_change_in(recs)
+    seen = await fleet.observe(installed=record is None)
+    observed, actives = seen.states, dict(seen.actives)
+    targets = ran_before(record) if record is not None else {}
+    for name, installed in seen.installed.items():  # no record: the one installed before
+        before = [r for r in installed if r != actives[name]]
+        if before:
+            targets[name] = before[-1]
+    if not targets:
+        raise NothingToRollBack("no host has a previous release")
+    if record is not None and record.rollback and len(set(targets.values())) > 1:
+        # a rollback that ended an interrupted deployment found the fleet mixed: undoing it
+        # would put the fleet back half on the interrupted release, never a release state
+        raise NothingToRollBack(
+            f"the last run, {record.id} ({record.release_words}), found "
+            f"the fleet mixed ({spelled(by_release(targets))}); rolling it back would leave "
+            "the fleet mixed again",
+            hint="to go on to another release, deploy it: `immunity deploy -c FILE --release "
+            "NAME` (`immunity history -c FILE` lists the deployments)",
+        )
+    if record is not None:
+        refuse_taken_away(targets, actives, recs)
+    if record is not None and all(
+        observed.get(name) == (LbState.SERVING, release) for name, release in targets.items()
+    ):
+        # e.g. after a reverted deployment: the fleet already serves what it ran before it
+        on = by_release(targets)
+        where = next(iter(on)) if len(on) == 1 else spelled(on)
+        what = "rollback" if record.data.get("rollback") else "deployment"
+        raise NothingToRollBack(
+            f"every host already serves {where}, as before the last "
+            f"{what} ({record.words}, {record.id})",
+            hint="`immunity history -c FILE` lists the deployments; to go further back, deploy "
+            "that release: `immunity deploy -c FILE --release NAME`",
+        )
+    return targets, actives
+
+
+TAKEN_OFF = {
+    "reverted": "found worse and reverted",
+    "inconclusive": "reverted unjudged (inconclusive)",
+    "aborted": "aborted with `resume --abort`",
+    "revert_incomplete": "found worse and reverted (its revert did not finish)",
+}
+"""A deployment's outcomes that took its release off the fleet, in words."""
+
+
+def taken_away(recs: list[DeploymentRecord]) -> dict[str, DeploymentRecord]:
+    """Each release the journal's last word about took off the fleet, with that run: a
+    rollback (interrupted or not) takes away the releases it found that are not its
+    targets; a deployment whose outcome is in `TAKEN_OFF` its release; a deployment that
+    ended `deployed` gives its release back (it was judged again). `recs`: oldest first."""
+    gone: dict[str, DeploymentRecord] = {}
+    for rec in recs:
+        if rec.rollback:
+            kept = {str(v) for v in dict(rec.data.get("fallbacks", {})).values()}
+            for release in set(ran_before(rec).values()) - kept:
+                gone[release] = rec
+        elif rec.outcome in TAKEN_OFF:
+            gone[rec.release] = rec
+        elif rec.outcome == "deployed":
+            gone.pop(rec.release, None)
+    return gone
+
+
+def _at(rec: DeploymentRecord) -> str:
+    return (rec.finished_at or rec.started_at).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def refuse_taken_away(
+    targets: dict[str, str], actives: Mapping[str, str | None], recs: list[DeploymentRecord]
+) -> None:
+    """NothingToRollBack when a rollback would put a host on a release that a rollback,
+    a revert or an abort took off the fleet and no deployment has judged since: rolling
+    back twice would roll the fleet forward, unjudged, to the release just taken away."""
+    gone = taken_away(recs)
+    bad = sorted({r for r in targets.values() if r in gone})
+    if not bad:
+        return
+    release, rec = bad[0], gone[bad[0]]
+    on = by_release(actives)
+    now = next(iter(on)) if len(on) == 1 else spelled(on)
+    if rec.rollback:
+        how = f"rolled back from {release} at {_at(rec)} ({rec.id})"
+    else:
+        how = f"{release} was {TAKEN_OFF[rec.outcome or '']} at {_at(rec)} ({rec.id})"
+    stopped = rec.rollback and rec.outcome in (None, "interrupted", "terminated", "superseded")
+    raise NothingToRollBack(
+        f"the fleet is already on {now}, {how}; rolling back would put "
+        f"{', '.join(n for n, r in targets.items() if r == release)} back on {release}, unjudged",
+        hint=(
+            "that rollback did not finish: `immunity resume -c FILE` finishes it; "
+            if stopped
+            else ""
+        )
+        + f"deploy {release} again to go forward: `immunity deploy -c FILE --release "
+        f"{release}` (judged wave by wave); to go further back, deploy that release "
+        "(`immunity history -c FILE` lists the deployments)",
+        context={"release": release, "deployment_id": rec.id},
+    )

@@ -1,7 +1,7 @@
 """`immunity serve`: the read-only HTTP API and live page over the journal and the fleet.
 
 A layer beside `cli`, above `engine`: it builds fleets from configs and reads them, through
-`engine.ops.status` and the journal, and never changes anything.
+`immunity.fleet.status` and the journal, and never changes anything.
 """
 
 from __future__ import annotations
