@@ -101,7 +101,9 @@ def test_the_report_shows_the_verdict_the_canary_above_the_baseline_and_the_reve
     figures = " ".join(text.split())
     assert "canary_requests=" not in figures and "e_fail_needed" not in figures
     assert re.search(r"errors \d[\d.]*% vs \d[\d.]*% baseline \([\d,]+ of [\d,]+ vs", figures)
-    assert re.search(r"p90 [\d,.]+ ms vs [\d,.]+ ms baseline: ", figures), figures
+    assert re.search(
+        r"errors [\d.]+% against a bar of 2\.0% \([\d,]+ of [\d,]+ requests\)", figures
+    )
     assert re.search(r"evidence to fail [\d,.]+ of [\d,.]+", figures)
     assert "The immune response began" in text
     data = json.loads(data_json.read_text())

@@ -132,3 +132,34 @@ def test_the_reports_sentence_says_each_outcome_once() -> None:
     for (outcome, reason), said in cases.items():
         record = DeploymentRecord("d1", "shop", "v4", at, at, outcome, reason)
         assert said == verdict_sentence(record, {"reason": reason})
+
+
+def test_a_latency_checks_figures_give_each_cohorts_quantile_in_ms() -> None:
+    """The report's figures of a real latency judge's numbers once its p90 threshold is set:
+    "p90 <canary> ms vs <baseline> ms baseline: x% vs y% of requests over <threshold> ms"."""
+    import re
+
+    from immunity.config.models import JudgeConfig
+    from immunity.domain import Observation
+    from immunity.judge import LatencyJudge
+    from immunity.report.figures import figures
+
+    bounds = (5.0, 10.0, 25.0, 50.0, 100.0)
+    judge = LatencyJudge("latency", JudgeConfig(), min_bake_s=30.0, quantiles=(0.9,))
+    result = None
+    for t in range(1, 61):
+        result = judge.look(
+            float(t),
+            Observation(100, 0, bounds, (10, 40, 30, 15, 5, 0), hosts=1),
+            Observation(200, 0, bounds, (30, 100, 50, 16, 4, 0), hosts=2),
+        )
+    assert result is not None
+    lines = [text for source, text in figures(result.numbers, str(result.outcome))]
+    assert any(
+        re.fullmatch(
+            r"p90 [\d.]+ ms vs [\d.]+ ms baseline: [\d.]+% vs [\d.]+% of requests over "
+            r"[\d.]+ ms \([\d,]+ vs [\d,]+ requests\); evidence to (fail|pass) \S+ of \S+",
+            line,
+        )
+        for line in lines
+    ), lines
