@@ -7,12 +7,16 @@ test_deploy_kill_sweep.py and test_revert_kill_sweep.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -201,3 +205,92 @@ def test_a_journal_that_cannot_be_written_stops_the_deployment_with_exit_4(loade
     assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state()
     r = loaded.run("deploy", "-c", str(plain(loaded)), "--release", old)
     assert 0 == r.returncode, r.stdout + r.stderr[-1500:]
+
+
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP: state T in /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+@pytest.fixture
+def small_disk(loaded: Sandbox) -> Iterator[Path]:
+    """A 4 MiB file system of its own (tmpfs) for a journal to fill up; skipped where this
+    process may not mount one (not root, no CAP_SYS_ADMIN)."""
+    where = loaded.dir / "small-disk"
+    where.mkdir(exist_ok=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_sqlite_journal_whose_disk_fills_mid_switch_leaves_the_host_serving(
+    loaded: Sandbox, small_disk: Path
+) -> None:
+    """The SQLite journal's disk fills in the middle of h1's switch (the orchestrator held
+    inside the write of h1's `start` step: drained, stopped, the new release installed; the
+    disk filled; let go, its commit fails with SQLite's "database or disk is full"). The run
+    exits 4, and after it HAProxy has every host in the pool and every host's own process
+    serves the release it served before, h1 included (the old code left h1 stopped and out
+    of the pool); the output names h1. With room again, `resume` finishes the deployment."""
+    db = small_disk / "journal.db"
+    cfg = loaded.write_config(
+        "faults-full-disk.yaml", **{**FAST, "checks": [], "journal": {"path": str(db)}}
+    )
+    old = current(loaded, cfg)
+    new = "v2" if old != "v2" else "v1"
+    p = loaded.start(
+        "deploy",
+        "-c",
+        str(cfg),
+        "--release",
+        new,
+        env={"IMMUNITY_FAULT_STOP_IN_WRITE": "host.step_started:4"},
+    )
+    filler = small_disk / "filler"
+    try:
+        deadline = time.monotonic() + 90
+        while not _stopped(p.pid):
+            assert p.poll() is None, p.communicate()[1][-1500:]
+            assert time.monotonic() < deadline, "never reached the write of h1's start"
+            time.sleep(0.1)
+        assert loaded.releases_served()["h1"] is None  # mid-switch: h1 stopped, out
+        assert loaded.servers_state()["h1"] != 0
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the disk to its last byte
+        try:
+            for size in (65536, 1):
+                with contextlib.suppress(OSError):
+                    while os.write(fd, b"\0" * size):
+                        pass
+        finally:
+            os.close(fd)
+        os.kill(p.pid, signal.SIGCONT)
+        out, err = p.communicate(timeout=180)
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGCONT)
+            p.kill()
+            p.wait(10)
+    text = " ".join((out + err).split())
+    assert 4 == p.returncode, text[-2000:]
+    assert {"h1": old, "h2": old, "h3": old} == loaded.releases_served(), text[-2000:]
+    assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state(), text[-2000:]
+    assert f"h1 put back serving {old} and in the pool, unjournaled" in text, text[-2000:]
+    filler.unlink()
+    r = loaded.run("resume", "-c", str(cfg))
+    assert 0 == r.returncode, r.stdout + r.stderr[-1500:]
+    assert_whole(loaded, cfg, new)
+    with sqlite3.connect(db) as c:
+        rows = c.execute(
+            "SELECT json_extract(data, '$.put_back') FROM entries WHERE kind='deployment.resumed'"
+        ).fetchall()
+    assert [(json.dumps({"h1": old}, separators=(",", ":")),)] == rows, rows

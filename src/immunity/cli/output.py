@@ -69,8 +69,7 @@ def next_line(hint: str | None, step: str = "") -> str:
 
 _ERROR_STEPS = {
     "preflight-failed": "nothing was touched: fix what is named, then run the same command again",
-    "journal-error": "no further step was taken, a host in flight was put back on the release "
-    "it served: make the journal writable again (disk, "
+    "journal-error": "no further step was taken: make the journal writable again (disk, "
     "permissions, database), then see the fleet with `immunity status -c <config>` and "
     "finish with `immunity resume -c <config>`",
     "journal-unavailable": "nothing was touched: once the journal answers, run the same "
