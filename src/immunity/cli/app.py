@@ -704,7 +704,7 @@ def history(
         return
     from immunity.cli.show import print_history
 
-    print_history(out, data)
+    print_history(out, data, config)
 
 
 journal_app = typer.Typer(

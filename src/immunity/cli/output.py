@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +23,11 @@ if TYPE_CHECKING:  # the live view (rich.live) is imported by the commands that 
 # our own markup, and text from outside goes through `plain()` / `escape()`.
 out = Console(emoji=False, highlight=False)
 err = Console(stderr=True, emoji=False, highlight=False)
-# Tables stay readable when output goes to a file or a CI log (no terminal to size them).
-if not out.is_terminal:
+# Tables stay readable when output goes to a file or a CI log (no terminal to size them):
+# 160 columns, unless COLUMNS says how wide (rich reads it; `COLUMNS=80 immunity history | less`).
+if not out.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
     out = Console(width=160, emoji=False, highlight=False)
-if not err.is_terminal:
+if not err.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
     err = Console(stderr=True, width=160, emoji=False, highlight=False)
 
 __all__ = ["err", "escape", "out", "plain", "show_error", "write_json"]

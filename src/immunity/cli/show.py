@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -179,15 +180,38 @@ def span(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def print_history(con: Console, data: Mapping[str, Any]) -> None:
-    """`immunity history`: every deployment with its whole reason (wrapped, never cut), then
-    the figures as percentages over a stated period."""
-    t = Table(title=Text(f"{data['app']}: deployments"), title_justify="left", expand=True)
-    t.add_column("started", no_wrap=True)
-    t.add_column("release", overflow="fold")
-    t.add_column("outcome", overflow="fold")
-    t.add_column("took", justify="right", no_wrap=True)
-    t.add_column("reason", overflow="fold", ratio=1)
+NARROW = 120
+"""Below this many columns `history` prints one line per deployment, its reason cut short."""
+
+
+def print_history(con: Console, data: Mapping[str, Any], config: str | None = None) -> None:
+    """`immunity history`: every deployment with its outcome and reason, then the figures as
+    percentages over a stated period. At `NARROW` columns or more each reason is whole
+    (wrapped, never cut); below that (an 80-column terminal, `COLUMNS=80` when piped) each
+    deployment is one line with its id, the reason cut to fit: `immunity show -c <config> ID`
+    prints it whole."""
+    narrow = con.width < NARROW
+    t = Table(
+        title=Text(f"{data['app']}: deployments"),
+        title_justify="left",
+        expand=True,
+        box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD,
+        pad_edge=not narrow,
+        collapse_padding=narrow,
+    )
+    if narrow:
+        t.add_column("id", no_wrap=True)
+        t.add_column("release", no_wrap=True, overflow="ellipsis", max_width=12)
+        t.add_column("outcome", no_wrap=True, overflow="ellipsis", max_width=22)
+        t.add_column("took", justify="right", no_wrap=True)
+        t.add_column("reason", no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
+    else:
+        t.add_column("started", no_wrap=True)
+        t.add_column("release", overflow="fold")
+        t.add_column("outcome", overflow="fold")
+        t.add_column("took", justify="right", no_wrap=True)
+        t.add_column("reason", overflow="fold", ratio=1)
+    sep = ", " if narrow else "\n"
     for d in data["deployments"]:
         took = f"{d['duration_s']:.0f}s" if d.get("duration_s") is not None else ""
         said = outcome_words(str(d["outcome"]))
@@ -199,17 +223,24 @@ def print_history(con: Console, data: Mapping[str, Any]) -> None:
         if cat and cat not in (said, d["outcome"]):
             outcome.append(f" ({cat})", style="dim")
         if d.get("resumed") and d.get("category") != "aborted":  # its abort was the resume
-            outcome.append(f"\nresumed ×{d['resumed']}", style="yellow")
+            outcome.append(f"{sep}resumed ×{d['resumed']}", style="yellow")
         elif d.get("interrupted") and d.get("outcome") not in ("interrupted", "terminated"):
-            outcome.append("\ninterrupted", style="yellow")
+            outcome.append(f"{sep}interrupted", style="yellow")
+        reason = reason_beside(str(d["outcome"]), str(d.get("reason") or ""))
         t.add_row(
-            Text(str(d["started_at"])[:19].replace("T", " ")),
+            Text(str(d["id"]) if narrow else str(d["started_at"])[:19].replace("T", " ")),
             Text(str(d.get("label") or d["release"])),
             outcome,
             took,
-            Text(reason_beside(str(d["outcome"]), str(d.get("reason") or ""))),
+            Text(" ".join(reason.split()) if narrow else reason),
         )
     con.print(t)
+    if narrow and data["deployments"]:
+        con.print(
+            f"whole reasons: `immunity show -c {config or 'FILE'} ID`",
+            highlight=False,
+            soft_wrap=True,
+        )
     f = data["figures"]
     n = int(f.get("deployments") or 0)
     if not n:
