@@ -116,7 +116,10 @@ def test_every_abnormal_end_names_the_next_command() -> None:
     assert "`immunity resume -c c.yaml --abort`" in next_step("held", "c.yaml")
     assert "`immunity rollback -c c.yaml`" in next_step("revert_incomplete", "c.yaml", ["h1"])
     assert "look at h1" in next_step("revert_incomplete", "c.yaml", ["h1"])
-    assert "`immunity history -c c.yaml`" in next_step("reverted", "c.yaml")
+    # the README's way to see why a release was reverted (trial 4 #3: it said `history`)
+    assert "see why with `immunity show -c c.yaml d1`," in next_step(
+        "reverted", "c.yaml", deployment_id="d1"
+    )
     assert "`immunity show -c c.yaml`" in next_step("inconclusive", "c.yaml")
     assert next_step("deployed", "c.yaml") == ""
 

@@ -258,6 +258,7 @@ def _finish(
         list(result.needs_human),
         reason=result.reason,
         probe=_probe_of(config) if str(result.outcome) in ("inconclusive", "held") else None,
+        deployment_id=result.deployment_id,
     )
     if result.stopped_in:  # nothing to resume: no host was touched
         step = (

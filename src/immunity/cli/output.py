@@ -192,8 +192,10 @@ def next_step(
     *,
     reason: str = "",
     probe: Any = None,
+    deployment_id: str = "",
 ) -> str:
-    """What the operator does after an outcome, with the exact command ("" when nothing).
+    """What the operator does after an outcome, with the exact command ("" when nothing);
+    `deployment_id` names the run in the `immunity show` it points to.
 
     For an inconclusive or held run, `reason` and `probe` (the config's `probe` block or
     None) say what would get the release judged (`evidence_step`)."""
@@ -212,7 +214,8 @@ def next_step(
             f"`immunity resume {c} --abort`"
         )
     steps = {
-        "reverted": f"the fleet serves its previous release; see why with `immunity history {c}`, "
+        "reverted": "the fleet serves its previous release; see why with "
+        f"`{' '.join(('immunity show', c, deployment_id)).strip()}`, "
         "fix the release and deploy a new one",
         "revert_incomplete": f"look at {hosts} (the journal says what failed: "
         f"`immunity status {c}`), then put the fleet back with `immunity rollback {c}`",
