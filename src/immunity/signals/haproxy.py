@@ -551,6 +551,9 @@ class RecentSample:
     lines: int = 0
     last_is_request: bool = False
     """The file's last line is a request (not one of HAProxy's own messages written later)."""
+    capped: bool = False
+    """Lines before the first one kept were not read (the read stops at `lines` lines or
+    `_RECENT_BYTES`), so counts over a time span are lower bounds."""
 
 
 def sample_recent(path: Path, parser: LogParser, lines: int = _RECENT_LINES) -> RecentSample:
@@ -578,7 +581,7 @@ def sample_recent(path: Path, parser: LogParser, lines: int = _RECENT_LINES) -> 
     first_no = before + 1
     keep = raw[-lines:]
     first_no += len(raw) - len(keep)
-    out = RecentSample(lines=len(keep))
+    out = RecentSample(lines=len(keep), capped=bool(start) or len(raw) > len(keep))
     for i, line in enumerate(keep):
         got = parser.parse(line)
         if isinstance(got, LogRecord):
@@ -835,8 +838,12 @@ class HAProxySource:
         recent = [r for r in ours if r.end >= now - RECENT_TRAFFIC_S]
         if recent:
             seen = sorted({r.server for r in recent})
+            # the read stops at the last `_RECENT_LINES` lines: when even the oldest one read
+            # is inside the span, older lines may be too, and the count is only a lower bound
+            bound = sample.capped and min(r.end for r in sample.records) >= now - RECENT_TRAFFIC_S
+            count = f"at least {len(recent):,}" if bound else f"{len(recent):,}"
             return (
-                f"{self.name}: {path.name} shows {len(recent)} request(s) in the last "
+                f"{self.name}: {path.name} shows {count} request(s) in the last "
                 f"{RECENT_TRAFFIC_S:g} s on {', '.join(seen)}"
             ), len(recent)
         if ours:

@@ -213,6 +213,24 @@ async def test_an_access_log_that_sees_none_of_the_traffic_haproxy_serves_is_ref
     assert "request(s) in the last 60 s" in said
 
 
+async def test_preflight_does_not_print_its_read_cap_as_the_request_count(
+    hx: Fleet, tmp_path: Path
+) -> None:
+    """Trial 4 #9: preflight said "shows 200 request(s) in the last 60 s" whatever the
+    traffic (200 is how many lines it reads). After 300 real requests through HAProxy it
+    says "at least 200"; the number it gives is never more than HAProxy served."""
+    summary = await run_load(hx.info.url + "/", 300, 1.0, tmp_path / "load.jsonl")
+    assert summary.requests == 300
+    await anyio.sleep(0.3)
+    source = HAProxySource(
+        HAProxySource.Settings(name="lb", access_log="haproxy/access.log"), base_dir=hx.dir
+    )
+    said = await source.preflight(hx.hosts)
+    logged = sum(1 for line in (hx.dir / "haproxy" / "access.log").read_text().splitlines() if line)
+    assert logged >= 300, logged
+    assert "shows at least 200 request(s) in the last 60 s" in said, said
+
+
 @pytest.mark.parametrize("mode", ["access_log", "socket"])
 async def test_each_host_of_a_cohort_is_counted_on_its_own(
     canary_on_h2: Fleet, tmp_path: Path, mode: str
