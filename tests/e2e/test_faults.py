@@ -286,6 +286,12 @@ def test_a_sqlite_journal_whose_disk_fills_mid_switch_leaves_the_host_serving(
     assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state(), text[-2000:]
     assert f"h1 put back serving {old} and in the pool, unjournaled" in text, text[-2000:]
     filler.unlink()
+    # `status` shows the fleet as it is (h1 serving the old release, in the pool) beside the
+    # journal (h1 mid-walk), and says `resume` finishes the run
+    st = loaded.status(cfg)
+    h1 = next(h for h in st["hosts"] if h["name"] == "h1")
+    assert (h1["active_release"], h1["lb_state"]) == (old, "serving"), st
+    assert st["lease"]["holder_alive"] is False and "immunity resume" in st["attention"][0], st
     r = loaded.run("resume", "-c", str(cfg))
     assert 0 == r.returncode, r.stdout + r.stderr[-1500:]
     assert_whole(loaded, cfg, new)
