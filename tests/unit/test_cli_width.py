@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,42 @@ def test_history_fits_80_columns_one_line_per_deployment(tmp_path: Path) -> None
     wide = _history(tmp_path)
     assert max(len(line) for line in wide.splitlines()) > 100
     assert "reverted every host" in wide.replace("\n", " ").replace("│", " "), wide
+
+
+def test_status_during_a_live_run_names_each_host_step_not_disagreements(tmp_path: Path) -> None:
+    """Trial 4 #6: while a live run holds the lease, a host mid-step (out of the pool, the
+    journal a step behind) is the run at work: `status` prints "h1: deploy: warmup", not
+    "disagreement: h1: ...", and the lease's time as "2026-11-30 10:34:26 UTC"."""
+    from immunity.journal import open_journal
+    from immunity.journal.holder import holder_name
+
+    (tmp_path / "c.yaml").write_text(CONFIG)
+
+    async def write() -> None:
+        j = open_journal(tmp_path / "journal.db", None)
+        try:
+            rec = await j.begin("shop", "v2", {"hosts": ["h1", "h2"]})
+            await j.acquire_lease("shop", holder_name(), rec.id, 600)
+            await j.append(rec.id, "deployment.started", data={"release": "v2"})
+            for step in ("drain", "stop", "start", "warmup"):
+                data = {"purpose": "deploy", "release": "v2"}
+                await j.append(rec.id, "host.step_started", host="h1", step=step, data=data)
+                if step != "warmup":
+                    await j.append(rec.id, "host.step_finished", host="h1", step=step, data=data)
+        finally:
+            await j.close()
+
+    anyio.run(write)
+    r = subprocess.run(
+        [sys.executable, "-m", "immunity", "status", "-c", "c.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert "h1: deploy: warmup" in lines, r.stdout
+    assert not any(line.startswith("disagreement: h1") for line in lines), r.stdout
+    lease = next(line for line in lines if line.startswith("lease held by "))
+    assert re.fullmatch(r"lease held by \S+ since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", lease), lease

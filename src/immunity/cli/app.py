@@ -661,11 +661,15 @@ def status(
             plain(h["journal_release"] or ""),
         )
     out.print(t)
+    for name, step in data["steps"].items():  # a live run's host mid-step
+        out.print(f"{name}: {step}", markup=False, highlight=False)
     for d in data["disagreements"]:
         out.print("[red]disagreement[/]: " + escape(str(d)), highlight=False)
     if data["lease"]:
+        from immunity.cli.status import when
+
         lease = data["lease"]
-        out.print(f"lease held by {lease['holder']} since {lease['since']}", markup=False)
+        out.print(f"lease held by {lease['holder']} since {when(lease['since'])}", markup=False)
     if data["last_deployment"]:
         d = data["last_deployment"]
         what = "run" if d.get("rollback") else "deployment"  # words: "rollback v5 → v4"

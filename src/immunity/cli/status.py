@@ -3,20 +3,48 @@ from being steady, each with the command that mends it (`attention`, `steady`)."
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from immunity.domain import outcome_words
 from immunity.fleet import status as read
 from immunity.fleet.context import Fleet, by_release, spelled
+from immunity.fleet.state import derive
+from immunity.journal.base import JournalEntry
 
 
 async def status(fleet: Fleet) -> dict[str, Any]:
-    """`fleet.status.status` with `attention` (one line each, empty when steady) and `steady`."""
+    """`fleet.status.status` with `attention` (one line each, empty when steady), `steady`,
+    and `steps`: while a live run holds the lease, each host in an open step with that step
+    (`{"h1": "deploy: warmup"}`); the journal and the balancer are expected to lag such a
+    host, so its disagreements are left out (the step says what is going on)."""
     data = await read.status(fleet)
+    data["steps"] = {}
+    lease = data.get("lease")
+    if data["running"] and lease and not lease.get("silent"):
+        steps = host_steps(await fleet.journal.entries(lease["deployment_id"]), fleet)
+        data["steps"] = steps
+        data["disagreements"] = [
+            d for d in data["disagreements"] if d.partition(": ")[0] not in steps
+        ]
     data["attention"] = attention(data, fleet.loaded.path)
     data["steady"] = not data["attention"]
     return data
+
+
+def when(iso: str) -> str:
+    """An ISO timestamp as people read it: `2026-11-30 10:34:26 UTC`."""
+    return dt.datetime.fromisoformat(iso).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def host_steps(entries: Sequence[JournalEntry], fleet: Fleet) -> dict[str, str]:
+    """Per host in an open step of the run `entries` record, that step (`deploy: warmup`)."""
+    out: dict[str, str] = {}
+    for name, h in derive(entries, None, fleet.hosts).hosts.items():
+        if h.steps and h.steps[-1].finished_at is None:
+            out[name] = f"{h.steps[-1].purpose or 'deploy'}: {h.steps[-1].step}"
+    return out
 
 
 def attention(data: Mapping[str, Any], cfg: object) -> list[str]:
@@ -30,7 +58,10 @@ def attention(data: Mapping[str, Any], cfg: object) -> list[str]:
     on = by_release({h["name"]: h["active_release"] for h in hosts})
     if len(on) > 1:
         out.append(f"the fleet is mixed: {spelled(on)}")
+    steps: Mapping[str, str] = data.get("steps") or {}
     for h in hosts:
+        if h["name"] in steps:  # mid-step in a live run: out of the pool on purpose
+            continue
         if h["lb_state"] not in ("serving", "unknown"):  # unknown: the balancer is named
             out.append(f"{h['name']} is not serving ({h['lb_state']})")
     if last is not None and not running:
@@ -72,5 +103,5 @@ def _running(lease: Mapping[str, Any] | None, last: Mapping[str, Any] | None, cf
         where, way = f"its holder {lease['holder']}", ""
     return (
         f"a run holds the lease ({run}) and {where} has not heart-beaten since "
-        f"{lease['heartbeat_at']}: {way}then `immunity resume -c {cfg}` finishes it"
+        f"{when(lease['heartbeat_at'])}: {way}then `immunity resume -c {cfg}` finishes it"
     )
