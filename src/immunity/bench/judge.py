@@ -326,8 +326,23 @@ def _caught(cls: dict[str, Any], name: str, least: float) -> dict[str, Any] | No
     }
 
 
+FEW_TO_TELL_1PCT = 1000
+"""Good releases needed before a false-alarm share can be called within 1% or not: fewer
+(the quick run's dozen) cannot tell 0% from 1%, and the target's `met` is None."""
+
+
+def _one_percent(value: float | None, n: int) -> dict[str, Any]:
+    """`met` and `note` of a "false alarms <= 1%" target over `n` releases."""
+    if n < FEW_TO_TELL_1PCT or value is None:
+        return {"met": None, "note": f"too few releases to tell (n={n})"}
+    return {"met": value <= 0.01}
+
+
 def targets(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 9's targets (and the earlier ones, now at 40 requests/s) on the generated set."""
+    """Issue 9's targets (and the earlier ones, now at 40 requests/s) on the generated set.
+
+    Each: `target` (text), `value`, `met` (True, False, or None with a `note` when there
+    are too few releases to tell, `FEW_TO_TELL_1PCT`)."""
     cls = summary["judges"]["immunity"]["classes"]
     out: list[dict[str, Any]] = []
     good = [c for c in cls if cls[c]["label"] == "good"]
@@ -338,7 +353,7 @@ def targets(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[dic
             "target": f"false alarms <= 1% pooled over {n_good} good releases of every class, "
             "including the watch after a pass",
             "value": fa,
-            "met": n_good >= 1000 and fa is not None and fa <= 0.01,
+            **_one_percent(fa, n_good),
         }
     )
     n_within = sum(cls[c].get("n_within_tolerance", 0) for c in good)
@@ -356,7 +371,7 @@ def targets(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[dic
                 "canary host alone is within the tolerance (x1.25: the bound's null); the "
                 "others' canary is worse than tolerated by its host's own spread",
                 "value": fa_within,
-                "met": fa_within <= 0.01,
+                **_one_percent(fa_within, n_within),
             }
         )
     for rate in ("40rps", "8rps"):
@@ -579,7 +594,10 @@ def render(result: dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     for t in result.get("targets", []):
-        mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
+        if t["met"] is None:
+            mark = f"[yellow]{t.get('note', 'cannot tell')}[/]:"
+        else:
+            mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
         value = t["value"]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             shown = "n/a"
@@ -595,4 +613,4 @@ def render(result: dict[str, Any], console: Console) -> None:
         if t.get("median_after_onset_s") is not None:
             extra += f", median {t['median_after_onset_s']:.0f} s after onset"
         console.print(f"{mark}  {t['target']}: {shown}{extra}")
-    console.print(f"[dim]{result.get('elapsed_s', '?')} s[/]")
+    console.print(f"[dim]bench judge took {result.get('elapsed_s', '?')} s (wall clock)[/]")
