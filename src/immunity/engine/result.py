@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from immunity.fleet.state import FleetView
+from immunity.fleet.state import FleetView, host_rows
 from immunity.journal.base import DeploymentRecord
 
 NOTIFIED = (
@@ -143,11 +143,3 @@ class RunResult:
             "needs_human": list(self.needs_human),
             "fallbacks": dict(self.fallbacks),
         }
-
-
-def host_rows(view: FleetView) -> list[dict[str, Any]]:
-    """Per host: the last release a switch put it on and every step with its times."""
-    return [
-        {"name": n, "release": h.reached, "steps": [r.to_dict() for r in h.steps]}
-        for n, h in view.hosts.items()
-    ]

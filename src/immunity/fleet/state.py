@@ -372,3 +372,11 @@ def decode(data: Mapping[str, Any]) -> dict[str, tuple[LbState | None, str | Non
         str(n): (LbState(s) if s is not None else None, str(a) if a is not None else None)
         for n, (s, a) in data.items()
     }
+
+
+def host_rows(view: FleetView) -> list[dict[str, Any]]:
+    """Per host: the last release a switch put it on and every step with its times."""
+    return [
+        {"name": n, "release": h.reached, "steps": [r.to_dict() for r in h.steps]}
+        for n, h in view.hosts.items()
+    ]

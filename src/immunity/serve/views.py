@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from immunity.domain import HostRef, outcome_words, utcnow
-from immunity.engine.result import host_rows
 from immunity.errors import ImmunityError
 from immunity.fleet import status as read
 from immunity.fleet.context import Fleet
-from immunity.fleet.state import derive
+from immunity.fleet.state import derive, host_rows
 from immunity.journal.base import DeploymentRecord, JournalEntry
 
 # entry kinds that say where a running deployment is, in words
