@@ -7,7 +7,6 @@ put in the error message.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -55,11 +54,12 @@ async def notify_all(
             await record("notify.sent", f"{n.name}: {kind}", notifier=n.name, event=kind)
         except (ImmunityError, TimeoutError, OSError) as exc:
             msg = exc.message if isinstance(exc, ImmunityError) else type(exc).__name__
-            log.warning("notifier %s failed: %s", n.name, msg)
-            with contextlib.suppress(ImmunityError):  # the journal is failing too: keep going
-                await record(
-                    "notify.failed", f"{n.name}: {msg}", notifier=n.name, event=kind, error=msg
-                )
+            # the notifier's own errors start with its name ("slack: cannot reach ...")
+            said = msg if msg.startswith(f"{n.name}: ") else f"{n.name}: {msg}"
+            try:  # the journaled event is what the user sees: once, not also as a log line
+                await record("notify.failed", said, notifier=n.name, event=kind, error=msg)
+            except ImmunityError:  # the journal is failing too: say it here, and keep going
+                log.warning("notifier %s failed: %s", n.name, msg)
 
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:

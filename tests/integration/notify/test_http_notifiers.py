@@ -166,3 +166,36 @@ async def test_events_filter_selects_what_is_sent(receiver: Receiver) -> None:
     assert n.wants(reverted())
     assert not n.wants(succeeded())
     await n.aclose()
+
+
+async def test_a_failed_notification_is_one_event_naming_the_notifier_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Trial 4 #10: a receiver that is down was printed twice, a logging line and then the
+    event `slack: slack: cannot reach ...`; now one journaled event, the name once, and a
+    log line only when the journal cannot take the event either."""
+    from immunity.errors import JournalError
+    from immunity.notify.base import notify_all
+
+    url = f"http://127.0.0.1:{free_port()}/services/T/B/X"
+    n = SlackNotifier(SlackNotifier.Settings(url=url, retries=1), base_dir=None)
+    said: list[tuple[str, str]] = []
+
+    async def record(kind: str, message: str, **data: object) -> None:
+        said.append((kind, message))
+
+    caplog.set_level("WARNING")
+    await notify_all([n], reverted(), record)
+    assert [(k, m.split(" (")[0]) for k, m in said] == [
+        ("notify.failed", "slack: cannot reach the Slack webhook")
+    ], said
+    assert not caplog.records, caplog.text
+
+    async def broken(kind: str, message: str, **data: object) -> None:
+        raise JournalError("disk full")
+
+    await notify_all([n], reverted(), broken)
+    assert ["notifier slack failed: slack: cannot reach the Slack webhook"] == [
+        r.getMessage().split(" (")[0] for r in caplog.records
+    ], caplog.text
+    await n.aclose()
