@@ -530,7 +530,11 @@ class Rollout:
         if held is None or run.stopping or self._done(held.name):
             return True
         await run.rec.record(
-            "wave.started", f"holdback: {held.name}", wave=i + 1, hosts=[held.name]
+            "wave.started",
+            f"holdback: {held.name}",
+            wave=i + 1,
+            hosts=[held.name],
+            holdback=True,
         )
         error = await self._switch(held)
         if error is not None:

@@ -62,9 +62,11 @@ def _marks(
 ) -> None:
     for w in data["timeline"]["waves"]:
         ax.axvline(w["start"], color="#999", lw=0.8, ls=":")
+        if w.get("label") == "guard" and w.get("end") is not None:  # the guard's span
+            ax.axvspan(w["start"], w["end"], color="#999", alpha=0.08, lw=0)
         if label:
             ax.annotate(
-                f"wave {w['wave']}",
+                w.get("label") or f"wave {w['wave']}",
                 (w["start"], 0.99),
                 xycoords=("data", "axes fraction"),
                 xytext=(3, 0),

@@ -134,6 +134,7 @@ def timeline(entries: Sequence[JournalEntry], t0: dt.datetime) -> dict[str, Any]
     open_: dict[tuple[str, str], dict[str, Any]] = {}
     waves: list[dict[str, Any]] = []
     bakes: list[dict[str, Any]] = []
+    holdback: str | None = None  # the host guard.started names as held back
     for e in entries:
         t = _secs(e.at, t0)
         if e.kind == "host.step_started" and e.host and e.step:
@@ -154,19 +155,48 @@ def timeline(entries: Sequence[JournalEntry], t0: dt.datetime) -> dict[str, Any]
                 r["ok"] = e.kind == "host.step_finished"
         elif e.kind == "wave.started":
             named = list(e.data.get("hosts") or [])
+            # journals before `holdback: true` on the entry: the host guard.started held back
+            held = bool(e.data.get("holdback")) or (holdback is not None and named == [holdback])
             same = next((w for w in waves if w["wave"] == e.data.get("wave")), None)
             if same is None:
-                waves.append({"wave": e.data.get("wave"), "start": t, "end": None, "hosts": named})
+                waves.append(
+                    {
+                        "wave": e.data.get("wave"),
+                        # the host kept on the old release through the guard, switched last:
+                        # "holdback" as the CLI and the events call it, not "wave N+1"
+                        "label": "holdback" if held else f"wave {e.data.get('wave')}",
+                        "start": t,
+                        "end": None,
+                        "hosts": named,
+                    }
+                )
             else:  # a resumed wave names only the hosts it has left: the wave is all of them
                 same["hosts"] += [h for h in named if h not in same["hosts"]]
                 same["end"] = None
                 waves.append(waves.pop(waves.index(same)))
+        elif e.kind == "guard.started":
+            holdback = e.data.get("holdback")
+            held_back = [str(h) for h in e.data.get("held_back") or []]
+            waves.append(
+                {
+                    "wave": "guard",  # its verdicts carry the last wave's number and guard
+                    "label": "guard",
+                    "start": t,
+                    "end": None,
+                    "hosts": [h for h in hosts if h not in held_back],
+                }
+            )
         elif e.kind in ("wave.passed", "verdict.failed") and waves:
             waves[-1]["end"] = t
         elif e.kind == "bake.started":
             bakes.append({"wave": e.data.get("wave"), "start": t, "end": None})
         elif e.kind in ("verdict.reached", "verdict.failed", "bake.finished") and bakes:
             bakes[-1]["end"] = bakes[-1]["end"] or t
+    for w in waves:  # the holdback ends with its switch (no verdict follows it)
+        if w["end"] is None and w["label"] == "holdback":
+            steps = [s for h in w["hosts"] for s in hosts.get(h, []) if s["start"] >= w["start"]]
+            if steps and all(s["end"] is not None for s in steps):
+                w["end"] = max(s["end"] for s in steps)
     return {"hosts": hosts, "waves": waves, "bakes": bakes}
 
 

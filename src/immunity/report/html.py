@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import jinja2
@@ -27,7 +28,7 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .kv td:first-child{color:#555}
 </style></head><body>
 <h1>{{ d.app }}: {% if d.label and d.label != d.release %}{{ d.label }}{% else %}release {{ d.release }}{% endif %} — {{ d.outcome_words or d.outcome }}</h1>
-<div class="muted">deployment <code>{{ d.deployment_id }}</code> · started {{ d.started_at }} · {{ "%.1f"|format(d.duration_s) }} s</div>
+<div class="muted">deployment <code>{{ d.deployment_id }}</code> · started {{ d.started_at|utc }} · {{ "%.1f"|format(d.duration_s) }} s</div>
 <p class="verdict o-{{ d.outcome }}" id="verdict">{{ d.sentence }}</p>
 <table class="kv">
 <tr><td>outcome</td><td><b>{{ d.outcome_words or d.outcome }}</b></td></tr>
@@ -45,7 +46,7 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 <h2>Timeline</h2>
 <div class="chart" id="timeline">{{ timeline|safe }}</div>
 {% if d.timeline.waves %}<table><tr><th>wave</th><th>hosts</th><th>started</th><th>ended</th></tr>
-{% for w in d.timeline.waves %}<tr><td>{{ w.wave }}</td><td>{{ w.hosts|join(", ") }}</td><td class="n">{{ w.start|num }} s</td><td class="n">{{ w.end|num if w.end is not none else "" }}{% if w.end is not none %} s{% endif %}</td></tr>{% endfor %}
+{% for w in d.timeline.waves %}<tr><td>{{ w.get("label") or "wave %s"|format(w.wave) }}</td><td>{{ w.hosts|join(", ") }}</td><td class="n">{{ w.start|num }} s</td><td class="n">{{ w.end|num if w.end is not none else "" }}{% if w.end is not none %} s{% endif %}</td></tr>{% endfor %}
 </table>{% endif %}
 
 <h2>Canary vs baseline</h2>
@@ -71,9 +72,16 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 {% for h in d.revert.hosts %}<tr><td>{{ h.host }}</td><td>{{ h.release }}</td><td class="n">{{ h.t|num }} s</td></tr>{% endfor %}</table>
 {% if d.revert.needs_human %}<p class="fail">A human is needed for: {{ d.revert.needs_human|join(", ") }}</p>{% endif %}
 {% else %}<p class="muted">Nothing was reverted.</p>{% endif %}
-<p class="muted">Written by immunity from the deployment's journal. Times are seconds since the deployment started ({{ d.started_at }}).</p>
+<p class="muted">Written by immunity from the deployment's journal. Times are seconds since the deployment started ({{ d.started_at|utc }}).</p>
 </body></html>
 """
+
+
+def _utc(iso: str | None) -> str:
+    """An ISO 8601 instant as people read it: `2026-11-30 10:30:02 UTC`."""
+    if not iso:
+        return "?"
+    return dt.datetime.fromisoformat(iso).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _num(v: Any) -> str:
@@ -84,6 +92,7 @@ def _num(v: Any) -> str:
 
 _env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 _env.filters["num"] = _num
+_env.filters["utc"] = _utc
 _env.filters["figures"] = figures
 _env.filters["brief"] = brief  # the journal, `show` and the JSON keep reasons whole
 _template = _env.from_string(TEMPLATE)

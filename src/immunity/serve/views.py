@@ -49,6 +49,8 @@ def _ago(t: dt.datetime | None) -> str:
 def stage(entries: Sequence[JournalEntry]) -> str:
     """Where a running deployment is, from its latest telling entry."""
     for e in reversed(entries):
+        if e.kind == "wave.started" and e.data.get("holdback"):
+            return "switching the holdback"
         if e.kind in _STAGE:
             try:
                 return _STAGE[e.kind].format(**{"wave": "?", **dict(e.data)})
