@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -59,6 +60,13 @@ def test_dry_run_shows_the_guard_its_holdback_and_the_alpha_of_each_bake(fleet3:
     assert f"{want[0]:.4g} for the first wave's, {want[1]:.4g} each after it" in r.stdout
     assert "against the holdback h3" in r.stdout
     assert "switched after the guard" in r.stdout
+    # trial 4 #17: the holdback was "wave 3" here ("wave 4"/"wave 5" elsewhere), the guard had
+    # no row, and the checks said "(not judged on the last wave)" though it is, against h3
+    assert re.search(r"│\s*holdback\s*│\s*h3\s*│", r.stdout), r.stdout
+    assert re.search(r"│\s*guard\s*│\s*every host but h3", r.stdout), r.stdout
+    assert not re.search(r"│\s*wave 3\s*│", r.stdout), r.stdout
+    assert "not judged on the last wave" not in r.stdout
+    assert "(on the last wave and in the guard: the holdback)" in r.stdout
 
 
 def test_the_guard_is_on_by_default_and_in_the_sandbox_config(fleet3: Sandbox) -> None:

@@ -22,10 +22,15 @@ from immunity.fleet.context import Fleet
 from immunity.fleet.preflight import preflight
 
 NEEDS = {
-    "errors": "request and 5xx counts per cohort; a baseline (not judged on the last wave)",
-    "latency": "a latency histogram per cohort; a baseline (not judged on the last wave)",
+    "errors": "request and 5xx counts per cohort; a baseline {last}",
+    "latency": "a latency histogram per cohort; a baseline {last}",
     "error_rate_max": "request and 5xx counts of the canary (guard rail, every wave)",
     "latency_max": "a latency histogram of the canary (guard rail, every wave)",
+}
+LAST_WAVE = {
+    # with a holdback the last wave and the guard keep one host on the old release
+    True: "(on the last wave and in the guard: the holdback)",
+    False: "(not judged on the last wave: no host is left on the old release)",
 }
 
 
@@ -123,7 +128,7 @@ def plan(
         )
     checks = []
     for c in cfg.checks:
-        needs = NEEDS[c.kind]
+        needs = NEEDS[c.kind].format(last=LAST_WAVE[holdback is not None])
         if c.kind == "latency" and c.thresholds_ms is None:
             q = max(c.quantiles)
             needs += (

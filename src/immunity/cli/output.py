@@ -321,8 +321,19 @@ def print_plan(plan: dict[str, Any]) -> None:
             judged = "switched after the guard (the holdback)"
         elif not w["relative"]:
             judged += " (no baseline left: guard rails only)"
+        g = plan.get("guard")
+        if w.get("holdback") and g:  # the guard watches before the holdback switches
+            t.add_row(
+                "guard",
+                "every host but " + ", ".join(w["hosts"]),
+                f"nothing switched: {g['duration_s']:g}s watching",
+                ", ".join(g["checks"]) or "nothing (no checks)",
+            )
         t.add_row(
-            f"wave {w['wave']}", ", ".join(w["hosts"]), moments or "nothing to switch", judged
+            "holdback" if w.get("holdback") else f"wave {w['wave']}",
+            ", ".join(w["hosts"]),
+            moments or "nothing to switch",
+            judged,
         )
     out.print(t)
     b = plan["bake"]
