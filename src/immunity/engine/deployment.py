@@ -191,9 +191,24 @@ class Rollout:
             err = first_immunity_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
             if isinstance(err, JournalError | LeaseLost):
                 raise err from exc
-            # Could not go on (a bug, an adapter failing outside a step): still leave the
-            # fleet on one release, then report the error.
+            if isinstance(err, ImmunityError):
+                # An operational error outside a host's step (the balancer not answering
+                # the run's first look, say): one line, no traceback; the fleet is put back
+                # on one release and the run ends by what the revert did (`aborted`,
+                # `reverted`, `revert_incomplete`, or stopped by a signal), not `failed`
+                # with a reason that went stale while the revert waited.
+                if run.concluded:  # after the outcome (the impact probe's end): it stands
+                    log.error("after the run ended: %s", err.message)
+                    return
+                log.error("deployment stopped by an error; reverting the fleet: %s", err.message)
+                reason, done = self._undoing(abort, error=err)
+                await revert(run, reason, self.fallbacks, done=done)
+                return
+            # A bug: still leave the fleet on one release, then report it (traceback kept,
+            # the run ends `failed`, exit 1).
             log.error("deployment stopped by an error; reverting the fleet", exc_info=exc)
+            admit = run.on_stop(anyio.CancelScope())
+            waiting = run.on_stop(anyio.CancelScope())
             try:
                 await immune_response(
                     self.fleet,
@@ -202,10 +217,38 @@ class Rollout:
                     self.release,
                     self.fallbacks,
                     f"stopped by an error: {exc}",
+                    admit=admit,
+                    waiting=waiting,
                 )
-            except ImmunityError:
-                log.exception("the safety revert failed too")
+            except ImmunityError as again:
+                log.error("the safety revert failed too: %s", again.message)
+            finally:
+                run.forget_stop(admit)
+                run.forget_stop(waiting)
             raise
+
+    def _undoing(
+        self, abort: bool, *, error: ImmunityError | None = None
+    ) -> tuple[str, RunOutcome]:
+        """Why a revert is done and how the run ends when it completes: a revert under way
+        is finished for its own reason (a verdict stands, even with --abort); `--abort`
+        undoes the deployment unjudged (ABORTED); otherwise `error` stopped the run
+        (REVERTED, with no verdict: history counts it in neither figure)."""
+        view = self.view
+        if view.reverting or (self.run.resumed and abort):
+            reason = (view.revert_reason or "interrupted revert") if view.reverting else ""
+            if not reason or reason.startswith(ABORTED_BY):
+                held = (
+                    view.last_verdict.get("reason") if self.run.record.outcome == "held" else None
+                )
+                reason = reason or f"{ABORTED_BY}; {self.release} was not judged" + (
+                    f" (it was held: {held})" if held else ""
+                )
+                return reason, RunOutcome.ABORTED
+            unjudged = view.last_verdict.get("outcome") in ("inconclusive", "error")
+            return reason, RunOutcome.INCONCLUSIVE if unjudged else RunOutcome.REVERTED
+        what = error.message if error is not None else "an error"
+        return f"stopped by an error: {what}", RunOutcome.REVERTED
 
     async def _with_impact(self, body: Awaitable[None]) -> None:
         """Run `body`, with the `impact` block's customer probe around it when configured:
@@ -249,16 +292,7 @@ class Rollout:
             # a revert under way is finished for its own reason (a verdict stands, even
             # with --abort); otherwise the user asked to undo it: not a verdict on the
             # release, its own outcome (an abort's revert taken up again stays one)
-            reason = (view.revert_reason or "interrupted revert") if view.reverting else ""
-            if not reason or reason.startswith(ABORTED_BY):
-                held = view.last_verdict.get("reason") if run.record.outcome == "held" else None
-                reason = reason or f"{ABORTED_BY}; {self.release} was not judged" + (
-                    f" (it was held: {held})" if held else ""
-                )
-                done = RunOutcome.ABORTED
-            else:
-                unjudged = view.last_verdict.get("outcome") in ("inconclusive", "error")
-                done = RunOutcome.INCONCLUSIVE if unjudged else RunOutcome.REVERTED
+            reason, done = self._undoing(abort)
             detected = self.detected_before_resume() if done is RunOutcome.REVERTED else None
             await revert(run, reason, self.fallbacks, done=done, detected_after_s=detected)
             return

@@ -32,6 +32,9 @@ log = logging.getLogger("immunity.engine")
 class RevertReport:
     failed: list[str]  # could not be reverted: a human is needed
     not_started: list[str] = field(default_factory=list)  # a signal stopped the admission
+    stopped_waiting: str | None = None
+    """Set when a signal stopped the response while it waited for the fleet to be read
+    (the balancer not answering), before any host was touched: what it waited for."""
 
 
 def hosts_to_revert(
@@ -70,6 +73,7 @@ async def immune_response(
     *,
     all_hosts: bool = False,
     admit: anyio.CancelScope | None = None,
+    waiting: anyio.CancelScope | None = None,
 ) -> RevertReport:
     """Revert the fleet; report the hosts that could not be reverted and those not started.
 
@@ -78,6 +82,17 @@ async def immune_response(
     past `max_unavailable` are reported at once instead of waiting for the deadline. Raises
     LeaseLost / JournalError (change nothing more), which stop every walk at once.
     Cancelling `admit` (a signal) starts no more hosts; hosts in flight finish.
+
+    Before any host is touched the fleet is read (the balancer's view); while it cannot be
+    (a balancer down or frozen) the response waits, journaling `immune.waiting` at once and
+    then "still waiting for the balancer: N s of M" every `waiting_every(M)` seconds, M
+    being `timeouts.revert`. Cancelling `waiting` (a signal) ends that wait: the response
+    touched no host, the report's `stopped_waiting` says what it waited for (`resume` finishes
+    the revert: the journal says a revert began). The first read is not cut short by a
+    signal: it is bounded by the balancer client's own deadline (`retry_for`). When the
+    deadline passes before the fleet could be read, the hosts the run's journal says are
+    not back on their fallback are reported (every host when it says none: nothing was
+    seen back).
     """
     failed: list[str] = []
     admitted: set[str] = set()
@@ -86,10 +101,15 @@ async def immune_response(
     capacity = switcher.capacity
     with switcher.shielded():
         pending = set(fallbacks)  # unknown until the hosts and the balancer have answered
+        last: list[str] = []  # the balancer's last error while the fleet could not be read
+        read = False
         with anyio.move_on_after(deadline) as scope:
             # observe → derive → act: the observation is journaled, and folded into the
             # run's view (hosts the balancer reports serving again free their slot)
-            observed = await _observe(fleet, rec)
+            seen = await _observe(fleet, rec, reason, deadline, waiting, last)
+            if seen is None:  # a signal during the wait
+                return RevertReport([], [], stopped_waiting=last[0])
+            observed, read = seen, True
             targets = hosts_to_revert(fleet, observed, release, fallbacks, all_hosts=all_hosts)
             pending = {h.name for h in targets}
             await rec.record(
@@ -125,7 +145,19 @@ async def immune_response(
                         tg.start_soon(revert_one, h)
             not_started = sorted(pending - admitted)
             pending -= set(not_started)
-        if scope.cancelled_caught:
+        if scope.cancelled_caught and not read:
+            believed = rec.view.believed() if rec.view is not None else {}
+            names = [h.name for h in hosts_to_revert(fleet, believed, release, fallbacks)]
+            pending = set(names or fallbacks)
+            failed.extend(sorted(pending))
+            await rec.record(
+                "immune.timed_out",
+                f"revert deadline {deadline:g}s passed waiting for the balancer "
+                f"({last[0] if last else 'no answer'}): {', '.join(sorted(pending))} not "
+                "reverted",
+                hosts=sorted(pending),
+            )
+        elif scope.cancelled_caught:
             failed.extend(sorted(pending))
             await rec.record(
                 "immune.timed_out",
@@ -135,20 +167,73 @@ async def immune_response(
     return RevertReport(sorted(failed), not_started)
 
 
-async def _observe(fleet: Fleet, rec: Recorder) -> Observed:
+def waiting_every(deadline: float) -> float:
+    """Seconds between two "still waiting for the balancer" lines of a revert whose
+    deadline is `deadline` s: a tenth of it, within 1 and 30 s."""
+    return max(1.0, min(30.0, deadline / 10))
+
+
+async def _observe(
+    fleet: Fleet,
+    rec: Recorder,
+    reason: str,
+    deadline: float,
+    waiting: anyio.CancelScope | None,
+    last: list[str],
+) -> Observed | None:
     """`Fleet.observe`, asked again with backoff while the balancer does not answer: the
-    revert must not give up on a blip (the caller's deadline bounds it)."""
-    delay = 0.2
-    told = False
-    while True:
+    revert must not give up on a blip (the caller's deadline bounds it). Says so at once
+    and then every `waiting_every(deadline)` s (`immune.waiting`, with the revert's
+    `reason`: the run's fold takes it for a revert begun); a cancelled `waiting` scope (a
+    signal) ends the wait after the first read: None. `last` gets the last error."""
+    clock = fleet.clock
+    t0 = clock.monotonic()
+    every = waiting_every(deadline)
+
+    async def tell() -> None:
+        while True:
+            await clock.sleep(every)
+            waited = clock.monotonic() - t0
+            said = f" (last try: {last[0]})" if last else " (no answer yet)"
+            await rec.record(
+                "immune.waiting",
+                f"still waiting for the balancer: {waited:.0f} s of {deadline:g} s{said}",
+                reason=reason,
+                waited_s=round(waited, 3),
+                deadline_s=deadline,
+            )
+
+    async def read() -> Observed:
+        return (await fleet.observe(lenient=True)).states
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tell)
         try:
-            return (await fleet.observe(lenient=True)).states
+            found = await read()
+            tg.cancel_scope.cancel()
+            return found
         except ImmunityError as exc:
-            if not told:
-                await rec.record("immune.waiting", f"cannot read the fleet yet: {exc.message}")
-                told = True
-            await fleet.clock.sleep(delay)
-            delay = min(2.0, delay * 2)
+            last[:] = [exc.message]
+        await rec.record(
+            "immune.waiting",
+            f"cannot read the fleet yet: {last[0]}; waiting up to {deadline:g} s for the "
+            "balancer (a signal stops the wait: the revert has touched no host yet)",
+            reason=reason,
+            deadline_s=deadline,
+        )
+        delay = 0.2
+        with waiting or anyio.CancelScope():
+            while True:
+                await clock.sleep(delay)
+                delay = min(2.0, delay * 2)
+                try:
+                    found = await read()
+                    tg.cancel_scope.cancel()
+                    return found
+                except ImmunityError as exc:
+                    last[:] = [exc.message]
+        tg.cancel_scope.cancel()
+    return None
 
 
 async def revert(
@@ -168,6 +253,7 @@ async def revert(
     reverted yet. `reverted_after_s` counts from this call, which `reverted_from` names."""
     t0 = run.fleet.clock.monotonic()
     admit = run.on_stop(anyio.CancelScope())
+    waiting = run.on_stop(anyio.CancelScope())
     try:
         report = await immune_response(
             run.fleet,
@@ -178,9 +264,11 @@ async def revert(
             reason,
             all_hosts=all_hosts,
             admit=admit,
+            waiting=waiting,
         )
     finally:
         run.forget_stop(admit)
+        run.forget_stop(waiting)
     extra: dict[str, Any] = {"verdict": verdict.to_dict()} if verdict is not None else {}
     if verdict is not None:
         since = "verdict"
@@ -196,6 +284,20 @@ async def revert(
             reason,
             message=f"could not revert {', '.join(report.failed)}: a human is needed",
             needs_human=report.failed,
+            detected_after_s=detected_after_s,
+            **extra,
+        )
+    elif report.stopped_waiting is not None and run.stopping:
+        # hosts out of the pool stay out until the balancer answers, whoever waits: the
+        # revert cannot put them back before, so the run ends and names them
+        left = sorted(run.view.out)
+        out = f" (the journal last had {', '.join(left)} out of the pool)" if left else ""
+        await run.conclude(
+            run.stopping,
+            f"{run.stopped_by} received during the revert ({reason}) while waiting for the "
+            f"balancer ({report.stopped_waiting}); the revert touched no host{out}: "
+            "`immunity resume` finishes the revert",
+            waited_for=report.stopped_waiting,
             detected_after_s=detected_after_s,
             **extra,
         )

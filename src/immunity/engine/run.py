@@ -142,6 +142,11 @@ class Run:
         )
 
     @property
+    def concluded(self) -> bool:
+        """Whether the body has said how the run ends (`conclude`)."""
+        return self._outcome is not None
+
+    @property
     def result(self) -> RunResult:
         if self._result is None:
             raise RuntimeError("the run has not ended")

@@ -250,7 +250,8 @@ class FleetState:
             self.stopped = True
         elif kind == "impact.measured":
             self.impact = data
-        if kind in ("immune.started", "verdict.failed"):
+        if kind in ("immune.started", "immune.waiting", "verdict.failed"):
+            # `immune.waiting`: the revert began but could not read the fleet yet
             self.reverting = True
             self.revert_reason = str(data.get("reason") or self.last_verdict.get("reason") or "")
         h = self._hosts.get(e.host or "")
@@ -285,6 +286,11 @@ class FleetState:
         """The release the last `host.switched` of host `name` put it on (None: none yet)."""
         h = self._hosts.get(name)
         return h.reached if h is not None else None
+
+    def believed(self) -> Observed:
+        """Each host's place in the pool and release as the journal says (a host no entry
+        moved: the release it is expected to serve), for when the fleet cannot be read."""
+        return {n: (h.lb_state, h.active or h.expected) for n, h in self._hosts.items()}
 
     def observe(self, seen: Observed) -> None:
         """Fold what the balancer and the drivers report now."""
