@@ -16,6 +16,7 @@ The fleet's view is cached for `refresh_s` so many viewers cost the hosts one lo
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -100,6 +101,13 @@ async def _report_html(fleet: Fleet, deployment_id: str) -> str:
     return str(await anyio.to_thread.run_sync(report.render_html, data))
 
 
+def _utc(iso: str | None) -> str:
+    """`2026-11-30T10:32:45+00:00` -> `2026-11-30 10:32:45 UTC` (empty for None)."""
+    if not iso:
+        return ""
+    return dt.datetime.fromisoformat(iso).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def same_app(fleets: Sequence[Fleet]) -> str | None:
     """Why `fleets` cannot be served together, or None: two configs naming the same `app`
     would show two fleets and one list of deployments that cannot be told apart (an app is
@@ -127,6 +135,7 @@ def create_app(
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
     )
     env.filters["brief"] = brief  # reasons as the report shows them; the journal's rows whole
+    env.filters["utc"] = _utc  # instants as people read them, the API keeps ISO 8601
     by_app = {f.app: f for f in fleets}
 
     async def look_apps() -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ Nothing here writes anything, and nothing from the config is shown but app and h
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from immunity.domain import HostRef, outcome_words, utcnow
@@ -18,6 +18,7 @@ from immunity.errors import ImmunityError
 from immunity.fleet import status as read
 from immunity.fleet.context import Fleet
 from immunity.fleet.state import derive, host_rows
+from immunity.journal import holder_alive
 from immunity.journal.base import DeploymentRecord, JournalEntry
 
 # entry kinds that say where a running deployment is, in words
@@ -127,16 +128,47 @@ async def _deployments(fleet: Fleet) -> Sequence[DeploymentRecord]:
     return await fleet.journal.deployments(fleet.app)
 
 
-def deployment_row(d: DeploymentRecord) -> dict[str, Any]:
+async def live_runs(fleets: Sequence[Fleet]) -> dict[str, bool | None]:
+    """Per app the fleets serve, whether its unfinished deployment runs: the lease holder's
+    id -> True (its process runs), False (gone), None (on another machine: cannot tell);
+    an app with no lease maps its name -> False (nothing runs it)."""
+    out: dict[str, bool | None] = {}
+    for fleet in fleets:
+        lease = await fleet.journal.current_lease(fleet.app)
+        if lease is None:
+            out.setdefault(fleet.app, False)
+        else:
+            out[lease.deployment_id] = holder_alive(lease.holder, lease.acquired_at)
+    return out
+
+
+def _unfinished(d: DeploymentRecord, live: Mapping[str, bool | None]) -> str:
+    """What an unfinished deployment is doing: running, interrupted, or (its holder on
+    another machine, or an app no fleet here serves) running or interrupted."""
+    if d.id in live:
+        alive = live[d.id]
+        return "running" if alive else "interrupted" if alive is False else "running or interrupted"
+    if d.app in live:  # the app's lease is free or held for another deployment
+        return "interrupted"
+    return "running or interrupted"
+
+
+def deployment_row(
+    d: DeploymentRecord, live: Mapping[str, bool | None] | None = None
+) -> dict[str, Any]:
+    """One deployment as the API lists it. `live` from `live_runs` says whether an
+    unfinished one runs. `verdict` is the judges' last outcome, None when the release was
+    not judged to the end (aborted with `resume --abort`)."""
     res = d.data.get("result") or {}
     verdict = res.get("verdict") or {}
+    state = _unfinished(d, live or {}) if d.outcome is None else ""
     return {
         "id": d.id,
         "app": d.app,
         "release": d.release,
         "label": d.release_words,  # a rollback's "rollback v5 → v4", not rollback:v5
-        "outcome": d.outcome or "running or interrupted",
-        "said": outcome_words(d.outcome) if d.outcome else "running or interrupted",
+        "outcome": d.outcome or state,
+        "said": outcome_words(d.outcome) if d.outcome else state,
         "finished": d.finished_at is not None,
         "reason": d.reason or verdict.get("reason") or "",
         "started_at": _iso(d.started_at),
@@ -144,7 +176,7 @@ def deployment_row(d: DeploymentRecord) -> dict[str, Any]:
         "duration_s": round((d.finished_at - d.started_at).total_seconds(), 1)
         if d.finished_at
         else None,
-        "verdict": verdict.get("outcome"),
+        "verdict": None if d.outcome == "aborted" else verdict.get("outcome"),
     }
 
 
@@ -153,11 +185,12 @@ async def deployments_view(fleets: Sequence[Fleet], limit: int = 50) -> list[dic
     other teams' too), newest first."""
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
+    live = await live_runs(fleets)
     for fleet in fleets:
         for d in await fleet.journal.deployments():
             if d.id not in seen:
                 seen.add(d.id)
-                rows.append(deployment_row(d))
+                rows.append(deployment_row(d, live))
     rows.sort(key=lambda r: (r["started_at"] or "", r["id"]), reverse=True)
     return rows[:limit]
 
@@ -192,7 +225,7 @@ async def deployment_view(fleet: Fleet, deployment_id: str) -> dict[str, Any] | 
         if e.kind in ("verdict.reached", "verdict.failed")
     ]
     return {
-        "deployment": deployment_row(rec),
+        "deployment": deployment_row(rec, await live_runs([fleet])),
         "verdict": res.get("verdict"),
         "verdicts": verdicts,
         "detected_after_s": res.get("detected_after_s"),
