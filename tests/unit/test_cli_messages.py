@@ -323,3 +323,20 @@ def test_every_output_file_option_refuses_an_unwritable_path_before_running(
     assert "a-file is a file, not a directory" in said or "/no/dir does not exist" in said, said
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
     assert not (tmp_path / "no").exists() and not (tmp_path / "j.db").exists()
+
+
+def test_serve_stage_of_a_revert_waiting_for_the_balancer() -> None:
+    """`serve`'s stage while the revert cannot read the fleet says what it waits for (it
+    said the stage before the revert: 'release failed: reverting', 'resumed')."""
+    import datetime as dt
+
+    from immunity.journal.base import JournalEntry
+    from immunity.serve.views import stage
+
+    at = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+    entries = [
+        JournalEntry(1, "d", at, "deployment.resumed"),
+        JournalEntry(2, "d", at, "immune.waiting", data={"reason": "r", "deadline_s": 60.0}),
+    ]
+    assert stage(entries) == "reverting: waiting for the balancer to answer"
+    assert stage(entries[:1]) == "resumed"

@@ -31,6 +31,7 @@ _STAGE = {
     "wave.passed": "wave {wave} passed",
     "verdict.failed": "release failed: reverting",
     "immune.started": "reverting the fleet",
+    "immune.waiting": "reverting: waiting for the balancer to answer",
     "rollback.started": "rolling back",
     "deployment.stopping": "stopping (signal)",
 }
