@@ -380,6 +380,8 @@ def _run_reported(
             fleet.sinks.append(table)
         fleet.sinks.append(_ReportPreload())
         if rep is not None:
+            if show_table and isinstance(rep, ci.GithubReporter):
+                rep.echo_events = False  # the view prints every event to the runner's log
             fleet.sinks.append(rep)
         with table:
             return await go(fleet)

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from immunity.domain import Event, brief, outcome_words, reason_beside
+from immunity.domain import Event, brief, outcome_words, reason_beside, utcnow
 
 # Environment variables that hold credentials when set (AWS's credential chain, proxies with
 # passwords are covered by the config's own ${NAME} references).
@@ -216,6 +216,9 @@ class GithubReporter(Reporter):
         super().__init__(stream)
         self.output_file = env.get("GITHUB_OUTPUT")
         self.summary_file = env.get("GITHUB_STEP_SUMMARY")
+        self.echo_events = True
+        """Print the key events (`deployment.started: ...`); False when the live view
+        already prints every event to the same runner log (each would show twice)."""
 
     def begin(self, secrets: Iterable[str]) -> None:
         for value in secrets:
@@ -224,7 +227,7 @@ class GithubReporter(Reporter):
                     self._print(f"::add-mask::{gh_escape_data(line)}")
 
     def __call__(self, event: Event) -> None:
-        if event.kind in HIGHLIGHT or event.kind in WARNING:
+        if self.echo_events and (event.kind in HIGHLIGHT or event.kind in WARNING):
             self._print(f"{event.kind}: {_one_line(event.message)}")
 
     def finish(
@@ -354,13 +357,23 @@ class JsonLinesReporter(Reporter):
             json.dumps(
                 {
                     "event": "deployment.result",
+                    "at": result.get("finished_at") or utcnow().isoformat(),
                     "deployment_id": result.get("deployment_id"),
                     "release": result.get("release"),
+                    "message": _result_words(result),
                     "data": {**result, "report_path": report_path},
                 },
                 default=str,
             )
         )
+
+
+def _result_words(result: Mapping[str, Any]) -> str:
+    """The result in one line: "reverted: errors: canary 5xx 5.5% vs ..."."""
+    outcome = str(result.get("outcome"))
+    reason = " ".join(reason_beside(outcome, str(result.get("reason") or "")).split())
+    said = f"{result.get('release')} {outcome_words(outcome)}"
+    return f"{said}: {reason}" if reason else said
 
 
 class Both(Reporter):
