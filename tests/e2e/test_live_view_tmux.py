@@ -105,7 +105,7 @@ def test_at_80x24_the_view_shows_wave_clock_and_checks_and_ends_on_the_revert(
         row = next(ln for ln in mid if ln.lstrip().startswith("errors"))
         canary, baseline = [c for c in row.split() if "%/" in c][:2]
         assert canary.strip() and baseline.strip()
-        assert row.split()[1] in ("real", "probe"), row  # whose numbers they are
+        assert row.split()[1] in ("customers", "probe"), row  # whose numbers they are
         assert any(ln.lstrip().startswith("h1 ") for ln in mid)
         end = wait_screen(s, lambda ls: any(ln.startswith("EXIT=") for ln in ls), 120)
         assert "EXIT=3" in end

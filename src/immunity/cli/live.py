@@ -89,8 +89,10 @@ def bar(e: float | None, needed: float | None, width: int) -> str:
 def _short(x: float) -> str:
     if x >= 1e6:
         return "≥1M"
-    if x >= 1000:
+    if x >= 10_000:
         return f"{x / 1000:.0f}k"
+    if x >= 1000:  # 2,500 and 1,600 are "2.5k" and "1.6k", not both "2k"
+        return f"{x / 1000:.1f}".removesuffix(".0") + "k"
     if x >= 10:
         return f"{x:.0f}"
     return f"{x:.1f}"
@@ -99,6 +101,9 @@ def _short(x: float) -> str:
 @dataclass
 class _Host:
     release: str = ""
+    target: str = ""
+    """The release a step in flight moves the host to (`release` is the one it served
+    before): the row reads "v2 → v4" until `host.switched`."""
     phase: str = "waiting"
     since: float = field(default_factory=time.monotonic)
     note: str = ""
@@ -271,12 +276,15 @@ class LiveView:
         if kind == "host.step_started":
             row.phase, row.since = str(d.get("step")), time.monotonic()
             row.note = "revert" if purpose == "revert" else ""
+            to = d.get("release")
+            row.target = str(to) if to and str(to) != row.release else ""
         elif kind == "host.step_failed":
             row.phase, row.since = "failed", time.monotonic()
             row.note = message
         elif kind == "host.switched":
             row.phase, row.since = "serving", time.monotonic()
             row.release = str(d.get("release"))
+            row.target = ""
             row.note = "reverted" if purpose == "revert" else ""
 
     def _look(self, d: Mapping[str, Any]) -> None:
@@ -402,7 +410,7 @@ class LiveView:
             style = PHASE_STYLE.get(h.phase, "")
             t.add_row(
                 Text(name),
-                Text(h.release or "?"),
+                Text(f"{h.release or '?'} → {h.target}" if h.target else h.release or "?"),
                 Text(h.phase, style=style),
                 clock(now - h.since),
                 Text(h.note, style="dim"),
@@ -419,7 +427,7 @@ class LiveView:
 
     def _checks_table(self, width: int) -> Table:
         bw = 10 if width >= 140 else 4 if width >= 110 else 0
-        # narrow (80 columns): whose numbers a row shows (the probe's or real traffic's)
+        # narrow (80 columns): whose numbers a row shows (the probe's or the customers')
         # gets its own short column and the values are compact, so neither the check's
         # name nor the probe's mark is cut off
         narrow = width < 100
@@ -428,20 +436,20 @@ class LiveView:
         longest = max((len(n) for n in self.checks), default=5)
         if narrow:
             t.add_column("check", no_wrap=True, overflow="ellipsis", width=min(18, longest))
-            t.add_column("from", no_wrap=True, width=5)
+            t.add_column("from", no_wrap=True, width=9)
         else:
             t.add_column(
                 "check", no_wrap=True, overflow="ellipsis", min_width=min(16, longest), ratio=3
             )
         t.add_column("canary", no_wrap=True, overflow="ellipsis", ratio=4)
         t.add_column("baseline", no_wrap=True, overflow="ellipsis", ratio=4)
-        ew = bw + (1 if bw else 0) + (9 if width >= 110 else 8)  # bar, a space, "1.0k/100"
+        ew = bw + (1 if bw else 0) + (8 if narrow else 9)  # bar, a space, "3.4k/2.5k"
         t.add_column("to fail", no_wrap=True, overflow="ellipsis", width=ew)
         t.add_column("to pass", no_wrap=True, overflow="ellipsis", width=ew)
         t.add_column("state", no_wrap=True, overflow="ellipsis", width=12 if width >= 110 else 8)
         for c in self.checks.values():
             canary, baseline = self._values(c, wide=width >= 120, compact=narrow)
-            source = [Text("probe", style="magenta") if on_probe(c) else Text("real")]
+            source = [Text("probe", style="magenta") if on_probe(c) else Text("customers")]
             t.add_row(
                 Text(c.name),
                 *(source if narrow else []),
@@ -455,7 +463,7 @@ class LiveView:
 
     def _values(self, c: _Check, *, wide: bool, compact: bool = False) -> tuple[str, str]:
         """The canary's and the baseline's value so far in this bake, in the check's terms;
-        `compact` (a narrow table, whose check column carries the probe's mark): "0.00%/83",
+        `compact` (a narrow table, whose check column carries the probe's mark): "0.0%/83",
         "p50 162ms", no "(probe)" suffix."""
         out = []
         probe_side = on_probe(c)
@@ -480,13 +488,16 @@ class LiveView:
                     qs = [v.replace(" ms", "ms").replace(" s", "s") for v in qs]
                 out.append(" ".join(qs) if n else "no requests")
             else:
-                rate = f"{100 * x / n:.2f}%" if n else "–"
-                joined = "/" if compact else " of "
-                out.append(f"{rate}{joined}{n:,.0f}" if n else "no requests")
+                if compact:  # "4.55%/352", "0.5%/1.3k": nine characters at most
+                    pct = 100 * x / n if n else 0.0
+                    places = (2 if n < 1000 else 1) - (1 if pct >= 10 else 0)
+                    out.append(f"{pct:.{places}f}%/{_short(n)}" if n else "no requests")
+                else:
+                    out.append(f"{100 * x / n:.2f}% of {n:,.0f}" if n else "no requests")
             if probe_side and not compact:
                 out[-1] += " (probe)"
         if c.kind in ("error_rate_max", "latency_max"):
-            out[1] = "guard rail" if compact else "(guard rail)"
+            out[1] = "guardrail" if compact else "(guard rail)"
         return out[0], out[1]
 
 

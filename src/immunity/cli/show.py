@@ -228,7 +228,7 @@ def print_history(con: Console, data: Mapping[str, Any], config: str | None = No
             outcome.append(f"{sep}interrupted", style="yellow")
         reason = reason_beside(str(d["outcome"]), str(d.get("reason") or ""))
         t.add_row(
-            Text(str(d["id"]) if narrow else str(d["started_at"])[:19].replace("T", " ")),
+            Text(str(d.get("id") or "") if narrow else str(d["started_at"])[:19].replace("T", " ")),
             Text(str(d.get("label") or d["release"])),
             outcome,
             took,
