@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -340,3 +341,45 @@ def test_serve_stage_of_a_revert_waiting_for_the_balancer() -> None:
     ]
     assert stage(entries) == "reverting: waiting for the balancer to answer"
     assert stage(entries[:1]) == "resumed"
+
+
+@pytest.mark.parametrize(
+    "onset", [["--errors-from-file", "fault"], ["--errors-after-s", "30"]], ids=["file", "after"]
+)
+def test_sandbox_release_with_an_error_onset_but_no_error_rate_is_refused(
+    tmp_path: Path, onset: list[str]
+) -> None:
+    """Trial 4 #15: `sandbox release v8 --errors-from-file F` wrote `"error_rate": 0.0`, so
+    touching F started a fault of 0% and the release passed every wave. Without
+    --error-rate it is refused (exit 2, what to add) and no manifest is written."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "immunity",
+            "sandbox",
+            "release",
+            "--dir",
+            str(tmp_path),
+            "v8",
+            *onset,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"error: {onset[0]} say(s) when errors begin, not how many" in r.stderr
+    assert "next: add --error-rate" in r.stderr
+    assert not (tmp_path / "releases").exists()
+    help_text = subprocess.run(
+        [sys.executable, "-m", "immunity", "sandbox", "release", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert help_text.count("With --error-rate") == 2, help_text

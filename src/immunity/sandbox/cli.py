@@ -93,20 +93,42 @@ def release(
         typer.Option(
             "--errors-after-s",
             min=0.0,
-            help="Errors begin this many seconds after the host's process started (late onset).",
+            help="With --error-rate: its errors begin this many seconds after the host's "
+            "process started (late onset).",
         ),
     ] = 0.0,
     errors_from_file: Annotated[
         Path | None,
         typer.Option(
             "--errors-from-file",
-            help="Errors begin only once this file exists (start a fault with `touch FILE`).",
+            help="With --error-rate: its errors begin only once this file exists (start a "
+            "fault with `touch FILE`).",
         ),
     ] = None,
 ) -> None:
     """Write the release manifest DIR/releases/NAME.json."""
     from immunity.sandbox import fleet
 
+    onset = [
+        o
+        for o, given in (
+            ("--errors-after-s", errors_after_s > 0),
+            ("--errors-from-file", errors_from_file is not None),
+        )
+        if given
+    ]
+    if onset and error_rate == 0:
+        typer.echo(
+            f"error: {' and '.join(onset)} say(s) when errors begin, not how many: without "
+            "--error-rate the release answers no request with 500, and no fault ever starts",
+            err=True,
+        )
+        typer.echo(
+            f"next: add --error-rate, e.g. `immunity sandbox release --dir {dir} {name} "
+            "--error-rate 0.05 ...` for 5% of requests answered 500 once the fault starts",
+            err=True,
+        )
+        raise typer.Exit(2)
     if not dir.is_dir():
         typer.echo(f"error: {dir} does not exist", err=True)
         typer.echo("next: create the sandbox with `immunity sandbox up --dir DIR`", err=True)
