@@ -358,7 +358,8 @@ class Run:
         (fencing covers journal writes and each step's start, not an action in flight)."""
         fleet = self.fleet
         current = await fleet.journal.current_lease(fleet.app)
-        alive = None if current is None else holder_alive(current.holder, current.acquired_at)
+        now = fleet.clock.now()
+        alive = None if current is None else holder_alive(current.holder, current.acquired_at, now)
         try:
             if takeover and current is not None and alive:
                 raise LeaseHeld(f"{current.holder} still runs")
@@ -372,7 +373,7 @@ class Run:
             )
         except LeaseHeld as exc:
             explained = await explain_lease_held(
-                fleet.journal, fleet.app, fleet.config.lease_ttl, exc
+                fleet.journal, fleet.app, fleet.config.lease_ttl, exc, now
             )
             if not takeover and not explained.context.get("running", True):
                 # nobody runs it any more: not "another orchestrator deploys" (exit 5, which

@@ -119,7 +119,9 @@ async def refuse_over_unfinished(fleet: Fleet) -> None:
     lease = await fleet.journal.current_lease(fleet.app)
     if lease is not None and lease.deployment_id == last.id:
         held = LeaseHeld(f"{fleet.app}'s lease is held by {lease.holder}")
-        explained = await explain_lease_held(fleet.journal, fleet.app, fleet.config.lease_ttl, held)
+        explained = await explain_lease_held(
+            fleet.journal, fleet.app, fleet.config.lease_ttl, held, fleet.clock.now()
+        )
         if explained.context.get("running", True):
             raise explained
     what = "rollback" if last.data.get("rollback") else "deployment"

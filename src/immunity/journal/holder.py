@@ -33,10 +33,14 @@ def holder_name() -> str:
     return f"{machine_name()}:{os.getpid()}"
 
 
-def holder_alive(holder: str, since: dt.datetime | None = None) -> bool | None:
+def holder_alive(
+    holder: str, since: dt.datetime | None = None, now: dt.datetime | None = None
+) -> bool | None:
     """Whether a lease holder's process runs: True / False when it ran on this machine (its
     PID is / is not alive, and started before `since`, the lease's acquisition: a recycled
-    PID is not the holder), None when it ran elsewhere (only its heartbeat can tell)."""
+    PID is not the holder), None when it ran elsewhere (only its heartbeat can tell).
+    `now` is the time on the clock `since` was read from (a virtual clock's in tests and
+    the bench), to place `since` on the machine's clock; the machine's by default."""
     host, _, pid = holder.rpartition(":")
     if host != machine_name() or not pid.isdigit():
         return None
@@ -49,6 +53,8 @@ def holder_alive(holder: str, since: dt.datetime | None = None) -> bool | None:
         return False
     except psutil.AccessDenied:
         return True
+    if since is not None and now is not None:
+        since += utcnow() - now
     return since is None or started <= since.timestamp() + 1.0
 
 
@@ -66,14 +72,19 @@ def holder_stopped(holder: str) -> bool:
 
 
 async def explain_lease_held(
-    journal: Journal, app: str, lease_ttl: float, exc: LeaseHeld
+    journal: Journal,
+    app: str,
+    lease_ttl: float,
+    exc: LeaseHeld,
+    now: dt.datetime | None = None,
 ) -> LeaseHeld:
     """The journal's LeaseHeld with a state and hint that match the holder: alive and
     heart-beating → wait; its process gone → resume; alive on this machine but silent past
     `lease_ttl` → stop that process, then resume; silent on another machine → resume.
     Its context's `running` says whether a process still runs the deployment (alive, or
     heart-beating): when not, the deployment is unfinished rather than held (see
-    `fleet.preflight.refuse_over_unfinished`)."""
+    `fleet.preflight.refuse_over_unfinished`). `now` is the fleet clock's time (the lease's
+    times come from it; the machine's UTC time by default)."""
     lease = await journal.current_lease(app)
     if lease is None:
         return exc
@@ -81,8 +92,8 @@ async def explain_lease_held(
     who = f"pid {pid} on machine {machine}" if machine else f"holder {lease.holder}"
     since = lease.acquired_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     beat = lease.heartbeat_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    silent = (utcnow() - lease.heartbeat_at).total_seconds() >= lease_ttl
-    alive = holder_alive(lease.holder, lease.acquired_at)
+    silent = ((now or utcnow()) - lease.heartbeat_at).total_seconds() >= lease_ttl
+    alive = holder_alive(lease.holder, lease.acquired_at, now)
     if alive is False:
         state = "and its process is gone"
         hint = "run `immunity resume -c FILE` to finish or undo it (`--abort` reverts)"

@@ -5,6 +5,8 @@ every deadline is still enforced (in virtual seconds). The fleet's own state is 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +17,7 @@ from immunity.engine import ops
 from immunity.engine.deployment import deploy as run_deploy
 from immunity.engine.result import RunResult
 from immunity.journal.base import JournalEntry
+from immunity.journal.holder import machine_name
 from immunity.testing import (
     Behaviour,
     Latencies,
@@ -69,6 +72,20 @@ class CrashingJournal(MemoryJournal):
         if self.dead:
             raise Crash
         await super().heartbeat(lease)
+
+    async def acquire_lease(self, app: str, holder: str, *args: Any, **kw: Any) -> Any:
+        # the run that crashes is another process, gone by the time resume looks: its
+        # holder is a PID that has exited (this test's process is alive all along)
+        return await super().acquire_lease(app, f"{machine_name()}:{DEAD_PID}", *args, **kw)
+
+
+def _exited_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+DEAD_PID = _exited_pid()
 
 
 def deploy(
