@@ -47,6 +47,12 @@ def host_steps(entries: Sequence[JournalEntry], fleet: Fleet) -> dict[str, str]:
     return out
 
 
+_MID_WALK = frozenset(
+    ("draining", "stopped", "installed", "started", "verified", "warming", "enabling")
+)
+"""`HostPhase`s of a walk in flight (a step started, the walk not ended)."""
+
+
 def attention(data: Mapping[str, Any], cfg: object) -> list[str]:
     """What keeps the fleet from being steady (one release, every host serving, the last
     run finished), one line each with the way out; empty when steady. `data` is
@@ -64,6 +70,14 @@ def attention(data: Mapping[str, Any], cfg: object) -> list[str]:
             continue
         if h["lb_state"] not in ("serving", "unknown"):  # unknown: the balancer is named
             out.append(f"{h['name']} is not serving ({h['lb_state']})")
+    for h in hosts if not running else ():
+        if h.get("phase") in _MID_WALK and h["lb_state"] == "serving":
+            out.append(
+                f"{h['name']} serves {h['active_release'] or 'nothing'} in the pool though the "
+                f"journal has its walk stopped mid-step ({h['phase']}): its run ended first (a "
+                "run whose journal failed puts its hosts in flight back unjournaled); "
+                "`immunity resume` journals what it finds and walks it again"
+            )
     if last is not None and not running:
         what = "rollback" if last["release"].startswith("rollback:") else "deployment"
         words = last.get("label") or last["release"]
