@@ -53,3 +53,17 @@ def test_attribute_docs_reads_the_docstring_under_a_field() -> None:
         b: int = 2
 
     assert attribute_docs(Sample) == {"a": "The a."}
+
+
+def test_each_notifier_documents_its_own_url_and_every_kind_is_listed() -> None:
+    """Trial 4 #21: teams' and webhook's `url` said `${SLACK_WEBHOOK_URL}` (copied from
+    slack), the notify row left out pushgateway, and alpha was "spent evenly"."""
+    from immunity.config.reference import markdown
+
+    text = markdown()
+    sections = {s.split("`", 1)[0]: s for s in text.split("## `notify: kind ")[1:]}
+    for kind in ("teams", "webhook"):
+        url = next(line for line in sections[kind].splitlines() if line.startswith("| `url`"))
+        assert "SLACK" not in url, url
+    assert "(slack, teams, webhook, statsd, pushgateway)" in text
+    assert "spent evenly" not in text

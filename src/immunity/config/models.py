@@ -358,8 +358,9 @@ class JudgeConfig(Strict):
 
     alpha: float = Field(default=0.01, gt=0, lt=1)
     """Each check's false-alarm bound over the *whole* deployment (every wave's bake and the
-    guard): it is spent evenly over the bakes, so a release that is no worse fails a check
-    with probability at most `alpha` however many waves watch it."""
+    guard): half of it goes to the first wave's bake, the other half is split evenly over
+    the later bakes (alpha/(2(N-1)) each; `deploy --dry-run` prints them), so a release that
+    is no worse fails a check with probability at most `alpha` however many waves watch it."""
     beta: float = Field(default=0.05, gt=0, lt=1)
     """Chance of missing a release that is `error_bad`/`latency_bad` worse: sets the
     evidence needed to pass (1/beta)."""
@@ -541,7 +542,7 @@ class Config(Strict):
     probe: ProbeConfig | None = None
     """Probe traffic for quiet hours (off when absent)."""
     notify: list[AdapterBlock] = Field(default_factory=list)
-    """Who is told about outcomes: `kind` (slack, teams, webhook, statsd) and its fields."""
+    """Who is told about outcomes: `kind` (slack, teams, webhook, statsd, pushgateway) and its fields."""
     impact: ImpactConfig | None = None
     """Measure what customers see through the public address during every deployment
     (optional; see docs/report.md)."""

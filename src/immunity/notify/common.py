@@ -66,7 +66,7 @@ class UrlNotifierSettings(HttpNotifierSettings):
     """HTTP notifiers whose URL is a secret (Slack, Teams, generic webhooks)."""
 
     url: SecretStr
-    """Keep it out of the file: `url: ${SLACK_WEBHOOK_URL}`."""
+    """The receiver's URL, a secret: keep it out of the file (`url: ${NAME}`)."""
 
     @field_validator("url")
     @classmethod

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import SecretStr
+
 from immunity.domain import Event
 from immunity.notify.common import HttpNotifier, Summary, UrlNotifierSettings, dumps, summarize
 
@@ -27,6 +29,10 @@ _FIELDS_MAX = 10
 
 class SlackSettings(UrlNotifierSettings):
     """The `kind: slack` block of immunity.yaml."""
+
+    url: SecretStr
+    """The Slack incoming-webhook URL, a secret: keep it out of the file:
+    `url: ${SLACK_WEBHOOK_URL}`."""
 
 
 def _mrkdwn(text: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 
 from immunity.domain import Event
 from immunity.notify.common import (
@@ -38,6 +38,10 @@ _COLOR = {
 
 class TeamsSettings(UrlNotifierSettings):
     """The `kind: teams` block of immunity.yaml."""
+
+    url: SecretStr
+    """The Teams workflow (Power Automate) webhook URL, a secret: keep it out of the file:
+    `url: ${TEAMS_WEBHOOK_URL}`."""
 
     link: str | None = None
     """Optional button target (a dashboard, the CI run): an `Action.OpenUrl` on the card."""

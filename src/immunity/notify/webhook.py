@@ -41,6 +41,10 @@ TIMESTAMP_HEADER = "X-Immunity-Timestamp"
 class WebhookSettings(UrlNotifierSettings):
     """The `kind: webhook` block of immunity.yaml."""
 
+    url: SecretStr
+    """The receiver's URL (it may carry a token), a secret: keep it out of the file:
+    `url: ${IMMUNITY_WEBHOOK_URL}`."""
+
     secret: SecretStr | None = None
     """HMAC key shared with the receiver: `secret: ${IMMUNITY_WEBHOOK_SECRET}`."""
     headers: dict[str, str] = Field(default_factory=dict)
