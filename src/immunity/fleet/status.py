@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 
-from immunity.domain import utcnow
 from immunity.errors import ImmunityError
 from immunity.fleet.context import Fleet, last_deployment, ran_before, unknown_members
 from immunity.fleet.state import derive
@@ -85,9 +84,10 @@ async def status(fleet: Fleet) -> dict[str, Any]:
             "deployment_id": lease.deployment_id,
             "since": lease.acquired_at.isoformat(),
             "heartbeat_at": lease.heartbeat_at.isoformat(),
-            "holder_alive": holder_alive(lease.holder, lease.acquired_at),
+            "holder_alive": holder_alive(lease.holder, lease.acquired_at, fleet.clock.now()),
             "holder_stopped": holder_stopped(lease.holder),
-            "silent": (utcnow() - lease.heartbeat_at).total_seconds() >= fleet.config.lease_ttl,
+            "silent": (fleet.clock.now() - lease.heartbeat_at).total_seconds()
+            >= fleet.config.lease_ttl,
         }
     if record:
         out["last_deployment"] = {
