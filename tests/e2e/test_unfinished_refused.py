@@ -231,7 +231,10 @@ def test_detected_after_counts_from_the_first_canary_in_across_a_resume(fleet3: 
     assert (resumed - first_in).total_seconds() > 3
     expected = (verdict - first_in).total_seconds()
     assert expected == pytest.approx(result["detected_after_s"], abs=0.1), result
-    assert f"detected after {result['detected_after_s']:.1f}s" in r.stdout, r.stdout
+    assert (
+        f"detected {result['detected_after_s']:.1f} s after the first canary entered the pool"
+        in r.stdout
+    ), r.stdout
     assert {"h1": "v1", "h2": "v1", "h3": "v1"} == fleet3.releases_served()
 
 

@@ -229,3 +229,60 @@ def test_the_ci_step_summary_says_the_outcome_in_words() -> None:
     )
     assert "immunity: v5 rolled back" in md.splitlines()[0]
     assert "**rolled back** (`rolled_back`, exit 0)" in md
+
+
+def test_each_verdict_time_names_its_clock_and_seconds_show_one_decimal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trial 4 #18: one rejection read "fail at 19.6s" (`show`), "detected after 16.9s" and
+    replay's "fail at 16.1s", three clocks with no name; the GitHub summary printed
+    "117.802 s" where the other views say 117.8. Each time now says which clock it is on."""
+    import io
+
+    from rich.console import Console
+
+    from immunity.cli import output
+    from immunity.cli.show import print_waves
+
+    data = {
+        "timeline": {"waves": [{"wave": 1, "hosts": ["h1"]}]},
+        "verdicts": [{"t": 19.6, "wave": 1, "guard": False, "outcome": "fail", "checks": []}],
+    }
+    buf = io.StringIO()
+    print_waves(Console(file=buf, width=120, color_system=None), data)
+    assert "wave 1 (h1)  fail  19.6 s into the deployment" in buf.getvalue(), buf.getvalue()
+    said = {"outcome": "fail", "t_s": 16.1, "reason": "errors: canary 5xx 5%"}
+    replay = {
+        "deployment_id": "d1",
+        "release": "v3",
+        "bakes": [
+            {
+                "wave": 1,
+                "purpose": "wave",
+                "looks": 30,
+                "evidence_s": 16.1,
+                "original": said,
+                "replayed": said,
+            }
+        ],
+        "original": {"outcome": "fail", "reason": "r"},
+        "replayed": {"outcome": "fail", "reason": "r"},
+    }
+    buf = io.StringIO()
+    monkeypatch.setattr(output, "out", Console(file=buf, width=300, color_system=None))
+    output.print_replay(replay, "same.yaml")
+    assert "fail 16.1 s into the bake: errors" in buf.getvalue(), buf.getvalue()
+    md = ci.summary_markdown(
+        {
+            "outcome": "reverted",
+            "release": "v3",
+            "reason": "r",
+            "deployment_id": "d1",
+            "exit_code": 3,
+            "duration_s": 117.802,
+            "detected_after_s": 16.94,
+        },
+        None,
+    )
+    assert "| duration | 117.8 s |" in md, md
+    assert "| detected after the first canary entered the pool | 16.9 s |" in md, md

@@ -236,7 +236,10 @@ def _finish(
     if result.outcome != "rolled_back":  # a rollback judges nothing: no "no verdict" line
         _print_waves(con, report_path)
     if result.detected_after_s is not None:
-        con.print(f"  detected after {result.detected_after_s:.1f}s", highlight=False)
+        con.print(
+            f"  detected {result.detected_after_s:.1f} s after the first canary entered the pool",
+            highlight=False,
+        )
     if result.reverted_after_s is not None:
         from immunity.report.data import REVERTED_FROM
 

@@ -59,6 +59,14 @@ WARNING = {
 }
 
 
+def _tenths(v: object) -> str:
+    """Seconds as every view shows them: one decimal (`117.802` -> `117.8`)."""
+    try:
+        return f"{float(v):.1f}"  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return _md(v)
+
+
 def detect(env: Mapping[str, str]) -> str | None:
     """`octopus` or `github` from the CD tool's own environment variables, else None."""
     if env.get("OctopusCalamariWorkingDirectory") or env.get("TentacleHome"):
@@ -291,15 +299,18 @@ def summary_markdown(result: Mapping[str, Any], report_path: str | None) -> str:
         "| --- | --- |",
         f"| deployment | `{_md(result.get('deployment_id'))}` |",
         f"| outcome | **{said}** (`{outcome}`, exit {_md(result.get('exit_code'))}) |",
-        f"| duration | {_md(result.get('duration_s'))} s |",
+        f"| duration | {_tenths(result.get('duration_s'))} s |",
     ]
     if result.get("detected_after_s") is not None:
-        lines.append(f"| detected after | {result['detected_after_s']} s |")
+        lines.append(
+            f"| detected after the first canary entered the pool | "
+            f"{_tenths(result['detected_after_s'])} s |"
+        )
     if result.get("reverted_after_s") is not None:
         from immunity.report.data import reverted_from
 
         since = f" ({reverted_from(result)})" if reverted_from(result) else ""
-        lines.append(f"| fleet reverted in | {result['reverted_after_s']} s{since} |")
+        lines.append(f"| fleet reverted in | {_tenths(result['reverted_after_s'])} s{since} |")
     if report_path:
         lines.append(f"| report | `{_md(report_path)}` |")
     verdict = result.get("verdict") or {}

@@ -384,7 +384,9 @@ def print_replay(data: dict[str, Any], config: str) -> None:
         t.add_column(col, overflow="fold")
 
     def at(v: dict[str, Any]) -> str:
-        return f" at {v['t_s']:.1f}s" if v.get("t_s") is not None else ""
+        # bake.looked's clock: seconds since the bake started (`show` counts from the
+        # deployment's start), named so the two are not read as one
+        return f" {v['t_s']:.1f} s into the bake" if v.get("t_s") is not None else ""
 
     for b in data["bakes"]:
         o, r = b["original"], b["replayed"]

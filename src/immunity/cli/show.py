@@ -53,7 +53,8 @@ def print_waves(con: Console, data: Mapping[str, Any], *, short: bool = False) -
             head.append(f" ({hosts})")
         outcome = str(v.get("outcome") or "")
         head.append(f"  {outcome}", style=OUTCOME_STYLE.get(outcome, ""))
-        head.append(f"  at {_secs(v.get('t'))}", style="dim")
+        if v.get("t") is not None:  # the clock named: `detected after` and replay use others
+            head.append(f"  {float(v['t']):.1f} s into the deployment", style="dim")
         con.print(head)
         checks = v.get("checks") or []
         if not checks:
