@@ -367,12 +367,15 @@ class JudgeConfig(Strict):
     alpha_catastrophe: float = Field(default=0.001, gt=0, lt=1)
     """Like `alpha`, for the seconds-level catastrophe tier (also spent over the bakes)."""
     error_tolerance: float = Field(default=1.25, ge=1.0)
-    """A canary error rate up to this many times the baseline's is no regression."""
+    """A canary error rate up to this many times the baseline's is no regression. The least:
+    where the signal tells the baseline's hosts apart, the judge widens it to their own
+    spread, at most halfway to `error_bad` (judging.md, "A fleet's own spread")."""
     error_bad: float = Field(default=2.0, gt=1.0)
     """An error rate this many times the baseline's is a regression to catch (sets power)."""
     latency_tolerance: float = Field(default=1.25, ge=1.0)
     """Odds of a canary request being slower than a baseline quantile, up to this many times
-    the baseline's, are no regression."""
+    the baseline's, are no regression. The least, as for `error_tolerance` (at most halfway
+    to `latency_bad`)."""
     latency_bad: float = Field(default=1.75, gt=1.0)
     """Odds this many times the baseline's are a latency regression to catch."""
     error_floor: Fraction = 0.001
