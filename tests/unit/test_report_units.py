@@ -286,3 +286,23 @@ def test_each_verdict_time_names_its_clock_and_seconds_show_one_decimal(
     )
     assert "| duration | 117.8 s |" in md, md
     assert "| detected after the first canary entered the pool | 16.9 s |" in md, md
+
+
+def test_one_deployment_has_one_duration_in_every_view() -> None:
+    """Trial 4 #18: one deployment read 128.45 (`--json`), 128.4 (`show`, the report) and
+    128.5 (`serve`): the result's figure and the journal's finished_at (written a moment
+    later) were each rounded their own way. Every view now gives the result's 128.4."""
+    from immunity.journal.base import DeploymentRecord
+    from immunity.report.data import build
+    from immunity.report.html import render
+    from immunity.serve.views import deployment_row
+
+    t0 = dt.datetime(2026, 11, 30, 10, 30, 1, tzinfo=dt.UTC)
+    record = DeploymentRecord(
+        "d1", "shop", "v2", t0, t0 + dt.timedelta(seconds=128.47), "deployed", "ok",
+        {"result": {"outcome": "deployed", "duration_s": 128.4}},
+    )  # fmt: skip
+    data = build(record, [])
+    assert data["duration_s"] == 128.4
+    assert "· 128.4 s</div>" in render(data)
+    assert deployment_row(record)["duration_s"] == 128.4

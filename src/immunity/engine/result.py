@@ -134,7 +134,8 @@ class RunResult:
             "deployment_id": self.deployment_id,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat(),
-            "duration_s": round((self.finished_at - self.started_at).total_seconds(), 3),
+            # to the tenth every view shows (show, report, serve, history read this number)
+            "duration_s": round((self.finished_at - self.started_at).total_seconds(), 1),
             "reason": self.reason,
             "verdict": dict(self.verdict) if self.verdict else None,
             "detected_after_s": self.detected_after_s,

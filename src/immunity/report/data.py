@@ -321,7 +321,9 @@ def build(record: DeploymentRecord, entries: Sequence[JournalEntry]) -> dict[str
         "sentence": verdict_sentence(record, result),
         "started_at": _iso(record.started_at),
         "finished_at": _iso(record.finished_at),
-        "duration_s": _secs(end, t0),
+        # the result's own figure when it has one: one number in every view (the journal's
+        # finished_at is written a moment after the result was made)
+        "duration_s": result.get("duration_s") or round(_secs(end, t0), 1),
         "detected_after_s": result.get("detected_after_s"),
         "reverted_after_s": result.get("reverted_after_s"),
         "reverted_from": reverted_from(result),

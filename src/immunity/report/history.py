@@ -88,9 +88,12 @@ async def history(journal: Journal, app: str, now: dt.datetime) -> dict[str, Any
                 "changed_nothing": d.changed_nothing,
                 "started_at": d.started_at.isoformat(),
                 "finished_at": d.finished_at.isoformat() if d.finished_at else None,
-                "duration_s": round((d.finished_at - d.started_at).total_seconds(), 3)
-                if d.finished_at
-                else None,
+                "duration_s": res.get("duration_s")
+                or (
+                    round((d.finished_at - d.started_at).total_seconds(), 1)
+                    if d.finished_at
+                    else None
+                ),
                 "reason": _whole_reason(d, view) or d.reason or verdict.get("reason"),
                 "detected_after_s": res.get("detected_after_s"),
                 "reverted_after_s": res.get("reverted_after_s"),

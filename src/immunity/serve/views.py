@@ -174,9 +174,8 @@ def deployment_row(
         "reason": d.reason or verdict.get("reason") or "",
         "started_at": _iso(d.started_at),
         "finished_at": _iso(d.finished_at),
-        "duration_s": round((d.finished_at - d.started_at).total_seconds(), 1)
-        if d.finished_at
-        else None,
+        "duration_s": res.get("duration_s")
+        or (round((d.finished_at - d.started_at).total_seconds(), 1) if d.finished_at else None),
         "verdict": None if d.outcome == "aborted" else verdict.get("outcome"),
     }
 
