@@ -187,3 +187,42 @@ def test_a_missing_haproxy_socket_is_named_at_once_with_the_way_out(fleet3: Sand
     finally:
         away.rename(sock)
     assert fleet3.serves("v1")
+
+
+@pytest.mark.timeout(300)
+def test_resume_with_the_balancer_unreachable_is_refused_at_once_and_stays_resumable(
+    fleet3: Sandbox,
+) -> None:
+    """A deployment stopped by SIGTERM; `resume` while HAProxy's socket is missing names it
+    at once (exit 2, nothing touched) and leaves the deployment resumable; with the socket
+    back, `resume` finishes it. (resume began the run, then its safety revert waited 600 s
+    for a fleet it could not read and ended the deployment `failed`, no longer resumable.)"""
+    ensure_on(fleet3, "v1")
+    cfg = plain(fleet3, waves=["100%"])
+    p = fleet3.start("deploy", "-c", str(cfg), "--release", "v2")
+    deadline = time.monotonic() + 60
+    while fleet3.servers_state()["h1"] == 0:
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "h1 never left the pool"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert 143 == p.returncode, out + err[-2000:]
+    sock = fleet3.dir / "haproxy" / "admin.sock"
+    away = sock.with_name("admin.sock.away")
+    sock.rename(away)
+    try:
+        r = fleet3.run("resume", "-c", str(cfg), timeout=60)
+    finally:
+        away.rename(sock)
+    assert 2 == r.returncode, r.stdout + r.stderr[-2000:]
+    assert f"No such file or directory: {sock}" in r.stderr
+    assert not fleet3.lease_held()
+    with sqlite3.connect(fleet3.dir / "journal.db") as db:
+        (outcome,) = db.execute(
+            "SELECT outcome FROM deployments ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
+    assert "terminated" == outcome
+    r = fleet3.run("resume", "-c", str(cfg))
+    assert 0 == r.returncode, r.stdout + r.stderr[-2000:]
+    assert fleet3.serves("v2")

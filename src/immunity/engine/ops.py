@@ -14,6 +14,7 @@ from typing import Any
 from immunity.engine.immune import revert
 from immunity.engine.result import RunOutcome, RunResult
 from immunity.engine.run import Run, StoppedBeforeStart
+from immunity.errors import ImmunityError, PreflightError
 from immunity.errors import NothingToResume as NothingToResume
 from immunity.errors import NothingToRollBack as NothingToRollBack
 from immunity.fleet.context import Fleet, by_release, spelled
@@ -23,8 +24,23 @@ from immunity.fleet.status import status as status
 
 async def resume(fleet: Fleet, *, abort: bool = False) -> RunResult:
     """Take the last interrupted run over and finish it: a deployment continues (or, with
-    `abort`, is reverted); a rollback walks every host it had not moved yet."""
+    `abort`, is reverted); a rollback walks every host it had not moved yet.
+
+    The fleet is read first, before the run is taken over: a balancer or host that cannot
+    be read raises its error at once (nothing touched, the run left resumable). Read inside
+    the run, it started the safety revert, which waited `timeouts.revert` (600 s) for a
+    fleet it could not read, then ended the run `failed`: no longer resumable."""
     record = await resumable(fleet)
+    try:
+        await fleet.observe()
+    except ImmunityError as exc:
+        cfg = fleet.loaded.path
+        raise PreflightError(
+            f"cannot read the fleet, nothing was touched: {exc.message}",
+            hint=(f"{exc.hint}; then " if exc.hint else "")
+            + f"run `immunity resume -c {cfg}` again: {record.id} is still resumable",
+            context=dict(exc.context),
+        ) from exc
     if record.data.get("rollback"):
         async with Run(fleet, record.release.removeprefix("rollback:"), resume=record) as run:
             await _rollback_body(run)
