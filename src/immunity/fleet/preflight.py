@@ -36,7 +36,6 @@ from immunity.fleet.context import (
 )
 from immunity.journal import explain_lease_held
 from immunity.journal.base import DeploymentRecord
-from immunity.judge import build_judge
 
 
 async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
@@ -44,6 +43,8 @@ async def preflight(fleet: Fleet, release: str) -> dict[str, str]:
 
     Raises PreflightError naming what to fix.
     """
+    from immunity.judge import build_judge  # numpy, scipy: only a deploy needs them, not status
+
     cfg = fleet.config
     await refuse_over_unfinished(fleet)
     for check in cfg.checks:  # a check the judge cannot build is a config error, found now
