@@ -22,7 +22,7 @@ h1{font-size:22px;margin:0 0 6px} h2{font-size:17px;margin:28px 0 8px;border-bot
 .o-deployed,.o-rolled_back,.o-aborted{background:#e8f5e9;border-color:#2e7d32}
 .o-held,.o-unfinished,.o-interrupted,.o-terminated{background:#fff3e0;border-color:#ef6c00}
 table{border-collapse:collapse;margin:6px 0;font-size:13px} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .fail{color:#b00020;font-weight:600}.pass{color:#2e7d32;font-weight:600}.inconclusive{color:#ef6c00;font-weight:600}
 .chart svg{max-width:100%;height:auto} .muted{color:#777} code{font-size:12px}
 .kv td:first-child{color:#555}
@@ -46,30 +46,30 @@ th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 <h2>Timeline</h2>
 <div class="chart" id="timeline">{{ timeline|safe }}</div>
 {% if d.timeline.waves %}<table><tr><th>wave</th><th>hosts</th><th>started</th><th>ended</th></tr>
-{% for w in d.timeline.waves %}<tr><td>{{ w.get("label") or "wave %s"|format(w.wave) }}</td><td>{{ w.hosts|join(", ") }}</td><td class="n">{{ w.start|num }} s</td><td class="n">{{ w.end|num if w.end is not none else "" }}{% if w.end is not none %} s{% endif %}</td></tr>{% endfor %}
+{% for w in d.timeline.waves %}<tr><td>{{ w.get("label") or "wave %s"|format(w.wave) }}</td><td>{{ w.hosts|join(", ") }}</td><td class="n">{{ w.start|secs }} s</td><td class="n">{{ w.end|secs if w.end is not none else "" }}{% if w.end is not none %} s{% endif %}</td></tr>{% endfor %}
 </table>{% endif %}
 
 <h2>Canary vs baseline</h2>
 {% if signals %}{% for name, svg in signals %}<div class="chart signal" id="signal-{{ name }}">{{ svg|safe }}</div>{% endfor %}
 {% else %}<p class="muted">No per-look evidence was journaled for this deployment (no bake ran, or the journal predates per-look evidence).</p>{% endif %}
 {% if d.verdicts %}<table><tr><th>at</th><th>wave</th><th>verdict</th><th>reason</th></tr>
-{% for v in d.verdicts %}<tr><td class="n">{{ v.t|num }} s</td><td>{{ "guard" if v.guard else v.wave }}</td><td class="{{ v.outcome }}">{{ v.outcome }}</td><td>{{ v.reason|brief }}</td></tr>{% endfor %}
+{% for v in d.verdicts %}<tr><td class="n">{{ v.t|secs }} s</td><td>{{ "guard" if v.guard else v.wave }}</td><td class="{{ v.outcome }}">{{ v.outcome }}</td><td>{{ v.reason|brief }}</td></tr>{% endfor %}
 </table>{% endif %}
 
 <h2>What customers saw</h2>
 {% if d.impact %}
 {% if impact_svg %}<div class="chart" id="impact">{{ impact_svg|safe }}</div>{% endif %}
 <table><tr><th>phase</th><th>from</th><th>to</th><th>requests</th><th>failed</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>longest stall s</th></tr>
-{% for p in d.impact.phases %}<tr><td>{{ p.phase }}</td><td class="n">{{ p.start|num }}</td><td class="n">{{ p.end|num }}</td><td class="n">{{ p.requests }}</td><td class="n{% if p.failed %} fail{% endif %}">{{ p.failed }}</td>
+{% for p in d.impact.phases %}<tr><td>{{ p.phase }}</td><td class="n">{{ p.start|secs }}</td><td class="n">{{ p.end|secs }}</td><td class="n">{{ p.requests }}</td><td class="n{% if p.failed %} fail{% endif %}">{{ p.failed }}</td>
 <td class="n">{{ "%.1f"|format(p.p50_ms) }}</td><td class="n">{{ "%.1f"|format(p.p99_ms) }}</td><td class="n">{{ "%.1f"|format(p.max_ms) }}</td><td class="n">{{ "%.2f"|format(p.longest_stall_s) }}</td></tr>{% endfor %}
 </table><p class="muted">A probe of {{ d.impact.rps|num }} requests/s to {{ d.impact.url }} through the public address, for the whole deployment. Failed: no answer or a status not in {{ d.impact.expect_status|join(", ") }}.</p>
 {% else %}<p class="muted" id="no-impact">Not measured: immunity.yaml has no <code>impact</code> block, so nothing stood in for the customers during this deployment. To see here what customers saw in each phase (before, each wave, its bake, the revert, after), add a probe through the public address, e.g. <code>impact: {url: "https://shop.example.com", rps: 5}</code> (see <code>impact</code> in docs/config.md); on the sandbox, <code>immunity sandbox up --impact</code> writes one.</p>{% endif %}
 
 <h2>Revert</h2>
 {% if d.revert %}
-<p>The immune response began at {{ d.revert.start|num }} s{% if d.revert.reason %} ({{ d.revert.reason|brief }}){% endif %}{% for r in d.revert.resumed %}, was taken up again by a resume at {{ r|num }} s{% endfor %}{% if d.revert.end is not none %} and ended at {{ d.revert.end|num }} s{% endif %}{% if d.revert.reverted_after_s is not none %}: the whole fleet was back {{ "%.1f"|format(d.revert.reverted_after_s) }} s {{ d.revert.reverted_from }}{% endif %}.</p>
+<p>The immune response began at {{ d.revert.start|secs }} s{% if d.revert.reason %} ({{ d.revert.reason|brief }}){% endif %}{% for r in d.revert.resumed %}, was taken up again by a resume at {{ r|secs }} s{% endfor %}{% if d.revert.end is not none %} and ended at {{ d.revert.end|secs }} s{% endif %}{% if d.revert.reverted_after_s is not none %}: the whole fleet was back {{ "%.1f"|format(d.revert.reverted_after_s) }} s {{ d.revert.reverted_from }}{% endif %}.</p>
 <table><tr><th>host</th><th>back on</th><th>at</th></tr>
-{% for h in d.revert.hosts %}<tr><td>{{ h.host }}</td><td>{{ h.release }}</td><td class="n">{{ h.t|num }} s</td></tr>{% endfor %}</table>
+{% for h in d.revert.hosts %}<tr><td>{{ h.host }}</td><td>{{ h.release }}</td><td class="n">{{ h.t|secs }} s</td></tr>{% endfor %}</table>
 {% if d.revert.needs_human %}<p class="fail">A human is needed for: {{ d.revert.needs_human|join(", ") }}</p>{% endif %}
 {% else %}<p class="muted">Nothing was reverted.</p>{% endif %}
 <p class="muted">Written by immunity from the deployment's journal. Times are seconds since the deployment started ({{ d.started_at|utc }}).</p>
@@ -84,6 +84,10 @@ def _utc(iso: str | None) -> str:
     return dt.datetime.fromisoformat(iso).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _secs(v: Any) -> str:
+    return f"{float(v):.1f}" if isinstance(v, int | float) else ""
+
+
 def _num(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
@@ -92,6 +96,7 @@ def _num(v: Any) -> str:
 
 _env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 _env.filters["num"] = _num
+_env.filters["secs"] = _secs  # seconds to the tenth, as the header, `show` and serve give them
 _env.filters["utc"] = _utc
 _env.filters["figures"] = figures
 _env.filters["brief"] = brief  # the journal, `show` and the JSON keep reasons whole

@@ -84,7 +84,7 @@ def test_the_report_names_the_guard_and_the_holdback_as_the_cli_does(tmp_path: P
         ("holdback", "h5"),
     ], rows
     ended = {r[0]: r[3] for r in rows}
-    assert ended["guard"].strip() == "95 s" and ended["holdback"].strip() == "102 s", rows
+    assert ended["guard"].strip() == "95.0 s" and ended["holdback"].strip() == "102.0 s", rows
     timeline = dom[dom.index('id="timeline"') :]
     timeline = timeline[: timeline.index("</div>")]
     marks = re.findall(r"<text[^>]*>([^<]*)</text>", timeline)
@@ -96,5 +96,9 @@ def test_the_report_names_the_guard_and_the_holdback_as_the_cli_does(tmp_path: P
         "holdback",
     ], marks
     assert "wave 4" not in dom and "wave 5" not in dom
+    # trial 4 #8/#18: times to the tenth, as the header gives the duration, never wrapped
+    verdict_at = re.findall(r'<tr><td class="n">([^<]*)</td><td>(?:\d+|guard)</td>', dom)
+    assert verdict_at == ["20.0 s", "45.0 s", "70.0 s", "95.0 s"], verdict_at
+    assert "white-space:nowrap" in dom[dom.index("td.n{") : dom.index("td.n{") + 120]
     assert "started 2026-11-30 10:30:02 UTC" in dom
     assert "2026-11-30T10:30:02" not in dom
