@@ -214,7 +214,19 @@ def _finish(
         # drawing the charts takes seconds on a busy machine: say so rather than sit silent
         # (on stderr: stdout may be the JSON result)
         err.print(f"{said}: writing the report (charts) ...", style="dim", highlight=False)
-        report_path = _write_report(config, result.deployment_id)
+        from immunity.report.stopping import received, stop_on_signals
+
+        # the run has ended: a signal now stops the drawing only, never the result line and
+        # the outcome's exit code
+        with stop_on_signals():
+            report_path = _write_report(config, result.deployment_id)
+        if received() and report_path is None:  # arrived after the last chart: written
+            err.print(
+                f"report not written: {received()} received; "
+                f"`immunity report -c {config} {result.deployment_id}` writes it",
+                markup=False,
+                highlight=False,
+            )
     data["report_path"] = report_path
     json_file = json_dest
     if json_dest is None and report_path:  # the CD tool gets the JSON result as an artifact
@@ -303,6 +315,10 @@ def _write_report(config: str, deployment_id: str) -> str | None:
         loaded = _load(config)
         return str(_run(write_default, loaded, deployment_id))
     except Exception as exc:  # a report never changes a deployment's outcome
+        from immunity.report.stopping import ReportStopped
+
+        if isinstance(exc, ReportStopped):  # said by the caller, in one line
+            return None
         logging.getLogger("immunity").warning("the report could not be written: %s", exc)
         return None
 

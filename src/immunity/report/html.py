@@ -104,16 +104,24 @@ _template = _env.from_string(TEMPLATE)
 
 
 def render(data: dict[str, Any]) -> str:
-    """The report page for `data` (from `immunity.report.build`)."""
-    signals = [
-        (name, charts.scope_ids(charts.signal_svg(name, s, data), f"s{i}-"))
-        for i, (name, s) in enumerate(sorted(data["series"].items()))
-    ]
+    """The report page for `data` (from `immunity.report.build`).
+
+    Raises `stopping.ReportStopped` between charts once a signal asked to stop."""
+    from immunity.report.stopping import checkpoint
+
+    checkpoint()
+    timeline = charts.scope_ids(charts.timeline_svg(data), "tl-")
+    signals = []
+    for i, (name, s) in enumerate(sorted(data["series"].items())):
+        checkpoint()
+        signals.append((name, charts.scope_ids(charts.signal_svg(name, s, data), f"s{i}-")))
     impact = data.get("impact")
+    checkpoint()
     impact_svg = charts.impact_svg(impact, data) if impact else None
+    checkpoint()
     return _template.render(
         d=data,
-        timeline=charts.scope_ids(charts.timeline_svg(data), "tl-"),
+        timeline=timeline,
         signals=signals,
         impact_svg=charts.scope_ids(impact_svg, "im-") if impact_svg else None,
     )
