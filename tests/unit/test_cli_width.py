@@ -124,3 +124,36 @@ def test_status_during_a_live_run_names_each_host_step_not_disagreements(tmp_pat
     assert not any(line.startswith("disagreement: h1") for line in lines), r.stdout
     lease = next(line for line in lines if line.startswith("lease held by "))
     assert re.fullmatch(r"lease held by \S+ since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", lease), lease
+
+
+def test_resume_and_rollback_take_no_live_and_an_unknown_id_names_unfinished_runs(
+    tmp_path: Path,
+) -> None:
+    """Trial 4 #21: `resume --no-live` was "No such option" (deploy has it), and `show`'s
+    unknown-id hint read "(v4 None)" for a deployment still running."""
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    from immunity.journal import open_journal
+
+    async def write() -> None:
+        j = open_journal(tmp_path / "journal.db", None)
+        try:
+            await j.begin("shop", "v4", {"hosts": ["h1", "h2"]})
+        finally:
+            await j.close()
+
+    anyio.run(write)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "immunity", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    shown = run("show", "-c", "c.yaml", "nosuch")
+    assert shown.returncode == 2 and "(v4 unfinished)" in shown.stderr, shown.stderr
+    assert "None" not in shown.stderr, shown.stderr
+    for command in ("resume", "rollback"):
+        assert "--no-live" in run(command, "--help").stdout

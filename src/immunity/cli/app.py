@@ -610,6 +610,7 @@ def resume(
     config: ConfigOpt,
     abort: Annotated[bool, typer.Option(help="Revert the fleet instead of continuing.")] = False,
     json_out: JsonOpt = None,
+    live: Annotated[bool, typer.Option(help="Show the live host table.")] = True,
     ci_kind: CiOpt = "auto",
     output_fmt: OutputOpt = "text",
 ) -> None:
@@ -621,13 +622,14 @@ def resume(
         return await ops.resume(fleet, abort=abort)
 
     title = "reverting" if abort else "resuming"
-    _run_reported(config, title, json_out, ci_kind, output_fmt, True, go)
+    _run_reported(config, title, json_out, ci_kind, output_fmt, live, go)
 
 
 @app.command()
 def rollback(
     config: ConfigOpt,
     json_out: JsonOpt = None,
+    live: Annotated[bool, typer.Option(help="Show the live host table.")] = True,
     ci_kind: CiOpt = "auto",
     output_fmt: OutputOpt = "text",
 ) -> None:
@@ -638,7 +640,7 @@ def rollback(
     async def go(fleet: Fleet) -> RunResult:
         return await ops.rollback(fleet)
 
-    _run_reported(config, "rolling back", json_out, ci_kind, output_fmt, True, go)
+    _run_reported(config, "rolling back", json_out, ci_kind, output_fmt, live, go)
 
 
 @app.command()

@@ -62,7 +62,7 @@ async def find(
         r for r in records if r.id.startswith(deployment_id)
     ]
     if len(found) != 1:
-        recent = ", ".join(f"{r.id} ({r.release} {r.outcome})" for r in records[-5:])
+        recent = ", ".join(f"{r.id} ({r.words})" for r in records[-5:])  # "(v4 unfinished)"
         raise UnknownDeployment(
             f"no {'unique ' if found else ''}deployment {deployment_id!r} in the journal",
             hint=f"recent deployments: {recent}" if recent else "the journal holds none yet",
