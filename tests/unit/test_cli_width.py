@@ -157,3 +157,26 @@ def test_resume_and_rollback_take_no_live_and_an_unknown_id_names_unfinished_run
     assert "None" not in shown.stderr, shown.stderr
     for command in ("resume", "rollback"):
         assert "--no-live" in run(command, "--help").stdout
+
+
+def test_config_validate_advises_validate_again_not_status(tmp_path: Path) -> None:
+    """Trial 4 #21: a YAML syntax error or an empty file advised `immunity status -c FILE`,
+    a missing file "pass -c with the path" (validate takes the file positionally)."""
+    (tmp_path / "bad.yaml").write_text("app: [\n")
+    (tmp_path / "empty.yaml").write_text("")
+
+    def last(name: str) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "immunity", "config", "validate", name],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert r.returncode == 2, r.stderr
+        return r.stderr.strip().splitlines()[-1]
+
+    for name in ("bad.yaml", "empty.yaml"):
+        assert last(name) == (
+            f"next: fix the lines above, then check again: immunity config validate {name}"
+        )
+    assert "-c" not in last("nothere.yaml") and "config validate" in last("nothere.yaml")

@@ -498,6 +498,13 @@ def config_validate(file: Annotated[str, typer.Argument(help="immunity.yaml to c
     try:
         loaded = _load(file)
     except ImmunityError as exc:
+        if "config validate" not in (exc.hint or ""):  # the loader's words are for `-c FILE`
+            exists = Path(file).is_file()
+            exc.hint = (
+                f"fix the lines above, then check again: immunity config validate {file}"
+                if exists
+                else "pass the path of an existing immunity.yaml: immunity config validate PATH"
+            )
         raise typer.Exit(show_error(exc)) from None
     c = loaded.config
     out.print(
