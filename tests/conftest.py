@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from servers.postgres import PgCluster
+
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their environment (a plain
+# pytest run has neither), and every `immunity` the tests start inherits them. The CLI
+# honours COLUMNS when its output is piped (`COLUMNS=80 immunity history | less`), so under
+# xdist every command's tables and sentences wrapped at 80 columns. Tests that want a
+# width set COLUMNS themselves.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture
