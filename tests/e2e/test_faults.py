@@ -183,24 +183,43 @@ def test_a_drain_that_never_finishes_puts_the_host_back_and_reverts(loaded: Sand
 
 
 def test_a_journal_that_cannot_be_written_stops_the_deployment_with_exit_4(loaded: Sandbox) -> None:
-    """The journal's table vanishes mid-bake: immunity changes nothing more and exits 4."""
+    """The journal refuses the very write that records h1's completed switch (a real SQLite
+    trigger aborts its `host.switched` insert): immunity changes nothing more and exits 4.
+    h1 finished its walk (serving the new release in the pool), so it is left there, not put
+    back on the old release (the old code did: `_restore` undid a completed switch)."""
+    db_path = loaded.dir / "journal-broken.db"
     cfg = loaded.write_config(
         "faults-journal.yaml",
-        **{**FAST, "checks": [], "bake": {"min": "6s"}, "journal": {"path": "journal-broken.db"}},
+        **{**FAST, "checks": [], "bake": {"min": "6s"}, "journal": {"path": str(db_path)}},
     )
     old = current(loaded, cfg)
     new = "v2" if old != "v2" else "v1"
     p = loaded.start("deploy", "-c", str(cfg), "--release", new)
     deadline = time.monotonic() + 60
-    while loaded.releases_served()["h1"] != new or loaded.servers_state()["h1"] != 0:
-        assert time.monotonic() < deadline, "h1 never served the new release"
-        time.sleep(0.05)
-    with sqlite3.connect(loaded.dir / "journal-broken.db") as db:
-        db.execute("DROP TABLE entries")
+    while True:  # the run's first entries are in: arm the fault before h1's switch ends
+        assert time.monotonic() < deadline, "the deployment never journaled"
+        if not db_path.exists():  # the run creates it; an empty file of ours would not do
+            time.sleep(0.01)
+            continue
+        with contextlib.suppress(sqlite3.Error), sqlite3.connect(db_path, timeout=10) as db:
+            if db.execute("SELECT count(*) FROM entries").fetchone()[0]:
+                assert not db.execute(
+                    "SELECT count(*) FROM entries WHERE kind = 'host.switched'"
+                ).fetchone()[0], "h1 switched before the fault was armed"
+                db.execute(
+                    "CREATE TRIGGER refuse_switched BEFORE INSERT ON entries "
+                    "WHEN NEW.kind = 'host.switched' AND NEW.host = 'h1' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+                break
+        time.sleep(0.01)
     out, err = p.communicate(timeout=120)
     assert 4 == p.returncode, out + err[-1500:]
     assert "journal" in err
+    assert f"h1 switched to {new} and serves it in the pool" in err, err[-2000:]
+    assert "put back" not in err, err[-2000:]
     # nothing more was changed: h1 on the new release, the others untouched, all serving
+    # (each host's own release; HAProxy's `show servers state`: admin state 0, ready)
     assert {"h1": new, "h2": old, "h3": old} == loaded.releases_served()
     assert {"h1": 0, "h2": 0, "h3": 0} == loaded.servers_state()
     r = loaded.run("deploy", "-c", str(plain(loaded)), "--release", old)

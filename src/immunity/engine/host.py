@@ -13,7 +13,9 @@ SQLite's disk full or stalled past its deadline) ends the walk: nothing more can
 journaled, so no next step is taken. The host is put back as it was when its walk began
 (the release it served started again if it was stopped, proven healthy, back in the pool)
 within the steps' own deadlines, and the switcher keeps what it did unjournaled
-(`restored`, `not_restored`) for the run to say and to journal once it can.
+(`restored`, `not_restored`) for the run to say and to journal once it can. A walk whose
+every step is done (the host serves the new release in the pool) and whose final
+`host.switched` write fails is left as it is (`switched_unjournaled`): it is not put back.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class HostSwitcher:
         # release each serves again; and those that could not be (name -> why)
         self.restored: dict[str, str] = {}
         self.not_restored: dict[str, str] = {}
+        # hosts whose walk completed (serving the release in the pool) but whose
+        # `host.switched` could not be journaled: name -> the release each serves; left alone
+        self.switched_unjournaled: dict[str, str] = {}
 
     @contextmanager
     def shielded(self) -> Iterator[anyio.CancelScope]:
@@ -146,6 +151,14 @@ class HostSwitcher:
         try:
             for name, timeout, action in steps:
                 done = await self._step(host, release, purpose, name, timeout, action, done)
+        except JournalError:
+            # nothing more can be journaled: take no next step, put the host back as it was
+            await self._restore(host, running)
+            raise
+        # Every step's action is done: the host serves `release` in the pool. A journal that
+        # fails now loses only the record of it; the host is left as it is (putting it back
+        # would be a change made after the journal failed, and undo a completed switch).
+        try:
             switched = Entry(
                 "host.switched",
                 f"{host.name} serves {release}",
@@ -154,8 +167,7 @@ class HostSwitcher:
             )
             await self.rec.record_all([done, switched] if done is not None else [switched])
         except JournalError:
-            # nothing more can be journaled: take no next step, put the host back as it was
-            await self._restore(host, running)
+            self.switched_unjournaled[host.name] = release
             raise
 
     async def _restore(self, host: HostRef, before: str | None) -> None:

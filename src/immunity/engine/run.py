@@ -254,9 +254,16 @@ class Run:
         (`HostSwitcher.restored` / `not_restored`): exactly which hosts were put back, on
         which release, and which could not be. `resume` journals what it then finds."""
         switcher = getattr(self, "switcher", None)
-        if switcher is None or not (switcher.restored or switcher.not_restored):
+        if switcher is None or not (
+            switcher.restored or switcher.not_restored or switcher.switched_unjournaled
+        ):
             return
         said: list[str] = []
+        for host, release in sorted(switcher.switched_unjournaled.items()):
+            said.append(
+                f"{host} switched to {release} and serves it in the pool; only its "
+                "host.switched was not journaled (left as it is)"
+            )
         by_release: dict[str, list[str]] = {}
         for host, release in sorted(switcher.restored.items()):
             by_release.setdefault(release, []).append(host)
@@ -269,6 +276,8 @@ class Run:
             said.append(f"{host} could not be put back ({why}): it may be out of the pool")
         exc.message = f"{exc.message}; {'; '.join(said)}"
         exc.context["restored_unjournaled"] = ", ".join(sorted(switcher.restored)) or "none"
+        if switcher.switched_unjournaled:
+            exc.context["switched_unjournaled"] = ", ".join(sorted(switcher.switched_unjournaled))
         if switcher.not_restored:
             exc.context["not_restored"] = ", ".join(sorted(switcher.not_restored))
         log.error("journal lost mid-run: %s", "; ".join(said))
