@@ -7,6 +7,11 @@ host is mid-step (exit 143, lease released, the journal saying a revert is to fi
 once the balancer answers the run ends by what the fleet is (`aborted`), not `failed` with
 the reason of a wait that is over. (Found by a new user: tracebacks, SIGTERM ignored for
 8 minutes, a completed abort ended `failed` and `status` advised a rollback.)
+
+HAProxy is frozen once the abort has read the fleet and taken the run over: the abort stops
+itself inside the write of its `deployment.resumed` (IMMUNITY_FAULT_STOP_IN_WRITE), the test
+freezes HAProxy, then lets the abort go on. (Frozen before `resume` starts, the fleet cannot be
+read and `resume` refuses at once, nothing touched, the run still resumable: checked too.)
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -58,14 +63,65 @@ def interrupted(sbx: Sandbox, cfg: Path) -> None:
     assert sbx.releases_served()["h1"] == "v2"
 
 
+def haproxy_pid(sbx: Sandbox) -> int:
+    return int((sbx.dir / "pids" / "haproxy.pid").read_text())
+
+
 @contextmanager
 def frozen_haproxy(sbx: Sandbox) -> Iterator[int]:
-    pid = int((sbx.dir / "pids" / "haproxy.pid").read_text())
+    pid = haproxy_pid(sbx)
     os.kill(pid, signal.SIGSTOP)
     try:
         yield pid
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+@contextmanager
+def left_clean(sbx: Sandbox, cfg: Path) -> Iterator[None]:
+    """On a failure: HAProxy thawed and the interrupted deployment aborted, so that the next
+    test on the shared sandbox does not fail in cascade."""
+    try:
+        yield
+    except BaseException:
+        with suppress(Exception):
+            os.kill(haproxy_pid(sbx), signal.SIGCONT)
+            sbx.run("resume", "-c", str(cfg), "--abort")
+        raise
+
+
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP: state T in /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+# the abort stops itself inside the write of its `deployment.resumed`: the fleet read, the
+# run taken over, the revert not begun
+STOP_AT_RESUMED = {"IMMUNITY_FAULT_STOP_IN_WRITE": "deployment.resumed:1"}
+
+
+@contextmanager
+def abort_then_freeze(sbx: Sandbox, cfg: Path) -> Iterator[subprocess.Popen[str]]:
+    """`resume --abort` started with HAProxy answering (it reads the fleet and takes the run
+    over), HAProxy frozen before its revert begins, thawed on leaving (the abort killed
+    there if it still runs after an error)."""
+    proc = sbx.start("resume", "-c", str(cfg), "--abort", env=STOP_AT_RESUMED)
+    try:
+        deadline = time.monotonic() + 60
+        while not _stopped(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the abort never reached deployment.resumed"
+            time.sleep(0.05)
+        with frozen_haproxy(sbx):
+            os.kill(proc.pid, signal.SIGCONT)
+            yield proc
+    except BaseException:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait(10)
+        raise
 
 
 def entries(sbx: Sandbox, kind: str) -> list[dict[str, object]]:
@@ -77,6 +133,11 @@ def entries(sbx: Sandbox, kind: str) -> list[dict[str, object]]:
             (kind,),
         )
         return [json.loads(r[0]) for r in rows.fetchall()]
+
+
+def leases_of(sbx: Sandbox) -> list[tuple[object, ...]]:
+    with sqlite3.connect(sbx.dir / "journal.db") as db:
+        return db.execute("SELECT * FROM leases").fetchall()
 
 
 def wait_for(sbx: Sandbox, proc: subprocess.Popen[str], what: str | None, within: float) -> None:
@@ -94,9 +155,13 @@ def test_sigterm_while_an_abort_waits_for_a_frozen_balancer_ends_it_then_resume_
     fleet3: Sandbox,
 ) -> None:
     cfg = config(fleet3)
+    with left_clean(fleet3, cfg):
+        _sigterm_while_waiting(fleet3, cfg)
+
+
+def _sigterm_while_waiting(fleet3: Sandbox, cfg: Path) -> None:
     interrupted(fleet3, cfg)
-    with frozen_haproxy(fleet3):
-        proc = fleet3.start("resume", "-c", str(cfg), "--abort")
+    with abort_then_freeze(fleet3, cfg) as proc:
         try:
             wait_for(fleet3, proc, "waited_s", within=40)
             proc.send_signal(signal.SIGTERM)
@@ -130,14 +195,30 @@ def test_an_abort_that_waited_for_a_frozen_balancer_ends_aborted_once_it_answers
     fleet3: Sandbox,
 ) -> None:
     cfg = config(fleet3)
+    with left_clean(fleet3, cfg):
+        _refused_then_aborted(fleet3, cfg)
+
+
+def _refused_then_aborted(fleet3: Sandbox, cfg: Path) -> None:
     interrupted(fleet3, cfg)
+    leases = leases_of(fleet3)  # the killed deploy's, unreleased
+    # frozen before `resume` starts: the fleet cannot be read, refused at once, untouched
     with frozen_haproxy(fleet3):
-        proc = fleet3.start("resume", "-c", str(cfg), "--abort")
-        try:
-            wait_for(fleet3, proc, None, within=30)
-        except BaseException:
-            proc.kill()
-            raise
+        t0 = time.monotonic()
+        r = fleet3.run("resume", "-c", str(cfg), "--abort")
+        took = time.monotonic() - t0
+    text = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2, text[-3000:]
+    assert took < 20, took
+    assert "cannot read the fleet, nothing was touched" in text, text[-3000:]
+    assert "still resumable" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert fleet3.releases_served()["h1"] == "v2"
+    assert leases_of(fleet3) == leases  # the run not taken over
+    assert not entries(fleet3, "deployment.resumed")
+    # frozen once the abort has read the fleet: it waits, and ends `aborted` once thawed
+    with abort_then_freeze(fleet3, cfg) as proc:
+        wait_for(fleet3, proc, None, within=30)
     try:  # thawed: the revert goes on and completes
         out, err = proc.communicate(timeout=120)
     finally:
